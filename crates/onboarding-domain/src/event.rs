@@ -1,0 +1,89 @@
+//! Domain events, as stored in the event log. They are internal: the relay maps each one to a
+//! public event (crate `onboarding-events`) before anything reaches Kafka.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::code::CodeId;
+use crate::password::PasswordHash;
+use crate::value::{EmailAddress, Locale, UserDomain, Username};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeIssueReason {
+    Invitation,
+    Resend,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OnboardingEvent {
+    UserInvited {
+        user_id: Uuid,
+        username: Username,
+        email: EmailAddress,
+        domain: UserDomain,
+        locale: Option<Locale>,
+        #[serde(default)]
+        claims: BTreeMap<String, serde_json::Value>,
+        invited_at: DateTime<Utc>,
+    },
+    /// A code was issued; any earlier code is dead from now on. No secret: the link token is
+    /// derived from these fields with a key only the engine holds.
+    CodeIssued {
+        code_id: CodeId,
+        key_id: String,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        reason: CodeIssueReason,
+    },
+    /// The argon2id hash lives here, in the event store only; the relay drops it.
+    PasswordSet {
+        code_id: CodeId,
+        password_hash: PasswordHash,
+        set_at: DateTime<Utc>,
+    },
+    UserActivated {
+        activated_at: DateTime<Utc>,
+    },
+    InvitationMailSent {
+        code_id: CodeId,
+        message_id: String,
+        smtp_response: String,
+        sent_at: DateTime<Utc>,
+    },
+    InvitationMailFailed {
+        code_id: CodeId,
+        reason: String,
+        permanent: bool,
+        failed_at: DateTime<Utc>,
+    },
+}
+
+impl OnboardingEvent {
+    pub const VERSION: &'static str = "1.0";
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::UserInvited { .. } => "UserInvited",
+            Self::CodeIssued { .. } => "CodeIssued",
+            Self::PasswordSet { .. } => "PasswordSet",
+            Self::UserActivated { .. } => "UserActivated",
+            Self::InvitationMailSent { .. } => "InvitationMailSent",
+            Self::InvitationMailFailed { .. } => "InvitationMailFailed",
+        }
+    }
+}
+
+impl DomainEvent for OnboardingEvent {
+    fn event_type(&self) -> String {
+        self.name().to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        Self::VERSION.to_owned()
+    }
+}

@@ -1,0 +1,205 @@
+//! Passwords: the secret wrapper, the policy that decides what is acceptable, and the hash.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::LazyLock;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::value::{EmailAddress, Username};
+
+/// A password as the user typed it, NFKC-normalised (NIST SP 800-63B §5.1.1.2). Never printed.
+pub struct Password(SecretString);
+
+impl Password {
+    pub fn new(raw: &str) -> Self {
+        Self(SecretString::from(raw.nfkc().collect::<String>()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// A password hash in PHC string format (`$argon2id$v=19$m=…`). It records its own parameters,
+/// so they can be raised later. It stays in the event store and never goes to Kafka.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    pub fn from_phc(phc: String) -> Self {
+        Self(phc)
+    }
+
+    pub fn as_phc(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let params = self.0.split('$').take(4).collect::<Vec<_>>().join("$");
+        write!(f, "PasswordHash({params}$…)")
+    }
+}
+
+/// The rule a refused password broke, with a message the page and the API show as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum PasswordRuleViolation {
+    #[error("The password is too short: use at least {min} characters.")]
+    TooShort { min: usize },
+    #[error("The password is too long: use at most {max} characters.")]
+    TooLong { max: usize },
+    #[error("The password contains your username; choose one that does not.")]
+    ContainsUsername,
+    #[error("The password contains your email address; choose one that does not.")]
+    ContainsEmail,
+    #[error("The password is one of the most common passwords, which attackers try first; choose a less predictable one.")]
+    Common,
+}
+
+/// The common-password list shipped with the project (see `data/README.md`), lower case.
+static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../data/common-passwords.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect()
+});
+
+/// What a password must satisfy. No composition rules: length, context and a blocklist (NIST).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordPolicy {
+    pub min_length: usize,
+    pub max_length: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            max_length: 128,
+        }
+    }
+}
+
+impl PasswordPolicy {
+    /// Contexts shorter than this are not checked for containment: every password would match.
+    const MIN_CONTEXT: usize = 3;
+
+    /// Sentences that describe the rules, for the page.
+    pub fn describe(&self) -> Vec<String> {
+        vec![
+            format!(
+                "At least {} and at most {} characters; spaces and any symbols are welcome.",
+                self.min_length, self.max_length
+            ),
+            "Must not contain your username or your email address.".to_owned(),
+            "Must not be a commonly used password.".to_owned(),
+        ]
+    }
+
+    pub fn check(
+        &self,
+        password: &Password,
+        username: &Username,
+        email: &EmailAddress,
+    ) -> Result<(), PasswordRuleViolation> {
+        let pw = password.expose();
+        let len = pw.chars().count();
+        if len < self.min_length {
+            return Err(PasswordRuleViolation::TooShort {
+                min: self.min_length,
+            });
+        }
+        if len > self.max_length {
+            return Err(PasswordRuleViolation::TooLong {
+                max: self.max_length,
+            });
+        }
+        let lower = pw.to_lowercase();
+        let name = username.as_str().to_lowercase();
+        if name.chars().count() >= Self::MIN_CONTEXT && lower.contains(&name) {
+            return Err(PasswordRuleViolation::ContainsUsername);
+        }
+        let local = email.local_part().to_lowercase();
+        if local.chars().count() >= Self::MIN_CONTEXT && lower.contains(&local) {
+            return Err(PasswordRuleViolation::ContainsEmail);
+        }
+        if COMMON.contains(lower.as_str()) {
+            return Err(PasswordRuleViolation::Common);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(pw: &str) -> Result<(), PasswordRuleViolation> {
+        PasswordPolicy::default().check(
+            &Password::new(pw),
+            &Username::parse("Jane").unwrap(),
+            &EmailAddress::parse("jane.doe@pickup.example").unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_long_unusual_password_is_accepted() {
+        assert_eq!(check("correct horse battery staple"), Ok(()));
+        assert_eq!(check(&"x7ü!".repeat(16)), Ok(()), "64 characters must be allowed");
+    }
+
+    #[test]
+    fn short_and_overlong_passwords_are_refused() {
+        assert_eq!(check("Zq3!x"), Err(PasswordRuleViolation::TooShort { min: 8 }));
+        assert_eq!(
+            check(&"a9".repeat(65)),
+            Err(PasswordRuleViolation::TooLong { max: 128 })
+        );
+    }
+
+    #[test]
+    fn passwords_built_from_the_username_or_email_are_refused() {
+        assert_eq!(check("xxJANExx2024"), Err(PasswordRuleViolation::ContainsUsername));
+        assert_eq!(check("my-jane.doe-pw"), Err(PasswordRuleViolation::ContainsUsername));
+        assert_eq!(
+            PasswordPolicy::default().check(
+                &Password::new("mrs.smith.rules"),
+                &Username::parse("js").unwrap(),
+                &EmailAddress::parse("mrs.smith@pickup.example").unwrap()
+            ),
+            Err(PasswordRuleViolation::ContainsEmail)
+        );
+    }
+
+    #[test]
+    fn common_passwords_are_refused_whatever_their_case() {
+        assert!(COMMON.len() >= 30_000, "the shipped list has {}", COMMON.len());
+        assert_eq!(check("password1"), Err(PasswordRuleViolation::Common));
+        assert_eq!(check("Iloveyou"), Err(PasswordRuleViolation::Common));
+    }
+
+    #[test]
+    fn length_counts_characters_not_bytes() {
+        assert_eq!(check("ééééééé"), Err(PasswordRuleViolation::TooShort { min: 8 }));
+    }
+
+    #[test]
+    fn passwords_and_hashes_are_never_printed() {
+        assert!(!format!("{:?}", Password::new("hunter2hunter2")).contains("hunter2"));
+        let h = PasswordHash::from_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into());
+        assert_eq!(format!("{h:?}"), "PasswordHash($argon2id$v=19$m=19456,t=2,p=1$…)");
+    }
+}

@@ -1,0 +1,402 @@
+//! Given/when/then tests of every transition and every refusal of the `Onboarding` aggregate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::test::TestFramework;
+use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring, PresentedCode};
+use onboarding_domain::password::{Password, PasswordHash, PasswordPolicy, PasswordRuleViolation};
+use onboarding_domain::value::{EmailAddress, UserDomain, Username};
+use onboarding_domain::{
+    CodeIssueReason, HashingFailed, InviteUser, NewCode, Onboarding, OnboardingCommand,
+    OnboardingError, OnboardingEvent, OnboardingServices, PasswordHasher,
+};
+use uuid::Uuid;
+
+struct FakeHasher;
+
+#[async_trait]
+impl PasswordHasher for FakeHasher {
+    async fn hash(&self, password: Password) -> Result<PasswordHash, HashingFailed> {
+        Ok(PasswordHash::from_phc(format!("$fake${}", password.expose().len())))
+    }
+}
+
+const USER: Uuid = Uuid::from_u128(0x1234);
+
+fn keyring() -> Arc<CodeKeyring> {
+    Arc::new(CodeKeyring::new("k1", [("k1".to_owned(), vec![7u8; 32])]).unwrap())
+}
+
+fn services() -> OnboardingServices {
+    OnboardingServices {
+        hasher: Arc::new(FakeHasher),
+        keyring: keyring(),
+        policy: PasswordPolicy::default(),
+    }
+}
+
+fn framework() -> TestFramework<Onboarding> {
+    TestFramework::with(services())
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+fn code_id(n: u8) -> CodeId {
+    CodeId::from_random_bytes([n; 16])
+}
+
+fn new_code(n: u8) -> NewCode {
+    NewCode {
+        code_id: code_id(n),
+        key_id: "k1".into(),
+        validity: Duration::minutes(60),
+    }
+}
+
+fn invited() -> OnboardingEvent {
+    OnboardingEvent::UserInvited {
+        user_id: USER,
+        username: Username::parse("Jane").unwrap(),
+        email: EmailAddress::parse("jane@pickup.example").unwrap(),
+        domain: UserDomain::primary(),
+        locale: None,
+        claims: BTreeMap::new(),
+        invited_at: t0(),
+    }
+}
+
+fn issued(n: u8, at: DateTime<Utc>, reason: CodeIssueReason) -> OnboardingEvent {
+    OnboardingEvent::CodeIssued {
+        code_id: code_id(n),
+        key_id: "k1".into(),
+        issued_at: at,
+        expires_at: at + Duration::minutes(60),
+        reason,
+    }
+}
+
+fn token(n: u8, issued_at: DateTime<Utc>) -> PresentedCode {
+    let binding = CodeBinding {
+        user_id: USER,
+        code_id: code_id(n),
+        expires_at: issued_at + Duration::minutes(60),
+    };
+    let minted = keyring().mint("k1", &binding).unwrap();
+    PresentedCode::parse(minted.expose()).unwrap()
+}
+
+fn submit(n: u8, password: &str, now: DateTime<Utc>) -> OnboardingCommand {
+    OnboardingCommand::SubmitPassword {
+        code: token(n, t0()),
+        password: Password::new(password),
+        now,
+    }
+}
+
+fn invite() -> OnboardingCommand {
+    OnboardingCommand::InviteUser(Box::new(InviteUser {
+        user_id: USER,
+        username: Username::parse("Jane").unwrap(),
+        email: EmailAddress::parse("jane@pickup.example").unwrap(),
+        domain: UserDomain::primary(),
+        locale: None,
+        claims: BTreeMap::new(),
+        code: new_code(1),
+        now: t0(),
+    }))
+}
+
+fn activated_events(now: DateTime<Utc>) -> Vec<OnboardingEvent> {
+    vec![
+        OnboardingEvent::PasswordSet {
+            code_id: code_id(1),
+            password_hash: PasswordHash::from_phc("$fake$28".into()),
+            set_at: now,
+        },
+        OnboardingEvent::UserActivated { activated_at: now },
+    ]
+}
+
+#[tokio::test]
+async fn inviting_a_new_user_records_the_invitation_and_issues_a_code() {
+    framework()
+        .given_no_previous_events()
+        .when_async(invite())
+        .await
+        .then_expect_events(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)]);
+}
+
+#[tokio::test]
+async fn inviting_twice_is_refused() {
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(invite())
+        .await
+        .then_expect_error(OnboardingError::AlreadyInvited);
+}
+
+#[tokio::test]
+async fn a_code_without_positive_validity_is_refused() {
+    let OnboardingCommand::InviteUser(mut cmd) = invite() else { unreachable!() };
+    cmd.code.validity = Duration::zero();
+    framework()
+        .given_no_previous_events()
+        .when_async(OnboardingCommand::InviteUser(cmd))
+        .await
+        .then_expect_error(OnboardingError::InvalidValidity);
+}
+
+#[tokio::test]
+async fn a_good_password_with_the_live_code_sets_it_and_activates_the_account() {
+    let now = t0() + Duration::minutes(5);
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(submit(1, "correct horse battery staple", now))
+        .await
+        .then_expect_events(activated_events(now));
+}
+
+#[tokio::test]
+async fn an_expired_code_is_refused() {
+    let later = t0() + Duration::minutes(61);
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(submit(1, "correct horse battery staple", later))
+        .await
+        .then_expect_error(OnboardingError::CodeExpired {
+            expired_at: t0() + Duration::minutes(60),
+        });
+}
+
+#[tokio::test]
+async fn a_used_code_is_refused_because_the_account_is_active() {
+    let now = t0() + Duration::minutes(5);
+    let mut given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
+    given.extend(activated_events(now));
+    framework()
+        .given(given)
+        .when_async(submit(1, "another good passphrase", now))
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+}
+
+#[tokio::test]
+async fn a_code_with_a_forged_tag_is_refused() {
+    let other = CodeKeyring::new("k1", [("k1".to_owned(), vec![8u8; 32])]).unwrap();
+    let binding = CodeBinding {
+        user_id: USER,
+        code_id: code_id(1),
+        expires_at: t0() + Duration::minutes(60),
+    };
+    let forged = PresentedCode::parse(other.mint("k1", &binding).unwrap().expose()).unwrap();
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(OnboardingCommand::SubmitPassword {
+            code: forged,
+            password: Password::new("correct horse battery staple"),
+            now: t0(),
+        })
+        .await
+        .then_expect_error(OnboardingError::InvalidCode);
+}
+
+#[tokio::test]
+async fn a_code_never_issued_is_refused() {
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(submit(9, "correct horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::InvalidCode);
+}
+
+#[tokio::test]
+async fn resending_issues_a_new_code() {
+    let later = t0() + Duration::minutes(10);
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            now: later,
+        })
+        .await
+        .then_expect_events(vec![issued(2, later, CodeIssueReason::Resend)]);
+}
+
+#[tokio::test]
+async fn a_resent_code_kills_the_previous_one() {
+    framework()
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+            issued(2, t0(), CodeIssueReason::Resend),
+        ])
+        .when_async(submit(1, "correct horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::CodeSuperseded);
+}
+
+#[tokio::test]
+async fn the_resent_code_works() {
+    let now = t0() + Duration::minutes(1);
+    framework()
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+            issued(2, t0(), CodeIssueReason::Resend),
+        ])
+        .when_async(submit(2, "correct horse battery staple", now))
+        .await
+        .then_expect_events(vec![
+            OnboardingEvent::PasswordSet {
+                code_id: code_id(2),
+                password_hash: PasswordHash::from_phc("$fake$28".into()),
+                set_at: now,
+            },
+            OnboardingEvent::UserActivated { activated_at: now },
+        ]);
+}
+
+#[tokio::test]
+async fn resending_after_activation_is_refused() {
+    let mut given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
+    given.extend(activated_events(t0()));
+    framework()
+        .given(given)
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            now: t0(),
+        })
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+}
+
+#[tokio::test]
+async fn commands_on_an_uninvited_account_are_refused() {
+    framework()
+        .given_no_previous_events()
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            now: t0(),
+        })
+        .await
+        .then_expect_error(OnboardingError::NotInvited);
+    framework()
+        .given_no_previous_events()
+        .when_async(submit(1, "correct horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::NotInvited);
+}
+
+#[tokio::test]
+async fn a_weak_password_is_refused_with_the_rule_it_broke_and_keeps_the_code_alive() {
+    let given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
+    framework()
+        .given(given.clone())
+        .when_async(submit(1, "short", t0()))
+        .await
+        .then_expect_error(OnboardingError::WeakPassword(PasswordRuleViolation::TooShort {
+            min: 8,
+        }));
+    framework()
+        .given(given.clone())
+        .when_async(submit(1, "i-am-jane-really", t0()))
+        .await
+        .then_expect_error(OnboardingError::WeakPassword(
+            PasswordRuleViolation::ContainsUsername,
+        ));
+    framework()
+        .given(given.clone())
+        .when_async(submit(1, "password123", t0()))
+        .await
+        .then_expect_error(OnboardingError::WeakPassword(PasswordRuleViolation::Common));
+    // The same code still works afterwards: a refused password never burns it.
+    framework()
+        .given(given)
+        .when_async(submit(1, "correct horse battery staple", t0()))
+        .await
+        .then_expect_events(activated_events(t0()));
+}
+
+#[tokio::test]
+async fn a_sent_mail_is_recorded_once_per_code() {
+    let given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
+    let sent = OnboardingEvent::InvitationMailSent {
+        code_id: code_id(1),
+        message_id: "<m1@pickup.example>".into(),
+        smtp_response: "250 OK".into(),
+        sent_at: t0(),
+    };
+    let record = || OnboardingCommand::RecordMailSent {
+        code_id: code_id(1),
+        message_id: "<m1@pickup.example>".into(),
+        smtp_response: "250 OK".into(),
+        now: t0(),
+    };
+    framework()
+        .given(given.clone())
+        .when_async(record())
+        .await
+        .then_expect_events(vec![sent.clone()]);
+    let mut twice = given;
+    twice.push(sent);
+    framework()
+        .given(twice)
+        .when_async(record())
+        .await
+        .then_expect_error(OnboardingError::MailAlreadySent(code_id(1)));
+}
+
+#[tokio::test]
+async fn mail_outcomes_for_unknown_codes_are_refused() {
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(OnboardingCommand::RecordMailFailed {
+            code_id: code_id(5),
+            reason: "550 no such user".into(),
+            permanent: true,
+            now: t0(),
+        })
+        .await
+        .then_expect_error(OnboardingError::UnknownCode(code_id(5)));
+}
+
+#[tokio::test]
+async fn a_failed_mail_is_recorded() {
+    framework()
+        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .when_async(OnboardingCommand::RecordMailFailed {
+            code_id: code_id(1),
+            reason: "550 no such user".into(),
+            permanent: true,
+            now: t0(),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::InvitationMailFailed {
+            code_id: code_id(1),
+            reason: "550 no such user".into(),
+            permanent: true,
+            failed_at: t0(),
+        }]);
+}
+
+#[test]
+fn no_event_serialises_a_secret() {
+    let json = serde_json::to_string(&issued(1, t0(), CodeIssueReason::Invitation)).unwrap();
+    let token = keyring()
+        .mint(
+            "k1",
+            &CodeBinding {
+                user_id: USER,
+                code_id: code_id(1),
+                expires_at: t0() + Duration::minutes(60),
+            },
+        )
+        .unwrap();
+    assert!(!json.contains(token.expose()));
+    assert!(!json.contains(&token.expose()[43..]), "the tag part must not be in the event");
+}
