@@ -1,0 +1,346 @@
+//! Settings for every `onboard` component: defaults, then one TOML file, then environment
+//! variables (`ONBOARD__SECTION__KEY`, e.g. `ONBOARD__DATABASE__URL`).
+//!
+//! Keys mirror WSO2 Identity Server's `deployment.toml` where it has them
+//! (`[identity_mgt.user_onboarding]`, `[output_adapter.email]`). Secrets are `SecretString`:
+//! they never appear in `Debug` output, logs or errors.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} not found; pass --config or set ONBOARD_CONFIG (see deploy/onboard.example.toml)")]
+    Missing { path: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub identity_mgt: IdentityMgt,
+    pub output_adapter: OutputAdapter,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub gateway: GatewaySettings,
+    pub codes: CodeSettings,
+    pub password_policy: PasswordPolicySettings,
+    pub organisation: OrganisationSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdentityMgt {
+    pub user_onboarding: UserOnboarding,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserOnboarding {
+    /// WSO2's switch. When false, invitations are refused: this engine only does ask-password.
+    pub ask_password_from_user: bool,
+    /// Minutes a code stays valid (WSO2's "Ask password code expiry time").
+    pub ask_password_email_validity: i64,
+    /// Bounds for a per-invitation `code_validity_minutes` override.
+    pub min_validity_minutes: i64,
+    pub max_validity_minutes: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutputAdapter {
+    pub email: EmailSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmailSettings {
+    pub from_address: String,
+    pub from_name: String,
+    pub username: String,
+    pub password: SecretString,
+    pub hostname: String,
+    pub port: u16,
+    /// STARTTLS required when true; plain SMTP when false (local catchers only).
+    pub enable_start_tls: bool,
+    /// Implicit TLS (SMTPS, usually port 465).
+    pub enable_tls: bool,
+    pub enable_authentication: bool,
+    /// Domain used in Message-ID headers; defaults to the from-address domain, never the host name.
+    pub message_id_domain: Option<String>,
+    /// Name sent in HELO/EHLO; defaults to the Message-ID domain.
+    pub hello_name: Option<String>,
+    pub timeout_seconds: u64,
+    /// Attempts per mail before it is recorded as failed.
+    pub max_attempts: u32,
+}
+
+impl EmailSettings {
+    pub fn message_id_domain(&self) -> String {
+        self.message_id_domain.clone().unwrap_or_else(|| {
+            self.from_address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_else(|| "onboard.invalid".to_owned())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub email_worker_group: String,
+    /// CloudEvents `source` attribute of every published event.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    pub bind: SocketAddr,
+    /// Base of the links in mails, e.g. `https://id.pickup.example`.
+    pub public_base_url: String,
+    pub max_body_bytes: u64,
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+/// An admin token, stored as the SHA-256 of the token (the token itself is never configured).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminToken {
+    pub id: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeSettings {
+    pub active_key: String,
+    pub keys: Vec<CodeKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeKey {
+    pub id: String,
+    /// Standard base64 of at least 32 random bytes.
+    pub secret: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PasswordPolicySettings {
+    pub min_length: usize,
+    pub max_length: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrganisationSettings {
+    /// Shown in mails and on the page ("Pickup invited you…").
+    pub name: String,
+}
+
+/// Defaults for everything that has a sensible one; connection details have none.
+#[derive(Serialize)]
+struct Defaults {
+    identity_mgt: serde_json::Value,
+    output_adapter: serde_json::Value,
+    database: serde_json::Value,
+    kafka: serde_json::Value,
+    gateway: serde_json::Value,
+    codes: serde_json::Value,
+    password_policy: serde_json::Value,
+    organisation: serde_json::Value,
+}
+
+fn defaults() -> Defaults {
+    use serde_json::json;
+    Defaults {
+        identity_mgt: json!({"user_onboarding": {
+            "ask_password_from_user": true,
+            "ask_password_email_validity": 1440,
+            "min_validity_minutes": 5,
+            "max_validity_minutes": 10080,
+        }}),
+        output_adapter: json!({"email": {
+            "from_name": "",
+            "username": "",
+            "password": "",
+            "port": 587,
+            "enable_start_tls": true,
+            "enable_tls": false,
+            "enable_authentication": true,
+            "timeout_seconds": 30,
+            "max_attempts": 5,
+        }}),
+        database: json!({"max_connections": 10}),
+        kafka: json!({
+            "topic": "onboarding.events",
+            "partitions": 4,
+            "replication_factor": 1,
+            "email_worker_group": "onboarding-email-worker",
+            "source": "urn:onboard:engine",
+        }),
+        gateway: json!({
+            "bind": "127.0.0.1:8080",
+            "max_body_bytes": 16384,
+            "admin_tokens": [],
+        }),
+        codes: json!({}),
+        password_policy: json!({"min_length": 8, "max_length": 128}),
+        organisation: json!({"name": "Your organisation"}),
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `path`, then `ONBOARD__…` environment variables.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        Self::from_figment(Figment::from(Serialized::defaults(defaults())).merge(Toml::file(path)))
+    }
+
+    /// Loads from TOML text (tests, `--config -`).
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment
+            .merge(Env::prefixed("ONBOARD__").split("__").lowercase(true))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let u = &self.identity_mgt.user_onboarding;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if u.min_validity_minutes < 0 || u.min_validity_minutes > u.max_validity_minutes {
+            return bad(format!(
+                "identity_mgt.user_onboarding: min_validity_minutes ({}) must be between 0 and max_validity_minutes ({})",
+                u.min_validity_minutes, u.max_validity_minutes
+            ));
+        }
+        if !(u.min_validity_minutes.max(1)..=u.max_validity_minutes)
+            .contains(&u.ask_password_email_validity)
+        {
+            return bad(format!(
+                "identity_mgt.user_onboarding.ask_password_email_validity ({}) must be between {} and {} minutes",
+                u.ask_password_email_validity,
+                u.min_validity_minutes.max(1),
+                u.max_validity_minutes
+            ));
+        }
+        let p = &self.password_policy;
+        if p.min_length < 1 || p.max_length < 64 || p.min_length > p.max_length {
+            return bad(format!(
+                "password_policy: min_length ({}) must be at least 1 and max_length ({}) at least 64 (NIST SP 800-63B)",
+                p.min_length, p.max_length
+            ));
+        }
+        if !self.gateway.public_base_url.starts_with("http://")
+            && !self.gateway.public_base_url.starts_with("https://")
+        {
+            return bad("gateway.public_base_url must start with https:// (or http:// for local use)".into());
+        }
+        if self.codes.keys.is_empty() {
+            return bad("codes.keys is empty; add a key with `openssl rand -base64 32` as its secret".into());
+        }
+        if self.output_adapter.email.enable_tls && self.output_adapter.email.enable_start_tls {
+            return bad("output_adapter.email: enable_tls (implicit TLS) and enable_start_tls are exclusive; choose one".into());
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database.url.expose_secret()
+    }
+}
+
+/// Figment's errors name the key and what was wrong; keep that, drop values (they may be secrets).
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let what = match &e.kind {
+                figment::error::Kind::MissingField(f) => {
+                    let full = if key.is_empty() { f.to_string() } else { format!("{key}.{f}") };
+                    return format!("missing key `{full}`");
+                }
+                figment::error::Kind::InvalidType(actual, expected) => {
+                    format!("expected {expected}, found {actual}")
+                }
+                figment::error::Kind::InvalidValue(_, expected) => format!("expected {expected}"),
+                other => other.to_string(),
+            };
+            format!("key `{key}`: {what}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [output_adapter.email]
+        from_address = "noreply@pickup.example"
+        hostname = "smtp.pickup.example"
+        password = "smtp-secret-value"
+        [database]
+        url = "postgres://postgres:db-secret@127.0.0.1/onboarding"
+        [kafka]
+        bootstrap_servers = "127.0.0.1:9092"
+        [gateway]
+        public_base_url = "https://id.pickup.example"
+        [codes]
+        active_key = "k1"
+        [[codes.keys]]
+        id = "k1"
+        secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+    "#;
+
+    #[test]
+    fn a_minimal_file_gets_wso2_defaults() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.identity_mgt.user_onboarding.ask_password_email_validity, 1440);
+        assert_eq!(s.output_adapter.email.port, 587);
+        assert!(s.output_adapter.email.enable_start_tls);
+        assert_eq!(s.kafka.topic, "onboarding.events");
+        assert_eq!(s.output_adapter.email.message_id_domain(), "pickup.example");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("smtp-secret-value"));
+        assert!(!dbg.contains("db-secret"));
+        assert!(!dbg.contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let err = Settings::from_toml_str("[database]\nurl='x'").unwrap_err().to_string();
+        assert!(err.contains("missing key"), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_bounds_validity_is_refused_with_the_bounds() {
+        let toml = format!("{MINIMAL}\n[identity_mgt.user_onboarding]\nask_password_email_validity = 999999\n");
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(err.contains("between 5 and 10080"), "{err}");
+    }
+}

@@ -1,0 +1,405 @@
+//! The public event contract: what the engine publishes on Kafka. Each domain event maps to one
+//! public event with its own, separately versioned schema (`schemas/events/*.json`, generated
+//! from these types). The mapping is where internal fields are dropped: the password hash and
+//! the code's key id never leave the event store.
+//!
+//! Record layout (CloudEvents Kafka protocol binding, binary mode): key = user id, value = the JSON
+//! of one of these structs, headers `ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`,
+//! `ce_subject`, `content-type`.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use onboarding_domain::{CodeIssueReason, OnboardingEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace of the deterministic CloudEvents ids (UUIDv5 of `user_id/sequence`): a record
+/// published twice carries the same `ce_id`, so consumers can deduplicate.
+const CE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_6400_8000_0000_0000_0001);
+
+pub fn ce_id(user_id: Uuid, sequence: i64) -> Uuid {
+    Uuid::new_v5(&CE_ID_NAMESPACE, format!("{user_id}/{sequence}").as_bytes())
+}
+
+/// An account was invited; its first code is issued by the next event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInvitedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub username: String,
+    pub domain: String,
+    pub email: String,
+    pub locale: Option<String>,
+    pub claims: BTreeMap<String, serde_json::Value>,
+    pub invited_at: DateTime<Utc>,
+}
+
+/// A confirmation code was issued and is to be mailed; earlier codes are dead. The code itself is
+/// not here: only the engine's keys can turn `code_id` into a usable link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeIssuedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub reason: CodeReason,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeReason {
+    Invitation,
+    Resend,
+}
+
+/// The user chose a password (its hash stays in the event store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordSetV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub set_at: DateTime<Utc>,
+}
+
+/// The account is active: downstream services may let the user in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserActivatedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub activated_at: DateTime<Utc>,
+}
+
+/// The SMTP server accepted the invitation mail for a code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationMailSentV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub message_id: String,
+    pub smtp_response: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// The invitation mail for a code could not be delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationMailFailedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub reason: String,
+    pub permanent: bool,
+    pub failed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublicEvent {
+    UserInvited(UserInvitedV1),
+    CodeIssued(CodeIssuedV1),
+    PasswordSet(PasswordSetV1),
+    UserActivated(UserActivatedV1),
+    InvitationMailSent(InvitationMailSentV1),
+    InvitationMailFailed(InvitationMailFailedV1),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("payload does not match the schema of `{ce_type}`: {reason}")]
+    BadPayload { ce_type: String, reason: String },
+}
+
+pub const SPEC_VERSION: &str = "1.0";
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// Every public type, for schema generation and documentation.
+pub const TYPES: [&str; 6] = [
+    UserInvitedV1::TYPE,
+    CodeIssuedV1::TYPE,
+    PasswordSetV1::TYPE,
+    UserActivatedV1::TYPE,
+    InvitationMailSentV1::TYPE,
+    InvitationMailFailedV1::TYPE,
+];
+
+macro_rules! types {
+    ($($ty:ident => $name:literal),* $(,)?) => {
+        $(impl $ty { pub const TYPE: &'static str = $name; })*
+    };
+}
+
+types! {
+    UserInvitedV1 => "onboard.user.invited.v1",
+    CodeIssuedV1 => "onboard.user.code_issued.v1",
+    PasswordSetV1 => "onboard.user.password_set.v1",
+    UserActivatedV1 => "onboard.user.activated.v1",
+    InvitationMailSentV1 => "onboard.user.invitation_mail_sent.v1",
+    InvitationMailFailedV1 => "onboard.user.invitation_mail_failed.v1",
+}
+
+impl PublicEvent {
+    /// Maps a stored domain event to its public form, dropping whatever is internal.
+    pub fn from_domain(user_id: Uuid, sequence: i64, event: OnboardingEvent) -> Self {
+        match event {
+            OnboardingEvent::UserInvited {
+                username,
+                email,
+                domain,
+                locale,
+                claims,
+                invited_at,
+                ..
+            } => Self::UserInvited(UserInvitedV1 {
+                user_id,
+                sequence,
+                username: username.as_str().to_owned(),
+                domain: domain.as_str().to_owned(),
+                email: email.as_str().to_owned(),
+                locale: locale.map(|l| l.as_str().to_owned()),
+                claims,
+                invited_at,
+            }),
+            OnboardingEvent::CodeIssued {
+                code_id,
+                issued_at,
+                expires_at,
+                reason,
+                ..
+            } => Self::CodeIssued(CodeIssuedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                reason: match reason {
+                    CodeIssueReason::Invitation => CodeReason::Invitation,
+                    CodeIssueReason::Resend => CodeReason::Resend,
+                },
+                issued_at,
+                expires_at,
+            }),
+            OnboardingEvent::PasswordSet {
+                code_id, set_at, ..
+            } => Self::PasswordSet(PasswordSetV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                set_at,
+            }),
+            OnboardingEvent::UserActivated { activated_at } => {
+                Self::UserActivated(UserActivatedV1 {
+                    user_id,
+                    sequence,
+                    activated_at,
+                })
+            }
+            OnboardingEvent::InvitationMailSent {
+                code_id,
+                message_id,
+                smtp_response,
+                sent_at,
+            } => Self::InvitationMailSent(InvitationMailSentV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                message_id,
+                smtp_response,
+                sent_at,
+            }),
+            OnboardingEvent::InvitationMailFailed {
+                code_id,
+                reason,
+                permanent,
+                failed_at,
+            } => Self::InvitationMailFailed(InvitationMailFailedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                reason,
+                permanent,
+                failed_at,
+            }),
+        }
+    }
+
+    pub fn ce_type(&self) -> &'static str {
+        match self {
+            Self::UserInvited(_) => UserInvitedV1::TYPE,
+            Self::CodeIssued(_) => CodeIssuedV1::TYPE,
+            Self::PasswordSet(_) => PasswordSetV1::TYPE,
+            Self::UserActivated(_) => UserActivatedV1::TYPE,
+            Self::InvitationMailSent(_) => InvitationMailSentV1::TYPE,
+            Self::InvitationMailFailed(_) => InvitationMailFailedV1::TYPE,
+        }
+    }
+
+    pub fn user_id(&self) -> Uuid {
+        match self {
+            Self::UserInvited(e) => e.user_id,
+            Self::CodeIssued(e) => e.user_id,
+            Self::PasswordSet(e) => e.user_id,
+            Self::UserActivated(e) => e.user_id,
+            Self::InvitationMailSent(e) => e.user_id,
+            Self::InvitationMailFailed(e) => e.user_id,
+        }
+    }
+
+    pub fn sequence(&self) -> i64 {
+        match self {
+            Self::UserInvited(e) => e.sequence,
+            Self::CodeIssued(e) => e.sequence,
+            Self::PasswordSet(e) => e.sequence,
+            Self::UserActivated(e) => e.sequence,
+            Self::InvitationMailSent(e) => e.sequence,
+            Self::InvitationMailFailed(e) => e.sequence,
+        }
+    }
+
+    pub fn ce_id(&self) -> Uuid {
+        ce_id(self.user_id(), self.sequence())
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let value = match self {
+            Self::UserInvited(e) => serde_json::to_vec(e),
+            Self::CodeIssued(e) => serde_json::to_vec(e),
+            Self::PasswordSet(e) => serde_json::to_vec(e),
+            Self::UserActivated(e) => serde_json::to_vec(e),
+            Self::InvitationMailSent(e) => serde_json::to_vec(e),
+            Self::InvitationMailFailed(e) => serde_json::to_vec(e),
+        };
+        value.expect("public events always serialise")
+    }
+
+    /// Parses a record's value given its `ce_type` header.
+    pub fn parse(ce_type: &str, value: &[u8]) -> Result<Self, ContractError> {
+        fn de<T: serde::de::DeserializeOwned>(t: &str, v: &[u8]) -> Result<T, ContractError> {
+            serde_json::from_slice(v).map_err(|e| ContractError::BadPayload {
+                ce_type: t.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Ok(match ce_type {
+            UserInvitedV1::TYPE => Self::UserInvited(de(ce_type, value)?),
+            CodeIssuedV1::TYPE => Self::CodeIssued(de(ce_type, value)?),
+            PasswordSetV1::TYPE => Self::PasswordSet(de(ce_type, value)?),
+            UserActivatedV1::TYPE => Self::UserActivated(de(ce_type, value)?),
+            InvitationMailSentV1::TYPE => Self::InvitationMailSent(de(ce_type, value)?),
+            InvitationMailFailedV1::TYPE => Self::InvitationMailFailed(de(ce_type, value)?),
+            other => return Err(ContractError::UnknownType(other.to_owned())),
+        })
+    }
+}
+
+/// The JSON Schema of each public type, keyed by file name (`<ce_type>.json`).
+pub fn schemas() -> Vec<(String, serde_json::Value)> {
+    fn one<T: JsonSchema>(ce_type: &str) -> (String, serde_json::Value) {
+        let mut schema = serde_json::to_value(schemars::schema_for!(T)).expect("schema serialises");
+        if let Some(obj) = schema.as_object_mut() {
+            obj.insert(
+                "$id".into(),
+                serde_json::Value::String(format!("urn:onboard:schema:{ce_type}")),
+            );
+            obj.insert(
+                "x-cloudevents-type".into(),
+                serde_json::Value::String(ce_type.to_owned()),
+            );
+        }
+        (format!("{ce_type}.json"), schema)
+    }
+    vec![
+        one::<UserInvitedV1>(UserInvitedV1::TYPE),
+        one::<CodeIssuedV1>(CodeIssuedV1::TYPE),
+        one::<PasswordSetV1>(PasswordSetV1::TYPE),
+        one::<UserActivatedV1>(UserActivatedV1::TYPE),
+        one::<InvitationMailSentV1>(InvitationMailSentV1::TYPE),
+        one::<InvitationMailFailedV1>(InvitationMailFailedV1::TYPE),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onboarding_domain::code::CodeId;
+    use onboarding_domain::password::PasswordHash;
+
+    #[test]
+    fn the_password_hash_never_reaches_the_public_event() {
+        let e = PublicEvent::from_domain(
+            Uuid::nil(),
+            3,
+            OnboardingEvent::PasswordSet {
+                code_id: CodeId::from_random_bytes([1; 16]),
+                password_hash: PasswordHash::from_phc("$argon2id$v=19$secret".into()),
+                set_at: Utc::now(),
+            },
+        );
+        let json = String::from_utf8(e.to_json()).unwrap();
+        assert!(!json.contains("argon2"), "{json}");
+        assert_eq!(e.ce_type(), "onboard.user.password_set.v1");
+    }
+
+    #[test]
+    fn the_key_id_stays_internal() {
+        let e = PublicEvent::from_domain(
+            Uuid::nil(),
+            2,
+            OnboardingEvent::CodeIssued {
+                code_id: CodeId::from_random_bytes([1; 16]),
+                key_id: "secret-key-id".into(),
+                issued_at: Utc::now(),
+                expires_at: Utc::now(),
+                reason: CodeIssueReason::Invitation,
+            },
+        );
+        let json = String::from_utf8(e.to_json()).unwrap();
+        assert!(!json.contains("secret-key-id"));
+        let back = PublicEvent::parse(e.ce_type(), json.as_bytes()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn ce_ids_are_stable_per_user_and_sequence() {
+        assert_eq!(ce_id(Uuid::nil(), 1), ce_id(Uuid::nil(), 1));
+        assert_ne!(ce_id(Uuid::nil(), 1), ce_id(Uuid::nil(), 2));
+    }
+
+    #[test]
+    fn unknown_types_and_bad_payloads_are_named() {
+        assert!(matches!(
+            PublicEvent::parse("x.y", b"{}"),
+            Err(ContractError::UnknownType(_))
+        ));
+        let err = PublicEvent::parse(UserActivatedV1::TYPE, b"{}").unwrap_err();
+        assert!(err.to_string().contains("onboard.user.activated.v1"));
+    }
+
+    /// `schemas/events/` is generated from these types; regenerate with
+    /// `UPDATE_SCHEMAS=1 cargo test -p onboarding-events`.
+    #[test]
+    fn committed_schemas_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/events");
+        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+        for (file, schema) in schemas() {
+            let path = dir.join(&file);
+            let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                committed, text,
+                "schemas/events/{file} is stale; run UPDATE_SCHEMAS=1 cargo test -p onboarding-events"
+            );
+        }
+    }
+}

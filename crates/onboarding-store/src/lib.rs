@@ -1,0 +1,268 @@
+//! PostgreSQL persistence: the event store (postgres-es), its migrations, the transactional
+//! outbox and username registry (triggers on `events`), and the adapters the aggregate needs
+//! (argon2id hashing off the async threads).
+//!
+//! Architecture invariant: every change to an account goes through [`Store::execute`], i.e. through
+//! the aggregate; nothing writes `events`, `outbox` or `usernames` directly except the migrations'
+//! triggers and the relay (which deletes outbox rows after the broker acknowledged them).
+#![forbid(unsafe_code)]
+
+mod hasher;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use onboarding_config::Settings;
+use onboarding_domain::code::{CodeKeyring, KeyringError};
+use onboarding_domain::password::PasswordPolicy;
+use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError, OnboardingServices};
+use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+pub use hasher::Argon2Hasher;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The aggregate refused the command; the message is for the user.
+    #[error(transparent)]
+    Refused(#[from] OnboardingError),
+    /// Another command changed the account at the same time (or a uniqueness trigger fired).
+    #[error("the account was changed concurrently; retry the request")]
+    Conflict,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("unexpected store error: {0}")]
+    Unexpected(String),
+}
+
+impl From<AggregateError<OnboardingError>> for StoreError {
+    fn from(e: AggregateError<OnboardingError>) -> Self {
+        match e {
+            AggregateError::UserError(e) => Self::Refused(e),
+            AggregateError::AggregateConflict => Self::Conflict,
+            AggregateError::DatabaseConnectionError(e) => Self::Unavailable(e.to_string()),
+            AggregateError::DeserializationError(e) => Self::Unexpected(e.to_string()),
+            AggregateError::UnexpectedError(e) => Self::Unexpected(e.to_string()),
+        }
+    }
+}
+
+/// Who or what caused a change; recorded in each event's metadata for auditors.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub kind: &'static str,
+    pub id: String,
+    pub correlation_id: Option<String>,
+}
+
+impl Actor {
+    pub fn admin(token_id: &str) -> Self {
+        Self {
+            kind: "admin",
+            id: token_id.to_owned(),
+            correlation_id: None,
+        }
+    }
+
+    pub fn user_via_link() -> Self {
+        Self {
+            kind: "user",
+            id: "confirmation-link".to_owned(),
+            correlation_id: None,
+        }
+    }
+
+    pub fn system(component: &str) -> Self {
+        Self {
+            kind: "system",
+            id: component.to_owned(),
+            correlation_id: None,
+        }
+    }
+
+    pub fn with_correlation(mut self, id: Option<String>) -> Self {
+        self.correlation_id = id;
+        self
+    }
+
+    fn metadata(&self) -> HashMap<String, String> {
+        let mut m = HashMap::from([
+            ("actor_kind".to_owned(), self.kind.to_owned()),
+            ("actor_id".to_owned(), self.id.clone()),
+        ]);
+        if let Some(c) = &self.correlation_id {
+            m.insert("correlation_id".to_owned(), c.clone());
+        }
+        m
+    }
+}
+
+/// One stored event, as an auditor reads it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredEvent {
+    pub global_position: i64,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Builds the aggregate's services from the settings.
+pub fn services(settings: &Settings) -> Result<OnboardingServices, KeyringError> {
+    Ok(OnboardingServices {
+        hasher: Arc::new(Argon2Hasher::new()),
+        keyring: Arc::new(keyring(settings)?),
+        policy: PasswordPolicy {
+            min_length: settings.password_policy.min_length,
+            max_length: settings.password_policy.max_length,
+        },
+    })
+}
+
+/// The code keys from the settings. A key that is not valid base64 is reported by id.
+pub fn keyring(settings: &Settings) -> Result<CodeKeyring, KeyringError> {
+    let mut keys = Vec::new();
+    for k in &settings.codes.keys {
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(k.secret.expose_secret().trim())
+            .map_err(|_| KeyringError::TooShort(k.id.clone()))?;
+        keys.push((k.id.clone(), secret));
+    }
+    CodeKeyring::new(settings.codes.active_key.clone(), keys)
+}
+
+pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(settings.database_url())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Unexpected(format!("migration failed: {e}")))
+}
+
+/// The event-sourced store of `Onboarding` aggregates.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    cqrs: Arc<PostgresCqrs<Onboarding>>,
+    events: Arc<PersistedEventStore<PostgresEventRepository, Onboarding>>,
+    services: OnboardingServices,
+}
+
+impl Store {
+    pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
+        let cqrs = postgres_es::postgres_cqrs(pool.clone(), vec![], services.clone());
+        let events = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+        Self {
+            pool,
+            cqrs: Arc::new(cqrs),
+            events: Arc::new(events),
+            services,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn services(&self) -> &OnboardingServices {
+        &self.services
+    }
+
+    /// Runs a command on one account through the aggregate; its events commit atomically.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, actor = %actor.kind))]
+    pub async fn execute(
+        &self,
+        user_id: Uuid,
+        command: OnboardingCommand,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        self.cqrs
+            .execute_with_metadata(&user_id.to_string(), command, actor.metadata())
+            .await
+            .map_err(StoreError::from)
+    }
+
+    /// The account's current state, or `None` when nobody invited this id.
+    pub async fn load(&self, user_id: Uuid) -> Result<Option<Onboarding>, StoreError> {
+        let mut ctx = self
+            .events
+            .load_aggregate(&user_id.to_string())
+            .await
+            .map_err(StoreError::from)?;
+        let aggregate = ctx.aggregate().clone();
+        Ok(aggregate.user_id.map(|_| aggregate))
+    }
+
+    /// The id of the account holding this username in this domain, if any.
+    pub async fn user_id_by_username(
+        &self,
+        domain: &str,
+        username_key: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        sqlx::query_scalar("SELECT user_id FROM usernames WHERE domain = $1 AND username_key = $2")
+            .bind(domain)
+            .bind(username_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    /// Every event of one account, oldest first.
+    pub async fn events_of(&self, user_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT global_position, aggregate_id, sequence, event_type, event_version, payload, \
+             metadata, recorded_at FROM events WHERE aggregate_type = 'Onboarding' AND aggregate_id = $1 \
+             ORDER BY sequence",
+        )
+        .bind(user_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter().map(stored_event).collect()
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Reads one `events` row (the columns `events_of` selects).
+pub fn stored_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Unexpected(e.to_string());
+    Ok(StoredEvent {
+        global_position: row.try_get("global_position").map_err(get)?,
+        aggregate_id: row.try_get("aggregate_id").map_err(get)?,
+        sequence: row.try_get("sequence").map_err(get)?,
+        event_type: row.try_get("event_type").map_err(get)?,
+        event_version: row.try_get("event_version").map_err(get)?,
+        payload: row.try_get("payload").map_err(get)?,
+        metadata: row.try_get("metadata").map_err(get)?,
+        recorded_at: row.try_get("recorded_at").map_err(get)?,
+    })
+}
