@@ -75,6 +75,8 @@ pub struct EmailSettings {
     pub timeout_seconds: u64,
     /// Attempts per mail before it is recorded as failed.
     pub max_attempts: u32,
+    /// Subject of the invitation mail (a template: `{{ organisation }}`, `{{ username }}`).
+    pub invitation_subject: String,
 }
 
 impl EmailSettings {
@@ -178,6 +180,7 @@ fn defaults() -> Defaults {
             "enable_authentication": true,
             "timeout_seconds": 30,
             "max_attempts": 5,
+            "invitation_subject": "{{ organisation }}: create your password",
         }}),
         database: json!({"max_connections": 10}),
         kafka: json!({

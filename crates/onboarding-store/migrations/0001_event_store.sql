@@ -88,3 +88,16 @@ CREATE TRIGGER reserve_username
     FOR EACH ROW
     WHEN (NEW.event_type = 'UserInvited')
 EXECUTE FUNCTION reserve_username();
+
+-- Outbox rows the relay could not map to a public event (corrupt or unknown). Kept, never lost,
+-- and out of the way so one bad row cannot stall the others.
+CREATE TABLE outbox_dead_letter
+(
+    id              bigint      PRIMARY KEY,
+    aggregate_id    text        NOT NULL,
+    sequence        bigint      NOT NULL,
+    event_type      text        NOT NULL,
+    payload         jsonb       NOT NULL,
+    error           text        NOT NULL,
+    moved_at        timestamptz NOT NULL DEFAULT now()
+);

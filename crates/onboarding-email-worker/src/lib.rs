@@ -1,0 +1,273 @@
+//! The email worker: consumes the public event topic and mails each issued code's link.
+//!
+//! Architecture invariants:
+//! - At least once: a record's offset is stored only after its outcome was recorded on the
+//!   aggregate (`InvitationMailSent` / `InvitationMailFailed`), or after it was found to need
+//!   nothing. Auto-commit then commits stored offsets only.
+//! - Mail once per code: before sending, the worker reads the aggregate and skips a code that
+//!   was already mailed, superseded, expired or used; the aggregate refuses a second "sent" for
+//!   the same code. What remains is the window between the SMTP server's acceptance and the
+//!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md.
+//! - The link token is minted here from the event's public fields and the code key; it exists
+//!   only in the mail.
+#![forbid(unsafe_code)]
+
+pub mod mail;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use onboarding_config::Settings;
+use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
+use onboarding_domain::{OnboardingCommand, OnboardingError};
+use onboarding_events::{CodeIssuedV1, PublicEvent};
+use onboarding_relay::kafka::base_config;
+use onboarding_store::{Actor, Store, StoreError};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+pub use mail::{Invitation, MailError, Mailer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Setup(#[from] mail::SetupError),
+}
+
+/// What became of one code-issued event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    AlreadySent,
+    Superseded,
+    Expired,
+    AlreadyActive,
+    UnknownUser,
+    Failed { permanent: bool },
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::AlreadySent => "already_sent",
+            Self::Superseded => "superseded",
+            Self::Expired => "expired",
+            Self::AlreadyActive => "already_active",
+            Self::UnknownUser => "unknown_user",
+            Self::Failed { permanent: true } => "failed_permanent",
+            Self::Failed { permanent: false } => "failed_transient",
+        }
+    }
+}
+
+pub struct EmailWorker {
+    store: Store,
+    mailer: Mailer,
+    keyring: Arc<CodeKeyring>,
+    public_base_url: String,
+    max_attempts: u32,
+    consumer: StreamConsumer,
+}
+
+impl EmailWorker {
+    pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
+        let mailer = Mailer::new(&settings.output_adapter.email, &settings.organisation.name)?;
+        let consumer: StreamConsumer = base_config(&settings.kafka)
+            .set("group.id", &settings.kafka.email_worker_group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()?;
+        consumer.subscribe(&[&settings.kafka.topic])?;
+        Ok(Self {
+            keyring: store.services().keyring.clone(),
+            store,
+            mailer,
+            public_base_url: settings.gateway.public_base_url.trim_end_matches('/').to_owned(),
+            max_attempts: settings.output_adapter.email.max_attempts.max(1),
+            consumer,
+        })
+    }
+
+    /// Consumes until `shutdown`; finishes the record in hand, then commits stored offsets.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        tracing::info!("email worker started");
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = self.consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            // A record is retried here until it is handled; only a database outage keeps it.
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.process(&msg).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the outcome; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return self.close(),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            self.consumer.store_offset_from_message(&msg)?;
+        }
+        self.close()
+    }
+
+    fn close(&self) -> Result<(), WorkerError> {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
+        }
+        tracing::info!("email worker stopped");
+        Ok(())
+    }
+
+    async fn process(&self, msg: &BorrowedMessage<'_>) -> Result<(), StoreError> {
+        let ce_type = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or_default()
+            .to_owned();
+        if ce_type != CodeIssuedV1::TYPE {
+            return Ok(());
+        }
+        let event = match PublicEvent::parse(&ce_type, msg.payload().unwrap_or_default()) {
+            Ok(PublicEvent::CodeIssued(e)) => e,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // Not ours to fix and retrying cannot help: log it and move on.
+                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable record skipped");
+                metrics::counter!("onboard_mail_total", "outcome" => "unreadable").increment(1);
+                return Ok(());
+            }
+        };
+        let started = Instant::now();
+        let outcome = self.handle(&event).await?;
+        metrics::counter!("onboard_mail_total", "outcome" => outcome.label()).increment(1);
+        if outcome == Outcome::Sent {
+            metrics::histogram!("onboard_mail_send_seconds").record(started.elapsed().as_secs_f64());
+        }
+        tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), "code-issued event handled");
+        Ok(())
+    }
+
+    /// Mails one issued code unless it needs nothing, and records the outcome on the account.
+    #[tracing::instrument(skip_all, fields(user_id = %event.user_id))]
+    pub async fn handle(&self, event: &CodeIssuedV1) -> Result<Outcome, StoreError> {
+        let Some(account) = self.store.load(event.user_id).await? else {
+            return Ok(Outcome::UnknownUser);
+        };
+        let code_id = CodeId::from_random_bytes(*event.code_id.as_bytes());
+        if account.mail_sent_for(code_id) {
+            return Ok(Outcome::AlreadySent);
+        }
+        let Some(live) = account.live_code() else {
+            return Ok(Outcome::AlreadyActive);
+        };
+        if live.code_id != code_id {
+            return Ok(Outcome::Superseded);
+        }
+        if Utc::now() >= live.expires_at {
+            return Ok(Outcome::Expired);
+        }
+        let (Some(username), Some(email)) = (&account.username, &account.email) else {
+            return Ok(Outcome::UnknownUser);
+        };
+        let binding = CodeBinding {
+            user_id: event.user_id,
+            code_id,
+            expires_at: live.expires_at,
+        };
+        let Some(token) = self.keyring.mint(&live.key_id, &binding) else {
+            let reason = format!("code key `{}` is no longer configured", live.key_id);
+            return self.record_failure(event, code_id, reason, true).await;
+        };
+        let link = format!("{}/confirm?code={}", self.public_base_url, token.expose());
+        let rendered = self.mailer.render(&Invitation {
+            to: email.as_str(),
+            username: username.as_str(),
+            link: &link,
+            expires_at: live.expires_at,
+        });
+        let rendered = match rendered {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .record_failure(event, code_id, format!("template error: {e}"), true)
+                    .await
+            }
+        };
+        let mut attempt = 0;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            attempt += 1;
+            match self.mailer.send(email.as_str(), rendered.clone()).await {
+                Ok(accepted) => {
+                    let cmd = OnboardingCommand::RecordMailSent {
+                        code_id,
+                        message_id: accepted.message_id,
+                        smtp_response: accepted.smtp_response,
+                        now: Utc::now(),
+                    };
+                    return match self.store.execute(event.user_id, cmd, &Actor::system("email-worker")).await {
+                        Ok(()) => Ok(Outcome::Sent),
+                        Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => Ok(Outcome::AlreadySent),
+                        Err(e) => Err(e),
+                    };
+                }
+                Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
+                    tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
+                    return self.record_failure(event, code_id, e.to_string(), e.is_permanent()).await;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, attempt, "transient mail failure; retrying");
+                    tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 250)).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        event: &CodeIssuedV1,
+        code_id: CodeId,
+        reason: String,
+        permanent: bool,
+    ) -> Result<Outcome, StoreError> {
+        let cmd = OnboardingCommand::RecordMailFailed {
+            code_id,
+            reason,
+            permanent,
+            now: Utc::now(),
+        };
+        match self.store.execute(event.user_id, cmd, &Actor::system("email-worker")).await {
+            Ok(()) | Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
+                Ok(Outcome::Failed { permanent })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

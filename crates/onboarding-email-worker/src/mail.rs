@@ -1,0 +1,177 @@
+//! Rendering and sending the invitation mail.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use minijinja::{context, Environment};
+use onboarding_config::EmailSettings;
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// Worth retrying: 4xx, timeouts, connection refused.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help: 5xx, invalid address.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl MailError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent(_))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("output_adapter.email: {0}")]
+    Email(String),
+    #[error("invitation template: {0}")]
+    Template(String),
+}
+
+/// What goes into one invitation mail.
+pub struct Invitation<'a> {
+    pub to: &'a str,
+    pub username: &'a str,
+    pub link: &'a str,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct RenderedMail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    templates: Environment<'static>,
+    from: Mailbox,
+    message_id_domain: String,
+    organisation: String,
+}
+
+/// The result of a send the SMTP server accepted.
+pub struct Accepted {
+    pub message_id: String,
+    pub smtp_response: String,
+}
+
+impl Mailer {
+    pub fn new(settings: &EmailSettings, organisation: &str) -> Result<Self, SetupError> {
+        let host = settings.hostname.as_str();
+        let mut builder = if settings.enable_tls {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(host)
+                .map_err(|e| SetupError::Email(e.to_string()))?
+        } else if settings.enable_start_tls {
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                .map_err(|e| SetupError::Email(e.to_string()))?
+        } else {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        };
+        let message_id_domain = settings.message_id_domain();
+        builder = builder
+            .port(settings.port)
+            .timeout(Some(Duration::from_secs(settings.timeout_seconds)))
+            .hello_name(ClientId::Domain(
+                settings
+                    .hello_name
+                    .clone()
+                    .unwrap_or_else(|| message_id_domain.clone()),
+            ))
+            .pool_config(PoolConfig::new().max_size(8));
+        if settings.enable_authentication {
+            builder = builder.credentials(Credentials::new(
+                settings.username.clone(),
+                settings.password.expose_secret().to_owned(),
+            ));
+        }
+        let address = settings.from_address.parse().map_err(|e| {
+            SetupError::Email(format!("from_address is not a valid address: {e}"))
+        })?;
+        let from = Mailbox::new(
+            Some(settings.from_name.clone()).filter(|n| !n.is_empty()),
+            address,
+        );
+
+        let mut templates = Environment::new();
+        templates
+            .add_template_owned("subject", settings.invitation_subject.clone())
+            .map_err(|e| SetupError::Template(e.to_string()))?;
+        templates
+            .add_template("invitation.txt", include_str!("../templates/invitation.txt"))
+            .map_err(|e| SetupError::Template(e.to_string()))?;
+        templates
+            .add_template("invitation.html", include_str!("../templates/invitation.html"))
+            .map_err(|e| SetupError::Template(e.to_string()))?;
+
+        Ok(Self {
+            transport: builder.build(),
+            templates,
+            from,
+            message_id_domain,
+            organisation: organisation.to_owned(),
+        })
+    }
+
+    pub fn render(&self, inv: &Invitation<'_>) -> Result<RenderedMail, minijinja::Error> {
+        let expires_at_text = inv.expires_at.format("%A %-d %B %Y, %H:%M UTC").to_string();
+        let subject = self.templates.get_template("subject")?.render(context! {
+            organisation => &self.organisation,
+            username => inv.username,
+        })?;
+        let ctx = context! {
+            subject => &subject,
+            organisation => &self.organisation,
+            username => inv.username,
+            link => inv.link,
+            expires_at => inv.expires_at.to_rfc3339(),
+            expires_at_text => expires_at_text,
+        };
+        Ok(RenderedMail {
+            text: self.templates.get_template("invitation.txt")?.render(&ctx)?,
+            html: self.templates.get_template("invitation.html")?.render(&ctx)?,
+            subject,
+        })
+    }
+
+    pub async fn send(&self, to: &str, mail: RenderedMail) -> Result<Accepted, MailError> {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|e| MailError::Permanent(format!("recipient address refused: {e}")))?;
+        let message_id = format!("<{}@{}>", Uuid::new_v4(), self.message_id_domain);
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject)
+            .message_id(Some(message_id.clone()))
+            .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))
+            .map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))?;
+        match self.transport.send(message).await {
+            Ok(response) => Ok(Accepted {
+                message_id,
+                smtp_response: format!(
+                    "{} {}",
+                    response.code(),
+                    response.message().collect::<Vec<_>>().join(" ")
+                ),
+            }),
+            Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
+            Err(e) => Err(MailError::Transient(e.to_string())),
+        }
+    }
+
+    /// Checks that the SMTP server answers (used at start-up and by readiness).
+    pub async fn test_connection(&self) -> Result<bool, String> {
+        self.transport.test_connection().await.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,87 @@
+//! Kafka clients shared by the engine's components: the idempotent producer, explicit topic
+//! creation, and the readiness probe.
+
+use std::time::Duration;
+
+use onboarding_config::KafkaSettings;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", "onboard");
+    c
+}
+
+/// Idempotent, `acks=all`: a retried send never duplicates or reorders within a partition.
+pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    base_config(kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("compression.type", "none")
+        .create()
+}
+
+/// Creates the events topic if it does not exist. Topics are never auto-created.
+pub async fn create_topics(kafka: &KafkaSettings) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
+    let topic = NewTopic::new(
+        &kafka.topic,
+        kafka.partitions,
+        TopicReplication::Fixed(kafka.replication_factor),
+    );
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics([&topic], &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions = kafka.partitions, "topic created"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::info!(topic = %name, "topic exists")
+            }
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = %name, error = %code, "cannot create topic")
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers whether the broker is reachable and the topic exists.
+pub struct KafkaProbe {
+    client: FutureProducer,
+    topic: String,
+}
+
+impl KafkaProbe {
+    pub fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
+        Ok(Self {
+            client: base_config(kafka).create()?,
+            topic: kafka.topic.clone(),
+        })
+    }
+
+    pub async fn check(&self) -> Result<(), String> {
+        let client = self.client.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = client
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                .map_err(|e| format!("kafka unreachable: {e}"))?;
+            match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                _ => Err(format!("kafka topic `{topic}` missing; run `onboard migrate`")),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
