@@ -18,9 +18,10 @@ use chrono::{DateTime, Utc};
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
-use onboarding_domain::code::{CodeKeyring, KeyringError};
+use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
+use rand::RngCore;
 use onboarding_domain::password::PasswordPolicy;
-use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError, OnboardingServices};
+use onboarding_domain::{NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices};
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgPoolOptions;
@@ -118,6 +119,17 @@ pub struct StoredEvent {
     pub payload: serde_json::Value,
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+}
+
+/// A fresh code: 128 random bits from the OS's CSPRNG, signed with the active key.
+pub fn new_code(keyring: &CodeKeyring, validity_minutes: i64) -> NewCode {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    NewCode {
+        code_id: CodeId::from_random_bytes(bytes),
+        key_id: keyring.active_key_id().to_owned(),
+        validity: chrono::Duration::minutes(validity_minutes),
+    }
 }
 
 /// Builds the aggregate's services from the settings.

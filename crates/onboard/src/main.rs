@@ -1,0 +1,304 @@
+//! `onboard`: the engine's single binary. Reads configuration, sets up telemetry, and runs one
+//! component (or all of them, with `serve`); the components live in the library crates.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use onboarding_config::Settings;
+use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
+use onboarding_domain::{InviteUser, OnboardingCommand};
+use onboarding_email_worker::EmailWorker;
+use onboarding_gateway::AppState;
+use onboarding_relay::Relay;
+use onboarding_store::{Actor, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "onboard", version, about = "User onboarding engine: invite users, mail them a one-time link, let them set a password")]
+struct Cli {
+    /// Configuration file (TOML). Every key can be overridden with ONBOARD__SECTION__KEY.
+    #[arg(long, short, global = true, env = "ONBOARD_CONFIG", default_value = "onboard.toml")]
+    config: PathBuf,
+    /// Log format: `text` or `json`. The level comes from ONBOARD_LOG (default `info`).
+    #[arg(long, global = true, env = "ONBOARD_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every component in one process: gateway, relay and email worker (the default on one machine).
+    Serve,
+    /// Run only the HTTP gateway (admin API, password page, health, metrics).
+    Gateway,
+    /// Run only the outbox relay (PostgreSQL to Kafka). Several may run; one is active at a time.
+    Relay,
+    /// Run only the email worker (Kafka consumer group; run several to share partitions).
+    EmailWorker,
+    /// Create or upgrade the database schema and create the Kafka topic. Safe to run again.
+    Migrate {
+        /// Only the database; leave Kafka alone.
+        #[arg(long)]
+        skip_kafka: bool,
+    },
+    /// Invite a user: records the invitation and lets the engine mail the link.
+    Invite {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = UserDomain::PRIMARY)]
+        domain: String,
+        /// Language tag for the mail and page, e.g. `en` or `pt-BR`.
+        #[arg(long)]
+        locale: Option<String>,
+        /// Minutes the code stays valid (default: identity_mgt.user_onboarding.ask_password_email_validity).
+        #[arg(long)]
+        code_validity_minutes: Option<i64>,
+    },
+    /// Inspect users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print one user's events, oldest first, as JSON lines (password hashes redacted).
+    Events {
+        /// User id, or username (with --domain).
+        user: String,
+        #[arg(long, default_value = UserDomain::PRIMARY)]
+        domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Show a user's state as JSON (never a secret).
+    Show {
+        /// User id, or username (with --domain).
+        user: String,
+        #[arg(long, default_value = UserDomain::PRIMARY)]
+        domain: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ONBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Arc::new(Settings::load(&cli.config)?);
+    match cli.command {
+        Command::Migrate { skip_kafka } => migrate(&settings, skip_kafka).await,
+        Command::Serve => components(settings, true, true, true).await,
+        Command::Gateway => components(settings, true, false, false).await,
+        Command::Relay => components(settings, false, true, false).await,
+        Command::EmailWorker => components(settings, false, false, true).await,
+        Command::Invite {
+            username,
+            email,
+            domain,
+            locale,
+            code_validity_minutes,
+        } => invite(&settings, &username, &email, &domain, locale.as_deref(), code_validity_minutes).await,
+        Command::User {
+            command: UserCommand::Show { user, domain },
+        } => {
+            let store = store(&settings).await?;
+            let id = resolve(&store, &user, &domain).await?;
+            let account = store.load(id).await?.with_context(|| format!("no user with id {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?);
+            Ok(())
+        }
+        Command::Events { user, domain } => {
+            let store = store(&settings).await?;
+            let id = resolve(&store, &user, &domain).await?;
+            for mut event in store.events_of(id).await? {
+                if let Some(hash) = event.payload.pointer_mut("/PasswordSet/password_hash") {
+                    *hash = serde_json::Value::String("<redacted>".into());
+                }
+                println!("{}", serde_json::to_string(&event)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn store(settings: &Settings) -> Result<Store> {
+    let pool = onboarding_store::connect(settings).await?;
+    let services = onboarding_store::services(settings)?;
+    Ok(Store::new(pool, services))
+}
+
+async fn resolve(store: &Store, user: &str, domain: &str) -> Result<Uuid> {
+    if let Ok(id) = Uuid::parse_str(user) {
+        return Ok(id);
+    }
+    let username = Username::parse(user).map_err(|e| anyhow::anyhow!(e.0))?;
+    let domain = UserDomain::parse(domain).map_err(|e| anyhow::anyhow!(e.0))?;
+    store
+        .user_id_by_username(domain.as_str(), &username.key())
+        .await?
+        .with_context(|| format!("no user `{username}` in domain {domain}"))
+}
+
+async fn migrate(settings: &Settings, skip_kafka: bool) -> Result<()> {
+    let pool = onboarding_store::connect(settings).await?;
+    onboarding_store::migrate(&pool).await?;
+    println!("database schema is up to date");
+    if !skip_kafka {
+        onboarding_relay::kafka::create_topics(&settings.kafka)
+            .await
+            .with_context(|| format!("cannot create Kafka topic `{}` on {}", settings.kafka.topic, settings.kafka.bootstrap_servers))?;
+        println!("kafka topic `{}` is ready", settings.kafka.topic);
+    }
+    Ok(())
+}
+
+async fn invite(
+    settings: &Settings,
+    username: &str,
+    email: &str,
+    domain: &str,
+    locale: Option<&str>,
+    validity: Option<i64>,
+) -> Result<()> {
+    let cfg = &settings.identity_mgt.user_onboarding;
+    if !cfg.ask_password_from_user {
+        bail!("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true");
+    }
+    let bad = |field: &str, e: onboarding_domain::value::InvalidValue| anyhow::anyhow!("--{field}: {}", e.0);
+    let username = Username::parse(username).map_err(|e| bad("username", e))?;
+    let email = EmailAddress::parse(email).map_err(|e| bad("email", e))?;
+    let domain = UserDomain::parse(domain).map_err(|e| bad("domain", e))?;
+    let locale = locale.map(Locale::parse).transpose().map_err(|e| bad("locale", e))?;
+    let minutes = validity.unwrap_or(cfg.ask_password_email_validity);
+    let bounds = cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes;
+    if !bounds.contains(&minutes) {
+        bail!("--code-validity-minutes must be between {} and {}", bounds.start(), bounds.end());
+    }
+    let store = store(settings).await?;
+    if store.user_id_by_username(domain.as_str(), &username.key()).await?.is_some() {
+        bail!("the username `{username}` already exists in domain {domain}");
+    }
+    let user_id = Uuid::now_v7();
+    let code = onboarding_store::new_code(&store.services().keyring, minutes);
+    let command = OnboardingCommand::InviteUser(Box::new(InviteUser {
+        user_id,
+        username: username.clone(),
+        email,
+        domain: domain.clone(),
+        locale,
+        claims: Default::default(),
+        code,
+        now: chrono::Utc::now(),
+    }));
+    match store.execute(user_id, command, &Actor::admin("cli")).await {
+        Err(StoreError::Conflict) => bail!("the username `{username}` already exists in domain {domain}"),
+        other => other?,
+    }
+    let account = store.load(user_id).await?.context("the invitation was not stored")?;
+    println!("{}", serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?);
+    Ok(())
+}
+
+fn metrics() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.
+async fn components(settings: Arc<Settings>, gateway: bool, relay: bool, worker: bool) -> Result<()> {
+    let handle = metrics()?;
+    let pool = onboarding_store::connect(&settings).await?;
+    let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if relay {
+        let relay = Relay::new(pool.clone(), &settings.kafka)?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { relay.run(token).await.context("relay") });
+    }
+    if worker {
+        let worker = EmailWorker::new(&settings, store.clone())?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { worker.run(token).await.context("email worker") });
+    }
+    if gateway {
+        let state = Arc::new(AppState::new(settings.clone(), store.clone(), Some(handle))?);
+        let token = shutdown.clone();
+        tasks.spawn(async move { onboarding_gateway::serve(state, token, None).await.context("gateway") });
+    }
+
+    let signal = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping"),
+        }
+    };
+    let mut failure = None;
+    tokio::select! {
+        _ = signal => {}
+        Some(done) = tasks.join_next() => {
+            // A component stopped on its own: that is a failure; stop the others too.
+            failure = Some(match done {
+                Ok(Ok(())) => anyhow::anyhow!("a component stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a component panicked: {e}"),
+            });
+        }
+    }
+    shutdown.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %format!("{e:#}"), "component failed while stopping");
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

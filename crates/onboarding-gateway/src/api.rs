@@ -1,0 +1,305 @@
+//! The JSON API: admin endpoints and password submissions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use onboarding_domain::code::PresentedCode;
+use onboarding_domain::password::Password;
+use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
+use onboarding_domain::{InviteUser, NewCode, Onboarding, OnboardingCommand, OnboardingError};
+use onboarding_store::{Actor, StoreError};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The account as admins see it. Never a secret.
+pub fn user_view(account: &Onboarding) -> Value {
+    json!({
+        "id": account.user_id,
+        "username": account.username.as_ref().map(Username::as_str),
+        "email": account.email.as_ref().map(EmailAddress::as_str),
+        "domain": account.domain.as_ref().map(UserDomain::as_str),
+        "locale": account.locale.as_ref().map(Locale::as_str),
+        "claims": account.claims,
+        "state": account.state.as_str(),
+        "created_at": account.created_at,
+        "code_expires_at": account.live_code().map(|c| c.expires_at),
+        "password_set_at": account.password_set_at,
+        "activated_at": account.activated_at,
+        "email_delivery": account.delivery,
+    })
+}
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::MalformedJson("expected a JSON object".into())),
+        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+/// Collects per-field problems so one answer names every bad field.
+struct Fields {
+    map: Map<String, Value>,
+    problems: BTreeMap<String, String>,
+}
+
+impl Fields {
+    fn new(map: Map<String, Value>, allowed: &[&str]) -> Self {
+        let mut problems = BTreeMap::new();
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                problems.insert(
+                    key.clone(),
+                    format!("unknown field; allowed fields are {}", allowed.join(", ")),
+                );
+            }
+        }
+        Self { map, problems }
+    }
+
+    fn string(&mut self, name: &str, required: bool) -> Option<String> {
+        match self.map.get(name) {
+            None | Some(Value::Null) if required => {
+                self.problems.insert(name.into(), "is required".into());
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.problems.insert(name.into(), "must be a string".into());
+                None
+            }
+        }
+    }
+
+    fn parsed<T>(
+        &mut self,
+        name: &str,
+        required: bool,
+        parse: impl FnOnce(&str) -> Result<T, onboarding_domain::value::InvalidValue>,
+    ) -> Option<T> {
+        let raw = self.string(name, required)?;
+        match parse(&raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problems.insert(name.into(), e.0);
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, name: &str) -> Option<i64> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(n) => Some(n),
+                None => {
+                    self.problems.insert(name.into(), "must be an integer".into());
+                    None
+                }
+            },
+        }
+    }
+
+    fn object(&mut self, name: &str) -> BTreeMap<String, Value> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(m)) => m.clone().into_iter().collect(),
+            Some(_) => {
+                self.problems
+                    .insert(name.into(), "must be a JSON object of claims".into());
+                BTreeMap::new()
+            }
+        }
+    }
+
+    fn problem(&mut self, name: &str, message: String) {
+        self.problems.insert(name.into(), message);
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.problems))
+        }
+    }
+}
+
+impl AppState {
+    pub(crate) fn new_code(&self, validity_minutes: i64) -> NewCode {
+        onboarding_store::new_code(&self.keyring, validity_minutes)
+    }
+
+    fn validity(&self, fields: &mut Fields) -> i64 {
+        let cfg = &self.settings.identity_mgt.user_onboarding;
+        match fields.integer("code_validity_minutes") {
+            None => cfg.ask_password_email_validity,
+            Some(m) if (cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes).contains(&m) => m,
+            Some(_) => {
+                fields.problem(
+                    "code_validity_minutes",
+                    format!(
+                        "must be between {} and {} minutes",
+                        cfg.min_validity_minutes.max(1),
+                        cfg.max_validity_minutes
+                    ),
+                );
+                0
+            }
+        }
+    }
+}
+
+pub async fn create_user(state: Arc<AppState>, token_id: String, body: Bytes) -> Result<Response, ApiError> {
+    if !state.settings.identity_mgt.user_onboarding.ask_password_from_user {
+        return Err(ApiError::InvitationsDisabled);
+    }
+    let mut f = Fields::new(
+        parse_object(&body)?,
+        &["username", "email", "domain", "locale", "claims", "code_validity_minutes"],
+    );
+    let username = f.parsed("username", true, Username::parse);
+    let email = f.parsed("email", true, EmailAddress::parse);
+    let domain = f
+        .parsed("domain", false, UserDomain::parse)
+        .unwrap_or_else(UserDomain::primary);
+    let locale = f.parsed("locale", false, Locale::parse);
+    let claims = f.object("claims");
+    let validity = state.validity(&mut f);
+    f.finish()?;
+    let (Some(username), Some(email)) = (username, email) else {
+        return Err(ApiError::Internal("validated fields missing".into()));
+    };
+
+    let taken = |username: &Username, domain: &UserDomain| ApiError::UsernameTaken {
+        username: username.as_str().to_owned(),
+        domain: domain.as_str().to_owned(),
+    };
+    if state
+        .store
+        .user_id_by_username(domain.as_str(), &username.key())
+        .await?
+        .is_some()
+    {
+        return Err(taken(&username, &domain));
+    }
+    let user_id = Uuid::now_v7();
+    let command = OnboardingCommand::InviteUser(Box::new(InviteUser {
+        user_id,
+        username: username.clone(),
+        email,
+        domain: domain.clone(),
+        locale,
+        claims,
+        code: state.new_code(validity),
+        now: Utc::now(),
+    }));
+    match state.store.execute(user_id, command, &Actor::admin(&token_id)).await {
+        Ok(()) => {}
+        // The username registry's unique index fired: someone invited the name concurrently.
+        Err(StoreError::Conflict) => return Err(taken(&username, &domain)),
+        Err(e) => return Err(e.into()),
+    }
+    metrics::counter!("onboard_invitations_total").increment(1);
+    tracing::info!(%user_id, domain = %domain, "user invited");
+    let account = load(&state, user_id).await?;
+    let location = format!("/api/v1/users/{user_id}");
+    Ok(warp::reply::with_header(
+        warp::reply::with_status(warp::reply::json(&user_view(&account)), StatusCode::CREATED),
+        "location",
+        location,
+    )
+    .into_response())
+}
+
+async fn load(state: &AppState, user_id: Uuid) -> Result<Onboarding, ApiError> {
+    state
+        .store
+        .load(user_id)
+        .await?
+        .ok_or_else(|| ApiError::UserNotFound(user_id.to_string()))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::UserNotFound(id.chars().take(64).collect()))
+}
+
+pub async fn get_user(state: Arc<AppState>, id: String) -> Result<Response, ApiError> {
+    let account = load(&state, parse_id(&id)?).await?;
+    Ok(warp::reply::json(&user_view(&account)).into_response())
+}
+
+pub async fn resend(state: Arc<AppState>, token_id: String, id: String, body: Bytes) -> Result<Response, ApiError> {
+    let user_id = parse_id(&id)?;
+    let mut f = Fields::new(
+        if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { parse_object(&body)? },
+        &["code_validity_minutes"],
+    );
+    let validity = state.validity(&mut f);
+    f.finish()?;
+    load(&state, user_id).await?;
+    let command = OnboardingCommand::ResendCode {
+        code: state.new_code(validity),
+        now: Utc::now(),
+    };
+    state
+        .store
+        .execute(user_id, command, &Actor::admin(&token_id))
+        .await?;
+    let account = load(&state, user_id).await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({
+            "id": user_id,
+            "state": account.state.as_str(),
+            "code_expires_at": account.live_code().map(|c| c.expires_at),
+        })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
+
+/// Runs a password submission through the aggregate. Shared by the API and the page.
+pub async fn submit_password(state: &AppState, code: &str, password: Password) -> Result<(Uuid, DateTime<Utc>), ApiError> {
+    let presented = PresentedCode::parse(code).map_err(|_| ApiError::Refused(OnboardingError::InvalidCode))?;
+    let user_id = presented.user_id;
+    let command = OnboardingCommand::SubmitPassword {
+        code: presented,
+        password,
+        now: Utc::now(),
+    };
+    let result = state
+        .store
+        .execute(user_id, command, &Actor::user_via_link())
+        .await;
+    let outcome = match &result {
+        Ok(()) => "activated",
+        Err(StoreError::Refused(e)) => ApiError::Refused(e.clone()).code_and_status().0,
+        Err(_) => "error",
+    };
+    metrics::counter!("onboard_password_submissions_total", "outcome" => outcome).increment(1);
+    result?;
+    tracing::info!(%user_id, "password set; account active");
+    let account = load(state, user_id).await?;
+    Ok((user_id, account.activated_at.unwrap_or_else(Utc::now)))
+}
+
+pub async fn password_submission(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let mut f = Fields::new(parse_object(&body)?, &["code", "password"]);
+    let code = f.string("code", true);
+    let password = f.string("password", true);
+    f.finish()?;
+    let (Some(code), Some(password)) = (code, password) else {
+        return Err(ApiError::Internal("validated fields missing".into()));
+    };
+    let (user_id, activated_at) = submit_password(&state, &code, Password::new(&password)).await?;
+    Ok(warp::reply::json(&json!({"id": user_id, "state": "Active", "activated_at": activated_at})).into_response())
+}

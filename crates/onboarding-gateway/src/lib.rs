@@ -1,0 +1,291 @@
+//! The HTTP gateway (warp): the admin API, the password page behind the link, and the
+//! health, readiness and metrics endpoints.
+//!
+//! Architecture invariants:
+//! - Handlers turn wire input into parsed domain types and run commands through
+//!   `onboarding_store::Store`; the gateway holds no state of its own.
+//! - `GET` and `HEAD` never change state.
+//! - Failures map to HTTP status codes in one place (`error.rs`); every refusal is a JSON
+//!   `{"error", "message"}` (API) or a page that says what to do (browser).
+//! - Admin tokens are compared by SHA-256, in constant time; no secret is ever logged.
+#![forbid(unsafe_code)]
+
+mod api;
+mod error;
+mod pages;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use onboarding_config::Settings;
+use onboarding_domain::code::CodeKeyring;
+use onboarding_relay::kafka::KafkaProbe;
+use onboarding_store::Store;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub use api::user_view;
+pub use error::ApiError;
+
+pub struct AppState {
+    pub(crate) store: Store,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) keyring: Arc<CodeKeyring>,
+    tokens: Vec<(String, [u8; 32])>,
+    kafka: KafkaProbe,
+    metrics: Option<PrometheusHandle>,
+    pub(crate) pages: minijinja::Environment<'static>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("gateway.admin_tokens[{0}].sha256 must be 64 hex characters (the SHA-256 of the token)")]
+    BadTokenHash(String),
+    #[error("cannot bind {addr}: {source}; is another process using the port? change gateway.bind")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("kafka client: {0}")]
+    Kafka(String),
+}
+
+impl AppState {
+    pub fn new(settings: Arc<Settings>, store: Store, metrics: Option<PrometheusHandle>) -> Result<Self, GatewayError> {
+        let mut tokens = Vec::new();
+        for t in &settings.gateway.admin_tokens {
+            let bytes = hex::decode(t.sha256.trim()).map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
+            let hash: [u8; 32] = bytes.try_into().map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
+            tokens.push((t.id.clone(), hash));
+        }
+        if tokens.is_empty() {
+            tracing::warn!("no admin tokens configured: the admin API will refuse every request");
+        }
+        Ok(Self {
+            keyring: store.services().keyring.clone(),
+            kafka: KafkaProbe::new(&settings.kafka).map_err(|e| GatewayError::Kafka(e.to_string()))?,
+            store,
+            settings,
+            tokens,
+            metrics,
+            pages: pages::templates(),
+        })
+    }
+
+    /// The id of the admin token presented, if it is one of ours.
+    fn authorize(&self, header: Option<&str>) -> Result<String, ApiError> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (id, hash) in &self.tokens {
+            if bool::from(hash.ct_eq(&presented)) {
+                found = Some(id.clone());
+            }
+        }
+        found.ok_or(ApiError::Unauthorized)
+    }
+}
+
+fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(Reply::into_response)
+}
+
+/// Every route of the gateway.
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let max = state.settings.gateway.max_body_bytes;
+    let json_body = warp::body::content_length_limit(max).and(warp::body::bytes());
+    let auth = with_state(state.clone())
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(|state: Arc<AppState>, header: Option<String>| async move {
+            Ok::<_, Infallible>(state.authorize(header.as_deref()).map(|id| (state, id)))
+        });
+
+    let create = warp::path!("api" / "v1" / "users")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(json_body)
+        .then(|auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+            respond(match auth {
+                Ok((state, id)) => api::create_user(state, id, body).await,
+                Err(e) => Err(e),
+            })
+        });
+    let show = warp::path!("api" / "v1" / "users" / String)
+        .and(warp::get())
+        .and(auth.clone())
+        .then(|id: String, auth: Result<(Arc<AppState>, String), ApiError>| async move {
+            respond(match auth {
+                Ok((state, _)) => api::get_user(state, id).await,
+                Err(e) => Err(e),
+            })
+        });
+    let resend = warp::path!("api" / "v1" / "users" / String / "resend")
+        .and(warp::post())
+        .and(auth)
+        .and(json_body)
+        .then(|id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+            respond(match auth {
+                Ok((state, token)) => api::resend(state, token, id, body).await,
+                Err(e) => Err(e),
+            })
+        });
+    let submission = warp::path!("api" / "v1" / "password-submissions")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(json_body)
+        .then(|state, body| async move { respond(api::password_submission(state, body).await) });
+
+    let confirm_page = warp::path!("confirm")
+        .and(warp::get().or(warp::head()).unify())
+        .and(with_state(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(pages::show);
+    let confirm_post = warp::path!("confirm")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(warp::body::content_length_limit(max))
+        .and(warp::body::form::<HashMap<String, String>>())
+        .then(pages::submit);
+    let css = warp::path!("assets" / "onboard.css")
+        .and(warp::get().or(warp::head()).unify())
+        .map(pages::css);
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .then(readiness);
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: Arc<AppState>| {
+            let text = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+        });
+
+    create
+        .or(show)
+        .unify()
+        .or(resend)
+        .unify()
+        .or(submission)
+        .unify()
+        .or(confirm_page)
+        .unify()
+        .or(confirm_post)
+        .unify()
+        .or(css)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics_route)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::log::custom(|info| {
+            metrics::counter!(
+                "onboard_http_requests_total",
+                "method" => info.method().to_string(),
+                "status" => info.status().as_u16().to_string()
+            )
+            .increment(1);
+            metrics::histogram!("onboard_http_request_seconds").record(info.elapsed().as_secs_f64());
+        }))
+}
+
+async fn readiness(state: Arc<AppState>) -> Response {
+    let started = Instant::now();
+    let (pg, kafka) = tokio::join!(state.store.ping(), state.kafka.check());
+    let pg_ok = pg.is_ok();
+    let kafka_ok = kafka.is_ok();
+    let body = json!({
+        "status": if pg_ok && kafka_ok { "ready" } else { "unavailable" },
+        "checks": {
+            "postgres": pg.map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+            "kafka": kafka.map(|_| "ok".to_owned()).unwrap_or_else(|e| e),
+        },
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    });
+    let status = if pg_ok && kafka_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// Turns warp's own rejections (routing, body limits, form parsing) into clear JSON answers.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    use warp::reject;
+    let (status, code, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/api.md".to_owned())
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large; send at most gateway.max_body_bytes bytes".to_owned(),
+        )
+    } else if rejection.find::<reject::LengthRequired>().is_some() {
+        (StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length header with the body".to_owned())
+    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that HTTP method".to_owned())
+    } else if rejection.find::<reject::UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the form as application/x-www-form-urlencoded".to_owned(),
+        )
+    } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, "invalid_query", format!("the query string is not valid: {e}"))
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        (StatusCode::BAD_REQUEST, "invalid_body", format!("the request body is not valid: {e}"))
+    } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, "invalid_header", e.to_string())
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the incident is logged".to_owned())
+    };
+    Ok(error::plain(status, code, message))
+}
+
+/// Binds the gateway and serves until `shutdown`. Returns the bound address through `bound`.
+pub async fn serve(
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), GatewayError> {
+    let addr = state.settings.gateway.bind;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?;
+    tracing::info!(addr = %local, "gateway listening");
+    if let Some(tx) = bound {
+        let _ = tx.send(local);
+    }
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+        .await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
