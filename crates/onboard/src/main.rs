@@ -19,13 +19,28 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "onboard", version, about = "User onboarding engine: invite users, mail them a one-time link, let them set a password")]
+#[command(
+    name = "onboard",
+    version,
+    about = "User onboarding engine: invite users, mail them a one-time link, let them set a password"
+)]
 struct Cli {
     /// Configuration file (TOML). Every key can be overridden with ONBOARD__SECTION__KEY.
-    #[arg(long, short, global = true, env = "ONBOARD_CONFIG", default_value = "onboard.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "ONBOARD_CONFIG",
+        default_value = "onboard.toml"
+    )]
     config: PathBuf,
     /// Log format: `text` or `json`. The level comes from ONBOARD_LOG (default `info`).
-    #[arg(long, global = true, env = "ONBOARD_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "ONBOARD_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -90,7 +105,10 @@ enum UserCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -109,7 +127,10 @@ fn main() -> std::process::ExitCode {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ONBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -131,14 +152,30 @@ async fn run(cli: Cli) -> Result<()> {
             domain,
             locale,
             code_validity_minutes,
-        } => invite(&settings, &username, &email, &domain, locale.as_deref(), code_validity_minutes).await,
+        } => {
+            invite(
+                &settings,
+                &username,
+                &email,
+                &domain,
+                locale.as_deref(),
+                code_validity_minutes,
+            )
+            .await
+        }
         Command::User {
             command: UserCommand::Show { user, domain },
         } => {
             let store = store(&settings).await?;
             let id = resolve(&store, &user, &domain).await?;
-            let account = store.load(id).await?.with_context(|| format!("no user with id {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?);
+            let account = store
+                .load(id)
+                .await?
+                .with_context(|| format!("no user with id {id}"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?
+            );
             Ok(())
         }
         Command::Events { user, domain } => {
@@ -180,7 +217,12 @@ async fn migrate(settings: &Settings, skip_kafka: bool) -> Result<()> {
     if !skip_kafka {
         onboarding_relay::kafka::create_topics(&settings.kafka)
             .await
-            .with_context(|| format!("cannot create Kafka topic `{}` on {}", settings.kafka.topic, settings.kafka.bootstrap_servers))?;
+            .with_context(|| {
+                format!(
+                    "cannot create Kafka topic `{}` on {}",
+                    settings.kafka.topic, settings.kafka.bootstrap_servers
+                )
+            })?;
         println!("kafka topic `{}` is ready", settings.kafka.topic);
     }
     Ok(())
@@ -198,18 +240,31 @@ async fn invite(
     if !cfg.ask_password_from_user {
         bail!("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true");
     }
-    let bad = |field: &str, e: onboarding_domain::value::InvalidValue| anyhow::anyhow!("--{field}: {}", e.0);
+    let bad = |field: &str, e: onboarding_domain::value::InvalidValue| {
+        anyhow::anyhow!("--{field}: {}", e.0)
+    };
     let username = Username::parse(username).map_err(|e| bad("username", e))?;
     let email = EmailAddress::parse(email).map_err(|e| bad("email", e))?;
     let domain = UserDomain::parse(domain).map_err(|e| bad("domain", e))?;
-    let locale = locale.map(Locale::parse).transpose().map_err(|e| bad("locale", e))?;
+    let locale = locale
+        .map(Locale::parse)
+        .transpose()
+        .map_err(|e| bad("locale", e))?;
     let minutes = validity.unwrap_or(cfg.ask_password_email_validity);
     let bounds = cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes;
     if !bounds.contains(&minutes) {
-        bail!("--code-validity-minutes must be between {} and {}", bounds.start(), bounds.end());
+        bail!(
+            "--code-validity-minutes must be between {} and {}",
+            bounds.start(),
+            bounds.end()
+        );
     }
     let store = store(settings).await?;
-    if store.user_id_by_username(domain.as_str(), &username.key()).await?.is_some() {
+    if store
+        .user_id_by_username(domain.as_str(), &username.key())
+        .await?
+        .is_some()
+    {
         bail!("the username `{username}` already exists in domain {domain}");
     }
     let user_id = Uuid::now_v7();
@@ -225,11 +280,19 @@ async fn invite(
         now: chrono::Utc::now(),
     }));
     match store.execute(user_id, command, &Actor::admin("cli")).await {
-        Err(StoreError::Conflict) => bail!("the username `{username}` already exists in domain {domain}"),
+        Err(StoreError::Conflict) => {
+            bail!("the username `{username}` already exists in domain {domain}")
+        }
         other => other?,
     }
-    let account = store.load(user_id).await?.context("the invitation was not stored")?;
-    println!("{}", serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?);
+    let account = store
+        .load(user_id)
+        .await?
+        .context("the invitation was not stored")?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?
+    );
     Ok(())
 }
 
@@ -248,7 +311,12 @@ fn metrics() -> Result<PrometheusHandle> {
 }
 
 /// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.
-async fn components(settings: Arc<Settings>, gateway: bool, relay: bool, worker: bool) -> Result<()> {
+async fn components(
+    settings: Arc<Settings>,
+    gateway: bool,
+    relay: bool,
+    worker: bool,
+) -> Result<()> {
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
     let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
@@ -266,9 +334,17 @@ async fn components(settings: Arc<Settings>, gateway: bool, relay: bool, worker:
         tasks.spawn(async move { worker.run(token).await.context("email worker") });
     }
     if gateway {
-        let state = Arc::new(AppState::new(settings.clone(), store.clone(), Some(handle))?);
+        let state = Arc::new(AppState::new(
+            settings.clone(),
+            store.clone(),
+            Some(handle),
+        )?);
         let token = shutdown.clone();
-        tasks.spawn(async move { onboarding_gateway::serve(state, token, None).await.context("gateway") });
+        tasks.spawn(async move {
+            onboarding_gateway::serve(state, token, None)
+                .await
+                .context("gateway")
+        });
     }
 
     let signal = async {

@@ -214,7 +214,9 @@ impl Settings {
 
     /// Loads from TOML text (tests, `--config -`).
     pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)))
+        Self::from_figment(
+            Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)),
+        )
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -255,10 +257,16 @@ impl Settings {
         if !self.gateway.public_base_url.starts_with("http://")
             && !self.gateway.public_base_url.starts_with("https://")
         {
-            return bad("gateway.public_base_url must start with https:// (or http:// for local use)".into());
+            return bad(
+                "gateway.public_base_url must start with https:// (or http:// for local use)"
+                    .into(),
+            );
         }
         if self.codes.keys.is_empty() {
-            return bad("codes.keys is empty; add a key with `openssl rand -base64 32` as its secret".into());
+            return bad(
+                "codes.keys is empty; add a key with `openssl rand -base64 32` as its secret"
+                    .into(),
+            );
         }
         if self.output_adapter.email.enable_tls && self.output_adapter.email.enable_start_tls {
             return bad("output_adapter.email: enable_tls (implicit TLS) and enable_start_tls are exclusive; choose one".into());
@@ -278,7 +286,11 @@ fn describe(e: figment::Error) -> String {
             let key = e.path.join(".");
             let what = match &e.kind {
                 figment::error::Kind::MissingField(f) => {
-                    let full = if key.is_empty() { f.to_string() } else { format!("{key}.{f}") };
+                    let full = if key.is_empty() {
+                        f.to_string()
+                    } else {
+                        format!("{key}.{f}")
+                    };
                     return format!("missing key `{full}`");
                 }
                 figment::error::Kind::InvalidType(actual, expected) => {
@@ -318,7 +330,10 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_wso2_defaults() {
         let s = Settings::from_toml_str(MINIMAL).unwrap();
-        assert_eq!(s.identity_mgt.user_onboarding.ask_password_email_validity, 1440);
+        assert_eq!(
+            s.identity_mgt.user_onboarding.ask_password_email_validity,
+            1440
+        );
         assert_eq!(s.output_adapter.email.port, 587);
         assert!(s.output_adapter.email.enable_start_tls);
         assert_eq!(s.kafka.topic, "onboarding.events");
@@ -336,13 +351,17 @@ mod tests {
 
     #[test]
     fn a_missing_key_is_named() {
-        let err = Settings::from_toml_str("[database]\nurl='x'").unwrap_err().to_string();
+        let err = Settings::from_toml_str("[database]\nurl='x'")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing key"), "{err}");
     }
 
     #[test]
     fn an_out_of_bounds_validity_is_refused_with_the_bounds() {
-        let toml = format!("{MINIMAL}\n[identity_mgt.user_onboarding]\nask_password_email_validity = 999999\n");
+        let toml = format!(
+            "{MINIMAL}\n[identity_mgt.user_onboarding]\nask_password_email_validity = 999999\n"
+        );
         let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
         assert!(err.contains("between 5 and 10080"), "{err}");
     }

@@ -81,7 +81,10 @@ pub struct InviteUser {
 pub enum OnboardingCommand {
     InviteUser(Box<InviteUser>),
     /// Issue a new code and kill the previous one at once.
-    ResendCode { code: NewCode, now: DateTime<Utc> },
+    ResendCode {
+        code: NewCode,
+        now: DateTime<Utc>,
+    },
     SubmitPassword {
         code: PresentedCode,
         password: Password,
@@ -110,9 +113,13 @@ pub enum OnboardingError {
     NotInvited,
     #[error("the account is already active; sign in with your password, or use your organisation's password reset")]
     AlreadyActive,
-    #[error("the code is not valid; use the link from the most recent email, or ask for a new one")]
+    #[error(
+        "the code is not valid; use the link from the most recent email, or ask for a new one"
+    )]
     InvalidCode,
-    #[error("a newer link has been sent for this account; use the link from the most recent email")]
+    #[error(
+        "a newer link has been sent for this account; use the link from the most recent email"
+    )]
     CodeSuperseded,
     #[error("the link expired at {expired_at}; ask for a new one")]
     CodeExpired { expired_at: DateTime<Utc> },
@@ -183,7 +190,12 @@ impl Onboarding {
         self.mails_sent.contains(&code_id)
     }
 
-    fn issue(&self, code: NewCode, now: DateTime<Utc>, reason: CodeIssueReason) -> Result<OnboardingEvent, OnboardingError> {
+    fn issue(
+        &self,
+        code: NewCode,
+        now: DateTime<Utc>,
+        reason: CodeIssueReason,
+    ) -> Result<OnboardingEvent, OnboardingError> {
         if code.validity <= Duration::zero() {
             return Err(OnboardingError::InvalidValidity);
         }
@@ -197,7 +209,11 @@ impl Onboarding {
     }
 
     /// Finds the issued code a presented token names and checks its tag.
-    fn authenticate(&self, presented: &PresentedCode, keyring: &CodeKeyring) -> Result<&IssuedCode, OnboardingError> {
+    fn authenticate(
+        &self,
+        presented: &PresentedCode,
+        keyring: &CodeKeyring,
+    ) -> Result<&IssuedCode, OnboardingError> {
         let user_id = self.user_id.ok_or(OnboardingError::NotInvited)?;
         let issued = self
             .codes

@@ -126,11 +126,15 @@ pub struct CodeKeyring {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyringError {
-    #[error("no code keys are configured; add one under [codes] (see deploy/onboard.example.toml)")]
+    #[error(
+        "no code keys are configured; add one under [codes] (see deploy/onboard.example.toml)"
+    )]
     Empty,
     #[error("the active code key `{0}` is not among the configured keys")]
     UnknownActive(String),
-    #[error("code key `{0}` is shorter than 32 bytes; generate one with `openssl rand -base64 32`")]
+    #[error(
+        "code key `{0}` is shorter than 32 bytes; generate one with `openssl rand -base64 32`"
+    )]
     TooShort(String),
 }
 
@@ -166,8 +170,8 @@ impl CodeKeyring {
 
     fn tag(&self, key_id: &str, binding: &CodeBinding) -> Option<[u8; TAG_LEN]> {
         let key = self.keys.get(key_id)?;
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(key.expose_secret()).expect("HMAC accepts any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret())
+            .expect("HMAC accepts any key length");
         mac.update(DOMAIN_SEPARATOR);
         mac.update(&(key_id.len() as u32).to_be_bytes());
         mac.update(key_id.as_bytes());
@@ -197,7 +201,8 @@ impl CodeKeyring {
         let Some(expected) = self.tag(key_id, binding) else {
             return false;
         };
-        let ids_match = binding.user_id == presented.user_id && binding.code_id == presented.code_id;
+        let ids_match =
+            binding.user_id == presented.user_id && binding.code_id == presented.code_id;
         bool::from(expected.ct_eq(&presented.tag)) && ids_match
     }
 }
@@ -218,7 +223,10 @@ mod tests {
     fn keyring() -> CodeKeyring {
         CodeKeyring::new(
             "k2",
-            [("k1".to_owned(), vec![1u8; 32]), ("k2".to_owned(), vec![2u8; 32])],
+            [
+                ("k1".to_owned(), vec![1u8; 32]),
+                ("k2".to_owned(), vec![2u8; 32]),
+            ],
         )
         .unwrap()
     }
@@ -248,7 +256,11 @@ mod tests {
     fn an_old_key_still_verifies_codes_it_signed() {
         let ring = keyring();
         let token = ring.mint("k1", &binding()).unwrap();
-        assert!(ring.verify("k1", &binding(), &PresentedCode::parse(token.expose()).unwrap()));
+        assert!(ring.verify(
+            "k1",
+            &binding(),
+            &PresentedCode::parse(token.expose()).unwrap()
+        ));
     }
 
     #[test]

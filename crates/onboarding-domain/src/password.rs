@@ -158,12 +158,19 @@ mod tests {
     #[test]
     fn a_long_unusual_password_is_accepted() {
         assert_eq!(check("correct horse battery staple"), Ok(()));
-        assert_eq!(check(&"x7ü!".repeat(16)), Ok(()), "64 characters must be allowed");
+        assert_eq!(
+            check(&"x7ü!".repeat(16)),
+            Ok(()),
+            "64 characters must be allowed"
+        );
     }
 
     #[test]
     fn short_and_overlong_passwords_are_refused() {
-        assert_eq!(check("Zq3!x"), Err(PasswordRuleViolation::TooShort { min: 8 }));
+        assert_eq!(
+            check("Zq3!x"),
+            Err(PasswordRuleViolation::TooShort { min: 8 })
+        );
         assert_eq!(
             check(&"a9".repeat(65)),
             Err(PasswordRuleViolation::TooLong { max: 128 })
@@ -172,8 +179,14 @@ mod tests {
 
     #[test]
     fn passwords_built_from_the_username_or_email_are_refused() {
-        assert_eq!(check("xxJANExx2024"), Err(PasswordRuleViolation::ContainsUsername));
-        assert_eq!(check("my-jane.doe-pw"), Err(PasswordRuleViolation::ContainsUsername));
+        assert_eq!(
+            check("xxJANExx2024"),
+            Err(PasswordRuleViolation::ContainsUsername)
+        );
+        assert_eq!(
+            check("my-jane.doe-pw"),
+            Err(PasswordRuleViolation::ContainsUsername)
+        );
         assert_eq!(
             PasswordPolicy::default().check(
                 &Password::new("mrs.smith.rules"),
@@ -186,20 +199,30 @@ mod tests {
 
     #[test]
     fn common_passwords_are_refused_whatever_their_case() {
-        assert!(COMMON.len() >= 30_000, "the shipped list has {}", COMMON.len());
+        assert!(
+            COMMON.len() >= 30_000,
+            "the shipped list has {}",
+            COMMON.len()
+        );
         assert_eq!(check("password1"), Err(PasswordRuleViolation::Common));
         assert_eq!(check("Iloveyou"), Err(PasswordRuleViolation::Common));
     }
 
     #[test]
     fn length_counts_characters_not_bytes() {
-        assert_eq!(check("ééééééé"), Err(PasswordRuleViolation::TooShort { min: 8 }));
+        assert_eq!(
+            check("ééééééé"),
+            Err(PasswordRuleViolation::TooShort { min: 8 })
+        );
     }
 
     #[test]
     fn passwords_and_hashes_are_never_printed() {
         assert!(!format!("{:?}", Password::new("hunter2hunter2")).contains("hunter2"));
         let h = PasswordHash::from_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into());
-        assert_eq!(format!("{h:?}"), "PasswordHash($argon2id$v=19$m=19456,t=2,p=1$…)");
+        assert_eq!(
+            format!("{h:?}"),
+            "PasswordHash($argon2id$v=19$m=19456,t=2,p=1$…)"
+        );
     }
 }

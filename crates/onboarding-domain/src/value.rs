@@ -79,8 +79,7 @@ impl UserDomain {
         let s = raw.trim().to_ascii_uppercase();
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if ok {
             Ok(Self(s))
@@ -165,8 +164,10 @@ impl Locale {
         let s = raw.trim().replace('_', "-");
         let mut parts = s.split('-');
         let lang = parts.next().unwrap_or("");
-        let lang_ok = (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_alphabetic());
-        let rest_ok = parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
+        let lang_ok =
+            (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_alphabetic());
+        let rest_ok = parts
+            .all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
         if lang_ok && rest_ok && s.len() <= 35 {
             Ok(Self(s))
         } else {
@@ -215,7 +216,14 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_refused_with_a_hint() {
-        for bad in ["", "jane", "jane@", "@pickup.example", "jane@localhost", "Jane <jane@pickup.example>"] {
+        for bad in [
+            "",
+            "jane",
+            "jane@",
+            "@pickup.example",
+            "jane@localhost",
+            "Jane <jane@pickup.example>",
+        ] {
             let err = EmailAddress::parse(bad).unwrap_err();
             assert!(err.0.contains("email"), "{bad}: {err}");
         }

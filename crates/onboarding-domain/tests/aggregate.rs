@@ -20,7 +20,10 @@ struct FakeHasher;
 #[async_trait]
 impl PasswordHasher for FakeHasher {
     async fn hash(&self, password: Password) -> Result<PasswordHash, HashingFailed> {
-        Ok(PasswordHash::from_phc(format!("$fake${}", password.expose().len())))
+        Ok(PasswordHash::from_phc(format!(
+            "$fake${}",
+            password.expose().len()
+        )))
     }
 }
 
@@ -128,13 +131,19 @@ async fn inviting_a_new_user_records_the_invitation_and_issues_a_code() {
         .given_no_previous_events()
         .when_async(invite())
         .await
-        .then_expect_events(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)]);
+        .then_expect_events(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ]);
 }
 
 #[tokio::test]
 async fn inviting_twice_is_refused() {
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(invite())
         .await
         .then_expect_error(OnboardingError::AlreadyInvited);
@@ -142,7 +151,9 @@ async fn inviting_twice_is_refused() {
 
 #[tokio::test]
 async fn a_code_without_positive_validity_is_refused() {
-    let OnboardingCommand::InviteUser(mut cmd) = invite() else { unreachable!() };
+    let OnboardingCommand::InviteUser(mut cmd) = invite() else {
+        unreachable!()
+    };
     cmd.code.validity = Duration::zero();
     framework()
         .given_no_previous_events()
@@ -155,7 +166,10 @@ async fn a_code_without_positive_validity_is_refused() {
 async fn a_good_password_with_the_live_code_sets_it_and_activates_the_account() {
     let now = t0() + Duration::minutes(5);
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(submit(1, "correct horse battery staple", now))
         .await
         .then_expect_events(activated_events(now));
@@ -165,7 +179,10 @@ async fn a_good_password_with_the_live_code_sets_it_and_activates_the_account() 
 async fn an_expired_code_is_refused() {
     let later = t0() + Duration::minutes(61);
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(submit(1, "correct horse battery staple", later))
         .await
         .then_expect_error(OnboardingError::CodeExpired {
@@ -195,7 +212,10 @@ async fn a_code_with_a_forged_tag_is_refused() {
     };
     let forged = PresentedCode::parse(other.mint("k1", &binding).unwrap().expose()).unwrap();
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(OnboardingCommand::SubmitPassword {
             code: forged,
             password: Password::new("correct horse battery staple"),
@@ -208,7 +228,10 @@ async fn a_code_with_a_forged_tag_is_refused() {
 #[tokio::test]
 async fn a_code_never_issued_is_refused() {
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(submit(9, "correct horse battery staple", t0()))
         .await
         .then_expect_error(OnboardingError::InvalidCode);
@@ -218,7 +241,10 @@ async fn a_code_never_issued_is_refused() {
 async fn resending_issues_a_new_code() {
     let later = t0() + Duration::minutes(10);
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(OnboardingCommand::ResendCode {
             code: new_code(2),
             now: later,
@@ -299,9 +325,9 @@ async fn a_weak_password_is_refused_with_the_rule_it_broke_and_keeps_the_code_al
         .given(given.clone())
         .when_async(submit(1, "short", t0()))
         .await
-        .then_expect_error(OnboardingError::WeakPassword(PasswordRuleViolation::TooShort {
-            min: 8,
-        }));
+        .then_expect_error(OnboardingError::WeakPassword(
+            PasswordRuleViolation::TooShort { min: 8 },
+        ));
     framework()
         .given(given.clone())
         .when_async(submit(1, "i-am-jane-really", t0()))
@@ -354,7 +380,10 @@ async fn a_sent_mail_is_recorded_once_per_code() {
 #[tokio::test]
 async fn mail_outcomes_for_unknown_codes_are_refused() {
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(OnboardingCommand::RecordMailFailed {
             code_id: code_id(5),
             reason: "550 no such user".into(),
@@ -368,7 +397,10 @@ async fn mail_outcomes_for_unknown_codes_are_refused() {
 #[tokio::test]
 async fn a_failed_mail_is_recorded() {
     framework()
-        .given(vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)])
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
         .when_async(OnboardingCommand::RecordMailFailed {
             code_id: code_id(1),
             reason: "550 no such user".into(),
@@ -398,5 +430,8 @@ fn no_event_serialises_a_secret() {
         )
         .unwrap();
     assert!(!json.contains(token.expose()));
-    assert!(!json.contains(&token.expose()[43..]), "the tag part must not be in the event");
+    assert!(
+        !json.contains(&token.expose()[43..]),
+        "the tag part must not be in the event"
+    );
 }

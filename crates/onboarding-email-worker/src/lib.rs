@@ -92,7 +92,11 @@ impl EmailWorker {
             keyring: store.services().keyring.clone(),
             store,
             mailer,
-            public_base_url: settings.gateway.public_base_url.trim_end_matches('/').to_owned(),
+            public_base_url: settings
+                .gateway
+                .public_base_url
+                .trim_end_matches('/')
+                .to_owned(),
             max_attempts: settings.output_adapter.email.max_attempts.max(1),
             consumer,
         })
@@ -167,7 +171,8 @@ impl EmailWorker {
         let outcome = self.handle(&event).await?;
         metrics::counter!("onboard_mail_total", "outcome" => outcome.label()).increment(1);
         if outcome == Outcome::Sent {
-            metrics::histogram!("onboard_mail_send_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("onboard_mail_send_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), "code-issued event handled");
         Ok(())
@@ -231,19 +236,28 @@ impl EmailWorker {
                         smtp_response: accepted.smtp_response,
                         now: Utc::now(),
                     };
-                    return match self.store.execute(event.user_id, cmd, &Actor::system("email-worker")).await {
+                    return match self
+                        .store
+                        .execute(event.user_id, cmd, &Actor::system("email-worker"))
+                        .await
+                    {
                         Ok(()) => Ok(Outcome::Sent),
-                        Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => Ok(Outcome::AlreadySent),
+                        Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
+                            Ok(Outcome::AlreadySent)
+                        }
                         Err(e) => Err(e),
                     };
                 }
                 Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
                     tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
-                    return self.record_failure(event, code_id, e.to_string(), e.is_permanent()).await;
+                    return self
+                        .record_failure(event, code_id, e.to_string(), e.is_permanent())
+                        .await;
                 }
                 Err(e) => {
                     tracing::info!(error = %e, attempt, "transient mail failure; retrying");
-                    tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 250)).await;
+                    tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 250))
+                        .await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
@@ -263,7 +277,11 @@ impl EmailWorker {
             permanent,
             now: Utc::now(),
         };
-        match self.store.execute(event.user_id, cmd, &Actor::system("email-worker")).await {
+        match self
+            .store
+            .execute(event.user_id, cmd, &Actor::system("email-worker"))
+            .await
+        {
             Ok(()) | Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
                 Ok(Outcome::Failed { permanent })
             }

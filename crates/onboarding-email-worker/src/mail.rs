@@ -95,9 +95,10 @@ impl Mailer {
                 settings.password.expose_secret().to_owned(),
             ));
         }
-        let address = settings.from_address.parse().map_err(|e| {
-            SetupError::Email(format!("from_address is not a valid address: {e}"))
-        })?;
+        let address = settings
+            .from_address
+            .parse()
+            .map_err(|e| SetupError::Email(format!("from_address is not a valid address: {e}")))?;
         let from = Mailbox::new(
             Some(settings.from_name.clone()).filter(|n| !n.is_empty()),
             address,
@@ -108,10 +109,16 @@ impl Mailer {
             .add_template_owned("subject", settings.invitation_subject.clone())
             .map_err(|e| SetupError::Template(e.to_string()))?;
         templates
-            .add_template("invitation.txt", include_str!("../templates/invitation.txt"))
+            .add_template(
+                "invitation.txt",
+                include_str!("../templates/invitation.txt"),
+            )
             .map_err(|e| SetupError::Template(e.to_string()))?;
         templates
-            .add_template("invitation.html", include_str!("../templates/invitation.html"))
+            .add_template(
+                "invitation.html",
+                include_str!("../templates/invitation.html"),
+            )
             .map_err(|e| SetupError::Template(e.to_string()))?;
 
         Ok(Self {
@@ -138,8 +145,14 @@ impl Mailer {
             expires_at_text => expires_at_text,
         };
         Ok(RenderedMail {
-            text: self.templates.get_template("invitation.txt")?.render(&ctx)?,
-            html: self.templates.get_template("invitation.html")?.render(&ctx)?,
+            text: self
+                .templates
+                .get_template("invitation.txt")?
+                .render(&ctx)?,
+            html: self
+                .templates
+                .get_template("invitation.html")?
+                .render(&ctx)?,
             subject,
         })
     }
@@ -172,6 +185,9 @@ impl Mailer {
 
     /// Checks that the SMTP server answers (used at start-up and by readiness).
     pub async fn test_connection(&self) -> Result<bool, String> {
-        self.transport.test_connection().await.map_err(|e| e.to_string())
+        self.transport
+            .test_connection()
+            .await
+            .map_err(|e| e.to_string())
     }
 }

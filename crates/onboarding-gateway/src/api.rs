@@ -102,7 +102,8 @@ impl Fields {
             Some(v) => match v.as_i64() {
                 Some(n) => Some(n),
                 None => {
-                    self.problems.insert(name.into(), "must be an integer".into());
+                    self.problems
+                        .insert(name.into(), "must be an integer".into());
                     None
                 }
             },
@@ -143,7 +144,11 @@ impl AppState {
         let cfg = &self.settings.identity_mgt.user_onboarding;
         match fields.integer("code_validity_minutes") {
             None => cfg.ask_password_email_validity,
-            Some(m) if (cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes).contains(&m) => m,
+            Some(m)
+                if (cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes).contains(&m) =>
+            {
+                m
+            }
             Some(_) => {
                 fields.problem(
                     "code_validity_minutes",
@@ -159,13 +164,29 @@ impl AppState {
     }
 }
 
-pub async fn create_user(state: Arc<AppState>, token_id: String, body: Bytes) -> Result<Response, ApiError> {
-    if !state.settings.identity_mgt.user_onboarding.ask_password_from_user {
+pub async fn create_user(
+    state: Arc<AppState>,
+    token_id: String,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !state
+        .settings
+        .identity_mgt
+        .user_onboarding
+        .ask_password_from_user
+    {
         return Err(ApiError::InvitationsDisabled);
     }
     let mut f = Fields::new(
         parse_object(&body)?,
-        &["username", "email", "domain", "locale", "claims", "code_validity_minutes"],
+        &[
+            "username",
+            "email",
+            "domain",
+            "locale",
+            "claims",
+            "code_validity_minutes",
+        ],
     );
     let username = f.parsed("username", true, Username::parse);
     let email = f.parsed("email", true, EmailAddress::parse);
@@ -203,7 +224,11 @@ pub async fn create_user(state: Arc<AppState>, token_id: String, body: Bytes) ->
         code: state.new_code(validity),
         now: Utc::now(),
     }));
-    match state.store.execute(user_id, command, &Actor::admin(&token_id)).await {
+    match state
+        .store
+        .execute(user_id, command, &Actor::admin(&token_id))
+        .await
+    {
         Ok(()) => {}
         // The username registry's unique index fired: someone invited the name concurrently.
         Err(StoreError::Conflict) => return Err(taken(&username, &domain)),
@@ -238,10 +263,19 @@ pub async fn get_user(state: Arc<AppState>, id: String) -> Result<Response, ApiE
     Ok(warp::reply::json(&user_view(&account)).into_response())
 }
 
-pub async fn resend(state: Arc<AppState>, token_id: String, id: String, body: Bytes) -> Result<Response, ApiError> {
+pub async fn resend(
+    state: Arc<AppState>,
+    token_id: String,
+    id: String,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let user_id = parse_id(&id)?;
     let mut f = Fields::new(
-        if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { parse_object(&body)? },
+        if body.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            parse_object(&body)?
+        },
         &["code_validity_minutes"],
     );
     let validity = state.validity(&mut f);
@@ -268,8 +302,13 @@ pub async fn resend(state: Arc<AppState>, token_id: String, id: String, body: By
 }
 
 /// Runs a password submission through the aggregate. Shared by the API and the page.
-pub async fn submit_password(state: &AppState, code: &str, password: Password) -> Result<(Uuid, DateTime<Utc>), ApiError> {
-    let presented = PresentedCode::parse(code).map_err(|_| ApiError::Refused(OnboardingError::InvalidCode))?;
+pub async fn submit_password(
+    state: &AppState,
+    code: &str,
+    password: Password,
+) -> Result<(Uuid, DateTime<Utc>), ApiError> {
+    let presented =
+        PresentedCode::parse(code).map_err(|_| ApiError::Refused(OnboardingError::InvalidCode))?;
     let user_id = presented.user_id;
     let command = OnboardingCommand::SubmitPassword {
         code: presented,
@@ -301,5 +340,8 @@ pub async fn password_submission(state: Arc<AppState>, body: Bytes) -> Result<Re
         return Err(ApiError::Internal("validated fields missing".into()));
     };
     let (user_id, activated_at) = submit_password(&state, &code, Password::new(&password)).await?;
-    Ok(warp::reply::json(&json!({"id": user_id, "state": "Active", "activated_at": activated_at})).into_response())
+    Ok(
+        warp::reply::json(&json!({"id": user_id, "state": "Active", "activated_at": activated_at}))
+            .into_response(),
+    )
 }

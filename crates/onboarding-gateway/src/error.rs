@@ -24,7 +24,9 @@ pub enum ApiError {
     UserNotFound(String),
     #[error("the username `{username}` already exists in domain {domain}")]
     UsernameTaken { username: String, domain: String },
-    #[error("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true")]
+    #[error(
+        "invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true"
+    )]
     InvitationsDisabled,
     #[error("{0}")]
     Refused(OnboardingError),

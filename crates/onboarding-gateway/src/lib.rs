@@ -49,9 +49,13 @@ pub struct AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("gateway.admin_tokens[{0}].sha256 must be 64 hex characters (the SHA-256 of the token)")]
+    #[error(
+        "gateway.admin_tokens[{0}].sha256 must be 64 hex characters (the SHA-256 of the token)"
+    )]
     BadTokenHash(String),
-    #[error("cannot bind {addr}: {source}; is another process using the port? change gateway.bind")]
+    #[error(
+        "cannot bind {addr}: {source}; is another process using the port? change gateway.bind"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -61,11 +65,18 @@ pub enum GatewayError {
 }
 
 impl AppState {
-    pub fn new(settings: Arc<Settings>, store: Store, metrics: Option<PrometheusHandle>) -> Result<Self, GatewayError> {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, GatewayError> {
         let mut tokens = Vec::new();
         for t in &settings.gateway.admin_tokens {
-            let bytes = hex::decode(t.sha256.trim()).map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
-            let hash: [u8; 32] = bytes.try_into().map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
+            let bytes = hex::decode(t.sha256.trim())
+                .map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
+            let hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
             tokens.push((t.id.clone(), hash));
         }
         if tokens.is_empty() {
@@ -73,7 +84,8 @@ impl AppState {
         }
         Ok(Self {
             keyring: store.services().keyring.clone(),
-            kafka: KafkaProbe::new(&settings.kafka).map_err(|e| GatewayError::Kafka(e.to_string()))?,
+            kafka: KafkaProbe::new(&settings.kafka)
+                .map_err(|e| GatewayError::Kafka(e.to_string()))?,
             store,
             settings,
             tokens,
@@ -85,7 +97,10 @@ impl AppState {
     /// The id of the admin token presented, if it is one of ours.
     fn authorize(&self, header: Option<&str>) -> Result<String, ApiError> {
         let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
@@ -100,8 +115,59 @@ impl AppState {
     }
 }
 
-fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
+}
+
+#[derive(Debug)]
+struct BodyTooLarge;
+impl warp::reject::Reject for BodyTooLarge {}
+
+#[derive(Debug)]
+struct BodyUnreadable;
+impl warp::reject::Reject for BodyUnreadable {}
+
+/// The request body, at most `max` bytes, whether or not the client sent a Content-Length
+/// (`curl -X POST` without a body sends none). Larger bodies are refused with 413.
+fn limited_body(max: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |len: Option<u64>| async move {
+            match len {
+                Some(l) if l > max => Err(warp::reject::custom(BodyTooLarge)),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |stream| collect_limited(stream, max))
+}
+
+async fn collect_limited<S, B>(stream: S, max: u64) -> Result<Bytes, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    use futures::TryStreamExt;
+    let mut body = Vec::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(mut chunk) = stream
+        .try_next()
+        .await
+        .map_err(|_| warp::reject::custom(BodyUnreadable))?
+    {
+        if body.len() as u64 + chunk.remaining() as u64 > max {
+            return Err(warp::reject::custom(BodyTooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(body))
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -109,9 +175,11 @@ fn respond(result: Result<Response, ApiError>) -> Response {
 }
 
 /// Every route of the gateway.
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let max = state.settings.gateway.max_body_bytes;
-    let json_body = warp::body::content_length_limit(max).and(warp::body::bytes());
+    let json_body = limited_body(max);
     let auth = with_state(state.clone())
         .and(warp::header::optional::<String>("authorization"))
         .and_then(|state: Arc<AppState>, header: Option<String>| async move {
@@ -121,32 +189,38 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
     let create = warp::path!("api" / "v1" / "users")
         .and(warp::post())
         .and(auth.clone())
-        .and(json_body)
-        .then(|auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
-            respond(match auth {
-                Ok((state, id)) => api::create_user(state, id, body).await,
-                Err(e) => Err(e),
-            })
-        });
+        .and(json_body.clone())
+        .then(
+            |auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+                respond(match auth {
+                    Ok((state, id)) => api::create_user(state, id, body).await,
+                    Err(e) => Err(e),
+                })
+            },
+        );
     let show = warp::path!("api" / "v1" / "users" / String)
         .and(warp::get())
         .and(auth.clone())
-        .then(|id: String, auth: Result<(Arc<AppState>, String), ApiError>| async move {
-            respond(match auth {
-                Ok((state, _)) => api::get_user(state, id).await,
-                Err(e) => Err(e),
-            })
-        });
+        .then(
+            |id: String, auth: Result<(Arc<AppState>, String), ApiError>| async move {
+                respond(match auth {
+                    Ok((state, _)) => api::get_user(state, id).await,
+                    Err(e) => Err(e),
+                })
+            },
+        );
     let resend = warp::path!("api" / "v1" / "users" / String / "resend")
         .and(warp::post())
         .and(auth)
-        .and(json_body)
-        .then(|id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
-            respond(match auth {
-                Ok((state, token)) => api::resend(state, token, id, body).await,
-                Err(e) => Err(e),
-            })
-        });
+        .and(json_body.clone())
+        .then(
+            |id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+                respond(match auth {
+                    Ok((state, token)) => api::resend(state, token, id, body).await,
+                    Err(e) => Err(e),
+                })
+            },
+        );
     let submission = warp::path!("api" / "v1" / "password-submissions")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -179,8 +253,13 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
         .and(warp::get())
         .and(with_state(state))
         .map(|state: Arc<AppState>| {
-            let text = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
-            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+            let text = state
+                .metrics
+                .as_ref()
+                .map(PrometheusHandle::render)
+                .unwrap_or_default();
+            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
+                .into_response()
         });
 
     create
@@ -211,7 +290,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                 "status" => info.status().as_u16().to_string()
             )
             .increment(1);
-            metrics::histogram!("onboard_http_request_seconds").record(info.elapsed().as_secs_f64());
+            metrics::histogram!("onboard_http_request_seconds")
+                .record(info.elapsed().as_secs_f64());
         }))
 }
 
@@ -228,7 +308,11 @@ async fn readiness(state: Arc<AppState>) -> Response {
         },
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
-    let status = if pg_ok && kafka_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if pg_ok && kafka_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
@@ -236,17 +320,37 @@ async fn readiness(state: Arc<AppState>) -> Response {
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject;
     let (status, code, message) = if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/api.md".to_owned())
-    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see docs/api.md".to_owned(),
+        )
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some()
+        || rejection.find::<BodyTooLarge>().is_some()
+    {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             "the request body is too large; send at most gateway.max_body_bytes bytes".to_owned(),
         )
+    } else if rejection.find::<BodyUnreadable>().is_some() {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the request body could not be read; send it again".to_owned(),
+        )
     } else if rejection.find::<reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length header with the body".to_owned())
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header with the body".to_owned(),
+        )
     } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that HTTP method".to_owned())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not accept that HTTP method".to_owned(),
+        )
     } else if rejection.find::<reject::UnsupportedMediaType>().is_some() {
         (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -254,14 +358,26 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "send the form as application/x-www-form-urlencoded".to_owned(),
         )
     } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
-        (StatusCode::BAD_REQUEST, "invalid_query", format!("the query string is not valid: {e}"))
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("the query string is not valid: {e}"),
+        )
     } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
-        (StatusCode::BAD_REQUEST, "invalid_body", format!("the request body is not valid: {e}"))
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the request body is not valid: {e}"),
+        )
     } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
         (StatusCode::BAD_REQUEST, "invalid_header", e.to_string())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the incident is logged".to_owned())
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the incident is logged".to_owned(),
+        )
     };
     Ok(error::plain(status, code, message))
 }
@@ -276,7 +392,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| GatewayError::Bind { addr, source })?;
     tracing::info!(addr = %local, "gateway listening");
     if let Some(tx) = bound {
         let _ = tx.send(local);

@@ -57,15 +57,19 @@ fn expires_text(at: DateTime<Utc>) -> String {
 }
 
 fn render(state: &AppState, template: &str, status: StatusCode, ctx: Value) -> Response {
-    let page = state
-        .pages
-        .get_template(template)
-        .and_then(|t| t.render(context! { organisation => &state.settings.organisation.name, ..ctx }));
+    let page = state.pages.get_template(template).and_then(|t| {
+        t.render(context! { organisation => &state.settings.organisation.name, ..ctx })
+    });
     match page {
-        Ok(html) => secure(warp::reply::with_status(warp::reply::html(html), status).into_response()),
+        Ok(html) => {
+            secure(warp::reply::with_status(warp::reply::html(html), status).into_response())
+        }
         Err(e) => {
             tracing::error!(error = %e, template, "page rendering failed");
-            secure(warp::reply::with_status("internal error", StatusCode::INTERNAL_SERVER_ERROR).into_response())
+            secure(
+                warp::reply::with_status("internal error", StatusCode::INTERNAL_SERVER_ERROR)
+                    .into_response(),
+            )
         }
     }
 }
@@ -107,7 +111,14 @@ fn refusal(state: &AppState, error: &OnboardingError) -> Response {
     }
 }
 
-fn form(state: &AppState, code: &str, username: &str, expires_at: DateTime<Utc>, error: Option<&str>, status: StatusCode) -> Response {
+fn form(
+    state: &AppState,
+    code: &str,
+    username: &str,
+    expires_at: DateTime<Utc>,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
     let policy = &state.store.services().policy;
     render(
         state,
@@ -141,7 +152,11 @@ pub async fn show(state: Arc<AppState>, query: HashMap<String, String>) -> Respo
         Ok(issued) => form(
             &state,
             code,
-            account.username.as_ref().map(|u| u.as_str()).unwrap_or_default(),
+            account
+                .username
+                .as_ref()
+                .map(|u| u.as_str())
+                .unwrap_or_default(),
             issued.expires_at,
             None,
             StatusCode::OK,
@@ -163,9 +178,18 @@ fn unavailable(state: &AppState, e: ApiError) -> Response {
 /// `POST /confirm`: checks the form, then submits the password. A form that cannot succeed
 /// (missing or mismatched password) is answered without touching the code.
 pub async fn submit(state: Arc<AppState>, form_data: HashMap<String, String>) -> Response {
-    let code = form_data.get("code").map(String::as_str).unwrap_or_default();
-    let password = form_data.get("password").map(String::as_str).unwrap_or_default();
-    let confirm = form_data.get("password_confirm").map(String::as_str).unwrap_or_default();
+    let code = form_data
+        .get("code")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let password = form_data
+        .get("password")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let confirm = form_data
+        .get("password_confirm")
+        .map(String::as_str)
+        .unwrap_or_default();
 
     let Ok(presented) = PresentedCode::parse(code) else {
         return refusal(&state, &OnboardingError::InvalidCode);
@@ -179,8 +203,21 @@ pub async fn submit(state: Arc<AppState>, form_data: HashMap<String, String>) ->
         Ok(issued) => issued.clone(),
         Err(e) => return refusal(&state, &e),
     };
-    let username = account.username.as_ref().map(|u| u.as_str()).unwrap_or_default();
-    let again = |msg: &str| form(&state, code, username, issued.expires_at, Some(msg), StatusCode::UNPROCESSABLE_ENTITY);
+    let username = account
+        .username
+        .as_ref()
+        .map(|u| u.as_str())
+        .unwrap_or_default();
+    let again = |msg: &str| {
+        form(
+            &state,
+            code,
+            username,
+            issued.expires_at,
+            Some(msg),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+    };
     if password.is_empty() {
         return again("Enter a password, then confirm it.");
     }
@@ -201,10 +238,15 @@ pub async fn submit(state: Arc<AppState>, form_data: HashMap<String, String>) ->
 }
 
 pub fn css() -> Response {
-    let mut r = warp::reply::with_header(CSS, header::CONTENT_TYPE, "text/css; charset=utf-8").into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
-    r.headers_mut()
-        .insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    let mut r = warp::reply::with_header(CSS, header::CONTENT_TYPE, "text/css; charset=utf-8")
+        .into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }

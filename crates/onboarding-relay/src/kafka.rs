@@ -40,14 +40,16 @@ pub async fn create_topics(kafka: &KafkaSettings) -> Result<(), KafkaError> {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics([&topic], &opts).await? {
         match result {
-            Ok(name) => tracing::info!(topic = %name, partitions = kafka.partitions, "topic created"),
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = kafka.partitions, "topic created")
+            }
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::info!(topic = %name, "topic exists")
             }
             Err((name, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(topic = %name, error = %code, "cannot create topic")
-                })
+                return Err(KafkaError::AdminOp(code)).inspect_err(
+                    |_| tracing::error!(topic = %name, error = %code, "cannot create topic"),
+                )
             }
         }
     }
@@ -78,7 +80,9 @@ impl KafkaProbe {
                 .map_err(|e| format!("kafka unreachable: {e}"))?;
             match md.topics().first() {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-                _ => Err(format!("kafka topic `{topic}` missing; run `onboard migrate`")),
+                _ => Err(format!(
+                    "kafka topic `{topic}` missing; run `onboard migrate`"
+                )),
             }
         })
         .await

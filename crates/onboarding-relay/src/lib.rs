@@ -164,13 +164,34 @@ impl Relay {
             let time = p.time.to_rfc3339_opts(SecondsFormat::Micros, true);
             let ce_id = p.ce_id.to_string();
             let headers = OwnedHeaders::new_with_capacity(7)
-                .insert(Header { key: "ce_id", value: Some(ce_id.as_str()) })
-                .insert(Header { key: "ce_type", value: Some(p.ce_type) })
-                .insert(Header { key: "ce_source", value: Some(self.source.as_str()) })
-                .insert(Header { key: "ce_specversion", value: Some(SPEC_VERSION) })
-                .insert(Header { key: "ce_time", value: Some(time.as_str()) })
-                .insert(Header { key: "ce_subject", value: Some(p.key.as_str()) })
-                .insert(Header { key: "content-type", value: Some(CONTENT_TYPE) });
+                .insert(Header {
+                    key: "ce_id",
+                    value: Some(ce_id.as_str()),
+                })
+                .insert(Header {
+                    key: "ce_type",
+                    value: Some(p.ce_type),
+                })
+                .insert(Header {
+                    key: "ce_source",
+                    value: Some(self.source.as_str()),
+                })
+                .insert(Header {
+                    key: "ce_specversion",
+                    value: Some(SPEC_VERSION),
+                })
+                .insert(Header {
+                    key: "ce_time",
+                    value: Some(time.as_str()),
+                })
+                .insert(Header {
+                    key: "ce_subject",
+                    value: Some(p.key.as_str()),
+                })
+                .insert(Header {
+                    key: "content-type",
+                    value: Some(CONTENT_TYPE),
+                });
             let record = FutureRecord::to(&self.topic)
                 .key(&p.key)
                 .payload(&p.value)
@@ -211,7 +232,11 @@ impl Relay {
         tx.commit().await?;
         metrics::counter!("onboard_relay_published_total").increment(pending.len() as u64);
         metrics::counter!("onboard_relay_dead_lettered_total").increment(dead.len() as u64);
-        tracing::debug!(published = pending.len(), dead = dead.len(), "relayed batch");
+        tracing::debug!(
+            published = pending.len(),
+            dead = dead.len(),
+            "relayed batch"
+        );
         Ok(ids.len())
     }
 }

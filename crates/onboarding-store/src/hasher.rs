@@ -75,6 +75,8 @@ mod tests {
         assert!(Argon2::default()
             .verify_password(b"correct horse battery staple", &parsed)
             .is_ok());
-        assert!(Argon2::default().verify_password(b"wrong", &parsed).is_err());
+        assert!(Argon2::default()
+            .verify_password(b"wrong", &parsed)
+            .is_err());
     }
 }

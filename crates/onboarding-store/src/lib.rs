@@ -19,10 +19,12 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
-use rand::RngCore;
 use onboarding_domain::password::PasswordPolicy;
-use onboarding_domain::{NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices};
+use onboarding_domain::{
+    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
+};
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use rand::RngCore;
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
@@ -184,7 +186,8 @@ pub struct Store {
 impl Store {
     pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
         let cqrs = postgres_es::postgres_cqrs(pool.clone(), vec![], services.clone());
-        let events = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+        let events =
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
         Self {
             pool,
             cqrs: Arc::new(cqrs),
@@ -255,7 +258,10 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 }

@@ -1,0 +1,201 @@
+//! Bad requests get a clear 4xx that says what to do, never a 5xx or a hang.
+
+use serde_json::{json, Value};
+
+use crate::harness::{unique, Options, Stack};
+
+async fn post_raw(stack: &Stack, body: &str, auth: bool) -> (u16, Value) {
+    let mut req = stack
+        .http
+        .post(stack.url("/api/v1/users"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if auth {
+        req = req.bearer_auth(&stack.admin_token);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let stack = Stack::start(
+        "badinput",
+        Options {
+            max_body_bytes: 4096,
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let (status, body) = post_raw(&stack, "{\"username\": \"Jane\", ", true).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "malformed_json");
+    assert!(body["message"].as_str().unwrap().contains("JSON"));
+
+    let (status, body) = post_raw(&stack, "{}", true).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["fields"]["username"], "is required");
+    assert_eq!(body["fields"]["email"], "is required");
+
+    let (status, body) = post_raw(
+        &stack,
+        &json!({"username": "ja ne", "email": "nope", "domain": "no spaces", "emial": "x", "code_validity_minutes": 999999}).to_string(),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400);
+    for field in [
+        "username",
+        "email",
+        "domain",
+        "emial",
+        "code_validity_minutes",
+    ] {
+        assert!(
+            body["fields"][field].is_string(),
+            "{field} not named in {body}"
+        );
+    }
+    assert!(body["fields"]["code_validity_minutes"]
+        .as_str()
+        .unwrap()
+        .contains("between 1 and 10080"));
+
+    let big = json!({"username": "Jane", "email": "jane@pickup.example", "claims": {"x": "y".repeat(5000)}}).to_string();
+    let (status, body) = post_raw(&stack, &big, true).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"], "payload_too_large");
+
+    let (status, body) = post_raw(&stack, "{}", false).await;
+    assert_eq!(status, 401);
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("Authorization: Bearer"));
+    let r = stack
+        .http
+        .post(stack.url("/api/v1/users"))
+        .bearer_auth("wrong-token")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = stack
+        .admin(stack.http.get(stack.url("/api/v1/users/not-a-uuid")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = stack
+        .admin(
+            stack
+                .http
+                .get(stack.url(&format!("/api/v1/users/{}", uuid::Uuid::new_v4()))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = stack
+        .http
+        .post(stack.url("/api/v1/password-submissions"))
+        .json(&json!({"code": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["fields"]["code"], "must be a string");
+    assert_eq!(body["fields"]["password"], "is required");
+
+    let r = stack
+        .http
+        .get(stack.url("/no/such/thing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_username_is_unique_per_domain_whatever_its_case() {
+    let stack = Stack::start("unique", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("u."));
+    stack.invite("Jane", &email).await;
+    let (status, body) = post_raw(
+        &stack,
+        &json!({"username": "JANE", "email": email}).to_string(),
+        true,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "username_taken");
+    // The same name in another domain is another account.
+    let (status, _) = post_raw(
+        &stack,
+        &json!({"username": "Jane", "email": email, "domain": "EMPLOYEES"}).to_string(),
+        true,
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // Concurrent invitations of one new name: exactly one wins.
+    let racer = json!({"username": "Racer", "email": email}).to_string();
+    let attempts = (0..8).map(|_| post_raw(&stack, &racer, true));
+    let results = futures::future::join_all(attempts).await;
+    let created = results.iter().filter(|(s, _)| *s == 201).count();
+    let conflicts = results
+        .iter()
+        .filter(|(s, b)| *s == 409 && b["error"] == "username_taken")
+        .count();
+    assert_eq!((created, conflicts), (1, 7), "{results:?}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_without_length_is_read_and_still_limited() {
+    let stack = Stack::start(
+        "chunked",
+        Options {
+            max_body_bytes: 4096,
+            ..Options::default()
+        },
+    )
+    .await;
+    let chunks = |body: String| {
+        let parts: Vec<Result<String, std::io::Error>> = body
+            .as_bytes()
+            .chunks(100)
+            .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+            .collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(parts))
+    };
+    let email = format!("{}@pickup.example", unique("chunk."));
+    let ok = json!({"username": "Chunky", "email": email}).to_string();
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .header("content-type", "application/json")
+        .body(chunks(ok))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let big = json!({"username": "Chunky2", "email": email, "claims": {"x": "y".repeat(5000)}})
+        .to_string();
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .header("content-type", "application/json")
+        .body(chunks(big))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}

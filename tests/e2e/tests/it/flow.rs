@@ -1,0 +1,229 @@
+//! Jane's whole onboarding, as she and her administrator see it.
+
+use crate::harness::{unique, Options, Stack};
+
+const JANES_PASSWORD: &str = "Pickup rides at dawn 42";
+
+/// Pulls one hidden form field's value out of the page.
+pub fn form_value(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no field {name} in:\n{html}"))
+        + marker.len();
+    let end = html[start..].find('"').unwrap() + start;
+    html[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_without_secrets() {
+    let stack = Stack::start("flow", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("jane."));
+
+    // Sam invites Jane.
+    let created = stack.invite("Jane", &email).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["state"], "CodeIssued");
+    assert_eq!(created["username"], "Jane");
+    assert_eq!(created["domain"], "PRIMARY");
+    let expires_at = created["code_expires_at"].as_str().unwrap().to_owned();
+
+    // Her mail arrives, from the configured sender, with both parts, the link and the expiry.
+    let mail = stack.wait_for_mail(&email).await;
+    assert_eq!(mail.sender(), "noreply@pickup.example");
+    assert_eq!(mail.subject(), "Pickup: create your password");
+    assert!(mail.html().contains("Create Password"), "{}", mail.html());
+    assert!(mail.text().contains("/confirm?code="));
+    let expiry = chrono::DateTime::parse_from_rfc3339(&expires_at).unwrap();
+    let expiry_text = expiry.format("%A %-d %B %Y, %H:%M UTC").to_string();
+    assert!(
+        mail.text().contains(&expiry_text),
+        "expiry {expiry_text} not in:\n{}",
+        mail.text()
+    );
+    assert!(mail.html().contains(&expiry_text));
+    let message_id = mail.header("message-id").unwrap_or_default().to_owned();
+    assert!(
+        message_id.ends_with("@pickup.example>"),
+        "Message-ID {message_id} must use the sender's domain"
+    );
+
+    // The admin view shows the mail as sent.
+    let view = stack.user(&id).await;
+    assert_eq!(view["email_delivery"]["status"], "sent", "{view}");
+
+    // She opens the link: a page asks for the password twice and states the rules.
+    let link = mail.link();
+    let page = stack.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("autocomplete=\"new-password\""));
+    assert!(html.contains("name=\"password_confirm\""));
+    assert!(html.contains("At least 8"), "the page states the rules");
+    assert!(
+        html.contains(&expiry_text),
+        "the page shows the same expiry as the mail"
+    );
+    let code = form_value(&html, "code");
+
+    // She submits a good password: the page says the account is active.
+    let done = stack
+        .http
+        .post(stack.url("/confirm"))
+        .form(&[
+            ("code", code.as_str()),
+            ("password", JANES_PASSWORD),
+            ("password_confirm", JANES_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let done = done.text().await.unwrap();
+    assert!(done.contains("Your account is active"), "{done}");
+
+    // The admin view says Active.
+    let view = stack.user(&id).await;
+    assert_eq!(view["state"], "Active");
+    assert!(view["activated_at"].is_string());
+    assert!(view["code_expires_at"].is_null());
+    let view_text = view.to_string();
+    assert!(!view_text.contains("argon2") && !view_text.contains(&code));
+
+    // Her events are on the topic, keyed by her id, in order, with CloudEvents headers.
+    let types = [
+        "onboard.user.invited.v1",
+        "onboard.user.code_issued.v1",
+        "onboard.user.invitation_mail_sent.v1",
+        "onboard.user.password_set.v1",
+        "onboard.user.activated.v1",
+    ];
+    let records = stack.user_records(&id, &types).await;
+    let seen: Vec<&str> = records
+        .iter()
+        .map(|r| r.headers["ce_type"].as_str())
+        .collect();
+    assert_eq!(seen, types, "events in order");
+    let sequences: Vec<i64> = records
+        .iter()
+        .map(|r| r.value["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert!(records.iter().all(|r| r.partition == records[0].partition));
+    for r in &records {
+        for h in [
+            "ce_id",
+            "ce_type",
+            "ce_source",
+            "ce_specversion",
+            "ce_time",
+            "content-type",
+        ] {
+            assert!(r.headers.contains_key(h), "header {h} missing on {r:?}");
+        }
+        assert_eq!(r.headers["ce_specversion"], "1.0");
+        assert_eq!(r.value["user_id"], id.as_str());
+        let all = format!("{} {:?}", r.raw_value, r.headers);
+        assert!(!all.contains(&code), "the code leaked into {all}");
+        assert!(
+            !all.contains(&code[43..]),
+            "the code's tag leaked into {all}"
+        );
+        assert!(
+            !all.contains(JANES_PASSWORD),
+            "the password leaked into {all}"
+        );
+        assert!(
+            !all.contains("argon2"),
+            "the password hash leaked into {all}"
+        );
+    }
+    assert_eq!(records[0].value["email"], email.as_str());
+    assert_eq!(
+        records[1].value["expires_at"]
+            .as_str()
+            .map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap()),
+        Some(expiry)
+    );
+
+    // No log line of any component carries the code or the password.
+    let logs = stack.log_tail();
+    assert!(!logs.contains(&code[43..]) && !logs.contains(JANES_PASSWORD));
+}
+
+#[tokio::test]
+async fn the_cli_invites_shows_and_lists_events() {
+    let stack = Stack::start("cli", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("cli."));
+    let out = stack.cli(&["invite", "--username", "CliUser", "--email", &email]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["state"], "CodeIssued");
+    stack.wait_for_mail(&email).await;
+
+    let out = stack.cli(&["user", "show", "CliUser"]);
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["id"], created["id"]);
+
+    let out = stack.cli(&["events", created["id"].as_str().unwrap()]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event_type"], "UserInvited");
+    assert_eq!(lines[1]["event_type"], "CodeIssued");
+    assert_eq!(lines[0]["metadata"]["actor_id"], "cli");
+
+    // A second invitation of the same name is refused with a clear message.
+    let out = stack.cli(&["invite", "--username", "cliuser", "--email", &email]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let out = stack.cli(&["invite", "--username", "x", "--email", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--email"));
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let stack = Stack::start("health", Options::default()).await;
+    let h = stack.http.get(stack.url("/healthz")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    let r: serde_json::Value = stack
+        .http
+        .get(stack.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["checks"]["postgres"], "ok");
+    assert_eq!(r["checks"]["kafka"], "ok");
+    stack
+        .invite("MetricsUser", &format!("{}@pickup.example", unique("m.")))
+        .await;
+    let m = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("onboard_invitations_total 1"), "{m}");
+    assert!(m.contains("onboard_http_requests_total"));
+}

@@ -1,0 +1,499 @@
+//! Starts the real `onboard` processes against the real services `tests/run` started, one fresh
+//! database, topic and consumer group per test, and reads back what a user would see: HTTP
+//! answers, mail in MailDev, records on the Kafka topic.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rand::RngCore;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Where the services started by `tests/run` are.
+pub struct Services {
+    pub database_url: String,
+    pub kafka: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub maildev: String,
+    pub onboard: PathBuf,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests with `tests/run`, which starts PostgreSQL, the Kafka broker and MailDev")
+    })
+}
+
+impl Services {
+    pub fn from_env() -> Self {
+        Self {
+            database_url: var("TEST_DATABASE_URL"),
+            kafka: var("TEST_KAFKA_BOOTSTRAP"),
+            smtp_host: var("TEST_SMTP_HOST"),
+            smtp_port: var("TEST_SMTP_PORT")
+                .parse()
+                .expect("TEST_SMTP_PORT is a port"),
+            maildev: var("TEST_MAILDEV_URL"),
+            onboard: PathBuf::from(var("ONBOARD_BIN")),
+        }
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One mail as MailDev received it.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub raw: Value,
+}
+
+impl Mail {
+    pub fn subject(&self) -> &str {
+        self.raw["subject"].as_str().unwrap_or_default()
+    }
+    pub fn text(&self) -> &str {
+        self.raw["text"].as_str().unwrap_or_default()
+    }
+    pub fn html(&self) -> &str {
+        self.raw["html"].as_str().unwrap_or_default()
+    }
+    pub fn sender(&self) -> &str {
+        self.raw["from"][0]["address"].as_str().unwrap_or_default()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.raw["headers"][name].as_str()
+    }
+    /// The confirmation link in the plain-text part.
+    pub fn link(&self) -> String {
+        self.text()
+            .split_whitespace()
+            .find(|w| w.contains("/confirm?code="))
+            .unwrap_or_else(|| panic!("no confirmation link in the mail text:\n{}", self.text()))
+            .to_owned()
+    }
+    pub fn code(&self) -> String {
+        let link = self.link();
+        link.split_once("code=").map(|(_, c)| c.to_owned()).unwrap()
+    }
+}
+
+/// A record read back from the topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub value: Value,
+    pub raw_value: String,
+    pub headers: HashMap<String, String>,
+    pub partition: i32,
+}
+
+pub struct Stack {
+    pub services: Services,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub base_url: String,
+    pub admin_token: String,
+    pub topic: String,
+    pub http: reqwest::Client,
+    procs: Mutex<HashMap<String, Child>>,
+}
+
+pub struct Options {
+    pub validity_minutes: i64,
+    pub max_body_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            validity_minutes: 60,
+            max_body_bytes: 16384,
+        }
+    }
+}
+
+impl Stack {
+    /// A fresh database, topic and consumer group, migrated; no process started yet.
+    pub async fn new(name: &str, options: Options) -> Self {
+        let services = Services::from_env();
+        let id = unique("");
+        let db = format!("e2e_{name}_{id}");
+        let admin = sqlx::PgPool::connect(&services.database_url)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE \"{db}\""))
+            .execute(&admin)
+            .await
+            .expect("create the test database");
+        admin.close().await;
+        let database_url = match services.database_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db}"),
+            None => panic!("TEST_DATABASE_URL has no database name"),
+        };
+        let dir = std::env::temp_dir()
+            .join("onboard-e2e")
+            .join(format!("{name}-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let base_url = format!("http://127.0.0.1:{port}");
+        let mut token = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut token);
+        let admin_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let topic = format!("e2e.{name}.{id}");
+        let config = dir.join("onboard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[identity_mgt.user_onboarding]
+ask_password_from_user = true
+ask_password_email_validity = {validity}
+min_validity_minutes = 1
+max_validity_minutes = 10080
+
+[output_adapter.email]
+from_address = "noreply@pickup.example"
+from_name = "Pickup"
+hostname = "{smtp_host}"
+port = {smtp_port}
+enable_start_tls = false
+enable_authentication = false
+max_attempts = 3
+
+[database]
+url = "{database_url}"
+max_connections = 5
+
+[kafka]
+bootstrap_servers = "{kafka}"
+topic = "{topic}"
+partitions = 4
+email_worker_group = "e2e-{name}-{id}"
+
+[gateway]
+bind = "127.0.0.1:{port}"
+public_base_url = "{base_url}"
+max_body_bytes = {max_body}
+
+[[gateway.admin_tokens]]
+id = "e2e-admin"
+sha256 = "{token_hash}"
+
+[codes]
+active_key = "k1"
+[[codes.keys]]
+id = "k1"
+secret = "{key}"
+
+[organisation]
+name = "Pickup"
+"#,
+                validity = options.validity_minutes,
+                smtp_host = services.smtp_host,
+                smtp_port = services.smtp_port,
+                kafka = services.kafka,
+                max_body = options.max_body_bytes,
+                token_hash = hex::encode(Sha256::digest(admin_token.as_bytes())),
+                key = base64::engine::general_purpose::STANDARD.encode(key),
+            ),
+        )
+        .unwrap();
+        let stack = Self {
+            services,
+            dir,
+            config,
+            base_url,
+            admin_token,
+            topic,
+
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            procs: Mutex::new(HashMap::new()),
+        };
+        let out = stack.cli(&["migrate"]);
+        assert!(
+            out.status.success(),
+            "onboard migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stack
+    }
+
+    /// The whole engine as separate processes: gateway, relay, email worker.
+    pub async fn start(name: &str, options: Options) -> Self {
+        let stack = Self::new(name, options).await;
+        stack.spawn("gateway");
+        stack.spawn("relay");
+        stack.spawn("email-worker");
+        stack.wait_ready().await;
+        stack
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.services.onboard)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("ONBOARD_LOG", "warn")
+            .output()
+            .expect("run onboard")
+    }
+
+    /// Starts one component (`gateway`, `relay`, `email-worker`, `serve`) as its own process.
+    pub fn spawn(&self, component: &str) {
+        let n = self.procs.lock().unwrap().len();
+        let log = File::create(self.dir.join(format!("{component}-{n}.log"))).unwrap();
+        let child = Command::new(&self.services.onboard)
+            .arg("--config")
+            .arg(&self.config)
+            .arg(component)
+            .env("ONBOARD_LOG", "info,onboarding_email_worker=debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn onboard");
+        self.procs
+            .lock()
+            .unwrap()
+            .insert(component.to_owned(), child);
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) to a component and waits for it to exit.
+    pub fn signal(&self, component: &str, signal: &str) {
+        let mut child = self
+            .procs
+            .lock()
+            .unwrap()
+            .remove(component)
+            .unwrap_or_else(|| panic!("{component} is not running"));
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{component} did not stop within 30 s of SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become ready within 60 s; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn admin(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        req.bearer_auth(&self.admin_token)
+    }
+
+    pub async fn invite(&self, username: &str, email: &str) -> Value {
+        let r = self
+            .admin(self.http.post(self.url("/api/v1/users")))
+            .json(&serde_json::json!({"username": username, "email": email, "domain": "PRIMARY"}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 201, "invite failed: {body}");
+        body
+    }
+
+    pub async fn user(&self, id: &str) -> Value {
+        let r = self
+            .admin(self.http.get(self.url(&format!("/api/v1/users/{id}"))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Every mail MailDev holds for this recipient, oldest first.
+    pub async fn mails_to(&self, address: &str) -> Vec<Mail> {
+        let all: Vec<Value> = self
+            .http
+            .get(format!("{}/api/email", self.services.maildev))
+            .send()
+            .await
+            .expect("MailDev answers")
+            .json()
+            .await
+            .expect("MailDev returns JSON");
+        all.into_iter()
+            .filter(|m| {
+                m["to"]
+                    .as_array()
+                    .is_some_and(|to| to.iter().any(|t| t["address"].as_str() == Some(address)))
+            })
+            .map(|raw| Mail { raw })
+            .collect()
+    }
+
+    /// Waits until `count` mails reached this recipient (up to 60 s) and returns them.
+    pub async fn wait_for_mails(&self, address: &str, count: usize) -> Vec<Mail> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mails = self.mails_to(address).await;
+            if mails.len() >= count {
+                return mails;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} mail(s) to {address} expected, {} arrived within 60 s; logs in {}",
+                mails.len(),
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn wait_for_mail(&self, address: &str) -> Mail {
+        self.wait_for_mails(address, 1).await.remove(0)
+    }
+
+    /// Reads the topic from the beginning until `until` is satisfied by the records seen (60 s max).
+    pub async fn read_topic(&self, until: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.services.kafka)
+            .set("group.id", unique("e2e-reader-"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("kafka consumer");
+        consumer.subscribe(&[&self.topic]).unwrap();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !until(&records) {
+            assert!(
+                Instant::now() < deadline,
+                "the expected records did not arrive on {} within 60 s; got {records:#?}",
+                self.topic
+            );
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+            else {
+                continue;
+            };
+            let raw_value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Record {
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: serde_json::from_str(&raw_value).expect("record values are JSON"),
+                raw_value,
+                headers,
+                partition: m.partition(),
+            });
+        }
+        records
+    }
+
+    /// The records of one user, in topic order.
+    pub async fn user_records(&self, user_id: &str, types: &[&str]) -> Vec<Record> {
+        let want: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        let records = self
+            .read_topic(|rs| {
+                let seen: Vec<&String> = rs
+                    .iter()
+                    .filter(|r| r.key == user_id)
+                    .map(|r| &r.headers["ce_type"])
+                    .collect();
+                want.iter().all(|w| seen.contains(&w))
+            })
+            .await;
+        records.into_iter().filter(|r| r.key == user_id).collect()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                    out.push_str(&format!("--- {}\n{tail}\n", p.display()));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("component logs:\n{}", self.log_tail());
+        }
+        for (_, mut child) in self.procs.lock().unwrap().drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests of the onboarding engine: the real `onboard` processes against the real
+//! PostgreSQL, Kafka-protocol broker and SMTP server that `tests/run` starts.
+
+mod bad_input;
+mod codes;
+mod flow;
+mod harness;
+mod restart;
