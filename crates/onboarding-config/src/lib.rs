@@ -105,6 +105,10 @@ pub struct KafkaSettings {
     pub email_worker_group: String,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`, `debug`). Values are passed as they are.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

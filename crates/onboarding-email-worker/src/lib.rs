@@ -86,6 +86,8 @@ impl EmailWorker {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Notice a recreated topic (after a broker lost its data) within seconds.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .create()?;
         consumer.subscribe(&[&settings.kafka.topic])?;
         Ok(Self {

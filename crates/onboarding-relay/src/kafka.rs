@@ -10,11 +10,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
+use secrecy::ExposeSecret;
 
 pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", "onboard");
+    for (key, value) in &kafka.properties {
+        c.set(key, value.expose_secret());
+    }
     c
 }
 
@@ -24,7 +28,7 @@ pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
+        .set("message.timeout.ms", "10000")
         .set("compression.type", "none")
         .create()
 }

@@ -12,7 +12,8 @@
 
 pub mod kafka;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use onboarding_config::KafkaSettings;
@@ -28,6 +29,8 @@ use uuid::Uuid;
 /// Arbitrary but fixed: the advisory lock that elects the active relay.
 const RELAY_LOCK: i64 = 0x6f6e_626f_6172_6401;
 const NOTIFY_CHANNEL: &str = "onboard_outbox";
+/// How often the relay compares the broker's high watermarks with what it published.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -39,6 +42,7 @@ pub enum RelayError {
 
 pub struct Relay {
     pool: PgPool,
+    kafka: KafkaSettings,
     producer: FutureProducer,
     topic: String,
     source: String,
@@ -59,6 +63,7 @@ impl Relay {
     pub fn new(pool: PgPool, kafka: &KafkaSettings) -> Result<Self, RelayError> {
         Ok(Self {
             pool,
+            kafka: kafka.clone(),
             producer: kafka::producer(kafka).map_err(|e| RelayError::Kafka(e.to_string()))?,
             topic: kafka.topic.clone(),
             source: kafka.source.clone(),
@@ -68,14 +73,23 @@ impl Relay {
 
     /// Relays until `shutdown` fires. Wakes on `NOTIFY` from the outbox trigger, and polls once a
     /// second in case a notification was missed. Errors back off and retry; nothing is dropped.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         tracing::info!(topic = %self.topic, "relay started");
         let mut backoff = Duration::from_millis(200);
+        let mut last_check: Option<Instant> = None;
+        let mut failures: u32 = 0;
         loop {
+            if last_check.is_none_or(|t| t.elapsed() >= LOSS_CHECK_INTERVAL) {
+                last_check = Some(Instant::now());
+                if let Err(e) = self.recover_lost_records().await {
+                    tracing::warn!(error = %e, "cannot compare the broker with the log; will retry");
+                }
+            }
             match self.relay_batch().await {
                 Ok(n) if n > 0 => {
+                    failures = 0;
                     backoff = Duration::from_millis(200);
                     if shutdown.is_cancelled() {
                         break;
@@ -85,6 +99,20 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     metrics::counter!("onboard_relay_errors_total").increment(1);
+                    failures += 1;
+                    if failures.is_multiple_of(3) {
+                        // An idempotent producer can be fenced for good (e.g. a broker that lost
+                        // its state); a fresh one starts a new producer id.
+                        match kafka::producer(&self.kafka) {
+                            Ok(p) => self.producer = p,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot recreate the Kafka producer")
+                            }
+                        }
+                    }
+                    // A publish failure may mean the broker lost the topic: check again soon.
+                    last_check =
+                        last_check.map(|t| t.checked_sub(LOSS_CHECK_INTERVAL).unwrap_or(t));
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; will retry");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -106,6 +134,88 @@ impl Relay {
         }
         tracing::info!("relay stopped");
         Ok(())
+    }
+
+    /// Compares each partition's high watermark with what the relay knows it published. When the
+    /// broker holds less (it restarted empty, or the topic was deleted), recreates the topic and
+    /// requeues the whole log: PostgreSQL is the source of truth, and consumers deduplicate on
+    /// `ce_id`. Returns how many events were requeued.
+    pub async fn recover_lost_records(&mut self) -> Result<u64, RelayError> {
+        let expected: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM relay_offsets WHERE topic = $1")
+                .bind(&self.topic)
+                .fetch_all(&self.pool)
+                .await?;
+        if expected.is_empty() {
+            return Ok(0);
+        }
+        let client = self.producer.clone();
+        let topic = self.topic.clone();
+        let lost = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            let mut lost = Vec::new();
+            for (partition, next) in expected {
+                match client
+                    .client()
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                {
+                    Ok((_, high)) if high >= next => {}
+                    Ok((_, high)) => lost.push(format!(
+                        "partition {partition}: broker has {high}, relay published {next}"
+                    )),
+                    Err(e)
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(
+                                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | rdkafka::types::RDKafkaErrorCode::UnknownPartition
+                                    | rdkafka::types::RDKafkaErrorCode::UnknownTopic
+                            )
+                        ) =>
+                    {
+                        lost.push(format!("partition {partition}: unknown to the broker"))
+                    }
+                    Err(e) => return Err(RelayError::Kafka(e.to_string())),
+                }
+            }
+            Ok(lost)
+        })
+        .await
+        .map_err(|e| RelayError::Kafka(e.to_string()))??;
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(topic = %self.topic, details = %lost.join("; "), "the broker lost records; recreating the topic and republishing the log");
+        // The broker forgot this producer's id and sequence numbers too: start a new producer.
+        self.producer =
+            kafka::producer(&self.kafka).map_err(|e| RelayError::Kafka(e.to_string()))?;
+        kafka::create_topics(&self.kafka)
+            .await
+            .map_err(|e| RelayError::Kafka(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        // Rows still pending are part of the log: drop them so each user's events go out once, in order.
+        sqlx::query("DELETE FROM outbox").execute(&mut *tx).await?;
+        let requeued = sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+             payload, metadata, global_position, recorded_at) \
+             SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+             metadata, global_position, recorded_at FROM events ORDER BY global_position",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM relay_offsets WHERE topic = $1")
+            .bind(&self.topic)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("onboard_relay_republished_total").increment(requeued);
+        tracing::warn!(requeued, "log requeued for publishing");
+        Ok(requeued)
     }
 
     /// Publishes up to one batch. Returns how many rows left the outbox.
@@ -196,13 +306,35 @@ impl Relay {
                 .key(&p.key)
                 .payload(&p.value)
                 .headers(headers);
-            self.producer.send(record, Duration::from_secs(30))
+            self.producer.send(record, Duration::from_secs(10))
         });
         let results = futures::future::join_all(sends).await;
-        if let Some(Err((e, _))) = results.iter().find(|r| r.is_err()) {
-            // Nothing is deleted: the whole batch is retried. Records that did reach the
-            // broker will be published again with the same ce_id.
-            return Err(RelayError::Kafka(e.to_string()));
+        let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+        for result in &results {
+            match result {
+                // A lower bound of what the partition must hold from now on: the first offset
+                // of this batch, plus one. (Not the last: some brokers report a high watermark
+                // at the start of the last stored batch.)
+                Ok(delivery) => {
+                    let next = next_offsets.entry(delivery.partition).or_insert(i64::MAX);
+                    *next = (*next).min(delivery.offset + 1);
+                }
+                // Nothing is deleted: the whole batch is retried. Records that did reach the
+                // broker will be published again with the same ce_id.
+                Err((e, _)) => return Err(RelayError::Kafka(e.to_string())),
+            }
+        }
+        for (partition, next) in &next_offsets {
+            sqlx::query(
+                "INSERT INTO relay_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
+                 ON CONFLICT (topic, partition) DO UPDATE \
+                 SET next_offset = GREATEST(relay_offsets.next_offset, EXCLUDED.next_offset)",
+            )
+            .bind(&self.topic)
+            .bind(partition)
+            .bind(next)
+            .execute(&mut *tx)
+            .await?;
         }
 
         for (id, aggregate_id, sequence, event_type, payload, error) in &dead {

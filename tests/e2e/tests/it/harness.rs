@@ -110,6 +110,7 @@ pub struct Record {
 
 pub struct Stack {
     pub services: Services,
+    pub kafka: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub base_url: String,
@@ -122,6 +123,8 @@ pub struct Stack {
 pub struct Options {
     pub validity_minutes: i64,
     pub max_body_bytes: u64,
+    /// A broker of the test's own instead of the shared one.
+    pub kafka: Option<String>,
 }
 
 impl Default for Options {
@@ -129,6 +132,7 @@ impl Default for Options {
         Self {
             validity_minutes: 60,
             max_body_bytes: 16384,
+            kafka: None,
         }
     }
 }
@@ -164,6 +168,10 @@ impl Stack {
         rand::rngs::OsRng.fill_bytes(&mut key);
         let topic = format!("e2e.{name}.{id}");
         let config = dir.join("onboard.toml");
+        let kafka = options
+            .kafka
+            .clone()
+            .unwrap_or_else(|| services.kafka.clone());
         std::fs::write(
             &config,
             format!(
@@ -214,7 +222,7 @@ name = "Pickup"
                 validity = options.validity_minutes,
                 smtp_host = services.smtp_host,
                 smtp_port = services.smtp_port,
-                kafka = services.kafka,
+                kafka = options.kafka.as_deref().unwrap_or(&services.kafka),
                 max_body = options.max_body_bytes,
                 token_hash = hex::encode(Sha256::digest(admin_token.as_bytes())),
                 key = base64::engine::general_purpose::STANDARD.encode(key),
@@ -223,6 +231,7 @@ name = "Pickup"
         .unwrap();
         let stack = Self {
             services,
+            kafka,
             dir,
             config,
             base_url,
@@ -409,7 +418,7 @@ name = "Pickup"
     /// Reads the topic from the beginning until `until` is satisfied by the records seen (60 s max).
     pub async fn read_topic(&self, until: impl Fn(&[Record]) -> bool) -> Vec<Record> {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.services.kafka)
+            .set("bootstrap.servers", &self.kafka)
             .set("group.id", unique("e2e-reader-"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
@@ -492,6 +501,88 @@ impl Drop for Stack {
             eprintln!("component logs:\n{}", self.log_tail());
         }
         for (_, mut child) in self.procs.lock().unwrap().drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Kafka-protocol broker (tansu, in memory) of one test's own, so the test can restart it.
+pub struct Broker {
+    pub addr: String,
+    port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir_name: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir()
+            .join("onboard-e2e")
+            .join(unique(dir_name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            log: dir.join("tansu.log"),
+            child: None,
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(var("TEST_TANSU_BIN"))
+            .args([
+                "broker",
+                "--cluster-id",
+                "onboard-e2e",
+                "--listener-url",
+                &listener,
+            ])
+            .args([
+                "--advertised-listener-url",
+                &listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env_remove("CLUSTER_ID")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 30 s; see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker (losing everything it held in memory) and starts an empty one on the same port.
+    pub fn restart_empty(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.launch();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }

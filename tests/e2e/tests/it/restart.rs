@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{unique, Options, Stack};
+use crate::harness::{unique, Broker, Options, Stack};
 
 #[tokio::test]
 async fn restarting_the_relay_and_the_worker_mid_burst_mails_everyone_exactly_once() {
@@ -47,4 +47,59 @@ async fn restarting_the_relay_and_the_worker_mid_burst_mails_everyone_exactly_on
         wrong.is_empty(),
         "every user must get exactly one mail: {wrong:?}"
     );
+}
+
+#[tokio::test]
+async fn a_broker_that_restarts_empty_gets_the_whole_log_again_and_nobody_is_mailed_twice() {
+    let mut broker = Broker::start("broker");
+    let stack = Stack::start(
+        "brokerloss",
+        Options {
+            kafka: Some(broker.addr.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let before = format!("{}@pickup.example", unique("before."));
+    let first = stack.invite("BeforeCrash", &before).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.wait_for_mail(&before).await;
+    let sent = ["onboard.user.invitation_mail_sent.v1"];
+    stack.user_records(&first, &sent).await;
+
+    // The in-memory broker dies and comes back empty: no topic, no offsets, no records.
+    broker.restart_empty();
+
+    let after = format!("{}@pickup.example", unique("after."));
+    let second = stack.invite("AfterCrash", &after).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.wait_for_mail(&after).await;
+
+    // The topic holds the whole log again, in order per user.
+    let types = [
+        "onboard.user.invited.v1",
+        "onboard.user.code_issued.v1",
+        "onboard.user.invitation_mail_sent.v1",
+    ];
+    for id in [&first, &second] {
+        let records = stack.user_records(id, &types).await;
+        let seqs: Vec<i64> = records
+            .iter()
+            .map(|r| r.value["sequence"].as_i64().unwrap())
+            .collect();
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        assert_eq!(seqs, sorted, "events of {id} out of order: {seqs:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stack.mails_to(&before).await.len(),
+        1,
+        "the first user must not be mailed again"
+    );
+    assert_eq!(stack.mails_to(&after).await.len(), 1);
 }
