@@ -70,7 +70,7 @@ enum Command {
         email: String,
         #[arg(long, default_value = UserDomain::PRIMARY)]
         domain: String,
-        /// Language tag for the mail and page, e.g. `en` or `pt-BR`.
+        /// Language tag recorded with the invitation, e.g. `en` or `pt-BR` (mails are in English for now).
         #[arg(long)]
         locale: Option<String>,
         /// Minutes the code stays valid (default: identity_mgt.user_onboarding.ask_password_email_validity).

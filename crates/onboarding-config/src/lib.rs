@@ -23,6 +23,7 @@ pub enum ConfigError {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub identity_mgt: IdentityMgt,
     pub output_adapter: OutputAdapter,
@@ -35,11 +36,13 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IdentityMgt {
     pub user_onboarding: UserOnboarding,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserOnboarding {
     /// WSO2's switch. When false, invitations are refused: this engine only does ask-password.
     pub ask_password_from_user: bool,
@@ -51,11 +54,13 @@ pub struct UserOnboarding {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutputAdapter {
     pub email: EmailSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     pub from_address: String,
     pub from_name: String,
@@ -91,12 +96,14 @@ impl EmailSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
     pub topic: String,
@@ -112,6 +119,7 @@ pub struct KafkaSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GatewaySettings {
     pub bind: SocketAddr,
     /// Base of the links in mails, e.g. `https://id.pickup.example`.
@@ -122,18 +130,21 @@ pub struct GatewaySettings {
 
 /// An admin token, stored as the SHA-256 of the token (the token itself is never configured).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminToken {
     pub id: String,
     pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CodeSettings {
     pub active_key: String,
     pub keys: Vec<CodeKey>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CodeKey {
     pub id: String,
     /// Standard base64 of at least 32 random bytes.
@@ -141,12 +152,14 @@ pub struct CodeKey {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PasswordPolicySettings {
     pub min_length: usize,
     pub max_length: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrganisationSettings {
     /// Shown in mails and on the page ("Pickup invited you…").
     pub name: String,
@@ -216,7 +229,7 @@ impl Settings {
         Self::from_figment(Figment::from(Serialized::defaults(defaults())).merge(Toml::file(path)))
     }
 
-    /// Loads from TOML text (tests, `--config -`).
+    /// Loads from TOML text.
     pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
         Self::from_figment(
             Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)),
@@ -297,8 +310,12 @@ fn describe(e: figment::Error) -> String {
                     };
                     return format!("missing key `{full}`");
                 }
-                figment::error::Kind::InvalidType(actual, expected) => {
-                    format!("expected {expected}, found {actual}")
+                // The value itself is not repeated: it may be a secret.
+                figment::error::Kind::InvalidType(_, expected) => format!("expected {expected}"),
+                figment::error::Kind::UnknownField(..) => {
+                    return format!(
+                        "unknown key `{key}` (misspelt? see deploy/onboard.example.toml)"
+                    );
                 }
                 figment::error::Kind::InvalidValue(_, expected) => format!("expected {expected}"),
                 other => other.to_string(),
@@ -354,11 +371,58 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_file_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/onboard.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let s = Settings::from_toml_str(&text).unwrap();
+        assert_eq!(
+            s.identity_mgt.user_onboarding.ask_password_email_validity,
+            1440
+        );
+    }
+
+    #[test]
     fn a_missing_key_is_named() {
         let err = Settings::from_toml_str("[database]\nurl='x'")
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing key"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_and_named() {
+        let toml = MINIMAL.replacen(
+            "from_address",
+            "enable_starttls = true\n        from_address",
+            1,
+        );
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown key `output_adapter.email.enable_starttls`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrongly_typed_secret_is_not_repeated_in_the_error() {
+        let toml = MINIMAL.replace("password = \"smtp-secret-value\"", "password = 123456789");
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(err.contains("output_adapter.email.password"), "{err}");
+        assert!(!err.contains("123456789"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn environment_variables_override_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ONBOARD__KAFKA__TOPIC", "from.env");
+            jail.set_env("ONBOARD__OUTPUT_ADAPTER__EMAIL__PORT", "2525");
+            let s = Settings::from_toml_str(MINIMAL).expect("loads");
+            assert_eq!(s.kafka.topic, "from.env");
+            assert_eq!(s.output_adapter.email.port, 2525);
+            Ok(())
+        });
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub enum KeyringError {
         "code key `{0}` is shorter than 32 bytes; generate one with `openssl rand -base64 32`"
     )]
     TooShort(String),
+    #[error("code key `{0}` is not valid base64; generate one with `openssl rand -base64 32`")]
+    NotBase64(String),
 }
 
 impl CodeKeyring {

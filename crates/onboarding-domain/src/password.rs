@@ -62,7 +62,9 @@ pub enum PasswordRuleViolation {
     TooLong { max: usize },
     #[error("The password contains your username; choose one that does not.")]
     ContainsUsername,
-    #[error("The password contains your email address; choose one that does not.")]
+    #[error(
+        "The password contains the first part of your email address; choose one that does not."
+    )]
     ContainsEmail,
     #[error("The password is one of the most common passwords, which attackers try first; choose a less predictable one.")]
     Common,
@@ -104,7 +106,7 @@ impl PasswordPolicy {
                 "At least {} and at most {} characters; spaces and any symbols are welcome.",
                 self.min_length, self.max_length
             ),
-            "Must not contain your username or your email address.".to_owned(),
+            "Must not contain your username or the first part of your email address.".to_owned(),
             "Must not be a commonly used password.".to_owned(),
         ]
     }

@@ -31,6 +31,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use mail::{Invitation, MailError, Mailer};
 
+/// Why a record was left unhandled (its offset is not stored; it will be seen again).
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stopping before the mail could be sent")]
+    Stopped,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("kafka: {0}")]
@@ -106,7 +115,12 @@ impl EmailWorker {
 
     /// Consumes until `shutdown`; finishes the record in hand, then commits stored offsets.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        tracing::info!("email worker started");
+        match self.mailer.test_connection().await {
+            Ok(true) => tracing::info!("email worker started; SMTP server answers"),
+            Ok(false) | Err(_) => {
+                tracing::warn!("email worker started, but the SMTP server does not answer yet; mails will be retried")
+            }
+        }
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -123,8 +137,9 @@ impl EmailWorker {
             // A record is retried here until it is handled; only a database outage keeps it.
             let mut backoff = Duration::from_millis(200);
             loop {
-                match self.process(&msg).await {
+                match self.process(&msg, &shutdown).await {
                     Ok(()) => break,
+                    Err(HandleError::Stopped) => return self.close(),
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the outcome; retrying");
                         tokio::select! {
@@ -148,7 +163,11 @@ impl EmailWorker {
         Ok(())
     }
 
-    async fn process(&self, msg: &BorrowedMessage<'_>) -> Result<(), StoreError> {
+    async fn process(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), HandleError> {
         let ce_type = msg
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
@@ -170,7 +189,7 @@ impl EmailWorker {
             }
         };
         let started = Instant::now();
-        let outcome = self.handle(&event).await?;
+        let outcome = self.handle(&event, shutdown).await?;
         metrics::counter!("onboard_mail_total", "outcome" => outcome.label()).increment(1);
         if outcome == Outcome::Sent {
             metrics::histogram!("onboard_mail_send_seconds")
@@ -182,7 +201,11 @@ impl EmailWorker {
 
     /// Mails one issued code unless it needs nothing, and records the outcome on the account.
     #[tracing::instrument(skip_all, fields(user_id = %event.user_id))]
-    pub async fn handle(&self, event: &CodeIssuedV1) -> Result<Outcome, StoreError> {
+    pub async fn handle(
+        &self,
+        event: &CodeIssuedV1,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, HandleError> {
         let Some(account) = self.store.load(event.user_id).await? else {
             return Ok(Outcome::UnknownUser);
         };
@@ -209,7 +232,7 @@ impl EmailWorker {
         };
         let Some(token) = self.keyring.mint(&live.key_id, &binding) else {
             let reason = format!("code key `{}` is no longer configured", live.key_id);
-            return self.record_failure(event, code_id, reason, true).await;
+            return Ok(self.record_failure(event, code_id, reason, true).await?);
         };
         let link = format!("{}/confirm?code={}", self.public_base_url, token.expose());
         let rendered = self.mailer.render(&Invitation {
@@ -221,9 +244,9 @@ impl EmailWorker {
         let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
-                return self
+                return Ok(self
                     .record_failure(event, code_id, format!("template error: {e}"), true)
-                    .await
+                    .await?)
             }
         };
         let mut attempt = 0;
@@ -232,35 +255,64 @@ impl EmailWorker {
             attempt += 1;
             match self.mailer.send(email.as_str(), rendered.clone()).await {
                 Ok(accepted) => {
-                    let cmd = OnboardingCommand::RecordMailSent {
-                        code_id,
-                        message_id: accepted.message_id,
-                        smtp_response: accepted.smtp_response,
-                        now: Utc::now(),
-                    };
-                    return match self
-                        .store
-                        .execute(event.user_id, cmd, &Actor::system("email-worker"))
-                        .await
-                    {
-                        Ok(()) => Ok(Outcome::Sent),
-                        Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
-                            Ok(Outcome::AlreadySent)
-                        }
-                        Err(e) => Err(e),
-                    };
+                    return Ok(self.record_sent(event.user_id, code_id, accepted).await?)
                 }
                 Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
                     tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
-                    return self
+                    return Ok(self
                         .record_failure(event, code_id, e.to_string(), e.is_permanent())
-                        .await;
+                        .await?);
                 }
                 Err(e) => {
                     tracing::info!(error = %e, attempt, "transient mail failure; retrying");
-                    tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 250))
-                        .await;
+                    let pause = delay + Duration::from_millis(rand::random::<u64>() % 250);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(HandleError::Stopped),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Records that the SMTP server accepted the mail. The mail is out: this retries for up to a
+    /// minute (through database hiccups and concurrent changes) rather than let the record be
+    /// handled again, which would mail a second time.
+    async fn record_sent(
+        &self,
+        user_id: uuid::Uuid,
+        code_id: CodeId,
+        accepted: mail::Accepted,
+    ) -> Result<Outcome, StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let cmd = OnboardingCommand::RecordMailSent {
+                code_id,
+                message_id: accepted.message_id.clone(),
+                smtp_response: accepted.smtp_response.clone(),
+                now: Utc::now(),
+            };
+            match self
+                .store
+                .execute(user_id, cmd, &Actor::system("email-worker"))
+                .await
+            {
+                Ok(()) => return Ok(Outcome::Sent),
+                Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
+                    return Ok(Outcome::AlreadySent)
+                }
+                Err(e @ (StoreError::Conflict | StoreError::Unavailable(_)))
+                    if Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "mail sent but not yet recorded; retrying the record");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %user_id, "mail sent but could not be recorded; it may be sent again");
+                    return Err(e);
                 }
             }
         }

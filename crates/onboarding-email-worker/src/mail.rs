@@ -183,7 +183,7 @@ impl Mailer {
         }
     }
 
-    /// Checks that the SMTP server answers (used at start-up and by readiness).
+    /// Checks that the SMTP server answers (logged at start-up; sending retries anyway).
     pub async fn test_connection(&self) -> Result<bool, String> {
         self.transport
             .test_connection()

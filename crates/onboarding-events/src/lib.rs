@@ -3,6 +3,9 @@
 //! from these types). The mapping is where internal fields are dropped: the password hash and
 //! the code's key id never leave the event store.
 //!
+//! Consumers must ignore fields they do not know: adding an optional field keeps the version;
+//! anything else is a new type with a new version suffix.
+//!
 //! Record layout (CloudEvents Kafka protocol binding, binary mode): key = user id, value = the JSON
 //! of one of these structs, headers `ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`,
 //! `ce_subject`, `content-type`.
@@ -26,7 +29,6 @@ pub fn ce_id(user_id: Uuid, sequence: i64) -> Uuid {
 
 /// An account was invited; its first code is issued by the next event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UserInvitedV1 {
     pub user_id: Uuid,
     pub sequence: i64,
@@ -41,7 +43,6 @@ pub struct UserInvitedV1 {
 /// A confirmation code was issued and is to be mailed; earlier codes are dead. The code itself is
 /// not here: only the engine's keys can turn `code_id` into a usable link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CodeIssuedV1 {
     pub user_id: Uuid,
     pub sequence: i64,
@@ -60,7 +61,6 @@ pub enum CodeReason {
 
 /// The user chose a password (its hash stays in the event store).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PasswordSetV1 {
     pub user_id: Uuid,
     pub sequence: i64,
@@ -70,7 +70,6 @@ pub struct PasswordSetV1 {
 
 /// The account is active: downstream services may let the user in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UserActivatedV1 {
     pub user_id: Uuid,
     pub sequence: i64,
@@ -79,7 +78,6 @@ pub struct UserActivatedV1 {
 
 /// The SMTP server accepted the invitation mail for a code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct InvitationMailSentV1 {
     pub user_id: Uuid,
     pub sequence: i64,
@@ -91,7 +89,6 @@ pub struct InvitationMailSentV1 {
 
 /// The invitation mail for a code could not be delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct InvitationMailFailedV1 {
     pub user_id: Uuid,
     pub sequence: i64,

@@ -232,6 +232,9 @@ pub async fn submit(state: Arc<AppState>, form_data: HashMap<String, String>) ->
             &["Your password is set and your account is now active. You can sign in with your username and new password."],
         ),
         Err(ApiError::Refused(OnboardingError::WeakPassword(v))) => again(&v.to_string()),
+        Err(ApiError::Refused(OnboardingError::HashingFailed)) => {
+            unavailable(&state, ApiError::Unavailable("password hashing failed".into()))
+        }
         Err(ApiError::Refused(e)) => refusal(&state, &e),
         Err(e) => unavailable(&state, e),
     }

@@ -15,7 +15,9 @@ use secrecy::ExposeSecret;
 pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("client.id", "onboard");
+        .set("client.id", "onboard")
+        // Topics are created explicitly (`onboard migrate`), never as a side effect.
+        .set("allow.auto.create.topics", "false");
     for (key, value) in &kafka.properties {
         c.set(key, value.expose_secret());
     }

@@ -197,6 +197,14 @@ impl Relay {
             .bind(RELAY_LOCK)
             .execute(&mut *tx)
             .await?;
+        // Another relay may have recovered already while this one was looking.
+        let still: i64 = sqlx::query_scalar("SELECT count(*) FROM relay_offsets WHERE topic = $1")
+            .bind(&self.topic)
+            .fetch_one(&mut *tx)
+            .await?;
+        if still == 0 {
+            return Ok(0);
+        }
         // Rows still pending are part of the log: drop them so each user's events go out once, in order.
         sqlx::query("DELETE FROM outbox").execute(&mut *tx).await?;
         let requeued = sqlx::query(

@@ -152,7 +152,7 @@ pub fn keyring(settings: &Settings) -> Result<CodeKeyring, KeyringError> {
     for k in &settings.codes.keys {
         let secret = base64::engine::general_purpose::STANDARD
             .decode(k.secret.expose_secret().trim())
-            .map_err(|_| KeyringError::TooShort(k.id.clone()))?;
+            .map_err(|_| KeyringError::NotBase64(k.id.clone()))?;
         keys.push((k.id.clone(), secret));
     }
     CodeKeyring::new(settings.codes.active_key.clone(), keys)
