@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Install, start and stop the services the onboarding engine needs:
-# PostgreSQL (private cluster), tansu (Kafka-protocol broker), MailDev (SMTP catcher).
+# PostgreSQL (private cluster), tansu (Kafka-protocol broker), MailDev (SMTP catcher);
+# install the browser tests' tools: Debian's Chromium and playwright-core driving it.
 # Source this file from a bash script running with `set -euo pipefail`.
 #
 # Every process runs in the background with a pidfile and is stopped by that PID only.
@@ -9,6 +10,9 @@
 ONBOARDING_CACHE=${ONBOARDING_CACHE:-$HOME/.cache/onboarding}
 MAILDEV_DIR=${MAILDEV_DIR:-$ONBOARDING_CACHE/maildev}
 TANSU_VERSION=0.6.0
+PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
+PLAYWRIGHT_DIR=${PLAYWRIGHT_DIR:-$ONBOARDING_CACHE/playwright}
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 START_TIMEOUT=${START_TIMEOUT:-60}
 
 say() { printf '%s\n' "$*"; }
@@ -290,4 +294,40 @@ start_maildev() {
   await maildev "$pidfile" "$log" http_ok "http://127.0.0.1:$web/api/healthz"
   await maildev "$pidfile" "$log" port_open 127.0.0.1 "$smtp"
   say "maildev: started (pid $(pidfile_pid "$pidfile"), smtp 127.0.0.1:$smtp, web http://127.0.0.1:$web)"
+}
+
+# ---------------------------------------------------------------- browser tests
+
+# Debian's Chromium (a test tool's own browser download cannot reach its servers).
+ensure_chromium() {
+  [[ -x $CHROMIUM ]] && return 0
+  say "chromium: installing Debian's chromium (apt-get)"
+  # Update the package lists only when they do not know chromium, or are too old to fetch it.
+  if ! apt-cache show chromium >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+  fi
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  fi
+  [[ -x $CHROMIUM ]] || die "chromium: install did not produce $CHROMIUM"
+}
+
+# playwright-core only (no browser download) into $PLAYWRIGHT_DIR; sets PLAYWRIGHT_NODE_PATH
+# to its node_modules, for NODE_PATH.
+ensure_playwright() {
+  PLAYWRIGHT_NODE_PATH=$PLAYWRIGHT_DIR/node_modules
+  local installed=$PLAYWRIGHT_NODE_PATH/playwright-core/package.json
+  if [[ -f $installed ]] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$installed"; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+  fi
+  say "playwright: installing playwright-core@$PLAYWRIGHT_VERSION into $PLAYWRIGHT_DIR"
+  mkdir -p "$PLAYWRIGHT_DIR"
+  npm install --prefix "$PLAYWRIGHT_DIR" --no-audit --no-fund --loglevel=error \
+    "playwright-core@$PLAYWRIGHT_VERSION"
+  [[ -f $installed ]] || die "playwright: install did not produce $installed"
 }

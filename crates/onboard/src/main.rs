@@ -56,6 +56,8 @@ enum Command {
     Relay,
     /// Run only the email worker (Kafka consumer group; run several to share partitions).
     EmailWorker,
+    /// Run only the scheduler, which marks invitations whose code passed its expiry `Expired`.
+    Scheduler,
     /// Create or upgrade the database schema and create the Kafka topic. Safe to run again.
     Migrate {
         /// Only the database; leave Kafka alone.
@@ -142,10 +144,47 @@ async fn run(cli: Cli) -> Result<()> {
     let settings = Arc::new(Settings::load(&cli.config)?);
     match cli.command {
         Command::Migrate { skip_kafka } => migrate(&settings, skip_kafka).await,
-        Command::Serve => components(settings, true, true, true).await,
-        Command::Gateway => components(settings, true, false, false).await,
-        Command::Relay => components(settings, false, true, false).await,
-        Command::EmailWorker => components(settings, false, false, true).await,
+        Command::Serve => components(settings, Components::ALL).await,
+        Command::Gateway => {
+            components(
+                settings,
+                Components {
+                    gateway: true,
+                    ..Components::NONE
+                },
+            )
+            .await
+        }
+        Command::Relay => {
+            components(
+                settings,
+                Components {
+                    relay: true,
+                    ..Components::NONE
+                },
+            )
+            .await
+        }
+        Command::EmailWorker => {
+            components(
+                settings,
+                Components {
+                    worker: true,
+                    ..Components::NONE
+                },
+            )
+            .await
+        }
+        Command::Scheduler => {
+            components(
+                settings,
+                Components {
+                    scheduler: true,
+                    ..Components::NONE
+                },
+            )
+            .await
+        }
         Command::Invite {
             username,
             email,
@@ -310,13 +349,37 @@ fn metrics() -> Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.
-async fn components(
-    settings: Arc<Settings>,
+#[derive(Clone, Copy)]
+struct Components {
     gateway: bool,
     relay: bool,
     worker: bool,
-) -> Result<()> {
+    scheduler: bool,
+}
+
+impl Components {
+    const ALL: Self = Self {
+        gateway: true,
+        relay: true,
+        worker: true,
+        scheduler: true,
+    };
+    const NONE: Self = Self {
+        gateway: false,
+        relay: false,
+        worker: false,
+        scheduler: false,
+    };
+}
+
+/// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.
+async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
+    let Components {
+        gateway,
+        relay,
+        worker,
+        scheduler,
+    } = run;
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
     let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
@@ -332,6 +395,20 @@ async fn components(
         let worker = EmailWorker::new(&settings, store.clone())?;
         let token = shutdown.clone();
         tasks.spawn(async move { worker.run(token).await.context("email worker") });
+    }
+    if scheduler {
+        let every = Duration::from_secs(
+            settings
+                .identity_mgt
+                .user_onboarding
+                .expiry_scan_seconds
+                .max(1),
+        );
+        let (store, token) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            onboarding_store::run_scheduler(store, every, token).await;
+            Ok(())
+        });
     }
     if gateway {
         let state = Arc::new(AppState::new(

@@ -51,6 +51,14 @@ pub struct UserOnboarding {
     /// Bounds for a per-invitation `code_validity_minutes` override.
     pub min_validity_minutes: i64,
     pub max_validity_minutes: i64,
+    /// Wrong codes accepted for one live code before it dies (`CodeLocked`).
+    pub max_failed_attempts: u32,
+    /// Minimum seconds between two codes for one invitation (admin resend or user request).
+    pub resend_cooldown_seconds: i64,
+    /// Most re-issued codes per invitation in any 24 hours.
+    pub resend_daily_cap: u32,
+    /// Seconds between two passes of the scheduler that marks expired codes.
+    pub expiry_scan_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +134,9 @@ pub struct GatewaySettings {
     pub public_base_url: String,
     pub max_body_bytes: u64,
     pub admin_tokens: Vec<AdminToken>,
+    /// Requests per minute one client address may make to the public, unauthenticated
+    /// endpoints that can fail a code check or send mail (submissions, new-link requests).
+    pub public_rate_limit_per_minute: u32,
 }
 
 /// An admin token, stored as the SHA-256 of the token (the token itself is never configured).
@@ -186,6 +197,10 @@ fn defaults() -> Defaults {
             "ask_password_email_validity": 1440,
             "min_validity_minutes": 5,
             "max_validity_minutes": 10080,
+            "max_failed_attempts": 5,
+            "resend_cooldown_seconds": 60,
+            "resend_daily_cap": 5,
+            "expiry_scan_seconds": 30,
         }}),
         output_adapter: json!({"email": {
             "from_name": "",
@@ -211,6 +226,7 @@ fn defaults() -> Defaults {
             "bind": "127.0.0.1:8080",
             "max_body_bytes": 16384,
             "admin_tokens": [],
+            "public_rate_limit_per_minute": 30,
         }),
         codes: json!({}),
         password_policy: json!({"min_length": 8, "max_length": 128}),

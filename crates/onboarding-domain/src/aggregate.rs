@@ -22,16 +22,42 @@ pub enum OnboardingState {
     Uninvited,
     Invited,
     CodeIssued,
+    /// The live code passed its expiry (written by the scheduler); a new code revives it.
+    Expired,
+    /// Too many wrong codes: the live code died; a new code revives it.
+    Locked,
+    /// The invitation was withdrawn by an admin or declined by the user. Final.
+    Revoked,
     PasswordSet,
     Active,
 }
 
 impl OnboardingState {
+    pub const ALL: [Self; 8] = [
+        Self::Uninvited,
+        Self::Invited,
+        Self::CodeIssued,
+        Self::Expired,
+        Self::Locked,
+        Self::Revoked,
+        Self::PasswordSet,
+        Self::Active,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Uninvited => "Uninvited",
             Self::Invited => "Invited",
             Self::CodeIssued => "CodeIssued",
+            Self::Expired => "Expired",
+            Self::Locked => "Locked",
+            Self::Revoked => "Revoked",
             Self::PasswordSet => "PasswordSet",
             Self::Active => "Active",
         }
@@ -65,6 +91,23 @@ pub struct NewCode {
     pub validity: Duration,
 }
 
+/// How often a code may be re-issued for one invitation (admin resends and user requests alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendLimits {
+    /// Minimum time between two codes.
+    pub cooldown: Duration,
+    /// Most re-issued codes in any 24 hours.
+    pub daily_cap: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedBy {
+    Admin,
+    /// The user, through the "I didn't expect this" link in the mail.
+    User,
+}
+
 #[derive(Debug)]
 pub struct InviteUser {
     pub user_id: Uuid,
@@ -80,9 +123,43 @@ pub struct InviteUser {
 #[derive(Debug)]
 pub enum OnboardingCommand {
     InviteUser(Box<InviteUser>),
-    /// Issue a new code and kill the previous one at once.
+    /// Issue a new code and kill the previous one at once (an admin's resend).
     ResendCode {
         code: NewCode,
+        limits: ResendLimits,
+        now: DateTime<Utc>,
+    },
+    /// The user, holding any code of this invitation (expired, replaced, locked), asks for a new one.
+    RequestNewLink {
+        presented: PresentedCode,
+        code: NewCode,
+        limits: ResendLimits,
+        now: DateTime<Utc>,
+    },
+    /// Someone opened the link (GET or HEAD). Recorded for support staff; changes no state.
+    RecordLinkOpened {
+        presented: PresentedCode,
+        client: String,
+        now: DateTime<Utc>,
+    },
+    /// A submission named this invitation's live code with a wrong tag.
+    RecordFailedCodeCheck {
+        code_id: CodeId,
+        max_failures: u32,
+        now: DateTime<Utc>,
+    },
+    /// The scheduler found the live code past its expiry.
+    ExpireCode {
+        now: DateTime<Utc>,
+    },
+    RevokeInvitation {
+        by: RevokedBy,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    },
+    /// The user's "I didn't expect this" link: any code of the invitation authenticates it.
+    RevokeWithCode {
+        presented: PresentedCode,
         now: DateTime<Utc>,
     },
     SubmitPassword {
@@ -127,6 +204,14 @@ pub enum OnboardingError {
     WeakPassword(PasswordRuleViolation),
     #[error("the code validity must be positive")]
     InvalidValidity,
+    #[error("this link was disabled after too many wrong attempts; ask for a new one")]
+    CodeLocked,
+    #[error("this invitation was withdrawn; contact your administrator if you need an account")]
+    InvitationRevoked,
+    #[error("a new link was sent recently; try again in {retry_after_seconds} seconds")]
+    ResendLimited { retry_after_seconds: i64 },
+    #[error("the code has not expired yet")]
+    CodeNotExpired,
     #[error("the mail for code {0} is already recorded as sent")]
     MailAlreadySent(CodeId),
     #[error("code {0} was never issued to this user")]
@@ -142,6 +227,12 @@ pub struct IssuedCode {
     pub key_id: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    #[serde(default = "invitation_reason")]
+    pub reason: CodeIssueReason,
+}
+
+fn invitation_reason() -> CodeIssueReason {
+    CodeIssueReason::Invitation
 }
 
 /// What became of the mail for the live code.
@@ -171,6 +262,10 @@ pub struct Onboarding {
     pub claims: BTreeMap<String, serde_json::Value>,
     pub created_at: Option<DateTime<Utc>>,
     pub codes: Vec<IssuedCode>,
+    /// Wrong codes presented for the live code.
+    pub failed_checks: u32,
+    pub links_opened: u32,
+    pub revoked: Option<(RevokedBy, DateTime<Utc>)>,
     pub mails_sent: Vec<CodeId>,
     pub delivery: Option<EmailDelivery>,
     pub password_set_at: Option<DateTime<Utc>>,
@@ -233,7 +328,8 @@ impl Onboarding {
     }
 
     /// Decides whether a presented code may set the password now, without changing anything.
-    /// The gateway uses it to render the right page before asking for a password.
+    /// The gateway uses it to render the right page before asking for a password. What
+    /// happened to the code is told only after its tag verified (no oracle for forgers).
     pub fn check_code(
         &self,
         presented: &PresentedCode,
@@ -248,20 +344,88 @@ impl Onboarding {
             OnboardingState::PasswordSet | OnboardingState::Active => {
                 return Err(OnboardingError::AlreadyActive)
             }
+            OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
             OnboardingState::Uninvited | OnboardingState::Invited => {
                 return Err(OnboardingError::InvalidCode)
             }
-            OnboardingState::CodeIssued => {}
+            OnboardingState::Locked | OnboardingState::Expired | OnboardingState::CodeIssued => {}
         }
         if self.codes.last().map(|c| c.code_id) != Some(issued.code_id) {
             return Err(OnboardingError::CodeSuperseded);
         }
-        if now >= issued.expires_at {
+        if self.state == OnboardingState::Locked {
+            return Err(OnboardingError::CodeLocked);
+        }
+        if self.state == OnboardingState::Expired || now >= issued.expires_at {
             return Err(OnboardingError::CodeExpired {
                 expired_at: issued.expires_at,
             });
         }
         Ok(issued)
+    }
+
+    /// Whether a new code may be issued now, given the limits.
+    fn may_reissue(
+        &self,
+        limits: &ResendLimits,
+        now: DateTime<Utc>,
+    ) -> Result<(), OnboardingError> {
+        match self.state {
+            OnboardingState::Uninvited => return Err(OnboardingError::NotInvited),
+            OnboardingState::PasswordSet | OnboardingState::Active => {
+                return Err(OnboardingError::AlreadyActive)
+            }
+            OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
+            OnboardingState::Invited
+            | OnboardingState::CodeIssued
+            | OnboardingState::Expired
+            | OnboardingState::Locked => {}
+        }
+        if let Some(last) = self.codes.last() {
+            let ready = last.issued_at + limits.cooldown;
+            if now < ready {
+                return Err(OnboardingError::ResendLimited {
+                    retry_after_seconds: (ready - now).num_seconds().max(1),
+                });
+            }
+        }
+        let day_ago = now - Duration::hours(24);
+        let mut recent: Vec<DateTime<Utc>> = self
+            .codes
+            .iter()
+            .filter(|c| c.reason != CodeIssueReason::Invitation && c.issued_at > day_ago)
+            .map(|c| c.issued_at)
+            .collect();
+        if recent.len() as u32 >= limits.daily_cap {
+            recent.sort();
+            let oldest = recent[recent.len() - limits.daily_cap as usize];
+            let ready = oldest + Duration::hours(24);
+            return Err(OnboardingError::ResendLimited {
+                retry_after_seconds: (ready - now).num_seconds().max(1),
+            });
+        }
+        Ok(())
+    }
+
+    /// The revocation, if the account may still be revoked.
+    fn revoke(
+        &self,
+        by: RevokedBy,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<OnboardingEvent, OnboardingError> {
+        match self.state {
+            OnboardingState::Uninvited => Err(OnboardingError::NotInvited),
+            OnboardingState::PasswordSet | OnboardingState::Active => {
+                Err(OnboardingError::AlreadyActive)
+            }
+            OnboardingState::Revoked => Err(OnboardingError::InvitationRevoked),
+            _ => Ok(OnboardingEvent::InvitationRevoked {
+                by,
+                reason,
+                revoked_at: now,
+            }),
+        }
     }
 }
 
@@ -309,16 +473,87 @@ impl Aggregate for Onboarding {
                 .await;
                 sink.write(issued, self).await;
             }
-            OnboardingCommand::ResendCode { code, now } => {
-                match self.state {
-                    OnboardingState::Uninvited => return Err(OnboardingError::NotInvited),
-                    OnboardingState::PasswordSet | OnboardingState::Active => {
-                        return Err(OnboardingError::AlreadyActive)
-                    }
-                    OnboardingState::Invited | OnboardingState::CodeIssued => {}
-                }
+            OnboardingCommand::ResendCode { code, limits, now } => {
+                self.may_reissue(&limits, now)?;
                 let issued = self.issue(code, now, CodeIssueReason::Resend)?;
                 sink.write(issued, self).await;
+            }
+            OnboardingCommand::RequestNewLink {
+                presented,
+                code,
+                limits,
+                now,
+            } => {
+                self.authenticate(&presented, &services.keyring)?;
+                self.may_reissue(&limits, now)?;
+                let issued = self.issue(code, now, CodeIssueReason::UserRequest)?;
+                sink.write(issued, self).await;
+            }
+            OnboardingCommand::RecordLinkOpened {
+                presented,
+                client,
+                now,
+            } => {
+                let issued = self.authenticate(&presented, &services.keyring)?;
+                let code_id = issued.code_id;
+                sink.write(
+                    OnboardingEvent::LinkOpened {
+                        code_id,
+                        client,
+                        opened_at: now,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OnboardingCommand::RecordFailedCodeCheck {
+                code_id,
+                max_failures,
+                now,
+            } => {
+                if self.live_code().map(|c| c.code_id) != Some(code_id) {
+                    return Err(OnboardingError::UnknownCode(code_id));
+                }
+                let failures = self.failed_checks + 1;
+                sink.write(
+                    OnboardingEvent::CodeCheckFailed {
+                        code_id,
+                        failures,
+                        failed_at: now,
+                    },
+                    self,
+                )
+                .await;
+                if failures >= max_failures.max(1) {
+                    sink.write(
+                        OnboardingEvent::CodeLocked {
+                            code_id,
+                            locked_at: now,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+            OnboardingCommand::ExpireCode { now } => {
+                let live = self.live_code().ok_or(OnboardingError::CodeNotExpired)?;
+                if now < live.expires_at {
+                    return Err(OnboardingError::CodeNotExpired);
+                }
+                let event = OnboardingEvent::CodeExpired {
+                    code_id: live.code_id,
+                    expired_at: live.expires_at,
+                };
+                sink.write(event, self).await;
+            }
+            OnboardingCommand::RevokeInvitation { by, reason, now } => {
+                let event = self.revoke(by, reason, now)?;
+                sink.write(event, self).await;
+            }
+            OnboardingCommand::RevokeWithCode { presented, now } => {
+                self.authenticate(&presented, &services.keyring)?;
+                let event = self.revoke(RevokedBy::User, None, now)?;
+                sink.write(event, self).await;
             }
             OnboardingCommand::SubmitPassword {
                 code,
@@ -426,7 +661,7 @@ impl Aggregate for Onboarding {
                 key_id,
                 issued_at,
                 expires_at,
-                ..
+                reason,
             } => {
                 self.state = OnboardingState::CodeIssued;
                 self.codes.push(IssuedCode {
@@ -434,8 +669,18 @@ impl Aggregate for Onboarding {
                     key_id,
                     issued_at,
                     expires_at,
+                    reason,
                 });
+                self.failed_checks = 0;
                 self.delivery = Some(EmailDelivery::Queued);
+            }
+            OnboardingEvent::LinkOpened { .. } => self.links_opened += 1,
+            OnboardingEvent::CodeCheckFailed { failures, .. } => self.failed_checks = failures,
+            OnboardingEvent::CodeLocked { .. } => self.state = OnboardingState::Locked,
+            OnboardingEvent::CodeExpired { .. } => self.state = OnboardingState::Expired,
+            OnboardingEvent::InvitationRevoked { by, revoked_at, .. } => {
+                self.state = OnboardingState::Revoked;
+                self.revoked = Some((by, revoked_at));
             }
             OnboardingEvent::PasswordSet { set_at, .. } => {
                 self.state = OnboardingState::PasswordSet;

@@ -198,6 +198,41 @@ impl CodeKeyring {
         )))
     }
 
+    fn purpose_tag(&self, key_id: &str, purpose: &str, data: &[u8]) -> Option<[u8; TAG_LEN]> {
+        let key = self.keys.get(key_id)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret())
+            .expect("HMAC accepts any key length");
+        mac.update(b"onboard-purpose-v1");
+        mac.update(&(purpose.len() as u32).to_be_bytes());
+        mac.update(purpose.as_bytes());
+        mac.update(data);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+        Some(tag)
+    }
+
+    /// Signs `data` for one purpose (e.g. a CSRF token bound to a page) with the active key.
+    pub fn sign(&self, purpose: &str, data: &[u8]) -> String {
+        let tag = self
+            .purpose_tag(&self.active, purpose, data)
+            .expect("the active key exists");
+        format!("{}.{}", self.active, URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// Checks a signature made by [`CodeKeyring::sign`] with any configured key, in constant time.
+    pub fn verify_signature(&self, purpose: &str, data: &[u8], signature: &str) -> bool {
+        let Some((key_id, tag)) = signature.rsplit_once('.') else {
+            return false;
+        };
+        let (Some(expected), Ok(given)) = (
+            self.purpose_tag(key_id, purpose, data),
+            URL_SAFE_NO_PAD.decode(tag),
+        ) else {
+            return false;
+        };
+        given.len() == TAG_LEN && bool::from(expected.ct_eq(&given[..]))
+    }
+
     /// Checks a presented tag against the issued code, in constant time.
     pub fn verify(&self, key_id: &str, binding: &CodeBinding, presented: &PresentedCode) -> bool {
         let Some(expected) = self.tag(key_id, binding) else {
@@ -280,6 +315,17 @@ mod tests {
         assert!(!ring.verify("k2", &later, &good));
         assert!(!ring.verify("k1", &binding(), &good));
         assert!(!ring.verify("gone", &binding(), &good));
+    }
+
+    #[test]
+    fn purpose_signatures_verify_only_for_their_purpose_and_data() {
+        let ring = keyring();
+        let sig = ring.sign("csrf", b"page-1");
+        assert!(ring.verify_signature("csrf", b"page-1", &sig));
+        assert!(!ring.verify_signature("csrf", b"page-2", &sig));
+        assert!(!ring.verify_signature("other", b"page-1", &sig));
+        assert!(!ring.verify_signature("csrf", b"page-1", "k2.AAAA"));
+        assert!(!ring.verify_signature("csrf", b"page-1", ""));
     }
 
     #[test]

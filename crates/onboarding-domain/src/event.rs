@@ -17,6 +17,8 @@ use crate::value::{EmailAddress, Locale, UserDomain, Username};
 pub enum CodeIssueReason {
     Invitation,
     Resend,
+    /// The user asked for a new link from the page of an expired, replaced or locked one.
+    UserRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,32 @@ pub enum OnboardingEvent {
     UserActivated {
         activated_at: DateTime<Utc>,
     },
+    /// The link was opened. `client` is a coarse class (browser, scanner, …); no address.
+    LinkOpened {
+        code_id: CodeId,
+        client: String,
+        opened_at: DateTime<Utc>,
+    },
+    CodeCheckFailed {
+        code_id: CodeId,
+        failures: u32,
+        failed_at: DateTime<Utc>,
+    },
+    /// Too many wrong codes: the live code is dead.
+    CodeLocked {
+        code_id: CodeId,
+        locked_at: DateTime<Utc>,
+    },
+    /// The live code passed `expired_at` (written by the scheduler, after the fact).
+    CodeExpired {
+        code_id: CodeId,
+        expired_at: DateTime<Utc>,
+    },
+    InvitationRevoked {
+        by: crate::aggregate::RevokedBy,
+        reason: Option<String>,
+        revoked_at: DateTime<Utc>,
+    },
     InvitationMailSent {
         code_id: CodeId,
         message_id: String,
@@ -74,6 +102,11 @@ impl OnboardingEvent {
             Self::UserActivated { .. } => "UserActivated",
             Self::InvitationMailSent { .. } => "InvitationMailSent",
             Self::InvitationMailFailed { .. } => "InvitationMailFailed",
+            Self::LinkOpened { .. } => "LinkOpened",
+            Self::CodeCheckFailed { .. } => "CodeCheckFailed",
+            Self::CodeLocked { .. } => "CodeLocked",
+            Self::CodeExpired { .. } => "CodeExpired",
+            Self::InvitationRevoked { .. } => "InvitationRevoked",
         }
     }
 }

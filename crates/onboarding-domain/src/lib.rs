@@ -13,6 +13,6 @@ pub mod value;
 
 pub use aggregate::{
     EmailDelivery, HashingFailed, InviteUser, IssuedCode, NewCode, Onboarding, OnboardingCommand,
-    OnboardingError, OnboardingServices, OnboardingState, PasswordHasher,
+    OnboardingError, OnboardingServices, OnboardingState, PasswordHasher, ResendLimits, RevokedBy,
 };
 pub use event::{CodeIssueReason, OnboardingEvent};

@@ -11,7 +11,7 @@ use onboarding_domain::password::{Password, PasswordHash, PasswordPolicy, Passwo
 use onboarding_domain::value::{EmailAddress, UserDomain, Username};
 use onboarding_domain::{
     CodeIssueReason, HashingFailed, InviteUser, NewCode, Onboarding, OnboardingCommand,
-    OnboardingError, OnboardingEvent, OnboardingServices, PasswordHasher,
+    OnboardingError, OnboardingEvent, OnboardingServices, PasswordHasher, ResendLimits, RevokedBy,
 };
 use uuid::Uuid;
 
@@ -28,6 +28,10 @@ impl PasswordHasher for FakeHasher {
 }
 
 const USER: Uuid = Uuid::from_u128(0x1234);
+const LIMITS: ResendLimits = ResendLimits {
+    cooldown: Duration::minutes(1),
+    daily_cap: 3,
+};
 
 fn keyring() -> Arc<CodeKeyring> {
     Arc::new(CodeKeyring::new("k1", [("k1".to_owned(), vec![7u8; 32])]).unwrap())
@@ -247,6 +251,7 @@ async fn resending_issues_a_new_code() {
         ])
         .when_async(OnboardingCommand::ResendCode {
             code: new_code(2),
+            limits: LIMITS,
             now: later,
         })
         .await
@@ -295,6 +300,7 @@ async fn resending_after_activation_is_refused() {
         .given(given)
         .when_async(OnboardingCommand::ResendCode {
             code: new_code(2),
+            limits: LIMITS,
             now: t0(),
         })
         .await
@@ -307,6 +313,7 @@ async fn commands_on_an_uninvited_account_are_refused() {
         .given_no_previous_events()
         .when_async(OnboardingCommand::ResendCode {
             code: new_code(2),
+            limits: LIMITS,
             now: t0(),
         })
         .await
@@ -434,4 +441,259 @@ fn no_event_serialises_a_secret() {
         !json.contains(&token.expose()[43..]),
         "the tag part must not be in the event"
     );
+}
+
+fn live() -> Vec<OnboardingEvent> {
+    vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)]
+}
+
+#[tokio::test]
+async fn opening_the_link_is_recorded_without_changing_the_state() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::RecordLinkOpened {
+            presented: token(1, t0()),
+            client: "browser".into(),
+            now: t0(),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::LinkOpened {
+            code_id: code_id(1),
+            client: "browser".into(),
+            opened_at: t0(),
+        }]);
+}
+
+#[tokio::test]
+async fn opening_with_a_forged_code_records_nothing() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::RecordLinkOpened {
+            presented: token(9, t0()),
+            client: "browser".into(),
+            now: t0(),
+        })
+        .await
+        .then_expect_error(OnboardingError::InvalidCode);
+}
+
+fn failed(n: u32) -> OnboardingEvent {
+    OnboardingEvent::CodeCheckFailed {
+        code_id: code_id(1),
+        failures: n,
+        failed_at: t0(),
+    }
+}
+
+fn record_failure() -> OnboardingCommand {
+    OnboardingCommand::RecordFailedCodeCheck {
+        code_id: code_id(1),
+        max_failures: 5,
+        now: t0(),
+    }
+}
+
+#[tokio::test]
+async fn wrong_codes_are_counted_and_the_fifth_locks_the_code() {
+    framework()
+        .given(live())
+        .when_async(record_failure())
+        .await
+        .then_expect_events(vec![failed(1)]);
+    let mut four = live();
+    four.extend((1..=4).map(failed));
+    framework()
+        .given(four.clone())
+        .when_async(record_failure())
+        .await
+        .then_expect_events(vec![
+            failed(5),
+            OnboardingEvent::CodeLocked {
+                code_id: code_id(1),
+                locked_at: t0(),
+            },
+        ]);
+    four.extend([
+        failed(5),
+        OnboardingEvent::CodeLocked {
+            code_id: code_id(1),
+            locked_at: t0(),
+        },
+    ]);
+    framework()
+        .given(four)
+        .when_async(submit(1, "correct horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::CodeLocked);
+}
+
+#[tokio::test]
+async fn a_new_code_resets_the_wrong_code_count() {
+    let mut given = live();
+    given.extend((1..=4).map(failed));
+    given.push(issued(2, t0(), CodeIssueReason::Resend));
+    framework()
+        .given(given)
+        .when_async(OnboardingCommand::RecordFailedCodeCheck {
+            code_id: code_id(2),
+            max_failures: 5,
+            now: t0(),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::CodeCheckFailed {
+            code_id: code_id(2),
+            failures: 1,
+            failed_at: t0(),
+        }]);
+}
+
+#[tokio::test]
+async fn the_scheduler_expires_only_a_live_code_past_its_expiry() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::ExpireCode {
+            now: t0() + Duration::minutes(59),
+        })
+        .await
+        .then_expect_error(OnboardingError::CodeNotExpired);
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::ExpireCode {
+            now: t0() + Duration::minutes(60),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::CodeExpired {
+            code_id: code_id(1),
+            expired_at: t0() + Duration::minutes(60),
+        }]);
+}
+
+#[tokio::test]
+async fn an_expired_invitation_gets_a_new_link_on_request_from_its_old_code() {
+    let mut given = live();
+    given.push(OnboardingEvent::CodeExpired {
+        code_id: code_id(1),
+        expired_at: t0() + Duration::minutes(60),
+    });
+    let later = t0() + Duration::hours(2);
+    framework()
+        .given(given)
+        .when_async(OnboardingCommand::RequestNewLink {
+            presented: token(1, t0()),
+            code: new_code(2),
+            limits: LIMITS,
+            now: later,
+        })
+        .await
+        .then_expect_events(vec![issued(2, later, CodeIssueReason::UserRequest)]);
+}
+
+#[tokio::test]
+async fn a_new_link_request_needs_a_genuine_code() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::RequestNewLink {
+            presented: token(7, t0()),
+            code: new_code(2),
+            limits: LIMITS,
+            now: t0() + Duration::hours(2),
+        })
+        .await
+        .then_expect_error(OnboardingError::InvalidCode);
+}
+
+#[tokio::test]
+async fn resends_respect_the_cooldown_and_the_daily_cap() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            limits: LIMITS,
+            now: t0() + Duration::seconds(20),
+        })
+        .await
+        .then_expect_error(OnboardingError::ResendLimited {
+            retry_after_seconds: 40,
+        });
+    let mut given = live();
+    given.extend([
+        issued(2, t0() + Duration::minutes(1), CodeIssueReason::Resend),
+        issued(3, t0() + Duration::minutes(2), CodeIssueReason::Resend),
+        issued(4, t0() + Duration::minutes(3), CodeIssueReason::UserRequest),
+    ]);
+    framework()
+        .given(given)
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(5),
+            limits: LIMITS,
+            now: t0() + Duration::minutes(10),
+        })
+        .await
+        .then_expect_error(OnboardingError::ResendLimited {
+            retry_after_seconds: (Duration::hours(24) - Duration::minutes(9)).num_seconds(),
+        });
+}
+
+#[tokio::test]
+async fn an_invitation_can_be_revoked_by_an_admin_until_it_is_active() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::RevokeInvitation {
+            by: RevokedBy::Admin,
+            reason: Some("left before day one".into()),
+            now: t0(),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::InvitationRevoked {
+            by: RevokedBy::Admin,
+            reason: Some("left before day one".into()),
+            revoked_at: t0(),
+        }]);
+    let mut active = live();
+    active.extend(activated_events(t0()));
+    framework()
+        .given(active)
+        .when_async(OnboardingCommand::RevokeInvitation {
+            by: RevokedBy::Admin,
+            reason: None,
+            now: t0(),
+        })
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+}
+
+#[tokio::test]
+async fn the_user_revokes_with_the_code_and_nothing_works_afterwards() {
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::RevokeWithCode {
+            presented: token(1, t0()),
+            now: t0(),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::InvitationRevoked {
+            by: RevokedBy::User,
+            reason: None,
+            revoked_at: t0(),
+        }]);
+    let mut revoked = live();
+    revoked.push(OnboardingEvent::InvitationRevoked {
+        by: RevokedBy::User,
+        reason: None,
+        revoked_at: t0(),
+    });
+    framework()
+        .given(revoked.clone())
+        .when_async(submit(1, "correct horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::InvitationRevoked);
+    framework()
+        .given(revoked)
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            limits: LIMITS,
+            now: t0() + Duration::hours(1),
+        })
+        .await
+        .then_expect_error(OnboardingError::InvitationRevoked);
 }

@@ -82,12 +82,15 @@ pub struct EmailWorker {
     public_base_url: String,
     max_attempts: u32,
     consumer: StreamConsumer,
+    consumer_config: rdkafka::ClientConfig,
+    topic: String,
 }
 
 impl EmailWorker {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
         let mailer = Mailer::new(&settings.output_adapter.email, &settings.organisation.name)?;
-        let consumer: StreamConsumer = base_config(&settings.kafka)
+        let mut consumer_config = base_config(&settings.kafka);
+        consumer_config
             .set("group.id", &settings.kafka.email_worker_group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -96,9 +99,8 @@ impl EmailWorker {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             // Notice a recreated topic (after a broker lost its data) within seconds.
-            .set("topic.metadata.refresh.interval.ms", "5000")
-            .create()?;
-        consumer.subscribe(&[&settings.kafka.topic])?;
+            .set("topic.metadata.refresh.interval.ms", "5000");
+        let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
         Ok(Self {
             keyring: store.services().keyring.clone(),
             store,
@@ -110,29 +112,49 @@ impl EmailWorker {
                 .to_owned(),
             max_attempts: settings.output_adapter.email.max_attempts.max(1),
             consumer,
+            consumer_config,
+            topic: settings.kafka.topic.clone(),
         })
     }
 
     /// Consumes until `shutdown`; finishes the record in hand, then commits stored offsets.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         match self.mailer.test_connection().await {
             Ok(true) => tracing::info!("email worker started; SMTP server answers"),
             Ok(false) | Err(_) => {
                 tracing::warn!("email worker started, but the SMTP server does not answer yet; mails will be retried")
             }
         }
+        // Set when the broker became unreachable; cleared by the next record. A broker that comes
+        // back without our consumer group (an in-memory broker that restarted) leaves the
+        // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
+        let mut disrupted = false;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = self.consumer.recv() => m,
+                m = tokio::time::timeout(Duration::from_secs(10), self.consumer.recv()) => m,
             };
             let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
+                Ok(Ok(m)) => {
+                    disrupted = false;
+                    m
+                }
+                Ok(Err(e)) => {
+                    disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
+                Err(_quiet) if disrupted => {
+                    tracing::warn!(
+                        "no records since the broker came back; rejoining the consumer group"
+                    );
+                    let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+                    self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+                    disrupted = false;
+                    continue;
+                }
+                Err(_quiet) => continue,
             };
             // A record is retried here until it is handled; only a database outage keeps it.
             let mut backoff = Duration::from_millis(200);
@@ -155,7 +177,7 @@ impl EmailWorker {
         self.close()
     }
 
-    fn close(&self) -> Result<(), WorkerError> {
+    fn close(self) -> Result<(), WorkerError> {
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
         }
@@ -235,10 +257,12 @@ impl EmailWorker {
             return Ok(self.record_failure(event, code_id, reason, true).await?);
         };
         let link = format!("{}/confirm?code={}", self.public_base_url, token.expose());
+        let revoke_link = format!("{}/revoke?code={}", self.public_base_url, token.expose());
         let rendered = self.mailer.render(&Invitation {
             to: email.as_str(),
             username: username.as_str(),
             link: &link,
+            revoke_link: &revoke_link,
             expires_at: live.expires_at,
         });
         let rendered = match rendered {
@@ -342,4 +366,10 @@ impl EmailWorker {
             Err(e) => Err(e),
         }
     }
+}
+
+fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<StreamConsumer, WorkerError> {
+    let consumer: StreamConsumer = config.create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
 }

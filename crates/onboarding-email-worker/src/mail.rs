@@ -42,6 +42,8 @@ pub struct Invitation<'a> {
     pub to: &'a str,
     pub username: &'a str,
     pub link: &'a str,
+    /// "I didn't expect this": declines the invitation.
+    pub revoke_link: &'a str,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -141,6 +143,7 @@ impl Mailer {
             organisation => &self.organisation,
             username => inv.username,
             link => inv.link,
+            revoke_link => inv.revoke_link,
             expires_at => inv.expires_at.to_rfc3339(),
             expires_at_text => expires_at_text,
         };

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use onboarding_domain::{CodeIssueReason, OnboardingEvent};
+use onboarding_domain::{CodeIssueReason, OnboardingEvent, RevokedBy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -57,6 +57,7 @@ pub struct CodeIssuedV1 {
 pub enum CodeReason {
     Invitation,
     Resend,
+    UserRequest,
 }
 
 /// The user chose a password (its hash stays in the event store).
@@ -98,6 +99,62 @@ pub struct InvitationMailFailedV1 {
     pub failed_at: DateTime<Utc>,
 }
 
+/// Someone opened the confirmation link (GET or HEAD). `client` is a coarse class such as
+/// `browser`, `link-scanner`, `http-client`; no address is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkOpenedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub client: String,
+    pub opened_at: DateTime<Utc>,
+}
+
+/// A wrong code was presented for the live code; `failures` counts them for this code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CodeCheckFailedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub failures: u32,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Too many wrong codes: the live code is dead until a new one is issued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CodeLockedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub locked_at: DateTime<Utc>,
+}
+
+/// The live code passed its expiry (`expired_at` is the code's expiry, not when this was noticed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CodeExpiredV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub expired_at: DateTime<Utc>,
+}
+
+/// The invitation was withdrawn by an admin or declined by the user. Final.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationRevokedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub by: RevokedByV1,
+    pub reason: Option<String>,
+    pub revoked_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedByV1 {
+    Admin,
+    User,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum PublicEvent {
     UserInvited(UserInvitedV1),
@@ -106,6 +163,11 @@ pub enum PublicEvent {
     UserActivated(UserActivatedV1),
     InvitationMailSent(InvitationMailSentV1),
     InvitationMailFailed(InvitationMailFailedV1),
+    LinkOpened(LinkOpenedV1),
+    CodeCheckFailed(CodeCheckFailedV1),
+    CodeLocked(CodeLockedV1),
+    CodeExpired(CodeExpiredV1),
+    InvitationRevoked(InvitationRevokedV1),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +182,18 @@ pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/json";
 
 /// Every public type, for schema generation and documentation.
-pub const TYPES: [&str; 6] = [
+pub const TYPES: [&str; 11] = [
     UserInvitedV1::TYPE,
     CodeIssuedV1::TYPE,
     PasswordSetV1::TYPE,
     UserActivatedV1::TYPE,
     InvitationMailSentV1::TYPE,
     InvitationMailFailedV1::TYPE,
+    LinkOpenedV1::TYPE,
+    CodeCheckFailedV1::TYPE,
+    CodeLockedV1::TYPE,
+    CodeExpiredV1::TYPE,
+    InvitationRevokedV1::TYPE,
 ];
 
 macro_rules! types {
@@ -142,6 +209,11 @@ types! {
     UserActivatedV1 => "onboard.user.activated.v1",
     InvitationMailSentV1 => "onboard.user.invitation_mail_sent.v1",
     InvitationMailFailedV1 => "onboard.user.invitation_mail_failed.v1",
+    LinkOpenedV1 => "onboard.user.link_opened.v1",
+    CodeCheckFailedV1 => "onboard.user.code_check_failed.v1",
+    CodeLockedV1 => "onboard.user.code_locked.v1",
+    CodeExpiredV1 => "onboard.user.code_expired.v1",
+    InvitationRevokedV1 => "onboard.user.invitation_revoked.v1",
 }
 
 impl PublicEvent {
@@ -179,6 +251,7 @@ impl PublicEvent {
                 reason: match reason {
                     CodeIssueReason::Invitation => CodeReason::Invitation,
                     CodeIssueReason::Resend => CodeReason::Resend,
+                    CodeIssueReason::UserRequest => CodeReason::UserRequest,
                 },
                 issued_at,
                 expires_at,
@@ -224,6 +297,57 @@ impl PublicEvent {
                 permanent,
                 failed_at,
             }),
+            OnboardingEvent::LinkOpened {
+                code_id,
+                client,
+                opened_at,
+            } => Self::LinkOpened(LinkOpenedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                client,
+                opened_at,
+            }),
+            OnboardingEvent::CodeCheckFailed {
+                code_id,
+                failures,
+                failed_at,
+            } => Self::CodeCheckFailed(CodeCheckFailedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                failures,
+                failed_at,
+            }),
+            OnboardingEvent::CodeLocked { code_id, locked_at } => Self::CodeLocked(CodeLockedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                locked_at,
+            }),
+            OnboardingEvent::CodeExpired {
+                code_id,
+                expired_at,
+            } => Self::CodeExpired(CodeExpiredV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                expired_at,
+            }),
+            OnboardingEvent::InvitationRevoked {
+                by,
+                reason,
+                revoked_at,
+            } => Self::InvitationRevoked(InvitationRevokedV1 {
+                user_id,
+                sequence,
+                by: match by {
+                    RevokedBy::Admin => RevokedByV1::Admin,
+                    RevokedBy::User => RevokedByV1::User,
+                },
+                reason,
+                revoked_at,
+            }),
         }
     }
 
@@ -235,6 +359,11 @@ impl PublicEvent {
             Self::UserActivated(_) => UserActivatedV1::TYPE,
             Self::InvitationMailSent(_) => InvitationMailSentV1::TYPE,
             Self::InvitationMailFailed(_) => InvitationMailFailedV1::TYPE,
+            Self::LinkOpened(_) => LinkOpenedV1::TYPE,
+            Self::CodeCheckFailed(_) => CodeCheckFailedV1::TYPE,
+            Self::CodeLocked(_) => CodeLockedV1::TYPE,
+            Self::CodeExpired(_) => CodeExpiredV1::TYPE,
+            Self::InvitationRevoked(_) => InvitationRevokedV1::TYPE,
         }
     }
 
@@ -246,6 +375,11 @@ impl PublicEvent {
             Self::UserActivated(e) => e.user_id,
             Self::InvitationMailSent(e) => e.user_id,
             Self::InvitationMailFailed(e) => e.user_id,
+            Self::LinkOpened(e) => e.user_id,
+            Self::CodeCheckFailed(e) => e.user_id,
+            Self::CodeLocked(e) => e.user_id,
+            Self::CodeExpired(e) => e.user_id,
+            Self::InvitationRevoked(e) => e.user_id,
         }
     }
 
@@ -257,6 +391,11 @@ impl PublicEvent {
             Self::UserActivated(e) => e.sequence,
             Self::InvitationMailSent(e) => e.sequence,
             Self::InvitationMailFailed(e) => e.sequence,
+            Self::LinkOpened(e) => e.sequence,
+            Self::CodeCheckFailed(e) => e.sequence,
+            Self::CodeLocked(e) => e.sequence,
+            Self::CodeExpired(e) => e.sequence,
+            Self::InvitationRevoked(e) => e.sequence,
         }
     }
 
@@ -272,6 +411,11 @@ impl PublicEvent {
             Self::UserActivated(e) => serde_json::to_vec(e),
             Self::InvitationMailSent(e) => serde_json::to_vec(e),
             Self::InvitationMailFailed(e) => serde_json::to_vec(e),
+            Self::LinkOpened(e) => serde_json::to_vec(e),
+            Self::CodeCheckFailed(e) => serde_json::to_vec(e),
+            Self::CodeLocked(e) => serde_json::to_vec(e),
+            Self::CodeExpired(e) => serde_json::to_vec(e),
+            Self::InvitationRevoked(e) => serde_json::to_vec(e),
         };
         value.expect("public events always serialise")
     }
@@ -291,6 +435,11 @@ impl PublicEvent {
             UserActivatedV1::TYPE => Self::UserActivated(de(ce_type, value)?),
             InvitationMailSentV1::TYPE => Self::InvitationMailSent(de(ce_type, value)?),
             InvitationMailFailedV1::TYPE => Self::InvitationMailFailed(de(ce_type, value)?),
+            LinkOpenedV1::TYPE => Self::LinkOpened(de(ce_type, value)?),
+            CodeCheckFailedV1::TYPE => Self::CodeCheckFailed(de(ce_type, value)?),
+            CodeLockedV1::TYPE => Self::CodeLocked(de(ce_type, value)?),
+            CodeExpiredV1::TYPE => Self::CodeExpired(de(ce_type, value)?),
+            InvitationRevokedV1::TYPE => Self::InvitationRevoked(de(ce_type, value)?),
             other => return Err(ContractError::UnknownType(other.to_owned())),
         })
     }
@@ -319,6 +468,11 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<UserActivatedV1>(UserActivatedV1::TYPE),
         one::<InvitationMailSentV1>(InvitationMailSentV1::TYPE),
         one::<InvitationMailFailedV1>(InvitationMailFailedV1::TYPE),
+        one::<LinkOpenedV1>(LinkOpenedV1::TYPE),
+        one::<CodeCheckFailedV1>(CodeCheckFailedV1::TYPE),
+        one::<CodeLockedV1>(CodeLockedV1::TYPE),
+        one::<CodeExpiredV1>(CodeExpiredV1::TYPE),
+        one::<InvitationRevokedV1>(InvitationRevokedV1::TYPE),
     ]
 }
 

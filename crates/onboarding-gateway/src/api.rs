@@ -1,6 +1,7 @@
 //! The JSON API: admin endpoints and password submissions.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -8,7 +9,9 @@ use chrono::{DateTime, Utc};
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
-use onboarding_domain::{InviteUser, NewCode, Onboarding, OnboardingCommand, OnboardingError};
+use onboarding_domain::{
+    InviteUser, NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
+};
 use onboarding_store::{Actor, StoreError};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -34,6 +37,10 @@ pub fn user_view(account: &Onboarding) -> Value {
         "password_set_at": account.password_set_at,
         "activated_at": account.activated_at,
         "email_delivery": account.delivery,
+        "links_opened": account.links_opened,
+        "failed_code_checks": account.failed_checks,
+        "revoked_by": account.revoked.map(|(by, _)| by),
+        "revoked_at": account.revoked.map(|(_, at)| at),
     })
 }
 
@@ -283,6 +290,7 @@ pub async fn resend(
     load(&state, user_id).await?;
     let command = OnboardingCommand::ResendCode {
         code: state.new_code(validity),
+        limits: state.resend_limits,
         now: Utc::now(),
     };
     state
@@ -310,6 +318,7 @@ pub async fn submit_password(
     let presented =
         PresentedCode::parse(code).map_err(|_| ApiError::Refused(OnboardingError::InvalidCode))?;
     let user_id = presented.user_id;
+    let code_id = presented.code_id;
     let command = OnboardingCommand::SubmitPassword {
         code: presented,
         password,
@@ -319,6 +328,22 @@ pub async fn submit_password(
         .store
         .execute(user_id, command, &Actor::user_via_link())
         .await;
+    if let Err(StoreError::Refused(OnboardingError::InvalidCode)) = &result {
+        let record = OnboardingCommand::RecordFailedCodeCheck {
+            code_id,
+            max_failures: state
+                .settings
+                .identity_mgt
+                .user_onboarding
+                .max_failed_attempts,
+            now: Utc::now(),
+        };
+        // Not the live code of a known invitation: nothing to count (the client limit applies).
+        let _ = state
+            .store
+            .execute(user_id, record, &Actor::user_via_link())
+            .await;
+    }
     let outcome = match &result {
         Ok(()) => "activated",
         Err(StoreError::Refused(e)) => ApiError::Refused(e.clone()).code_and_status().0,
@@ -331,7 +356,12 @@ pub async fn submit_password(
     Ok((user_id, account.activated_at.unwrap_or_else(Utc::now)))
 }
 
-pub async fn password_submission(state: Arc<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn password_submission(
+    state: Arc<AppState>,
+    client: Option<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state.throttle(client)?;
     let mut f = Fields::new(parse_object(&body)?, &["code", "password"]);
     let code = f.string("code", true);
     let password = f.string("password", true);
@@ -344,4 +374,97 @@ pub async fn password_submission(state: Arc<AppState>, body: Bytes) -> Result<Re
         warp::reply::json(&json!({"id": user_id, "state": "Active", "activated_at": activated_at}))
             .into_response(),
     )
+}
+
+pub async fn revoke(
+    state: Arc<AppState>,
+    token_id: String,
+    id: String,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let user_id = parse_id(&id)?;
+    let mut f = Fields::new(
+        if body.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            parse_object(&body)?
+        },
+        &["reason"],
+    );
+    let reason = f.string("reason", false);
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        f.problem("reason", "must be at most 500 characters".into());
+    }
+    f.finish()?;
+    load(&state, user_id).await?;
+    let command = OnboardingCommand::RevokeInvitation {
+        by: RevokedBy::Admin,
+        reason,
+        now: Utc::now(),
+    };
+    state
+        .store
+        .execute(user_id, command, &Actor::admin(&token_id))
+        .await?;
+    let account = load(&state, user_id).await?;
+    Ok(warp::reply::json(&user_view(&account)).into_response())
+}
+
+pub async fn list(
+    state: Arc<AppState>,
+    query: std::collections::HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let mut problems = BTreeMap::new();
+    let wanted = query.get("state").map(|s| {
+        OnboardingState::parse(s)
+            .filter(|st| *st != OnboardingState::Uninvited)
+            .ok_or(())
+    });
+    let wanted = match wanted {
+        Some(Ok(st)) => Some(st.as_str()),
+        Some(Err(())) => {
+            problems.insert(
+                "state".to_owned(),
+                "must be one of Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet, Active"
+                    .to_owned(),
+            );
+            None
+        }
+        None => None,
+    };
+    let after = match query.get("after").map(|a| Uuid::parse_str(a)) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            problems.insert(
+                "after".to_owned(),
+                "must be a user id from a previous page".to_owned(),
+            );
+            None
+        }
+        None => None,
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<i64>()) {
+        Some(Ok(n)) if (1..=500).contains(&n) => n,
+        Some(_) => {
+            problems.insert("limit".to_owned(), "must be between 1 and 500".to_owned());
+            0
+        }
+        None => 100,
+    };
+    for key in query.keys() {
+        if !["state", "after", "limit"].contains(&key.as_str()) {
+            problems.insert(
+                key.clone(),
+                "unknown parameter; use state, after, limit".to_owned(),
+            );
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    let items = state.store.list_accounts(wanted, after, limit).await?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| i.user_id))
+        .flatten();
+    Ok(warp::reply::json(&json!({"items": items, "next_after": next})).into_response())
 }

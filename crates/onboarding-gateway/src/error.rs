@@ -36,6 +36,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error; the incident is logged")]
     Internal(String),
+    #[error("too many requests from this client; retry in {0} seconds")]
+    RateLimited(u64),
 }
 
 #[derive(Serialize)]
@@ -75,6 +77,7 @@ impl ApiError {
             Self::Conflict => ("conflict", StatusCode::CONFLICT),
             Self::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+            Self::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             Self::Refused(e) => match e {
                 E::AlreadyInvited => ("already_invited", StatusCode::CONFLICT),
                 E::NotInvited | E::InvalidCode => ("invalid_code", StatusCode::BAD_REQUEST),
@@ -85,6 +88,10 @@ impl ApiError {
                 E::InvalidValidity => ("invalid_request", StatusCode::BAD_REQUEST),
                 E::MailAlreadySent(_) | E::UnknownCode(_) => ("conflict", StatusCode::CONFLICT),
                 E::HashingFailed => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+                E::CodeLocked => ("code_locked", StatusCode::GONE),
+                E::InvitationRevoked => ("invitation_revoked", StatusCode::GONE),
+                E::ResendLimited { .. } => ("resend_limited", StatusCode::TOO_MANY_REQUESTS),
+                E::CodeNotExpired => ("conflict", StatusCode::CONFLICT),
             },
         }
     }
@@ -121,7 +128,27 @@ impl Reply for ApiError {
             fields,
             rule,
         };
-        warp::reply::with_status(warp::reply::json(&body), status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert("retry-after", warp::http::HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// Seconds after which a refused request may succeed, for `Retry-After`.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited(s) => Some(*s),
+            Self::Refused(OnboardingError::ResendLimited {
+                retry_after_seconds,
+            }) => Some((*retry_after_seconds).max(1) as u64),
+            _ => None,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ mod pages;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +24,7 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use onboarding_config::Settings;
 use onboarding_domain::code::CodeKeyring;
+use onboarding_domain::ResendLimits;
 use onboarding_relay::kafka::KafkaProbe;
 use onboarding_store::Store;
 use serde_json::json;
@@ -45,6 +46,8 @@ pub struct AppState {
     kafka: KafkaProbe,
     metrics: Option<PrometheusHandle>,
     pub(crate) pages: minijinja::Environment<'static>,
+    pub(crate) resend_limits: ResendLimits,
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +90,35 @@ impl AppState {
             kafka: KafkaProbe::new(&settings.kafka)
                 .map_err(|e| GatewayError::Kafka(e.to_string()))?,
             store,
-            settings,
+            settings: settings.clone(),
             tokens,
             metrics,
             pages: pages::templates(),
+            resend_limits: ResendLimits {
+                cooldown: chrono::Duration::seconds(
+                    settings
+                        .identity_mgt
+                        .user_onboarding
+                        .resend_cooldown_seconds,
+                ),
+                daily_cap: settings.identity_mgt.user_onboarding.resend_daily_cap,
+            },
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(settings.gateway.public_rate_limit_per_minute.max(1))
+                    .expect("non-zero"),
+            )),
+        })
+    }
+
+    /// Counts one public request from `client`; refuses it when the client is over its quota.
+    pub(crate) fn throttle(&self, client: Option<SocketAddr>) -> Result<(), ApiError> {
+        let Some(addr) = client else { return Ok(()) };
+        self.limiter.check_key(&addr.ip()).map_err(|not_until| {
+            metrics::counter!("onboard_rate_limited_total").increment(1);
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            ApiError::RateLimited(wait.as_secs().max(1))
         })
     }
 
@@ -197,7 +225,8 @@ pub fn routes(
                     Err(e) => Err(e),
                 })
             },
-        );
+        )
+        .boxed();
     let show = warp::path!("api" / "v1" / "users" / String)
         .and(warp::get())
         .and(auth.clone())
@@ -208,10 +237,11 @@ pub fn routes(
                     Err(e) => Err(e),
                 })
             },
-        );
+        )
+        .boxed();
     let resend = warp::path!("api" / "v1" / "users" / String / "resend")
         .and(warp::post())
-        .and(auth)
+        .and(auth.clone())
         .and(json_body.clone())
         .then(
             |id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
@@ -220,35 +250,104 @@ pub fn routes(
                     Err(e) => Err(e),
                 })
             },
-        );
+        )
+        .boxed();
+    let revoke = warp::path!("api" / "v1" / "users" / String / "revoke")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(json_body.clone())
+        .then(
+            |id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+                respond(match auth {
+                    Ok((state, token)) => api::revoke(state, token, id, body).await,
+                    Err(e) => Err(e),
+                })
+            },
+        )
+        .boxed();
+    let list = warp::path!("api" / "v1" / "users")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |auth: Result<(Arc<AppState>, String), ApiError>, query| async move {
+                respond(match auth {
+                    Ok((state, _)) => api::list(state, query).await,
+                    Err(e) => Err(e),
+                })
+            },
+        )
+        .boxed();
     let submission = warp::path!("api" / "v1" / "password-submissions")
         .and(warp::post())
         .and(with_state(state.clone()))
+        .and(warp::addr::remote())
         .and(json_body)
-        .then(|state, body| async move { respond(api::password_submission(state, body).await) });
+        .then(|state, client, body| async move {
+            respond(api::password_submission(state, client, body).await)
+        })
+        .boxed();
+    let provenance = warp::header::optional::<String>("origin")
+        .and(warp::header::optional::<String>("sec-fetch-site"))
+        .map(|origin, sec_fetch_site| pages::Provenance {
+            origin,
+            sec_fetch_site,
+        });
+    let form =
+        warp::body::content_length_limit(max).and(warp::body::form::<HashMap<String, String>>());
 
     let confirm_page = warp::path!("confirm")
         .and(warp::get().or(warp::head()).unify())
         .and(with_state(state.clone()))
+        .and(warp::method())
+        .and(warp::header::optional::<String>("user-agent"))
         .and(warp::query::<HashMap<String, String>>())
-        .then(pages::show);
+        .then(pages::show)
+        .boxed();
     let confirm_post = warp::path!("confirm")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::body::content_length_limit(max))
-        .and(warp::body::form::<HashMap<String, String>>())
-        .then(pages::submit);
+        .and(warp::addr::remote())
+        .and(provenance)
+        .and(form)
+        .then(pages::submit)
+        .boxed();
+    let new_link = warp::path!("confirm" / "new-link")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(warp::addr::remote())
+        .and(provenance)
+        .and(form)
+        .then(pages::new_link)
+        .boxed();
+    let revoke_page = warp::path!("revoke")
+        .and(warp::get().or(warp::head()).unify())
+        .and(with_state(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(pages::revoke_page)
+        .boxed();
+    let revoke_post = warp::path!("revoke")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(warp::addr::remote())
+        .and(provenance)
+        .and(form)
+        .then(pages::revoke_submit)
+        .boxed();
     let css = warp::path!("assets" / "onboard.css")
         .and(warp::get().or(warp::head()).unify())
-        .map(pages::css);
+        .map(pages::css)
+        .boxed();
 
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response())
+        .boxed();
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .then(readiness);
+        .then(readiness)
+        .boxed();
     let metrics_route = warp::path!("metrics")
         .and(warp::get())
         .and(with_state(state))
@@ -260,12 +359,23 @@ pub fn routes(
                 .unwrap_or_default();
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
                 .into_response()
-        });
+        })
+        .boxed();
 
     create
+        .or(list)
+        .unify()
         .or(show)
         .unify()
         .or(resend)
+        .unify()
+        .or(revoke)
+        .unify()
+        .or(new_link)
+        .unify()
+        .or(revoke_page)
+        .unify()
+        .or(revoke_post)
         .unify()
         .or(submission)
         .unify()

@@ -147,7 +147,7 @@ async fn resend_mails_a_new_code_and_kills_the_old_one() {
 }
 
 #[tokio::test]
-async fn an_expired_code_is_refused_before_any_password_is_asked() {
+async fn an_expired_code_is_refused_marked_expired_listed_and_the_user_can_get_a_new_link() {
     let stack = Stack::start("expired", Options::default()).await;
     let email = format!("{}@pickup.example", unique("late."));
     let created = stack
@@ -158,6 +158,7 @@ async fn an_expired_code_is_refused_before_any_password_is_asked() {
         .unwrap();
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
     let expires_at =
         chrono::DateTime::parse_from_rfc3339(created["code_expires_at"].as_str().unwrap()).unwrap();
     let code = stack.wait_for_mail(&email).await.code();
@@ -175,7 +176,11 @@ async fn an_expired_code_is_refused_before_any_password_is_asked() {
     assert_eq!(page.status(), 410);
     let html = page.text().await.unwrap();
     assert!(html.contains("This link has expired"));
-    assert!(!html.contains("type=\"password\""));
+    assert!(
+        !html.contains("type=\"password\""),
+        "no password is asked for an expired link"
+    );
+    assert!(html.contains("Send me a new link"));
 
     let (status, body) = submit(&stack, &code, PASSWORD).await;
     assert_eq!(
@@ -183,6 +188,132 @@ async fn an_expired_code_is_refused_before_any_password_is_asked() {
         (410, Some("code_expired")),
         "{body}"
     );
+
+    // The scheduler records the expiry as an event; admins can list expired invitations.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack.user(&id).await["state"] != "Expired" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler did not mark the invitation Expired"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let listed: Value = stack
+        .admin(stack.http.get(stack.url("/api/v1/users?state=Expired")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["user_id"] == id.as_str()),
+        "{listed}"
+    );
+
+    // "Send me a new link" mails a fresh code to the address on file, and it works.
+    let csrf = form_value(&html, "csrf");
+    let r = stack
+        .http
+        .post(stack.url("/confirm/new-link"))
+        .form(&[("code", code.as_str()), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer = r.text().await.unwrap();
+    assert!(answer.contains("Check your email"));
+    let mails = stack.wait_for_mails(&email, 2).await;
+    let fresh = mails[1].code();
+    assert_ne!(fresh, code);
+    let (status, _) = submit(&stack, &fresh, PASSWORD).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_new_link_request_answers_the_same_whether_or_not_a_link_is_sent() {
+    let stack = Stack::start("newlink", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("nl."));
+    let id = stack.invite("Asker", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old = stack.wait_for_mail(&email).await.code();
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    stack.wait_for_mails(&email, 2).await;
+
+    // The replaced link's page offers a new link.
+    let page = stack
+        .http
+        .get(stack.url(&format!("/confirm?code={old}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 410);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Send me a new link"));
+    let csrf = form_value(&html, "csrf");
+    let ask = || async {
+        let r = stack
+            .http
+            .post(stack.url("/confirm/new-link"))
+            .form(&[("code", old.as_str()), ("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let sent = ask().await;
+    assert_eq!(sent.0, 200);
+    assert!(sent.1.contains("Check your email"));
+    stack.wait_for_mails(&email, 3).await;
+
+    // Once the invitation is withdrawn no link is sent, and the answer is the same.
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{id}/revoke"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let refused = ask().await;
+    assert_eq!(
+        refused, sent,
+        "the answer must not tell whether a link was sent"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stack.mails_to(&email).await.len(), 3);
+}
+
+/// Event types of one user, from the CLI.
+fn event_types(stack: &Stack, id: &str) -> Vec<String> {
+    let out = stack.cli(&["events", id]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event_type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -196,27 +327,50 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
     let mail = stack.wait_for_mail(&email).await;
     let link = mail.link();
     let code = mail.code();
-    let events_before = stack.cli(&["events", &id]).stdout;
+    let before = event_types(&stack, &id);
 
-    // A mail scanner: HEAD, GET twice, then a form post without a password, and mismatched ones.
-    assert_eq!(stack.http.head(&link).send().await.unwrap().status(), 200);
+    // A mail scanner: HEAD, GET twice, then form posts without a usable password.
+    let scanner = "Mozilla/5.0 (compatible; SafeLinks scanner)";
+    assert_eq!(
+        stack
+            .http
+            .head(&link)
+            .header("user-agent", scanner)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut csrf = String::new();
     for _ in 0..2 {
-        assert_eq!(stack.http.get(&link).send().await.unwrap().status(), 200);
+        let page = stack
+            .http
+            .get(&link)
+            .header("user-agent", scanner)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        csrf = form_value(&page.text().await.unwrap(), "csrf");
     }
     for form in [
-        vec![("code", code.as_str())],
+        vec![("code", code.as_str()), ("csrf", csrf.as_str())],
         vec![
             ("code", code.as_str()),
+            ("csrf", csrf.as_str()),
             ("password", ""),
             ("password_confirm", ""),
         ],
         vec![
             ("code", code.as_str()),
+            ("csrf", csrf.as_str()),
             ("password", PASSWORD),
             ("password_confirm", "something else"),
         ],
         vec![
             ("code", code.as_str()),
+            ("csrf", csrf.as_str()),
             ("password", "short"),
             ("password_confirm", "short"),
         ],
@@ -242,6 +396,7 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
         .post(stack.url("/confirm"))
         .form(&[
             ("code", code.as_str()),
+            ("csrf", csrf.as_str()),
             ("password", "short"),
             ("password_confirm", "short"),
         ])
@@ -253,12 +408,20 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
         "the page names the rule that failed"
     );
 
+    // Only the openings were recorded, each with a coarse client class; no state changed.
+    let after = event_types(&stack, &id);
+    assert_eq!(after[..before.len()], before[..]);
     assert_eq!(
-        stack.cli(&["events", &id]).stdout,
-        events_before,
-        "no event was written"
+        after[before.len()..],
+        ["LinkOpened", "LinkOpened", "LinkOpened"],
+        "{after:?}"
     );
-    assert_eq!(stack.user(&id).await["state"], "CodeIssued");
+    let view = stack.user(&id).await;
+    assert_eq!(view["state"], "CodeIssued");
+    assert_eq!(view["links_opened"], 3);
+    let out = String::from_utf8(stack.cli(&["events", &id]).stdout).unwrap();
+    assert!(out.contains("\"client\":\"link-scanner\""), "{out}");
+    assert!(!out.contains("127.0.0.1"), "no client address is recorded");
 
     // Jane's own submission still works.
     let r = stack
@@ -266,6 +429,7 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
         .post(stack.url("/confirm"))
         .form(&[
             ("code", code.as_str()),
+            ("csrf", csrf.as_str()),
             ("password", PASSWORD),
             ("password_confirm", PASSWORD),
         ])
@@ -274,6 +438,79 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(stack.user(&id).await["state"], "Active");
+}
+
+#[tokio::test]
+async fn forms_from_elsewhere_are_refused() {
+    let stack = Stack::start("csrf", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("csrf."));
+    let id = stack.invite("Forged", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mail = stack.wait_for_mail(&email).await;
+    let code = mail.code();
+    let html = stack
+        .http
+        .get(mail.link())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = form_value(&html, "csrf");
+    let good = [
+        ("code", code.as_str()),
+        ("csrf", csrf.as_str()),
+        ("password", PASSWORD),
+        ("password_confirm", PASSWORD),
+    ];
+
+    let no_token = [
+        ("code", code.as_str()),
+        ("password", PASSWORD),
+        ("password_confirm", PASSWORD),
+    ];
+    let r = stack
+        .http
+        .post(stack.url("/confirm"))
+        .form(&no_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let other_site = stack
+        .http
+        .post(stack.url("/confirm"))
+        .header("origin", "https://evil.example")
+        .form(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_site.status(), 403);
+    let cross = stack
+        .http
+        .post(stack.url("/confirm"))
+        .header("origin", "null")
+        .header("sec-fetch-site", "cross-site")
+        .form(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    assert_eq!(stack.user(&id).await["state"], "CodeIssued");
+
+    let r = stack
+        .http
+        .post(stack.url("/confirm"))
+        .header("origin", &stack.base_url)
+        .header("sec-fetch-site", "same-origin")
+        .form(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

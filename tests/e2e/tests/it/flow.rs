@@ -66,18 +66,27 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
     assert!(html.contains("autocomplete=\"new-password\""));
     assert!(html.contains("name=\"password_confirm\""));
     assert!(html.contains("At least 8"), "the page states the rules");
+    assert!(html.contains("/revoke?code="), "the page offers to decline");
+    assert!(
+        mail.text().contains("/revoke?code="),
+        "the mail carries the revoke link"
+    );
     assert!(
         html.contains(&expiry_text),
         "the page shows the same expiry as the mail"
     );
     let code = form_value(&html, "code");
+    let csrf = form_value(&html, "csrf");
 
     // She submits a good password: the page says the account is active.
     let done = stack
         .http
         .post(stack.url("/confirm"))
+        .header("origin", &stack.base_url)
+        .header("sec-fetch-site", "same-origin")
         .form(&[
             ("code", code.as_str()),
+            ("csrf", csrf.as_str()),
             ("password", JANES_PASSWORD),
             ("password_confirm", JANES_PASSWORD),
         ])
@@ -101,6 +110,7 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
         "onboard.user.invited.v1",
         "onboard.user.code_issued.v1",
         "onboard.user.invitation_mail_sent.v1",
+        "onboard.user.link_opened.v1",
         "onboard.user.password_set.v1",
         "onboard.user.activated.v1",
     ];
@@ -114,7 +124,11 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
         .iter()
         .map(|r| r.value["sequence"].as_i64().unwrap())
         .collect();
-    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        records[3].value["client"], "unknown",
+        "the test client sends no user agent"
+    );
     assert!(records.iter().all(|r| r.partition == records[0].partition));
     for r in &records {
         for h in [

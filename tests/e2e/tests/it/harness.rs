@@ -125,6 +125,8 @@ pub struct Options {
     pub max_body_bytes: u64,
     /// A broker of the test's own instead of the shared one.
     pub kafka: Option<String>,
+    pub public_rate_limit_per_minute: u32,
+    pub resend_cooldown_seconds: i64,
 }
 
 impl Default for Options {
@@ -133,6 +135,8 @@ impl Default for Options {
             validity_minutes: 60,
             max_body_bytes: 16384,
             kafka: None,
+            public_rate_limit_per_minute: 600,
+            resend_cooldown_seconds: 0,
         }
     }
 }
@@ -181,6 +185,8 @@ ask_password_from_user = true
 ask_password_email_validity = {validity}
 min_validity_minutes = 1
 max_validity_minutes = 10080
+expiry_scan_seconds = 1
+resend_cooldown_seconds = {cooldown}
 
 [output_adapter.email]
 from_address = "noreply@pickup.example"
@@ -205,6 +211,7 @@ email_worker_group = "e2e-{name}-{id}"
 bind = "127.0.0.1:{port}"
 public_base_url = "{base_url}"
 max_body_bytes = {max_body}
+public_rate_limit_per_minute = {rate}
 
 [[gateway.admin_tokens]]
 id = "e2e-admin"
@@ -224,6 +231,8 @@ name = "Pickup"
                 smtp_port = services.smtp_port,
                 kafka = options.kafka.as_deref().unwrap_or(&services.kafka),
                 max_body = options.max_body_bytes,
+                rate = options.public_rate_limit_per_minute,
+                cooldown = options.resend_cooldown_seconds,
                 token_hash = hex::encode(Sha256::digest(admin_token.as_bytes())),
                 key = base64::engine::general_purpose::STANDARD.encode(key),
             ),
@@ -259,6 +268,7 @@ name = "Pickup"
         stack.spawn("gateway");
         stack.spawn("relay");
         stack.spawn("email-worker");
+        stack.spawn("scheduler");
         stack.wait_ready().await;
         stack
     }

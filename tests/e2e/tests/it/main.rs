@@ -2,7 +2,9 @@
 //! PostgreSQL, Kafka-protocol broker and SMTP server that `tests/run` starts.
 
 mod bad_input;
+mod browser;
 mod codes;
 mod flow;
 mod harness;
+mod links;
 mod restart;

@@ -1,0 +1,232 @@
+//! Wrong codes, resend limits, revocation and per-client limits.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::flow::form_value;
+use crate::harness::{unique, Options, Stack};
+
+const PASSWORD: &str = "a quiet cab at midnight";
+
+fn forge(code: &str, n: u8) -> String {
+    let mut forged = code[..code.len() - 1].to_owned();
+    let last = code.chars().last().unwrap();
+    let pick = ['A', 'B', 'C', 'D', 'E', 'F', 'G'][n as usize % 7];
+    forged.push(if last == pick { 'Z' } else { pick });
+    forged
+}
+
+async fn submit(stack: &Stack, code: &str) -> (u16, Value) {
+    let r = stack
+        .http
+        .post(stack.url("/api/v1/password-submissions"))
+        .json(&json!({"code": code, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn five_wrong_codes_kill_the_code_and_the_page_offers_a_new_link() {
+    let stack = Stack::start("lockout", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("lock."));
+    let id = stack.invite("Locked", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let code = stack.wait_for_mail(&email).await.code();
+    for n in 0..4 {
+        assert_eq!(submit(&stack, &forge(&code, n)).await.0, 400);
+        assert_eq!(stack.user(&id).await["failed_code_checks"], n as u64 + 1);
+    }
+    assert_eq!(
+        stack.user(&id).await["state"],
+        "CodeIssued",
+        "four wrong codes leave it alive"
+    );
+    assert_eq!(submit(&stack, &forge(&code, 4)).await.0, 400);
+    assert_eq!(stack.user(&id).await["state"], "Locked");
+
+    let (status, body) = submit(&stack, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("code_locked")),
+        "{body}"
+    );
+    let page = stack
+        .http
+        .get(stack.url(&format!("/confirm?code={code}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 410);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("disabled") && html.contains("Send me a new link"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn resends_are_limited_with_retry_after() {
+    let stack = Stack::start(
+        "cooldown",
+        Options {
+            resend_cooldown_seconds: 3600,
+            ..Options::default()
+        },
+    )
+    .await;
+    let email = format!("{}@pickup.example", unique("cd."));
+    let id = stack.invite("Cooled", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&retry), "Retry-After {retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "resend_limited");
+}
+
+#[tokio::test]
+async fn admins_revoke_invitations_and_users_decline_them_from_the_mail() {
+    let stack = Stack::start("revoke", Options::default()).await;
+    let sam = format!("{}@pickup.example", unique("rv."));
+    let id = stack.invite("Withdrawn", &sam).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let code = stack.wait_for_mail(&sam).await.code();
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{id}/revoke"))),
+        )
+        .json(&json!({"reason": "offer withdrawn"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(
+        (view["state"].as_str(), view["revoked_by"].as_str()),
+        (Some("Revoked"), Some("admin"))
+    );
+    let (status, body) = submit(&stack, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("invitation_revoked"))
+    );
+    let page = stack
+        .http
+        .get(stack.url(&format!("/confirm?code={code}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(page.text().await.unwrap().contains("withdrawn"));
+
+    // The user's side: the mail's "I didn't expect this" link asks first, then declines.
+    let jane = format!("{}@pickup.example", unique("rv."));
+    let id = stack.invite("Surprised", &jane).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mail = stack.wait_for_mail(&jane).await;
+    let revoke_link = mail
+        .text()
+        .split_whitespace()
+        .find(|w| w.contains("/revoke?code="))
+        .expect("the mail carries a revoke link")
+        .to_owned();
+    let ask = stack.http.get(&revoke_link).send().await.unwrap();
+    assert_eq!(ask.status(), 200);
+    let html = ask.text().await.unwrap();
+    assert!(html.contains("Decline this invitation?"));
+    assert_eq!(
+        stack.user(&id).await["state"],
+        "CodeIssued",
+        "GET changes nothing"
+    );
+    let r = stack
+        .http
+        .post(stack.url("/revoke"))
+        .form(&[
+            ("code", form_value(&html, "code")),
+            ("csrf", form_value(&html, "csrf")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Invitation declined"));
+    let view = stack.user(&id).await;
+    assert_eq!(
+        (view["state"].as_str(), view["revoked_by"].as_str()),
+        (Some("Revoked"), Some("user"))
+    );
+
+    let listed: Value = stack
+        .admin(
+            stack
+                .http
+                .get(stack.url("/api/v1/users?state=Revoked&limit=10")),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    let bad = stack
+        .admin(stack.http.get(stack.url("/api/v1/users?state=Gone")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn one_client_cannot_submit_codes_without_limit() {
+    let stack = Stack::start(
+        "ratelimit",
+        Options {
+            public_rate_limit_per_minute: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    let garbage = "x".repeat(64);
+    for _ in 0..3 {
+        assert_eq!(submit(&stack, &garbage).await.0, 400);
+    }
+    let r = stack
+        .http
+        .post(stack.url("/api/v1/password-submissions"))
+        .json(&json!({"code": garbage, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
