@@ -32,6 +32,7 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub codes: CodeSettings,
     pub password_policy: PasswordPolicySettings,
+    pub password_hashing: PasswordHashingSettings,
     pub organisation: OrganisationSettings,
 }
 
@@ -145,6 +146,16 @@ pub struct GatewaySettings {
 pub struct AdminToken {
     pub id: String,
     pub sha256: String,
+    /// What the token may do: `invite` (create, resend), `read` (show, list), `revoke`.
+    #[serde(default = "all_scopes")]
+    pub scopes: Vec<String>,
+    /// A revoked token is refused (401) without being removed from the file.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+fn all_scopes() -> Vec<String> {
+    ["invite", "read", "revoke"].map(String::from).to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +178,18 @@ pub struct CodeKey {
 pub struct PasswordPolicySettings {
     pub min_length: usize,
     pub max_length: usize,
+    /// Lowest zxcvbn strength score (0 to 4) accepted.
+    pub min_strength: u8,
+}
+
+/// argon2id cost. The defaults are OWASP's minimum; raise them as hardware allows (hashes record
+/// their parameters, so old ones still verify).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordHashingSettings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +209,7 @@ struct Defaults {
     gateway: serde_json::Value,
     codes: serde_json::Value,
     password_policy: serde_json::Value,
+    password_hashing: serde_json::Value,
     organisation: serde_json::Value,
 }
 
@@ -229,7 +253,8 @@ fn defaults() -> Defaults {
             "public_rate_limit_per_minute": 30,
         }),
         codes: json!({}),
-        password_policy: json!({"min_length": 8, "max_length": 128}),
+        password_policy: json!({"min_length": 8, "max_length": 128, "min_strength": 3}),
+        password_hashing: json!({"memory_kib": 19456, "iterations": 2, "parallelism": 1}),
         organisation: json!({"name": "Your organisation"}),
     }
 }
@@ -286,6 +311,27 @@ impl Settings {
                 "password_policy: min_length ({}) must be at least 1 and max_length ({}) at least 64 (NIST SP 800-63B)",
                 p.min_length, p.max_length
             ));
+        }
+        if p.min_strength > 4 {
+            return bad(format!(
+                "password_policy.min_strength ({}) must be between 0 and 4 (zxcvbn scores)",
+                p.min_strength
+            ));
+        }
+        let h = &self.password_hashing;
+        if h.memory_kib < 19_456 || h.iterations < 2 || h.parallelism < 1 {
+            return bad(format!(
+                "password_hashing: memory_kib ({}) must be at least 19456, iterations ({}) at least 2 and parallelism ({}) at least 1 (OWASP's argon2id minimum)",
+                h.memory_kib, h.iterations, h.parallelism
+            ));
+        }
+        for t in &self.gateway.admin_tokens {
+            if let Some(bad_scope) = t.scopes.iter().find(|s| !all_scopes().contains(s)) {
+                return bad(format!(
+                    "gateway.admin_tokens `{}`: unknown scope `{bad_scope}`; use invite, read or revoke",
+                    t.id
+                ));
+            }
         }
         if !self.gateway.public_base_url.starts_with("http://")
             && !self.gateway.public_base_url.starts_with("https://")

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::code::{CodeBinding, CodeId, CodeKeyring, PresentedCode};
 use crate::event::{CodeIssueReason, OnboardingEvent};
-use crate::password::{Password, PasswordHash, PasswordPolicy, PasswordRuleViolation};
+use crate::password::{
+    Password, PasswordContext, PasswordHash, PasswordPolicy, PasswordRuleViolation,
+};
 use crate::value::{EmailAddress, Locale, UserDomain, Username};
 
 /// Where an account is in its onboarding. `Uninvited` is the state of an id nobody invited.
@@ -279,6 +281,20 @@ impl Onboarding {
             OnboardingState::CodeIssued => self.codes.last(),
             _ => None,
         }
+    }
+
+    /// The user's names from the invitation's claims (`name`, `given_name`, …).
+    pub fn display_names(&self) -> Vec<&str> {
+        [
+            "name",
+            "display_name",
+            "given_name",
+            "family_name",
+            "nickname",
+        ]
+        .iter()
+        .filter_map(|k| self.claims.get(*k).and_then(|v| v.as_str()))
+        .collect()
     }
 
     pub fn mail_sent_for(&self, code_id: CodeId) -> bool {
@@ -565,9 +581,14 @@ impl Aggregate for Onboarding {
                     (Some(u), Some(e)) => (u, e),
                     _ => return Err(OnboardingError::NotInvited),
                 };
+                let ctx = PasswordContext {
+                    username,
+                    email,
+                    names: self.display_names(),
+                };
                 services
                     .policy
-                    .check(&password, username, email)
+                    .check(&password, &ctx)
                     .map_err(OnboardingError::WeakPassword)?;
                 let password_hash = services
                     .hasher

@@ -68,6 +68,10 @@ pub enum PasswordRuleViolation {
     ContainsEmail,
     #[error("The password is one of the most common passwords, which attackers try first; choose a less predictable one.")]
     Common,
+    #[error("The password contains your name; choose one that does not.")]
+    ContainsName,
+    #[error("The password is too easy to guess ({hint}). Longer passphrases of unrelated words are strong and easy to remember.")]
+    TooWeak { score: u8, min: u8, hint: String },
 }
 
 /// The common-password list shipped with the project (see `data/README.md`), lower case.
@@ -84,6 +88,8 @@ static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 pub struct PasswordPolicy {
     pub min_length: usize,
     pub max_length: usize,
+    /// Lowest zxcvbn score (0 = guessable in seconds … 4 = very hard) accepted.
+    pub min_strength: u8,
 }
 
 impl Default for PasswordPolicy {
@@ -91,8 +97,17 @@ impl Default for PasswordPolicy {
         Self {
             min_length: 8,
             max_length: 128,
+            min_strength: 3,
         }
     }
+}
+
+/// Who the password must not be built from.
+pub struct PasswordContext<'a> {
+    pub username: &'a Username,
+    pub email: &'a EmailAddress,
+    /// Display name parts (from claims such as `name`, `given_name`, `family_name`).
+    pub names: Vec<&'a str>,
 }
 
 impl PasswordPolicy {
@@ -108,15 +123,16 @@ impl PasswordPolicy {
             ),
             "Must not contain your username or the first part of your email address.".to_owned(),
             "Must not be a commonly used password.".to_owned(),
+            "Must not contain your name, and must be hard to guess: a passphrase of a few unrelated words works well.".to_owned(),
         ]
     }
 
     pub fn check(
         &self,
         password: &Password,
-        username: &Username,
-        email: &EmailAddress,
+        ctx: &PasswordContext<'_>,
     ) -> Result<(), PasswordRuleViolation> {
+        let (username, email) = (ctx.username, ctx.email);
         let pw = password.expose();
         let len = pw.chars().count();
         if len < self.min_length {
@@ -141,6 +157,36 @@ impl PasswordPolicy {
         if COMMON.contains(lower.as_str()) {
             return Err(PasswordRuleViolation::Common);
         }
+        let names: Vec<String> = ctx
+            .names
+            .iter()
+            .flat_map(|n| n.split_whitespace())
+            .map(str::to_lowercase)
+            .filter(|n| n.chars().count() >= Self::MIN_CONTEXT)
+            .collect();
+        if names.iter().any(|n| lower.contains(n.as_str())) {
+            return Err(PasswordRuleViolation::ContainsName);
+        }
+        if self.min_strength > 0 {
+            let mut inputs: Vec<&str> = vec![username.as_str(), email.local_part()];
+            inputs.extend(names.iter().map(String::as_str));
+            // zxcvbn's cost grows with length; the first 100 characters decide well enough.
+            let head: String = pw.chars().take(100).collect();
+            let estimate = zxcvbn::zxcvbn(&head, &inputs);
+            let score = u8::from(estimate.score());
+            if score < self.min_strength {
+                let hint = estimate
+                    .feedback()
+                    .and_then(|f| f.warning())
+                    .map(|w| w.to_string())
+                    .unwrap_or_else(|| "it follows a common pattern".to_owned());
+                return Err(PasswordRuleViolation::TooWeak {
+                    score,
+                    min: self.min_strength,
+                    hint: hint.trim_end_matches('.').to_owned(),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -150,20 +196,58 @@ mod tests {
     use super::*;
 
     fn check(pw: &str) -> Result<(), PasswordRuleViolation> {
+        let username = Username::parse("Jane").unwrap();
+        let email = EmailAddress::parse("jane.doe@pickup.example").unwrap();
         PasswordPolicy::default().check(
             &Password::new(pw),
-            &Username::parse("Jane").unwrap(),
-            &EmailAddress::parse("jane.doe@pickup.example").unwrap(),
+            &PasswordContext {
+                username: &username,
+                email: &email,
+                names: vec!["Jane Lindqvist"],
+            },
         )
+    }
+
+    #[test]
+    fn passwords_with_the_display_name_are_refused() {
+        assert_eq!(
+            check("lindqvist-rides-cabs-9"),
+            Err(PasswordRuleViolation::ContainsName)
+        );
+    }
+
+    #[test]
+    fn guessable_passwords_are_refused_with_a_hint_and_strong_ones_pass() {
+        match check("zzzzzzzzzzzzzzzz") {
+            Err(PasswordRuleViolation::TooWeak {
+                score,
+                min: 3,
+                hint,
+            }) => {
+                assert!(score < 3);
+                assert!(!hint.is_empty());
+            }
+            other => panic!("expected TooWeak, got {other:?}"),
+        }
+        for strong in [
+            "correct horse battery staple",
+            "a quiet cab at midnight",
+            "Pickup rides at dawn 42",
+            "another fine passphrase",
+        ] {
+            assert_eq!(check(strong), Ok(()), "{strong}");
+        }
     }
 
     #[test]
     fn a_long_unusual_password_is_accepted() {
         assert_eq!(check("correct horse battery staple"), Ok(()));
+        let long = "Seven taxis wait by the harbour; four of them are green, three blue!!";
+        assert_eq!(long.chars().count(), 69);
         assert_eq!(
-            check(&"x7ü!".repeat(16)),
+            check(long),
             Ok(()),
-            "64 characters must be allowed"
+            "more than 64 characters must be allowed"
         );
     }
 
@@ -189,11 +273,18 @@ mod tests {
             check("my-jane.doe-pw"),
             Err(PasswordRuleViolation::ContainsUsername)
         );
+        let (js, smith) = (
+            Username::parse("js").unwrap(),
+            EmailAddress::parse("mrs.smith@pickup.example").unwrap(),
+        );
         assert_eq!(
             PasswordPolicy::default().check(
                 &Password::new("mrs.smith.rules"),
-                &Username::parse("js").unwrap(),
-                &EmailAddress::parse("mrs.smith@pickup.example").unwrap()
+                &PasswordContext {
+                    username: &js,
+                    email: &smith,
+                    names: vec![]
+                }
             ),
             Err(PasswordRuleViolation::ContainsEmail)
         );

@@ -12,15 +12,16 @@ use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
 use onboarding_domain::{
     InviteUser, NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
 };
-use onboarding_store::{Actor, StoreError};
+use onboarding_store::{Actor, Idempotency, StoreError};
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, Grant};
 
 /// The account as admins see it. Never a secret.
 pub fn user_view(account: &Onboarding) -> Value {
@@ -173,9 +174,20 @@ impl AppState {
 
 pub async fn create_user(
     state: Arc<AppState>,
-    token_id: String,
+    grant: Grant,
+    key: Option<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let token_id = grant.require("invite")?;
+    let work = create_user_inner(&state, token_id, &body);
+    idempotent(&state, token_id, key, "POST /api/v1/users", &body, work).await
+}
+
+async fn create_user_inner(
+    state: &AppState,
+    token_id: &str,
+    body: &Bytes,
+) -> Result<Answer, ApiError> {
     if !state
         .settings
         .identity_mgt
@@ -185,7 +197,7 @@ pub async fn create_user(
         return Err(ApiError::InvitationsDisabled);
     }
     let mut f = Fields::new(
-        parse_object(&body)?,
+        parse_object(body)?,
         &[
             "username",
             "email",
@@ -233,7 +245,7 @@ pub async fn create_user(
     }));
     match state
         .store
-        .execute(user_id, command, &Actor::admin(&token_id))
+        .execute(user_id, command, &Actor::admin(token_id))
         .await
     {
         Ok(()) => {}
@@ -243,14 +255,98 @@ pub async fn create_user(
     }
     metrics::counter!("onboard_invitations_total").increment(1);
     tracing::info!(%user_id, domain = %domain, "user invited");
-    let account = load(&state, user_id).await?;
-    let location = format!("/api/v1/users/{user_id}");
-    Ok(warp::reply::with_header(
-        warp::reply::with_status(warp::reply::json(&user_view(&account)), StatusCode::CREATED),
-        "location",
-        location,
-    )
-    .into_response())
+    let account = load(state, user_id).await?;
+    Ok(Answer {
+        status: StatusCode::CREATED,
+        body: user_view(&account),
+        location: Some(format!("/api/v1/users/{user_id}")),
+    })
+}
+
+/// A successful admin answer, as it is stored for `Idempotency-Key` replays.
+pub struct Answer {
+    status: StatusCode,
+    body: Value,
+    location: Option<String>,
+}
+
+impl Answer {
+    fn into_response(self, replayed: bool) -> Response {
+        let mut r =
+            warp::reply::with_status(warp::reply::json(&self.body), self.status).into_response();
+        if let Some(location) = self
+            .location
+            .and_then(|l| warp::http::HeaderValue::from_str(&l).ok())
+        {
+            r.headers_mut().insert("location", location);
+        }
+        if replayed {
+            r.headers_mut().insert(
+                "idempotent-replayed",
+                warp::http::HeaderValue::from_static("true"),
+            );
+        }
+        r
+    }
+}
+
+/// Runs `work` once per `Idempotency-Key` (per admin token): a retried request with the same key
+/// and body gets the first answer, and nothing is done twice.
+async fn idempotent(
+    state: &AppState,
+    token_id: &str,
+    key: Option<String>,
+    what: &str,
+    body: &[u8],
+    work: impl std::future::Future<Output = Result<Answer, ApiError>>,
+) -> Result<Response, ApiError> {
+    let Some(key) = key else {
+        return work.await.map(|a| a.into_response(false));
+    };
+    if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::field(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters, e.g. a UUID",
+        ));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(what.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    let hash = hasher.finalize();
+    match state.store.idempotency_begin(token_id, &key, &hash).await? {
+        Idempotency::New => match work.await {
+            Ok(answer) => {
+                state
+                    .store
+                    .idempotency_finish(
+                        token_id,
+                        &key,
+                        answer.status.as_u16(),
+                        &answer.body,
+                        answer.location.as_deref(),
+                    )
+                    .await?;
+                Ok(answer.into_response(false))
+            }
+            Err(e) => {
+                state.store.idempotency_release(token_id, &key).await?;
+                Err(e)
+            }
+        },
+        Idempotency::Replay {
+            status,
+            response,
+            location,
+        } => Ok(Answer {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            body: response,
+            location,
+        }
+        .into_response(true)),
+        Idempotency::Mismatch => Err(ApiError::IdempotencyMismatch),
+        Idempotency::InProgress => Err(ApiError::IdempotencyInProgress),
+    }
 }
 
 async fn load(state: &AppState, user_id: Uuid) -> Result<Onboarding, ApiError> {
@@ -265,29 +361,47 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::UserNotFound(id.chars().take(64).collect()))
 }
 
-pub async fn get_user(state: Arc<AppState>, id: String) -> Result<Response, ApiError> {
+pub async fn get_user(
+    state: Arc<AppState>,
+    grant: Grant,
+    id: String,
+) -> Result<Response, ApiError> {
+    grant.require("read")?;
     let account = load(&state, parse_id(&id)?).await?;
     Ok(warp::reply::json(&user_view(&account)).into_response())
 }
 
 pub async fn resend(
     state: Arc<AppState>,
-    token_id: String,
+    grant: Grant,
+    key: Option<String>,
     id: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let user_id = parse_id(&id)?;
+    let token_id = grant.require("invite")?;
+    let what = format!("POST /api/v1/users/{id}/resend");
+    let work = resend_inner(&state, token_id, &id, &body);
+    idempotent(&state, token_id, key, &what, &body, work).await
+}
+
+async fn resend_inner(
+    state: &AppState,
+    token_id: &str,
+    id: &str,
+    body: &Bytes,
+) -> Result<Answer, ApiError> {
+    let user_id = parse_id(id)?;
     let mut f = Fields::new(
         if body.iter().all(u8::is_ascii_whitespace) {
             Map::new()
         } else {
-            parse_object(&body)?
+            parse_object(body)?
         },
         &["code_validity_minutes"],
     );
     let validity = state.validity(&mut f);
     f.finish()?;
-    load(&state, user_id).await?;
+    load(state, user_id).await?;
     let command = OnboardingCommand::ResendCode {
         code: state.new_code(validity),
         limits: state.resend_limits,
@@ -295,18 +409,18 @@ pub async fn resend(
     };
     state
         .store
-        .execute(user_id, command, &Actor::admin(&token_id))
+        .execute(user_id, command, &Actor::admin(token_id))
         .await?;
-    let account = load(&state, user_id).await?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&json!({
+    let account = load(state, user_id).await?;
+    Ok(Answer {
+        status: StatusCode::ACCEPTED,
+        body: json!({
             "id": user_id,
             "state": account.state.as_str(),
             "code_expires_at": account.live_code().map(|c| c.expires_at),
-        })),
-        StatusCode::ACCEPTED,
-    )
-    .into_response())
+        }),
+        location: None,
+    })
 }
 
 /// Runs a password submission through the aggregate. Shared by the API and the page.
@@ -378,10 +492,11 @@ pub async fn password_submission(
 
 pub async fn revoke(
     state: Arc<AppState>,
-    token_id: String,
+    grant: Grant,
     id: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let token_id = grant.require("revoke")?;
     let user_id = parse_id(&id)?;
     let mut f = Fields::new(
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -404,7 +519,7 @@ pub async fn revoke(
     };
     state
         .store
-        .execute(user_id, command, &Actor::admin(&token_id))
+        .execute(user_id, command, &Actor::admin(token_id))
         .await?;
     let account = load(&state, user_id).await?;
     Ok(warp::reply::json(&user_view(&account)).into_response())
@@ -412,8 +527,10 @@ pub async fn revoke(
 
 pub async fn list(
     state: Arc<AppState>,
+    grant: Grant,
     query: std::collections::HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    grant.require("read")?;
     let mut problems = BTreeMap::new();
     let wanted = query.get("state").map(|s| {
         OnboardingState::parse(s)

@@ -38,6 +38,12 @@ pub enum ApiError {
     Internal(String),
     #[error("too many requests from this client; retry in {0} seconds")]
     RateLimited(u64),
+    #[error("this admin token lacks the `{0}` scope; use a token that has it")]
+    Forbidden(&'static str),
+    #[error("this Idempotency-Key was already used for a different request; use a new key for a new request")]
+    IdempotencyMismatch,
+    #[error("a request with this Idempotency-Key is still being processed; retry in a moment")]
+    IdempotencyInProgress,
 }
 
 #[derive(Serialize)]
@@ -78,6 +84,11 @@ impl ApiError {
             Self::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Self::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            Self::Forbidden(_) => ("insufficient_scope", StatusCode::FORBIDDEN),
+            Self::IdempotencyMismatch => {
+                ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            Self::IdempotencyInProgress => ("idempotency_in_progress", StatusCode::CONFLICT),
             Self::Refused(e) => match e {
                 E::AlreadyInvited => ("already_invited", StatusCode::CONFLICT),
                 E::NotInvited | E::InvalidCode => ("invalid_code", StatusCode::BAD_REQUEST),

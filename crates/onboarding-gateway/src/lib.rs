@@ -42,7 +42,7 @@ pub struct AppState {
     pub(crate) store: Store,
     pub(crate) settings: Arc<Settings>,
     pub(crate) keyring: Arc<CodeKeyring>,
-    tokens: Vec<(String, [u8; 32])>,
+    tokens: Vec<(Grant, [u8; 32], bool)>,
     kafka: KafkaProbe,
     metrics: Option<PrometheusHandle>,
     pub(crate) pages: minijinja::Environment<'static>,
@@ -80,7 +80,11 @@ impl AppState {
             let hash: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| GatewayError::BadTokenHash(t.id.clone()))?;
-            tokens.push((t.id.clone(), hash));
+            let grant = Grant {
+                id: t.id.clone(),
+                scopes: t.scopes.clone(),
+            };
+            tokens.push((grant, hash, t.revoked));
         }
         if tokens.is_empty() {
             tracing::warn!("no admin tokens configured: the admin API will refuse every request");
@@ -123,7 +127,7 @@ impl AppState {
     }
 
     /// The id of the admin token presented, if it is one of ours.
-    fn authorize(&self, header: Option<&str>) -> Result<String, ApiError> {
+    fn authorize(&self, header: Option<&str>) -> Result<Grant, ApiError> {
         let token = header
             .and_then(|h| {
                 h.strip_prefix("Bearer ")
@@ -134,12 +138,36 @@ impl AppState {
             .ok_or(ApiError::Unauthorized)?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
-        for (id, hash) in &self.tokens {
+        for (grant, hash, revoked) in &self.tokens {
             if bool::from(hash.ct_eq(&presented)) {
-                found = Some(id.clone());
+                found = Some((grant, *revoked));
             }
         }
-        found.ok_or(ApiError::Unauthorized)
+        match found {
+            Some((grant, false)) => Ok(grant.clone()),
+            Some((grant, true)) => {
+                tracing::warn!(token_id = %grant.id, "revoked admin token presented");
+                Err(ApiError::Unauthorized)
+            }
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub id: String,
+    scopes: Vec<String>,
+}
+
+impl Grant {
+    pub fn require(&self, scope: &'static str) -> Result<&str, ApiError> {
+        if self.scopes.iter().any(|s| s == scope) {
+            Ok(&self.id)
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
     }
 }
 
@@ -214,26 +242,30 @@ pub fn routes(
             Ok::<_, Infallible>(state.authorize(header.as_deref()).map(|id| (state, id)))
         });
 
-    let create = warp::path!("api" / "v1" / "users")
-        .and(warp::post())
-        .and(auth.clone())
-        .and(json_body.clone())
-        .then(
-            |auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
-                respond(match auth {
-                    Ok((state, id)) => api::create_user(state, id, body).await,
-                    Err(e) => Err(e),
-                })
-            },
-        )
-        .boxed();
+    let create =
+        warp::path!("api" / "v1" / "users")
+            .and(warp::post())
+            .and(auth.clone())
+            .and(warp::header::optional::<String>("idempotency-key"))
+            .and(json_body.clone())
+            .then(
+                |auth: Result<(Arc<AppState>, Grant), ApiError>,
+                 key: Option<String>,
+                 body: Bytes| async move {
+                    respond(match auth {
+                        Ok((state, grant)) => api::create_user(state, grant, key, body).await,
+                        Err(e) => Err(e),
+                    })
+                },
+            )
+            .boxed();
     let show = warp::path!("api" / "v1" / "users" / String)
         .and(warp::get())
         .and(auth.clone())
         .then(
-            |id: String, auth: Result<(Arc<AppState>, String), ApiError>| async move {
+            |id: String, auth: Result<(Arc<AppState>, Grant), ApiError>| async move {
                 respond(match auth {
-                    Ok((state, _)) => api::get_user(state, id).await,
+                    Ok((state, grant)) => api::get_user(state, grant, id).await,
                     Err(e) => Err(e),
                 })
             },
@@ -242,11 +274,15 @@ pub fn routes(
     let resend = warp::path!("api" / "v1" / "users" / String / "resend")
         .and(warp::post())
         .and(auth.clone())
+        .and(warp::header::optional::<String>("idempotency-key"))
         .and(json_body.clone())
         .then(
-            |id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+            |id: String,
+             auth: Result<(Arc<AppState>, Grant), ApiError>,
+             key: Option<String>,
+             body: Bytes| async move {
                 respond(match auth {
-                    Ok((state, token)) => api::resend(state, token, id, body).await,
+                    Ok((state, grant)) => api::resend(state, grant, key, id, body).await,
                     Err(e) => Err(e),
                 })
             },
@@ -257,7 +293,7 @@ pub fn routes(
         .and(auth.clone())
         .and(json_body.clone())
         .then(
-            |id: String, auth: Result<(Arc<AppState>, String), ApiError>, body: Bytes| async move {
+            |id: String, auth: Result<(Arc<AppState>, Grant), ApiError>, body: Bytes| async move {
                 respond(match auth {
                     Ok((state, token)) => api::revoke(state, token, id, body).await,
                     Err(e) => Err(e),
@@ -270,9 +306,9 @@ pub fn routes(
         .and(auth.clone())
         .and(warp::query::<HashMap<String, String>>())
         .then(
-            |auth: Result<(Arc<AppState>, String), ApiError>, query| async move {
+            |auth: Result<(Arc<AppState>, Grant), ApiError>, query| async move {
                 respond(match auth {
-                    Ok((state, _)) => api::list(state, query).await,
+                    Ok((state, grant)) => api::list(state, grant, query).await,
                     Err(e) => Err(e),
                 })
             },

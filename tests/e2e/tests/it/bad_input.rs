@@ -199,3 +199,50 @@ async fn a_chunked_body_without_length_is_read_and_still_limited() {
         .unwrap();
     assert_eq!(r.status(), 413);
 }
+
+#[tokio::test]
+async fn admin_tokens_are_scoped_and_revocable() {
+    let stack = Stack::start("scopes", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("sc."));
+    let id = stack.invite("Scoped", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let read = stack
+        .http
+        .get(stack.url(&format!("/api/v1/users/{id}")))
+        .bearer_auth(&stack.reader_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "a read token reads");
+    for (url, body) in [
+        (
+            "/api/v1/users".to_owned(),
+            json!({"username": "Nope", "email": email}),
+        ),
+        (format!("/api/v1/users/{id}/revoke"), json!({})),
+        (format!("/api/v1/users/{id}/resend"), json!({})),
+    ] {
+        let r = stack
+            .http
+            .post(stack.url(&url))
+            .bearer_auth(&stack.reader_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{url}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "insufficient_scope");
+    }
+    let revoked = stack
+        .http
+        .get(stack.url(&format!("/api/v1/users/{id}")))
+        .bearer_auth(&stack.revoked_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 401, "a revoked token is refused");
+}

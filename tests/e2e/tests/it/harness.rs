@@ -115,6 +115,9 @@ pub struct Stack {
     pub config: PathBuf,
     pub base_url: String,
     pub admin_token: String,
+    /// A token with only the `read` scope, and one that is revoked.
+    pub reader_token: String,
+    pub revoked_token: String,
     pub topic: String,
     pub http: reqwest::Client,
     procs: Mutex<HashMap<String, Child>>,
@@ -168,6 +171,8 @@ impl Stack {
         let mut token = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut token);
         let admin_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+        let reader_token = unique("reader-");
+        let revoked_token = unique("revoked-");
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
         let topic = format!("e2e.{name}.{id}");
@@ -217,6 +222,16 @@ public_rate_limit_per_minute = {rate}
 id = "e2e-admin"
 sha256 = "{token_hash}"
 
+[[gateway.admin_tokens]]
+id = "e2e-reader"
+sha256 = "{reader_hash}"
+scopes = ["read"]
+
+[[gateway.admin_tokens]]
+id = "e2e-revoked"
+sha256 = "{revoked_hash}"
+revoked = true
+
 [codes]
 active_key = "k1"
 [[codes.keys]]
@@ -234,6 +249,8 @@ name = "Pickup"
                 rate = options.public_rate_limit_per_minute,
                 cooldown = options.resend_cooldown_seconds,
                 token_hash = hex::encode(Sha256::digest(admin_token.as_bytes())),
+                reader_hash = hex::encode(Sha256::digest(reader_token.as_bytes())),
+                revoked_hash = hex::encode(Sha256::digest(revoked_token.as_bytes())),
                 key = base64::engine::general_purpose::STANDARD.encode(key),
             ),
         )
@@ -245,6 +262,8 @@ name = "Pickup"
             config,
             base_url,
             admin_token,
+            reader_token,
+            revoked_token,
             topic,
 
             http: reqwest::Client::builder()

@@ -230,3 +230,66 @@ async fn one_client_cannot_submit_codes_without_limit() {
     assert_eq!(body["error"], "rate_limited");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn a_retried_request_with_an_idempotency_key_gets_the_first_answer_and_mails_once() {
+    let stack = Stack::start("idempotency", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("idem."));
+    let body = json!({"username": "Retried", "email": email});
+    let create = |key: &'static str, body: Value| {
+        stack
+            .admin(stack.http.post(stack.url("/api/v1/users")))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = create("create-1", body.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    let first: Value = first.json().await.unwrap();
+    let again = create("create-1", body.clone()).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["id"], first["id"],
+        "the same invitation, not a second one"
+    );
+
+    let other = create("create-1", json!({"username": "Someone", "email": email}))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["error"],
+        "idempotency_key_reused"
+    );
+
+    let id = first["id"].as_str().unwrap();
+    for _ in 0..2 {
+        let r = stack
+            .admin(
+                stack
+                    .http
+                    .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
+            )
+            .header("idempotency-key", "resend-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // Exactly one resend happened: the invitation's code and one more.
+    let out = String::from_utf8(stack.cli(&["events", id]).stdout).unwrap();
+    let issued = out
+        .lines()
+        .filter(|l| l.contains("\"event_type\":\"CodeIssued\""))
+        .count();
+    assert_eq!(issued, 2, "{out}");
+    stack.wait_for_mail(&email).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first code may be replaced before it is mailed (then it is not mailed): 1 or 2 mails.
+    let mails = stack.mails_to(&email).await.len();
+    assert!((1..=2).contains(&mails), "{mails} mails");
+}
