@@ -305,6 +305,12 @@ impl Settings {
                 u.max_validity_minutes
             ));
         }
+        if u.resend_daily_cap < 1 || u.max_failed_attempts < 1 || u.resend_cooldown_seconds < 0 {
+            return bad(format!(
+                "identity_mgt.user_onboarding: resend_daily_cap ({}) and max_failed_attempts ({}) must be at least 1, resend_cooldown_seconds ({}) at least 0",
+                u.resend_daily_cap, u.max_failed_attempts, u.resend_cooldown_seconds
+            ));
+        }
         let p = &self.password_policy;
         if p.min_length < 1 || p.max_length < 64 || p.min_length > p.max_length {
             return bad(format!(

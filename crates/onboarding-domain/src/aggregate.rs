@@ -414,8 +414,11 @@ impl Onboarding {
             .collect();
         if recent.len() as u32 >= limits.daily_cap {
             recent.sort();
-            let oldest = recent[recent.len() - limits.daily_cap as usize];
-            let ready = oldest + Duration::hours(24);
+            // The re-issue that must leave the 24-hour window before another one fits.
+            let blocking = recent.len() - (limits.daily_cap as usize).min(recent.len());
+            let ready = recent
+                .get(blocking)
+                .map_or(now + Duration::hours(24), |t| *t + Duration::hours(24));
             return Err(OnboardingError::ResendLimited {
                 retry_after_seconds: (ready - now).num_seconds().max(1),
             });

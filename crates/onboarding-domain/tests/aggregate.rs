@@ -697,3 +697,22 @@ async fn the_user_revokes_with_the_code_and_nothing_works_afterwards() {
         .await
         .then_expect_error(OnboardingError::InvitationRevoked);
 }
+
+#[tokio::test]
+async fn a_daily_cap_of_zero_refuses_every_resend_without_panicking() {
+    let limits = ResendLimits {
+        cooldown: Duration::zero(),
+        daily_cap: 0,
+    };
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            limits,
+            now: t0() + Duration::hours(1),
+        })
+        .await
+        .then_expect_error(OnboardingError::ResendLimited {
+            retry_after_seconds: Duration::hours(24).num_seconds(),
+        });
+}

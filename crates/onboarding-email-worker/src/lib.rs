@@ -55,9 +55,12 @@ pub enum Outcome {
     AlreadySent,
     Superseded,
     Expired,
-    AlreadyActive,
+    /// Active, revoked, expired or locked: no code is waiting for this mail.
+    NotPending,
     UnknownUser,
-    Failed { permanent: bool },
+    Failed {
+        permanent: bool,
+    },
 }
 
 impl Outcome {
@@ -67,7 +70,7 @@ impl Outcome {
             Self::AlreadySent => "already_sent",
             Self::Superseded => "superseded",
             Self::Expired => "expired",
-            Self::AlreadyActive => "already_active",
+            Self::NotPending => "not_pending",
             Self::UnknownUser => "unknown_user",
             Self::Failed { permanent: true } => "failed_permanent",
             Self::Failed { permanent: false } => "failed_transient",
@@ -236,7 +239,7 @@ impl EmailWorker {
             return Ok(Outcome::AlreadySent);
         }
         let Some(live) = account.live_code() else {
-            return Ok(Outcome::AlreadyActive);
+            return Ok(Outcome::NotPending);
         };
         if live.code_id != code_id {
             return Ok(Outcome::Superseded);

@@ -423,6 +423,40 @@ async fn resend_inner(
     })
 }
 
+/// The ids a presented code names (its tag is what failed).
+pub(crate) struct PresentedCodeRef {
+    pub user_id: Uuid,
+    pub code_id: onboarding_domain::code::CodeId,
+}
+
+impl From<&PresentedCode> for PresentedCodeRef {
+    fn from(p: &PresentedCode) -> Self {
+        Self {
+            user_id: p.user_id,
+            code_id: p.code_id,
+        }
+    }
+}
+
+/// Counts a wrong code against the invitation whose live code it names; enough of them kill
+/// the code. A code naming nothing live counts nowhere (the per-client limit applies).
+pub(crate) async fn record_failed_check(state: &AppState, code: impl Into<PresentedCodeRef>) {
+    let code = code.into();
+    let record = OnboardingCommand::RecordFailedCodeCheck {
+        code_id: code.code_id,
+        max_failures: state
+            .settings
+            .identity_mgt
+            .user_onboarding
+            .max_failed_attempts,
+        now: Utc::now(),
+    };
+    let _ = state
+        .store
+        .execute(code.user_id, record, &Actor::user_via_link())
+        .await;
+}
+
 /// Runs a password submission through the aggregate. Shared by the API and the page.
 pub async fn submit_password(
     state: &AppState,
@@ -443,20 +477,7 @@ pub async fn submit_password(
         .execute(user_id, command, &Actor::user_via_link())
         .await;
     if let Err(StoreError::Refused(OnboardingError::InvalidCode)) = &result {
-        let record = OnboardingCommand::RecordFailedCodeCheck {
-            code_id,
-            max_failures: state
-                .settings
-                .identity_mgt
-                .user_onboarding
-                .max_failed_attempts,
-            now: Utc::now(),
-        };
-        // Not the live code of a known invitation: nothing to count (the client limit applies).
-        let _ = state
-            .store
-            .execute(user_id, record, &Actor::user_via_link())
-            .await;
+        record_failed_check(state, PresentedCodeRef { user_id, code_id }).await;
     }
     let outcome = match &result {
         Ok(()) => "activated",

@@ -366,6 +366,10 @@ pub async fn submit(
     };
     let issued = match account.check_code(&presented, &state.keyring, Utc::now()) {
         Ok(issued) => issued.clone(),
+        Err(OnboardingError::InvalidCode) => {
+            crate::api::record_failed_check(&state, &presented).await;
+            return refusal(&state, &OnboardingError::InvalidCode, code);
+        }
         Err(e) => return refusal(&state, &e, code),
     };
     let username = account
@@ -461,8 +465,21 @@ pub async fn new_link(
 /// `GET /revoke?code=…`: asks whether to decline the invitation. Changes nothing.
 pub async fn revoke_page(state: Arc<AppState>, query: HashMap<String, String>) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
-    if PresentedCode::parse(code).is_err() {
+    let Ok(presented) = PresentedCode::parse(code) else {
         return refusal(&state, &OnboardingError::InvalidCode, code);
+    };
+    let account = match state.store.load(presented.user_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return refusal(&state, &OnboardingError::InvalidCode, code),
+        Err(e) => return unavailable(&state, e.into()),
+    };
+    // Any genuine code of a pending invitation may decline it, even an expired or replaced one.
+    match account.check_code(&presented, &state.keyring, Utc::now()) {
+        Ok(_)
+        | Err(OnboardingError::CodeExpired { .. })
+        | Err(OnboardingError::CodeSuperseded)
+        | Err(OnboardingError::CodeLocked) => {}
+        Err(e) => return refusal(&state, &e, code),
     }
     render(
         &state,

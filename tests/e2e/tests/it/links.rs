@@ -155,6 +155,23 @@ async fn admins_revoke_invitations_and_users_decline_them_from_the_mail() {
         .find(|w| w.contains("/revoke?code="))
         .expect("the mail carries a revoke link")
         .to_owned();
+    let forged = format!("{}A", &revoke_link[..revoke_link.len() - 1]);
+    let forged = if forged == revoke_link {
+        format!("{}B", &revoke_link[..revoke_link.len() - 1])
+    } else {
+        forged
+    };
+    let page = stack.http.get(&forged).send().await.unwrap();
+    assert_eq!(
+        page.status(),
+        400,
+        "a forged revoke link is not offered the decline button"
+    );
+    assert!(!page
+        .text()
+        .await
+        .unwrap()
+        .contains("Decline the invitation"));
     let ask = stack.http.get(&revoke_link).send().await.unwrap();
     assert_eq!(ask.status(), 200);
     let html = ask.text().await.unwrap();
