@@ -10,11 +10,10 @@ use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
 use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
-use onboarding_domain::{InviteUser, OnboardingCommand};
 use onboarding_email_worker::EmailWorker;
 use onboarding_gateway::AppState;
 use onboarding_relay::Relay;
-use onboarding_store::{Actor, Store, StoreError};
+use onboarding_store::{Actor, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -299,31 +298,15 @@ async fn invite(
         );
     }
     let store = store(settings).await?;
-    if store
-        .user_id_by_username(domain.as_str(), &username.key())
-        .await?
-        .is_some()
-    {
-        bail!("the username `{username}` already exists in domain {domain}");
-    }
-    let user_id = Uuid::now_v7();
-    let code = onboarding_store::new_code(&store.services().keyring, minutes);
-    let command = OnboardingCommand::InviteUser(Box::new(InviteUser {
-        user_id,
-        username: username.clone(),
+    let invitation = onboarding_store::Invitation {
+        username,
         email,
-        domain: domain.clone(),
+        domain,
         locale,
         claims: Default::default(),
-        code,
-        now: chrono::Utc::now(),
-    }));
-    match store.execute(user_id, command, &Actor::admin("cli")).await {
-        Err(StoreError::Conflict) => {
-            bail!("the username `{username}` already exists in domain {domain}")
-        }
-        other => other?,
-    }
+        validity_minutes: minutes,
+    };
+    let user_id = store.invite(invitation, &Actor::admin("cli")).await?;
     let account = store
         .load(user_id)
         .await?

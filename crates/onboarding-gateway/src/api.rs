@@ -10,9 +10,9 @@ use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
 use onboarding_domain::{
-    InviteUser, NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
+    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
 };
-use onboarding_store::{Actor, Idempotency, StoreError};
+use onboarding_store::{Actor, Idempotency, InviteError, StoreError};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -220,39 +220,26 @@ async fn create_user_inner(
         return Err(ApiError::Internal("validated fields missing".into()));
     };
 
-    let taken = |username: &Username, domain: &UserDomain| ApiError::UsernameTaken {
-        username: username.as_str().to_owned(),
-        domain: domain.as_str().to_owned(),
-    };
-    if state
-        .store
-        .user_id_by_username(domain.as_str(), &username.key())
-        .await?
-        .is_some()
-    {
-        return Err(taken(&username, &domain));
-    }
-    let user_id = Uuid::now_v7();
-    let command = OnboardingCommand::InviteUser(Box::new(InviteUser {
-        user_id,
-        username: username.clone(),
+    let invitation = onboarding_store::Invitation {
+        username,
         email,
-        domain: domain.clone(),
+        domain,
         locale,
         claims,
-        code: state.new_code(validity),
-        now: Utc::now(),
-    }));
-    match state
+        validity_minutes: validity,
+    };
+    let domain = invitation.domain.clone();
+    let user_id = match state
         .store
-        .execute(user_id, command, &Actor::admin(token_id))
+        .invite(invitation, &Actor::admin(token_id))
         .await
     {
-        Ok(()) => {}
-        // The username registry's unique index fired: someone invited the name concurrently.
-        Err(StoreError::Conflict) => return Err(taken(&username, &domain)),
-        Err(e) => return Err(e.into()),
-    }
+        Ok(id) => id,
+        Err(InviteError::UsernameTaken { username, domain }) => {
+            return Err(ApiError::UsernameTaken { username, domain })
+        }
+        Err(InviteError::Store(e)) => return Err(e.into()),
+    };
     metrics::counter!("onboard_invitations_total").increment(1);
     tracing::info!(%user_id, domain = %domain, "user invited");
     let account = load(state, user_id).await?;

@@ -187,6 +187,24 @@ fn forged(
     ))
 }
 
+/// What every public form post passes first: the per-client limit and the anti-forgery checks.
+/// Returns the form's code.
+fn admit<'f>(
+    state: &AppState,
+    client: Option<std::net::SocketAddr>,
+    provenance: &Provenance,
+    form: &'f HashMap<String, String>,
+) -> Result<&'f str, Box<Response>> {
+    if let Err(e) = state.throttle(client) {
+        return Err(Box::new(too_many(state, e)));
+    }
+    let code = form.get("code").map(String::as_str).unwrap_or_default();
+    match forged(state, code, form, provenance) {
+        Some(refused) => Err(Box::new(refused)),
+        None => Ok(code),
+    }
+}
+
 fn too_many(state: &AppState, e: ApiError) -> Response {
     let seconds = e.retry_after().unwrap_or(60);
     let line =
@@ -337,16 +355,10 @@ pub async fn submit(
     provenance: Provenance,
     form_data: HashMap<String, String>,
 ) -> Response {
-    if let Err(e) = state.throttle(client) {
-        return too_many(&state, e);
-    }
-    let code = form_data
-        .get("code")
-        .map(String::as_str)
-        .unwrap_or_default();
-    if let Some(refused) = forged(&state, code, &form_data, &provenance) {
-        return refused;
-    }
+    let code = match admit(&state, client, &provenance, &form_data) {
+        Ok(code) => code,
+        Err(refused) => return *refused,
+    };
     let password = form_data
         .get("password")
         .map(String::as_str)
@@ -417,16 +429,10 @@ pub async fn new_link(
     provenance: Provenance,
     form_data: HashMap<String, String>,
 ) -> Response {
-    if let Err(e) = state.throttle(client) {
-        return too_many(&state, e);
-    }
-    let code = form_data
-        .get("code")
-        .map(String::as_str)
-        .unwrap_or_default();
-    if let Some(refused) = forged(&state, code, &form_data, &provenance) {
-        return refused;
-    }
+    let code = match admit(&state, client, &provenance, &form_data) {
+        Ok(code) => code,
+        Err(refused) => return *refused,
+    };
     if let Ok(presented) = PresentedCode::parse(code) {
         let user_id = presented.user_id;
         let validity = state
@@ -501,16 +507,10 @@ pub async fn revoke_submit(
     provenance: Provenance,
     form_data: HashMap<String, String>,
 ) -> Response {
-    if let Err(e) = state.throttle(client) {
-        return too_many(&state, e);
-    }
-    let code = form_data
-        .get("code")
-        .map(String::as_str)
-        .unwrap_or_default();
-    if let Some(refused) = forged(&state, code, &form_data, &provenance) {
-        return refused;
-    }
+    let code = match admit(&state, client, &provenance, &form_data) {
+        Ok(code) => code,
+        Err(refused) => return *refused,
+    };
     let Ok(presented) = PresentedCode::parse(code) else {
         return refusal(&state, &OnboardingError::InvalidCode, code);
     };

@@ -302,6 +302,58 @@ pub fn stored_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, StoreErro
     })
 }
 
+/// An invitation to record, already parsed.
+pub struct Invitation {
+    pub username: onboarding_domain::value::Username,
+    pub email: onboarding_domain::value::EmailAddress,
+    pub domain: onboarding_domain::value::UserDomain,
+    pub locale: Option<onboarding_domain::value::Locale>,
+    pub claims: std::collections::BTreeMap<String, serde_json::Value>,
+    pub validity_minutes: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    #[error("the username `{username}` already exists in domain {domain}")]
+    UsernameTaken { username: String, domain: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Invites a user with a fresh id and code. The username registry decides uniqueness inside
+    /// the append's transaction; the look-up first only gives the common case a clear answer.
+    pub async fn invite(&self, invitation: Invitation, actor: &Actor) -> Result<Uuid, InviteError> {
+        let taken = || InviteError::UsernameTaken {
+            username: invitation.username.as_str().to_owned(),
+            domain: invitation.domain.as_str().to_owned(),
+        };
+        let existing = self
+            .user_id_by_username(invitation.domain.as_str(), &invitation.username.key())
+            .await?;
+        if existing.is_some() {
+            return Err(taken());
+        }
+        let user_id = Uuid::now_v7();
+        let command = OnboardingCommand::InviteUser(Box::new(onboarding_domain::InviteUser {
+            user_id,
+            username: invitation.username.clone(),
+            email: invitation.email.clone(),
+            domain: invitation.domain.clone(),
+            locale: invitation.locale.clone(),
+            claims: invitation.claims.clone(),
+            code: new_code(&self.services.keyring, invitation.validity_minutes),
+            now: Utc::now(),
+        }));
+        match self.execute(user_id, command, actor).await {
+            Ok(()) => Ok(user_id),
+            // The registry's unique index fired: someone invited the name concurrently.
+            Err(StoreError::Conflict) => Err(taken()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// One row of the admins' invitation list.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct AccountSummary {

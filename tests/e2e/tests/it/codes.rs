@@ -10,14 +10,7 @@ use crate::harness::{unique, Options, Stack};
 const PASSWORD: &str = "a quiet cab at midnight";
 
 async fn submit(stack: &Stack, code: &str, password: &str) -> (u16, Value) {
-    let r = stack
-        .http
-        .post(stack.url("/api/v1/password-submissions"))
-        .json(&json!({"code": code, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    stack.submit_password(code, password).await
 }
 
 #[tokio::test]
@@ -331,6 +324,16 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
 
     // A mail scanner: HEAD, GET twice, then form posts without a usable password.
     let scanner = "Mozilla/5.0 (compatible; SafeLinks scanner)";
+    let options = stack
+        .http
+        .request(reqwest::Method::OPTIONS, &link)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        options.status().is_client_error(),
+        "OPTIONS is answered without effect"
+    );
     assert_eq!(
         stack
             .http

@@ -401,6 +401,18 @@ name = "Pickup"
         r.json().await.unwrap()
     }
 
+    /// `POST /api/v1/password-submissions`: the status and the JSON answer.
+    pub async fn submit_password(&self, code: &str, password: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/password-submissions"))
+            .json(&serde_json::json!({"code": code, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
     /// Every mail MailDev holds for this recipient, oldest first.
     pub async fn mails_to(&self, address: &str) -> Vec<Mail> {
         let all: Vec<Value> = self

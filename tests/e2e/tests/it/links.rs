@@ -18,14 +18,7 @@ fn forge(code: &str, n: u8) -> String {
 }
 
 async fn submit(stack: &Stack, code: &str) -> (u16, Value) {
-    let r = stack
-        .http
-        .post(stack.url("/api/v1/password-submissions"))
-        .json(&json!({"code": code, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    stack.submit_password(code, PASSWORD).await
 }
 
 #[tokio::test]
