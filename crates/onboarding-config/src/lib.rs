@@ -325,6 +325,12 @@ impl Settings {
             ));
         }
         let h = &self.password_hashing;
+        if h.memory_kib > 4_194_304 || h.iterations > 100 || h.parallelism > 64 {
+            return bad(format!(
+                "password_hashing: memory_kib ({}) must be at most 4194304 (4 GiB), iterations ({}) at most 100 and parallelism ({}) at most 64",
+                h.memory_kib, h.iterations, h.parallelism
+            ));
+        }
         if h.memory_kib < 19_456 || h.iterations < 2 || h.parallelism < 1 {
             return bad(format!(
                 "password_hashing: memory_kib ({}) must be at least 19456, iterations ({}) at least 2 and parallelism ({}) at least 1 (OWASP's argon2id minimum)",

@@ -161,7 +161,7 @@ impl PasswordPolicy {
             .names
             .iter()
             .flat_map(|n| n.split_whitespace())
-            .map(str::to_lowercase)
+            .map(|n| n.nfkc().collect::<String>().to_lowercase())
             .filter(|n| n.chars().count() >= Self::MIN_CONTEXT)
             .collect();
         if names.iter().any(|n| lower.contains(n.as_str())) {
