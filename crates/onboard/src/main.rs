@@ -83,12 +83,36 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Mail templates: preview them, or send a test through the configured SMTP server.
+    Email {
+        #[command(subcommand)]
+        command: EmailCommand,
+    },
     /// Print one user's events, oldest first, as JSON lines (password hashes redacted).
     Events {
         /// User id, or username (with --domain).
         user: String,
         #[arg(long, default_value = UserDomain::PRIMARY)]
         domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EmailCommand {
+    /// Render a template (`invitation` or `welcome`) with sample values: subject, text and HTML.
+    Preview {
+        template: String,
+        #[arg(long)]
+        locale: Option<String>,
+        /// Write the HTML part to this file instead of printing it.
+        #[arg(long)]
+        html_out: Option<PathBuf>,
+    },
+    /// Send a sample invitation mail to ADDRESS and print the SMTP server's answer.
+    TestSend {
+        address: String,
+        #[arg(long)]
+        locale: Option<String>,
     },
 }
 
@@ -216,6 +240,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Email { command } => email(&settings, command).await,
         Command::Events { user, domain } => {
             let store = store(&settings).await?;
             let id = resolve(&store, &user, &domain).await?;
@@ -436,5 +461,72 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+fn sample(
+    mailer: &onboarding_email_worker::Mailer,
+    kind: &str,
+    locale: Option<&str>,
+) -> Result<onboarding_email_worker::templates::Rendered> {
+    let expires = chrono::Utc::now() + chrono::Duration::hours(24);
+    let rendered = match onboarding_email_worker::templates::Kind::parse(kind) {
+        Some(onboarding_email_worker::templates::Kind::Invitation) => {
+            mailer.render(&onboarding_email_worker::Invitation {
+                to: "jane@pickup.example",
+                username: "Jane",
+                link: "https://id.example/confirm?code=SAMPLE",
+                revoke_link: "https://id.example/revoke?code=SAMPLE",
+                locale,
+                expires_at: expires,
+            })
+        }
+        Some(onboarding_email_worker::templates::Kind::Welcome) => {
+            mailer.render_welcome("Jane", chrono::Utc::now(), locale)
+        }
+        None => bail!("unknown template `{kind}`; use invitation or welcome"),
+    };
+    rendered.context("the template does not render")
+}
+
+async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
+    let mailer = onboarding_email_worker::Mailer::new(
+        &settings.output_adapter.email,
+        &settings.organisation.name,
+    )?;
+    match command {
+        EmailCommand::Preview {
+            template,
+            locale,
+            html_out,
+        } => {
+            let r = sample(&mailer, &template, locale.as_deref())?;
+            println!(
+                "template: {} version {} locale {}",
+                r.template.id, r.template.version, r.template.locale
+            );
+            println!("subject: {}\n\n{}", r.subject, r.text);
+            match html_out {
+                Some(path) => {
+                    std::fs::write(&path, &r.html)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("(HTML part written to {})", path.display());
+                }
+                None => println!("--- HTML ---\n{}", r.html),
+            }
+            Ok(())
+        }
+        EmailCommand::TestSend { address, locale } => {
+            let r = sample(&mailer, "invitation", locale.as_deref())?;
+            let accepted = mailer
+                .send(&address, &r)
+                .await
+                .map_err(|e| anyhow::anyhow!("the SMTP server did not accept the mail: {e}"))?;
+            println!(
+                "accepted: {} (Message-ID {})",
+                accepted.smtp_response, accepted.message_id
+            );
+            Ok(())
+        }
     }
 }

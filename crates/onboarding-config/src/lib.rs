@@ -89,8 +89,16 @@ pub struct EmailSettings {
     pub timeout_seconds: u64,
     /// Attempts per mail before it is recorded as failed.
     pub max_attempts: u32,
-    /// Subject of the invitation mail (a template: `{{ organisation }}`, `{{ username }}`).
-    pub invitation_subject: String,
+    /// Overrides the invitation templates' subject in every locale (a template:
+    /// `{{ organisation }}`, `{{ username }}`). Unset: each locale's `invitation.subject.txt`.
+    #[serde(default)]
+    pub invitation_subject: Option<String>,
+    /// A directory with one folder per locale (`en/`, `de/`, …) holding `invitation.{subject.txt,
+    /// txt,html}` and `welcome.{subject.txt,txt,html}`. Unset: the templates built into the binary.
+    #[serde(default)]
+    pub templates_dir: Option<std::path::PathBuf>,
+    /// Locale used when the user's locale (and its language) has no templates.
+    pub default_locale: String,
 }
 
 impl EmailSettings {
@@ -236,7 +244,7 @@ fn defaults() -> Defaults {
             "enable_authentication": true,
             "timeout_seconds": 30,
             "max_attempts": 5,
-            "invitation_subject": "{{ organisation }}: create your password",
+            "default_locale": "en",
         }}),
         database: json!({"max_connections": 10}),
         kafka: json!({

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::code::{CodeBinding, CodeId, CodeKeyring, PresentedCode};
-use crate::event::{CodeIssueReason, OnboardingEvent};
+use crate::event::{CodeIssueReason, OnboardingEvent, TemplateRef};
 use crate::password::{
     Password, PasswordContext, PasswordHash, PasswordPolicy, PasswordRuleViolation,
 };
@@ -173,6 +173,12 @@ pub enum OnboardingCommand {
         code_id: CodeId,
         message_id: String,
         smtp_response: String,
+        template: Option<TemplateRef>,
+        now: DateTime<Utc>,
+    },
+    RecordWelcomeMailSent {
+        message_id: String,
+        template: TemplateRef,
         now: DateTime<Utc>,
     },
     RecordMailFailed {
@@ -214,6 +220,10 @@ pub enum OnboardingError {
     ResendLimited { retry_after_seconds: i64 },
     #[error("the code has not expired yet")]
     CodeNotExpired,
+    #[error("the welcome mail is already recorded as sent")]
+    WelcomeAlreadySent,
+    #[error("the account is not active yet")]
+    NotActive,
     #[error("the mail for code {0} is already recorded as sent")]
     MailAlreadySent(CodeId),
     #[error("code {0} was never issued to this user")]
@@ -272,6 +282,7 @@ pub struct Onboarding {
     pub delivery: Option<EmailDelivery>,
     pub password_set_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
+    pub welcome_sent_at: Option<DateTime<Utc>>,
 }
 
 impl Onboarding {
@@ -610,10 +621,32 @@ impl Aggregate for Onboarding {
                 sink.write(OnboardingEvent::UserActivated { activated_at: now }, self)
                     .await;
             }
+            OnboardingCommand::RecordWelcomeMailSent {
+                message_id,
+                template,
+                now,
+            } => {
+                if self.state != OnboardingState::Active {
+                    return Err(OnboardingError::NotActive);
+                }
+                if self.welcome_sent_at.is_some() {
+                    return Err(OnboardingError::WelcomeAlreadySent);
+                }
+                sink.write(
+                    OnboardingEvent::WelcomeMailSent {
+                        message_id,
+                        template,
+                        sent_at: now,
+                    },
+                    self,
+                )
+                .await;
+            }
             OnboardingCommand::RecordMailSent {
                 code_id,
                 message_id,
                 smtp_response,
+                template,
                 now,
             } => {
                 if !self.codes.iter().any(|c| c.code_id == code_id) {
@@ -627,6 +660,7 @@ impl Aggregate for Onboarding {
                         code_id,
                         message_id,
                         smtp_response,
+                        template,
                         sent_at: now,
                     },
                     self,
@@ -699,6 +733,9 @@ impl Aggregate for Onboarding {
                 self.delivery = Some(EmailDelivery::Queued);
             }
             OnboardingEvent::LinkOpened { .. } => self.links_opened += 1,
+            OnboardingEvent::WelcomeMailSent { sent_at, .. } => {
+                self.welcome_sent_at = Some(sent_at)
+            }
             OnboardingEvent::CodeCheckFailed { failures, .. } => self.failed_checks = failures,
             OnboardingEvent::CodeLocked { .. } => self.state = OnboardingState::Locked,
             OnboardingEvent::CodeExpired { .. } => self.state = OnboardingState::Expired,

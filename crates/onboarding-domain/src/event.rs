@@ -21,6 +21,15 @@ pub enum CodeIssueReason {
     UserRequest,
 }
 
+/// Which template a mail was rendered from: its id, a version (a digest of its files) and the
+/// locale chosen after fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    pub id: String,
+    pub version: String,
+    pub locale: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OnboardingEvent {
     UserInvited {
@@ -81,6 +90,14 @@ pub enum OnboardingEvent {
         code_id: CodeId,
         message_id: String,
         smtp_response: String,
+        #[serde(default)]
+        template: Option<TemplateRef>,
+        sent_at: DateTime<Utc>,
+    },
+    /// The "your account is ready" mail went out after activation.
+    WelcomeMailSent {
+        message_id: String,
+        template: TemplateRef,
         sent_at: DateTime<Utc>,
     },
     InvitationMailFailed {
@@ -101,6 +118,7 @@ impl OnboardingEvent {
             Self::PasswordSet { .. } => "PasswordSet",
             Self::UserActivated { .. } => "UserActivated",
             Self::InvitationMailSent { .. } => "InvitationMailSent",
+            Self::WelcomeMailSent { .. } => "WelcomeMailSent",
             Self::InvitationMailFailed { .. } => "InvitationMailFailed",
             Self::LinkOpened { .. } => "LinkOpened",
             Self::CodeCheckFailed { .. } => "CodeCheckFailed",

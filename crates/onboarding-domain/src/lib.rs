@@ -15,4 +15,4 @@ pub use aggregate::{
     EmailDelivery, HashingFailed, InviteUser, IssuedCode, NewCode, Onboarding, OnboardingCommand,
     OnboardingError, OnboardingServices, OnboardingState, PasswordHasher, ResendLimits, RevokedBy,
 };
-pub use event::{CodeIssueReason, OnboardingEvent};
+pub use event::{CodeIssueReason, OnboardingEvent, TemplateRef};

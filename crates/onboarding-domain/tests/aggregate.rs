@@ -362,12 +362,14 @@ async fn a_sent_mail_is_recorded_once_per_code() {
         code_id: code_id(1),
         message_id: "<m1@pickup.example>".into(),
         smtp_response: "250 OK".into(),
+        template: None,
         sent_at: t0(),
     };
     let record = || OnboardingCommand::RecordMailSent {
         code_id: code_id(1),
         message_id: "<m1@pickup.example>".into(),
         smtp_response: "250 OK".into(),
+        template: None,
         now: t0(),
     };
     framework()
@@ -715,4 +717,44 @@ async fn a_daily_cap_of_zero_refuses_every_resend_without_panicking() {
         .then_expect_error(OnboardingError::ResendLimited {
             retry_after_seconds: Duration::hours(24).num_seconds(),
         });
+}
+
+fn welcome_template() -> onboarding_domain::TemplateRef {
+    onboarding_domain::TemplateRef {
+        id: "welcome".into(),
+        version: "abc123".into(),
+        locale: "en".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_welcome_mail_is_recorded_once_and_only_for_an_active_account() {
+    let record = || OnboardingCommand::RecordWelcomeMailSent {
+        message_id: "<w1@pickup.example>".into(),
+        template: welcome_template(),
+        now: t0(),
+    };
+    framework()
+        .given(live())
+        .when_async(record())
+        .await
+        .then_expect_error(OnboardingError::NotActive);
+    let mut active = live();
+    active.extend(activated_events(t0()));
+    let sent = OnboardingEvent::WelcomeMailSent {
+        message_id: "<w1@pickup.example>".into(),
+        template: welcome_template(),
+        sent_at: t0(),
+    };
+    framework()
+        .given(active.clone())
+        .when_async(record())
+        .await
+        .then_expect_events(vec![sent.clone()]);
+    active.push(sent);
+    framework()
+        .given(active)
+        .when_async(record())
+        .await
+        .then_expect_error(OnboardingError::WelcomeAlreadySent);
 }

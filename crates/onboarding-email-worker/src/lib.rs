@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mail;
+pub mod templates;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use chrono::Utc;
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
 use onboarding_domain::{OnboardingCommand, OnboardingError};
-use onboarding_events::{CodeIssuedV1, PublicEvent};
+use onboarding_events::{CodeIssuedV1, PublicEvent, UserActivatedV1};
 use onboarding_relay::kafka::base_config;
 use onboarding_store::{Actor, Store, StoreError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -200,11 +201,17 @@ impl EmailWorker {
             .and_then(|v| std::str::from_utf8(v).ok())
             .unwrap_or_default()
             .to_owned();
-        if ce_type != CodeIssuedV1::TYPE {
+        if ce_type != CodeIssuedV1::TYPE && ce_type != UserActivatedV1::TYPE {
             return Ok(());
         }
         let event = match PublicEvent::parse(&ce_type, msg.payload().unwrap_or_default()) {
             Ok(PublicEvent::CodeIssued(e)) => e,
+            Ok(PublicEvent::UserActivated(e)) => {
+                let outcome = self.welcome(&e, shutdown).await?;
+                metrics::counter!("onboard_mail_total", "kind" => "welcome", "outcome" => outcome.label()).increment(1);
+                tracing::info!(user_id = %e.user_id, outcome = outcome.label(), "activation handled");
+                return Ok(());
+            }
             Ok(_) => return Ok(()),
             Err(e) => {
                 // Not ours to fix and retrying cannot help: log it and move on.
@@ -215,7 +222,7 @@ impl EmailWorker {
         };
         let started = Instant::now();
         let outcome = self.handle(&event, shutdown).await?;
-        metrics::counter!("onboard_mail_total", "outcome" => outcome.label()).increment(1);
+        metrics::counter!("onboard_mail_total", "kind" => "invitation", "outcome" => outcome.label()).increment(1);
         if outcome == Outcome::Sent {
             metrics::histogram!("onboard_mail_send_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -266,6 +273,7 @@ impl EmailWorker {
             username: username.as_str(),
             link: &link,
             revoke_link: &revoke_link,
+            locale: account.locale.as_ref().map(|l| l.as_str()),
             expires_at: live.expires_at,
         });
         let rendered = match rendered {
@@ -280,9 +288,19 @@ impl EmailWorker {
         let mut delay = Duration::from_millis(500);
         loop {
             attempt += 1;
-            match self.mailer.send(email.as_str(), rendered.clone()).await {
+            match self.mailer.send(email.as_str(), &rendered).await {
                 Ok(accepted) => {
-                    return Ok(self.record_sent(event.user_id, code_id, accepted).await?)
+                    let template = rendered.template.clone();
+                    let outcome = self
+                        .record_after_send(event.user_id, |now| OnboardingCommand::RecordMailSent {
+                            code_id,
+                            message_id: accepted.message_id.clone(),
+                            smtp_response: accepted.smtp_response.clone(),
+                            template: Some(template.clone()),
+                            now,
+                        })
+                        .await?;
+                    return Ok(outcome);
                 }
                 Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
                     tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
@@ -303,33 +321,26 @@ impl EmailWorker {
         }
     }
 
-    /// Records that the SMTP server accepted the mail. The mail is out: this retries for up to a
+    /// Records that the SMTP server accepted a mail. The mail is out: this retries for up to a
     /// minute (through database hiccups and concurrent changes) rather than let the record be
     /// handled again, which would mail a second time.
-    async fn record_sent(
+    async fn record_after_send(
         &self,
         user_id: uuid::Uuid,
-        code_id: CodeId,
-        accepted: mail::Accepted,
+        command: impl Fn(chrono::DateTime<Utc>) -> OnboardingCommand,
     ) -> Result<Outcome, StoreError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut pause = Duration::from_millis(100);
         loop {
-            let cmd = OnboardingCommand::RecordMailSent {
-                code_id,
-                message_id: accepted.message_id.clone(),
-                smtp_response: accepted.smtp_response.clone(),
-                now: Utc::now(),
-            };
             match self
                 .store
-                .execute(user_id, cmd, &Actor::system("email-worker"))
+                .execute(user_id, command(Utc::now()), &Actor::system("email-worker"))
                 .await
             {
                 Ok(()) => return Ok(Outcome::Sent),
-                Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
-                    return Ok(Outcome::AlreadySent)
-                }
+                Err(StoreError::Refused(
+                    OnboardingError::MailAlreadySent(_) | OnboardingError::WelcomeAlreadySent,
+                )) => return Ok(Outcome::AlreadySent),
                 Err(e @ (StoreError::Conflict | StoreError::Unavailable(_)))
                     if Instant::now() < deadline =>
                 {
@@ -340,6 +351,69 @@ impl EmailWorker {
                 Err(e) => {
                     tracing::error!(error = %e, %user_id, "mail sent but could not be recorded; it may be sent again");
                     return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Sends the "your account is ready" mail once after activation.
+    #[tracing::instrument(skip_all, fields(user_id = %event.user_id))]
+    pub async fn welcome(
+        &self,
+        event: &UserActivatedV1,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, HandleError> {
+        let Some(account) = self.store.load(event.user_id).await? else {
+            return Ok(Outcome::UnknownUser);
+        };
+        if account.welcome_sent_at.is_some() {
+            return Ok(Outcome::AlreadySent);
+        }
+        let (Some(username), Some(email), Some(activated_at)) =
+            (&account.username, &account.email, account.activated_at)
+        else {
+            return Ok(Outcome::NotPending);
+        };
+        let rendered = match self.mailer.render_welcome(
+            username.as_str(),
+            activated_at,
+            account.locale.as_ref().map(|l| l.as_str()),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "welcome template failed; no welcome mail");
+                return Ok(Outcome::Failed { permanent: true });
+            }
+        };
+        let mut attempt = 0;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            attempt += 1;
+            match self.mailer.send(email.as_str(), &rendered).await {
+                Ok(accepted) => {
+                    let outcome = self
+                        .record_after_send(event.user_id, |now| {
+                            OnboardingCommand::RecordWelcomeMailSent {
+                                message_id: accepted.message_id.clone(),
+                                template: rendered.template.clone(),
+                                now,
+                            }
+                        })
+                        .await?;
+                    return Ok(outcome);
+                }
+                Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
+                    tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "welcome mail failed");
+                    return Ok(Outcome::Failed {
+                        permanent: e.is_permanent(),
+                    });
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(HandleError::Stopped),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }

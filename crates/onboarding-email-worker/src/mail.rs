@@ -8,7 +8,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use minijinja::{context, Environment};
+use minijinja::context;
+
+use crate::templates::{format_instant, Catalogue, Kind, Rendered};
 use onboarding_config::EmailSettings;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -44,19 +46,14 @@ pub struct Invitation<'a> {
     pub link: &'a str,
     /// "I didn't expect this": declines the invitation.
     pub revoke_link: &'a str,
+    /// The user's locale, if the invitation has one.
+    pub locale: Option<&'a str>,
     pub expires_at: DateTime<Utc>,
-}
-
-#[derive(Clone)]
-pub struct RenderedMail {
-    pub subject: String,
-    pub text: String,
-    pub html: String,
 }
 
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
-    templates: Environment<'static>,
+    templates: Catalogue,
     from: Mailbox,
     message_id_domain: String,
     organisation: String,
@@ -106,22 +103,12 @@ impl Mailer {
             address,
         );
 
-        let mut templates = Environment::new();
-        templates
-            .add_template_owned("subject", settings.invitation_subject.clone())
-            .map_err(|e| SetupError::Template(e.to_string()))?;
-        templates
-            .add_template(
-                "invitation.txt",
-                include_str!("../templates/invitation.txt"),
-            )
-            .map_err(|e| SetupError::Template(e.to_string()))?;
-        templates
-            .add_template(
-                "invitation.html",
-                include_str!("../templates/invitation.html"),
-            )
-            .map_err(|e| SetupError::Template(e.to_string()))?;
+        let templates = Catalogue::load(
+            settings.templates_dir.as_deref(),
+            &settings.default_locale,
+            settings.invitation_subject.as_deref(),
+        )
+        .map_err(|e| SetupError::Template(e.to_string()))?;
 
         Ok(Self {
             transport: builder.build(),
@@ -132,35 +119,45 @@ impl Mailer {
         })
     }
 
-    pub fn render(&self, inv: &Invitation<'_>) -> Result<RenderedMail, minijinja::Error> {
-        let expires_at_text = inv.expires_at.format("%A %-d %B %Y, %H:%M UTC").to_string();
-        let subject = self.templates.get_template("subject")?.render(context! {
-            organisation => &self.organisation,
-            username => inv.username,
-        })?;
-        let ctx = context! {
-            subject => &subject,
-            organisation => &self.organisation,
-            username => inv.username,
-            link => inv.link,
-            revoke_link => inv.revoke_link,
-            expires_at => inv.expires_at.to_rfc3339(),
-            expires_at_text => expires_at_text,
-        };
-        Ok(RenderedMail {
-            text: self
-                .templates
-                .get_template("invitation.txt")?
-                .render(&ctx)?,
-            html: self
-                .templates
-                .get_template("invitation.html")?
-                .render(&ctx)?,
-            subject,
-        })
+    pub fn templates(&self) -> &Catalogue {
+        &self.templates
     }
 
-    pub async fn send(&self, to: &str, mail: RenderedMail) -> Result<Accepted, MailError> {
+    pub fn render(&self, inv: &Invitation<'_>) -> Result<Rendered, minijinja::Error> {
+        let locale = self.templates.resolve(Kind::Invitation, inv.locale);
+        self.templates.render(
+            Kind::Invitation,
+            inv.locale,
+            context! {
+                organisation => &self.organisation,
+                username => inv.username,
+                link => inv.link,
+                revoke_link => inv.revoke_link,
+                expires_at => inv.expires_at.to_rfc3339(),
+                expires_at_text => format_instant(inv.expires_at, &locale),
+            },
+        )
+    }
+
+    pub fn render_welcome(
+        &self,
+        username: &str,
+        activated_at: DateTime<Utc>,
+        locale: Option<&str>,
+    ) -> Result<Rendered, minijinja::Error> {
+        let resolved = self.templates.resolve(Kind::Welcome, locale);
+        self.templates.render(
+            Kind::Welcome,
+            locale,
+            context! {
+                organisation => &self.organisation,
+                username,
+                activated_at_text => format_instant(activated_at, &resolved),
+            },
+        )
+    }
+
+    pub async fn send(&self, to: &str, mail: &Rendered) -> Result<Accepted, MailError> {
         let to: Mailbox = to
             .parse()
             .map_err(|e| MailError::Permanent(format!("recipient address refused: {e}")))?;
@@ -168,9 +165,12 @@ impl Mailer {
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(mail.subject)
+            .subject(mail.subject.clone())
             .message_id(Some(message_id.clone()))
-            .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))
+            .multipart(MultiPart::alternative_plain_html(
+                mail.text.clone(),
+                mail.html.clone(),
+            ))
             .map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))?;
         match self.transport.send(message).await {
             Ok(response) => Ok(Accepted {

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use onboarding_domain::{CodeIssueReason, OnboardingEvent, RevokedBy};
+use onboarding_domain::{CodeIssueReason, OnboardingEvent, RevokedBy, TemplateRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -85,6 +85,37 @@ pub struct InvitationMailSentV1 {
     pub code_id: Uuid,
     pub message_id: String,
     pub smtp_response: String,
+    /// The template the mail was rendered from (absent for mails sent before templates were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateV1>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// A mail template: id, version (a digest of its files) and the locale chosen after fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateV1 {
+    pub id: String,
+    pub version: String,
+    pub locale: String,
+}
+
+impl From<TemplateRef> for TemplateV1 {
+    fn from(t: TemplateRef) -> Self {
+        Self {
+            id: t.id,
+            version: t.version,
+            locale: t.locale,
+        }
+    }
+}
+
+/// The "your account is ready" mail went out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WelcomeMailSentV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub message_id: String,
+    pub template: TemplateV1,
     pub sent_at: DateTime<Utc>,
 }
 
@@ -168,6 +199,7 @@ pub enum PublicEvent {
     CodeLocked(CodeLockedV1),
     CodeExpired(CodeExpiredV1),
     InvitationRevoked(InvitationRevokedV1),
+    WelcomeMailSent(WelcomeMailSentV1),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +214,7 @@ pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/json";
 
 /// Every public type, for schema generation and documentation.
-pub const TYPES: [&str; 11] = [
+pub const TYPES: [&str; 12] = [
     UserInvitedV1::TYPE,
     CodeIssuedV1::TYPE,
     PasswordSetV1::TYPE,
@@ -194,6 +226,7 @@ pub const TYPES: [&str; 11] = [
     CodeLockedV1::TYPE,
     CodeExpiredV1::TYPE,
     InvitationRevokedV1::TYPE,
+    WelcomeMailSentV1::TYPE,
 ];
 
 macro_rules! types {
@@ -214,6 +247,7 @@ types! {
     CodeLockedV1 => "onboard.user.code_locked.v1",
     CodeExpiredV1 => "onboard.user.code_expired.v1",
     InvitationRevokedV1 => "onboard.user.invitation_revoked.v1",
+    WelcomeMailSentV1 => "onboard.user.welcome_mail_sent.v1",
 }
 
 impl PublicEvent {
@@ -275,6 +309,7 @@ impl PublicEvent {
                 code_id,
                 message_id,
                 smtp_response,
+                template,
                 sent_at,
             } => Self::InvitationMailSent(InvitationMailSentV1 {
                 user_id,
@@ -282,6 +317,18 @@ impl PublicEvent {
                 code_id: code_id.as_uuid(),
                 message_id,
                 smtp_response,
+                template: template.map(TemplateV1::from),
+                sent_at,
+            }),
+            OnboardingEvent::WelcomeMailSent {
+                message_id,
+                template,
+                sent_at,
+            } => Self::WelcomeMailSent(WelcomeMailSentV1 {
+                user_id,
+                sequence,
+                message_id,
+                template: template.into(),
                 sent_at,
             }),
             OnboardingEvent::InvitationMailFailed {
@@ -364,6 +411,7 @@ impl PublicEvent {
             Self::CodeLocked(_) => CodeLockedV1::TYPE,
             Self::CodeExpired(_) => CodeExpiredV1::TYPE,
             Self::InvitationRevoked(_) => InvitationRevokedV1::TYPE,
+            Self::WelcomeMailSent(_) => WelcomeMailSentV1::TYPE,
         }
     }
 
@@ -380,6 +428,7 @@ impl PublicEvent {
             Self::CodeLocked(e) => e.user_id,
             Self::CodeExpired(e) => e.user_id,
             Self::InvitationRevoked(e) => e.user_id,
+            Self::WelcomeMailSent(e) => e.user_id,
         }
     }
 
@@ -396,6 +445,7 @@ impl PublicEvent {
             Self::CodeLocked(e) => e.sequence,
             Self::CodeExpired(e) => e.sequence,
             Self::InvitationRevoked(e) => e.sequence,
+            Self::WelcomeMailSent(e) => e.sequence,
         }
     }
 
@@ -416,6 +466,7 @@ impl PublicEvent {
             Self::CodeLocked(e) => serde_json::to_vec(e),
             Self::CodeExpired(e) => serde_json::to_vec(e),
             Self::InvitationRevoked(e) => serde_json::to_vec(e),
+            Self::WelcomeMailSent(e) => serde_json::to_vec(e),
         };
         value.expect("public events always serialise")
     }
@@ -440,6 +491,7 @@ impl PublicEvent {
             CodeLockedV1::TYPE => Self::CodeLocked(de(ce_type, value)?),
             CodeExpiredV1::TYPE => Self::CodeExpired(de(ce_type, value)?),
             InvitationRevokedV1::TYPE => Self::InvitationRevoked(de(ce_type, value)?),
+            WelcomeMailSentV1::TYPE => Self::WelcomeMailSent(de(ce_type, value)?),
             other => return Err(ContractError::UnknownType(other.to_owned())),
         })
     }
@@ -473,6 +525,7 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<CodeLockedV1>(CodeLockedV1::TYPE),
         one::<CodeExpiredV1>(CodeExpiredV1::TYPE),
         one::<InvitationRevokedV1>(InvitationRevokedV1::TYPE),
+        one::<WelcomeMailSentV1>(WelcomeMailSentV1::TYPE),
     ]
 }
 

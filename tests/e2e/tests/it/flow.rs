@@ -106,6 +106,16 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
     let done = done.text().await.unwrap();
     assert!(done.contains("Your account is active"), "{done}");
 
+    // A welcome mail says the account is ready (not that a password was reset).
+    let mails = stack.wait_for_mails(&email, 2).await;
+    assert_eq!(mails[1].subject(), "Pickup: your account is ready");
+    assert!(
+        mails[1].text().contains("account is ready"),
+        "{}",
+        mails[1].text()
+    );
+    assert!(!mails[1].text().to_lowercase().contains("reset"));
+
     // The admin view says Active.
     let view = stack.user(&id).await;
     assert_eq!(view["state"], "Active");
@@ -122,6 +132,7 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
         "onboard.user.link_opened.v1",
         "onboard.user.password_set.v1",
         "onboard.user.activated.v1",
+        "onboard.user.welcome_mail_sent.v1",
     ];
     let records = stack.user_records(&id, &types).await;
     let seen: Vec<&str> = records
@@ -133,7 +144,7 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
         .iter()
         .map(|r| r.value["sequence"].as_i64().unwrap())
         .collect();
-    assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(
         records[3].value["client"], "unknown",
         "the test client sends no user agent"
@@ -168,6 +179,9 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
         );
     }
     assert_eq!(records[0].value["email"], email.as_str());
+    assert_eq!(records[2].value["template"]["id"], "invitation");
+    assert_eq!(records[2].value["template"]["locale"], "en");
+    assert_eq!(records[6].value["template"]["id"], "welcome");
     assert_eq!(
         records[1].value["expires_at"]
             .as_str()
@@ -249,4 +263,61 @@ async fn health_readiness_and_metrics_answer() {
         .unwrap();
     assert!(m.contains("onboard_invitations_total 1"), "{m}");
     assert!(m.contains("onboard_http_requests_total"));
+}
+
+#[tokio::test]
+async fn a_user_with_a_german_locale_gets_german_mails_and_templates_preview_from_the_cli() {
+    let stack = Stack::start("locale", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("de."));
+    let created = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&serde_json::json!({"username": "Greta", "email": email, "locale": "de-AT"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mail = stack.wait_for_mail(&email).await;
+    assert_eq!(mail.subject(), "Pickup: Legen Sie Ihr Passwort fest");
+    assert!(mail.html().contains("Passwort festlegen"));
+    let records = stack
+        .user_records(&id, &["onboard.user.invitation_mail_sent.v1"])
+        .await;
+    let sent = records
+        .iter()
+        .find(|r| r.headers["ce_type"] == "onboard.user.invitation_mail_sent.v1")
+        .unwrap();
+    assert_eq!(
+        sent.value["template"]["locale"], "de",
+        "de-AT falls back to de"
+    );
+
+    let out = stack.cli(&["email", "preview", "welcome", "--locale", "pt-BR"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("locale en"),
+        "pt-BR falls back to the default: {text}"
+    );
+    assert!(text.contains("subject: Pickup: your account is ready"));
+    let out = stack.cli(&["email", "preview", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use invitation or welcome"));
+
+    let probe = format!("{}@pickup.example", unique("probe."));
+    let out = stack.cli(&["email", "test-send", &probe]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("accepted: 250"));
+    stack.wait_for_mail(&probe).await;
 }
