@@ -284,31 +284,47 @@ impl EmailWorker {
                     .await?)
             }
         };
-        let mut attempt = 0;
+        match self
+            .send_with_retries(email.as_str(), &rendered, shutdown)
+            .await?
+        {
+            Ok(accepted) => {
+                let template = rendered.template.clone();
+                let outcome = self
+                    .record_after_send(event.user_id, |now| OnboardingCommand::RecordMailSent {
+                        code_id,
+                        message_id: accepted.message_id.clone(),
+                        smtp_response: accepted.smtp_response.clone(),
+                        template: Some(template.clone()),
+                        now,
+                    })
+                    .await?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, recipient_domain = %email.domain(), "invitation mail failed");
+                Ok(self
+                    .record_failure(event, code_id, e.to_string(), e.is_permanent())
+                    .await?)
+            }
+        }
+    }
+
+    /// Sends, retrying transient failures (4xx, timeouts, refused connections) with exponential
+    /// backoff and jitter up to `max_attempts`; stops at once on a permanent one. The outer error
+    /// means the worker is stopping and the mail was not sent.
+    async fn send_with_retries(
+        &self,
+        to: &str,
+        mail: &templates::Rendered,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<mail::Accepted, MailError>, HandleError> {
         let mut delay = Duration::from_millis(500);
+        let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.mailer.send(email.as_str(), &rendered).await {
-                Ok(accepted) => {
-                    let template = rendered.template.clone();
-                    let outcome = self
-                        .record_after_send(event.user_id, |now| OnboardingCommand::RecordMailSent {
-                            code_id,
-                            message_id: accepted.message_id.clone(),
-                            smtp_response: accepted.smtp_response.clone(),
-                            template: Some(template.clone()),
-                            now,
-                        })
-                        .await?;
-                    return Ok(outcome);
-                }
-                Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
-                    tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
-                    return Ok(self
-                        .record_failure(event, code_id, e.to_string(), e.is_permanent())
-                        .await?);
-                }
-                Err(e) => {
+            match self.mailer.send(to, mail).await {
+                Err(e) if !e.is_permanent() && attempt < self.max_attempts => {
                     tracing::info!(error = %e, attempt, "transient mail failure; retrying");
                     let pause = delay + Duration::from_millis(rand::random::<u64>() % 250);
                     tokio::select! {
@@ -317,6 +333,7 @@ impl EmailWorker {
                     }
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
+                result => return Ok(result),
             }
         }
     }
@@ -385,36 +402,27 @@ impl EmailWorker {
                 return Ok(Outcome::Failed { permanent: true });
             }
         };
-        let mut attempt = 0;
-        let mut delay = Duration::from_millis(500);
-        loop {
-            attempt += 1;
-            match self.mailer.send(email.as_str(), &rendered).await {
-                Ok(accepted) => {
-                    let outcome = self
-                        .record_after_send(event.user_id, |now| {
-                            OnboardingCommand::RecordWelcomeMailSent {
-                                message_id: accepted.message_id.clone(),
-                                template: rendered.template.clone(),
-                                now,
-                            }
-                        })
-                        .await?;
-                    return Ok(outcome);
-                }
-                Err(e) if e.is_permanent() || attempt >= self.max_attempts => {
-                    tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "welcome mail failed");
-                    return Ok(Outcome::Failed {
-                        permanent: e.is_permanent(),
-                    });
-                }
-                Err(_) => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Err(HandleError::Stopped),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
+        match self
+            .send_with_retries(email.as_str(), &rendered, shutdown)
+            .await?
+        {
+            Ok(accepted) => {
+                let outcome = self
+                    .record_after_send(event.user_id, |now| {
+                        OnboardingCommand::RecordWelcomeMailSent {
+                            message_id: accepted.message_id.clone(),
+                            template: rendered.template.clone(),
+                            now,
+                        }
+                    })
+                    .await?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, recipient_domain = %email.domain(), "welcome mail failed");
+                Ok(Outcome::Failed {
+                    permanent: e.is_permanent(),
+                })
             }
         }
     }
