@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use minijinja::{context, Environment, Value};
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
-use onboarding_domain::{OnboardingCommand, OnboardingError};
+use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError};
 use onboarding_store::Actor;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -299,13 +299,9 @@ pub async fn show(
     query: HashMap<String, String>,
 ) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
-    let Ok(presented) = PresentedCode::parse(code) else {
-        return refusal(&state, &OnboardingError::InvalidCode, code);
-    };
-    let account = match state.store.load(presented.user_id).await {
-        Ok(Some(a)) => a,
-        Ok(None) => return refusal(&state, &OnboardingError::InvalidCode, code),
-        Err(e) => return unavailable(&state, e.into()),
+    let (presented, account) = match account_for(&state, code).await {
+        Ok(found) => found,
+        Err(page) => return *page,
     };
     let opened = OnboardingCommand::RecordLinkOpened {
         presented: presented.clone(),
@@ -334,6 +330,29 @@ pub async fn show(
             StatusCode::OK,
         ),
         Err(e) => refusal(&state, &e, code),
+    }
+}
+
+/// The account a code names, or the page that says why there is none.
+async fn account_for(
+    state: &AppState,
+    code: &str,
+) -> Result<(PresentedCode, Onboarding), Box<Response>> {
+    let Ok(presented) = PresentedCode::parse(code) else {
+        return Err(Box::new(refusal(
+            state,
+            &OnboardingError::InvalidCode,
+            code,
+        )));
+    };
+    match state.store.load(presented.user_id).await {
+        Ok(Some(account)) => Ok((presented, account)),
+        Ok(None) => Err(Box::new(refusal(
+            state,
+            &OnboardingError::InvalidCode,
+            code,
+        ))),
+        Err(e) => Err(Box::new(unavailable(state, e.into()))),
     }
 }
 
@@ -368,13 +387,9 @@ pub async fn submit(
         .map(String::as_str)
         .unwrap_or_default();
 
-    let Ok(presented) = PresentedCode::parse(code) else {
-        return refusal(&state, &OnboardingError::InvalidCode, code);
-    };
-    let account = match state.store.load(presented.user_id).await {
-        Ok(Some(a)) => a,
-        Ok(None) => return refusal(&state, &OnboardingError::InvalidCode, code),
-        Err(e) => return unavailable(&state, e.into()),
+    let (presented, account) = match account_for(&state, code).await {
+        Ok(found) => found,
+        Err(page) => return *page,
     };
     let issued = match account.check_code(&presented, &state.keyring, Utc::now()) {
         Ok(issued) => issued.clone(),
@@ -471,13 +486,9 @@ pub async fn new_link(
 /// `GET /revoke?code=…`: asks whether to decline the invitation. Changes nothing.
 pub async fn revoke_page(state: Arc<AppState>, query: HashMap<String, String>) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
-    let Ok(presented) = PresentedCode::parse(code) else {
-        return refusal(&state, &OnboardingError::InvalidCode, code);
-    };
-    let account = match state.store.load(presented.user_id).await {
-        Ok(Some(a)) => a,
-        Ok(None) => return refusal(&state, &OnboardingError::InvalidCode, code),
-        Err(e) => return unavailable(&state, e.into()),
+    let (presented, account) = match account_for(&state, code).await {
+        Ok(found) => found,
+        Err(page) => return *page,
     };
     // Any genuine code of a pending invitation may decline it, even an expired or replaced one.
     match account.check_code(&presented, &state.keyring, Utc::now()) {

@@ -95,15 +95,7 @@ async fn resend_mails_a_new_code_and_kills_the_old_one() {
         .to_owned();
     let old = stack.wait_for_mail(&email).await.code();
 
-    let r = stack
-        .admin(
-            stack
-                .http
-                .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = stack.resend(&id).await;
     assert_eq!(r.status(), 202);
     let mails = stack.wait_for_mails(&email, 2).await;
     let new = mails[1].code();
@@ -127,15 +119,7 @@ async fn resend_mails_a_new_code_and_kills_the_old_one() {
     let (status, _) = submit(&stack, &new, PASSWORD).await;
     assert_eq!(status, 200);
 
-    let r = stack
-        .admin(
-            stack
-                .http
-                .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = stack.resend(&id).await;
     assert_eq!(r.status(), 409, "no resend after activation");
 }
 
@@ -236,15 +220,7 @@ async fn a_new_link_request_answers_the_same_whether_or_not_a_link_is_sent() {
         .unwrap()
         .to_owned();
     let old = stack.wait_for_mail(&email).await.code();
-    let r = stack
-        .admin(
-            stack
-                .http
-                .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = stack.resend(&id).await;
     assert_eq!(r.status(), 202);
     stack.wait_for_mails(&email, 2).await;
 

@@ -401,6 +401,17 @@ name = "Pickup"
         r.json().await.unwrap()
     }
 
+    /// `POST /api/v1/users/{id}/resend` with the admin token.
+    pub async fn resend(&self, id: &str) -> reqwest::Response {
+        self.admin(
+            self.http
+                .post(self.url(&format!("/api/v1/users/{id}/resend"))),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
     /// `POST /api/v1/password-submissions`: the status and the JSON answer.
     pub async fn submit_password(&self, code: &str, password: &str) -> (u16, Value) {
         let r = self

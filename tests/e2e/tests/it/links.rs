@@ -77,15 +77,7 @@ async fn resends_are_limited_with_retry_after() {
         .as_str()
         .unwrap()
         .to_owned();
-    let r = stack
-        .admin(
-            stack
-                .http
-                .post(stack.url(&format!("/api/v1/users/{id}/resend"))),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = stack.resend(&id).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
