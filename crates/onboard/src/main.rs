@@ -47,7 +47,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every component in one process: gateway, relay and email worker (the default on one machine).
+    /// Run every component in one process: gateway, relay, email worker and scheduler (the default on one machine).
     Serve,
     /// Run only the HTTP gateway (admin API, password page, health, metrics).
     Gateway,
@@ -71,7 +71,7 @@ enum Command {
         email: String,
         #[arg(long, default_value = UserDomain::PRIMARY)]
         domain: String,
-        /// Language tag recorded with the invitation, e.g. `en` or `pt-BR` (mails are in English for now).
+        /// Language tag for the user's mails, e.g. `en` or `de-AT` (falls back to its language, then the default locale).
         #[arg(long)]
         locale: Option<String>,
         /// Minutes the code stays valid (default: identity_mgt.user_onboarding.ask_password_email_validity).
@@ -489,6 +489,13 @@ fn sample(
     rendered.context("the template does not render")
 }
 
+fn locale_arg(locale: Option<String>) -> Result<Option<String>> {
+    locale
+        .map(|l| Locale::parse(&l).map(|l| l.as_str().to_owned()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--locale: {}", e.0))
+}
+
 async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
     let mailer = onboarding_email_worker::Mailer::new(
         &settings.output_adapter.email,
@@ -517,7 +524,7 @@ async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
             Ok(())
         }
         EmailCommand::TestSend { address, locale } => {
-            let r = sample(&mailer, "invitation", locale.as_deref())?;
+            let r = sample(&mailer, "invitation", locale_arg(locale)?.as_deref())?;
             let accepted = mailer
                 .send(&address, &r)
                 .await

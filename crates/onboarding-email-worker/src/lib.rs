@@ -8,6 +8,8 @@
 //!   was already mailed, superseded, expired or used; the aggregate refuses a second "sent" for
 //!   the same code. What remains is the window between the SMTP server's acceptance and the
 //!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md.
+//! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a
+//!   second `WelcomeMailSent`), but a failure is only logged and counted, not recorded.
 //! - The link token is minted here from the event's public fields and the code key; it exists
 //!   only in the mail.
 #![forbid(unsafe_code)]

@@ -35,7 +35,7 @@ impl MailError {
 pub enum SetupError {
     #[error("output_adapter.email: {0}")]
     Email(String),
-    #[error("invitation template: {0}")]
+    #[error("{0}")]
     Template(String),
 }
 

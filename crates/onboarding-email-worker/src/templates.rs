@@ -189,29 +189,18 @@ impl Catalogue {
         })
     }
 
-    pub fn locales(&self) -> Vec<&str> {
-        let mut l: Vec<&str> = self.versions.keys().map(|(_, l)| l.as_str()).collect();
-        l.dedup();
-        l
-    }
-
     /// The best locale for a request: exact tag, then its language, then the default.
     pub fn resolve(&self, kind: Kind, requested: Option<&str>) -> String {
-        let has = |l: &str| {
+        // Language tags compare without regard to case (BCP 47).
+        let find = |l: &str| {
             self.versions
-                .contains_key(&(kind.id().to_owned(), l.to_owned()))
+                .keys()
+                .find(|(k, loc)| k == kind.id() && loc.eq_ignore_ascii_case(l))
+                .map(|(_, loc)| loc.clone())
         };
-        if let Some(req) = requested {
-            if has(req) {
-                return req.to_owned();
-            }
-            if let Some(lang) = req.split('-').next() {
-                if has(lang) {
-                    return lang.to_owned();
-                }
-            }
-        }
-        self.default_locale.clone()
+        requested
+            .and_then(|req| find(req).or_else(|| req.split(['-', '_']).next().and_then(find)))
+            .unwrap_or_else(|| self.default_locale.clone())
     }
 
     pub fn render(
@@ -261,6 +250,7 @@ mod tests {
         let c = catalogue();
         assert_eq!(c.resolve(Kind::Invitation, Some("de-AT")), "de");
         assert_eq!(c.resolve(Kind::Invitation, Some("de")), "de");
+        assert_eq!(c.resolve(Kind::Invitation, Some("DE-at")), "de");
         assert_eq!(c.resolve(Kind::Invitation, Some("pt-BR")), "en");
         assert_eq!(c.resolve(Kind::Invitation, None), "en");
     }
