@@ -418,6 +418,14 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
             Ok(())
         });
     }
+    if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
+        let (handle, token) = (handle.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            onboarding_gateway::serve_metrics(addr, handle, token)
+                .await
+                .context("metrics endpoint")
+        });
+    }
     if gateway {
         let state = Arc::new(AppState::new(
             settings.clone(),

@@ -34,6 +34,16 @@ pub struct Settings {
     pub password_policy: PasswordPolicySettings,
     pub password_hashing: PasswordHashingSettings,
     pub organisation: OrganisationSettings,
+    #[serde(default)]
+    pub observability: ObservabilitySettings,
+}
+
+/// Where processes without the gateway (`relay`, `email-worker`, `scheduler`) serve `/metrics`
+/// and `/healthz`. The gateway always serves them on its own address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilitySettings {
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -528,6 +528,32 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(error::plain(status, code, message))
 }
 
+/// Serves only `/metrics` and `/healthz` on `addr` until `shutdown`: for processes that run no
+/// gateway (relay, email worker, scheduler).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    tracing::info!(%addr, "metrics listening");
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        warp::reply::with_header(handle.render(), "content-type", "text/plain; version=0.0.4")
+            .into_response()
+    });
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+    warp::serve(metrics.or(healthz).unify())
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+        .await;
+    Ok(())
+}
+
 /// Binds the gateway and serves until `shutdown`. Returns the bound address through `bound`.
 pub async fn serve(
     state: Arc<AppState>,

@@ -321,3 +321,44 @@ async fn a_user_with_a_german_locale_gets_german_mails_and_templates_preview_fro
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("accepted: 250"));
     stack.wait_for_mail(&probe).await;
 }
+
+#[tokio::test]
+async fn a_relay_on_its_own_serves_metrics_when_told_where() {
+    let stack = Stack::start("relaymetrics", Options::default()).await;
+    stack.signal("relay", "TERM");
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port());
+    stack.spawn_with_env(
+        "relay",
+        &[("ONBOARD__OBSERVABILITY__METRICS_BIND", addr.as_str())],
+    );
+    let email = format!("{}@pickup.example", unique("metrics."));
+    stack.invite("Measured", &email).await;
+    stack.wait_for_mail(&email).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = match stack
+            .http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => r.text().await.unwrap(),
+            _ => String::new(),
+        };
+        if text.contains("onboard_relay_published_total") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay's metrics never showed its publishing: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let health = stack
+        .http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

@@ -55,7 +55,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -304,6 +304,11 @@ name = "Pickup"
 
     /// Starts one component (`gateway`, `relay`, `email-worker`, `serve`) as its own process.
     pub fn spawn(&self, component: &str) {
+        self.spawn_with_env(component, &[]);
+    }
+
+    /// Starts a component with extra environment variables (e.g. `ONBOARD__…` overrides).
+    pub fn spawn_with_env(&self, component: &str, env: &[(&str, &str)]) {
         let n = self.procs.lock().unwrap().len();
         let log = File::create(self.dir.join(format!("{component}-{n}.log"))).unwrap();
         let child = Command::new(&self.services.onboard)
@@ -311,6 +316,7 @@ name = "Pickup"
             .arg(&self.config)
             .arg(component)
             .env("ONBOARD_LOG", "info,onboarding_email_worker=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
