@@ -557,6 +557,17 @@ pub async fn list(
         }
         None => None,
     };
+    let delivery = match query.get("delivery").map(String::as_str) {
+        Some(d @ ("queued" | "sent" | "failed")) => Some(d),
+        Some(_) => {
+            problems.insert(
+                "delivery".to_owned(),
+                "must be one of queued, sent, failed".to_owned(),
+            );
+            None
+        }
+        None => None,
+    };
     let after = match query.get("after").map(|a| Uuid::parse_str(a)) {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
@@ -577,17 +588,20 @@ pub async fn list(
         None => 100,
     };
     for key in query.keys() {
-        if !["state", "after", "limit"].contains(&key.as_str()) {
+        if !["state", "delivery", "after", "limit"].contains(&key.as_str()) {
             problems.insert(
                 key.clone(),
-                "unknown parameter; use state, after, limit".to_owned(),
+                "unknown parameter; use state, delivery, after, limit".to_owned(),
             );
         }
     }
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    let items = state.store.list_accounts(wanted, after, limit).await?;
+    let items = state
+        .store
+        .list_accounts(wanted, delivery, after, limit)
+        .await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.user_id))
         .flatten();

@@ -365,6 +365,8 @@ pub struct AccountSummary {
     pub domain: Option<String>,
     pub email: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The latest code's invitation mail: `queued`, `sent` or `failed`.
+    pub delivery: Option<String>,
 }
 
 impl Store {
@@ -372,15 +374,17 @@ impl Store {
     pub async fn list_accounts(
         &self,
         state: Option<&str>,
+        delivery: Option<&str>,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<AccountSummary>, StoreError> {
         sqlx::query_as(
-            "SELECT user_id, state, state_since, code_expires_at, username, domain, email, created_at \
-             FROM account_states WHERE ($1::text IS NULL OR state = $1) AND ($2::uuid IS NULL OR user_id > $2) \
-             ORDER BY user_id LIMIT $3",
+            "SELECT user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery \
+             FROM account_states WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR delivery = $2) \
+             AND ($3::uuid IS NULL OR user_id > $3) ORDER BY user_id LIMIT $4",
         )
         .bind(state)
+        .bind(delivery)
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)

@@ -130,6 +130,8 @@ pub struct Options {
     pub kafka: Option<String>,
     pub public_rate_limit_per_minute: u32,
     pub resend_cooldown_seconds: i64,
+    /// An SMTP port of the test's own instead of MailDev's (e.g. one nobody listens on).
+    pub smtp_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -140,6 +142,7 @@ impl Default for Options {
             kafka: None,
             public_rate_limit_per_minute: 600,
             resend_cooldown_seconds: 0,
+            smtp_port: None,
         }
     }
 }
@@ -243,7 +246,7 @@ name = "Pickup"
 "#,
                 validity = options.validity_minutes,
                 smtp_host = services.smtp_host,
-                smtp_port = services.smtp_port,
+                smtp_port = options.smtp_port.unwrap_or(services.smtp_port),
                 kafka = options.kafka.as_deref().unwrap_or(&services.kafka),
                 max_body = options.max_body_bytes,
                 rate = options.public_rate_limit_per_minute,

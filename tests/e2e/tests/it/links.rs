@@ -295,3 +295,76 @@ async fn a_retried_request_with_an_idempotency_key_gets_the_first_answer_and_mai
     let mails = stack.mails_to(&email).await.len();
     assert!((1..=2).contains(&mails), "{mails} mails");
 }
+
+#[tokio::test]
+async fn admins_list_invitations_whose_mail_failed() {
+    let nobody = crate::harness::free_port();
+    let stack = Stack::start(
+        "failedmail",
+        Options {
+            smtp_port: Some(nobody),
+            ..Options::default()
+        },
+    )
+    .await;
+    let email = format!("{}@pickup.example", unique("fail."));
+    let id = stack.invite("Unreachable", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = stack.user(&id).await;
+        if view["email_delivery"]["status"] == "failed" {
+            assert_eq!(
+                view["email_delivery"]["permanent"], false,
+                "a refused connection is transient: {view}"
+            );
+            assert!(
+                view["email_delivery"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("transient"),
+                "{view}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure was never recorded: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let failed: Value = stack
+        .admin(stack.http.get(stack.url("/api/v1/users?delivery=failed")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = failed["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{failed}"));
+    assert!(
+        items
+            .iter()
+            .any(|i| i["user_id"] == id.as_str() && i["delivery"] == "failed"),
+        "{failed}"
+    );
+    let sent: Value = stack
+        .admin(stack.http.get(stack.url("/api/v1/users?delivery=sent")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(sent["items"].as_array().unwrap().is_empty(), "{sent}");
+    let bad = stack
+        .admin(stack.http.get(stack.url("/api/v1/users?delivery=lost")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
