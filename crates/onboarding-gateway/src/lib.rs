@@ -48,6 +48,8 @@ pub struct AppState {
     pub(crate) pages: minijinja::Environment<'static>,
     pub(crate) resend_limits: ResendLimits,
     limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Bounds how many link openings one client address can add to the log.
+    open_limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,9 @@ impl AppState {
                 ),
                 daily_cap: settings.identity_mgt.user_onboarding.resend_daily_cap,
             },
+            open_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(10).expect("non-zero"),
+            )),
             limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
                 std::num::NonZeroU32::new(settings.gateway.public_rate_limit_per_minute.max(1))
                     .expect("non-zero"),
@@ -124,6 +129,12 @@ impl AppState {
             ));
             ApiError::RateLimited(wait.as_secs().max(1))
         })
+    }
+
+    /// Whether an opening of a link by `client` should still be recorded (at most 10 a minute per
+    /// address, so a reload loop cannot flood the log; the page is shown either way).
+    pub(crate) fn record_open(&self, client: Option<SocketAddr>) -> bool {
+        client.is_none_or(|addr| self.open_limiter.check_key(&addr.ip()).is_ok())
     }
 
     /// The id of the admin token presented, if it is one of ours.
@@ -335,6 +346,7 @@ pub fn routes(
     let confirm_page = warp::path!("confirm")
         .and(warp::get().or(warp::head()).unify())
         .and(with_state(state.clone()))
+        .and(warp::addr::remote())
         .and(warp::method())
         .and(warp::header::optional::<String>("user-agent"))
         .and(warp::query::<HashMap<String, String>>())

@@ -294,6 +294,7 @@ fn form(
 /// state; a genuine code's opening is recorded (`LinkOpened`, with a coarse client class).
 pub async fn show(
     state: Arc<AppState>,
+    client: Option<std::net::SocketAddr>,
     method: warp::http::Method,
     user_agent: Option<String>,
     query: HashMap<String, String>,
@@ -309,12 +310,14 @@ pub async fn show(
         now: Utc::now(),
     };
     // Best effort: a page must not fail because its visit could not be recorded.
-    if let Err(e) = state
-        .store
-        .execute(presented.user_id, opened, &Actor::user_via_link())
-        .await
-    {
-        tracing::debug!(error = %e, "link opening not recorded");
+    if state.record_open(client) {
+        if let Err(e) = state
+            .store
+            .execute(presented.user_id, opened, &Actor::user_via_link())
+            .await
+        {
+            tracing::debug!(error = %e, "link opening not recorded");
+        }
     }
     match account.check_code(&presented, &state.keyring, Utc::now()) {
         Ok(issued) => form(

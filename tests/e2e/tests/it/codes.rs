@@ -511,3 +511,26 @@ async fn weak_passwords_are_refused_with_the_rule_and_keep_the_code() {
     let (status, _) = submit(&stack, &code, PASSWORD).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_reload_loop_cannot_flood_the_log_with_link_openings() {
+    let stack = Stack::start("reloads", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("reload."));
+    let id = stack.invite("Reloader", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let link = stack.wait_for_mail(&email).await.link();
+    for _ in 0..15 {
+        assert_eq!(
+            stack.http.get(&link).send().await.unwrap().status(),
+            200,
+            "the page is always shown"
+        );
+    }
+    assert_eq!(
+        stack.user(&id).await["links_opened"],
+        10,
+        "at most 10 openings a minute per address are recorded"
+    );
+}
