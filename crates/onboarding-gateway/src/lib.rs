@@ -583,6 +583,20 @@ pub async fn serve(
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
+    // The per-client limiters keep one entry per address seen: forget idle ones.
+    let pruned = state.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                    pruned.limiter.retain_recent();
+                    pruned.open_limiter.retain_recent();
+                }
+            }
+        }
+    });
     warp::serve(routes(state))
         .incoming(listener)
         .graceful(async move { shutdown.cancelled().await })
