@@ -166,10 +166,6 @@ impl CodeKeyring {
         &self.active
     }
 
-    pub fn has_key(&self, key_id: &str) -> bool {
-        self.keys.contains_key(key_id)
-    }
-
     fn tag(&self, key_id: &str, binding: &CodeBinding) -> Option<[u8; TAG_LEN]> {
         let key = self.keys.get(key_id)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret())

@@ -213,22 +213,6 @@ pub enum ContractError {
 pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/json";
 
-/// Every public type, for schema generation and documentation.
-pub const TYPES: [&str; 12] = [
-    UserInvitedV1::TYPE,
-    CodeIssuedV1::TYPE,
-    PasswordSetV1::TYPE,
-    UserActivatedV1::TYPE,
-    InvitationMailSentV1::TYPE,
-    InvitationMailFailedV1::TYPE,
-    LinkOpenedV1::TYPE,
-    CodeCheckFailedV1::TYPE,
-    CodeLockedV1::TYPE,
-    CodeExpiredV1::TYPE,
-    InvitationRevokedV1::TYPE,
-    WelcomeMailSentV1::TYPE,
-];
-
 macro_rules! types {
     ($($ty:ident => $name:literal),* $(,)?) => {
         $(impl $ty { pub const TYPE: &'static str = $name; })*

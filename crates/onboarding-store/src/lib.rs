@@ -213,10 +213,6 @@ impl Store {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub fn services(&self) -> &OnboardingServices {
         &self.services
     }
