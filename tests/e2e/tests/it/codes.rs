@@ -175,14 +175,7 @@ async fn an_expired_code_is_refused_marked_expired_listed_and_the_user_can_get_a
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let listed: Value = stack
-        .admin(stack.http.get(stack.url("/api/v1/users?state=Expired")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = stack.list("state=Expired").await;
     assert!(
         listed["items"]
             .as_array()
@@ -195,12 +188,12 @@ async fn an_expired_code_is_refused_marked_expired_listed_and_the_user_can_get_a
     // "Send me a new link" mails a fresh code to the address on file, and it works.
     let csrf = form_value(&html, "csrf");
     let r = stack
-        .http
-        .post(stack.url("/confirm/new-link"))
-        .form(&[("code", code.as_str()), ("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/confirm/new-link",
+            &[("code", code.as_str()), ("csrf", csrf.as_str())],
+            &[],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let answer = r.text().await.unwrap();
     assert!(answer.contains("Check your email"));
@@ -237,12 +230,12 @@ async fn a_new_link_request_answers_the_same_whether_or_not_a_link_is_sent() {
     let csrf = form_value(&html, "csrf");
     let ask = || async {
         let r = stack
-            .http
-            .post(stack.url("/confirm/new-link"))
-            .form(&[("code", old.as_str()), ("csrf", csrf.as_str())])
-            .send()
-            .await
-            .unwrap();
+            .post_form(
+                "/confirm/new-link",
+                &[("code", old.as_str()), ("csrf", csrf.as_str())],
+                &[],
+            )
+            .await;
         (r.status().as_u16(), r.text().await.unwrap())
     };
     let sent = ask().await;
@@ -354,13 +347,7 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
             ("password_confirm", "short"),
         ],
     ] {
-        let r = stack
-            .http
-            .post(stack.url("/confirm"))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+        let r = stack.post_form("/confirm", &form, &[]).await;
         assert_eq!(r.status(), 422);
         let html = r.text().await.unwrap();
         assert!(html.contains("role=\"alert\""), "{html}");
@@ -371,17 +358,17 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
         );
     }
     let r = stack
-        .http
-        .post(stack.url("/confirm"))
-        .form(&[
-            ("code", code.as_str()),
-            ("csrf", csrf.as_str()),
-            ("password", "short"),
-            ("password_confirm", "short"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/confirm",
+            &[
+                ("code", code.as_str()),
+                ("csrf", csrf.as_str()),
+                ("password", "short"),
+                ("password_confirm", "short"),
+            ],
+            &[],
+        )
+        .await;
     assert!(
         r.text().await.unwrap().contains("too short"),
         "the page names the rule that failed"
@@ -404,17 +391,17 @@ async fn opening_the_link_never_changes_anything_and_junk_posts_do_not_burn_the_
 
     // Jane's own submission still works.
     let r = stack
-        .http
-        .post(stack.url("/confirm"))
-        .form(&[
-            ("code", code.as_str()),
-            ("csrf", csrf.as_str()),
-            ("password", PASSWORD),
-            ("password_confirm", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/confirm",
+            &[
+                ("code", code.as_str()),
+                ("csrf", csrf.as_str()),
+                ("password", PASSWORD),
+                ("password_confirm", PASSWORD),
+            ],
+            &[],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(stack.user(&id).await["state"], "Active");
 }
@@ -451,44 +438,32 @@ async fn forms_from_elsewhere_are_refused() {
         ("password", PASSWORD),
         ("password_confirm", PASSWORD),
     ];
-    let r = stack
-        .http
-        .post(stack.url("/confirm"))
-        .form(&no_token)
-        .send()
-        .await
-        .unwrap();
+    let r = stack.post_form("/confirm", &no_token, &[]).await;
     assert_eq!(r.status(), 403);
     let other_site = stack
-        .http
-        .post(stack.url("/confirm"))
-        .header("origin", "https://evil.example")
-        .form(&good)
-        .send()
-        .await
-        .unwrap();
+        .post_form("/confirm", &good, &[("origin", "https://evil.example")])
+        .await;
     assert_eq!(other_site.status(), 403);
     let cross = stack
-        .http
-        .post(stack.url("/confirm"))
-        .header("origin", "null")
-        .header("sec-fetch-site", "cross-site")
-        .form(&good)
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/confirm",
+            &good,
+            &[("origin", "null"), ("sec-fetch-site", "cross-site")],
+        )
+        .await;
     assert_eq!(cross.status(), 403);
     assert_eq!(stack.user(&id).await["state"], "CodeIssued");
 
     let r = stack
-        .http
-        .post(stack.url("/confirm"))
-        .header("origin", &stack.base_url)
-        .header("sec-fetch-site", "same-origin")
-        .form(&good)
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/confirm",
+            &good,
+            &[
+                ("origin", stack.base_url.as_str()),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), 200);
 }
 

@@ -89,19 +89,20 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
 
     // She submits a good password: the page says the account is active.
     let done = stack
-        .http
-        .post(stack.url("/confirm"))
-        .header("origin", &stack.base_url)
-        .header("sec-fetch-site", "same-origin")
-        .form(&[
-            ("code", code.as_str()),
-            ("csrf", csrf.as_str()),
-            ("password", JANES_PASSWORD),
-            ("password_confirm", JANES_PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/confirm",
+            &[
+                ("code", code.as_str()),
+                ("csrf", csrf.as_str()),
+                ("password", JANES_PASSWORD),
+                ("password_confirm", JANES_PASSWORD),
+            ],
+            &[
+                ("origin", stack.base_url.as_str()),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        )
+        .await;
     assert_eq!(done.status(), 200);
     let done = done.text().await.unwrap();
     assert!(done.contains("Your account is active"), "{done}");

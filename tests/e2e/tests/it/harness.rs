@@ -410,6 +410,30 @@ name = "Pickup"
         r.json().await.unwrap()
     }
 
+    /// `GET /api/v1/users?{query}` with the admin token: the JSON list.
+    pub async fn list(&self, query: &str) -> Value {
+        let r = self
+            .admin(self.http.get(self.url(&format!("/api/v1/users?{query}"))))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+
+    /// Posts a form to one of the pages (`/confirm`, `/revoke`, …) with extra headers.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.http.post(self.url(path)).form(form);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.unwrap()
+    }
+
     /// `POST /api/v1/users/{id}/resend` with the admin token.
     pub async fn resend(&self, id: &str) -> reqwest::Response {
         self.admin(

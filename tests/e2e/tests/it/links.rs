@@ -167,15 +167,15 @@ async fn admins_revoke_invitations_and_users_decline_them_from_the_mail() {
         "GET changes nothing"
     );
     let r = stack
-        .http
-        .post(stack.url("/revoke"))
-        .form(&[
-            ("code", form_value(&html, "code")),
-            ("csrf", form_value(&html, "csrf")),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .post_form(
+            "/revoke",
+            &[
+                ("code", &form_value(&html, "code")),
+                ("csrf", &form_value(&html, "csrf")),
+            ],
+            &[],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("Invitation declined"));
     let view = stack.user(&id).await;
@@ -184,18 +184,7 @@ async fn admins_revoke_invitations_and_users_decline_them_from_the_mail() {
         (Some("Revoked"), Some("user"))
     );
 
-    let listed: Value = stack
-        .admin(
-            stack
-                .http
-                .get(stack.url("/api/v1/users?state=Revoked&limit=10")),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = stack.list("state=Revoked&limit=10").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
     let bad = stack
         .admin(stack.http.get(stack.url("/api/v1/users?state=Gone")))
@@ -335,14 +324,7 @@ async fn admins_list_invitations_whose_mail_failed() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let failed: Value = stack
-        .admin(stack.http.get(stack.url("/api/v1/users?delivery=failed")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed: Value = stack.list("delivery=failed").await;
     let items = failed["items"]
         .as_array()
         .unwrap_or_else(|| panic!("{failed}"));
@@ -352,14 +334,7 @@ async fn admins_list_invitations_whose_mail_failed() {
             .any(|i| i["user_id"] == id.as_str() && i["delivery"] == "failed"),
         "{failed}"
     );
-    let sent: Value = stack
-        .admin(stack.http.get(stack.url("/api/v1/users?delivery=sent")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent: Value = stack.list("delivery=sent").await;
     assert!(sent["items"].as_array().unwrap().is_empty(), "{sent}");
     let bad = stack
         .admin(stack.http.get(stack.url("/api/v1/users?delivery=lost")))
