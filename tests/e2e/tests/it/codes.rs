@@ -16,12 +16,8 @@ async fn submit(stack: &Stack, code: &str, password: &str) -> (u16, Value) {
 #[tokio::test]
 async fn a_reused_code_is_refused_and_says_the_account_is_active() {
     let stack = Stack::start("reuse", Options::default()).await;
-    let email = format!("{}@pickup.example", unique("reuse."));
-    let id = stack.invite("Reuser", &email).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let code = stack.wait_for_mail(&email).await.code();
+    let (id, _, mail) = stack.invite_mailed("Reuser").await;
+    let code = mail.code();
 
     let (status, body) = submit(&stack, &code, PASSWORD).await;
     assert_eq!(
@@ -88,12 +84,8 @@ async fn a_wrong_code_is_refused_and_the_right_one_still_works() {
 #[tokio::test]
 async fn resend_mails_a_new_code_and_kills_the_old_one() {
     let stack = Stack::start("resend", Options::default()).await;
-    let email = format!("{}@pickup.example", unique("resend."));
-    let id = stack.invite("Resender", &email).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let old = stack.wait_for_mail(&email).await.code();
+    let (id, email, mail) = stack.invite_mailed("Resender").await;
+    let old = mail.code();
 
     let r = stack.resend(&id).await;
     assert_eq!(r.status(), 202);
@@ -207,12 +199,8 @@ async fn an_expired_code_is_refused_marked_expired_listed_and_the_user_can_get_a
 #[tokio::test]
 async fn a_new_link_request_answers_the_same_whether_or_not_a_link_is_sent() {
     let stack = Stack::start("newlink", Options::default()).await;
-    let email = format!("{}@pickup.example", unique("nl."));
-    let id = stack.invite("Asker", &email).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let old = stack.wait_for_mail(&email).await.code();
+    let (id, email, mail) = stack.invite_mailed("Asker").await;
+    let old = mail.code();
     let r = stack.resend(&id).await;
     assert_eq!(r.status(), 202);
     stack.wait_for_mails(&email, 2).await;

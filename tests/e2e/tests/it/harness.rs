@@ -410,6 +410,20 @@ name = "Pickup"
         r.json().await.unwrap()
     }
 
+    /// Invites `username` at a fresh address and waits for the mail: (user id, address, mail).
+    pub async fn invite_mailed(&self, username: &str) -> (String, String, Mail) {
+        let email = format!(
+            "{}@pickup.example",
+            unique(&format!("{}.", username.to_lowercase()))
+        );
+        let id = self.invite(username, &email).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mail = self.wait_for_mail(&email).await;
+        (id, email, mail)
+    }
+
     /// `GET /api/v1/users?{query}` with the admin token: the JSON list.
     pub async fn list(&self, query: &str) -> Value {
         let r = self

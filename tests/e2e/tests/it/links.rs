@@ -24,12 +24,8 @@ async fn submit(stack: &Stack, code: &str) -> (u16, Value) {
 #[tokio::test]
 async fn five_wrong_codes_kill_the_code_and_the_page_offers_a_new_link() {
     let stack = Stack::start("lockout", Options::default()).await;
-    let email = format!("{}@pickup.example", unique("lock."));
-    let id = stack.invite("Locked", &email).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let code = stack.wait_for_mail(&email).await.code();
+    let (id, _, mail) = stack.invite_mailed("Locked").await;
+    let code = mail.code();
     for n in 0..4 {
         assert_eq!(submit(&stack, &forge(&code, n)).await.0, 400);
         assert_eq!(stack.user(&id).await["failed_code_checks"], n as u64 + 1);
