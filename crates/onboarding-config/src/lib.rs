@@ -137,6 +137,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     pub replication_factor: i32,
     pub email_worker_group: String,
+    /// An idle email worker that sees a partition with unread records whose committed offset has
+    /// not moved for this long rejoins the consumer group, which makes the group reassign the
+    /// partitions (a holder that died or went silent loses them).
+    pub email_worker_stall_seconds: u64,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`, `sasl.mechanism`,
@@ -262,6 +266,7 @@ fn defaults() -> Defaults {
             "partitions": 4,
             "replication_factor": 1,
             "email_worker_group": "onboarding-email-worker",
+            "email_worker_stall_seconds": 60,
             "source": "urn:onboard:engine",
         }),
         gateway: json!({
@@ -379,6 +384,12 @@ impl Settings {
         }
         if self.output_adapter.email.enable_tls && self.output_adapter.email.enable_start_tls {
             return bad("output_adapter.email: enable_tls (implicit TLS) and enable_start_tls are exclusive; choose one".into());
+        }
+        if self.kafka.email_worker_stall_seconds < 5 {
+            return bad(format!(
+                "kafka.email_worker_stall_seconds ({}) must be at least 5",
+                self.kafka.email_worker_stall_seconds
+            ));
         }
         Ok(())
     }

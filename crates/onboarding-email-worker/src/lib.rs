@@ -7,7 +7,10 @@
 //! - Mail once per code: before sending, the worker reads the aggregate and skips a code that
 //!   was already mailed, superseded, expired or used; the aggregate refuses a second "sent" for
 //!   the same code. What remains is the window between the SMTP server's acceptance and the
-//!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md.
+//!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md; a mail
+//!   sent again there carries the same Message-ID (`Mailer::message_id_for`).
+//! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
+//!   (docs/adr/0004).
 //! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a
 //!   second `WelcomeMailSent`), but a failure is only logged and counted, not recorded.
 //! - The link token is minted here from the event's public fields and the code key; it exists
@@ -16,6 +19,7 @@
 
 pub mod mail;
 pub mod templates;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +31,13 @@ use onboarding_domain::{OnboardingCommand, OnboardingError};
 use onboarding_events::{CodeIssuedV1, PublicEvent, UserActivatedV1};
 use onboarding_relay::kafka::base_config;
 use onboarding_store::{Actor, Store, StoreError};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
+use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 pub use mail::{Invitation, MailError, Mailer};
@@ -87,10 +95,16 @@ pub struct EmailWorker {
     keyring: Arc<CodeKeyring>,
     public_base_url: String,
     max_attempts: u32,
-    consumer: StreamConsumer,
+    consumer: WorkerConsumer,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
+    watchdog: watchdog::Watchdog,
+    /// The consumer's rebalance count when the watchdog last looked.
+    rebalances_seen: u64,
 }
+
+/// How long the worker waits for a record before it counts as idle.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl EmailWorker {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
@@ -120,6 +134,11 @@ impl EmailWorker {
             consumer,
             consumer_config,
             topic: settings.kafka.topic.clone(),
+            watchdog: watchdog::Watchdog::new(
+                &settings.kafka.topic,
+                Duration::from_secs(settings.kafka.email_worker_stall_seconds),
+            ),
+            rebalances_seen: 0,
         })
     }
 
@@ -135,14 +154,16 @@ impl EmailWorker {
         // back without our consumer group (an in-memory broker that restarted) leaves the
         // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
         let mut disrupted = false;
+        let mut quiet = Duration::ZERO;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = tokio::time::timeout(Duration::from_secs(10), self.consumer.recv()) => m,
+                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()) => m,
             };
             let msg = match msg {
                 Ok(Ok(m)) => {
                     disrupted = false;
+                    quiet = Duration::ZERO;
                     m
                 }
                 Ok(Err(e)) => {
@@ -151,16 +172,20 @@ impl EmailWorker {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                Err(_quiet) if disrupted => {
-                    tracing::warn!(
-                        "no records since the broker came back; rejoining the consumer group"
-                    );
-                    let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-                    self.consumer = subscribe(&self.consumer_config, &self.topic)?;
-                    disrupted = false;
+                Err(_idle) => {
+                    quiet += IDLE_TICK;
+                    if disrupted && quiet >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "no records since the broker came back; rejoining the consumer group"
+                        );
+                        self.rejoin()?;
+                        disrupted = false;
+                        quiet = Duration::ZERO;
+                    } else {
+                        self.watch(true)?;
+                    }
                     continue;
                 }
-                Err(_quiet) => continue,
             };
             // A record is retried here until it is handled; only a database outage keeps it.
             let mut backoff = Duration::from_millis(200);
@@ -179,8 +204,64 @@ impl EmailWorker {
                 }
             }
             self.consumer.store_offset_from_message(&msg)?;
+            drop(msg);
+            self.watch(false)?;
         }
         self.close()
+    }
+
+    /// Measures the lag now and then; when idle and a partition's records wait while its
+    /// committed offset stands still, rejoins the group so that it reassigns the partitions.
+    fn watch(&mut self, idle: bool) -> Result<(), WorkerError> {
+        if !self.watchdog.due() {
+            return Ok(());
+        }
+        let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
+        let lags = match measured {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure the consumer lag");
+                return Ok(());
+            }
+        };
+        // After a rebalance the partitions' new holders get the whole stall time.
+        let rebalances = self
+            .consumer
+            .context()
+            .rebalances
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if rebalances != self.rebalances_seen {
+            self.rebalances_seen = rebalances;
+            self.watchdog.reset();
+        }
+        let stalled = self.watchdog.stalled(&lags, Instant::now());
+        if idle && !stalled.is_empty() {
+            let waiting: Vec<String> = lags
+                .iter()
+                .filter(|l| stalled.contains(&l.partition))
+                .map(|l| {
+                    format!(
+                        "{}: {} waiting at offset {}",
+                        l.partition,
+                        l.high_watermark - l.committed,
+                        l.committed
+                    )
+                })
+                .collect();
+            tracing::warn!(partitions = %waiting.join("; "), "records wait on partitions nobody reads; rejoining the consumer group");
+            metrics::counter!("onboard_consumer_rejoins_total").increment(1);
+            self.rejoin()?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the consumer group (committing what was handled) and joins it again.
+    fn rejoin(&mut self) -> Result<(), WorkerError> {
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+        self.watchdog.reset();
+        self.rebalances_seen = 0;
+        Ok(())
     }
 
     fn close(self) -> Result<(), WorkerError> {
@@ -286,8 +367,11 @@ impl EmailWorker {
                     .await?)
             }
         };
+        let message_id = self
+            .mailer
+            .message_id_for(&format!("invitation/{}", event.code_id));
         match self
-            .send_with_retries(email.as_str(), &rendered, shutdown)
+            .send_with_retries(email.as_str(), &rendered, message_id, shutdown)
             .await?
         {
             Ok(accepted) => {
@@ -319,13 +403,14 @@ impl EmailWorker {
         &self,
         to: &str,
         mail: &templates::Rendered,
+        message_id: String,
         shutdown: &CancellationToken,
     ) -> Result<Result<mail::Accepted, MailError>, HandleError> {
         let mut delay = Duration::from_millis(500);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.mailer.send(to, mail).await {
+            match self.mailer.send_as(to, mail, message_id.clone()).await {
                 Err(e) if !e.is_permanent() && attempt < self.max_attempts => {
                     tracing::info!(error = %e, attempt, "transient mail failure; retrying");
                     let pause = delay + Duration::from_millis(rand::random::<u64>() % 250);
@@ -404,8 +489,11 @@ impl EmailWorker {
                 return Ok(Outcome::Failed { permanent: true });
             }
         };
+        let message_id = self
+            .mailer
+            .message_id_for(&format!("welcome/{}", event.user_id));
         match self
-            .send_with_retries(email.as_str(), &rendered, shutdown)
+            .send_with_retries(email.as_str(), &rendered, message_id, shutdown)
             .await?
         {
             Ok(accepted) => {
@@ -455,8 +543,41 @@ impl EmailWorker {
     }
 }
 
-fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<StreamConsumer, WorkerError> {
-    let consumer: StreamConsumer = config.create()?;
+/// Logs the consumer group's decisions (which partitions this worker holds) and counts them.
+#[derive(Default)]
+pub struct WorkerContext {
+    rebalances: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let list = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| e.partition().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<WorkerConsumer, WorkerError> {
+    let consumer: WorkerConsumer = config.create_with_context(WorkerContext::default())?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }

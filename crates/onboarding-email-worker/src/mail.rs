@@ -157,11 +157,35 @@ impl Mailer {
         )
     }
 
+    /// The Message-ID of the one mail meant for `seed` (e.g. `invitation/<code id>`): the same
+    /// on every attempt, so a mail sent again after a crash between the SMTP server's acceptance
+    /// and its record is the same message to the recipient's mail client, which shows it once.
+    pub fn message_id_for(&self, seed: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("onboard-mail/{seed}").as_bytes());
+        format!(
+            "<{}@{}>",
+            hex::encode(&digest[..16]),
+            self.message_id_domain
+        )
+    }
+
+    /// Sends a one-off mail with a fresh Message-ID (`onboard email test-send`).
     pub async fn send(&self, to: &str, mail: &Rendered) -> Result<Accepted, MailError> {
+        let message_id = format!("<{}@{}>", Uuid::new_v4(), self.message_id_domain);
+        self.send_as(to, mail, message_id).await
+    }
+
+    /// Sends with the given Message-ID (see [`Mailer::message_id_for`]).
+    pub async fn send_as(
+        &self,
+        to: &str,
+        mail: &Rendered,
+        message_id: String,
+    ) -> Result<Accepted, MailError> {
         let to: Mailbox = to
             .parse()
             .map_err(|e| MailError::Permanent(format!("recipient address refused: {e}")))?;
-        let message_id = format!("<{}@{}>", Uuid::new_v4(), self.message_id_domain);
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)

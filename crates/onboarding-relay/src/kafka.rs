@@ -25,10 +25,16 @@ pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
 }
 
 /// Idempotent, `acks=all`: a retried send never duplicates or reorders within a partition.
+///
+/// One record per batch: tansu answers a fetch that starts inside a batch with the batch after
+/// it, so a consumer resuming from a committed offset in the middle of a batch (after a
+/// rebalance or a restart) would skip the rest of that batch, or wait forever when it is the last
+/// one. With single-record batches every offset starts a batch (docs/adr/0004).
 pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
     base_config(kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("batch.num.messages", "1")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "10000")
         .set("compression.type", "none")

@@ -106,6 +106,7 @@ pub struct Record {
     pub raw_value: String,
     pub headers: HashMap<String, String>,
     pub partition: i32,
+    pub offset: i64,
 }
 
 pub struct Stack {
@@ -214,6 +215,7 @@ bootstrap_servers = "{kafka}"
 topic = "{topic}"
 partitions = 4
 email_worker_group = "e2e-{name}-{id}"
+email_worker_stall_seconds = 10
 
 [gateway]
 bind = "127.0.0.1:{port}"
@@ -312,8 +314,16 @@ name = "Pickup"
 
     /// Starts a component with extra environment variables (e.g. `ONBOARD__…` overrides).
     pub fn spawn_with_env(&self, component: &str, env: &[(&str, &str)]) {
-        let n = self.procs.lock().unwrap().len();
-        let log = File::create(self.dir.join(format!("{component}-{n}.log"))).unwrap();
+        self.spawn_named(component, component, env);
+    }
+
+    /// Starts a component under a name of its own (for `signal` and its log file), so that
+    /// several processes of one component can run side by side (e.g. two email workers).
+    pub fn spawn_named(&self, name: &str, component: &str, env: &[(&str, &str)]) {
+        // Numbered in start order, so a restarted process never overwrites an earlier log.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = File::create(self.dir.join(format!("{name}-{n}.log"))).unwrap();
         let child = Command::new(&self.services.onboard)
             .arg("--config")
             .arg(&self.config)
@@ -324,10 +334,20 @@ name = "Pickup"
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn onboard");
-        self.procs
-            .lock()
-            .unwrap()
-            .insert(component.to_owned(), child);
+        let previous = self.procs.lock().unwrap().insert(name.to_owned(), child);
+        assert!(previous.is_none(), "{name} is already running");
+    }
+
+    /// The log lines of every process started under `name` so far (all its restarts).
+    pub fn logs_of(&self, name: &str) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&format!("{name}-")) && file.ends_with(".log") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// Sends a signal (`TERM`, `KILL`) to a component and waits for it to exit.
@@ -556,6 +576,7 @@ name = "Pickup"
                 raw_value,
                 headers,
                 partition: m.partition(),
+                offset: m.offset(),
             });
         }
         records

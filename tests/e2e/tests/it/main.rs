@@ -8,3 +8,4 @@ mod flow;
 mod harness;
 mod links;
 mod restart;
+mod workers;
