@@ -97,8 +97,13 @@ pub struct EmailSettings {
     /// Name sent in HELO/EHLO; defaults to the Message-ID domain.
     pub hello_name: Option<String>,
     pub timeout_seconds: u64,
-    /// Attempts per mail before it is recorded as failed.
+    /// Attempts per invitation mail before it is abandoned (transient failures only; a
+    /// permanent failure abandons it at once).
     pub max_attempts: u32,
+    /// Wait before the second attempt; each later wait doubles (up to an hour), with ±20 % jitter.
+    pub retry_initial_seconds: u64,
+    /// An invitation mail not sent this long after its first failure is abandoned.
+    pub max_age_minutes: u64,
     /// Overrides the invitation templates' subject in every locale (a template:
     /// `{{ organisation }}`, `{{ username }}`). Unset: each locale's `invitation.subject.txt`.
     #[serde(default)]
@@ -258,6 +263,8 @@ fn defaults() -> Defaults {
             "enable_authentication": true,
             "timeout_seconds": 30,
             "max_attempts": 5,
+            "retry_initial_seconds": 30,
+            "max_age_minutes": 1440,
             "default_locale": "en",
         }}),
         database: json!({"max_connections": 10}),
@@ -384,6 +391,9 @@ impl Settings {
         }
         if self.output_adapter.email.enable_tls && self.output_adapter.email.enable_start_tls {
             return bad("output_adapter.email: enable_tls (implicit TLS) and enable_start_tls are exclusive; choose one".into());
+        }
+        if self.output_adapter.email.retry_initial_seconds == 0 {
+            return bad("output_adapter.email.retry_initial_seconds must be at least 1".into());
         }
         if self.kafka.email_worker_stall_seconds < 5 {
             return bad(format!(

@@ -105,6 +105,20 @@ pub enum OnboardingEvent {
         reason: String,
         permanent: bool,
         failed_at: DateTime<Utc>,
+        /// Which attempt failed (1 for the first); 0 in events recorded before attempts were counted.
+        #[serde(default)]
+        attempt: u32,
+        /// When the mail will be tried again; none when it will not (permanent, or given up).
+        #[serde(default)]
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// The worker gave up on the invitation mail for this code: a permanent failure, or the
+    /// attempts or the time allowed ran out. A resend issues a new code and tries again.
+    InvitationMailAbandoned {
+        code_id: CodeId,
+        reason: String,
+        attempts: u32,
+        abandoned_at: DateTime<Utc>,
     },
 }
 
@@ -120,6 +134,7 @@ impl OnboardingEvent {
             Self::InvitationMailSent { .. } => "InvitationMailSent",
             Self::WelcomeMailSent { .. } => "WelcomeMailSent",
             Self::InvitationMailFailed { .. } => "InvitationMailFailed",
+            Self::InvitationMailAbandoned { .. } => "InvitationMailAbandoned",
             Self::LinkOpened { .. } => "LinkOpened",
             Self::CodeCheckFailed { .. } => "CodeCheckFailed",
             Self::CodeLocked { .. } => "CodeLocked",

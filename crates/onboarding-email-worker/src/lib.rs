@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
+use onboarding_domain::EmailDelivery;
 use onboarding_domain::{OnboardingCommand, OnboardingError};
 use onboarding_events::{CodeIssuedV1, PublicEvent, UserActivatedV1};
 use onboarding_relay::kafka::base_config;
-use onboarding_store::{Actor, Store, StoreError};
+use onboarding_store::{Actor, MailRetry, Store, StoreError};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -59,7 +60,7 @@ pub enum WorkerError {
     Setup(#[from] mail::SetupError),
 }
 
-/// What became of one code-issued event.
+/// What became of one attempt at an invitation (or of a welcome mail).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Sent,
@@ -69,6 +70,11 @@ pub enum Outcome {
     /// Active, revoked, expired or locked: no code is waiting for this mail.
     NotPending,
     UnknownUser,
+    /// A transient failure; the mail waits in the delayed store for its next attempt.
+    RetryScheduled,
+    /// Given up: a permanent failure, or the attempts or the time allowed ran out.
+    Abandoned,
+    /// A welcome mail that could not be sent (best effort: not retried later).
     Failed {
         permanent: bool,
     },
@@ -83,18 +89,47 @@ impl Outcome {
             Self::Expired => "expired",
             Self::NotPending => "not_pending",
             Self::UnknownUser => "unknown_user",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::Abandoned => "abandoned",
             Self::Failed { permanent: true } => "failed_permanent",
             Self::Failed { permanent: false } => "failed_transient",
         }
     }
 }
 
-pub struct EmailWorker {
+/// When to try a mail again and when to give up on it.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max_age: chrono::Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after `attempt` failed: `initial` doubled per earlier attempt, at most an hour,
+    /// with ±20 % jitter so that mails that failed together are not retried together.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(Duration::from_secs(3600));
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        base.mul_f64(jitter)
+    }
+}
+
+/// Sends mails and records their fate; shared by the record loop and the retry loop.
+#[derive(Clone)]
+pub struct Delivery {
     store: Store,
-    mailer: Mailer,
+    mailer: Arc<Mailer>,
     keyring: Arc<CodeKeyring>,
     public_base_url: String,
-    max_attempts: u32,
+    policy: RetryPolicy,
+}
+
+pub struct EmailWorker {
+    delivery: Delivery,
     consumer: WorkerConsumer,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
@@ -121,16 +156,25 @@ impl EmailWorker {
             // Notice a recreated topic (after a broker lost its data) within seconds.
             .set("topic.metadata.refresh.interval.ms", "5000");
         let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
+        let email = &settings.output_adapter.email;
         Ok(Self {
-            keyring: store.services().keyring.clone(),
-            store,
-            mailer,
-            public_base_url: settings
-                .gateway
-                .public_base_url
-                .trim_end_matches('/')
-                .to_owned(),
-            max_attempts: settings.output_adapter.email.max_attempts.max(1),
+            delivery: Delivery {
+                keyring: store.services().keyring.clone(),
+                store,
+                mailer: Arc::new(mailer),
+                public_base_url: settings
+                    .gateway
+                    .public_base_url
+                    .trim_end_matches('/')
+                    .to_owned(),
+                policy: RetryPolicy {
+                    max_attempts: email.max_attempts.max(1),
+                    initial: Duration::from_secs(email.retry_initial_seconds.max(1)),
+                    max_age: chrono::Duration::minutes(
+                        i64::try_from(email.max_age_minutes).unwrap_or(i64::MAX / 60_000),
+                    ),
+                },
+            },
             consumer,
             consumer_config,
             topic: settings.kafka.topic.clone(),
@@ -143,8 +187,8 @@ impl EmailWorker {
     }
 
     /// Consumes until `shutdown`; finishes the record in hand, then commits stored offsets.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        match self.mailer.test_connection().await {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        match self.delivery.mailer.test_connection().await {
             Ok(true) => tracing::info!("email worker started; SMTP server answers"),
             Ok(false) | Err(_) => {
                 tracing::warn!("email worker started, but the SMTP server does not answer yet; mails will be retried")
@@ -153,6 +197,17 @@ impl EmailWorker {
         // Set when the broker became unreachable; cleared by the next record. A broker that comes
         // back without our consumer group (an in-memory broker that restarted) leaves the
         // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
+        // Mails that failed transiently wait in the delayed store, not on the partition; a task
+        // of their own tries them when they are due. It finishes the attempt in hand at shutdown.
+        let stop_retries = shutdown.child_token();
+        let retries = tokio::spawn(self.delivery.clone().run_retries(stop_retries.clone()));
+        let result = self.consume(shutdown).await;
+        stop_retries.cancel();
+        let _ = retries.await;
+        result
+    }
+
+    async fn consume(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
@@ -290,7 +345,7 @@ impl EmailWorker {
         let event = match PublicEvent::parse(&ce_type, msg.payload().unwrap_or_default()) {
             Ok(PublicEvent::CodeIssued(e)) => e,
             Ok(PublicEvent::UserActivated(e)) => {
-                let outcome = self.welcome(&e, shutdown).await?;
+                let outcome = self.delivery.welcome(&e, shutdown).await?;
                 metrics::counter!("onboard_mail_total", "kind" => "welcome", "outcome" => outcome.label()).increment(1);
                 tracing::info!(user_id = %e.user_id, outcome = outcome.label(), "activation handled");
                 return Ok(());
@@ -304,7 +359,7 @@ impl EmailWorker {
             }
         };
         let started = Instant::now();
-        let outcome = self.handle(&event, shutdown).await?;
+        let outcome = self.delivery.handle(&event).await?;
         metrics::counter!("onboard_mail_total", "kind" => "invitation", "outcome" => outcome.label()).increment(1);
         if outcome == Outcome::Sent {
             metrics::histogram!("onboard_mail_send_seconds")
@@ -313,18 +368,29 @@ impl EmailWorker {
         tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), "code-issued event handled");
         Ok(())
     }
+}
 
-    /// Mails one issued code unless it needs nothing, and records the outcome on the account.
+impl Delivery {
+    /// Makes the first attempt at an issued code's mail, unless it needs none.
     #[tracing::instrument(skip_all, fields(user_id = %event.user_id))]
-    pub async fn handle(
+    pub async fn handle(&self, event: &CodeIssuedV1) -> Result<Outcome, HandleError> {
+        let code_id = CodeId::from_random_bytes(*event.code_id.as_bytes());
+        Ok(self.attempt(event.user_id, code_id, 1, None).await?)
+    }
+
+    /// Tries the mail for `code_id` once (attempt number `attempt`; `first_failed_at` is set for
+    /// retries) and records the outcome: sent; failed with the next attempt scheduled in the
+    /// delayed store; or failed and abandoned.
+    async fn attempt(
         &self,
-        event: &CodeIssuedV1,
-        shutdown: &CancellationToken,
-    ) -> Result<Outcome, HandleError> {
-        let Some(account) = self.store.load(event.user_id).await? else {
+        user_id: uuid::Uuid,
+        code_id: CodeId,
+        attempt: u32,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Outcome, StoreError> {
+        let Some(account) = self.store.load(user_id).await? else {
             return Ok(Outcome::UnknownUser);
         };
-        let code_id = CodeId::from_random_bytes(*event.code_id.as_bytes());
         if account.mail_sent_for(code_id) {
             return Ok(Outcome::AlreadySent);
         }
@@ -337,17 +403,23 @@ impl EmailWorker {
         if Utc::now() >= live.expires_at {
             return Ok(Outcome::Expired);
         }
+        if matches!(account.delivery, Some(EmailDelivery::Abandoned { .. })) {
+            // Given up already (the record was seen again after a restart).
+            return Ok(Outcome::Abandoned);
+        }
         let (Some(username), Some(email)) = (&account.username, &account.email) else {
             return Ok(Outcome::UnknownUser);
         };
         let binding = CodeBinding {
-            user_id: event.user_id,
+            user_id,
             code_id,
             expires_at: live.expires_at,
         };
         let Some(token) = self.keyring.mint(&live.key_id, &binding) else {
             let reason = format!("code key `{}` is no longer configured", live.key_id);
-            return Ok(self.record_failure(event, code_id, reason, true).await?);
+            return self
+                .record_failure(user_id, code_id, attempt, first_failed_at, reason, true)
+                .await;
         };
         let link = format!("{}/confirm?code={}", self.public_base_url, token.expose());
         let revoke_link = format!("{}/revoke?code={}", self.public_base_url, token.expose());
@@ -362,22 +434,30 @@ impl EmailWorker {
         let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
-                return Ok(self
-                    .record_failure(event, code_id, format!("template error: {e}"), true)
-                    .await?)
+                let reason = format!("template error: {e}");
+                return self
+                    .record_failure(user_id, code_id, attempt, first_failed_at, reason, true)
+                    .await;
             }
         };
         let message_id = self
             .mailer
-            .message_id_for(&format!("invitation/{}", event.code_id));
-        match self
-            .send_with_retries(email.as_str(), &rendered, message_id, shutdown)
-            .await?
-        {
+            .message_id_for(&format!("invitation/{}", code_id.as_uuid()));
+        let result = self
+            .mailer
+            .send_as(email.as_str(), &rendered, message_id)
+            .await;
+        metrics::counter!("onboard_mail_attempts_total", "kind" => "invitation", "result" => match &result {
+            Ok(_) => "accepted",
+            Err(e) if e.is_permanent() => "permanent_failure",
+            Err(_) => "transient_failure",
+        })
+        .increment(1);
+        match result {
             Ok(accepted) => {
                 let template = rendered.template.clone();
                 let outcome = self
-                    .record_after_send(event.user_id, |now| OnboardingCommand::RecordMailSent {
+                    .record_after_send(user_id, |now| OnboardingCommand::RecordMailSent {
                         code_id,
                         message_id: accepted.message_id.clone(),
                         smtp_response: accepted.smtp_response.clone(),
@@ -385,13 +465,152 @@ impl EmailWorker {
                         now,
                     })
                     .await?;
+                if first_failed_at.is_some() {
+                    self.store.remove_mail_retry(code_id.as_uuid()).await?;
+                }
                 Ok(outcome)
             }
             Err(e) => {
-                tracing::warn!(error = %e, recipient_domain = %email.domain(), "invitation mail failed");
-                Ok(self
-                    .record_failure(event, code_id, e.to_string(), e.is_permanent())
-                    .await?)
+                tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
+                self.record_failure(
+                    user_id,
+                    code_id,
+                    attempt,
+                    first_failed_at,
+                    e.to_string(),
+                    e.is_permanent(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a failed attempt; schedules the next one or gives up.
+    async fn record_failure(
+        &self,
+        user_id: uuid::Uuid,
+        code_id: CodeId,
+        attempt: u32,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+        reason: String,
+        permanent: bool,
+    ) -> Result<Outcome, StoreError> {
+        let now = Utc::now();
+        let first_failed_at = first_failed_at.unwrap_or(now);
+        let give_up = if permanent {
+            Some(format!("permanent failure: {reason}"))
+        } else if attempt >= self.policy.max_attempts {
+            Some(format!("{attempt} attempts failed; the last: {reason}"))
+        } else if now - first_failed_at >= self.policy.max_age {
+            Some(format!(
+                "still failing {} minutes after the first failure; the last: {reason}",
+                (now - first_failed_at).num_minutes()
+            ))
+        } else {
+            None
+        };
+        let next_attempt_at = match give_up {
+            Some(_) => None,
+            None => Some(
+                now + chrono::Duration::from_std(self.policy.delay_after(attempt))
+                    .unwrap_or_else(|_| chrono::Duration::hours(1)),
+            ),
+        };
+        let failed = OnboardingCommand::RecordMailFailed {
+            code_id,
+            reason: reason.clone(),
+            permanent,
+            attempt,
+            next_attempt_at,
+            now,
+        };
+        let actor = Actor::system("email-worker");
+        match self.store.execute(user_id, failed, &actor).await {
+            Ok(()) => {}
+            Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
+                self.store.remove_mail_retry(code_id.as_uuid()).await?;
+                return Ok(Outcome::AlreadySent);
+            }
+            Err(e) => return Err(e),
+        }
+        match next_attempt_at {
+            Some(next) => {
+                self.store
+                    .schedule_mail_retry(&MailRetry {
+                        user_id,
+                        code_id: code_id.as_uuid(),
+                        attempts: attempt as i32,
+                        first_failed_at,
+                        next_attempt_at: next,
+                        last_error: reason,
+                    })
+                    .await?;
+                Ok(Outcome::RetryScheduled)
+            }
+            None => {
+                let why = give_up.unwrap_or(reason);
+                let abandon = OnboardingCommand::RecordMailAbandoned {
+                    code_id,
+                    reason: why,
+                    attempts: attempt,
+                    now: Utc::now(),
+                };
+                match self.store.execute(user_id, abandon, &actor).await {
+                    Ok(()) | Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {}
+                    Err(e) => return Err(e),
+                }
+                self.store.remove_mail_retry(code_id.as_uuid()).await?;
+                Ok(Outcome::Abandoned)
+            }
+        }
+    }
+
+    /// Tries due mails from the delayed store until `shutdown`.
+    pub async fn run_retries(self, shutdown: CancellationToken) {
+        loop {
+            let claimed = self
+                .store
+                .claim_due_mail_retry(Utc::now(), Utc::now() + chrono::Duration::minutes(5))
+                .await;
+            let pause = match claimed {
+                Ok(Some(retry)) => {
+                    let code_id = CodeId::from_random_bytes(*retry.code_id.as_bytes());
+                    let attempt = u32::try_from(retry.attempts).unwrap_or(0) + 1;
+                    let outcome = self
+                        .attempt(retry.user_id, code_id, attempt, Some(retry.first_failed_at))
+                        .await;
+                    match outcome {
+                        Ok(outcome) => {
+                            if !matches!(
+                                outcome,
+                                Outcome::Sent | Outcome::RetryScheduled | Outcome::Abandoned
+                            ) {
+                                // Nothing left to send for this code.
+                                if let Err(e) = self.store.remove_mail_retry(retry.code_id).await {
+                                    tracing::warn!(error = %e, "cannot remove a finished retry; it will be seen again");
+                                }
+                            }
+                            metrics::counter!("onboard_mail_total", "kind" => "invitation", "outcome" => outcome.label()).increment(1);
+                            tracing::info!(user_id = %retry.user_id, code_id = %retry.code_id, attempt, outcome = outcome.label(), "mail retry handled");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mail retry could not be recorded; it is tried again after its lease")
+                        }
+                    }
+                    Duration::ZERO
+                }
+                Ok(None) => Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the delayed mail store; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            if let Ok(n) = self.store.mail_retries_waiting().await {
+                metrics::gauge!("onboard_mail_retries_waiting").set(n as f64);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -411,7 +630,7 @@ impl EmailWorker {
         loop {
             attempt += 1;
             match self.mailer.send_as(to, mail, message_id.clone()).await {
-                Err(e) if !e.is_permanent() && attempt < self.max_attempts => {
+                Err(e) if !e.is_permanent() && attempt < self.policy.max_attempts => {
                     tracing::info!(error = %e, attempt, "transient mail failure; retrying");
                     let pause = delay + Duration::from_millis(rand::random::<u64>() % 250);
                     tokio::select! {
@@ -516,31 +735,6 @@ impl EmailWorker {
             }
         }
     }
-
-    async fn record_failure(
-        &self,
-        event: &CodeIssuedV1,
-        code_id: CodeId,
-        reason: String,
-        permanent: bool,
-    ) -> Result<Outcome, StoreError> {
-        let cmd = OnboardingCommand::RecordMailFailed {
-            code_id,
-            reason,
-            permanent,
-            now: Utc::now(),
-        };
-        match self
-            .store
-            .execute(event.user_id, cmd, &Actor::system("email-worker"))
-            .await
-        {
-            Ok(()) | Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
-                Ok(Outcome::Failed { permanent })
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// Logs the consumer group's decisions (which partitions this worker holds) and counts them.
@@ -580,4 +774,27 @@ fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<WorkerConsum
     let consumer: WorkerConsumer = config.create_with_context(WorkerContext::default())?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_per_attempt_with_jitter_and_stop_growing_at_an_hour() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_secs(30),
+            max_age: chrono::Duration::hours(24),
+        };
+        for (attempt, base) in [(1, 30.0), (2, 60.0), (3, 120.0), (8, 3600.0), (40, 3600.0)] {
+            for _ in 0..50 {
+                let d = policy.delay_after(attempt).as_secs_f64();
+                assert!(
+                    (base * 0.8..=base * 1.2).contains(&d),
+                    "attempt {attempt}: {d} s"
+                );
+            }
+        }
+    }
 }

@@ -128,6 +128,24 @@ pub struct InvitationMailFailedV1 {
     pub reason: String,
     pub permanent: bool,
     pub failed_at: DateTime<Utc>,
+    /// Which attempt failed (1 for the first); absent in records from before attempts were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// When the mail will be tried again; absent when it will not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The worker gave up on the invitation mail for a code (a permanent failure, or the attempts or
+/// the time allowed ran out). A resend issues a new code and tries again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationMailAbandonedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub reason: String,
+    pub attempts: u32,
+    pub abandoned_at: DateTime<Utc>,
 }
 
 /// Someone opened the confirmation link (GET or HEAD). `client` is a coarse class such as
@@ -194,6 +212,7 @@ pub enum PublicEvent {
     UserActivated(UserActivatedV1),
     InvitationMailSent(InvitationMailSentV1),
     InvitationMailFailed(InvitationMailFailedV1),
+    InvitationMailAbandoned(InvitationMailAbandonedV1),
     LinkOpened(LinkOpenedV1),
     CodeCheckFailed(CodeCheckFailedV1),
     CodeLocked(CodeLockedV1),
@@ -226,6 +245,7 @@ types! {
     UserActivatedV1 => "onboard.user.activated.v1",
     InvitationMailSentV1 => "onboard.user.invitation_mail_sent.v1",
     InvitationMailFailedV1 => "onboard.user.invitation_mail_failed.v1",
+    InvitationMailAbandonedV1 => "onboard.user.invitation_mail_abandoned.v1",
     LinkOpenedV1 => "onboard.user.link_opened.v1",
     CodeCheckFailedV1 => "onboard.user.code_check_failed.v1",
     CodeLockedV1 => "onboard.user.code_locked.v1",
@@ -320,6 +340,8 @@ impl PublicEvent {
                 reason,
                 permanent,
                 failed_at,
+                attempt,
+                next_attempt_at,
             } => Self::InvitationMailFailed(InvitationMailFailedV1 {
                 user_id,
                 sequence,
@@ -327,6 +349,21 @@ impl PublicEvent {
                 reason,
                 permanent,
                 failed_at,
+                attempt: Some(attempt).filter(|a| *a > 0),
+                next_attempt_at,
+            }),
+            OnboardingEvent::InvitationMailAbandoned {
+                code_id,
+                reason,
+                attempts,
+                abandoned_at,
+            } => Self::InvitationMailAbandoned(InvitationMailAbandonedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                reason,
+                attempts,
+                abandoned_at,
             }),
             OnboardingEvent::LinkOpened {
                 code_id,
@@ -390,6 +427,7 @@ impl PublicEvent {
             Self::UserActivated(_) => UserActivatedV1::TYPE,
             Self::InvitationMailSent(_) => InvitationMailSentV1::TYPE,
             Self::InvitationMailFailed(_) => InvitationMailFailedV1::TYPE,
+            Self::InvitationMailAbandoned(_) => InvitationMailAbandonedV1::TYPE,
             Self::LinkOpened(_) => LinkOpenedV1::TYPE,
             Self::CodeCheckFailed(_) => CodeCheckFailedV1::TYPE,
             Self::CodeLocked(_) => CodeLockedV1::TYPE,
@@ -407,6 +445,7 @@ impl PublicEvent {
             Self::UserActivated(e) => e.user_id,
             Self::InvitationMailSent(e) => e.user_id,
             Self::InvitationMailFailed(e) => e.user_id,
+            Self::InvitationMailAbandoned(e) => e.user_id,
             Self::LinkOpened(e) => e.user_id,
             Self::CodeCheckFailed(e) => e.user_id,
             Self::CodeLocked(e) => e.user_id,
@@ -424,6 +463,7 @@ impl PublicEvent {
             Self::UserActivated(e) => e.sequence,
             Self::InvitationMailSent(e) => e.sequence,
             Self::InvitationMailFailed(e) => e.sequence,
+            Self::InvitationMailAbandoned(e) => e.sequence,
             Self::LinkOpened(e) => e.sequence,
             Self::CodeCheckFailed(e) => e.sequence,
             Self::CodeLocked(e) => e.sequence,
@@ -445,6 +485,7 @@ impl PublicEvent {
             Self::UserActivated(e) => serde_json::to_vec(e),
             Self::InvitationMailSent(e) => serde_json::to_vec(e),
             Self::InvitationMailFailed(e) => serde_json::to_vec(e),
+            Self::InvitationMailAbandoned(e) => serde_json::to_vec(e),
             Self::LinkOpened(e) => serde_json::to_vec(e),
             Self::CodeCheckFailed(e) => serde_json::to_vec(e),
             Self::CodeLocked(e) => serde_json::to_vec(e),
@@ -470,6 +511,7 @@ impl PublicEvent {
             UserActivatedV1::TYPE => Self::UserActivated(de(ce_type, value)?),
             InvitationMailSentV1::TYPE => Self::InvitationMailSent(de(ce_type, value)?),
             InvitationMailFailedV1::TYPE => Self::InvitationMailFailed(de(ce_type, value)?),
+            InvitationMailAbandonedV1::TYPE => Self::InvitationMailAbandoned(de(ce_type, value)?),
             LinkOpenedV1::TYPE => Self::LinkOpened(de(ce_type, value)?),
             CodeCheckFailedV1::TYPE => Self::CodeCheckFailed(de(ce_type, value)?),
             CodeLockedV1::TYPE => Self::CodeLocked(de(ce_type, value)?),
@@ -504,6 +546,7 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<UserActivatedV1>(UserActivatedV1::TYPE),
         one::<InvitationMailSentV1>(InvitationMailSentV1::TYPE),
         one::<InvitationMailFailedV1>(InvitationMailFailedV1::TYPE),
+        one::<InvitationMailAbandonedV1>(InvitationMailAbandonedV1::TYPE),
         one::<LinkOpenedV1>(LinkOpenedV1::TYPE),
         one::<CodeCheckFailedV1>(CodeCheckFailedV1::TYPE),
         one::<CodeLockedV1>(CodeLockedV1::TYPE),

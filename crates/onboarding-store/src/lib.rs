@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod hasher;
+mod retries;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 pub use hasher::Argon2Hasher;
+pub use retries::MailRetry;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -201,6 +203,10 @@ pub struct Store {
 }
 
 impl Store {
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
         let cqrs = postgres_es::postgres_cqrs(pool.clone(), vec![], services.clone());
         let events =
@@ -279,7 +285,7 @@ impl Store {
     }
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 

@@ -708,3 +708,43 @@ impl Drop for Broker {
         }
     }
 }
+
+/// A real SMTP server of one test's own (`tests/e2e/smtp/gate.py`, aiosmtpd) that refuses
+/// (`reject…`), defers (`defer…`) or greylists (`grey…`) recipients by their local part and passes
+/// accepted mail on to MailDev.
+pub struct SmtpGate {
+    pub port: u16,
+    child: Child,
+}
+
+impl SmtpGate {
+    pub fn start(services: &Services, dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let log = File::create(dir.join(format!("smtp-gate-{port}.log"))).unwrap();
+        let child = Command::new(var("TEST_SMTP_GATE_PYTHON"))
+            .arg(var("TEST_SMTP_GATE"))
+            .arg(port.to_string())
+            .arg(&services.smtp_host)
+            .arg(services.smtp_port.to_string())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start the SMTP gate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the SMTP gate did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for SmtpGate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

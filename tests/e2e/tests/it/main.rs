@@ -4,6 +4,7 @@
 mod bad_input;
 mod browser;
 mod codes;
+mod delivery;
 mod flow;
 mod harness;
 mod links;
