@@ -36,7 +36,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,8 @@ pub enum HandleError {
     Store(#[from] StoreError),
     #[error("stopping before the mail could be sent")]
     Stopped,
+    #[error("cannot write to the dead-letter topic: {0}")]
+    DeadLetter(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,8 @@ pub struct EmailWorker {
     consumer_config: rdkafka::ClientConfig,
     topic: String,
     watchdog: watchdog::Watchdog,
+    dead_letters: FutureProducer,
+    dead_letter_topic: String,
     /// The consumer's rebalance count when the watchdog last looked.
     rebalances_seen: u64,
 }
@@ -183,6 +188,8 @@ impl EmailWorker {
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
             ),
             rebalances_seen: 0,
+            dead_letters: onboarding_relay::kafka::producer(&settings.kafka)?,
+            dead_letter_topic: onboarding_relay::kafka::dead_letter_topic(&settings.kafka),
         })
     }
 
@@ -319,6 +326,61 @@ impl EmailWorker {
         Ok(())
     }
 
+    /// Copies a record that cannot be processed at all to the dead-letter topic, with its key,
+    /// value and headers, plus `dlq_reason` (machine-readable: `missing_type`,
+    /// `unreadable_payload`), `dlq_error`, and where it came from. Returns once the broker
+    /// acknowledged it, so the record's offset is stored only after that.
+    async fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), HandleError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+        for (key, value) in [
+            ("dlq_reason", reason),
+            ("dlq_error", error),
+            ("dlq_topic", msg.topic()),
+            ("dlq_partition", partition.as_str()),
+            ("dlq_offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        self.dead_letters
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| HandleError::DeadLetter(e.to_string()))?;
+        metrics::counter!("onboard_mail_dead_lettered_total", "reason" => reason.to_owned())
+            .increment(1);
+        tracing::warn!(
+            reason,
+            partition = msg.partition(),
+            offset = msg.offset(),
+            topic = %self.dead_letter_topic,
+            "record set aside on the dead-letter topic"
+        );
+        Ok(())
+    }
+
     fn close(self) -> Result<(), WorkerError> {
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
@@ -339,6 +401,11 @@ impl EmailWorker {
             .and_then(|v| std::str::from_utf8(v).ok())
             .unwrap_or_default()
             .to_owned();
+        if ce_type.is_empty() {
+            return self
+                .dead_letter(msg, "missing_type", "the record has no ce_type header")
+                .await;
+        }
         if ce_type != CodeIssuedV1::TYPE && ce_type != UserActivatedV1::TYPE {
             return Ok(());
         }
@@ -352,10 +419,12 @@ impl EmailWorker {
             }
             Ok(_) => return Ok(()),
             Err(e) => {
-                // Not ours to fix and retrying cannot help: log it and move on.
-                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable record skipped");
+                // Not ours to fix and retrying cannot help: set it aside and move on.
+                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable record sent to the dead-letter topic");
                 metrics::counter!("onboard_mail_total", "outcome" => "unreadable").increment(1);
-                return Ok(());
+                return self
+                    .dead_letter(msg, "unreadable_payload", &e.to_string())
+                    .await;
             }
         };
         let started = Instant::now();

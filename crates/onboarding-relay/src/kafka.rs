@@ -41,7 +41,13 @@ pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
         .create()
 }
 
-/// Creates the events topic if it does not exist. Topics are never auto-created.
+/// The dead-letter topic of the email workers: records they cannot process at all.
+pub fn dead_letter_topic(kafka: &KafkaSettings) -> String {
+    format!("{}.dlq", kafka.topic)
+}
+
+/// Creates the events topic and its dead-letter topic if they do not exist. Topics are never
+/// auto-created.
 pub async fn create_topics(kafka: &KafkaSettings) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
     let topic = NewTopic::new(
@@ -49,8 +55,14 @@ pub async fn create_topics(kafka: &KafkaSettings) -> Result<(), KafkaError> {
         kafka.partitions,
         TopicReplication::Fixed(kafka.replication_factor),
     );
+    let dlq_name = dead_letter_topic(kafka);
+    let dlq = NewTopic::new(
+        &dlq_name,
+        1,
+        TopicReplication::Fixed(kafka.replication_factor),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics([&topic], &opts).await? {
+    for result in admin.create_topics([&topic, &dlq], &opts).await? {
         match result {
             Ok(name) => {
                 tracing::info!(topic = %name, partitions = kafka.partitions, "topic created")

@@ -240,3 +240,67 @@ async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its
     );
     assert!(!listed.contains(&grey_id.as_str()), "{list}");
 }
+
+#[tokio::test]
+async fn records_that_cannot_be_processed_go_to_the_dead_letter_topic_and_block_nothing() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let stack = Stack::start("deadletter", Options::default()).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .create()
+        .expect("kafka producer");
+    // On every partition, ahead of the next invitation: a code_issued record whose value is not
+    // JSON, and a record without any type.
+    for partition in 0..4 {
+        let typed = OwnedHeaders::new().insert(Header {
+            key: "ce_type",
+            value: Some("onboard.user.code_issued.v1"),
+        });
+        let bad = format!("{{not json {partition}");
+        producer
+            .send(
+                FutureRecord::to(&stack.topic)
+                    .partition(partition)
+                    .key("garbage")
+                    .payload(&bad)
+                    .headers(typed),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+        producer
+            .send(
+                FutureRecord::to(&stack.topic)
+                    .partition(partition)
+                    .key("untyped")
+                    .payload("hello"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let (_, email, _) = stack.invite_mailed("AfterGarbage").await;
+    assert_eq!(stack.mails_to(&email).await.len(), 1);
+
+    let dlq = format!("{}.dlq", stack.topic);
+    let records = stack.read_topic_of(&dlq, |rs| rs.len() >= 8).await;
+    assert_eq!(records.len(), 8, "{records:#?}");
+    for r in &records {
+        assert_eq!(r.headers["dlq_topic"], stack.topic, "{r:?}");
+        assert!(r.headers["dlq_offset"].parse::<i64>().is_ok(), "{r:?}");
+        match r.key.as_str() {
+            "garbage" => {
+                assert_eq!(r.headers["dlq_reason"], "unreadable_payload", "{r:?}");
+                assert_eq!(r.headers["ce_type"], "onboard.user.code_issued.v1");
+                assert!(r.raw_value.starts_with("{not json"), "{r:?}");
+            }
+            "untyped" => {
+                assert_eq!(r.headers["dlq_reason"], "missing_type", "{r:?}");
+                assert_eq!(r.raw_value, "hello");
+            }
+            other => panic!("unexpected record {other} on the dead-letter topic: {r:?}"),
+        }
+    }
+}
