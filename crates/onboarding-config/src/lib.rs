@@ -96,6 +96,12 @@ pub struct EmailSettings {
     pub message_id_domain: Option<String>,
     /// Name sent in HELO/EHLO; defaults to the Message-ID domain.
     pub hello_name: Option<String>,
+    /// Envelope sender (MAIL FROM, where bounces go); defaults to `from_address`.
+    #[serde(default)]
+    pub envelope_from: Option<String>,
+    /// A Reply-To header for every mail; none by default.
+    #[serde(default)]
+    pub reply_to: Option<String>,
     pub timeout_seconds: u64,
     /// Attempts per invitation mail before it is abandoned (transient failures only; a
     /// permanent failure abandons it at once).

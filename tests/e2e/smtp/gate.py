@@ -1,17 +1,22 @@
 """An SMTP server for the end-to-end tests that answers like real mail servers do and passes
 accepted mail on to MailDev, where the tests read it.
 
-Recipients are answered by their local part:
+Every RCPT TO address is printed as received ("RCPT <address>"). Recipients are answered by
+their local part:
   reject...  550 5.1.1 (permanent: no such mailbox)
   defer...   451 4.7.1 every time (transient, never recovers)
   grey...    451 4.7.1 for the first two attempts per address, then accepted (greylisting)
   anything else: accepted
+
+Accepted mail goes on to MailDev, except for quoted local parts ("john doe"@...), which MailDev
+refuses with 501: the gate keeps those itself and prints "STORED <recipient> <Message-ID>".
 
 Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT
 """
 
 import asyncio
 import collections
+import email
 import smtplib
 import sys
 
@@ -24,6 +29,8 @@ class Gate:
         self.seen = collections.Counter()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Every recipient as it came on the wire, for the tests to read back.
+        print("RCPT %s" % address, flush=True)
         local = address.rsplit("@", 1)[0].strip('"').lower()
         if local.startswith("reject"):
             return "550 5.1.1 <%s>: mailbox unavailable" % address
@@ -37,9 +44,17 @@ class Gate:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        kept = [r for r in envelope.rcpt_tos if r.startswith('"')]
+        passed = [r for r in envelope.rcpt_tos if not r.startswith('"')]
+        message_id = email.message_from_bytes(envelope.original_content).get("Message-ID", "")
+        for r in kept:
+            print("STORED %s %s" % (r, message_id), flush=True)
+
         def relay():
+            if not passed:
+                return
             with smtplib.SMTP(*self.forward, timeout=10) as smtp:
-                smtp.sendmail(envelope.mail_from, envelope.rcpt_tos, envelope.original_content)
+                smtp.sendmail(envelope.mail_from, passed, envelope.original_content)
 
         try:
             await asyncio.get_running_loop().run_in_executor(None, relay)

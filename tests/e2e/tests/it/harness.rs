@@ -727,13 +727,15 @@ impl Drop for Broker {
 /// accepted mail on to MailDev.
 pub struct SmtpGate {
     pub port: u16,
+    log: PathBuf,
     child: Child,
 }
 
 impl SmtpGate {
     pub fn start(services: &Services, dir: &std::path::Path) -> Self {
         let port = free_port();
-        let log = File::create(dir.join(format!("smtp-gate-{port}.log"))).unwrap();
+        let log_path = dir.join(format!("smtp-gate-{port}.log"));
+        let log = File::create(&log_path).unwrap();
         let child = Command::new(var("TEST_SMTP_GATE_PYTHON"))
             .arg(var("TEST_SMTP_GATE"))
             .arg(port.to_string())
@@ -751,7 +753,32 @@ impl SmtpGate {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { port, child }
+        Self {
+            port,
+            log: log_path,
+            child,
+        }
+    }
+
+    /// The mails the gate kept itself (quoted local parts): (recipient, Message-ID).
+    pub fn stored(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("STORED "))
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(r, id)| (r.to_owned(), id.to_owned()))
+            .collect()
+    }
+
+    /// Every RCPT TO address the gate received, as it came on the wire.
+    pub fn recipients(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("RCPT "))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
