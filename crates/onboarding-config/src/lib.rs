@@ -91,6 +91,14 @@ pub struct EmailSettings {
     pub enable_start_tls: bool,
     /// Implicit TLS (SMTPS, usually port 465).
     pub enable_tls: bool,
+    /// With `enable_start_tls = false`: upgrade with STARTTLS when the server offers it, send in
+    /// plain text when it does not.
+    #[serde(default)]
+    pub opportunistic_start_tls: bool,
+    /// A PEM file of certificates trusted for the SMTP server in addition to the Mozilla roots
+    /// (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     pub enable_authentication: bool,
     /// Domain used in Message-ID headers; defaults to the from-address domain, never the host name.
     pub message_id_domain: Option<String>,
@@ -401,6 +409,11 @@ impl Settings {
         if self.output_adapter.email.retry_initial_seconds == 0 {
             return bad("output_adapter.email.retry_initial_seconds must be at least 1".into());
         }
+        if self.output_adapter.email.opportunistic_start_tls
+            && (self.output_adapter.email.enable_start_tls || self.output_adapter.email.enable_tls)
+        {
+            return bad("output_adapter.email: opportunistic_start_tls applies only with enable_start_tls = false and enable_tls = false; choose one mode".into());
+        }
         if self.kafka.email_worker_stall_seconds < 5 {
             return bad(format!(
                 "kafka.email_worker_stall_seconds ({}) must be at least 5",
@@ -520,6 +533,30 @@ mod tests {
         assert!(
             err.contains("unknown key `output_adapter.email.enable_starttls`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn opportunistic_starttls_is_a_mode_of_its_own() {
+        // MINIMAL keeps the default: STARTTLS required.
+        let toml = MINIMAL.replacen(
+            "from_address",
+            "opportunistic_start_tls = true\n        from_address",
+            1,
+        );
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(err.contains("opportunistic_start_tls"), "{err}");
+        let toml = MINIMAL.replacen(
+            "from_address",
+            "opportunistic_start_tls = true\n        enable_start_tls = false\n        from_address",
+            1,
+        );
+        assert!(
+            Settings::from_toml_str(&toml)
+                .unwrap()
+                .output_adapter
+                .email
+                .opportunistic_start_tls
         );
     }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -90,15 +91,34 @@ pub struct Accepted {
 impl Mailer {
     pub fn new(settings: &EmailSettings, organisation: &str) -> Result<Self, SetupError> {
         let host = settings.hostname.as_str();
-        let mut builder = if settings.enable_tls {
-            AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| SetupError::Email(e.to_string()))?
-        } else if settings.enable_start_tls {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| SetupError::Email(e.to_string()))?
-        } else {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        let tls_parameters = || -> Result<TlsParameters, SetupError> {
+            let mut params = TlsParameters::builder(host.to_owned());
+            if let Some(path) = &settings.ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    SetupError::Email(format!("ca_file {}: cannot read it: {e}", path.display()))
+                })?;
+                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                    SetupError::Email(format!(
+                        "ca_file {} holds no PEM certificate ({e}); give the CA's certificate in PEM form",
+                        path.display()
+                    ))
+                })?;
+                params = params.add_root_certificate(cert);
+            }
+            params
+                .build()
+                .map_err(|e| SetupError::Email(format!("TLS setup: {e}")))
         };
+        let tls = if settings.enable_tls {
+            Tls::Wrapper(tls_parameters()?)
+        } else if settings.enable_start_tls {
+            Tls::Required(tls_parameters()?)
+        } else if settings.opportunistic_start_tls {
+            Tls::Opportunistic(tls_parameters()?)
+        } else {
+            Tls::None
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).tls(tls);
         let message_id_domain = settings.message_id_domain();
         builder = builder
             .port(settings.port)

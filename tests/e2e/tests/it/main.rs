@@ -10,4 +10,5 @@ mod flow;
 mod harness;
 mod links;
 mod restart;
+mod smtp_tls;
 mod workers;
