@@ -2,8 +2,11 @@
 //!
 //! Architecture invariants:
 //! - At least once: a record's offset is stored only after its outcome was recorded on the
-//!   aggregate (`InvitationMailSent` / `InvitationMailFailed`), or after it was found to need
-//!   nothing. Auto-commit then commits stored offsets only.
+//!   aggregate (`InvitationMailSent`; or `InvitationMailFailed` plus a row in the delayed store
+//!   or `InvitationMailAbandoned`), after it was found to need nothing, or after it was copied
+//!   to the dead-letter topic. Auto-commit then commits stored offsets only.
+//! - Never blocked by a failing mail: one SMTP attempt per record; later attempts come from the
+//!   delayed store (`mail_retries`), claimed under a lease by `Delivery::run_retries`.
 //! - Mail once per code: before sending, the worker reads the aggregate and skips a code that
 //!   was already mailed, superseded, expired or used; the aggregate refuses a second "sent" for
 //!   the same code. What remains is the window between the SMTP server's acceptance and the
@@ -472,9 +475,16 @@ impl Delivery {
         if Utc::now() >= live.expires_at {
             return Ok(Outcome::Expired);
         }
-        if matches!(account.delivery, Some(EmailDelivery::Abandoned { .. })) {
+        match &account.delivery {
             // Given up already (the record was seen again after a restart).
-            return Ok(Outcome::Abandoned);
+            Some(EmailDelivery::Abandoned { .. }) => return Ok(Outcome::Abandoned),
+            // The record was seen again while its mail waits in the delayed store: the retry
+            // task owns it.
+            Some(EmailDelivery::Failed {
+                next_attempt_at: Some(_),
+                ..
+            }) if first_failed_at.is_none() => return Ok(Outcome::RetryScheduled),
+            _ => {}
         }
         let (Some(username), Some(email)) = (&account.username, &account.email) else {
             return Ok(Outcome::UnknownUser);
@@ -650,11 +660,8 @@ impl Delivery {
                         .await;
                     match outcome {
                         Ok(outcome) => {
-                            if !matches!(
-                                outcome,
-                                Outcome::Sent | Outcome::RetryScheduled | Outcome::Abandoned
-                            ) {
-                                // Nothing left to send for this code.
+                            if outcome != Outcome::RetryScheduled {
+                                // Sent, given up, or nothing left to send for this code.
                                 if let Err(e) = self.store.remove_mail_retry(retry.code_id).await {
                                     tracing::warn!(error = %e, "cannot remove a finished retry; it will be seen again");
                                 }
