@@ -259,3 +259,49 @@ async fn implicit_tls_with_auth_delivers_and_a_wrong_password_is_a_clear_error()
     assert!(!bad.status.success());
     assert!(err.contains("certificate"), "{err}");
 }
+
+#[tokio::test]
+async fn starttls_required_refuses_a_server_without_it_and_opportunistic_sends_in_plain() {
+    // The shared MailDev offers no STARTTLS.
+    let stack = Stack::new("starttls", Options::default()).await;
+    let test_send = |env: &[(&str, &str)], to: &str| {
+        Command::new(&stack.services.onboard)
+            .arg("--config")
+            .arg(&stack.config)
+            .args(["email", "test-send", to])
+            .envs(env.iter().copied())
+            .env("ONBOARD_LOG", "warn")
+            .output()
+            .expect("run onboard")
+    };
+    let required = format!("{}@pickup.example", unique("starttls."));
+    let out = test_send(
+        &[("ONBOARD__OUTPUT_ADAPTER__EMAIL__ENABLE_START_TLS", "true")],
+        &required,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("did not accept") && err.contains("tls"),
+        "{err}"
+    );
+    assert!(
+        stack.mails_to(&required).await.is_empty(),
+        "nothing is sent in plain text"
+    );
+
+    let opportunistic = format!("{}@pickup.example", unique("opportunistic."));
+    let out = test_send(
+        &[(
+            "ONBOARD__OUTPUT_ADAPTER__EMAIL__OPPORTUNISTIC_START_TLS",
+            "true",
+        )],
+        &opportunistic,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stack.wait_for_mail(&opportunistic).await;
+}
