@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
-use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
+use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 use onboarding_email_worker::EmailWorker;
 use onboarding_gateway::AppState;
 use onboarding_relay::Relay;
@@ -74,6 +74,9 @@ enum Command {
         /// Language tag for the user's mails, e.g. `en` or `de-AT` (falls back to its language, then the default locale).
         #[arg(long)]
         locale: Option<String>,
+        /// IANA time zone for the user's mails, e.g. `Europe/Berlin`.
+        #[arg(long)]
+        time_zone: Option<String>,
         /// Minutes the code stays valid (default: identity_mgt.user_onboarding.ask_password_email_validity).
         #[arg(long)]
         code_validity_minutes: Option<i64>,
@@ -213,6 +216,7 @@ async fn run(cli: Cli) -> Result<()> {
             email,
             domain,
             locale,
+            time_zone,
             code_validity_minutes,
         } => {
             invite(
@@ -220,7 +224,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &username,
                 &email,
                 &domain,
-                locale.as_deref(),
+                (locale.as_deref(), time_zone.as_deref()),
                 code_validity_minutes,
             )
             .await
@@ -296,7 +300,7 @@ async fn invite(
     username: &str,
     email: &str,
     domain: &str,
-    locale: Option<&str>,
+    (locale, time_zone): (Option<&str>, Option<&str>),
     validity: Option<i64>,
 ) -> Result<()> {
     let cfg = &settings.identity_mgt.user_onboarding;
@@ -313,6 +317,10 @@ async fn invite(
         .map(Locale::parse)
         .transpose()
         .map_err(|e| bad("locale", e))?;
+    let time_zone = time_zone
+        .map(TimeZone::parse)
+        .transpose()
+        .map_err(|e| bad("time-zone", e))?;
     let minutes = validity.unwrap_or(cfg.ask_password_email_validity);
     let bounds = cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes;
     if !bounds.contains(&minutes) {
@@ -328,6 +336,7 @@ async fn invite(
         email,
         domain,
         locale,
+        time_zone,
         claims: Default::default(),
         validity_minutes: minutes,
     };

@@ -15,7 +15,7 @@ use crate::event::{CodeIssueReason, OnboardingEvent, TemplateRef};
 use crate::password::{
     Password, PasswordContext, PasswordHash, PasswordPolicy, PasswordRuleViolation,
 };
-use crate::value::{EmailAddress, Locale, UserDomain, Username};
+use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
 /// Where an account is in its onboarding. `Uninvited` is the state of an id nobody invited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +117,7 @@ pub struct InviteUser {
     pub email: EmailAddress,
     pub domain: UserDomain,
     pub locale: Option<Locale>,
+    pub time_zone: Option<TimeZone>,
     pub claims: BTreeMap<String, serde_json::Value>,
     pub code: NewCode,
     pub now: DateTime<Utc>,
@@ -271,6 +272,8 @@ pub struct Onboarding {
     pub email: Option<EmailAddress>,
     pub domain: Option<UserDomain>,
     pub locale: Option<Locale>,
+    #[serde(default)]
+    pub time_zone: Option<TimeZone>,
     pub claims: BTreeMap<String, serde_json::Value>,
     pub created_at: Option<DateTime<Utc>>,
     pub codes: Vec<IssuedCode>,
@@ -483,6 +486,7 @@ impl Aggregate for Onboarding {
                     email,
                     domain,
                     locale,
+                    time_zone,
                     claims,
                     code,
                     now,
@@ -495,6 +499,7 @@ impl Aggregate for Onboarding {
                         email,
                         domain,
                         locale,
+                        time_zone,
                         claims,
                         invited_at: now,
                     },
@@ -702,6 +707,7 @@ impl Aggregate for Onboarding {
                 email,
                 domain,
                 locale,
+                time_zone,
                 claims,
                 invited_at,
             } => {
@@ -711,6 +717,7 @@ impl Aggregate for Onboarding {
                 self.email = Some(email);
                 self.domain = Some(domain);
                 self.locale = locale;
+                self.time_zone = time_zone;
                 self.claims = claims;
                 self.created_at = Some(invited_at);
             }

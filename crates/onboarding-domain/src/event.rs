@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::code::CodeId;
 use crate::password::PasswordHash;
-use crate::value::{EmailAddress, Locale, UserDomain, Username};
+use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,12 +32,15 @@ pub struct TemplateRef {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OnboardingEvent {
+    /// Version 2.0 added `time_zone`; stored 1.0 rows are upcast on load (`time_zone: null`),
+    /// see `onboarding_store::upcasters`.
     UserInvited {
         user_id: Uuid,
         username: Username,
         email: EmailAddress,
         domain: UserDomain,
         locale: Option<Locale>,
+        time_zone: Option<TimeZone>,
         #[serde(default)]
         claims: BTreeMap<String, serde_json::Value>,
         invited_at: DateTime<Utc>,
@@ -109,7 +112,18 @@ pub enum OnboardingEvent {
 }
 
 impl OnboardingEvent {
+    /// The version of every event type that has not changed shape since the first release.
     pub const VERSION: &'static str = "1.0";
+    /// `UserInvited` gained `time_zone`.
+    pub const USER_INVITED_VERSION: &'static str = "2.0";
+
+    /// The version this build writes for each event type.
+    pub fn version_of(event_type: &str) -> &'static str {
+        match event_type {
+            "UserInvited" => Self::USER_INVITED_VERSION,
+            _ => Self::VERSION,
+        }
+    }
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -135,6 +149,6 @@ impl DomainEvent for OnboardingEvent {
     }
 
     fn event_version(&self) -> String {
-        Self::VERSION.to_owned()
+        Self::version_of(self.name()).to_owned()
     }
 }

@@ -182,6 +182,32 @@ impl Locale {
     }
 }
 
+/// An IANA time zone name such as `Europe/Berlin`, for rendering times in the user's mails.
+/// Stored in its canonical spelling (`europe/berlin` is accepted and stored as `Europe/Berlin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TimeZone(String);
+
+impl TimeZone {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let raw = raw.trim();
+        let tz: chrono_tz::Tz = raw.parse().or_else(|_| {
+            chrono_tz::TZ_VARIANTS
+                .iter()
+                .find(|tz| tz.name().eq_ignore_ascii_case(raw))
+                .copied()
+                .ok_or_else(|| {
+                    invalid("time_zone must be an IANA time zone name such as Europe/Berlin or America/New_York")
+                })
+        })?;
+        Ok(Self(tz.name().to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +271,16 @@ mod tests {
     fn locales_accept_language_tags() {
         assert_eq!(Locale::parse("pt_BR").unwrap().as_str(), "pt-BR");
         assert!(Locale::parse("english please").is_err());
+    }
+
+    #[test]
+    fn time_zones_are_iana_names_in_canonical_spelling() {
+        assert_eq!(
+            TimeZone::parse(" europe/berlin ").unwrap().as_str(),
+            "Europe/Berlin"
+        );
+        assert_eq!(TimeZone::parse("UTC").unwrap().as_str(), "UTC");
+        assert!(TimeZone::parse("Mars/Olympus_Mons").is_err());
+        assert!(TimeZone::parse("").is_err());
     }
 }

@@ -36,6 +36,10 @@ pub struct UserInvitedV1 {
     pub domain: String,
     pub email: String,
     pub locale: Option<String>,
+    /// IANA time zone name chosen at invitation (added in place: optional, absent or `null`
+    /// when none was chosen and in records published before it existed).
+    #[serde(default)]
+    pub time_zone: Option<String>,
     pub claims: BTreeMap<String, serde_json::Value>,
     pub invited_at: DateTime<Utc>,
 }
@@ -243,6 +247,7 @@ impl PublicEvent {
                 email,
                 domain,
                 locale,
+                time_zone,
                 claims,
                 invited_at,
                 ..
@@ -253,6 +258,7 @@ impl PublicEvent {
                 domain: domain.as_str().to_owned(),
                 email: email.as_str().to_owned(),
                 locale: locale.map(|l| l.as_str().to_owned()),
+                time_zone: time_zone.map(|t| t.as_str().to_owned()),
                 claims,
                 invited_at,
             }),

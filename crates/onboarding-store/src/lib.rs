@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{
+    EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster, SerializedEvent,
+};
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
 use onboarding_domain::password::PasswordPolicy;
 use onboarding_domain::{
-    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
+    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingEvent, OnboardingServices,
 };
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use rand::RngCore;
@@ -200,11 +202,59 @@ pub struct Store {
     services: OnboardingServices,
 }
 
+/// Turns stored events of older versions into the current shape when they are loaded, oldest
+/// version first. To change an event's shape: bump its version in
+/// `OnboardingEvent::version_of`, add an upcaster here from the previous version, and add a
+/// test on a stored row of the old version (see docs/ARCHITECTURE.md, "Event versions").
+pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+    vec![Box::new(SemanticVersionEventUpcaster::new(
+        "UserInvited",
+        OnboardingEvent::USER_INVITED_VERSION,
+        Box::new(|mut payload| {
+            // 1.0 → 2.0: `time_zone` did not exist; nobody chose one.
+            if let Some(fields) = payload
+                .get_mut("UserInvited")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                fields.entry("time_zone").or_insert(serde_json::Value::Null);
+            }
+            payload
+        }),
+    ))]
+}
+
+/// A stored event in the current shape: runs the upcasters, then deserialises.
+pub fn upcast(
+    event_type: &str,
+    event_version: &str,
+    payload: serde_json::Value,
+) -> Result<OnboardingEvent, serde_json::Error> {
+    let mut event = SerializedEvent {
+        aggregate_id: String::new(),
+        sequence: 0,
+        aggregate_type: String::new(),
+        event_type: event_type.to_owned(),
+        event_version: event_version.to_owned(),
+        payload,
+        metadata: serde_json::Value::Null,
+    };
+    for upcaster in upcasters() {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            event = upcaster.upcast(event);
+        }
+    }
+    serde_json::from_value(event.payload)
+}
+
 impl Store {
     pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
-        let cqrs = postgres_es::postgres_cqrs(pool.clone(), vec![], services.clone());
+        let store =
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(upcasters());
+        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
         let events =
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(upcasters());
         Self {
             pool,
             cqrs: Arc::new(cqrs),
@@ -304,6 +354,7 @@ pub struct Invitation {
     pub email: onboarding_domain::value::EmailAddress,
     pub domain: onboarding_domain::value::UserDomain,
     pub locale: Option<onboarding_domain::value::Locale>,
+    pub time_zone: Option<onboarding_domain::value::TimeZone>,
     pub claims: std::collections::BTreeMap<String, serde_json::Value>,
     pub validity_minutes: i64,
 }
@@ -337,6 +388,7 @@ impl Store {
             email: invitation.email.clone(),
             domain: invitation.domain.clone(),
             locale: invitation.locale.clone(),
+            time_zone: invitation.time_zone.clone(),
             claims: invitation.claims.clone(),
             code: new_code(&self.services.keyring, invitation.validity_minutes),
             now: Utc::now(),
