@@ -98,6 +98,13 @@ enum Command {
         #[arg(long, default_value = UserDomain::PRIMARY)]
         domain: String,
     },
+    /// For auditors: verify the log, rebuild projections from it, read an account's history.
+    /// Exit status: 0 all good, 1 the command could not run, 3 tampering or differences found,
+    /// 4 the head given with --expect is not in the log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +137,8 @@ enum UserCommand {
     },
 }
 
+mod audit;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
@@ -145,10 +154,13 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<audit::Failed>() {
+            Some(failed) => std::process::ExitCode::from(failed.0),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -245,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Email { command } => email(&settings, command).await,
+        Command::Audit { command } => audit::run(&settings, command).await,
         Command::Events { user, domain } => {
             let store = store(&settings).await?;
             let id = resolve(&store, &user, &domain).await?;
@@ -259,13 +272,13 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn store(settings: &Settings) -> Result<Store> {
+pub(crate) async fn store(settings: &Settings) -> Result<Store> {
     let pool = onboarding_store::connect(settings).await?;
     let services = onboarding_store::services(settings)?;
     Ok(Store::new(pool, services))
 }
 
-async fn resolve(store: &Store, user: &str, domain: &str) -> Result<Uuid> {
+pub(crate) async fn resolve(store: &Store, user: &str, domain: &str) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(user) {
         return Ok(id);
     }

@@ -105,9 +105,12 @@ impl Actor {
             ("actor_kind".to_owned(), self.kind.to_owned()),
             ("actor_id".to_owned(), self.id.clone()),
         ]);
-        if let Some(c) = &self.correlation_id {
-            m.insert("correlation_id".to_owned(), c.clone());
-        }
+        // Without one from the caller, the events of one command share a fresh id.
+        let correlation = self
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        m.insert("correlation_id".to_owned(), correlation);
         m
     }
 }
