@@ -12,7 +12,7 @@ use crate::code::CodeId;
 use crate::password::PasswordHash;
 use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeIssueReason {
     Invitation,
@@ -23,14 +23,14 @@ pub enum CodeIssueReason {
 
 /// Which template a mail was rendered from: its id, a version (a digest of its files) and the
 /// locale chosen after fallback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TemplateRef {
     pub id: String,
     pub version: String,
     pub locale: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OnboardingEvent {
     /// Version 2.0 added `time_zone`; stored 1.0 rows are upcast on load (`time_zone: null`),
     /// see `onboarding_store::upcasters`.

@@ -16,7 +16,7 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 
 /// A user name as the administrator typed it (`Jane`), Unicode-normalised (NFKC).
 /// Uniqueness is decided on [`Username::key`], which ignores case.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Username(String);
 
@@ -64,7 +64,7 @@ impl fmt::Display for Username {
 }
 
 /// A user store domain, WSO2 style (`PRIMARY`, `EMPLOYEES`): upper case ASCII.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct UserDomain(String);
 
@@ -102,7 +102,7 @@ impl fmt::Display for UserDomain {
 }
 
 /// An email address (RFC 5322 `addr-spec`, internationalised domains allowed).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct EmailAddress(String);
 
@@ -155,7 +155,7 @@ impl fmt::Debug for EmailAddress {
 }
 
 /// A BCP 47 language tag such as `en`, `en-GB` or `pt-BR`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Locale(String);
 
@@ -184,7 +184,7 @@ impl Locale {
 
 /// An IANA time zone name such as `Europe/Berlin`, for rendering times in the user's mails.
 /// Stored in its canonical spelling (`europe/berlin` is accepted and stored as `Europe/Berlin`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct TimeZone(String);
 

@@ -603,3 +603,50 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `UserInvited` as the first release stored it (1.0: no `time_zone`).
+    const V1: &str = r#"{"UserInvited": {"user_id": "0197300e-7a5c-7b3e-9d5a-3c1f2e4d5a6b", "username": "Old", "email": "old@pickup.example", "domain": "PRIMARY", "locale": "de", "claims": {}, "invited_at": "2026-01-05T09:00:00Z"}}"#;
+
+    #[test]
+    fn a_version_1_invitation_is_upcast_with_no_time_zone() {
+        let payload: serde_json::Value = serde_json::from_str(V1).unwrap();
+        let upcaster = &upcasters()[0];
+        assert!(upcaster.can_upcast("UserInvited", "1.0"));
+        assert!(!upcaster.can_upcast("UserInvited", "2.0"));
+        assert!(!upcaster.can_upcast("CodeIssued", "1.0"));
+        let event = upcast("UserInvited", "1.0", payload).unwrap();
+        match event {
+            OnboardingEvent::UserInvited {
+                username,
+                locale,
+                time_zone,
+                ..
+            } => {
+                assert_eq!(username.as_str(), "Old");
+                assert_eq!(locale.unwrap().as_str(), "de");
+                assert_eq!(time_zone, None);
+            }
+            other => panic!("not an invitation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_current_version_is_read_as_stored() {
+        let mut payload: serde_json::Value = serde_json::from_str(V1).unwrap();
+        payload["UserInvited"]["time_zone"] = "Europe/Berlin".into();
+        let event = upcast("UserInvited", "2.0", payload).unwrap();
+        assert!(matches!(
+            event,
+            OnboardingEvent::UserInvited { time_zone: Some(tz), .. } if tz.as_str() == "Europe/Berlin"
+        ));
+        assert_eq!(
+            OnboardingEvent::version_of("UserInvited"),
+            OnboardingEvent::USER_INVITED_VERSION
+        );
+        assert_eq!(OnboardingEvent::version_of("CodeIssued"), "1.0");
+    }
+}

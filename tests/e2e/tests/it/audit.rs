@@ -23,6 +23,32 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Checks a stored event's payload (as `audit export` prints it) against the committed schema
+/// of its type and version, `schemas/stored/<event_type>.<event_version>.json`.
+fn validate_stored(event: &Value) {
+    let (t, v) = (
+        event["event_type"].as_str().unwrap(),
+        event["event_version"].as_str().unwrap(),
+    );
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/stored")
+        .join(format!("{t}.{v}.json"));
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no schema for {t} {v} at {}: {e}", path.display())),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&event["payload"])
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{t} {v} does not match its schema: {errors:?}\n{event}"
+    );
+}
+
 /// Invites through the CLI (no gateway needed); returns the user id.
 fn cli_invite(stack: &Stack, username: &str, extra: &[&str]) -> String {
     let email = format!("{}@pickup.example", unique(&format!("{username}.")));
@@ -348,6 +374,7 @@ async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_export
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(all.len(), 6);
+    all.iter().for_each(validate_stored);
     for pair in all.windows(2) {
         assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
     }
@@ -548,6 +575,16 @@ async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
             .unwrap()
             .get(0);
     assert!(!stored.contains("time_zone"), "{stored}");
+    // Each stored row matches the schema of the version it was stored as.
+    let o = stack.cli(&["audit", "export"]);
+    let exported: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported.len(), 4, "{}", out(&o));
+    exported.iter().for_each(validate_stored);
+    assert_eq!(exported[0]["event_version"], "1.0");
+    assert_eq!(exported[2]["event_version"], "2.0");
 
     // Its state at an instant, the replay and the chain all read it.
     let o = stack.cli(&["audit", "as-of", &id, &chrono::Utc::now().to_rfc3339()]);
@@ -556,4 +593,20 @@ async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
     assert!(o.status.success(), "{}", out(&o));
     let o = stack.cli(&["audit", "verify"]);
     assert!(o.status.success(), "{}", out(&o));
+}
+
+/// The check every topic read goes through can fail: a record without a required field.
+#[test]
+#[should_panic(expected = "does not match its schema")]
+fn a_record_that_breaks_its_schema_fails_the_test_that_reads_it() {
+    crate::harness::validate_against_schema(
+        "onboard.user.activated.v1",
+        &serde_json::json!({"user_id": "0197300e-7a5c-7b3e-9d5a-3c1f2e4d5a6b", "sequence": 5}),
+    );
+}
+
+#[test]
+#[should_panic(expected = "has no schema")]
+fn a_record_of_an_unknown_type_fails_the_test_that_reads_it() {
+    crate::harness::validate_against_schema("onboard.user.teleported.v1", &serde_json::json!({}));
 }
