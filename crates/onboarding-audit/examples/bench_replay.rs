@@ -217,13 +217,19 @@ async fn main() {
         let mut scratch = onboarding_audit::replay::Scratch::create(&pool)
             .await
             .unwrap();
+        let started = Instant::now();
         onboarding_audit::replay::from_postgres(&pool, &mut scratch)
             .await
             .unwrap();
+        let rebuilt = started.elapsed().as_secs_f64();
         let n = scratch.events;
         let differences = onboarding_audit::replay::compare(&pool, &scratch)
             .await
             .unwrap();
+        eprintln!(
+            "replay phases: rebuild {rebuilt:.2} s, compare {:.2} s",
+            started.elapsed().as_secs_f64() - rebuilt
+        );
         assert!(differences.is_empty(), "{differences:?}");
         scratch.drop_schema(&pool).await.unwrap();
         n

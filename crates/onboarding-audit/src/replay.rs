@@ -158,47 +158,8 @@ impl Scratch {
     }
 
     async fn flush(&mut self, pool: &PgPool) -> Result<(), ReplayError> {
-        if self.accounts.is_empty() {
-            return Ok(());
-        }
         let rows = std::mem::take(&mut self.accounts);
-        let col = |f: fn(&AccountRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-        let time =
-            |f: fn(&AccountRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
-        let mut tx = pool.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO {}.account_states SELECT * FROM UNNEST($1::uuid[], $2::text[], \
-             $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], \
-             $8::timestamptz[], $9::text[])",
-            self.schema
-        ))
-        .bind(&ids)
-        .bind(col(|r| r.state.map(str::to_owned)))
-        .bind(time(|r| r.state_since))
-        .bind(time(|r| r.code_expires_at))
-        .bind(col(|r| r.username.clone()))
-        .bind(col(|r| r.domain.clone()))
-        .bind(col(|r| r.email.clone()))
-        .bind(time(|r| r.created_at))
-        .bind(col(|r| r.delivery.map(str::to_owned)))
-        .execute(&mut *tx)
-        .await?;
-        let names: Vec<(String, String, Uuid)> =
-            rows.iter().filter_map(AccountRow::username_row).collect();
-        sqlx::query(&format!(
-            "INSERT INTO {}.usernames SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])",
-            self.schema
-        ))
-        .bind(names.iter().map(|n| n.0.clone()).collect::<Vec<_>>())
-        .bind(names.iter().map(|n| n.1.clone()).collect::<Vec<_>>())
-        .bind(names.iter().map(|n| n.2).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.accounts = rows;
-        self.accounts.clear();
-        Ok(())
+        insert_rows(pool, &self.schema, rows).await
     }
 
     pub async fn drop_schema(self, pool: &PgPool) -> Result<(), ReplayError> {
@@ -209,14 +170,141 @@ impl Scratch {
     }
 }
 
+/// Writes one batch of rebuilt rows into the scratch schema.
+async fn insert_rows(
+    pool: &PgPool,
+    schema: &str,
+    rows: Vec<AccountRow>,
+) -> Result<(), ReplayError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&AccountRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let time = |f: fn(&AccountRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.account_states SELECT * FROM UNNEST($1::uuid[], $2::text[], \
+         $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], \
+         $8::timestamptz[], $9::text[])"
+    ))
+    .bind(&ids)
+    .bind(col(|r| r.state.map(str::to_owned)))
+    .bind(time(|r| r.state_since))
+    .bind(time(|r| r.code_expires_at))
+    .bind(col(|r| r.username.clone()))
+    .bind(col(|r| r.domain.clone()))
+    .bind(col(|r| r.email.clone()))
+    .bind(time(|r| r.created_at))
+    .bind(col(|r| r.delivery.map(str::to_owned)))
+    .execute(&mut *tx)
+    .await?;
+    let names: Vec<(String, String, Uuid)> =
+        rows.iter().filter_map(AccountRow::username_row).collect();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.usernames SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])"
+    ))
+    .bind(names.iter().map(|n| n.0.clone()).collect::<Vec<_>>())
+    .bind(names.iter().map(|n| n.1.clone()).collect::<Vec<_>>())
+    .bind(names.iter().map(|n| n.2).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Replays `events` from PostgreSQL, one account at a time in (account, sequence) order, so
 /// memory holds one account and one batch of rows whatever the size of the log.
 pub async fn from_postgres(pool: &PgPool, scratch: &mut Scratch) -> Result<(), ReplayError> {
+    // Batches are written by a task of their own while the next ones are folded; at most two
+    // wait in the channel, so memory stays flat.
+    let (batches, mut receiver) = tokio::sync::mpsc::channel::<Vec<AccountRow>>(2);
+    let writer = {
+        let (pool, schema) = (pool.clone(), scratch.schema.clone());
+        tokio::spawn(async move {
+            while let Some(rows) = receiver.recv().await {
+                insert_rows(&pool, &schema, rows).await?;
+            }
+            Ok::<_, ReplayError>(())
+        })
+    };
+    // The log is read and the live projections are copied from one snapshot, so appends made
+    // while the replay runs cannot show up as differences.
+    let mut live = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *live)
+        .await?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *live)
+        .await?;
+    let mut read = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *read)
+        .await?;
+    sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .execute(&mut *read)
+        .await?;
+    let schema = scratch.schema.clone();
+    let (copied, folded) = tokio::join!(
+        copy_live(&mut live, &schema),
+        fold_postgres(&mut read, scratch, &batches)
+    );
+    drop(batches);
+    let folded = folded.and(copied);
+    let folded = match folded {
+        Ok(()) => {
+            live.commit().await?;
+            read.commit().await.map_err(ReplayError::from)
+        }
+        Err(e) => Err(e),
+    };
+    let written = writer.await.map_err(|e| ReplayError::Corrupt {
+        at: "the scratch writer".into(),
+        reason: e.to_string(),
+    })?;
+    folded.and(written)
+}
+
+/// Copies the live projections into the scratch schema (`live_account_states`,
+/// `live_usernames`): `account_states` is a view over the whole log, read once.
+async fn copy_live(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(), ReplayError> {
+    for (projection, columns) in PROJECTIONS {
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.live_{projection} AS SELECT {columns} FROM {projection}"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The projections replayed: name (the live table or view, found through the search path, as
+/// the engine's own queries find it), columns compared, order of the printed differences.
+const PROJECTIONS: [(&str, &str); 2] = [
+    (
+        "account_states",
+        "user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery",
+    ),
+    ("usernames", "domain, username_key, user_id"),
+];
+
+async fn fold_postgres(
+    conn: &mut sqlx::PgConnection,
+    scratch: &mut Scratch,
+    batches: &tokio::sync::mpsc::Sender<Vec<AccountRow>>,
+) -> Result<(), ReplayError> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let send = |batch: &mut Vec<AccountRow>, row: AccountRow| {
+        if row.invited {
+            batch.push(row);
+        }
+        (batch.len() >= BATCH).then(|| std::mem::replace(batch, Vec::with_capacity(BATCH)))
+    };
     let mut rows = sqlx::query(
-        "SELECT aggregate_id, sequence, event_type, event_version, payload, recorded_at, global_position \
+        "SELECT aggregate_id, sequence, event_type, event_version, payload::text AS payload, recorded_at \
          FROM events WHERE aggregate_type = 'Onboarding' ORDER BY aggregate_id, sequence",
     )
-    .fetch(pool);
+    .fetch(&mut *conn);
     let mut current: Option<(String, AccountRow)> = None;
     while let Some(row) = rows.try_next().await? {
         scratch.events += 1;
@@ -229,7 +317,12 @@ pub async fn from_postgres(pool: &PgPool, scratch: &mut Scratch) -> Result<(), R
             if let Some((_, done)) =
                 current.replace((aggregate_id.to_owned(), AccountRow::new(user_id)))
             {
-                scratch.push(pool, done).await?;
+                if let Some(full) = send(&mut batch, done) {
+                    if batches.send(full).await.is_err() {
+                        // The writer stopped: its error is reported by the caller.
+                        return Ok(());
+                    }
+                }
             }
         }
         let Some((_, account)) = current.as_mut() else {
@@ -240,23 +333,25 @@ pub async fn from_postgres(pool: &PgPool, scratch: &mut Scratch) -> Result<(), R
             continue;
         }
         let sequence: i64 = row.try_get("sequence")?;
-        let corrupt = |reason: String| ReplayError::Corrupt {
-            at: format!("aggregate {aggregate_id} sequence {sequence}"),
-            reason,
-        };
-        let event = onboarding_store::upcast(
+        let event = onboarding_store::upcast_str(
             event_type,
             row.try_get("event_version")?,
             row.try_get("payload")?,
         )
-        .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(|e| ReplayError::Corrupt {
+            at: format!("aggregate {aggregate_id} sequence {sequence}"),
+            reason: e.to_string(),
+        })?;
         let public = PublicEvent::from_domain(account.user_id, sequence, event);
         account.apply(&public, row.try_get("recorded_at")?);
     }
-    if let Some((_, done)) = current {
-        scratch.push(pool, done).await?;
+    if let Some((_, done)) = current.filter(|(_, a)| a.invited) {
+        batch.push(done);
     }
-    scratch.flush(pool).await
+    if !batch.is_empty() {
+        let _ = batches.send(batch).await;
+    }
+    Ok(())
 }
 
 /// The event types that change a projection; the others are read but not decoded.
@@ -296,6 +391,9 @@ pub async fn from_kafka(
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(kerr)?;
+    let mut live = pool.begin().await?;
+    copy_live(&mut live, &scratch.schema).await?;
+    live.commit().await?;
     let topic = kafka.topic.clone();
     let (consumer, ends) = tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
@@ -405,25 +503,22 @@ impl std::fmt::Display for Difference {
     }
 }
 
-/// Rows of the live projections and the scratch schema that differ, each side's rows ordered.
+/// Rows of the live projections (as copied when the replay started) and the rebuilt ones
+/// that differ, each side's rows ordered.
 pub async fn compare(pool: &PgPool, scratch: &Scratch) -> Result<Vec<Difference>, ReplayError> {
     let s = &scratch.schema;
     let mut out = Vec::new();
-    for (projection, columns, order) in [
-        (
-            "account_states",
-            "user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery",
-            "user_id",
-        ),
-        ("usernames", "domain, username_key, user_id", "domain, username_key"),
-    ] {
+    for ((projection, columns), order) in PROJECTIONS
+        .into_iter()
+        .zip(["user_id", "domain, username_key"])
+    {
         let rows = sqlx::query(&format!(
             "SELECT side, to_jsonb(d) - 'side' AS row FROM ( \
-               (SELECT 'live' AS side, {columns} FROM public.{projection} \
+               (SELECT 'live' AS side, {columns} FROM {s}.live_{projection} \
                 EXCEPT ALL SELECT 'live', {columns} FROM {s}.{projection}) \
                UNION ALL \
                (SELECT 'replay' AS side, {columns} FROM {s}.{projection} \
-                EXCEPT ALL SELECT 'replay', {columns} FROM public.{projection}) \
+                EXCEPT ALL SELECT 'replay', {columns} FROM {s}.live_{projection}) \
              ) d ORDER BY {order}, side"
         ))
         .fetch_all(pool)

@@ -226,6 +226,20 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     ))]
 }
 
+/// [`upcast`] from the payload's JSON text: events already in the current version are
+/// deserialised straight from the text (the replay's fast path).
+pub fn upcast_str(
+    event_type: &str,
+    event_version: &str,
+    payload: &str,
+) -> Result<OnboardingEvent, serde_json::Error> {
+    if event_version == OnboardingEvent::version_of(event_type) {
+        serde_json::from_str(payload)
+    } else {
+        upcast(event_type, event_version, serde_json::from_str(payload)?)
+    }
+}
+
 /// A stored event in the current shape: runs the upcasters, then deserialises.
 pub fn upcast(
     event_type: &str,
