@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
-use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
+use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 use onboarding_email_worker::EmailWorker;
 use onboarding_gateway::AppState;
 use onboarding_relay::Relay;
@@ -74,6 +74,9 @@ enum Command {
         /// Language tag for the user's mails, e.g. `en` or `de-AT` (falls back to its language, then the default locale).
         #[arg(long)]
         locale: Option<String>,
+        /// IANA time zone for the user's mails, e.g. `Europe/Berlin`.
+        #[arg(long)]
+        time_zone: Option<String>,
         /// Minutes the code stays valid (default: identity_mgt.user_onboarding.ask_password_email_validity).
         #[arg(long)]
         code_validity_minutes: Option<i64>,
@@ -94,6 +97,13 @@ enum Command {
         user: String,
         #[arg(long, default_value = UserDomain::PRIMARY)]
         domain: String,
+    },
+    /// For auditors: verify the log, rebuild projections from it, read an account's history.
+    /// Exit status: 0 all good, 1 the command could not run, 3 tampering or differences found,
+    /// 4 the head given with --expect is not in the log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -127,6 +137,8 @@ enum UserCommand {
     },
 }
 
+mod audit;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
@@ -142,10 +154,13 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<audit::Failed>() {
+            Some(failed) => std::process::ExitCode::from(failed.0),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -213,6 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
             email,
             domain,
             locale,
+            time_zone,
             code_validity_minutes,
         } => {
             invite(
@@ -220,7 +236,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &username,
                 &email,
                 &domain,
-                locale.as_deref(),
+                (locale.as_deref(), time_zone.as_deref()),
                 code_validity_minutes,
             )
             .await
@@ -241,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Email { command } => email(&settings, command).await,
+        Command::Audit { command } => audit::run(&settings, command).await,
         Command::Events { user, domain } => {
             let store = store(&settings).await?;
             let id = resolve(&store, &user, &domain).await?;
@@ -255,13 +272,13 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn store(settings: &Settings) -> Result<Store> {
+pub(crate) async fn store(settings: &Settings) -> Result<Store> {
     let pool = onboarding_store::connect(settings).await?;
     let services = onboarding_store::services(settings)?;
     Ok(Store::new(pool, services))
 }
 
-async fn resolve(store: &Store, user: &str, domain: &str) -> Result<Uuid> {
+pub(crate) async fn resolve(store: &Store, user: &str, domain: &str) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(user) {
         return Ok(id);
     }
@@ -296,7 +313,7 @@ async fn invite(
     username: &str,
     email: &str,
     domain: &str,
-    locale: Option<&str>,
+    (locale, time_zone): (Option<&str>, Option<&str>),
     validity: Option<i64>,
 ) -> Result<()> {
     let cfg = &settings.identity_mgt.user_onboarding;
@@ -313,6 +330,10 @@ async fn invite(
         .map(Locale::parse)
         .transpose()
         .map_err(|e| bad("locale", e))?;
+    let time_zone = time_zone
+        .map(TimeZone::parse)
+        .transpose()
+        .map_err(|e| bad("time-zone", e))?;
     let minutes = validity.unwrap_or(cfg.ask_password_email_validity);
     let bounds = cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes;
     if !bounds.contains(&minutes) {
@@ -328,6 +349,7 @@ async fn invite(
         email,
         domain,
         locale,
+        time_zone,
         claims: Default::default(),
         validity_minutes: minutes,
     };

@@ -15,7 +15,7 @@ use crate::event::{CodeIssueReason, OnboardingEvent, TemplateRef};
 use crate::password::{
     Password, PasswordContext, PasswordHash, PasswordPolicy, PasswordRuleViolation,
 };
-use crate::value::{EmailAddress, Locale, UserDomain, Username};
+use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
 /// Where an account is in its onboarding. `Uninvited` is the state of an id nobody invited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +102,7 @@ pub struct ResendLimits {
     pub daily_cap: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokedBy {
     Admin,
@@ -117,6 +117,7 @@ pub struct InviteUser {
     pub email: EmailAddress,
     pub domain: UserDomain,
     pub locale: Option<Locale>,
+    pub time_zone: Option<TimeZone>,
     pub claims: BTreeMap<String, serde_json::Value>,
     pub code: NewCode,
     pub now: DateTime<Utc>,
@@ -289,6 +290,8 @@ pub struct Onboarding {
     pub email: Option<EmailAddress>,
     pub domain: Option<UserDomain>,
     pub locale: Option<Locale>,
+    #[serde(default)]
+    pub time_zone: Option<TimeZone>,
     pub claims: BTreeMap<String, serde_json::Value>,
     pub created_at: Option<DateTime<Utc>>,
     pub codes: Vec<IssuedCode>,
@@ -501,6 +504,7 @@ impl Aggregate for Onboarding {
                     email,
                     domain,
                     locale,
+                    time_zone,
                     claims,
                     code,
                     now,
@@ -513,6 +517,7 @@ impl Aggregate for Onboarding {
                         email,
                         domain,
                         locale,
+                        time_zone,
                         claims,
                         invited_at: now,
                     },
@@ -747,6 +752,7 @@ impl Aggregate for Onboarding {
                 email,
                 domain,
                 locale,
+                time_zone,
                 claims,
                 invited_at,
             } => {
@@ -756,6 +762,7 @@ impl Aggregate for Onboarding {
                 self.email = Some(email);
                 self.domain = Some(domain);
                 self.locale = locale;
+                self.time_zone = time_zone;
                 self.claims = claims;
                 self.created_at = Some(invited_at);
             }

@@ -25,7 +25,7 @@ const TOKEN_LEN: usize = 16 + 16 + TAG_LEN;
 const DOMAIN_SEPARATOR: &[u8] = b"onboard-code-v1";
 
 /// The public identifier of one issued code. Knowing it does not let anyone use the code.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct CodeId(Uuid);
 

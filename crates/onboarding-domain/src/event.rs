@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use crate::code::CodeId;
 use crate::password::PasswordHash;
-use crate::value::{EmailAddress, Locale, UserDomain, Username};
+use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeIssueReason {
     Invitation,
@@ -23,21 +23,24 @@ pub enum CodeIssueReason {
 
 /// Which template a mail was rendered from: its id, a version (a digest of its files) and the
 /// locale chosen after fallback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TemplateRef {
     pub id: String,
     pub version: String,
     pub locale: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OnboardingEvent {
+    /// Version 2.0 added `time_zone`; stored 1.0 rows are upcast on load (`time_zone: null`),
+    /// see `onboarding_store::upcasters`.
     UserInvited {
         user_id: Uuid,
         username: Username,
         email: EmailAddress,
         domain: UserDomain,
         locale: Option<Locale>,
+        time_zone: Option<TimeZone>,
         #[serde(default)]
         claims: BTreeMap<String, serde_json::Value>,
         invited_at: DateTime<Utc>,
@@ -100,6 +103,8 @@ pub enum OnboardingEvent {
         template: TemplateRef,
         sent_at: DateTime<Utc>,
     },
+    /// Version 1.1 added `attempt` and `next_attempt_at`; stored 1.0 rows are upcast on load
+    /// (`attempt: 0`, `next_attempt_at: null`), see `onboarding_store::upcasters`.
     InvitationMailFailed {
         code_id: CodeId,
         reason: String,
@@ -123,7 +128,21 @@ pub enum OnboardingEvent {
 }
 
 impl OnboardingEvent {
+    /// The version of every event type that has not changed shape since the first release.
     pub const VERSION: &'static str = "1.0";
+    /// `UserInvited` gained `time_zone`.
+    pub const USER_INVITED_VERSION: &'static str = "2.0";
+    /// `InvitationMailFailed` gained `attempt` and `next_attempt_at`.
+    pub const INVITATION_MAIL_FAILED_VERSION: &'static str = "1.1";
+
+    /// The version this build writes for each event type.
+    pub fn version_of(event_type: &str) -> &'static str {
+        match event_type {
+            "UserInvited" => Self::USER_INVITED_VERSION,
+            "InvitationMailFailed" => Self::INVITATION_MAIL_FAILED_VERSION,
+            _ => Self::VERSION,
+        }
+    }
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -150,6 +169,6 @@ impl DomainEvent for OnboardingEvent {
     }
 
     fn event_version(&self) -> String {
-        Self::VERSION.to_owned()
+        Self::version_of(self.name()).to_owned()
     }
 }

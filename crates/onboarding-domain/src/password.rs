@@ -31,7 +31,7 @@ impl fmt::Debug for Password {
 
 /// A password hash in PHC string format (`$argon2id$v=19$m=…`). It records its own parameters,
 /// so they can be raised later. It stays in the event store and never goes to Kafka.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct PasswordHash(String);
 

@@ -16,7 +16,7 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 
 /// A user name as the administrator typed it (`Jane`), Unicode-normalised (NFKC).
 /// Uniqueness is decided on [`Username::key`], which ignores case.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Username(String);
 
@@ -64,7 +64,7 @@ impl fmt::Display for Username {
 }
 
 /// A user store domain, WSO2 style (`PRIMARY`, `EMPLOYEES`): upper case ASCII.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct UserDomain(String);
 
@@ -102,7 +102,7 @@ impl fmt::Display for UserDomain {
 }
 
 /// An email address (RFC 5322 `addr-spec`, internationalised domains allowed).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct EmailAddress(String);
 
@@ -155,7 +155,7 @@ impl fmt::Debug for EmailAddress {
 }
 
 /// A BCP 47 language tag such as `en`, `en-GB` or `pt-BR`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Locale(String);
 
@@ -175,6 +175,32 @@ impl Locale {
                 "locale must be a language tag such as en, en-GB or pt-BR",
             ))
         }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An IANA time zone name such as `Europe/Berlin`, for rendering times in the user's mails.
+/// Stored in its canonical spelling (`europe/berlin` is accepted and stored as `Europe/Berlin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct TimeZone(String);
+
+impl TimeZone {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let raw = raw.trim();
+        let tz: chrono_tz::Tz = raw.parse().or_else(|_| {
+            chrono_tz::TZ_VARIANTS
+                .iter()
+                .find(|tz| tz.name().eq_ignore_ascii_case(raw))
+                .copied()
+                .ok_or_else(|| {
+                    invalid("time_zone must be an IANA time zone name such as Europe/Berlin or America/New_York")
+                })
+        })?;
+        Ok(Self(tz.name().to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -255,5 +281,16 @@ mod tests {
     fn locales_accept_language_tags() {
         assert_eq!(Locale::parse("pt_BR").unwrap().as_str(), "pt-BR");
         assert!(Locale::parse("english please").is_err());
+    }
+
+    #[test]
+    fn time_zones_are_iana_names_in_canonical_spelling() {
+        assert_eq!(
+            TimeZone::parse(" europe/berlin ").unwrap().as_str(),
+            "Europe/Berlin"
+        );
+        assert_eq!(TimeZone::parse("UTC").unwrap().as_str(), "UTC");
+        assert!(TimeZone::parse("Mars/Olympus_Mons").is_err());
+        assert!(TimeZone::parse("").is_err());
     }
 }

@@ -72,6 +72,7 @@ fn invited() -> OnboardingEvent {
         email: EmailAddress::parse("jane@pickup.example").unwrap(),
         domain: UserDomain::primary(),
         locale: None,
+        time_zone: None,
         claims: BTreeMap::new(),
         invited_at: t0(),
     }
@@ -112,6 +113,7 @@ fn invite() -> OnboardingCommand {
         email: EmailAddress::parse("jane@pickup.example").unwrap(),
         domain: UserDomain::primary(),
         locale: None,
+        time_zone: None,
         claims: BTreeMap::new(),
         code: new_code(1),
         now: t0(),

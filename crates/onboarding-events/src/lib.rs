@@ -36,6 +36,10 @@ pub struct UserInvitedV1 {
     pub domain: String,
     pub email: String,
     pub locale: Option<String>,
+    /// IANA time zone name chosen at invitation (added in place: optional, absent or `null`
+    /// when none was chosen and in records published before it existed).
+    #[serde(default)]
+    pub time_zone: Option<String>,
     pub claims: BTreeMap<String, serde_json::Value>,
     pub invited_at: DateTime<Utc>,
 }
@@ -263,6 +267,7 @@ impl PublicEvent {
                 email,
                 domain,
                 locale,
+                time_zone,
                 claims,
                 invited_at,
                 ..
@@ -273,6 +278,7 @@ impl PublicEvent {
                 domain: domain.as_str().to_owned(),
                 email: email.as_str().to_owned(),
                 locale: locale.map(|l| l.as_str().to_owned()),
+                time_zone: time_zone.map(|t| t.as_str().to_owned()),
                 claims,
                 invited_at,
             }),
@@ -556,6 +562,93 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
     ]
 }
 
+/// Shapes of stored events (`events.payload`) that this build no longer writes, kept so that
+/// their schemas stay generated from Rust types. Rows of these versions are upcast on load
+/// (`onboarding_store::upcasters`).
+pub mod stored_history {
+    use super::*;
+
+    /// `InvitationMailFailed` 1.0, before attempts were counted.
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub enum InvitationMailFailedV1_0 {
+        InvitationMailFailed {
+            code_id: onboarding_domain::code::CodeId,
+            reason: String,
+            permanent: bool,
+            failed_at: DateTime<Utc>,
+        },
+    }
+
+    /// `UserInvited` 1.0, before `time_zone` was added.
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub enum UserInvitedV1_0 {
+        UserInvited {
+            user_id: Uuid,
+            username: String,
+            email: String,
+            domain: String,
+            locale: Option<String>,
+            #[serde(default)]
+            claims: BTreeMap<String, serde_json::Value>,
+            invited_at: DateTime<Utc>,
+        },
+    }
+}
+
+/// The JSON Schema of every stored event type and version (`events.payload`), keyed by file
+/// name (`<event_type>.<event_version>.json`): the current versions from
+/// `onboarding_domain::OnboardingEvent`, older ones from [`stored_history`].
+pub fn stored_schemas() -> Vec<(String, serde_json::Value)> {
+    fn split(
+        root: serde_json::Value,
+        version: impl Fn(&str) -> String,
+    ) -> Vec<(String, serde_json::Value)> {
+        let defs = root.get("$defs").cloned();
+        let variants = match root.get("oneOf").and_then(|v| v.as_array()) {
+            Some(all) => all.clone(),
+            None => vec![root.clone()],
+        };
+        variants
+            .into_iter()
+            .filter_map(|mut variant| {
+                let name = variant
+                    .get("properties")?
+                    .as_object()?
+                    .keys()
+                    .next()?
+                    .clone();
+                let version = version(&name);
+                let obj = variant.as_object_mut()?;
+                obj.insert(
+                    "$schema".into(),
+                    "https://json-schema.org/draft/2020-12/schema".into(),
+                );
+                obj.insert(
+                    "$id".into(),
+                    format!("urn:onboard:stored:{name}:{version}").into(),
+                );
+                obj.insert("title".into(), format!("{name} {version}").into());
+                if let Some(defs) = &defs {
+                    obj.insert("$defs".into(), defs.clone());
+                }
+                Some((format!("{name}.{version}.json"), variant))
+            })
+            .collect()
+    }
+    let current =
+        serde_json::to_value(schemars::schema_for!(OnboardingEvent)).expect("schema serialises");
+    let mut all = split(current, |name| OnboardingEvent::version_of(name).to_owned());
+    let v1 = serde_json::to_value(schemars::schema_for!(stored_history::UserInvitedV1_0))
+        .expect("schema serialises");
+    all.extend(split(v1, |_| "1.0".to_owned()));
+    let failed_v1 = serde_json::to_value(schemars::schema_for!(
+        stored_history::InvitationMailFailedV1_0
+    ))
+    .expect("schema serialises");
+    all.extend(split(failed_v1, |_| "1.0".to_owned()));
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,9 +710,40 @@ mod tests {
     /// `UPDATE_SCHEMAS=1 cargo test -p onboarding-events`.
     #[test]
     fn committed_schemas_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/events");
+        check_committed("events", schemas());
+        check_committed("stored", stored_schemas());
+    }
+
+    #[test]
+    fn every_stored_event_type_has_a_schema_of_its_current_version() {
+        let files: Vec<String> = stored_schemas().into_iter().map(|(f, _)| f).collect();
+        for name in [
+            "UserInvited",
+            "CodeIssued",
+            "PasswordSet",
+            "WelcomeMailSent",
+        ] {
+            let file = format!("{name}.{}.json", OnboardingEvent::version_of(name));
+            assert!(files.contains(&file), "{file} missing from {files:?}");
+        }
+        assert!(files.contains(&"UserInvited.1.0.json".to_owned()));
+        assert!(files.contains(&"UserInvited.2.0.json".to_owned()));
+    }
+
+    fn check_committed(sub: &str, schemas: Vec<(String, serde_json::Value)>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas")
+            .join(sub);
         let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
-        for (file, schema) in schemas() {
+        let generated: Vec<String> = schemas.iter().map(|(f, _)| f.clone()).collect();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".json") || generated.contains(&name),
+                "schemas/{sub}/{name} is generated by no type; delete it if its type was removed"
+            );
+        }
+        for (file, schema) in schemas {
             let path = dir.join(&file);
             let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
             if update {
@@ -629,7 +753,7 @@ mod tests {
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert_eq!(
                 committed, text,
-                "schemas/events/{file} is stale; run UPDATE_SCHEMAS=1 cargo test -p onboarding-events"
+                "schemas/{sub}/{file} is stale; run UPDATE_SCHEMAS=1 cargo test -p onboarding-events"
             );
         }
     }

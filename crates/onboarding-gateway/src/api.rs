@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
-use onboarding_domain::value::{EmailAddress, Locale, UserDomain, Username};
+use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
 };
@@ -31,6 +31,7 @@ pub fn user_view(account: &Onboarding) -> Value {
         "email": account.email.as_ref().map(EmailAddress::as_str),
         "domain": account.domain.as_ref().map(UserDomain::as_str),
         "locale": account.locale.as_ref().map(Locale::as_str),
+        "time_zone": account.time_zone.as_ref().map(TimeZone::as_str),
         "claims": account.claims,
         "state": account.state.as_str(),
         "created_at": account.created_at,
@@ -203,6 +204,7 @@ async fn create_user_inner(
             "email",
             "domain",
             "locale",
+            "time_zone",
             "claims",
             "code_validity_minutes",
         ],
@@ -213,6 +215,7 @@ async fn create_user_inner(
         .parsed("domain", false, UserDomain::parse)
         .unwrap_or_else(UserDomain::primary);
     let locale = f.parsed("locale", false, Locale::parse);
+    let time_zone = f.parsed("time_zone", false, TimeZone::parse);
     let claims = f.object("claims");
     let validity = state.validity(&mut f);
     f.finish()?;
@@ -225,6 +228,7 @@ async fn create_user_inner(
         email,
         domain,
         locale,
+        time_zone,
         claims,
         validity_minutes: validity,
     };

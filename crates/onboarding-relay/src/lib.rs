@@ -2,7 +2,9 @@
 //!
 //! Architecture invariants:
 //! - One relay publishes at a time (a transaction-scoped advisory lock), reading the outbox in
-//!   id order, so each user's events reach Kafka in order, keyed by user id.
+//!   id order, so each user's events reach Kafka in order, keyed by user id. Outbox ids are
+//!   drawn under the append lock (migration 0008), so id order is also the log's commit order
+//!   across users.
 //! - A row is deleted only after the broker acknowledged its record (idempotent producer,
 //!   `acks=all`). A crash in between publishes the row again with the same `ce_id`: consumers
 //!   deduplicate. Nothing committed is ever skipped.

@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{
+    EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster, SerializedEvent,
+};
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
 use onboarding_domain::password::PasswordPolicy;
 use onboarding_domain::{
-    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
+    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingEvent, OnboardingServices,
 };
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use rand::RngCore;
@@ -105,9 +107,12 @@ impl Actor {
             ("actor_kind".to_owned(), self.kind.to_owned()),
             ("actor_id".to_owned(), self.id.clone()),
         ]);
-        if let Some(c) = &self.correlation_id {
-            m.insert("correlation_id".to_owned(), c.clone());
-        }
+        // Without one from the caller, the events of one command share a fresh id.
+        let correlation = self
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        m.insert("correlation_id".to_owned(), correlation);
         m
     }
 }
@@ -202,15 +207,96 @@ pub struct Store {
     services: OnboardingServices,
 }
 
+/// Turns stored events of older versions into the current shape when they are loaded, oldest
+/// version first. To change an event's shape: bump its version in
+/// `OnboardingEvent::version_of`, add an upcaster here from the previous version, and add a
+/// test on a stored row of the old version (see docs/ARCHITECTURE.md, "Event versions").
+pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+    vec![
+        Box::new(SemanticVersionEventUpcaster::new(
+            "UserInvited",
+            OnboardingEvent::USER_INVITED_VERSION,
+            Box::new(|mut payload| {
+                // 1.0 → 2.0: `time_zone` did not exist; nobody chose one.
+                if let Some(fields) = payload
+                    .get_mut("UserInvited")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    fields.entry("time_zone").or_insert(serde_json::Value::Null);
+                }
+                payload
+            }),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            "InvitationMailFailed",
+            OnboardingEvent::INVITATION_MAIL_FAILED_VERSION,
+            Box::new(|mut payload| {
+                // 1.0 → 1.1: attempts were not counted, and no retry was scheduled.
+                if let Some(fields) = payload
+                    .get_mut("InvitationMailFailed")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    fields.entry("attempt").or_insert(serde_json::json!(0));
+                    fields
+                        .entry("next_attempt_at")
+                        .or_insert(serde_json::Value::Null);
+                }
+                payload
+            }),
+        )),
+    ]
+}
+
+/// [`upcast`] from the payload's JSON text: events already in the current version are
+/// deserialised straight from the text (the replay's fast path).
+pub fn upcast_str(
+    event_type: &str,
+    event_version: &str,
+    payload: &str,
+) -> Result<OnboardingEvent, serde_json::Error> {
+    if event_version == OnboardingEvent::version_of(event_type) {
+        serde_json::from_str(payload)
+    } else {
+        upcast(event_type, event_version, serde_json::from_str(payload)?)
+    }
+}
+
+/// A stored event in the current shape: runs the upcasters, then deserialises.
+pub fn upcast(
+    event_type: &str,
+    event_version: &str,
+    payload: serde_json::Value,
+) -> Result<OnboardingEvent, serde_json::Error> {
+    let mut event = SerializedEvent {
+        aggregate_id: String::new(),
+        sequence: 0,
+        aggregate_type: String::new(),
+        event_type: event_type.to_owned(),
+        event_version: event_version.to_owned(),
+        payload,
+        metadata: serde_json::Value::Null,
+    };
+    for upcaster in upcasters() {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            event = upcaster.upcast(event);
+        }
+    }
+    serde_json::from_value(event.payload)
+}
+
 impl Store {
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
     pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
-        let cqrs = postgres_es::postgres_cqrs(pool.clone(), vec![], services.clone());
+        let store =
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(upcasters());
+        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
         let events =
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(upcasters());
         Self {
             pool,
             cqrs: Arc::new(cqrs),
@@ -310,6 +396,7 @@ pub struct Invitation {
     pub email: onboarding_domain::value::EmailAddress,
     pub domain: onboarding_domain::value::UserDomain,
     pub locale: Option<onboarding_domain::value::Locale>,
+    pub time_zone: Option<onboarding_domain::value::TimeZone>,
     pub claims: std::collections::BTreeMap<String, serde_json::Value>,
     pub validity_minutes: i64,
 }
@@ -343,6 +430,7 @@ impl Store {
             email: invitation.email.clone(),
             domain: invitation.domain.clone(),
             locale: invitation.locale.clone(),
+            time_zone: invitation.time_zone.clone(),
             claims: invitation.claims.clone(),
             code: new_code(&self.services.keyring, invitation.validity_minutes),
             now: Utc::now(),
@@ -552,5 +640,81 @@ impl Store {
         .await
         .map_err(db)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `UserInvited` as the first release stored it (1.0: no `time_zone`).
+    const V1: &str = r#"{"UserInvited": {"user_id": "0197300e-7a5c-7b3e-9d5a-3c1f2e4d5a6b", "username": "Old", "email": "old@pickup.example", "domain": "PRIMARY", "locale": "de", "claims": {}, "invited_at": "2026-01-05T09:00:00Z"}}"#;
+
+    #[test]
+    fn a_version_1_invitation_is_upcast_with_no_time_zone() {
+        let payload: serde_json::Value = serde_json::from_str(V1).unwrap();
+        let upcaster = &upcasters()[0];
+        assert!(upcaster.can_upcast("UserInvited", "1.0"));
+        assert!(!upcaster.can_upcast("UserInvited", "2.0"));
+        assert!(!upcaster.can_upcast("CodeIssued", "1.0"));
+        let event = upcast("UserInvited", "1.0", payload).unwrap();
+        match event {
+            OnboardingEvent::UserInvited {
+                username,
+                locale,
+                time_zone,
+                ..
+            } => {
+                assert_eq!(username.as_str(), "Old");
+                assert_eq!(locale.unwrap().as_str(), "de");
+                assert_eq!(time_zone, None);
+            }
+            other => panic!("not an invitation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_version_1_0_mail_failure_is_upcast_with_no_attempt_count() {
+        let stored = serde_json::json!({"InvitationMailFailed": {
+            "code_id": "5f2c9a1e-0b7d-e4a3-91c6-2d8f7b3a6e10",
+            "reason": "transient: connection refused",
+            "permanent": false,
+            "failed_at": "2025-06-02T09:14:07.512345678Z"
+        }});
+        assert!(upcasters()
+            .iter()
+            .any(|u| u.can_upcast("InvitationMailFailed", "1.0")));
+        assert!(!upcasters()
+            .iter()
+            .any(|u| u.can_upcast("InvitationMailFailed", "1.1")));
+        match upcast("InvitationMailFailed", "1.0", stored).unwrap() {
+            OnboardingEvent::InvitationMailFailed {
+                attempt,
+                next_attempt_at,
+                permanent,
+                ..
+            } => {
+                assert_eq!(attempt, 0);
+                assert_eq!(next_attempt_at, None);
+                assert!(!permanent);
+            }
+            other => panic!("not a mail failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_current_version_is_read_as_stored() {
+        let mut payload: serde_json::Value = serde_json::from_str(V1).unwrap();
+        payload["UserInvited"]["time_zone"] = "Europe/Berlin".into();
+        let event = upcast("UserInvited", "2.0", payload).unwrap();
+        assert!(matches!(
+            event,
+            OnboardingEvent::UserInvited { time_zone: Some(tz), .. } if tz.as_str() == "Europe/Berlin"
+        ));
+        assert_eq!(
+            OnboardingEvent::version_of("UserInvited"),
+            OnboardingEvent::USER_INVITED_VERSION
+        );
+        assert_eq!(OnboardingEvent::version_of("CodeIssued"), "1.0");
     }
 }

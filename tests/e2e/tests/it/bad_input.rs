@@ -161,6 +161,42 @@ async fn a_username_is_unique_per_domain_whatever_its_case() {
 }
 
 #[tokio::test]
+async fn names_that_differ_only_in_case_are_one_name_in_every_script() {
+    // PostgreSQL's lower() under the database's collation (C.UTF-8 here) lowers Σ at a word's
+    // end to σ and İ to i, where the engine's key lowers them to ς and i̇: the registry must
+    // use the engine's notion, or "ΣΊΣΥΦΟΣ" and "σίσυφος" become two accounts.
+    let stack = Stack::start("unique-unicode", Options::default()).await;
+    for (first, second) in [
+        ("ΣΊΣΥΦΟΣ", "σίσυφος"),
+        ("İSTANBUL", "i̇stanbul"),
+        ("ÄRGER", "ärger"),
+    ] {
+        let email = format!("{}@pickup.example", unique("u."));
+        let id = stack.invite(first, &email).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = post_raw(
+            &stack,
+            &json!({"username": second, "email": email}).to_string(),
+            true,
+        )
+        .await;
+        assert_eq!(status, 409, "{first} then {second}: {body}");
+        assert_eq!(body["error"], "username_taken");
+        // The terminal finds the account under either spelling.
+        let out = stack.cli(&["user", "show", second]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{second}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&id), "{second}: {stdout}");
+    }
+}
+
+#[tokio::test]
 async fn a_chunked_body_without_length_is_read_and_still_limited() {
     let stack = Stack::start(
         "chunked",

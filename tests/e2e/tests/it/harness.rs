@@ -111,6 +111,8 @@ pub struct Record {
 
 pub struct Stack {
     pub services: Services,
+    /// This test's own database.
+    pub database_url: String,
     pub kafka: String,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -262,6 +264,7 @@ name = "Pickup"
         .unwrap();
         let stack = Self {
             services,
+            database_url,
             kafka,
             dir,
             config,
@@ -298,11 +301,17 @@ name = "Pickup"
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_with_env(args, &[])
+    }
+
+    /// Runs `onboard` with extra environment variables (e.g. `ONBOARD__DATABASE__URL`).
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         Command::new(&self.services.onboard)
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env("ONBOARD_LOG", "warn")
+            .envs(env.iter().copied())
             .output()
             .expect("run onboard")
     }
@@ -565,7 +574,7 @@ name = "Pickup"
                 continue;
             };
             let raw_value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
-            let headers = m
+            let headers: HashMap<String, String> = m
                 .headers()
                 .map(|hs| {
                     hs.iter()
@@ -578,14 +587,19 @@ name = "Pickup"
                         .collect()
                 })
                 .unwrap_or_default();
+            // The engine's own topic holds JSON of its schemas only; a dead-letter topic holds
+            // what could not be read.
+            let value: Value = if topic == self.topic {
+                let value = serde_json::from_str(&raw_value).expect("record values are JSON");
+                let ce_type = headers.get("ce_type").map(String::as_str).unwrap_or("");
+                validate_against_schema(ce_type, &value);
+                value
+            } else {
+                serde_json::from_str(&raw_value).unwrap_or(Value::Null)
+            };
             records.push(Record {
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                // The engine's own topic holds JSON only; a dead-letter topic holds what could not be read.
-                value: match serde_json::from_str(&raw_value) {
-                    Ok(v) => v,
-                    Err(e) if topic == self.topic => panic!("record values are JSON: {e}"),
-                    Err(_) => Value::Null,
-                },
+                value,
                 raw_value,
                 headers,
                 partition: m.partition(),
@@ -638,6 +652,39 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+/// Checks a record's value against the committed JSON Schema of its `ce_type`
+/// (`schemas/events/<ce_type>.json`); every test that reads the topic goes through here.
+pub fn validate_against_schema(ce_type: &str, value: &Value) {
+    static VALIDATORS: std::sync::OnceLock<Mutex<HashMap<String, jsonschema::Validator>>> =
+        std::sync::OnceLock::new();
+    let mut validators = VALIDATORS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let validator = validators.entry(ce_type.to_owned()).or_insert_with(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas/events")
+            .join(format!("{ce_type}.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "a record of type `{ce_type}` has no schema at {}: {e}",
+                path.display()
+            )
+        });
+        let schema: Value = serde_json::from_str(&text).expect("schemas are JSON");
+        jsonschema::validator_for(&schema)
+            .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()))
+    });
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a `{ce_type}` record does not match its schema: {errors:?}\n{value}"
+    );
 }
 
 /// A Kafka-protocol broker (tansu, in memory) of one test's own, so the test can restart it.

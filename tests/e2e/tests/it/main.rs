@@ -2,6 +2,7 @@
 //! PostgreSQL, Kafka-protocol broker and SMTP server that `tests/run` starts.
 
 mod addresses;
+mod audit;
 mod bad_input;
 mod browser;
 mod codes;

@@ -1,0 +1,11 @@
+//! What auditors run (`onboard audit …`): verify the log's hash chain, rebuild the projections
+//! from the log and compare them with the live ones, read one account's history or its state
+//! at an instant, and export the log as JSON lines.
+//!
+//! Architecture invariant: everything here only reads the log (`events`) and live projections;
+//! the replay writes only into a scratch schema of its own, which it drops.
+#![forbid(unsafe_code)]
+
+pub mod chain;
+pub mod log;
+pub mod replay;

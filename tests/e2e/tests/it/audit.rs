@@ -1,0 +1,612 @@
+//! What an auditor sees: `onboard audit verify|replay|history|as-of|export` against a real log,
+//! tampered with in SQL the way an attacker with database access would.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::harness::{unique, Options, Stack};
+
+const PASSWORD: &str = "Pickup rides at dawn 42";
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Checks a stored event's payload (as `audit export` prints it) against the committed schema
+/// of its type and version, `schemas/stored/<event_type>.<event_version>.json`.
+fn validate_stored(event: &Value) {
+    let (t, v) = (
+        event["event_type"].as_str().unwrap(),
+        event["event_version"].as_str().unwrap(),
+    );
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/stored")
+        .join(format!("{t}.{v}.json"));
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no schema for {t} {v} at {}: {e}", path.display())),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&event["payload"])
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{t} {v} does not match its schema: {errors:?}\n{event}"
+    );
+}
+
+/// Invites through the CLI (no gateway needed); returns the user id.
+fn cli_invite(stack: &Stack, username: &str, extra: &[&str]) -> String {
+    let email = format!("{}@pickup.example", unique(&format!("{username}.")));
+    let mut args = vec!["invite", "--username", username, "--email", &email];
+    args.extend_from_slice(extra);
+    let o = stack.cli(&args);
+    assert!(o.status.success(), "{}", out(&o));
+    let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+    view["id"].as_str().unwrap().to_owned()
+}
+
+fn head_of(verify: &std::process::Output) -> String {
+    stdout(verify)
+        .lines()
+        .find_map(|l| l.strip_prefix("head: "))
+        .unwrap_or_else(|| panic!("no head digest in {}", out(verify)))
+        .to_owned()
+}
+
+/// A copy of the test's database (its log as it is now), for one tampering each.
+async fn copy_database(stack: &Stack, admin: &PgPool) -> String {
+    let source = stack.database_url.rsplit_once('/').unwrap().1.to_owned();
+    let copy = format!("{source}_{}", unique("t"));
+    sqlx::query(&format!("CREATE DATABASE \"{copy}\" TEMPLATE \"{source}\""))
+        .execute(admin)
+        .await
+        .unwrap();
+    format!("{}/{copy}", stack.database_url.rsplit_once('/').unwrap().0)
+}
+
+/// Runs SQL as an attacker would: with the log's triggers (append-only guard, hash chain)
+/// switched off for the session.
+async fn tamper(url: &str, statements: &[&str]) {
+    let pool = PgPool::connect(url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for s in statements {
+        sqlx::query(s).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    pool.close().await;
+}
+
+fn verify_on(stack: &Stack, url: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["audit", "verify"];
+    args.extend_from_slice(extra);
+    stack.cli_with_env(&args, &[("ONBOARD__DATABASE__URL", url)])
+}
+
+#[tokio::test]
+async fn verify_names_an_altered_removed_inserted_or_reordered_event_and_keeps_the_head() {
+    let stack = Stack::new("audit_verify", Options::default()).await;
+    for name in ["Ann", "Ben", "Cid"] {
+        cli_invite(&stack, name, &[]);
+    }
+    // Six events: UserInvited and CodeIssued for each of the three.
+    let intact = stack.cli(&["audit", "verify"]);
+    assert!(intact.status.success(), "{}", out(&intact));
+    assert!(stdout(&intact).contains("events: 6"), "{}", out(&intact));
+    assert!(stdout(&intact).contains("chain intact"));
+    let head = head_of(&intact);
+    assert!(head.starts_with("6:"), "{head}");
+
+    // The log refuses changes from anyone who does not switch its triggers off.
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let refused = sqlx::query("DELETE FROM events WHERE global_position = 3")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    let admin = PgPool::connect(&stack.services.database_url).await.unwrap();
+    pool.close().await;
+
+    // Altered: Ben's address changed in his invitation.
+    let url = copy_database(&stack, &admin).await;
+    tamper(&url, &["UPDATE events SET payload = jsonb_set(payload, '{UserInvited,email}', '\"mallory@evil.example\"') WHERE global_position = 3"]).await;
+    let o = verify_on(&stack, &url, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        stdout(&o).contains("ALTERED: position 3 (UserInvited of Onboarding"),
+        "{}",
+        out(&o)
+    );
+
+    // Removed: Ben's code disappears from the middle of the log.
+    let url = copy_database(&stack, &admin).await;
+    tamper(&url, &["DELETE FROM events WHERE global_position = 4"]).await;
+    let o = verify_on(&stack, &url, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        stdout(&o).contains("REMOVED: an event is missing after position 3, before position 5"),
+        "{}",
+        out(&o)
+    );
+
+    // Inserted: a forged event, with a hash computed by the published formula and chained to
+    // its predecessor, slipped in after position 2 (the later events renumbered to make room).
+    let url = copy_database(&stack, &admin).await;
+    tamper(
+        &url,
+        &[
+            "UPDATE events SET global_position = global_position + 1000 WHERE global_position > 2",
+            "UPDATE events SET global_position = global_position - 999 WHERE global_position > 1000",
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+             metadata, global_position, recorded_at, prev_hash, hash) \
+             SELECT aggregate_type, aggregate_id, 3, 'UserActivated', '1.0', \
+                    '{\"UserActivated\": {\"activated_at\": \"2026-01-01T00:00:00Z\"}}', metadata, 3, recorded_at, hash, \
+                    event_hash(hash, aggregate_type, aggregate_id, 3, 'UserActivated', '1.0', recorded_at, \
+                               '{\"UserActivated\": {\"activated_at\": \"2026-01-01T00:00:00Z\"}}', metadata) \
+             FROM events WHERE global_position = 2",
+        ],
+    )
+    .await;
+    let o = verify_on(&stack, &url, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        stdout(&o).contains("INSERTED: position 3 does not belong here"),
+        "{}",
+        out(&o)
+    );
+
+    // Reordered: two neighbours swap places.
+    let url = copy_database(&stack, &admin).await;
+    tamper(
+        &url,
+        &[
+            "UPDATE events SET global_position = -1 WHERE global_position = 4",
+            "UPDATE events SET global_position = 4 WHERE global_position = 5",
+            "UPDATE events SET global_position = 5 WHERE global_position = -1",
+        ],
+    )
+    .await;
+    let o = verify_on(&stack, &url, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        stdout(&o).contains("REORDERED: position 4 (") && stdout(&o).contains("and position 5 ("),
+        "{}",
+        out(&o)
+    );
+
+    // The kept head: still in the log after more appends; gone when the newest event is removed,
+    // which the chain alone cannot tell.
+    cli_invite(&stack, "Dee", &[]);
+    let later = stack.cli(&["audit", "verify", "--expect", &head]);
+    assert!(later.status.success(), "{}", out(&later));
+    assert!(head_of(&later).starts_with("8:"));
+    let url = copy_database(&stack, &admin).await;
+    tamper(&url, &["DELETE FROM events WHERE global_position >= 6"]).await;
+    let truncated = verify_on(&stack, &url, &[]);
+    assert!(truncated.status.success(), "{}", out(&truncated));
+    let o = verify_on(&stack, &url, &["--expect", &head]);
+    assert_eq!(o.status.code(), Some(4), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not hold the expected head"),
+        "{}",
+        out(&o)
+    );
+    let o = stack.cli(&["audit", "verify", "--expect", "yesterday"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not a head digest"),
+        "{}",
+        out(&o)
+    );
+}
+
+/// Positions of the probe events in the export, in export order.
+fn probe_positions(stack: &Stack) -> Vec<(String, i64)> {
+    let o = stack.cli(&["audit", "export"]);
+    assert!(o.status.success(), "{}", out(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["aggregate_type"] == "LateCommitProbe")
+        .map(|e| {
+            (
+                e["aggregate_id"].as_str().unwrap().to_owned(),
+                e["global_position"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const PROBE: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                     VALUES ('LateCommitProbe', $1, 1, 'Probe', '1.0', '{}', '{}')";
+
+#[tokio::test]
+async fn a_reader_never_skips_an_event_that_commits_late() {
+    let stack = Stack::new("audit_late", Options::default()).await;
+    cli_invite(&stack, "Eve", &[]);
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+
+    // A begins appending and stays open.
+    let mut a = pool.begin().await.unwrap();
+    sqlx::query(PROBE).bind("a").execute(&mut *a).await.unwrap();
+    // B starts appending later and would commit first.
+    let b_pool = pool.clone();
+    let b = tokio::spawn(async move {
+        let mut b = b_pool.begin().await.unwrap();
+        sqlx::query(PROBE).bind("b").execute(&mut *b).await.unwrap();
+        b.commit().await.unwrap();
+    });
+    // B waits for A (on the append lock), rather than committing a position a reader could
+    // see before A's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second append did not wait for the first"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!b.is_finished());
+    assert_eq!(probe_positions(&stack), vec![], "nothing is visible yet");
+
+    a.commit().await.unwrap();
+    b.await.unwrap();
+    let seen = probe_positions(&stack);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "a", "the first to append comes first: {seen:?}");
+    assert_eq!(seen[1].0, "b");
+    assert!(seen[0].1 < seen[1].1);
+    let o = stack.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", out(&o));
+}
+
+#[tokio::test]
+async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_exports_the_log() {
+    let stack = Stack::start("audit_history", Options::default()).await;
+    let (id, email, mail) = stack.invite_mailed("Gus").await;
+    // Wait for the mail's record so that the next events come after it.
+    stack
+        .user_records(&id, &["onboard.user.invitation_mail_sent.v1"])
+        .await;
+    let before_password = chrono::Utc::now();
+    let (status, body) = stack.submit_password(&mail.code(), PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    stack.wait_for_mails(&email, 2).await;
+    stack
+        .user_records(&id, &["onboard.user.welcome_mail_sent.v1"])
+        .await;
+
+    // The timeline: who did what, when, in one table.
+    let o = stack.cli(&["audit", "history", &id]);
+    assert!(o.status.success(), "{}", out(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    let expect = [
+        ("UserInvited", "actor=admin:e2e-admin"),
+        ("CodeIssued", "actor=admin:e2e-admin"),
+        ("InvitationMailSent", "actor=system:email-worker"),
+        ("PasswordSet", "actor=user:confirmation-link"),
+        ("UserActivated", "actor=user:confirmation-link"),
+        ("WelcomeMailSent", "actor=system:email-worker"),
+    ];
+    assert_eq!(lines.len(), expect.len(), "{}", out(&o));
+    for (line, (event, actor)) in lines.iter().zip(expect) {
+        assert!(
+            line.contains(event) && line.contains(actor),
+            "{line} should show {event} by {actor}"
+        );
+        assert!(!line.contains("correlation=-"), "{line}");
+    }
+    // One command's events share a correlation id; different commands do not.
+    let json = stack.cli(&["audit", "history", "Gus", "--json"]);
+    let events: Vec<Value> = stdout(&json)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["correlation_id"], events[1]["correlation_id"]);
+    assert_eq!(events[3]["correlation_id"], events[4]["correlation_id"]);
+    assert_ne!(events[0]["correlation_id"], events[3]["correlation_id"]);
+    assert_eq!(
+        events[3]["payload"]["PasswordSet"]["password_hash"],
+        "<redacted>"
+    );
+    assert!(!stdout(&json).contains("argon2"));
+
+    // As of before the password: the code was issued and mailed; now: active.
+    let at = before_password.to_rfc3339();
+    let o = stack.cli(&["audit", "as-of", &id, &at]);
+    assert!(o.status.success(), "{}", out(&o));
+    let then: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(then["state"], "CodeIssued", "{then}");
+    assert_eq!(then["email_delivery"]["status"], "sent", "{then}");
+    assert_eq!(then["activated_at"], Value::Null);
+    assert_eq!(then["last_position"], events[2]["global_position"]);
+    let now = chrono::Utc::now().to_rfc3339();
+    let o = stack.cli(&["audit", "as-of", &id, &now]);
+    let current: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(current["state"], "Active", "{}", out(&o));
+    let o = stack.cli(&["audit", "as-of", &id, "2000-01-01T00:00:00Z"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("did not exist at 2000-01-01"),
+        "{}",
+        out(&o)
+    );
+    let o = stack.cli(&["audit", "as-of", &id, "last tuesday"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not an RFC 3339 instant"),
+        "{}",
+        out(&o)
+    );
+
+    // Export: the whole log, or a window of it; hashes chain line to line.
+    let o = stack.cli(&["audit", "export"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let all: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(all.len(), 6);
+    all.iter().for_each(validate_stored);
+    for pair in all.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
+    assert!(!stdout(&o).contains("argon2"));
+    let o = stack.cli(&["audit", "export", "--since", &at]);
+    let later: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = later
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["PasswordSet", "UserActivated", "WelcomeMailSent"],
+        "{}",
+        out(&o)
+    );
+    let o = stack.cli(&["audit", "export", "--until", &at]);
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", out(&o));
+}
+
+/// Waits until the relay has published everything committed.
+async fn outbox_drained(pool: &PgPool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{left} outbox rows left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
+    let stack = Stack::start("audit_replay", Options::default()).await;
+    let (active, email, mail) = stack.invite_mailed("Hal").await;
+    let (status, body) = stack.submit_password(&mail.code(), PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    stack.wait_for_mails(&email, 2).await;
+    let (invited, _, _) = stack.invite_mailed("Ida").await;
+    // An invitation with a time zone (UserInvited 2.0), given in any case.
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&serde_json::json!({"username": "Jo", "email": format!("{}@pickup.example", unique("jo.")), "time_zone": "europe/berlin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let jo: Value = r.json().await.unwrap();
+    assert_eq!(jo["time_zone"], "Europe/Berlin");
+    let jo = jo["id"].as_str().unwrap().to_owned();
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&serde_json::json!({"username": "Kim", "email": "kim@pickup.example", "time_zone": "Mars/Olympus_Mons"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem.to_string().contains("IANA time zone"), "{problem}");
+
+    // Everything is on the topic (each record checked against its schema as it is read).
+    stack
+        .user_records(&active, &["onboard.user.welcome_mail_sent.v1"])
+        .await;
+    stack
+        .user_records(&invited, &["onboard.user.invitation_mail_sent.v1"])
+        .await;
+    let records = stack
+        .user_records(&jo, &["onboard.user.invitation_mail_sent.v1"])
+        .await;
+    assert_eq!(records[0].value["time_zone"], "Europe/Berlin");
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    outbox_drained(&pool).await;
+
+    for source in ["postgres", "kafka"] {
+        let o = stack.cli(&["audit", "replay", "--from", source]);
+        assert!(o.status.success(), "replay from {source}: {}", out(&o));
+        assert!(
+            stdout(&o).contains("projections match the log"),
+            "{}",
+            out(&o)
+        );
+    }
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    let replayed: i64 = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("events replayed: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replayed, stored);
+
+    // Someone edits the live username registry: the replay names both sides of the row.
+    sqlx::query("UPDATE usernames SET username_key = 'mallory' WHERE user_id = $1::uuid")
+        .bind(&invited)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("usernames only in live") && text.contains("\"mallory\""),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        text.contains("usernames only in replay") && text.contains("\"ida\""),
+        "{}",
+        out(&o)
+    );
+    assert!(!text.contains("account_states only"), "{text}");
+    let o = stack.cli(&["audit", "replay", "--from", "kafka"]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    // The replay leaves no scratch schema behind.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_replay_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+}
+
+/// `UserInvited` as the first release stored it (version 1.0, no `time_zone`).
+const V1_INVITED: &str = r#"{"UserInvited": {"user_id": "USER", "username": "Old", "email": "old@pickup.example", "domain": "PRIMARY", "locale": "de", "claims": {}, "invited_at": "2026-01-05T09:00:00Z"}}"#;
+const V1_ISSUED: &str = r#"{"CodeIssued": {"code_id": "CODE", "key_id": "k1", "issued_at": "2026-01-05T09:00:00Z", "expires_at": "2099-01-06T09:00:00Z", "reason": "invitation"}}"#;
+
+#[tokio::test]
+async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
+    let stack = Stack::new("audit_upcast", Options::default()).await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let code = uuid::Uuid::new_v4().to_string();
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for (seq, event_type, payload) in [
+        (1, "UserInvited", V1_INVITED.replace("USER", &id)),
+        (2, "CodeIssued", V1_ISSUED.replace("CODE", &code)),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             VALUES ('Onboarding', $1, $2, $3, '1.0', $4::jsonb, '{\"actor_kind\": \"admin\", \"actor_id\": \"cli\"}')",
+        )
+        .bind(&id)
+        .bind(seq as i64)
+        .bind(event_type)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let new = cli_invite(&stack, "New", &["--time-zone", "America/New_York"]);
+
+    // The account loads through the aggregate (user show), with no time zone.
+    let o = stack.cli(&["user", "show", &id]);
+    assert!(o.status.success(), "{}", out(&o));
+    let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(view["state"], "CodeIssued", "{view}");
+    assert_eq!(view["username"], "Old");
+    assert_eq!(view["locale"], "de");
+    assert_eq!(view["time_zone"], Value::Null);
+    let o = stack.cli(&["user", "show", &new]);
+    let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(view["time_zone"], "America/New_York");
+
+    // The log keeps what was stored: 1.0 for the old row, 2.0 for the new one.
+    let o = stack.cli(&["audit", "history", &id]);
+    assert!(stdout(&o).lines().next().unwrap().contains("UserInvited"));
+    assert!(
+        stdout(&o).lines().next().unwrap().contains("v1.0"),
+        "{}",
+        out(&o)
+    );
+    let o = stack.cli(&["audit", "history", &new]);
+    assert!(
+        stdout(&o).lines().next().unwrap().contains("v2.0"),
+        "{}",
+        out(&o)
+    );
+    let stored: String =
+        sqlx::query("SELECT payload::text FROM events WHERE aggregate_id = $1 AND sequence = 1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+    assert!(!stored.contains("time_zone"), "{stored}");
+    // Each stored row matches the schema of the version it was stored as.
+    let o = stack.cli(&["audit", "export"]);
+    let exported: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported.len(), 4, "{}", out(&o));
+    exported.iter().for_each(validate_stored);
+    assert_eq!(exported[0]["event_version"], "1.0");
+    assert_eq!(exported[2]["event_version"], "2.0");
+
+    // Its state at an instant, the replay and the chain all read it.
+    let o = stack.cli(&["audit", "as-of", &id, &chrono::Utc::now().to_rfc3339()]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = stack.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", out(&o));
+}
+
+/// The check every topic read goes through can fail: a record without a required field.
+#[test]
+#[should_panic(expected = "does not match its schema")]
+fn a_record_that_breaks_its_schema_fails_the_test_that_reads_it() {
+    crate::harness::validate_against_schema(
+        "onboard.user.activated.v1",
+        &serde_json::json!({"user_id": "0197300e-7a5c-7b3e-9d5a-3c1f2e4d5a6b", "sequence": 5}),
+    );
+}
+
+#[test]
+#[should_panic(expected = "has no schema")]
+fn a_record_of_an_unknown_type_fails_the_test_that_reads_it() {
+    crate::harness::validate_against_schema("onboard.user.teleported.v1", &serde_json::json!({}));
+}
