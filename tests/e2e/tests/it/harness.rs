@@ -386,6 +386,21 @@ name = "Pickup"
         }
     }
 
+    /// Freezes a process (SIGSTOP): it stays alive, holds its sockets and does nothing. It is
+    /// killed with the others when the stack is dropped.
+    pub fn freeze(&self, name: &str) {
+        let procs = self.procs.lock().unwrap();
+        let child = procs
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -STOP failed");
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -103,6 +103,30 @@ async fn two_workers_in_one_group_share_the_partitions_and_mail_everyone_once() 
 }
 
 #[tokio::test]
+async fn a_worker_that_freezes_holding_every_partition_does_not_hold_up_the_mail() {
+    let stack = Stack::new("frozen", Options::default()).await;
+    for c in ["gateway", "relay", "scheduler"] {
+        stack.spawn(c);
+    }
+    stack.spawn_named("mailer-a", "email-worker", &[]);
+    stack.wait_ready().await;
+    wait_for_assignment(&stack, "mailer-a").await;
+    // mailer-a holds all four partitions, then freezes: alive, connected, silent.
+    stack.freeze("mailer-a");
+    stack.spawn_named("mailer-b", "email-worker", &[]);
+    let users = addresses(&unique("frozen"), 12);
+    invite_all(&stack, &users).await;
+
+    let mails = mails_of(&stack, &users).await;
+    let wrong: Vec<_> = mails.iter().filter(|(_, m)| m.len() != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "every user must get exactly one mail: {wrong:?}"
+    );
+    assert_eq!(sent_by(&stack, "mailer-b"), users.len());
+}
+
+#[tokio::test]
 async fn a_worker_killed_mid_burst_and_restarted_mails_everyone_once() {
     let stack = Stack::start("sigkill", Options::default()).await;
     let users = addresses(&unique("kill"), 40);
