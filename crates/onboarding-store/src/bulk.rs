@@ -406,7 +406,14 @@ impl Store {
 
     /// A job with its totals and every row, or `None` for an unknown id.
     pub async fn bulk_job(&self, job_id: Uuid) -> Result<Option<JobView>, StoreError> {
-        let job: Option<(String, String, Vec<u8>, DateTime<Utc>, Option<DateTime<Utc>>)> =
+        type JobRow = (
+            String,
+            String,
+            Vec<u8>,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+        );
+        let job: Option<JobRow> =
             sqlx::query_as(
                 "SELECT status, format, file_sha256, created_at, finished_at FROM bulk_jobs WHERE job_id = $1",
             )

@@ -3,8 +3,10 @@
 
 mod bad_input;
 mod browser;
+mod bulk;
 mod codes;
 mod flow;
 mod harness;
 mod links;
 mod restart;
+mod scim;
