@@ -47,7 +47,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every component in one process: gateway, relay, email worker and scheduler (the default on one machine).
+    /// Run every component in one process: gateway, relay, email worker, scheduler and intake (the default on one machine).
     Serve,
     /// Run only the HTTP gateway (admin API, password page, health, metrics).
     Gateway,
@@ -57,6 +57,8 @@ enum Command {
     EmailWorker,
     /// Run only the scheduler, which marks invitations whose code passed its expiry `Expired`.
     Scheduler,
+    /// Run only the intake: invitation requests from upstream services on Kafka.
+    Intake,
     /// Create or upgrade the database schema and create the Kafka topic. Safe to run again.
     Migrate {
         /// Only the database; leave Kafka alone.
@@ -213,6 +215,16 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Intake => {
+            components(
+                settings,
+                Components {
+                    intake: true,
+                    ..Components::NONE
+                },
+            )
+            .await
+        }
         Command::Invite {
             file: Some(file), ..
         } => invite_file(&settings, &file).await,
@@ -296,6 +308,20 @@ async fn migrate(settings: &Settings, skip_kafka: bool) -> Result<()> {
                 )
             })?;
         println!("kafka topic `{}` is ready", settings.kafka.topic);
+        onboarding_intake::create_topics(settings)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create the intake topics on {}",
+                    settings.kafka.bootstrap_servers
+                )
+            })?;
+        println!(
+            "kafka topics `{}`, `{}`, `{}` are ready",
+            settings.intake.requests_topic,
+            settings.intake.outcomes_topic,
+            settings.intake.dead_letter_topic
+        );
     }
     Ok(())
 }
@@ -476,6 +502,7 @@ struct Components {
     relay: bool,
     worker: bool,
     scheduler: bool,
+    intake: bool,
 }
 
 impl Components {
@@ -484,12 +511,14 @@ impl Components {
         relay: true,
         worker: true,
         scheduler: true,
+        intake: true,
     };
     const NONE: Self = Self {
         gateway: false,
         relay: false,
         worker: false,
         scheduler: false,
+        intake: false,
     };
 }
 
@@ -500,6 +529,7 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
         relay,
         worker,
         scheduler,
+        intake,
     } = run;
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
@@ -530,6 +560,11 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
             onboarding_store::run_scheduler(store, every, token).await;
             Ok(())
         });
+    }
+    if intake {
+        let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { intake.run(token).await.context("intake") });
     }
     if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
         let (handle, token) = (handle.clone(), shutdown.clone());

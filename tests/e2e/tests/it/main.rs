@@ -7,6 +7,7 @@ mod bulk;
 mod codes;
 mod flow;
 mod harness;
+mod intake;
 mod links;
 mod restart;
 mod scim;
