@@ -216,6 +216,11 @@ fn parse_csv(data: &[u8]) -> Result<Vec<ReadRow>, BulkError> {
     let mut out = Vec::new();
     let mut first = true;
     let mut record = csv::StringRecord::new();
+    let mut lines = Lines {
+        data,
+        pos: 0,
+        line: 1,
+    };
     loop {
         let line = reader.position().line() as i32;
         match reader.read_record(&mut record) {
@@ -230,7 +235,7 @@ fn parse_csv(data: &[u8]) -> Result<Vec<ReadRow>, BulkError> {
         }
         let line = record
             .position()
-            .map(|p| line_at(data, p.byte()))
+            .map(|p| lines.at(p.byte()))
             .unwrap_or(line.max(1));
         if record.iter().all(str::is_empty) {
             continue;
@@ -293,14 +298,28 @@ fn parse_csv(data: &[u8]) -> Result<Vec<ReadRow>, BulkError> {
     Ok(out)
 }
 
-/// The 1-based line number of the first non-blank byte at or after `offset` (the csv crate
-/// reports the position of a record after blank lines at the first of them).
-fn line_at(data: &[u8], offset: u64) -> i32 {
-    let mut start = (offset as usize).min(data.len());
-    while start < data.len() && (data[start] == b'\n' || data[start] == b'\r') {
-        start += 1;
+/// Line numbers of byte offsets, for offsets that only grow (one pass over the file).
+struct Lines<'a> {
+    data: &'a [u8],
+    pos: usize,
+    line: i32,
+}
+
+impl Lines<'_> {
+    /// The 1-based line number of the first non-blank byte at or after `offset` (the csv crate
+    /// reports the position of a record after blank lines at the first of them).
+    fn at(&mut self, offset: u64) -> i32 {
+        let mut start = (offset as usize).clamp(self.pos, self.data.len());
+        while start < self.data.len() && (self.data[start] == b'\n' || self.data[start] == b'\r') {
+            start += 1;
+        }
+        self.line += self.data[self.pos..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count() as i32;
+        self.pos = start;
+        self.line
     }
-    data[..start].iter().filter(|b| **b == b'\n').count() as i32 + 1
 }
 
 fn parse_jsonl(data: &[u8]) -> Vec<ReadRow> {
@@ -758,6 +777,23 @@ mod tests {
             statuses(&rows),
             vec![(1, "pending"), (3, "invalid"), (4, "invalid")]
         );
+    }
+
+    #[test]
+    fn line_numbers_stay_right_over_a_large_file() {
+        let mut csv = String::from("username,email\n");
+        for i in 0..20_000 {
+            csv.push_str(&format!("u{i},u{i}@pickup.example\n"));
+            if i % 1000 == 0 {
+                csv.push('\n');
+            }
+        }
+        let rows = parse(Format::Csv, csv.as_bytes()).unwrap();
+        assert_eq!(rows.len(), 20_000);
+        assert_eq!(rows[0].line, 2);
+        assert_eq!(rows[1].line, 4);
+        assert_eq!(rows[19_999].line, 20_001 + 20);
+        assert_eq!(rows[19_999].input.as_ref().unwrap().username, "u19999");
     }
 
     #[test]
