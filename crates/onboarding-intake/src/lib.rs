@@ -715,6 +715,22 @@ mod tests {
         );
     }
 
+    /// The AsyncAPI document names every schema file of every topic.
+    #[test]
+    fn asyncapi_references_every_schema() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let asyncapi = std::fs::read_to_string(root.join("asyncapi.yaml")).unwrap();
+        for dir in ["events", "intake"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                assert!(
+                    asyncapi.contains(&format!("./{dir}/{name}")),
+                    "schemas/asyncapi.yaml does not reference {dir}/{name}"
+                );
+            }
+        }
+    }
+
     /// `schemas/intake/` is generated from these types; regenerate with
     /// `UPDATE_SCHEMAS=1 cargo test -p onboarding-intake`.
     #[test]
