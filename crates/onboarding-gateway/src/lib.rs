@@ -209,8 +209,12 @@ fn with_state(
     warp::any().map(move || state.clone())
 }
 
+/// A body over the limit named by `setting` (`max` bytes).
 #[derive(Debug)]
-struct BodyTooLarge;
+struct BodyTooLarge {
+    setting: &'static str,
+    max: u64,
+}
 impl warp::reject::Reject for BodyTooLarge {}
 
 #[derive(Debug)]
@@ -220,19 +224,31 @@ impl warp::reject::Reject for BodyUnreadable {}
 /// The request body, at most `max` bytes, whether or not the client sent a Content-Length
 /// (`curl -X POST` without a body sends none). Larger bodies are refused with 413.
 fn limited_body(max: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    limited_body_as(max, "gateway.max_body_bytes")
+}
+
+/// [`limited_body`] whose limit comes from the setting `setting` (named in the 413 answer).
+fn limited_body_as(
+    max: u64,
+    setting: &'static str,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |len: Option<u64>| async move {
             match len {
-                Some(l) if l > max => Err(warp::reject::custom(BodyTooLarge)),
+                Some(l) if l > max => Err(warp::reject::custom(BodyTooLarge { setting, max })),
                 _ => Ok(()),
             }
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| collect_limited(stream, max))
+        .and_then(move |stream| collect_limited(stream, max, setting))
 }
 
-async fn collect_limited<S, B>(stream: S, max: u64) -> Result<Bytes, Rejection>
+async fn collect_limited<S, B>(
+    stream: S,
+    max: u64,
+    setting: &'static str,
+) -> Result<Bytes, Rejection>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: warp::Buf,
@@ -246,7 +262,7 @@ where
         .map_err(|_| warp::reject::custom(BodyUnreadable))?
     {
         if body.len() as u64 + chunk.remaining() as u64 > max {
-            return Err(warp::reject::custom(BodyTooLarge));
+            return Err(warp::reject::custom(BodyTooLarge { setting, max }));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -350,7 +366,10 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and(warp::header::optional::<String>("content-type"))
-        .and(limited_body(state.settings.bulk.max_file_bytes))
+        .and(limited_body_as(
+            state.settings.bulk.max_file_bytes,
+            "bulk.max_file_bytes",
+        ))
         .then(
             |auth: Result<(Arc<AppState>, Grant), ApiError>,
              content_type: Option<String>,
@@ -557,9 +576,13 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "not_found",
             "no such endpoint; see docs/api.md".to_owned(),
         )
-    } else if rejection.find::<reject::PayloadTooLarge>().is_some()
-        || rejection.find::<BodyTooLarge>().is_some()
-    {
+    } else if let Some(BodyTooLarge { setting, max }) = rejection.find::<BodyTooLarge>() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is too large; send at most {max} bytes ({setting})"),
+        )
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",

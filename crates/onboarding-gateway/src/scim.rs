@@ -613,9 +613,10 @@ async fn create(state: &AppState, token_id: &str, body: &Bytes) -> Result<Respon
         return Err(ApiError::InvitationsDisabled.into());
     }
     let user = parse_new_user(body)?;
+    let external_id = user.external_id.clone();
     // With an externalId, a retried POST (the upstream lost our answer) finds its own user:
     // the id is derived from (token, externalId) and the retry answers 201 with that user.
-    let user_id = match &user.external_id {
+    let user_id = match &external_id {
         Some(ext) => Uuid::new_v5(&SCIM_NAMESPACE, format!("{token_id}\n{ext}").as_bytes()),
         None => Uuid::now_v7(),
     };
@@ -648,10 +649,18 @@ async fn create(state: &AppState, token_id: &str, body: &Bytes) -> Result<Respon
                 .await?
                 .is_none()
             {
+                let detail = match (&external_id, state.store.load(user_id).await?) {
+                    // The externalId already created another user (another userName).
+                    (Some(ext), Some(_)) => format!(
+                        "the externalId `{}` already names the user {user_id}; use a new externalId for a new user",
+                        ext.chars().take(64).collect::<String>()
+                    ),
+                    _ => format!("the userName `{username}` already exists in domain {d}"),
+                };
                 return Err(ScimError::new(
                     StatusCode::CONFLICT,
                     Some("uniqueness"),
-                    format!("the userName `{username}` already exists in domain {d}"),
+                    detail,
                 ));
             }
         }

@@ -116,7 +116,8 @@ pub struct InvitationOutcome {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RejectReason {
-    /// `invalid_fields`, `username_taken`, `invitations_disabled` or `refused`.
+    /// `invalid_fields`, `username_taken`, `request_id_reused`, `invitations_disabled` or
+    /// `refused`.
     pub code: String,
     pub message: String,
     /// Field → problem, for `invalid_fields`.
@@ -477,6 +478,15 @@ impl Intake {
                 {
                     // Redelivery or an upstream retry: this request's invitation exists.
                     Ok(accepted)
+                } else if self.store.load(user_id).await?.is_some() {
+                    Ok(reject(
+                        "request_id_reused",
+                        format!(
+                            "the request id was already used by {} for another username; use a new id for a new request",
+                            request.source
+                        ),
+                        BTreeMap::new(),
+                    ))
                 } else {
                     Ok(reject(
                         "username_taken",

@@ -196,6 +196,13 @@ async fn bad_uploads_are_refused_with_what_to_do() {
     let (status, body) = upload(&stack, &token, "text/csv", big).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"], "payload_too_large");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("200 bytes (bulk.max_file_bytes)"),
+        "{body}"
+    );
     // A read-only token may look at jobs but not upload; unknown jobs are 404.
     let (status, body) = upload(
         &stack,

@@ -140,16 +140,27 @@ async fn an_hr_systems_requests_invite_once_get_correlated_outcomes_and_junk_is_
         ),
     )
     .await;
+    // Jane's request id, reused for somebody else.
+    publish(
+        &stack,
+        key,
+        &request(&id, &format!("Ola{tag}"), "ola@pickup.example"),
+    )
+    .await;
 
-    let outcomes = read(&stack, "outcomes", 4).await;
+    let outcomes = read(&stack, "outcomes", 5).await;
     let by_request = |rid: &str| -> Vec<&Seen> {
         outcomes
             .iter()
             .filter(|o| o.headers.get("ce_correlationid").map(String::as_str) == Some(rid))
             .collect()
     };
-    let accepted = by_request(&id);
-    assert_eq!(accepted.len(), 2, "one outcome per delivery of the request");
+    let for_id = by_request(&id);
+    assert_eq!(for_id.len(), 3, "one outcome per delivery of the request");
+    let reused = json_of(for_id[2]);
+    assert_eq!(reused["status"], "rejected", "{reused}");
+    assert_eq!(reused["reason"]["code"], "request_id_reused");
+    let accepted = &for_id[..2];
     let first = json_of(accepted[0]);
     assert_eq!(first["status"], "accepted", "{first}");
     assert_eq!(first["request_id"], id.as_str());

@@ -169,6 +169,17 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["id"], id.as_str());
     stack.wait_for_mail(&email).await;
+    // The same externalId for someone else is a clear conflict, not a silent second user.
+    let (status, _, body) = post(json!({
+        "schemas": [USER, ENTERPRISE], "userName": unique("other"), "externalId": format!("hr-{name}"),
+        "emails": [{"value": "other@pickup.example"}], ENTERPRISE: {"askPassword": true},
+    }))
+    .await;
+    assert_scim_error(status, &body, 409, Some("uniqueness"));
+    assert!(
+        body["detail"].as_str().unwrap().contains("externalId"),
+        "{body}"
+    );
 
     // A password chosen by an administrator is refused, without echoing it.
     let (status, _, body) = post(json!({
