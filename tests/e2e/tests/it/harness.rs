@@ -217,6 +217,13 @@ topic = "{topic}"
 partitions = 4
 email_worker_group = "e2e-{name}-{id}"
 
+[intake]
+requests_topic = "{topic}.requests"
+outcomes_topic = "{topic}.outcomes"
+dead_letter_topic = "{topic}.dlq"
+group = "e2e-intake-{name}-{id}"
+partitions = 2
+
 [gateway]
 bind = "127.0.0.1:{port}"
 public_base_url = "{base_url}"

@@ -4,8 +4,11 @@
 mod audit;
 mod bad_input;
 mod browser;
+mod bulk;
 mod codes;
 mod flow;
 mod harness;
+mod intake;
 mod links;
 mod restart;
+mod scim;
