@@ -13,6 +13,10 @@ TANSU_VERSION=0.6.0
 PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
 PLAYWRIGHT_DIR=${PLAYWRIGHT_DIR:-$ONBOARDING_CACHE/playwright}
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+SCIM_CLIENT_VERSION=0.13.2 # scim2-client (python-scim2), the SCIM client the e2e tests drive
+SCIM_MODELS_VERSION=0.12.3
+HTTPX2_VERSION=2.16.2
+SCIM_VENV=${SCIM_VENV:-$ONBOARDING_CACHE/scim-client}
 START_TIMEOUT=${START_TIMEOUT:-60}
 
 say() { printf '%s\n' "$*"; }
@@ -352,4 +356,30 @@ ensure_playwright() {
   npm install --prefix "$PLAYWRIGHT_DIR" --no-audit --no-fund --loglevel=error \
     "playwright-core@$PLAYWRIGHT_VERSION"
   [[ -f $installed ]] || die "playwright: install did not produce $installed"
+}
+
+# ---------------------------------------------------------------- SCIM client tests
+
+# scim2-client (a SCIM 2.0 client library someone else wrote, from PyPI) in a venv of its own;
+# sets SCIM_PYTHON to the venv's python. Needs Python >= 3.11 (Debian 12 ships 3.11).
+ensure_scim_client() {
+  SCIM_PYTHON=$SCIM_VENV/bin/python
+  if [[ -x $SCIM_PYTHON ]] && "$SCIM_PYTHON" - "$SCIM_CLIENT_VERSION" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+sys.exit(m.version("scim2-client") != sys.argv[1])
+PY
+    return 0
+  fi
+  if ! python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    say "scim client: installing python3 and python3-venv (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
+  fi
+  say "scim client: installing scim2-client $SCIM_CLIENT_VERSION into $SCIM_VENV (pip)"
+  rm -rf "$SCIM_VENV"
+  python3 -m venv "$SCIM_VENV"
+  "$SCIM_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "scim2-client==$SCIM_CLIENT_VERSION" "scim2-models==$SCIM_MODELS_VERSION" "httpx2==$HTTPX2_VERSION"
+  "$SCIM_PYTHON" -c 'import scim2_client.engines.httpx2' ||
+    die "scim client: the install did not produce an importable scim2_client in $SCIM_VENV"
 }

@@ -47,7 +47,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every component in one process: gateway, relay, email worker and scheduler (the default on one machine).
+    /// Run every component in one process: gateway, relay, email worker, scheduler and intake (the default on one machine).
     Serve,
     /// Run only the HTTP gateway (admin API, password page, health, metrics).
     Gateway,
@@ -57,18 +57,25 @@ enum Command {
     EmailWorker,
     /// Run only the scheduler, which marks invitations whose code passed its expiry `Expired`.
     Scheduler,
+    /// Run only the intake: invitation requests from upstream services on Kafka.
+    Intake,
     /// Create or upgrade the database schema and create the Kafka topic. Safe to run again.
     Migrate {
         /// Only the database; leave Kafka alone.
         #[arg(long)]
         skip_kafka: bool,
     },
-    /// Invite a user: records the invitation and lets the engine mail the link.
+    /// Invite a user: records the invitation and lets the engine mail the link. With --file,
+    /// invite every row of a CSV (username,email[,domain,locale,time_zone]) or JSON-lines file.
     Invite {
-        #[arg(long)]
-        username: String,
-        #[arg(long)]
-        email: String,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        username: Option<String>,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        email: Option<String>,
+        /// A CSV (`.csv`: username,email[,domain,locale,time_zone]) or JSON-lines (`.jsonl`) file: one
+        /// invitation per row, shown with a progress bar; a file invited again invites nobody twice.
+        #[arg(long, conflicts_with_all = ["domain", "locale", "code_validity_minutes"])]
+        file: Option<PathBuf>,
         #[arg(long, default_value = UserDomain::PRIMARY)]
         domain: String,
         /// Language tag for the user's mails, e.g. `en` or `de-AT` (falls back to its language, then the default locale).
@@ -223,6 +230,19 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Intake => {
+            components(
+                settings,
+                Components {
+                    intake: true,
+                    ..Components::NONE
+                },
+            )
+            .await
+        }
+        Command::Invite {
+            file: Some(file), ..
+        } => invite_file(&settings, &file).await,
         Command::Invite {
             username,
             email,
@@ -230,11 +250,12 @@ async fn run(cli: Cli) -> Result<()> {
             locale,
             time_zone,
             code_validity_minutes,
+            file: None,
         } => {
             invite(
                 &settings,
-                &username,
-                &email,
+                username.as_deref().unwrap_or_default(),
+                email.as_deref().unwrap_or_default(),
                 &domain,
                 (locale.as_deref(), time_zone.as_deref()),
                 code_validity_minutes,
@@ -304,6 +325,20 @@ async fn migrate(settings: &Settings, skip_kafka: bool) -> Result<()> {
                 )
             })?;
         println!("kafka topic `{}` is ready", settings.kafka.topic);
+        onboarding_intake::create_topics(settings)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create the intake topics on {}",
+                    settings.kafka.bootstrap_servers
+                )
+            })?;
+        println!(
+            "kafka topics `{}`, `{}`, `{}` are ready",
+            settings.intake.requests_topic,
+            settings.intake.outcomes_topic,
+            settings.intake.dead_letter_topic
+        );
     }
     Ok(())
 }
@@ -365,6 +400,110 @@ async fn invite(
     Ok(())
 }
 
+/// `onboard invite --file`: records the file as a bulk job (as `POST /api/v1/bulk-invites`
+/// does) and applies its rows in this process, with a progress bar on a terminal.
+async fn invite_file(settings: &Settings, path: &std::path::Path) -> Result<()> {
+    use onboarding_store::bulk::{self, BulkRunner, Format};
+    if !settings.identity_mgt.user_onboarding.ask_password_from_user {
+        bail!("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true");
+    }
+    let format = Format::from_file_name(&path.to_string_lossy()).with_context(|| {
+        format!(
+            "{}: name the file .csv (username,email[,domain,locale,time_zone]) or .jsonl (JSON lines)",
+            path.display()
+        )
+    })?;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if size > settings.bulk.max_file_bytes {
+        bail!(
+            "{} has {size} bytes, more than bulk.max_file_bytes ({}); split it or raise the limit",
+            path.display(),
+            settings.bulk.max_file_bytes
+        );
+    }
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rows =
+        bulk::parse(format, &data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let store = store(settings).await?;
+    let job_id = store
+        .create_bulk_job("cli", format, &bulk::digest(&data), &rows)
+        .await?;
+    let pending = rows.iter().filter(|r| r.status == "pending").count() as u64;
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(pending),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} inviting [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let runner = BulkRunner {
+        store: store.clone(),
+        validity_minutes: settings
+            .identity_mgt
+            .user_onboarding
+            .ask_password_email_validity,
+        concurrency: settings.bulk.concurrency,
+    };
+    let actor = Actor::admin("cli").with_correlation(Some(format!("bulk-job:{job_id}")));
+    let shutdown = CancellationToken::new();
+    let progress = {
+        let bar = bar.clone();
+        move |n: u64| bar.set_position(n)
+    };
+    let mut attempts = 0;
+    loop {
+        match runner.run_job(job_id, &actor, &shutdown, &progress).await {
+            Ok(_) => break,
+            Err(e) if attempts < 5 => {
+                attempts += 1;
+                bar.println(format!("database error, retrying: {e}"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                bar.abandon();
+                return Err(e).with_context(|| {
+                    format!("bulk job {job_id} stopped; its remaining rows are applied by a running gateway")
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let job = store
+        .bulk_job(job_id)
+        .await?
+        .context("the bulk job was not stored")?;
+    for row in job.rows.iter().filter(|r| r.status != "created") {
+        eprintln!(
+            "line {}: {}{}",
+            row.line,
+            row.status,
+            row.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    let t = &job.totals;
+    eprintln!(
+        "{} rows: {} created, {} duplicate, {} invalid, {} failed (job {job_id})",
+        t.rows, t.created, t.duplicate, t.invalid, t.failed
+    );
+    println!("{}", serde_json::to_string_pretty(&job)?);
+    if t.invalid + t.failed > 0 {
+        bail!(
+            "{} row(s) were not invited; fix them and run the file again (rows already invited are reported as duplicate)",
+            t.invalid + t.failed
+        );
+    }
+    Ok(())
+}
+
 fn metrics() -> Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
@@ -385,6 +524,7 @@ struct Components {
     relay: bool,
     worker: bool,
     scheduler: bool,
+    intake: bool,
 }
 
 impl Components {
@@ -393,12 +533,14 @@ impl Components {
         relay: true,
         worker: true,
         scheduler: true,
+        intake: true,
     };
     const NONE: Self = Self {
         gateway: false,
         relay: false,
         worker: false,
         scheduler: false,
+        intake: false,
     };
 }
 
@@ -409,6 +551,7 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
         relay,
         worker,
         scheduler,
+        intake,
     } = run;
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
@@ -440,6 +583,11 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
             Ok(())
         });
     }
+    if intake {
+        let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { intake.run(token).await.context("intake") });
+    }
     if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
         let (handle, token) = (handle.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -454,6 +602,12 @@ async fn components(settings: Arc<Settings>, run: Components) -> Result<()> {
             store.clone(),
             Some(handle),
         )?);
+        let (runner, wake) = state.bulk_runner();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            runner.run(wake, token).await;
+            Ok(())
+        });
         let token = shutdown.clone();
         tasks.spawn(async move {
             onboarding_gateway::serve(state, token, None)

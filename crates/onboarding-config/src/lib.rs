@@ -36,6 +36,57 @@ pub struct Settings {
     pub organisation: OrganisationSettings,
     #[serde(default)]
     pub observability: ObservabilitySettings,
+    #[serde(default)]
+    pub bulk: BulkSettings,
+    #[serde(default)]
+    pub intake: IntakeSettings,
+}
+
+/// Invitation requests that upstream services publish on Kafka (`onboard intake`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeSettings {
+    /// Where upstream services publish `…user.invitation.requested` CloudEvents.
+    pub requests_topic: String,
+    /// Where each request's outcome (accepted with the user id, or rejected) is published.
+    pub outcomes_topic: String,
+    /// Where messages that are not invitation requests go, with the reason in a header.
+    pub dead_letter_topic: String,
+    /// Consumer group of the intake processes.
+    pub group: String,
+    /// Partitions of the three topics when `onboard migrate` creates them.
+    pub partitions: i32,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            requests_topic: "onboarding.requests".into(),
+            outcomes_topic: "onboarding.request-outcomes".into(),
+            dead_letter_topic: "onboarding.requests.dlq".into(),
+            group: "onboarding-intake".into(),
+            partitions: 4,
+        }
+    }
+}
+
+/// Bulk invitations (`POST /api/v1/bulk-invites`, `onboard invite --file`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkSettings {
+    /// Largest file accepted, in bytes; larger uploads get 413.
+    pub max_file_bytes: u64,
+    /// Rows applied at the same time by one process.
+    pub concurrency: usize,
+}
+
+impl Default for BulkSettings {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 8 * 1024 * 1024,
+            concurrency: 8,
+        }
+    }
 }
 
 /// Where processes without the gateway (`relay`, `email-worker`, `scheduler`) serve `/metrics`
@@ -333,6 +384,12 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let u = &self.identity_mgt.user_onboarding;
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=64).contains(&self.bulk.concurrency) || self.bulk.max_file_bytes == 0 {
+            return bad(format!(
+                "bulk: concurrency ({}) must be between 1 and 64 and max_file_bytes ({}) positive",
+                self.bulk.concurrency, self.bulk.max_file_bytes
+            ));
+        }
         if u.min_validity_minutes < 0 || u.min_validity_minutes > u.max_validity_minutes {
             return bad(format!(
                 "identity_mgt.user_onboarding: min_validity_minutes ({}) must be between 0 and max_validity_minutes ({})",

@@ -330,8 +330,8 @@ impl EmailWorker {
     }
 
     /// Copies a record that cannot be processed at all to the dead-letter topic, with its key,
-    /// value and headers, plus `dlq_reason` (machine-readable: `missing_type`,
-    /// `unreadable_payload`), `dlq_error`, and where it came from. Returns once the broker
+    /// value and headers, plus `onboard_dlq_reason` (machine-readable: `missing_type`,
+    /// `unreadable_payload`), `onboard_dlq_detail`, and where it came from. Returns once the broker
     /// acknowledged it, so the record's offset is stored only after that.
     async fn dead_letter(
         &self,
@@ -350,11 +350,11 @@ impl EmailWorker {
         }
         let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
         for (key, value) in [
-            ("dlq_reason", reason),
-            ("dlq_error", error),
-            ("dlq_topic", msg.topic()),
-            ("dlq_partition", partition.as_str()),
-            ("dlq_offset", offset.as_str()),
+            ("onboard_dlq_reason", reason),
+            ("onboard_dlq_detail", error),
+            ("onboard_dlq_topic", msg.topic()),
+            ("onboard_dlq_partition", partition.as_str()),
+            ("onboard_dlq_offset", offset.as_str()),
         ] {
             headers = headers.insert(Header {
                 key,

@@ -44,6 +44,10 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed; retry in a moment")]
     IdempotencyInProgress,
+    #[error("no bulk invitation job with id {0}")]
+    JobNotFound(String),
+    #[error("send the file as Content-Type: text/csv (username,email[,domain,locale,time_zone]) or application/x-ndjson (JSON lines)")]
+    UnsupportedFile,
 }
 
 #[derive(Serialize)]
@@ -89,6 +93,8 @@ impl ApiError {
                 ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY)
             }
             Self::IdempotencyInProgress => ("idempotency_in_progress", StatusCode::CONFLICT),
+            Self::JobNotFound(_) => ("job_not_found", StatusCode::NOT_FOUND),
+            Self::UnsupportedFile => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             Self::Refused(e) => match e {
                 E::AlreadyInvited => ("already_invited", StatusCode::CONFLICT),
                 E::NotInvited | E::InvalidCode => ("invalid_code", StatusCode::BAD_REQUEST),

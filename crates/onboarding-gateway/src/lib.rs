@@ -11,8 +11,10 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod bulk;
 mod error;
 mod pages;
+mod scim;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,6 +52,8 @@ pub struct AppState {
     limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
     /// Bounds how many link openings one client address can add to the log.
     open_limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Wakes the bulk invitation runner when a job was recorded.
+    pub(crate) bulk_wake: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,7 @@ impl AppState {
                 ),
                 daily_cap: settings.identity_mgt.user_onboarding.resend_daily_cap,
             },
+            bulk_wake: Arc::new(tokio::sync::Notify::new()),
             open_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
                 std::num::NonZeroU32::new(10).expect("non-zero"),
             )),
@@ -117,6 +122,22 @@ impl AppState {
                     .expect("non-zero"),
             )),
         })
+    }
+
+    /// The runner that applies the rows of bulk invitation jobs, woken by each upload.
+    pub fn bulk_runner(&self) -> (onboarding_store::bulk::BulkRunner, Arc<tokio::sync::Notify>) {
+        (
+            onboarding_store::bulk::BulkRunner {
+                store: self.store.clone(),
+                validity_minutes: self
+                    .settings
+                    .identity_mgt
+                    .user_onboarding
+                    .ask_password_email_validity,
+                concurrency: self.settings.bulk.concurrency,
+            },
+            self.bulk_wake.clone(),
+        )
     }
 
     /// Counts one public request from `client`; refuses it when the client is over its quota.
@@ -188,8 +209,12 @@ fn with_state(
     warp::any().map(move || state.clone())
 }
 
+/// A body over the limit named by `setting` (`max` bytes).
 #[derive(Debug)]
-struct BodyTooLarge;
+struct BodyTooLarge {
+    setting: &'static str,
+    max: u64,
+}
 impl warp::reject::Reject for BodyTooLarge {}
 
 #[derive(Debug)]
@@ -199,19 +224,31 @@ impl warp::reject::Reject for BodyUnreadable {}
 /// The request body, at most `max` bytes, whether or not the client sent a Content-Length
 /// (`curl -X POST` without a body sends none). Larger bodies are refused with 413.
 fn limited_body(max: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    limited_body_as(max, "gateway.max_body_bytes")
+}
+
+/// [`limited_body`] whose limit comes from the setting `setting` (named in the 413 answer).
+fn limited_body_as(
+    max: u64,
+    setting: &'static str,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |len: Option<u64>| async move {
             match len {
-                Some(l) if l > max => Err(warp::reject::custom(BodyTooLarge)),
+                Some(l) if l > max => Err(warp::reject::custom(BodyTooLarge { setting, max })),
                 _ => Ok(()),
             }
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| collect_limited(stream, max))
+        .and_then(move |stream| collect_limited(stream, max, setting))
 }
 
-async fn collect_limited<S, B>(stream: S, max: u64) -> Result<Bytes, Rejection>
+async fn collect_limited<S, B>(
+    stream: S,
+    max: u64,
+    setting: &'static str,
+) -> Result<Bytes, Rejection>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: warp::Buf,
@@ -225,7 +262,7 @@ where
         .map_err(|_| warp::reject::custom(BodyUnreadable))?
     {
         if body.len() as u64 + chunk.remaining() as u64 > max {
-            return Err(warp::reject::custom(BodyTooLarge));
+            return Err(warp::reject::custom(BodyTooLarge { setting, max }));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -325,6 +362,56 @@ pub fn routes(
             },
         )
         .boxed();
+    let bulk_upload = warp::path!("api" / "v1" / "bulk-invites")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(limited_body_as(
+            state.settings.bulk.max_file_bytes,
+            "bulk.max_file_bytes",
+        ))
+        .then(
+            |auth: Result<(Arc<AppState>, Grant), ApiError>,
+             content_type: Option<String>,
+             body: Bytes| async move {
+                respond(match auth {
+                    Ok((state, grant)) => bulk::upload(state, grant, content_type, body).await,
+                    Err(e) => Err(e),
+                })
+            },
+        )
+        .boxed();
+    let bulk_show = warp::path!("api" / "v1" / "bulk-invites" / String)
+        .and(warp::get())
+        .and(auth.clone())
+        .then(
+            |id: String, auth: Result<(Arc<AppState>, Grant), ApiError>| async move {
+                respond(match auth {
+                    Ok((state, grant)) => bulk::show(state, grant, id).await,
+                    Err(e) => Err(e),
+                })
+            },
+        )
+        .boxed();
+    let scim_route = warp::path("scim2")
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(with_state(state.clone()))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(limited_body(max))
+        .then(
+            |tail: warp::path::Tail,
+             method,
+             state: Arc<AppState>,
+             header: Option<String>,
+             query,
+             body: Bytes| async move {
+                let grant = state.authorize(header.as_deref());
+                scim::handle(state, grant, method, tail.as_str().to_owned(), query, body).await
+            },
+        )
+        .boxed();
     let submission = warp::path!("api" / "v1" / "password-submissions")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -413,6 +500,12 @@ pub fn routes(
     create
         .or(list)
         .unify()
+        .or(bulk_upload)
+        .unify()
+        .or(bulk_show)
+        .unify()
+        .or(scim_route)
+        .unify()
         .or(show)
         .unify()
         .or(resend)
@@ -483,9 +576,13 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "not_found",
             "no such endpoint; see docs/api.md".to_owned(),
         )
-    } else if rejection.find::<reject::PayloadTooLarge>().is_some()
-        || rejection.find::<BodyTooLarge>().is_some()
-    {
+    } else if let Some(BodyTooLarge { setting, max }) = rejection.find::<BodyTooLarge>() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is too large; send at most {max} bytes ({setting})"),
+        )
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",

@@ -7,6 +7,7 @@
 //! triggers and the relay (which deletes outbox rows after the broker acknowledged them).
 #![forbid(unsafe_code)]
 
+pub mod bulk;
 mod hasher;
 mod retries;
 
@@ -413,6 +414,18 @@ impl Store {
     /// Invites a user with a fresh id and code. The username registry decides uniqueness inside
     /// the append's transaction; the look-up first only gives the common case a clear answer.
     pub async fn invite(&self, invitation: Invitation, actor: &Actor) -> Result<Uuid, InviteError> {
+        self.invite_as(Uuid::now_v7(), invitation, actor).await
+    }
+
+    /// [`Store::invite`] with a user id chosen by the caller: bulk jobs, SCIM and Kafka requests
+    /// derive it from what identifies the request, so a retried request finds its own earlier
+    /// invitation (`UsernameTaken` whose holder is `user_id`; see [`Store::invited_as`]).
+    pub async fn invite_as(
+        &self,
+        user_id: Uuid,
+        invitation: Invitation,
+        actor: &Actor,
+    ) -> Result<Uuid, InviteError> {
         let taken = || InviteError::UsernameTaken {
             username: invitation.username.as_str().to_owned(),
             domain: invitation.domain.as_str().to_owned(),
@@ -423,7 +436,6 @@ impl Store {
         if existing.is_some() {
             return Err(taken());
         }
-        let user_id = Uuid::now_v7();
         let command = OnboardingCommand::InviteUser(Box::new(onboarding_domain::InviteUser {
             user_id,
             username: invitation.username.clone(),
@@ -439,8 +451,59 @@ impl Store {
             Ok(()) => Ok(user_id),
             // The registry's unique index fired: someone invited the name concurrently.
             Err(StoreError::Conflict) => Err(taken()),
+            // This id was invited before (a retry that lost the race with its first attempt).
+            Err(StoreError::Refused(OnboardingError::AlreadyInvited)) => Err(taken()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the username of `invitation` is held by `user_id`: after `UsernameTaken` from
+    /// [`Store::invite_as`], tells a retry of the same request (the invitation exists) from a
+    /// real duplicate.
+    pub async fn invited_as(
+        &self,
+        user_id: Uuid,
+        domain: &str,
+        username_key: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let holder = self.user_id_by_username(domain, username_key).await?;
+        Ok(holder.filter(|h| *h == user_id))
+    }
+
+    /// The newest sequence number of an account and when it was recorded (SCIM's `meta.version`
+    /// and `meta.lastModified`), or `None` for an unknown id.
+    pub async fn version_of(
+        &self,
+        user_id: Uuid,
+    ) -> Result<Option<(i64, DateTime<Utc>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT sequence, recorded_at FROM events WHERE aggregate_type = 'Onboarding' \
+             AND aggregate_id = $1 ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(user_id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    /// One page of account ids in creation order (SCIM's `startIndex`/`count`) and the total.
+    pub async fn account_page(
+        &self,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<Uuid>), StoreError> {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM usernames")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let ids =
+            sqlx::query_scalar("SELECT user_id FROM usernames ORDER BY user_id OFFSET $1 LIMIT $2")
+                .bind(offset)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok((total, ids))
     }
 }
 

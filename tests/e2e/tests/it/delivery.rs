@@ -288,16 +288,22 @@ async fn records_that_cannot_be_processed_go_to_the_dead_letter_topic_and_block_
     let records = stack.read_topic_of(&dlq, |rs| rs.len() >= 8).await;
     assert_eq!(records.len(), 8, "{records:#?}");
     for r in &records {
-        assert_eq!(r.headers["dlq_topic"], stack.topic, "{r:?}");
-        assert!(r.headers["dlq_offset"].parse::<i64>().is_ok(), "{r:?}");
+        assert_eq!(r.headers["onboard_dlq_topic"], stack.topic, "{r:?}");
+        assert!(
+            r.headers["onboard_dlq_offset"].parse::<i64>().is_ok(),
+            "{r:?}"
+        );
         match r.key.as_str() {
             "garbage" => {
-                assert_eq!(r.headers["dlq_reason"], "unreadable_payload", "{r:?}");
+                assert_eq!(
+                    r.headers["onboard_dlq_reason"], "unreadable_payload",
+                    "{r:?}"
+                );
                 assert_eq!(r.headers["ce_type"], "onboard.user.code_issued.v1");
                 assert!(r.raw_value.starts_with("{not json"), "{r:?}");
             }
             "untyped" => {
-                assert_eq!(r.headers["dlq_reason"], "missing_type", "{r:?}");
+                assert_eq!(r.headers["onboard_dlq_reason"], "missing_type", "{r:?}");
                 assert_eq!(r.raw_value, "hello");
             }
             other => panic!("unexpected record {other} on the dead-letter topic: {r:?}"),

@@ -219,6 +219,13 @@ partitions = 4
 email_worker_group = "e2e-{name}-{id}"
 email_worker_stall_seconds = 10
 
+[intake]
+requests_topic = "{topic}.requests"
+outcomes_topic = "{topic}.outcomes"
+dead_letter_topic = "{topic}.dlq"
+group = "e2e-intake-{name}-{id}"
+partitions = 2
+
 [gateway]
 bind = "127.0.0.1:{port}"
 public_base_url = "{base_url}"

@@ -1,0 +1,213 @@
+//! Invitation requests on Kafka, as an upstream HR system publishes them: a CloudEvent on the
+//! requests topic invites once (also when redelivered or retried), its outcome is published with
+//! the request's id as correlation id, and junk goes to the dead-letter topic with a reason
+//! without holding up the requests behind it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+
+use crate::harness::{unique, Options, Stack};
+
+const HR: &str = "urn:pickup:hr";
+
+fn topic(stack: &Stack, suffix: &str) -> String {
+    format!("{}.{suffix}", stack.topic)
+}
+
+async fn publish(stack: &Stack, key: &str, value: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("kafka producer");
+    producer
+        .send(
+            FutureRecord::to(&topic(stack, "requests"))
+                .key(key)
+                .payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the broker takes the request");
+}
+
+fn request(id: &str, username: &str, email: &str) -> Vec<u8> {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": HR,
+        "type": "com.pickup.hr.user.invitation.requested",
+        "time": "2026-11-28T09:00:00Z",
+        "datacontenttype": "application/json",
+        "data": {"username": username, "email": email, "locale": "de",
+                 "claims": {"given_name": "Jane", "family_name": "Doe"}},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+struct Seen {
+    value: Vec<u8>,
+    headers: HashMap<String, String>,
+}
+
+/// Reads `suffix`'s topic from the start until `want` records arrived (60 s max).
+async fn read(stack: &Stack, suffix: &str, want: usize) -> Vec<Seen> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("group.id", unique("e2e-intake-reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka consumer");
+    consumer.subscribe(&[&topic(stack, suffix)]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{want} records expected on {suffix}, {} arrived within 60 s; logs in {}",
+            out.len(),
+            stack.dir.display()
+        );
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+        else {
+            continue;
+        };
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Seen {
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out
+}
+
+fn json_of(s: &Seen) -> Value {
+    serde_json::from_slice(&s.value).expect("outcomes are JSON")
+}
+
+#[tokio::test]
+async fn an_hr_systems_requests_invite_once_get_correlated_outcomes_and_junk_is_dead_lettered() {
+    let stack = Stack::start("intake", Options::default()).await;
+    stack.spawn("intake");
+    let tag = unique("");
+    let jane = format!("jane.{tag}@pickup.example");
+    let id = format!("hr-req-{tag}");
+    // One key for all: one partition, so the junk sits in front of the good requests.
+    let key = "same-partition";
+    publish(&stack, key, b"this is not json").await;
+    publish(&stack, key, br#"{"specversion":"1.0","id":"x","source":"urn:pickup:hr","type":"com.pickup.hr.user.deleted","data":{}}"#).await;
+    publish(&stack, key, &request(&id, &format!("Jane{tag}"), &jane)).await;
+    // The upstream retries the same request (it did not see our outcome in time).
+    publish(&stack, key, &request(&id, &format!("Jane{tag}"), &jane)).await;
+    // Another request for a name that is taken, and one with a bad address.
+    publish(
+        &stack,
+        key,
+        &request(
+            &format!("hr-req2-{tag}"),
+            &format!("jane{tag}"),
+            "other@pickup.example",
+        ),
+    )
+    .await;
+    publish(
+        &stack,
+        key,
+        &request(
+            &format!("hr-req3-{tag}"),
+            &format!("max{tag}"),
+            "max-at-nowhere",
+        ),
+    )
+    .await;
+    // Jane's request id, reused for somebody else.
+    publish(
+        &stack,
+        key,
+        &request(&id, &format!("Ola{tag}"), "ola@pickup.example"),
+    )
+    .await;
+
+    let outcomes = read(&stack, "outcomes", 5).await;
+    let by_request = |rid: &str| -> Vec<&Seen> {
+        outcomes
+            .iter()
+            .filter(|o| o.headers.get("ce_correlationid").map(String::as_str) == Some(rid))
+            .collect()
+    };
+    let for_id = by_request(&id);
+    assert_eq!(for_id.len(), 3, "one outcome per delivery of the request");
+    let reused = json_of(for_id[2]);
+    assert_eq!(reused["status"], "rejected", "{reused}");
+    assert_eq!(reused["reason"]["code"], "request_id_reused");
+    let accepted = &for_id[..2];
+    let first = json_of(accepted[0]);
+    assert_eq!(first["status"], "accepted", "{first}");
+    assert_eq!(first["request_id"], id.as_str());
+    assert_eq!(first["request_source"], HR);
+    assert_eq!(
+        accepted[0].headers["ce_type"],
+        "onboard.user.invitation.accepted.v1"
+    );
+    assert_eq!(accepted[0].headers["ce_correlationsource"], HR);
+    let user_id = first["user_id"].as_str().unwrap().to_owned();
+    assert_eq!(accepted[0].headers["ce_subject"], user_id);
+    // The retry names the same user, with the same CloudEvents id (a consumer can drop it).
+    assert_eq!(json_of(accepted[1])["user_id"], user_id.as_str());
+    assert_eq!(accepted[1].headers["ce_id"], accepted[0].headers["ce_id"]);
+
+    let taken = json_of(by_request(&format!("hr-req2-{tag}"))[0]);
+    assert_eq!(taken["status"], "rejected", "{taken}");
+    assert_eq!(taken["reason"]["code"], "username_taken");
+    assert!(taken.get("user_id").is_none());
+    let bad = json_of(by_request(&format!("hr-req3-{tag}"))[0]);
+    assert_eq!(bad["reason"]["code"], "invalid_fields", "{bad}");
+    assert!(bad["reason"]["fields"]["email"].is_string(), "{bad}");
+
+    // The junk went to the dead-letter topic, unchanged, with machine-readable reasons.
+    let dead = read(&stack, "dlq", 2).await;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d.headers["onboard_dlq_reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["not_json", "unsupported_type"]);
+    assert_eq!(dead[0].value, b"this is not json");
+    assert_eq!(
+        dead[0].headers["onboard_dlq_topic"],
+        topic(&stack, "requests")
+    );
+
+    // Jane was invited once, by the HR system, and mailed.
+    let view = stack.user(&user_id).await;
+    assert_eq!(view["state"], "CodeIssued", "{view}");
+    assert_eq!(view["locale"], "de");
+    assert_eq!(view["claims"]["given_name"], "Jane");
+    stack.wait_for_mail(&jane).await;
+    assert_eq!(stack.list("").await["items"].as_array().unwrap().len(), 1);
+    let events = stack.cli(&["events", &user_id]);
+    let first_event: Value =
+        serde_json::from_slice(events.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first_event["metadata"]["actor_kind"], "upstream");
+    assert_eq!(first_event["metadata"]["actor_id"], HR);
+    assert_eq!(first_event["metadata"]["correlation_id"], id.as_str());
+}

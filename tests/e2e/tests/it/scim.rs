@@ -1,0 +1,281 @@
+//! SCIM 2.0 as an upstream identity system speaks it: scim2-client (the python-scim2 project's
+//! client library, installed from PyPI by `tests/run`) discovers the service, provisions Jane the
+//! way WSO2 does with `askPassword`, reads her back by id and by `userName` filter and meets the
+//! uniqueness error; Jane gets her invitation mail. Hand-made requests cover what the library
+//! refuses to send (WSO2's `"askPassword": "true"`, a password, junk).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::harness::{unique, Options, Stack};
+
+const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+
+fn scim_python() -> String {
+    std::env::var("TEST_SCIM_PYTHON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            panic!("TEST_SCIM_PYTHON is not set: run the SCIM tests with `tests/run`, which installs scim2-client")
+        })
+}
+
+#[tokio::test]
+async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_mailed() {
+    let stack = Stack::start("scim_client", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("jane."));
+    let user_name = unique("Jane.");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scim/provision.py");
+    let out = Command::new(scim_python())
+        .arg(&script)
+        .args(["--base-url", &stack.base_url])
+        .args(["--token", &stack.admin_token])
+        .args(["--user-name", &user_name])
+        .args(["--email", &email])
+        .output()
+        .expect("run the SCIM client script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the SCIM client failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let saw: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("the SCIM client printed no JSON line:\n{stdout}\n{stderr}"));
+
+    // Discovery, as the library understood it.
+    assert_eq!(saw["resource_types"], json!(["User"]), "{saw}");
+    assert_eq!(saw["filter_supported"], true);
+
+    // The created user: an id, not active until Jane sets her password, her name and address.
+    let created = &saw["created"];
+    let id = created["id"].as_str().expect("an id").to_owned();
+    assert_eq!(created["userName"], user_name.as_str());
+    assert_eq!(created["active"], false, "{created}");
+    assert_eq!(created["emails"][0]["value"], email.as_str());
+    assert_eq!(created["name"]["givenName"], "Jane");
+    assert_eq!(created["meta"]["resourceType"], "User");
+    assert_eq!(
+        created["meta"]["location"],
+        stack.url(&format!("/scim2/Users/{id}"))
+    );
+    assert!(created["meta"]["version"].is_string(), "{created}");
+    // Read back by id, and by userName in another case (userName is caseExact: false).
+    assert_eq!(saw["fetched"]["id"], id.as_str());
+    assert_eq!(saw["fetched"]["active"], false);
+    assert_eq!(saw["filter_total"], 1, "{saw}");
+    assert_eq!(saw["filter_ids"], json!([id]));
+    // The same userName again: 409 uniqueness. An unknown id: 404.
+    assert_eq!(saw["duplicate"]["status"], 409, "{saw}");
+    assert_eq!(saw["duplicate"]["scim_type"], "uniqueness");
+    assert_eq!(saw["unknown"]["status"], 404, "{saw}");
+
+    // The one invitation path: the API shows the same account, and Jane got her link.
+    let view = stack.user(&id).await;
+    assert_eq!(view["state"], "CodeIssued", "{view}");
+    assert_eq!(view["claims"]["name"], "Jane Doe");
+    let mail = stack.wait_for_mail(&email).await;
+    assert!(mail.link().starts_with(&stack.url("/confirm?code=")));
+    let listed = stack.list("state=CodeIssued").await;
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "one invitation, not two: {listed}"
+    );
+}
+
+async fn scim(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = stack.http.request(method, stack.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/scim+json")
+            .body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, body)
+}
+
+fn assert_scim_error(status: u16, body: &Value, want: u16, scim_type: Option<&str>) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["schemas"], json!([ERROR]), "{body}");
+    assert_eq!(body["status"], want.to_string(), "{body}");
+    assert_eq!(body["scimType"].as_str(), scim_type, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors() {
+    let stack = Stack::start("scim_raw", Options::default()).await;
+    let token = stack.admin_token.clone();
+    let email = format!("{}@pickup.example", unique("sam."));
+    let name = unique("sam");
+    let post = |body: Value| {
+        scim(
+            &stack,
+            reqwest::Method::POST,
+            "/scim2/Users",
+            Some(&token),
+            Some(body),
+        )
+    };
+
+    // WSO2 sends askPassword as the string "true", and a domain as a userName prefix.
+    let wso2 = json!({
+        "schemas": [USER, ENTERPRISE],
+        "name": {"familyName": "Smith", "givenName": "Sam"},
+        "userName": format!("EMPLOYEES/{name}"),
+        "externalId": format!("hr-{name}"),
+        "emails": [{"primary": true, "value": email, "type": "work"}],
+        ENTERPRISE: {"askPassword": "true"},
+    });
+    let (status, headers, created) = post(wso2.clone()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(headers["content-type"], "application/scim+json");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        stack.url(&format!("/scim2/Users/{id}"))
+    );
+    assert!(headers.contains_key("etag"));
+    assert_eq!(created["userName"], format!("EMPLOYEES/{name}"));
+    assert_eq!(created["externalId"], format!("hr-{name}"));
+    assert_eq!(stack.user(&id).await["domain"], "EMPLOYEES");
+    // The upstream retries (it lost our answer): the same user, not a second invitation.
+    let (status, _, again) = post(wso2).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["id"], id.as_str());
+    stack.wait_for_mail(&email).await;
+    // The same externalId for someone else is a clear conflict, not a silent second user.
+    let (status, _, body) = post(json!({
+        "schemas": [USER, ENTERPRISE], "userName": unique("other"), "externalId": format!("hr-{name}"),
+        "emails": [{"value": "other@pickup.example"}], ENTERPRISE: {"askPassword": true},
+    }))
+    .await;
+    assert_scim_error(status, &body, 409, Some("uniqueness"));
+    assert!(
+        body["detail"].as_str().unwrap().contains("externalId"),
+        "{body}"
+    );
+
+    // A password chosen by an administrator is refused, without echoing it.
+    let (status, _, body) = post(json!({
+        "schemas": [USER, ENTERPRISE], "userName": unique("p"), "password": "Hunter2-Secret!",
+        "emails": [{"value": "p@pickup.example"}], ENTERPRISE: {"askPassword": true},
+    }))
+    .await;
+    assert_scim_error(status, &body, 400, Some("invalidValue"));
+    assert!(body["detail"].as_str().unwrap().contains("askPassword"));
+    assert!(!body.to_string().contains("Hunter2"), "{body}");
+    // Without askPassword there is nothing this service can do.
+    let (status, _, body) = post(json!({
+        "schemas": [USER], "userName": unique("n"), "emails": [{"value": "n@pickup.example"}],
+    }))
+    .await;
+    assert_scim_error(status, &body, 400, Some("invalidValue"));
+    assert!(body["detail"].as_str().unwrap().contains("askPassword"));
+    let (status, _, body) = post(json!({"schemas": [USER, ENTERPRISE], "userName": unique("e"), ENTERPRISE: {"askPassword": true}})).await;
+    assert_scim_error(status, &body, 400, Some("invalidValue"));
+    let (status, _, body) = scim(
+        &stack,
+        reqwest::Method::POST,
+        "/scim2/Users",
+        Some(&token),
+        Some(json!("not an object")),
+    )
+    .await;
+    assert_scim_error(status, &body, 400, Some("invalidSyntax"));
+
+    // Lookups: no match, an unsupported filter, pagination, unknown ids.
+    let st = &stack;
+    let get = |path: String, t: Option<String>| async move {
+        scim(st, reqwest::Method::GET, &path, t.as_deref(), None).await
+    };
+    let t = Some(token.clone());
+    let (status, _, body) = get(
+        format!(
+            "/scim2/Users?filter={}",
+            urlencoding::encode("userName eq \"nobody\"")
+        ),
+        t.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalResults"], 0);
+    let (status, _, body) = get(
+        format!(
+            "/scim2/Users?filter={}",
+            urlencoding::encode("emails co \"x\"")
+        ),
+        t.clone(),
+    )
+    .await;
+    assert_scim_error(status, &body, 400, Some("invalidFilter"));
+    scim(&stack, reqwest::Method::POST, "/scim2/Users", Some(&token), Some(json!({
+        "schemas": [USER, ENTERPRISE], "userName": unique("second"),
+        "emails": [{"value": format!("{}@pickup.example", unique("second."))}], ENTERPRISE: {"askPassword": true},
+    })))
+    .await;
+    let (status, _, body) = get("/scim2/Users?startIndex=2&count=1".into(), t.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalResults"], 2, "{body}");
+    assert_eq!(body["startIndex"], 2);
+    assert_eq!(body["itemsPerPage"], 1);
+    assert_eq!(body["Resources"].as_array().unwrap().len(), 1);
+    let (status, _, body) = get("/scim2/Users/not-a-uuid".into(), t.clone()).await;
+    assert_scim_error(status, &body, 404, None);
+
+    // Tokens: none, read-only (may read, may not create), revoked.
+    let (status, _, body) = get(format!("/scim2/Users/{id}"), None).await;
+    assert_scim_error(status, &body, 401, None);
+    let (status, _, body) = get(
+        format!("/scim2/Users/{id}"),
+        Some(stack.reader_token.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = scim(
+        &stack,
+        reqwest::Method::POST,
+        "/scim2/Users",
+        Some(&stack.reader_token),
+        Some(json!({})),
+    )
+    .await;
+    assert_scim_error(status, &body, 403, None);
+    let (status, _, body) = get("/scim2/Schemas".into(), Some(stack.revoked_token.clone())).await;
+    assert_scim_error(status, &body, 401, None);
+    // What this service does not do is said, in SCIM's format.
+    let (status, _, body) = scim(
+        &stack,
+        reqwest::Method::DELETE,
+        &format!("/scim2/Users/{id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_scim_error(status, &body, 501, None);
+}

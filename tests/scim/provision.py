@@ -1,0 +1,91 @@
+"""An upstream identity system provisioning a user over SCIM 2.0, as WSO2 Identity Server does
+with askPassword, driven by the scim2-client library (python-scim2 project) against the gateway.
+
+Run by tests/e2e (scim.rs) through tests/run, which installs scim2-client into a venv
+(deploy/lib/services.sh: ensure_scim_client). Prints one JSON line: what the upstream saw.
+
+usage: provision.py --base-url URL --token TOKEN --user-name NAME --email ADDRESS
+"""
+
+import argparse
+import json
+import sys
+
+from httpx2 import Client
+from scim2_client.engines.httpx2 import SyncSCIMClient
+from scim2_models import ListResponse, SCIMException
+
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--user-name", required=True)
+    parser.add_argument("--email", required=True)
+    args = parser.parse_args()
+
+    http = Client(
+        base_url=f"{args.base_url}/scim2",
+        headers={"Authorization": f"Bearer {args.token}"},
+        timeout=30,
+    )
+    scim = SyncSCIMClient(http)
+    # Discovery: ServiceProviderConfig, ResourceTypes and Schemas; the User model (with its
+    # extensions) is built from what the server publishes.
+    scim.discover()
+    user_model = scim.get_resource_model("User")
+    saw = {
+        "resource_types": [rt.id for rt in scim.provider.resource_types],
+        "filter_supported": bool(scim.provider.config.filter.supported),
+    }
+
+    # WSO2's askPassword request: no password, the enterprise extension's askPassword.
+    payload = {
+        "schemas": [USER, ENTERPRISE],
+        "userName": args.user_name,
+        "name": {"givenName": "Jane", "familyName": "Doe"},
+        "emails": [{"value": args.email, "primary": True, "type": "work"}],
+        ENTERPRISE: {"askPassword": True},
+    }
+    created = scim.create(user_model.model_validate(payload))
+    saw["created"] = created.model_dump(mode="json")
+
+    fetched = scim.query(user_model, created.id)
+    saw["fetched"] = fetched.model_dump(mode="json")
+
+    found = scim.query(
+        user_model,
+        query_parameters={"filter": f'userName eq "{args.user_name.upper()}"'},
+    )
+    assert isinstance(found, ListResponse), found
+    saw["filter_total"] = found.total_results
+    saw["filter_ids"] = [r.id for r in found.resources or []]
+
+    # The same userName again: the server must refuse it as a uniqueness violation.
+    try:
+        again = scim.create(user_model.model_validate(payload))
+        saw["duplicate"] = {"unexpected_success": again.model_dump(mode="json")}
+    except SCIMException as exc:
+        error = exc.to_error()
+        saw["duplicate"] = {
+            "status": error.status,
+            "scim_type": error.scim_type,
+            "detail": error.detail,
+        }
+
+    # An unknown id: a SCIM 404.
+    try:
+        scim.query(user_model, "00000000-0000-0000-0000-000000000000")
+        saw["unknown"] = "unexpected success"
+    except SCIMException as exc:
+        saw["unknown"] = {"status": exc.to_error().status}
+
+    print(json.dumps(saw))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
