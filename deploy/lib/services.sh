@@ -300,6 +300,28 @@ start_maildev() {
   say "maildev: started (pid $(pidfile_pid "$pidfile"), smtp 127.0.0.1:$smtp, web http://127.0.0.1:$web)"
 }
 
+# ---------------------------------------------------------------- SMTP gate (tests)
+
+AIOSMTPD_VERSION=1.4.6
+AIOSMTPD_DIR=${AIOSMTPD_DIR:-$ONBOARDING_CACHE/aiosmtpd}
+
+# A Python virtual environment with aiosmtpd, for tests/e2e/smtp/gate.py: an SMTP server that
+# refuses, defers or greylists recipients as real servers do, and passes the rest on to MailDev.
+ensure_aiosmtpd() {
+  SMTP_GATE_PYTHON=$AIOSMTPD_DIR/bin/python
+  if [[ -x $SMTP_GATE_PYTHON ]] && "$SMTP_GATE_PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+  fi
+  say "aiosmtpd: installing aiosmtpd $AIOSMTPD_VERSION into $AIOSMTPD_DIR"
+  python3 -m venv "$AIOSMTPD_DIR"
+  "$AIOSMTPD_DIR/bin/pip" install -q "aiosmtpd==$AIOSMTPD_VERSION"
+  "$SMTP_GATE_PYTHON" -c 'import aiosmtpd' || die "aiosmtpd: install did not work in $AIOSMTPD_DIR"
+}
+
 # ---------------------------------------------------------------- browser tests
 
 # Debian's Chromium (a test tool's own browser download cannot reach its servers).

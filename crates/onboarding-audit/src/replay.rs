@@ -98,6 +98,7 @@ impl AccountRow {
             PublicEvent::UserActivated(_) => state("Active", None),
             PublicEvent::InvitationMailSent(_) => self.delivery = Some("sent"),
             PublicEvent::InvitationMailFailed(_) => self.delivery = Some("failed"),
+            PublicEvent::InvitationMailAbandoned(_) => self.delivery = Some("abandoned"),
             PublicEvent::LinkOpened(_)
             | PublicEvent::CodeCheckFailed(_)
             | PublicEvent::WelcomeMailSent(_) => {}
@@ -365,6 +366,7 @@ const PROJECTED: &[&str] = &[
     "UserActivated",
     "InvitationMailSent",
     "InvitationMailFailed",
+    "InvitationMailAbandoned",
 ];
 
 /// Replays the topic from offset 0 of every partition (a fresh consumer, nothing committed)

@@ -142,14 +142,33 @@ pub struct EmailSettings {
     pub enable_start_tls: bool,
     /// Implicit TLS (SMTPS, usually port 465).
     pub enable_tls: bool,
+    /// With `enable_start_tls = false`: upgrade with STARTTLS when the server offers it, send in
+    /// plain text when it does not.
+    #[serde(default)]
+    pub opportunistic_start_tls: bool,
+    /// A PEM file of certificates trusted for the SMTP server in addition to the Mozilla roots
+    /// (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     pub enable_authentication: bool,
     /// Domain used in Message-ID headers; defaults to the from-address domain, never the host name.
     pub message_id_domain: Option<String>,
     /// Name sent in HELO/EHLO; defaults to the Message-ID domain.
     pub hello_name: Option<String>,
+    /// Envelope sender (MAIL FROM, where bounces go); defaults to `from_address`.
+    #[serde(default)]
+    pub envelope_from: Option<String>,
+    /// A Reply-To header for every mail; none by default.
+    #[serde(default)]
+    pub reply_to: Option<String>,
     pub timeout_seconds: u64,
-    /// Attempts per mail before it is recorded as failed.
+    /// Attempts per invitation mail before it is abandoned (transient failures only; a
+    /// permanent failure abandons it at once).
     pub max_attempts: u32,
+    /// Wait before the second attempt; each later wait doubles (up to an hour), with ±20 % jitter.
+    pub retry_initial_seconds: u64,
+    /// An invitation mail not sent this long after its first failure is abandoned.
+    pub max_age_minutes: u64,
     /// Overrides the invitation templates' subject in every locale (a template:
     /// `{{ organisation }}`, `{{ username }}`). Unset: each locale's `invitation.subject.txt`.
     #[serde(default)]
@@ -188,6 +207,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     pub replication_factor: i32,
     pub email_worker_group: String,
+    /// An idle email worker that sees a partition with unread records whose committed offset has
+    /// not moved for this long rejoins the consumer group, which makes the group reassign the
+    /// partitions (a holder that died or went silent loses them).
+    pub email_worker_stall_seconds: u64,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`, `sasl.mechanism`,
@@ -305,6 +328,8 @@ fn defaults() -> Defaults {
             "enable_authentication": true,
             "timeout_seconds": 30,
             "max_attempts": 5,
+            "retry_initial_seconds": 30,
+            "max_age_minutes": 1440,
             "default_locale": "en",
         }}),
         database: json!({"max_connections": 10}),
@@ -313,6 +338,7 @@ fn defaults() -> Defaults {
             "partitions": 4,
             "replication_factor": 1,
             "email_worker_group": "onboarding-email-worker",
+            "email_worker_stall_seconds": 60,
             "source": "urn:onboard:engine",
         }),
         gateway: json!({
@@ -437,6 +463,20 @@ impl Settings {
         if self.output_adapter.email.enable_tls && self.output_adapter.email.enable_start_tls {
             return bad("output_adapter.email: enable_tls (implicit TLS) and enable_start_tls are exclusive; choose one".into());
         }
+        if self.output_adapter.email.retry_initial_seconds == 0 {
+            return bad("output_adapter.email.retry_initial_seconds must be at least 1".into());
+        }
+        if self.output_adapter.email.opportunistic_start_tls
+            && (self.output_adapter.email.enable_start_tls || self.output_adapter.email.enable_tls)
+        {
+            return bad("output_adapter.email: opportunistic_start_tls applies only with enable_start_tls = false and enable_tls = false; choose one mode".into());
+        }
+        if self.kafka.email_worker_stall_seconds < 5 {
+            return bad(format!(
+                "kafka.email_worker_stall_seconds ({}) must be at least 5",
+                self.kafka.email_worker_stall_seconds
+            ));
+        }
         Ok(())
     }
 
@@ -550,6 +590,30 @@ mod tests {
         assert!(
             err.contains("unknown key `output_adapter.email.enable_starttls`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn opportunistic_starttls_is_a_mode_of_its_own() {
+        // MINIMAL keeps the default: STARTTLS required.
+        let toml = MINIMAL.replacen(
+            "from_address",
+            "opportunistic_start_tls = true\n        from_address",
+            1,
+        );
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(err.contains("opportunistic_start_tls"), "{err}");
+        let toml = MINIMAL.replacen(
+            "from_address",
+            "opportunistic_start_tls = true\n        enable_start_tls = false\n        from_address",
+            1,
+        );
+        assert!(
+            Settings::from_toml_str(&toml)
+                .unwrap()
+                .output_adapter
+                .email
+                .opportunistic_start_tls
         );
     }
 

@@ -186,6 +186,14 @@ pub enum OnboardingCommand {
         code_id: CodeId,
         reason: String,
         permanent: bool,
+        attempt: u32,
+        next_attempt_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    },
+    RecordMailAbandoned {
+        code_id: CodeId,
+        reason: String,
+        attempts: u32,
         now: DateTime<Utc>,
     },
 }
@@ -261,6 +269,16 @@ pub enum EmailDelivery {
         at: DateTime<Utc>,
         reason: String,
         permanent: bool,
+        /// Which attempt failed (0 when recorded before attempts were counted).
+        attempt: u32,
+        /// When the worker tries again; none when it will not.
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// Given up: no further attempt for this code. A resend issues a new code and tries again.
+    Abandoned {
+        at: DateTime<Utc>,
+        reason: String,
+        attempts: u32,
     },
 }
 
@@ -676,6 +694,8 @@ impl Aggregate for Onboarding {
                 code_id,
                 reason,
                 permanent,
+                attempt,
+                next_attempt_at,
                 now,
             } => {
                 if !self.codes.iter().any(|c| c.code_id == code_id) {
@@ -690,6 +710,31 @@ impl Aggregate for Onboarding {
                         reason,
                         permanent,
                         failed_at: now,
+                        attempt,
+                        next_attempt_at,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OnboardingCommand::RecordMailAbandoned {
+                code_id,
+                reason,
+                attempts,
+                now,
+            } => {
+                if !self.codes.iter().any(|c| c.code_id == code_id) {
+                    return Err(OnboardingError::UnknownCode(code_id));
+                }
+                if self.mail_sent_for(code_id) {
+                    return Err(OnboardingError::MailAlreadySent(code_id));
+                }
+                sink.write(
+                    OnboardingEvent::InvitationMailAbandoned {
+                        code_id,
+                        reason,
+                        attempts,
+                        abandoned_at: now,
                     },
                     self,
                 )
@@ -777,12 +822,30 @@ impl Aggregate for Onboarding {
                 reason,
                 permanent,
                 failed_at,
+                attempt,
+                next_attempt_at,
             } => {
                 if self.codes.last().map(|c| c.code_id) == Some(code_id) {
                     self.delivery = Some(EmailDelivery::Failed {
                         at: failed_at,
                         reason,
                         permanent,
+                        attempt,
+                        next_attempt_at,
+                    });
+                }
+            }
+            OnboardingEvent::InvitationMailAbandoned {
+                code_id,
+                reason,
+                attempts,
+                abandoned_at,
+            } => {
+                if self.codes.last().map(|c| c.code_id) == Some(code_id) {
+                    self.delivery = Some(EmailDelivery::Abandoned {
+                        at: abandoned_at,
+                        reason,
+                        attempts,
                     });
                 }
             }

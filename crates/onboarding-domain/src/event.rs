@@ -103,11 +103,27 @@ pub enum OnboardingEvent {
         template: TemplateRef,
         sent_at: DateTime<Utc>,
     },
+    /// Version 1.1 added `attempt` and `next_attempt_at`; stored 1.0 rows are upcast on load
+    /// (`attempt: 0`, `next_attempt_at: null`), see `onboarding_store::upcasters`.
     InvitationMailFailed {
         code_id: CodeId,
         reason: String,
         permanent: bool,
         failed_at: DateTime<Utc>,
+        /// Which attempt failed (1 for the first); 0 in events recorded before attempts were counted.
+        #[serde(default)]
+        attempt: u32,
+        /// When the mail will be tried again; none when it will not (permanent, or given up).
+        #[serde(default)]
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// The worker gave up on the invitation mail for this code: a permanent failure, or the
+    /// attempts or the time allowed ran out. A resend issues a new code and tries again.
+    InvitationMailAbandoned {
+        code_id: CodeId,
+        reason: String,
+        attempts: u32,
+        abandoned_at: DateTime<Utc>,
     },
 }
 
@@ -116,11 +132,14 @@ impl OnboardingEvent {
     pub const VERSION: &'static str = "1.0";
     /// `UserInvited` gained `time_zone`.
     pub const USER_INVITED_VERSION: &'static str = "2.0";
+    /// `InvitationMailFailed` gained `attempt` and `next_attempt_at`.
+    pub const INVITATION_MAIL_FAILED_VERSION: &'static str = "1.1";
 
     /// The version this build writes for each event type.
     pub fn version_of(event_type: &str) -> &'static str {
         match event_type {
             "UserInvited" => Self::USER_INVITED_VERSION,
+            "InvitationMailFailed" => Self::INVITATION_MAIL_FAILED_VERSION,
             _ => Self::VERSION,
         }
     }
@@ -134,6 +153,7 @@ impl OnboardingEvent {
             Self::InvitationMailSent { .. } => "InvitationMailSent",
             Self::WelcomeMailSent { .. } => "WelcomeMailSent",
             Self::InvitationMailFailed { .. } => "InvitationMailFailed",
+            Self::InvitationMailAbandoned { .. } => "InvitationMailAbandoned",
             Self::LinkOpened { .. } => "LinkOpened",
             Self::CodeCheckFailed { .. } => "CodeCheckFailed",
             Self::CodeLocked { .. } => "CodeLocked",

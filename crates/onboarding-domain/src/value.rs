@@ -234,7 +234,12 @@ mod tests {
             "jane+onboarding@pickup.example",
             "ja$ne@pickup.example",
             "o'brien@pickup.example",
+            "jane!urgent@pickup.example",
+            "\"john doe\"@pickup.example",
+            "\"john@doe\"@pickup.example",
             "jane@bücher.example",
+            "jörg@bücher.example",
+            "jane@xn--bcher-kva.example",
         ] {
             assert!(EmailAddress::parse(ok).is_ok(), "{ok}");
         }
@@ -249,6 +254,11 @@ mod tests {
             "@pickup.example",
             "jane@localhost",
             "Jane <jane@pickup.example>",
+            "john doe@pickup.example",
+            "jane@@pickup.example",
+            "jane..doe@pickup.example",
+            "\"unterminated@pickup.example",
+            "jane@pick up.example",
         ] {
             let err = EmailAddress::parse(bad).unwrap_err();
             assert!(err.0.contains("email"), "{bad}: {err}");

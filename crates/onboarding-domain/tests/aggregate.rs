@@ -399,6 +399,8 @@ async fn mail_outcomes_for_unknown_codes_are_refused() {
             code_id: code_id(5),
             reason: "550 no such user".into(),
             permanent: true,
+            attempt: 1,
+            next_attempt_at: None,
             now: t0(),
         })
         .await
@@ -416,6 +418,8 @@ async fn a_failed_mail_is_recorded() {
             code_id: code_id(1),
             reason: "550 no such user".into(),
             permanent: true,
+            attempt: 1,
+            next_attempt_at: None,
             now: t0(),
         })
         .await
@@ -424,7 +428,47 @@ async fn a_failed_mail_is_recorded() {
             reason: "550 no such user".into(),
             permanent: true,
             failed_at: t0(),
+            attempt: 1,
+            next_attempt_at: None,
         }]);
+}
+
+#[tokio::test]
+async fn giving_up_on_a_mail_is_recorded_once_it_was_not_sent() {
+    framework()
+        .given(vec![
+            invited(),
+            issued(1, t0(), CodeIssueReason::Invitation),
+        ])
+        .when_async(OnboardingCommand::RecordMailAbandoned {
+            code_id: code_id(1),
+            reason: "5 attempts failed: 451 try later".into(),
+            attempts: 5,
+            now: t0(),
+        })
+        .await
+        .then_expect_events(vec![OnboardingEvent::InvitationMailAbandoned {
+            code_id: code_id(1),
+            reason: "5 attempts failed: 451 try later".into(),
+            attempts: 5,
+            abandoned_at: t0(),
+        }]);
+}
+
+#[test]
+fn a_failure_recorded_before_attempts_were_counted_still_reads() {
+    let old = serde_json::json!({"InvitationMailFailed": {
+        "code_id": code_id(1), "reason": "451", "permanent": false, "failed_at": t0()
+    }});
+    let event: OnboardingEvent = serde_json::from_value(old).unwrap();
+    assert!(matches!(
+        event,
+        OnboardingEvent::InvitationMailFailed {
+            attempt: 0,
+            next_attempt_at: None,
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -2,12 +2,18 @@
 //!
 //! Architecture invariants:
 //! - At least once: a record's offset is stored only after its outcome was recorded on the
-//!   aggregate (`InvitationMailSent` / `InvitationMailFailed`), or after it was found to need
-//!   nothing. Auto-commit then commits stored offsets only.
+//!   aggregate (`InvitationMailSent`; or `InvitationMailFailed` plus a row in the delayed store
+//!   or `InvitationMailAbandoned`), after it was found to need nothing, or after it was copied
+//!   to the dead-letter topic. Auto-commit then commits stored offsets only.
+//! - Never blocked by a failing mail: one SMTP attempt per record; later attempts come from the
+//!   delayed store (`mail_retries`), claimed under a lease by `Delivery::run_retries`.
 //! - Mail once per code: before sending, the worker reads the aggregate and skips a code that
 //!   was already mailed, superseded, expired or used; the aggregate refuses a second "sent" for
 //!   the same code. What remains is the window between the SMTP server's acceptance and the
-//!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md.
+//!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md; a mail
+//!   sent again there carries the same Message-ID (`Mailer::message_id_for`).
+//! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
+//!   (docs/adr/0004).
 //! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a
 //!   second `WelcomeMailSent`), but a failure is only logged and counted, not recorded.
 //! - The link token is minted here from the event's public fields and the code key; it exists
@@ -16,6 +22,7 @@
 
 pub mod mail;
 pub mod templates;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,13 +30,19 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
+use onboarding_domain::EmailDelivery;
 use onboarding_domain::{OnboardingCommand, OnboardingError};
 use onboarding_events::{CodeIssuedV1, PublicEvent, UserActivatedV1};
 use onboarding_relay::kafka::base_config;
-use onboarding_store::{Actor, Store, StoreError};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers};
+use onboarding_store::{Actor, MailRetry, Store, StoreError};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
+use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 pub use mail::{Invitation, MailError, Mailer};
@@ -41,6 +54,8 @@ pub enum HandleError {
     Store(#[from] StoreError),
     #[error("stopping before the mail could be sent")]
     Stopped,
+    #[error("cannot write to the dead-letter topic: {0}")]
+    DeadLetter(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +66,7 @@ pub enum WorkerError {
     Setup(#[from] mail::SetupError),
 }
 
-/// What became of one code-issued event.
+/// What became of one attempt at an invitation (or of a welcome mail).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Sent,
@@ -61,6 +76,11 @@ pub enum Outcome {
     /// Active, revoked, expired or locked: no code is waiting for this mail.
     NotPending,
     UnknownUser,
+    /// A transient failure; the mail waits in the delayed store for its next attempt.
+    RetryScheduled,
+    /// Given up: a permanent failure, or the attempts or the time allowed ran out.
+    Abandoned,
+    /// A welcome mail that could not be sent (best effort: not retried later).
     Failed {
         permanent: bool,
     },
@@ -75,22 +95,59 @@ impl Outcome {
             Self::Expired => "expired",
             Self::NotPending => "not_pending",
             Self::UnknownUser => "unknown_user",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::Abandoned => "abandoned",
             Self::Failed { permanent: true } => "failed_permanent",
             Self::Failed { permanent: false } => "failed_transient",
         }
     }
 }
 
-pub struct EmailWorker {
+/// When to try a mail again and when to give up on it.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max_age: chrono::Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after `attempt` failed: `initial` doubled per earlier attempt, at most an hour,
+    /// with ±20 % jitter so that mails that failed together are not retried together.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(Duration::from_secs(3600));
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        base.mul_f64(jitter)
+    }
+}
+
+/// Sends mails and records their fate; shared by the record loop and the retry loop.
+#[derive(Clone)]
+pub struct Delivery {
     store: Store,
-    mailer: Mailer,
+    mailer: Arc<Mailer>,
     keyring: Arc<CodeKeyring>,
     public_base_url: String,
-    max_attempts: u32,
-    consumer: StreamConsumer,
+    policy: RetryPolicy,
+}
+
+pub struct EmailWorker {
+    delivery: Delivery,
+    consumer: WorkerConsumer,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
+    watchdog: watchdog::Watchdog,
+    dead_letters: FutureProducer,
+    dead_letter_topic: String,
+    /// The consumer's rebalance count when the watchdog last looked.
+    rebalances_seen: u64,
 }
+
+/// How long the worker waits for a record before it counts as idle.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl EmailWorker {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
@@ -107,25 +164,41 @@ impl EmailWorker {
             // Notice a recreated topic (after a broker lost its data) within seconds.
             .set("topic.metadata.refresh.interval.ms", "5000");
         let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
+        let email = &settings.output_adapter.email;
         Ok(Self {
-            keyring: store.services().keyring.clone(),
-            store,
-            mailer,
-            public_base_url: settings
-                .gateway
-                .public_base_url
-                .trim_end_matches('/')
-                .to_owned(),
-            max_attempts: settings.output_adapter.email.max_attempts.max(1),
+            delivery: Delivery {
+                keyring: store.services().keyring.clone(),
+                store,
+                mailer: Arc::new(mailer),
+                public_base_url: settings
+                    .gateway
+                    .public_base_url
+                    .trim_end_matches('/')
+                    .to_owned(),
+                policy: RetryPolicy {
+                    max_attempts: email.max_attempts.max(1),
+                    initial: Duration::from_secs(email.retry_initial_seconds.max(1)),
+                    max_age: chrono::Duration::minutes(
+                        i64::try_from(email.max_age_minutes).unwrap_or(i64::MAX / 60_000),
+                    ),
+                },
+            },
             consumer,
             consumer_config,
             topic: settings.kafka.topic.clone(),
+            watchdog: watchdog::Watchdog::new(
+                &settings.kafka.topic,
+                Duration::from_secs(settings.kafka.email_worker_stall_seconds),
+            ),
+            rebalances_seen: 0,
+            dead_letters: onboarding_relay::kafka::producer(&settings.kafka)?,
+            dead_letter_topic: onboarding_relay::kafka::dead_letter_topic(&settings.kafka),
         })
     }
 
     /// Consumes until `shutdown`; finishes the record in hand, then commits stored offsets.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        match self.mailer.test_connection().await {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        match self.delivery.mailer.test_connection().await {
             Ok(true) => tracing::info!("email worker started; SMTP server answers"),
             Ok(false) | Err(_) => {
                 tracing::warn!("email worker started, but the SMTP server does not answer yet; mails will be retried")
@@ -134,15 +207,28 @@ impl EmailWorker {
         // Set when the broker became unreachable; cleared by the next record. A broker that comes
         // back without our consumer group (an in-memory broker that restarted) leaves the
         // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
+        // Mails that failed transiently wait in the delayed store, not on the partition; a task
+        // of their own tries them when they are due. It finishes the attempt in hand at shutdown.
+        let stop_retries = shutdown.child_token();
+        let retries = tokio::spawn(self.delivery.clone().run_retries(stop_retries.clone()));
+        let result = self.consume(shutdown).await;
+        stop_retries.cancel();
+        let _ = retries.await;
+        result
+    }
+
+    async fn consume(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let mut disrupted = false;
+        let mut quiet = Duration::ZERO;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = tokio::time::timeout(Duration::from_secs(10), self.consumer.recv()) => m,
+                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()) => m,
             };
             let msg = match msg {
                 Ok(Ok(m)) => {
                     disrupted = false;
+                    quiet = Duration::ZERO;
                     m
                 }
                 Ok(Err(e)) => {
@@ -151,16 +237,20 @@ impl EmailWorker {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                Err(_quiet) if disrupted => {
-                    tracing::warn!(
-                        "no records since the broker came back; rejoining the consumer group"
-                    );
-                    let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-                    self.consumer = subscribe(&self.consumer_config, &self.topic)?;
-                    disrupted = false;
+                Err(_idle) => {
+                    quiet += IDLE_TICK;
+                    if disrupted && quiet >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "no records since the broker came back; rejoining the consumer group"
+                        );
+                        self.rejoin()?;
+                        disrupted = false;
+                        quiet = Duration::ZERO;
+                    } else {
+                        self.watch(true)?;
+                    }
                     continue;
                 }
-                Err(_quiet) => continue,
             };
             // A record is retried here until it is handled; only a database outage keeps it.
             let mut backoff = Duration::from_millis(200);
@@ -179,8 +269,119 @@ impl EmailWorker {
                 }
             }
             self.consumer.store_offset_from_message(&msg)?;
+            drop(msg);
+            self.watch(false)?;
         }
         self.close()
+    }
+
+    /// Measures the lag now and then; when idle and a partition's records wait while its
+    /// committed offset stands still, rejoins the group so that it reassigns the partitions.
+    fn watch(&mut self, idle: bool) -> Result<(), WorkerError> {
+        if !self.watchdog.due() {
+            return Ok(());
+        }
+        let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
+        let lags = match measured {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure the consumer lag");
+                return Ok(());
+            }
+        };
+        // After a rebalance the partitions' new holders get the whole stall time.
+        let rebalances = self
+            .consumer
+            .context()
+            .rebalances
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if rebalances != self.rebalances_seen {
+            self.rebalances_seen = rebalances;
+            self.watchdog.reset();
+        }
+        let stalled = self.watchdog.stalled(&lags, Instant::now());
+        if idle && !stalled.is_empty() {
+            let waiting: Vec<String> = lags
+                .iter()
+                .filter(|l| stalled.contains(&l.partition))
+                .map(|l| {
+                    format!(
+                        "{}: {} waiting at offset {}",
+                        l.partition,
+                        l.high_watermark - l.committed,
+                        l.committed
+                    )
+                })
+                .collect();
+            tracing::warn!(partitions = %waiting.join("; "), "records wait on partitions nobody reads; rejoining the consumer group");
+            metrics::counter!("onboard_consumer_rejoins_total").increment(1);
+            self.rejoin()?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the consumer group (committing what was handled) and joins it again.
+    fn rejoin(&mut self) -> Result<(), WorkerError> {
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+        self.watchdog.reset();
+        self.rebalances_seen = 0;
+        Ok(())
+    }
+
+    /// Copies a record that cannot be processed at all to the dead-letter topic, with its key,
+    /// value and headers, plus `onboard_dlq_reason` (machine-readable: `missing_type`,
+    /// `unreadable_payload`), `onboard_dlq_detail`, and where it came from. Returns once the broker
+    /// acknowledged it, so the record's offset is stored only after that.
+    async fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), HandleError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+        for (key, value) in [
+            ("onboard_dlq_reason", reason),
+            ("onboard_dlq_detail", error),
+            ("onboard_dlq_topic", msg.topic()),
+            ("onboard_dlq_partition", partition.as_str()),
+            ("onboard_dlq_offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        self.dead_letters
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| HandleError::DeadLetter(e.to_string()))?;
+        metrics::counter!("onboard_mail_dead_lettered_total", "reason" => reason.to_owned())
+            .increment(1);
+        tracing::warn!(
+            reason,
+            partition = msg.partition(),
+            offset = msg.offset(),
+            topic = %self.dead_letter_topic,
+            "record set aside on the dead-letter topic"
+        );
+        Ok(())
     }
 
     fn close(self) -> Result<(), WorkerError> {
@@ -203,27 +404,34 @@ impl EmailWorker {
             .and_then(|v| std::str::from_utf8(v).ok())
             .unwrap_or_default()
             .to_owned();
+        if ce_type.is_empty() {
+            return self
+                .dead_letter(msg, "missing_type", "the record has no ce_type header")
+                .await;
+        }
         if ce_type != CodeIssuedV1::TYPE && ce_type != UserActivatedV1::TYPE {
             return Ok(());
         }
         let event = match PublicEvent::parse(&ce_type, msg.payload().unwrap_or_default()) {
             Ok(PublicEvent::CodeIssued(e)) => e,
             Ok(PublicEvent::UserActivated(e)) => {
-                let outcome = self.welcome(&e, shutdown).await?;
+                let outcome = self.delivery.welcome(&e, shutdown).await?;
                 metrics::counter!("onboard_mail_total", "kind" => "welcome", "outcome" => outcome.label()).increment(1);
                 tracing::info!(user_id = %e.user_id, outcome = outcome.label(), "activation handled");
                 return Ok(());
             }
             Ok(_) => return Ok(()),
             Err(e) => {
-                // Not ours to fix and retrying cannot help: log it and move on.
-                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable record skipped");
+                // Not ours to fix and retrying cannot help: set it aside and move on.
+                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable record sent to the dead-letter topic");
                 metrics::counter!("onboard_mail_total", "outcome" => "unreadable").increment(1);
-                return Ok(());
+                return self
+                    .dead_letter(msg, "unreadable_payload", &e.to_string())
+                    .await;
             }
         };
         let started = Instant::now();
-        let outcome = self.handle(&event, shutdown).await?;
+        let outcome = self.delivery.handle(&event).await?;
         metrics::counter!("onboard_mail_total", "kind" => "invitation", "outcome" => outcome.label()).increment(1);
         if outcome == Outcome::Sent {
             metrics::histogram!("onboard_mail_send_seconds")
@@ -232,18 +440,29 @@ impl EmailWorker {
         tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), "code-issued event handled");
         Ok(())
     }
+}
 
-    /// Mails one issued code unless it needs nothing, and records the outcome on the account.
+impl Delivery {
+    /// Makes the first attempt at an issued code's mail, unless it needs none.
     #[tracing::instrument(skip_all, fields(user_id = %event.user_id))]
-    pub async fn handle(
+    pub async fn handle(&self, event: &CodeIssuedV1) -> Result<Outcome, HandleError> {
+        let code_id = CodeId::from_random_bytes(*event.code_id.as_bytes());
+        Ok(self.attempt(event.user_id, code_id, 1, None).await?)
+    }
+
+    /// Tries the mail for `code_id` once (attempt number `attempt`; `first_failed_at` is set for
+    /// retries) and records the outcome: sent; failed with the next attempt scheduled in the
+    /// delayed store; or failed and abandoned.
+    async fn attempt(
         &self,
-        event: &CodeIssuedV1,
-        shutdown: &CancellationToken,
-    ) -> Result<Outcome, HandleError> {
-        let Some(account) = self.store.load(event.user_id).await? else {
+        user_id: uuid::Uuid,
+        code_id: CodeId,
+        attempt: u32,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Outcome, StoreError> {
+        let Some(account) = self.store.load(user_id).await? else {
             return Ok(Outcome::UnknownUser);
         };
-        let code_id = CodeId::from_random_bytes(*event.code_id.as_bytes());
         if account.mail_sent_for(code_id) {
             return Ok(Outcome::AlreadySent);
         }
@@ -256,17 +475,30 @@ impl EmailWorker {
         if Utc::now() >= live.expires_at {
             return Ok(Outcome::Expired);
         }
+        match &account.delivery {
+            // Given up already (the record was seen again after a restart).
+            Some(EmailDelivery::Abandoned { .. }) => return Ok(Outcome::Abandoned),
+            // The record was seen again while its mail waits in the delayed store: the retry
+            // task owns it.
+            Some(EmailDelivery::Failed {
+                next_attempt_at: Some(_),
+                ..
+            }) if first_failed_at.is_none() => return Ok(Outcome::RetryScheduled),
+            _ => {}
+        }
         let (Some(username), Some(email)) = (&account.username, &account.email) else {
             return Ok(Outcome::UnknownUser);
         };
         let binding = CodeBinding {
-            user_id: event.user_id,
+            user_id,
             code_id,
             expires_at: live.expires_at,
         };
         let Some(token) = self.keyring.mint(&live.key_id, &binding) else {
             let reason = format!("code key `{}` is no longer configured", live.key_id);
-            return Ok(self.record_failure(event, code_id, reason, true).await?);
+            return self
+                .record_failure(user_id, code_id, attempt, first_failed_at, reason, true)
+                .await;
         };
         let link = format!("{}/confirm?code={}", self.public_base_url, token.expose());
         let revoke_link = format!("{}/revoke?code={}", self.public_base_url, token.expose());
@@ -281,19 +513,30 @@ impl EmailWorker {
         let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
-                return Ok(self
-                    .record_failure(event, code_id, format!("template error: {e}"), true)
-                    .await?)
+                let reason = format!("template error: {e}");
+                return self
+                    .record_failure(user_id, code_id, attempt, first_failed_at, reason, true)
+                    .await;
             }
         };
-        match self
-            .send_with_retries(email.as_str(), &rendered, shutdown)
-            .await?
-        {
+        let message_id = self
+            .mailer
+            .message_id_for(&format!("invitation/{}", code_id.as_uuid()));
+        let result = self
+            .mailer
+            .send_as(email.as_str(), &rendered, message_id)
+            .await;
+        metrics::counter!("onboard_mail_attempts_total", "kind" => "invitation", "result" => match &result {
+            Ok(_) => "accepted",
+            Err(e) if e.is_permanent() => "permanent_failure",
+            Err(_) => "transient_failure",
+        })
+        .increment(1);
+        match result {
             Ok(accepted) => {
                 let template = rendered.template.clone();
                 let outcome = self
-                    .record_after_send(event.user_id, |now| OnboardingCommand::RecordMailSent {
+                    .record_after_send(user_id, |now| OnboardingCommand::RecordMailSent {
                         code_id,
                         message_id: accepted.message_id.clone(),
                         smtp_response: accepted.smtp_response.clone(),
@@ -301,13 +544,149 @@ impl EmailWorker {
                         now,
                     })
                     .await?;
+                if first_failed_at.is_some() {
+                    self.store.remove_mail_retry(code_id.as_uuid()).await?;
+                }
                 Ok(outcome)
             }
             Err(e) => {
-                tracing::warn!(error = %e, recipient_domain = %email.domain(), "invitation mail failed");
-                Ok(self
-                    .record_failure(event, code_id, e.to_string(), e.is_permanent())
-                    .await?)
+                tracing::warn!(error = %e, attempt, recipient_domain = %email.domain(), "invitation mail failed");
+                self.record_failure(
+                    user_id,
+                    code_id,
+                    attempt,
+                    first_failed_at,
+                    e.to_string(),
+                    e.is_permanent(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a failed attempt; schedules the next one or gives up.
+    async fn record_failure(
+        &self,
+        user_id: uuid::Uuid,
+        code_id: CodeId,
+        attempt: u32,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+        reason: String,
+        permanent: bool,
+    ) -> Result<Outcome, StoreError> {
+        let now = Utc::now();
+        let first_failed_at = first_failed_at.unwrap_or(now);
+        let give_up = if permanent {
+            Some(format!("permanent failure: {reason}"))
+        } else if attempt >= self.policy.max_attempts {
+            Some(format!("{attempt} attempts failed; the last: {reason}"))
+        } else if now - first_failed_at >= self.policy.max_age {
+            Some(format!(
+                "still failing {} minutes after the first failure; the last: {reason}",
+                (now - first_failed_at).num_minutes()
+            ))
+        } else {
+            None
+        };
+        let next_attempt_at = match give_up {
+            Some(_) => None,
+            None => Some(
+                now + chrono::Duration::from_std(self.policy.delay_after(attempt))
+                    .unwrap_or_else(|_| chrono::Duration::hours(1)),
+            ),
+        };
+        let failed = OnboardingCommand::RecordMailFailed {
+            code_id,
+            reason: reason.clone(),
+            permanent,
+            attempt,
+            next_attempt_at,
+            now,
+        };
+        let actor = Actor::system("email-worker");
+        match self.store.execute(user_id, failed, &actor).await {
+            Ok(()) => {}
+            Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
+                self.store.remove_mail_retry(code_id.as_uuid()).await?;
+                return Ok(Outcome::AlreadySent);
+            }
+            Err(e) => return Err(e),
+        }
+        match next_attempt_at {
+            Some(next) => {
+                self.store
+                    .schedule_mail_retry(&MailRetry {
+                        user_id,
+                        code_id: code_id.as_uuid(),
+                        attempts: attempt as i32,
+                        first_failed_at,
+                        next_attempt_at: next,
+                        last_error: reason,
+                    })
+                    .await?;
+                Ok(Outcome::RetryScheduled)
+            }
+            None => {
+                let why = give_up.unwrap_or(reason);
+                let abandon = OnboardingCommand::RecordMailAbandoned {
+                    code_id,
+                    reason: why,
+                    attempts: attempt,
+                    now: Utc::now(),
+                };
+                match self.store.execute(user_id, abandon, &actor).await {
+                    Ok(()) | Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {}
+                    Err(e) => return Err(e),
+                }
+                self.store.remove_mail_retry(code_id.as_uuid()).await?;
+                Ok(Outcome::Abandoned)
+            }
+        }
+    }
+
+    /// Tries due mails from the delayed store until `shutdown`.
+    pub async fn run_retries(self, shutdown: CancellationToken) {
+        loop {
+            let claimed = self
+                .store
+                .claim_due_mail_retry(Utc::now(), Utc::now() + chrono::Duration::minutes(5))
+                .await;
+            let pause = match claimed {
+                Ok(Some(retry)) => {
+                    let code_id = CodeId::from_random_bytes(*retry.code_id.as_bytes());
+                    let attempt = u32::try_from(retry.attempts).unwrap_or(0) + 1;
+                    let outcome = self
+                        .attempt(retry.user_id, code_id, attempt, Some(retry.first_failed_at))
+                        .await;
+                    match outcome {
+                        Ok(outcome) => {
+                            if outcome != Outcome::RetryScheduled {
+                                // Sent, given up, or nothing left to send for this code.
+                                if let Err(e) = self.store.remove_mail_retry(retry.code_id).await {
+                                    tracing::warn!(error = %e, "cannot remove a finished retry; it will be seen again");
+                                }
+                            }
+                            metrics::counter!("onboard_mail_total", "kind" => "invitation", "outcome" => outcome.label()).increment(1);
+                            tracing::info!(user_id = %retry.user_id, code_id = %retry.code_id, attempt, outcome = outcome.label(), "mail retry handled");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mail retry could not be recorded; it is tried again after its lease")
+                        }
+                    }
+                    Duration::ZERO
+                }
+                Ok(None) => Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the delayed mail store; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            if let Ok(n) = self.store.mail_retries_waiting().await {
+                metrics::gauge!("onboard_mail_retries_waiting").set(n as f64);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -319,14 +698,15 @@ impl EmailWorker {
         &self,
         to: &str,
         mail: &templates::Rendered,
+        message_id: String,
         shutdown: &CancellationToken,
     ) -> Result<Result<mail::Accepted, MailError>, HandleError> {
         let mut delay = Duration::from_millis(500);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.mailer.send(to, mail).await {
-                Err(e) if !e.is_permanent() && attempt < self.max_attempts => {
+            match self.mailer.send_as(to, mail, message_id.clone()).await {
+                Err(e) if !e.is_permanent() && attempt < self.policy.max_attempts => {
                     tracing::info!(error = %e, attempt, "transient mail failure; retrying");
                     let pause = delay + Duration::from_millis(rand::random::<u64>() % 250);
                     tokio::select! {
@@ -404,8 +784,11 @@ impl EmailWorker {
                 return Ok(Outcome::Failed { permanent: true });
             }
         };
+        let message_id = self
+            .mailer
+            .message_id_for(&format!("welcome/{}", event.user_id));
         match self
-            .send_with_retries(email.as_str(), &rendered, shutdown)
+            .send_with_retries(email.as_str(), &rendered, message_id, shutdown)
             .await?
         {
             Ok(accepted) => {
@@ -428,35 +811,66 @@ impl EmailWorker {
             }
         }
     }
+}
 
-    async fn record_failure(
-        &self,
-        event: &CodeIssuedV1,
-        code_id: CodeId,
-        reason: String,
-        permanent: bool,
-    ) -> Result<Outcome, StoreError> {
-        let cmd = OnboardingCommand::RecordMailFailed {
-            code_id,
-            reason,
-            permanent,
-            now: Utc::now(),
+/// Logs the consumer group's decisions (which partitions this worker holds) and counts them.
+#[derive(Default)]
+pub struct WorkerContext {
+    rebalances: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let list = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| e.partition().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        match self
-            .store
-            .execute(event.user_id, cmd, &Actor::system("email-worker"))
-            .await
-        {
-            Ok(()) | Err(StoreError::Refused(OnboardingError::MailAlreadySent(_))) => {
-                Ok(Outcome::Failed { permanent })
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions assigned")
             }
-            Err(e) => Err(e),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }
     }
 }
 
-fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<StreamConsumer, WorkerError> {
-    let consumer: StreamConsumer = config.create()?;
+type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<WorkerConsumer, WorkerError> {
+    let consumer: WorkerConsumer = config.create_with_context(WorkerContext::default())?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_per_attempt_with_jitter_and_stop_growing_at_an_hour() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_secs(30),
+            max_age: chrono::Duration::hours(24),
+        };
+        for (attempt, base) in [(1, 30.0), (2, 60.0), (3, 120.0), (8, 3600.0), (40, 3600.0)] {
+            for _ in 0..50 {
+                let d = policy.delay_after(attempt).as_secs_f64();
+                assert!(
+                    (base * 0.8..=base * 1.2).contains(&d),
+                    "attempt {attempt}: {d} s"
+                );
+            }
+        }
+    }
 }

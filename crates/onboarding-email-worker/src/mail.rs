@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -39,6 +41,24 @@ pub enum SetupError {
     Template(String),
 }
 
+/// The recipient as it goes on the wire: the domain in its ASCII form (punycode: `bücher.example`
+/// becomes `xn--bcher-kva.example`), which every server accepts; the local part as given (quoted
+/// local parts keep their quotes; a non-ASCII one is sent with SMTPUTF8).
+pub fn recipient(to: &str) -> Result<Mailbox, MailError> {
+    let refused = |why: String| MailError::Permanent(format!("recipient address refused: {why}"));
+    let (local, domain) = to
+        .rsplit_once('@')
+        .ok_or_else(|| refused("no @".to_owned()))?;
+    let domain = if domain.starts_with('[') {
+        domain.to_owned()
+    } else {
+        idna::domain_to_ascii(domain)
+            .map_err(|_| refused("the domain is not a valid internationalised name".to_owned()))?
+    };
+    let address = lettre::Address::new(local, domain).map_err(|e| refused(e.to_string()))?;
+    Ok(Mailbox::new(None, address))
+}
+
 /// What goes into one invitation mail.
 pub struct Invitation<'a> {
     pub to: &'a str,
@@ -55,6 +75,9 @@ pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     templates: Catalogue,
     from: Mailbox,
+    /// MAIL FROM: where bounces go.
+    envelope_from: lettre::Address,
+    reply_to: Option<Mailbox>,
     message_id_domain: String,
     organisation: String,
 }
@@ -68,15 +91,34 @@ pub struct Accepted {
 impl Mailer {
     pub fn new(settings: &EmailSettings, organisation: &str) -> Result<Self, SetupError> {
         let host = settings.hostname.as_str();
-        let mut builder = if settings.enable_tls {
-            AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| SetupError::Email(e.to_string()))?
-        } else if settings.enable_start_tls {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| SetupError::Email(e.to_string()))?
-        } else {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        let tls_parameters = || -> Result<TlsParameters, SetupError> {
+            let mut params = TlsParameters::builder(host.to_owned());
+            if let Some(path) = &settings.ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    SetupError::Email(format!("ca_file {}: cannot read it: {e}", path.display()))
+                })?;
+                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                    SetupError::Email(format!(
+                        "ca_file {} holds no PEM certificate ({e}); give the CA's certificate in PEM form",
+                        path.display()
+                    ))
+                })?;
+                params = params.add_root_certificate(cert);
+            }
+            params
+                .build()
+                .map_err(|e| SetupError::Email(format!("TLS setup: {e}")))
         };
+        let tls = if settings.enable_tls {
+            Tls::Wrapper(tls_parameters()?)
+        } else if settings.enable_start_tls {
+            Tls::Required(tls_parameters()?)
+        } else if settings.opportunistic_start_tls {
+            Tls::Opportunistic(tls_parameters()?)
+        } else {
+            Tls::None
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).tls(tls);
         let message_id_domain = settings.message_id_domain();
         builder = builder
             .port(settings.port)
@@ -102,6 +144,20 @@ impl Mailer {
             Some(settings.from_name.clone()).filter(|n| !n.is_empty()),
             address,
         );
+        let envelope_from = match &settings.envelope_from {
+            Some(a) => a.parse().map_err(|e| {
+                SetupError::Email(format!("envelope_from is not a valid address: {e}"))
+            })?,
+            None => from.email.clone(),
+        };
+        let reply_to = settings
+            .reply_to
+            .as_deref()
+            .map(|a| {
+                a.parse::<Mailbox>()
+                    .map_err(|e| SetupError::Email(format!("reply_to is not a valid address: {e}")))
+            })
+            .transpose()?;
 
         let templates = Catalogue::load(
             settings.templates_dir.as_deref(),
@@ -114,6 +170,8 @@ impl Mailer {
             transport: builder.build(),
             templates,
             from,
+            envelope_from,
+            reply_to,
             message_id_domain,
             organisation: organisation.to_owned(),
         })
@@ -157,14 +215,45 @@ impl Mailer {
         )
     }
 
+    /// The Message-ID of the one mail meant for `seed` (e.g. `invitation/<code id>`): the same
+    /// on every attempt, so a mail sent again after a crash between the SMTP server's acceptance
+    /// and its record is the same message to the recipient's mail client, which shows it once.
+    pub fn message_id_for(&self, seed: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("onboard-mail/{seed}").as_bytes());
+        format!(
+            "<{}@{}>",
+            hex::encode(&digest[..16]),
+            self.message_id_domain
+        )
+    }
+
+    /// Sends a one-off mail with a fresh Message-ID (`onboard email test-send`).
     pub async fn send(&self, to: &str, mail: &Rendered) -> Result<Accepted, MailError> {
-        let to: Mailbox = to
-            .parse()
-            .map_err(|e| MailError::Permanent(format!("recipient address refused: {e}")))?;
         let message_id = format!("<{}@{}>", Uuid::new_v4(), self.message_id_domain);
-        let message = Message::builder()
+        self.send_as(to, mail, message_id).await
+    }
+
+    /// Sends with the given Message-ID (see [`Mailer::message_id_for`]).
+    pub async fn send_as(
+        &self,
+        to: &str,
+        mail: &Rendered,
+        message_id: String,
+    ) -> Result<Accepted, MailError> {
+        let to = recipient(to)?;
+        // The envelope is set explicitly: the bounce address may differ from From, and lettre
+        // cannot derive one from a To header with a quoted local part.
+        let envelope = Envelope::new(Some(self.envelope_from.clone()), vec![to.email.clone()])
+            .map_err(|e| MailError::Permanent(format!("cannot build the envelope: {e}")))?;
+        let mut builder = Message::builder()
+            .envelope(envelope)
             .from(self.from.clone())
-            .to(to)
+            .to(to);
+        if let Some(reply_to) = &self.reply_to {
+            builder = builder.reply_to(reply_to.clone());
+        }
+        let message = builder
             .subject(mail.subject.clone())
             .message_id(Some(message_id.clone()))
             .multipart(MultiPart::alternative_plain_html(
@@ -192,5 +281,32 @@ impl Mailer {
             .test_connection()
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_go_out_with_ascii_domains_and_their_local_part_as_given() {
+        for (given, wire) in [
+            ("jane@pickup.example", "jane@pickup.example"),
+            ("ja$ne+x!y@pickup.example", "ja$ne+x!y@pickup.example"),
+            ("o'brien@pickup.example", "o'brien@pickup.example"),
+            ("\"john doe\"@pickup.example", "\"john doe\"@pickup.example"),
+            ("joerg@bücher.example", "joerg@xn--bcher-kva.example"),
+            ("jörg@BÜCHER.example", "jörg@xn--bcher-kva.example"),
+        ] {
+            let mailbox = recipient(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(mailbox.email.to_string(), wire);
+        }
+        for bad in [
+            "no-at-sign",
+            "john doe@pickup.example",
+            "jane@bad_domain!.example",
+        ] {
+            assert!(recipient(bad).unwrap_err().is_permanent(), "{bad}");
+        }
     }
 }

@@ -132,6 +132,24 @@ pub struct InvitationMailFailedV1 {
     pub reason: String,
     pub permanent: bool,
     pub failed_at: DateTime<Utc>,
+    /// Which attempt failed (1 for the first); absent in records from before attempts were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// When the mail will be tried again; absent when it will not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The worker gave up on the invitation mail for a code (a permanent failure, or the attempts or
+/// the time allowed ran out). A resend issues a new code and tries again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationMailAbandonedV1 {
+    pub user_id: Uuid,
+    pub sequence: i64,
+    pub code_id: Uuid,
+    pub reason: String,
+    pub attempts: u32,
+    pub abandoned_at: DateTime<Utc>,
 }
 
 /// Someone opened the confirmation link (GET or HEAD). `client` is a coarse class such as
@@ -198,6 +216,7 @@ pub enum PublicEvent {
     UserActivated(UserActivatedV1),
     InvitationMailSent(InvitationMailSentV1),
     InvitationMailFailed(InvitationMailFailedV1),
+    InvitationMailAbandoned(InvitationMailAbandonedV1),
     LinkOpened(LinkOpenedV1),
     CodeCheckFailed(CodeCheckFailedV1),
     CodeLocked(CodeLockedV1),
@@ -230,6 +249,7 @@ types! {
     UserActivatedV1 => "onboard.user.activated.v1",
     InvitationMailSentV1 => "onboard.user.invitation_mail_sent.v1",
     InvitationMailFailedV1 => "onboard.user.invitation_mail_failed.v1",
+    InvitationMailAbandonedV1 => "onboard.user.invitation_mail_abandoned.v1",
     LinkOpenedV1 => "onboard.user.link_opened.v1",
     CodeCheckFailedV1 => "onboard.user.code_check_failed.v1",
     CodeLockedV1 => "onboard.user.code_locked.v1",
@@ -326,6 +346,8 @@ impl PublicEvent {
                 reason,
                 permanent,
                 failed_at,
+                attempt,
+                next_attempt_at,
             } => Self::InvitationMailFailed(InvitationMailFailedV1 {
                 user_id,
                 sequence,
@@ -333,6 +355,21 @@ impl PublicEvent {
                 reason,
                 permanent,
                 failed_at,
+                attempt: Some(attempt).filter(|a| *a > 0),
+                next_attempt_at,
+            }),
+            OnboardingEvent::InvitationMailAbandoned {
+                code_id,
+                reason,
+                attempts,
+                abandoned_at,
+            } => Self::InvitationMailAbandoned(InvitationMailAbandonedV1 {
+                user_id,
+                sequence,
+                code_id: code_id.as_uuid(),
+                reason,
+                attempts,
+                abandoned_at,
             }),
             OnboardingEvent::LinkOpened {
                 code_id,
@@ -396,6 +433,7 @@ impl PublicEvent {
             Self::UserActivated(_) => UserActivatedV1::TYPE,
             Self::InvitationMailSent(_) => InvitationMailSentV1::TYPE,
             Self::InvitationMailFailed(_) => InvitationMailFailedV1::TYPE,
+            Self::InvitationMailAbandoned(_) => InvitationMailAbandonedV1::TYPE,
             Self::LinkOpened(_) => LinkOpenedV1::TYPE,
             Self::CodeCheckFailed(_) => CodeCheckFailedV1::TYPE,
             Self::CodeLocked(_) => CodeLockedV1::TYPE,
@@ -413,6 +451,7 @@ impl PublicEvent {
             Self::UserActivated(e) => e.user_id,
             Self::InvitationMailSent(e) => e.user_id,
             Self::InvitationMailFailed(e) => e.user_id,
+            Self::InvitationMailAbandoned(e) => e.user_id,
             Self::LinkOpened(e) => e.user_id,
             Self::CodeCheckFailed(e) => e.user_id,
             Self::CodeLocked(e) => e.user_id,
@@ -430,6 +469,7 @@ impl PublicEvent {
             Self::UserActivated(e) => e.sequence,
             Self::InvitationMailSent(e) => e.sequence,
             Self::InvitationMailFailed(e) => e.sequence,
+            Self::InvitationMailAbandoned(e) => e.sequence,
             Self::LinkOpened(e) => e.sequence,
             Self::CodeCheckFailed(e) => e.sequence,
             Self::CodeLocked(e) => e.sequence,
@@ -451,6 +491,7 @@ impl PublicEvent {
             Self::UserActivated(e) => serde_json::to_vec(e),
             Self::InvitationMailSent(e) => serde_json::to_vec(e),
             Self::InvitationMailFailed(e) => serde_json::to_vec(e),
+            Self::InvitationMailAbandoned(e) => serde_json::to_vec(e),
             Self::LinkOpened(e) => serde_json::to_vec(e),
             Self::CodeCheckFailed(e) => serde_json::to_vec(e),
             Self::CodeLocked(e) => serde_json::to_vec(e),
@@ -476,6 +517,7 @@ impl PublicEvent {
             UserActivatedV1::TYPE => Self::UserActivated(de(ce_type, value)?),
             InvitationMailSentV1::TYPE => Self::InvitationMailSent(de(ce_type, value)?),
             InvitationMailFailedV1::TYPE => Self::InvitationMailFailed(de(ce_type, value)?),
+            InvitationMailAbandonedV1::TYPE => Self::InvitationMailAbandoned(de(ce_type, value)?),
             LinkOpenedV1::TYPE => Self::LinkOpened(de(ce_type, value)?),
             CodeCheckFailedV1::TYPE => Self::CodeCheckFailed(de(ce_type, value)?),
             CodeLockedV1::TYPE => Self::CodeLocked(de(ce_type, value)?),
@@ -510,6 +552,7 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<UserActivatedV1>(UserActivatedV1::TYPE),
         one::<InvitationMailSentV1>(InvitationMailSentV1::TYPE),
         one::<InvitationMailFailedV1>(InvitationMailFailedV1::TYPE),
+        one::<InvitationMailAbandonedV1>(InvitationMailAbandonedV1::TYPE),
         one::<LinkOpenedV1>(LinkOpenedV1::TYPE),
         one::<CodeCheckFailedV1>(CodeCheckFailedV1::TYPE),
         one::<CodeLockedV1>(CodeLockedV1::TYPE),
@@ -524,6 +567,17 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
 /// (`onboarding_store::upcasters`).
 pub mod stored_history {
     use super::*;
+
+    /// `InvitationMailFailed` 1.0, before attempts were counted.
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub enum InvitationMailFailedV1_0 {
+        InvitationMailFailed {
+            code_id: onboarding_domain::code::CodeId,
+            reason: String,
+            permanent: bool,
+            failed_at: DateTime<Utc>,
+        },
+    }
 
     /// `UserInvited` 1.0, before `time_zone` was added.
     #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -587,6 +641,11 @@ pub fn stored_schemas() -> Vec<(String, serde_json::Value)> {
     let v1 = serde_json::to_value(schemars::schema_for!(stored_history::UserInvitedV1_0))
         .expect("schema serialises");
     all.extend(split(v1, |_| "1.0".to_owned()));
+    let failed_v1 = serde_json::to_value(schemars::schema_for!(
+        stored_history::InvitationMailFailedV1_0
+    ))
+    .expect("schema serialises");
+    all.extend(split(failed_v1, |_| "1.0".to_owned()));
     all
 }
 

@@ -562,11 +562,11 @@ pub async fn list(
         None => None,
     };
     let delivery = match query.get("delivery").map(String::as_str) {
-        Some(d @ ("queued" | "sent" | "failed")) => Some(d),
+        Some(d @ ("queued" | "sent" | "failed" | "abandoned")) => Some(d),
         Some(_) => {
             problems.insert(
                 "delivery".to_owned(),
-                "must be one of queued, sent, failed".to_owned(),
+                "must be one of queued, sent, failed, abandoned".to_owned(),
             );
             None
         }

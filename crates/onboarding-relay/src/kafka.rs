@@ -25,17 +25,29 @@ pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
 }
 
 /// Idempotent, `acks=all`: a retried send never duplicates or reorders within a partition.
+///
+/// One record per batch: tansu answers a fetch that starts inside a batch with the batch after
+/// it, so a consumer resuming from a committed offset in the middle of a batch (after a
+/// rebalance or a restart) would skip the rest of that batch, or wait forever when it is the last
+/// one. With single-record batches every offset starts a batch (docs/adr/0004).
 pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
     base_config(kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("batch.num.messages", "1")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "10000")
         .set("compression.type", "none")
         .create()
 }
 
-/// Creates the events topic if it does not exist. Topics are never auto-created.
+/// The dead-letter topic of the email workers: records they cannot process at all.
+pub fn dead_letter_topic(kafka: &KafkaSettings) -> String {
+    format!("{}.dlq", kafka.topic)
+}
+
+/// Creates the events topic and its dead-letter topic if they do not exist. Topics are never
+/// auto-created.
 pub async fn create_topics(kafka: &KafkaSettings) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
     let topic = NewTopic::new(
@@ -43,8 +55,14 @@ pub async fn create_topics(kafka: &KafkaSettings) -> Result<(), KafkaError> {
         kafka.partitions,
         TopicReplication::Fixed(kafka.replication_factor),
     );
+    let dlq_name = dead_letter_topic(kafka);
+    let dlq = NewTopic::new(
+        &dlq_name,
+        1,
+        TopicReplication::Fixed(kafka.replication_factor),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics([&topic], &opts).await? {
+    for result in admin.create_topics([&topic, &dlq], &opts).await? {
         match result {
             Ok(name) => {
                 tracing::info!(topic = %name, partitions = kafka.partitions, "topic created")

@@ -9,6 +9,7 @@
 
 pub mod bulk;
 mod hasher;
+mod retries;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 pub use hasher::Argon2Hasher;
+pub use retries::MailRetry;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -211,20 +213,39 @@ pub struct Store {
 /// `OnboardingEvent::version_of`, add an upcaster here from the previous version, and add a
 /// test on a stored row of the old version (see docs/ARCHITECTURE.md, "Event versions").
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    vec![Box::new(SemanticVersionEventUpcaster::new(
-        "UserInvited",
-        OnboardingEvent::USER_INVITED_VERSION,
-        Box::new(|mut payload| {
-            // 1.0 → 2.0: `time_zone` did not exist; nobody chose one.
-            if let Some(fields) = payload
-                .get_mut("UserInvited")
-                .and_then(serde_json::Value::as_object_mut)
-            {
-                fields.entry("time_zone").or_insert(serde_json::Value::Null);
-            }
-            payload
-        }),
-    ))]
+    vec![
+        Box::new(SemanticVersionEventUpcaster::new(
+            "UserInvited",
+            OnboardingEvent::USER_INVITED_VERSION,
+            Box::new(|mut payload| {
+                // 1.0 → 2.0: `time_zone` did not exist; nobody chose one.
+                if let Some(fields) = payload
+                    .get_mut("UserInvited")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    fields.entry("time_zone").or_insert(serde_json::Value::Null);
+                }
+                payload
+            }),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            "InvitationMailFailed",
+            OnboardingEvent::INVITATION_MAIL_FAILED_VERSION,
+            Box::new(|mut payload| {
+                // 1.0 → 1.1: attempts were not counted, and no retry was scheduled.
+                if let Some(fields) = payload
+                    .get_mut("InvitationMailFailed")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    fields.entry("attempt").or_insert(serde_json::json!(0));
+                    fields
+                        .entry("next_attempt_at")
+                        .or_insert(serde_json::Value::Null);
+                }
+                payload
+            }),
+        )),
+    ]
 }
 
 /// [`upcast`] from the payload's JSON text: events already in the current version are
@@ -265,6 +286,10 @@ pub fn upcast(
 }
 
 impl Store {
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
         let store =
             PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
@@ -347,7 +372,7 @@ impl Store {
     }
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -708,6 +733,35 @@ mod tests {
                 assert_eq!(time_zone, None);
             }
             other => panic!("not an invitation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_version_1_0_mail_failure_is_upcast_with_no_attempt_count() {
+        let stored = serde_json::json!({"InvitationMailFailed": {
+            "code_id": "5f2c9a1e-0b7d-e4a3-91c6-2d8f7b3a6e10",
+            "reason": "transient: connection refused",
+            "permanent": false,
+            "failed_at": "2025-06-02T09:14:07.512345678Z"
+        }});
+        assert!(upcasters()
+            .iter()
+            .any(|u| u.can_upcast("InvitationMailFailed", "1.0")));
+        assert!(!upcasters()
+            .iter()
+            .any(|u| u.can_upcast("InvitationMailFailed", "1.1")));
+        match upcast("InvitationMailFailed", "1.0", stored).unwrap() {
+            OnboardingEvent::InvitationMailFailed {
+                attempt,
+                next_attempt_at,
+                permanent,
+                ..
+            } => {
+                assert_eq!(attempt, 0);
+                assert_eq!(next_attempt_at, None);
+                assert!(!permanent);
+            }
+            other => panic!("not a mail failure: {other:?}"),
         }
     }
 

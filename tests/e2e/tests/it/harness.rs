@@ -106,6 +106,7 @@ pub struct Record {
     pub raw_value: String,
     pub headers: HashMap<String, String>,
     pub partition: i32,
+    pub offset: i64,
 }
 
 pub struct Stack {
@@ -216,6 +217,7 @@ bootstrap_servers = "{kafka}"
 topic = "{topic}"
 partitions = 4
 email_worker_group = "e2e-{name}-{id}"
+email_worker_stall_seconds = 10
 
 [intake]
 requests_topic = "{topic}.requests"
@@ -328,8 +330,16 @@ name = "Pickup"
 
     /// Starts a component with extra environment variables (e.g. `ONBOARD__…` overrides).
     pub fn spawn_with_env(&self, component: &str, env: &[(&str, &str)]) {
-        let n = self.procs.lock().unwrap().len();
-        let log = File::create(self.dir.join(format!("{component}-{n}.log"))).unwrap();
+        self.spawn_named(component, component, env);
+    }
+
+    /// Starts a component under a name of its own (for `signal` and its log file), so that
+    /// several processes of one component can run side by side (e.g. two email workers).
+    pub fn spawn_named(&self, name: &str, component: &str, env: &[(&str, &str)]) {
+        // Numbered in start order, so a restarted process never overwrites an earlier log.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = File::create(self.dir.join(format!("{name}-{n}.log"))).unwrap();
         let child = Command::new(&self.services.onboard)
             .arg("--config")
             .arg(&self.config)
@@ -340,10 +350,20 @@ name = "Pickup"
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn onboard");
-        self.procs
-            .lock()
-            .unwrap()
-            .insert(component.to_owned(), child);
+        let previous = self.procs.lock().unwrap().insert(name.to_owned(), child);
+        assert!(previous.is_none(), "{name} is already running");
+    }
+
+    /// The log lines of every process started under `name` so far (all its restarts).
+    pub fn logs_of(&self, name: &str) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&format!("{name}-")) && file.ends_with(".log") {
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// Sends a signal (`TERM`, `KILL`) to a component and waits for it to exit.
@@ -371,6 +391,21 @@ name = "Pickup"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Freezes a process (SIGSTOP): it stays alive, holds its sockets and does nothing. It is
+    /// killed with the others when the stack is dropped.
+    pub fn freeze(&self, name: &str) {
+        let procs = self.procs.lock().unwrap();
+        let child = procs
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -STOP failed");
     }
 
     pub async fn wait_ready(&self) {
@@ -532,6 +567,15 @@ name = "Pickup"
 
     /// Reads the topic from the beginning until `until` is satisfied by the records seen (60 s max).
     pub async fn read_topic(&self, until: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        self.read_topic_of(&self.topic, until).await
+    }
+
+    /// Like `read_topic`, for another topic (e.g. the dead-letter topic).
+    pub async fn read_topic_of(
+        &self,
+        topic: &str,
+        until: impl Fn(&[Record]) -> bool,
+    ) -> Vec<Record> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka)
             .set("group.id", unique("e2e-reader-"))
@@ -539,14 +583,13 @@ name = "Pickup"
             .set("enable.auto.commit", "false")
             .create()
             .expect("kafka consumer");
-        consumer.subscribe(&[&self.topic]).unwrap();
+        consumer.subscribe(&[topic]).unwrap();
         let mut records = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !until(&records) {
             assert!(
                 Instant::now() < deadline,
-                "the expected records did not arrive on {} within 60 s; got {records:#?}",
-                self.topic
+                "the expected records did not arrive on {topic} within 60 s; got {records:#?}"
             );
             let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
             else {
@@ -566,15 +609,23 @@ name = "Pickup"
                         .collect()
                 })
                 .unwrap_or_default();
-            let value: Value = serde_json::from_str(&raw_value).expect("record values are JSON");
-            let ce_type = headers.get("ce_type").map(String::as_str).unwrap_or("");
-            validate_against_schema(ce_type, &value);
+            // The engine's own topic holds JSON of its schemas only; a dead-letter topic holds
+            // what could not be read.
+            let value: Value = if topic == self.topic {
+                let value = serde_json::from_str(&raw_value).expect("record values are JSON");
+                let ce_type = headers.get("ce_type").map(String::as_str).unwrap_or("");
+                validate_against_schema(ce_type, &value);
+                value
+            } else {
+                serde_json::from_str(&raw_value).unwrap_or(Value::Null)
+            };
             records.push(Record {
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 value,
                 raw_value,
                 headers,
                 partition: m.partition(),
+                offset: m.offset(),
             });
         }
         records
@@ -737,5 +788,72 @@ impl Drop for Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A real SMTP server of one test's own (`tests/e2e/smtp/gate.py`, aiosmtpd) that refuses
+/// (`reject…`), defers (`defer…`) or greylists (`grey…`) recipients by their local part and passes
+/// accepted mail on to MailDev.
+pub struct SmtpGate {
+    pub port: u16,
+    log: PathBuf,
+    child: Child,
+}
+
+impl SmtpGate {
+    pub fn start(services: &Services, dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let log_path = dir.join(format!("smtp-gate-{port}.log"));
+        let log = File::create(&log_path).unwrap();
+        let child = Command::new(var("TEST_SMTP_GATE_PYTHON"))
+            .arg(var("TEST_SMTP_GATE"))
+            .arg(port.to_string())
+            .arg(&services.smtp_host)
+            .arg(services.smtp_port.to_string())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start the SMTP gate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the SMTP gate did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            log: log_path,
+            child,
+        }
+    }
+
+    /// The mails the gate kept itself (quoted local parts): (recipient, Message-ID).
+    pub fn stored(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("STORED "))
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(r, id)| (r.to_owned(), id.to_owned()))
+            .collect()
+    }
+
+    /// Every RCPT TO address the gate received, as it came on the wire.
+    pub fn recipients(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("RCPT "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for SmtpGate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

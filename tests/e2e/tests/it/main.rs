@@ -1,14 +1,18 @@
 //! End-to-end tests of the onboarding engine: the real `onboard` processes against the real
 //! PostgreSQL, Kafka-protocol broker and SMTP server that `tests/run` starts.
 
+mod addresses;
 mod audit;
 mod bad_input;
 mod browser;
 mod bulk;
 mod codes;
+mod delivery;
 mod flow;
 mod harness;
 mod intake;
 mod links;
 mod restart;
 mod scim;
+mod smtp_tls;
+mod workers;

@@ -1,0 +1,157 @@
+//! Keeps the consumer group moving: measures each partition's lag and notices a partition whose
+//! records wait while nobody reads them.
+//!
+//! A consumer group can leave a partition with unread records and no reader, without an error on
+//! any side: tansu's coordinator handed a restarted worker an empty assignment while the killed
+//! worker it replaced still held every partition, and did not reassign them when that member's
+//! session expired. librdkafka cannot tell; the group's committed offsets can. An idle worker
+//! that sees a partition behind its high watermark whose committed offset has not moved for
+//! `email_worker_stall_seconds` rejoins the group, and the group reassigns the partitions.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How often lag is measured (between records or while idle).
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One partition as the watchdog last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The group's committed offset (the low watermark when nothing was committed yet).
+    pub committed: i64,
+    pub high_watermark: i64,
+    /// Records not yet handled: high watermark minus this worker's position for a partition it
+    /// holds, minus the group's committed offset for the others.
+    pub lag: i64,
+}
+
+pub struct Watchdog {
+    topic: String,
+    stall: Duration,
+    /// Per partition: the committed offset and since when it has not moved.
+    since: HashMap<i32, (i64, Instant)>,
+    last_check: Option<Instant>,
+}
+
+impl Watchdog {
+    pub fn new(topic: &str, stall: Duration) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            stall,
+            since: HashMap::new(),
+            last_check: None,
+        }
+    }
+
+    pub fn due(&self) -> bool {
+        self.last_check.is_none_or(|t| t.elapsed() >= CHECK_EVERY)
+    }
+
+    /// Forgets what it saw, e.g. after rejoining: stall times start again.
+    pub fn reset(&mut self) {
+        self.since.clear();
+    }
+
+    /// Measures every partition (blocking calls to the broker, up to a few seconds) and records
+    /// the lag gauges. Returns the measurements.
+    pub fn measure<C: ConsumerContext>(
+        &mut self,
+        consumer: &impl Consumer<C>,
+    ) -> Result<Vec<PartitionLag>, KafkaError> {
+        self.last_check = Some(Instant::now());
+        let metadata = consumer.fetch_metadata(Some(&self.topic), BROKER_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT)?;
+        let position = consumer.position()?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let (low, high) = consumer.fetch_watermarks(&self.topic, p, BROKER_TIMEOUT)?;
+            let offset_of = |list: &TopicPartitionList| match list
+                .find_partition(&self.topic, p)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            let committed = offset_of(&committed).unwrap_or(low).max(low);
+            let read_up_to = offset_of(&position).unwrap_or(committed).max(committed);
+            let lag = (high - read_up_to).max(0);
+            metrics::gauge!("onboard_consumer_lag", "partition" => p.to_string()).set(lag as f64);
+            out.push(PartitionLag {
+                partition: p,
+                committed,
+                high_watermark: high,
+                lag,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The partitions with records waiting behind a committed offset that has not moved for the
+    /// stall time, given the latest measurements.
+    pub fn stalled(&mut self, lags: &[PartitionLag], now: Instant) -> Vec<i32> {
+        let mut stalled = Vec::new();
+        for l in lags {
+            let entry = self.since.entry(l.partition).or_insert((l.committed, now));
+            if entry.0 != l.committed {
+                *entry = (l.committed, now);
+            }
+            if l.high_watermark > l.committed && now.duration_since(entry.1) >= self.stall {
+                stalled.push(l.partition);
+            }
+        }
+        stalled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag(partition: i32, committed: i64, high: i64) -> PartitionLag {
+        PartitionLag {
+            partition,
+            committed,
+            high_watermark: high,
+            lag: high - committed,
+        }
+    }
+
+    #[test]
+    fn a_partition_is_stalled_only_when_its_records_wait_and_its_offset_stands_still() {
+        let mut w = Watchdog::new("t", Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert!(w.stalled(&[lag(0, 5, 9), lag(1, 3, 3)], t0).is_empty());
+        let t1 = t0 + Duration::from_secs(31);
+        // Partition 0 waited 31 s without progress; partition 1 has nothing to read.
+        assert_eq!(w.stalled(&[lag(0, 5, 9), lag(1, 3, 3)], t1), vec![0]);
+        // Progress restarts the clock.
+        assert!(w.stalled(&[lag(0, 6, 9)], t1).is_empty());
+        assert!(w
+            .stalled(&[lag(0, 6, 9)], t1 + Duration::from_secs(29))
+            .is_empty());
+        assert_eq!(
+            w.stalled(&[lag(0, 6, 9)], t1 + Duration::from_secs(30)),
+            vec![0]
+        );
+        w.reset();
+        assert!(w
+            .stalled(&[lag(0, 6, 9)], t1 + Duration::from_secs(31))
+            .is_empty());
+    }
+}

@@ -1,0 +1,78 @@
+"""An SMTP server for the end-to-end tests that answers like real mail servers do and passes
+accepted mail on to MailDev, where the tests read it.
+
+Every RCPT TO address is printed as received ("RCPT <address>"). Recipients are answered by
+their local part:
+  reject...  550 5.1.1 (permanent: no such mailbox)
+  defer...   451 4.7.1 every time (transient, never recovers)
+  grey...    451 4.7.1 for the first two attempts per address, then accepted (greylisting)
+  anything else: accepted
+
+Accepted mail goes on to MailDev, except for quoted local parts ("john doe"@...), which MailDev
+refuses with 501: the gate keeps those itself and prints "STORED <recipient> <Message-ID>".
+
+Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT
+"""
+
+import asyncio
+import collections
+import email
+import smtplib
+import sys
+
+from aiosmtpd.controller import Controller
+
+
+class Gate:
+    def __init__(self, forward_host, forward_port):
+        self.forward = (forward_host, forward_port)
+        self.seen = collections.Counter()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Every recipient as it came on the wire, for the tests to read back.
+        print("RCPT %s" % address, flush=True)
+        local = address.rsplit("@", 1)[0].strip('"').lower()
+        if local.startswith("reject"):
+            return "550 5.1.1 <%s>: mailbox unavailable" % address
+        if local.startswith("defer"):
+            return "451 4.7.1 <%s>: try again later" % address
+        if local.startswith("grey"):
+            self.seen[address] += 1
+            if self.seen[address] <= 2:
+                return "451 4.7.1 <%s>: greylisted, try again later" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        kept = [r for r in envelope.rcpt_tos if r.startswith('"')]
+        passed = [r for r in envelope.rcpt_tos if not r.startswith('"')]
+        message_id = email.message_from_bytes(envelope.original_content).get("Message-ID", "")
+        for r in kept:
+            print("STORED %s %s" % (r, message_id), flush=True)
+
+        def relay():
+            if not passed:
+                return
+            with smtplib.SMTP(*self.forward, timeout=10) as smtp:
+                smtp.sendmail(envelope.mail_from, passed, envelope.original_content)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, relay)
+        except Exception as e:  # the forward target is down: ask the sender to retry
+            return "451 4.3.0 cannot pass the message on: %s" % e
+        return "250 2.0.0 OK: queued as gate"
+
+
+def main():
+    port, host, forward_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    controller = Controller(Gate(host, forward_port), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("gate listening on 127.0.0.1:%d, forwarding to %s:%d" % (port, host, forward_port), flush=True)
+    try:
+        asyncio.run(asyncio.Event().wait())
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+//! Failing mail: transient failures wait aside and are retried with back-off, permanent ones and
+//! exhausted ones are abandoned with their reason, and neither holds up other users' mail.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::harness::{unique, Options, Services, SmtpGate, Stack};
+
+async fn wait_for_delivery(stack: &Stack, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let view = stack.user(id).await;
+        if view["email_delivery"]["status"] == status {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivery of {id} never became {status}: {view}; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .unwrap_or_else(|| panic!("a time: {v}"))
+        .parse()
+        .unwrap()
+}
+
+fn of_type<'a>(records: &'a [crate::harness::Record], t: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r.headers["ce_type"] == t)
+        .map(|r| &r.value)
+        .collect()
+}
+
+const FAILED: &str = "onboard.user.invitation_mail_failed.v1";
+const ABANDONED: &str = "onboard.user.invitation_mail_abandoned.v1";
+const SENT: &str = "onboard.user.invitation_mail_sent.v1";
+
+#[tokio::test]
+async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its_reason() {
+    let services = Services::from_env();
+    let gate_dir = std::env::temp_dir().join("onboard-e2e");
+    std::fs::create_dir_all(&gate_dir).unwrap();
+    let gate = SmtpGate::start(&services, &gate_dir);
+    let stack = Stack::new(
+        "delivery",
+        Options {
+            smtp_port: Some(gate.port),
+            ..Options::default()
+        },
+    )
+    .await;
+    for c in ["gateway", "relay", "scheduler"] {
+        stack.spawn(c);
+    }
+    // max_attempts = 3 (the harness); waits of about 2 s, then 4 s.
+    let metrics = format!("127.0.0.1:{}", crate::harness::free_port());
+    stack.spawn_with_env(
+        "email-worker",
+        &[
+            ("ONBOARD__OUTPUT_ADAPTER__EMAIL__RETRY_INITIAL_SECONDS", "2"),
+            ("ONBOARD__OBSERVABILITY__METRICS_BIND", metrics.as_str()),
+        ],
+    );
+    stack.wait_ready().await;
+    let tag = unique("");
+    let (grey, defer, reject) = (
+        format!("grey.{tag}@pickup.example"),
+        format!("defer.{tag}@pickup.example"),
+        format!("reject.{tag}@pickup.example"),
+    );
+    let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+    let defer_id = id(stack.invite("Deferred", &defer).await);
+    let reject_id = id(stack.invite("Rejected", &reject).await);
+    let grey_id = id(stack.invite("Greylisted", &grey).await);
+
+    // The deferred mail's first attempt failed and waits for its next one ...
+    let first = wait_for_delivery(&stack, &defer_id, "failed").await;
+    assert_eq!(first["email_delivery"]["attempt"], 1, "{first}");
+    assert!(
+        first["email_delivery"]["next_attempt_at"].is_string(),
+        "{first}"
+    );
+    // ... while users invited after it, on its partition too, get their mail.
+    let defer_partition = stack.user_records(&defer_id, &[FAILED]).await[0].partition;
+    let mut neighbour = None;
+    for round in 0..4 {
+        let batch: Vec<(String, String)> = (0..8)
+            .map(|i| {
+                (
+                    format!("neighbour{round}{i}"),
+                    format!("next{round}{i}.{tag}@pickup.example"),
+                )
+            })
+            .collect();
+        let ids: Vec<String> =
+            futures::future::join_all(batch.iter().map(|(u, e)| stack.invite(u, e)))
+                .await
+                .into_iter()
+                .map(id)
+                .collect();
+        let records = stack
+            .read_topic(|rs| {
+                ids.iter().all(|i| {
+                    rs.iter()
+                        .any(|r| &r.key == i && r.headers["ce_type"] == SENT)
+                })
+            })
+            .await;
+        neighbour = ids
+            .iter()
+            .find(|i| {
+                records
+                    .iter()
+                    .any(|r| &r.key == *i && r.partition == defer_partition)
+            })
+            .cloned();
+        if neighbour.is_some() {
+            break;
+        }
+    }
+    let neighbour = neighbour.expect("one of 32 users shares the deferred user's partition");
+    let neighbour_sent = time(&stack.user(&neighbour).await["email_delivery"]["at"]);
+
+    // A permanent refusal is abandoned at once, after one attempt.
+    let rejected = wait_for_delivery(&stack, &reject_id, "abandoned").await;
+    assert_eq!(rejected["email_delivery"]["attempts"], 1, "{rejected}");
+    let records = stack.user_records(&reject_id, &[FAILED, ABANDONED]).await;
+    let failed = of_type(&records, FAILED);
+    assert_eq!(failed.len(), 1, "no retry after a 550: {failed:?}");
+    assert_eq!(failed[0]["permanent"], true);
+    assert!(failed[0]["next_attempt_at"].is_null());
+    let abandoned = of_type(&records, ABANDONED);
+    assert!(
+        abandoned[0]["reason"].as_str().unwrap().contains("550"),
+        "the reason names the server's answer: {abandoned:?}"
+    );
+
+    // A mail deferred every time is abandoned after max_attempts, with increasing waits.
+    let deferred = wait_for_delivery(&stack, &defer_id, "abandoned").await;
+    assert!(
+        deferred["email_delivery"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 attempts failed"),
+        "{deferred}"
+    );
+    let records = stack.user_records(&defer_id, &[ABANDONED]).await;
+    let failed = of_type(&records, FAILED);
+    let attempts: Vec<i64> = failed
+        .iter()
+        .map(|f| f["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1, 2, 3], "{failed:?}");
+    let wait = |f: &Value| time(&f["next_attempt_at"]) - time(&f["failed_at"]);
+    let (w1, w2) = (wait(failed[0]), wait(failed[1]));
+    assert!(
+        (1600..=2400).contains(&w1.num_milliseconds()),
+        "first wait about 2 s: {w1}"
+    );
+    assert!(
+        (3200..=4800).contains(&w2.num_milliseconds()),
+        "second wait about 4 s: {w2}"
+    );
+    assert!(failed[2]["next_attempt_at"].is_null());
+    let abandoned_at = time(&deferred["email_delivery"]["at"]);
+    assert!(
+        neighbour_sent < abandoned_at,
+        "a user on the same partition was mailed while the failing mail waited ({neighbour_sent} vs {abandoned_at})"
+    );
+    assert!(stack.mails_to(&defer).await.is_empty());
+    assert!(stack.mails_to(&reject).await.is_empty());
+
+    // Greylisted twice, delivered on the third attempt: one mail, recorded as sent.
+    let mails = stack.wait_for_mails(&grey, 1).await;
+    let sent = wait_for_delivery(&stack, &grey_id, "sent").await;
+    let records = stack.user_records(&grey_id, &[SENT]).await;
+    assert_eq!(of_type(&records, FAILED).len(), 2, "{records:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.mails_to(&grey).await.len(), 1);
+    assert_eq!(
+        mails[0].header("message-id"),
+        sent["email_delivery"]["message_id"].as_str(),
+        "{sent}"
+    );
+
+    // The worker's metrics show the attempts, the outcomes and the consumer lag per partition.
+    let text = stack
+        .http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} not in the metrics:\n{text}"))
+    };
+    // defer: 3 transient; grey: 2 transient; reject: 1 permanent.
+    assert!(
+        value(r#"onboard_mail_attempts_total{kind="invitation",result="transient_failure"}"#)
+            >= 5.0
+    );
+    assert!(
+        value(r#"onboard_mail_attempts_total{kind="invitation",result="permanent_failure"}"#)
+            >= 1.0
+    );
+    assert_eq!(
+        value(r#"onboard_mail_total{kind="invitation",outcome="abandoned"}"#),
+        2.0
+    );
+    assert!(value(r#"onboard_mail_total{kind="invitation",outcome="retry_scheduled"}"#) >= 4.0);
+    for p in 0..4 {
+        value(&format!("onboard_consumer_lag{{partition=\"{p}\"}}"));
+    }
+
+    // Admins list the abandoned ones.
+    let list = stack.list("delivery=abandoned").await;
+    let listed: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|i| i["user_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&defer_id.as_str()) && listed.contains(&reject_id.as_str()),
+        "{list}"
+    );
+    assert!(!listed.contains(&grey_id.as_str()), "{list}");
+}
+
+#[tokio::test]
+async fn records_that_cannot_be_processed_go_to_the_dead_letter_topic_and_block_nothing() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let stack = Stack::start("deadletter", Options::default()).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .create()
+        .expect("kafka producer");
+    // On every partition, ahead of the next invitation: a code_issued record whose value is not
+    // JSON, and a record without any type.
+    for partition in 0..4 {
+        let typed = OwnedHeaders::new().insert(Header {
+            key: "ce_type",
+            value: Some("onboard.user.code_issued.v1"),
+        });
+        let bad = format!("{{not json {partition}");
+        producer
+            .send(
+                FutureRecord::to(&stack.topic)
+                    .partition(partition)
+                    .key("garbage")
+                    .payload(&bad)
+                    .headers(typed),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+        producer
+            .send(
+                FutureRecord::to(&stack.topic)
+                    .partition(partition)
+                    .key("untyped")
+                    .payload("hello"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let (_, email, _) = stack.invite_mailed("AfterGarbage").await;
+    assert_eq!(stack.mails_to(&email).await.len(), 1);
+
+    let dlq = format!("{}.dlq", stack.topic);
+    let records = stack.read_topic_of(&dlq, |rs| rs.len() >= 8).await;
+    assert_eq!(records.len(), 8, "{records:#?}");
+    for r in &records {
+        assert_eq!(r.headers["onboard_dlq_topic"], stack.topic, "{r:?}");
+        assert!(
+            r.headers["onboard_dlq_offset"].parse::<i64>().is_ok(),
+            "{r:?}"
+        );
+        match r.key.as_str() {
+            "garbage" => {
+                assert_eq!(
+                    r.headers["onboard_dlq_reason"], "unreadable_payload",
+                    "{r:?}"
+                );
+                assert_eq!(r.headers["ce_type"], "onboard.user.code_issued.v1");
+                assert!(r.raw_value.starts_with("{not json"), "{r:?}");
+            }
+            "untyped" => {
+                assert_eq!(r.headers["onboard_dlq_reason"], "missing_type", "{r:?}");
+                assert_eq!(r.raw_value, "hello");
+            }
+            other => panic!("unexpected record {other} on the dead-letter topic: {r:?}"),
+        }
+    }
+}
