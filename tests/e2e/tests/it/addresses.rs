@@ -117,8 +117,7 @@ async fn special_characters_and_internationalised_domains_are_delivered() {
             "{wire} on the wire: {:?}",
             gate.recipients()
         );
-        let view = stack.user(id).await;
-        assert_eq!(view["email_delivery"]["status"], "sent", "{view}");
+        let view = stack.wait_for_delivery(id, "sent").await;
         assert_eq!(
             view["email_delivery"]["message_id"].as_str(),
             Some(message_id.as_str())

@@ -1,28 +1,12 @@
 //! Failing mail: transient failures wait aside and are retried with back-off, permanent ones and
 //! exhausted ones are abandoned with their reason, and neither holds up other users' mail.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::harness::{unique, Options, Services, SmtpGate, Stack};
-
-async fn wait_for_delivery(stack: &Stack, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let view = stack.user(id).await;
-        if view["email_delivery"]["status"] == status {
-            return view;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "delivery of {id} never became {status}: {view}; logs in {}",
-            stack.dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn time(v: &Value) -> DateTime<Utc> {
     v.as_str()
@@ -82,7 +66,7 @@ async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its
     let grey_id = id(stack.invite("Greylisted", &grey).await);
 
     // The deferred mail's first attempt failed and waits for its next one ...
-    let first = wait_for_delivery(&stack, &defer_id, "failed").await;
+    let first = stack.wait_for_delivery(&defer_id, "failed").await;
     assert_eq!(first["email_delivery"]["attempt"], 1, "{first}");
     assert!(
         first["email_delivery"]["next_attempt_at"].is_string(),
@@ -130,7 +114,7 @@ async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its
     let neighbour_sent = time(&stack.user(&neighbour).await["email_delivery"]["at"]);
 
     // A permanent refusal is abandoned at once, after one attempt.
-    let rejected = wait_for_delivery(&stack, &reject_id, "abandoned").await;
+    let rejected = stack.wait_for_delivery(&reject_id, "abandoned").await;
     assert_eq!(rejected["email_delivery"]["attempts"], 1, "{rejected}");
     let records = stack.user_records(&reject_id, &[FAILED, ABANDONED]).await;
     let failed = of_type(&records, FAILED);
@@ -144,7 +128,7 @@ async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its
     );
 
     // A mail deferred every time is abandoned after max_attempts, with increasing waits.
-    let deferred = wait_for_delivery(&stack, &defer_id, "abandoned").await;
+    let deferred = stack.wait_for_delivery(&defer_id, "abandoned").await;
     assert!(
         deferred["email_delivery"]["reason"]
             .as_str()
@@ -180,7 +164,7 @@ async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its
 
     // Greylisted twice, delivered on the third attempt: one mail, recorded as sent.
     let mails = stack.wait_for_mails(&grey, 1).await;
-    let sent = wait_for_delivery(&stack, &grey_id, "sent").await;
+    let sent = stack.wait_for_delivery(&grey_id, "sent").await;
     let records = stack.user_records(&grey_id, &[SENT]).await;
     assert_eq!(of_type(&records, FAILED).len(), 2, "{records:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;

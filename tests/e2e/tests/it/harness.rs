@@ -561,6 +561,25 @@ name = "Pickup"
         }
     }
 
+    /// Waits until the user view shows the mail delivery `status` (the worker records the
+    /// outcome just after the SMTP server's answer, so a mail can be in MailDev a moment before
+    /// it is recorded): the view.
+    pub async fn wait_for_delivery(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let view = self.user(id).await;
+            if view["email_delivery"]["status"] == status {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivery of {id} never became {status}: {view}; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn wait_for_mail(&self, address: &str) -> Mail {
         self.wait_for_mails(address, 1).await.remove(0)
     }

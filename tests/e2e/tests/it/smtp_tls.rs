@@ -213,8 +213,7 @@ async fn implicit_tls_with_auth_delivers_and_a_wrong_password_is_a_clear_error()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let view = stack.user(&id).await;
-    assert_eq!(view["email_delivery"]["status"], "sent", "{view}");
+    let view = stack.wait_for_delivery(&id, "sent").await;
     assert_eq!(
         view["email_delivery"]["message_id"].as_str(),
         mail["headers"]["message-id"].as_str()
