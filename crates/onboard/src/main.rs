@@ -121,6 +121,9 @@ enum EmailCommand {
         template: String,
         #[arg(long)]
         locale: Option<String>,
+        /// Show times in this IANA time zone (e.g. Europe/Berlin), as for a user invited with it.
+        #[arg(long)]
+        time_zone: Option<String>,
         /// Write the HTML part to this file instead of printing it.
         #[arg(long)]
         html_out: Option<PathBuf>,
@@ -652,6 +655,7 @@ fn sample(
     mailer: &onboarding_email_worker::Mailer,
     kind: &str,
     locale: Option<&str>,
+    time_zone: Option<&str>,
 ) -> Result<onboarding_email_worker::templates::Rendered> {
     let expires = chrono::Utc::now() + chrono::Duration::hours(24);
     let rendered = match onboarding_email_worker::templates::Kind::parse(kind) {
@@ -662,11 +666,12 @@ fn sample(
                 link: "https://id.example/confirm?code=SAMPLE",
                 revoke_link: "https://id.example/revoke?code=SAMPLE",
                 locale,
+                time_zone,
                 expires_at: expires,
             })
         }
         Some(onboarding_email_worker::templates::Kind::Welcome) => {
-            mailer.render_welcome("Jane", chrono::Utc::now(), locale)
+            mailer.render_welcome("Jane", chrono::Utc::now(), locale, time_zone)
         }
         None => bail!("unknown template `{kind}`; use invitation or welcome"),
     };
@@ -689,9 +694,16 @@ async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
         EmailCommand::Preview {
             template,
             locale,
+            time_zone,
             html_out,
         } => {
-            let r = sample(&mailer, &template, locale.as_deref())?;
+            let time_zone = time_zone
+                .as_deref()
+                .map(onboarding_domain::value::TimeZone::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--time-zone: {}", e.0))?;
+            let time_zone = time_zone.as_ref().map(|t| t.as_str());
+            let r = sample(&mailer, &template, locale.as_deref(), time_zone)?;
             println!(
                 "template: {} version {} locale {}",
                 r.template.id, r.template.version, r.template.locale
@@ -708,7 +720,7 @@ async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
             Ok(())
         }
         EmailCommand::TestSend { address, locale } => {
-            let r = sample(&mailer, "invitation", locale_arg(locale)?.as_deref())?;
+            let r = sample(&mailer, "invitation", locale_arg(locale)?.as_deref(), None)?;
             let accepted = mailer
                 .send(&address, &r)
                 .await

@@ -508,6 +508,7 @@ impl Delivery {
             link: &link,
             revoke_link: &revoke_link,
             locale: account.locale.as_ref().map(|l| l.as_str()),
+            time_zone: account.time_zone.as_ref().map(|t| t.as_str()),
             expires_at: live.expires_at,
         });
         let rendered = match rendered {
@@ -777,6 +778,7 @@ impl Delivery {
             username.as_str(),
             activated_at,
             account.locale.as_ref().map(|l| l.as_str()),
+            account.time_zone.as_ref().map(|t| t.as_str()),
         ) {
             Ok(r) => r,
             Err(e) => {

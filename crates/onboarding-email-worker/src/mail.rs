@@ -68,6 +68,8 @@ pub struct Invitation<'a> {
     pub revoke_link: &'a str,
     /// The user's locale, if the invitation has one.
     pub locale: Option<&'a str>,
+    /// The user's IANA time zone, if the invitation has one: the expiry is shown in it.
+    pub time_zone: Option<&'a str>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -192,7 +194,7 @@ impl Mailer {
                 link => inv.link,
                 revoke_link => inv.revoke_link,
                 expires_at => inv.expires_at.to_rfc3339(),
-                expires_at_text => format_instant(inv.expires_at, &locale),
+                expires_at_text => format_instant(inv.expires_at, &locale, inv.time_zone),
             },
         )
     }
@@ -202,6 +204,7 @@ impl Mailer {
         username: &str,
         activated_at: DateTime<Utc>,
         locale: Option<&str>,
+        time_zone: Option<&str>,
     ) -> Result<Rendered, minijinja::Error> {
         let resolved = self.templates.resolve(Kind::Welcome, locale);
         self.templates.render(
@@ -210,7 +213,7 @@ impl Mailer {
             context! {
                 organisation => &self.organisation,
                 username,
-                activated_at_text => format_instant(activated_at, &resolved),
+                activated_at_text => format_instant(activated_at, &resolved, time_zone),
             },
         )
     }

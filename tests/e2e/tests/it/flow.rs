@@ -49,7 +49,7 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
     );
 
     // The admin view shows the mail as sent.
-    let view = stack.user(&id).await;
+    let view = stack.wait_for_delivery(&id, "sent").await;
     assert_eq!(view["email_delivery"]["status"], "sent", "{view}");
 
     // She opens the link: a page asks for the password twice and states the rules.
@@ -272,7 +272,7 @@ async fn a_user_with_a_german_locale_gets_german_mails_and_templates_preview_fro
     let email = format!("{}@pickup.example", unique("de."));
     let created = stack
         .admin(stack.http.post(stack.url("/api/v1/users")))
-        .json(&serde_json::json!({"username": "Greta", "email": email, "locale": "de-AT"}))
+        .json(&serde_json::json!({"username": "Greta", "email": email, "locale": "de-AT", "time_zone": "Europe/Vienna"}))
         .send()
         .await
         .unwrap();
@@ -281,8 +281,19 @@ async fn a_user_with_a_german_locale_gets_german_mails_and_templates_preview_fro
         .as_str()
         .unwrap()
         .to_owned();
+    let view = stack.user(&id).await;
     let mail = stack.wait_for_mail(&email).await;
     assert_eq!(mail.subject(), "Pickup: Legen Sie Ihr Passwort fest");
+    // The expiry is stated in Greta's time zone, in German.
+    let expiry = chrono::DateTime::parse_from_rfc3339(view["code_expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono_tz::Europe::Vienna);
+    let expiry_text = format!("{} Uhr (Europe/Vienna)", expiry.format("%d.%m.%Y um %H:%M"));
+    assert!(
+        mail.text().contains(&expiry_text),
+        "{expiry_text} in {}",
+        mail.text()
+    );
     assert!(mail.html().contains("Passwort festlegen"));
     let records = stack
         .user_records(&id, &["onboard.user.invitation_mail_sent.v1"])
