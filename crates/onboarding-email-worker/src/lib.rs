@@ -39,8 +39,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
@@ -339,39 +339,15 @@ impl EmailWorker {
         reason: &str,
         error: &str,
     ) -> Result<(), HandleError> {
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = msg.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-        for (key, value) in [
-            ("onboard_dlq_reason", reason),
-            ("onboard_dlq_detail", error),
-            ("onboard_dlq_topic", msg.topic()),
-            ("onboard_dlq_partition", partition.as_str()),
-            ("onboard_dlq_offset", offset.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers);
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = msg.payload() {
-            record = record.payload(payload);
-        }
-        self.dead_letters
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| HandleError::DeadLetter(e.to_string()))?;
+        onboarding_relay::kafka::dead_letter(
+            &self.dead_letters,
+            &self.dead_letter_topic,
+            msg,
+            reason,
+            error,
+        )
+        .await
+        .map_err(|e| HandleError::DeadLetter(e.to_string()))?;
         metrics::counter!("onboard_mail_dead_lettered_total", "reason" => reason.to_owned())
             .increment(1);
         tracing::warn!(

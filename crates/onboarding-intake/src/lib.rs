@@ -29,7 +29,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
@@ -44,8 +44,7 @@ use uuid::Uuid;
 pub const REQUEST_TYPE_SUFFIX: &str = "user.invitation.requested";
 pub const ACCEPTED_TYPE: &str = "onboard.user.invitation.accepted.v1";
 pub const REJECTED_TYPE: &str = "onboard.user.invitation.rejected.v1";
-/// Header of a dead-lettered record holding the machine-readable reason.
-pub const DLQ_REASON_HEADER: &str = "onboard_dlq_reason";
+pub use onboarding_relay::kafka::DLQ_REASON_HEADER;
 
 /// Namespace of the user ids derived from a request's (source, id).
 const INTAKE_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_642d_696e_7461_6b65_7631);
@@ -568,40 +567,15 @@ impl Intake {
         reason: DeadLetter,
         detail: &str,
     ) -> Result<(), ProcessError> {
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = msg.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-        for (key, value) in [
-            (DLQ_REASON_HEADER, reason.code()),
-            ("onboard_dlq_detail", detail),
-            ("onboard_dlq_topic", msg.topic()),
-            ("onboard_dlq_partition", partition.as_str()),
-            ("onboard_dlq_offset", offset.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.settings.intake.dead_letter_topic).headers(headers);
-        if let Some(k) = msg.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = msg.payload() {
-            record = record.payload(p);
-        }
-        self.producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| ProcessError::Kafka(e))?;
+        onboarding_relay::kafka::dead_letter(
+            &self.producer,
+            &self.settings.intake.dead_letter_topic,
+            msg,
+            reason.code(),
+            detail,
+        )
+        .await
+        .map_err(ProcessError::Kafka)?;
         Ok(())
     }
 }

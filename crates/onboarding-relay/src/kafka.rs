@@ -7,9 +7,11 @@ use onboarding_config::KafkaSettings;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
+use rdkafka::Message;
 use secrecy::ExposeSecret;
 
 pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
@@ -112,4 +114,54 @@ impl KafkaProbe {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// Header of a dead-lettered record holding the machine-readable reason.
+pub const DLQ_REASON_HEADER: &str = "onboard_dlq_reason";
+
+/// Copies a record that cannot be processed to a dead-letter topic: its key, value and headers
+/// unchanged, plus `onboard_dlq_reason` (machine-readable), `onboard_dlq_detail` and where it came
+/// from (`onboard_dlq_topic`, `_partition`, `_offset`). Returns once the broker acknowledged it, so
+/// the caller stores the record's offset only after that.
+pub async fn dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    msg: &BorrowedMessage<'_>,
+    reason: &str,
+    detail: &str,
+) -> Result<(), KafkaError> {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = msg.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+    for (key, value) in [
+        (DLQ_REASON_HEADER, reason),
+        ("onboard_dlq_detail", detail),
+        ("onboard_dlq_topic", msg.topic()),
+        ("onboard_dlq_partition", partition.as_str()),
+        ("onboard_dlq_offset", offset.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    if let Some(key) = msg.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = msg.payload() {
+        record = record.payload(payload);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }
