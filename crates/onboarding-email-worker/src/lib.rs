@@ -15,7 +15,8 @@
 //! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
 //!   (docs/adr/0004).
 //! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a
-//!   second `WelcomeMailSent`), but a failure is only logged and counted, not recorded.
+//!   second `WelcomeMailSent`); a transient failure waits in the delayed store like an
+//!   invitation's, and giving up is only logged and counted, not recorded.
 //! - The link token is minted here from the event's public fields and the code key; it exists
 //!   only in the mail.
 #![forbid(unsafe_code)]
@@ -52,8 +53,6 @@ pub use mail::{Invitation, MailError, Mailer};
 pub enum HandleError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("stopping before the mail could be sent")]
-    Stopped,
     #[error("cannot write to the dead-letter topic: {0}")]
     DeadLetter(String),
 }
@@ -80,7 +79,8 @@ pub enum Outcome {
     RetryScheduled,
     /// Given up: a permanent failure, or the attempts or the time allowed ran out.
     Abandoned,
-    /// A welcome mail that could not be sent (best effort: not retried later).
+    /// A welcome mail given up on (permanent failure, attempts or time ran out, or its template
+    /// failed): best effort, logged and counted only.
     Failed {
         permanent: bool,
     },
@@ -255,9 +255,8 @@ impl EmailWorker {
             // A record is retried here until it is handled; only a database outage keeps it.
             let mut backoff = Duration::from_millis(200);
             loop {
-                match self.process(&msg, &shutdown).await {
+                match self.process(&msg).await {
                     Ok(()) => break,
-                    Err(HandleError::Stopped) => return self.close(),
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the outcome; retrying");
                         tokio::select! {
@@ -368,11 +367,7 @@ impl EmailWorker {
         Ok(())
     }
 
-    async fn process(
-        &self,
-        msg: &BorrowedMessage<'_>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), HandleError> {
+    async fn process(&self, msg: &BorrowedMessage<'_>) -> Result<(), HandleError> {
         let ce_type = msg
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
@@ -391,7 +386,7 @@ impl EmailWorker {
         let event = match PublicEvent::parse(&ce_type, msg.payload().unwrap_or_default()) {
             Ok(PublicEvent::CodeIssued(e)) => e,
             Ok(PublicEvent::UserActivated(e)) => {
-                let outcome = self.delivery.welcome(&e, shutdown).await?;
+                let outcome = self.delivery.welcome(&e).await?;
                 metrics::counter!("onboard_mail_total", "kind" => "welcome", "outcome" => outcome.label()).increment(1);
                 tracing::info!(user_id = %e.user_id, outcome = outcome.label(), "activation handled");
                 return Ok(());
@@ -593,6 +588,7 @@ impl Delivery {
             Some(next) => {
                 self.store
                     .schedule_mail_retry(&MailRetry {
+                        kind: MailRetry::INVITATION.to_owned(),
                         user_id,
                         code_id: code_id.as_uuid(),
                         attempts: attempt as i32,
@@ -630,11 +626,20 @@ impl Delivery {
                 .await;
             let pause = match claimed {
                 Ok(Some(retry)) => {
-                    let code_id = CodeId::from_random_bytes(*retry.code_id.as_bytes());
                     let attempt = u32::try_from(retry.attempts).unwrap_or(0) + 1;
-                    let outcome = self
-                        .attempt(retry.user_id, code_id, attempt, Some(retry.first_failed_at))
-                        .await;
+                    let kind = if retry.kind == MailRetry::WELCOME {
+                        "welcome"
+                    } else {
+                        "invitation"
+                    };
+                    let outcome = if kind == "welcome" {
+                        self.welcome_attempt(retry.user_id, attempt, Some(retry.first_failed_at))
+                            .await
+                    } else {
+                        let code_id = CodeId::from_random_bytes(*retry.code_id.as_bytes());
+                        self.attempt(retry.user_id, code_id, attempt, Some(retry.first_failed_at))
+                            .await
+                    };
                     match outcome {
                         Ok(outcome) => {
                             if outcome != Outcome::RetryScheduled {
@@ -643,8 +648,8 @@ impl Delivery {
                                     tracing::warn!(error = %e, "cannot remove a finished retry; it will be seen again");
                                 }
                             }
-                            metrics::counter!("onboard_mail_total", "kind" => "invitation", "outcome" => outcome.label()).increment(1);
-                            tracing::info!(user_id = %retry.user_id, code_id = %retry.code_id, attempt, outcome = outcome.label(), "mail retry handled");
+                            metrics::counter!("onboard_mail_total", "kind" => kind, "outcome" => outcome.label()).increment(1);
+                            tracing::info!(user_id = %retry.user_id, kind, attempt, outcome = outcome.label(), "mail retry handled");
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "mail retry could not be recorded; it is tried again after its lease")
@@ -664,35 +669,6 @@ impl Delivery {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    /// Sends, retrying transient failures (4xx, timeouts, refused connections) with exponential
-    /// backoff and jitter up to `max_attempts`; stops at once on a permanent one. The outer error
-    /// means the worker is stopping and the mail was not sent.
-    async fn send_with_retries(
-        &self,
-        to: &str,
-        mail: &templates::Rendered,
-        message_id: String,
-        shutdown: &CancellationToken,
-    ) -> Result<Result<mail::Accepted, MailError>, HandleError> {
-        let mut delay = Duration::from_millis(500);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.mailer.send_as(to, mail, message_id.clone()).await {
-                Err(e) if !e.is_permanent() && attempt < self.policy.max_attempts => {
-                    tracing::info!(error = %e, attempt, "transient mail failure; retrying");
-                    let pause = delay + Duration::from_millis(rand::random::<u64>() % 250);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Err(HandleError::Stopped),
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-                result => return Ok(result),
             }
         }
     }
@@ -732,14 +708,28 @@ impl Delivery {
         }
     }
 
-    /// Sends the "your account is ready" mail once after activation.
+    /// Sends the "your account is ready" mail once after activation. Like an invitation mail it
+    /// gets one attempt here; a transient failure waits in the delayed store
+    /// ([`Delivery::run_retries`]), so it never holds the partition.
     #[tracing::instrument(skip_all, fields(user_id = %event.user_id))]
-    pub async fn welcome(
+    pub async fn welcome(&self, event: &UserActivatedV1) -> Result<Outcome, StoreError> {
+        // Seen again (a restart, a rebalance) while its retry waits: the retry task owns it.
+        if self.store.mail_retry_waits(event.user_id).await? {
+            return Ok(Outcome::RetryScheduled);
+        }
+        self.welcome_attempt(event.user_id, 1, None).await
+    }
+
+    /// Tries the welcome mail once (attempt number `attempt`; `first_failed_at` is set for
+    /// retries); on a transient failure schedules the next attempt, within `max_attempts` and
+    /// `max_age`. The welcome mail is best effort: giving up is logged and counted, not recorded.
+    async fn welcome_attempt(
         &self,
-        event: &UserActivatedV1,
-        shutdown: &CancellationToken,
-    ) -> Result<Outcome, HandleError> {
-        let Some(account) = self.store.load(event.user_id).await? else {
+        user_id: uuid::Uuid,
+        attempt: u32,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Outcome, StoreError> {
+        let Some(account) = self.store.load(user_id).await? else {
             return Ok(Outcome::UnknownUser);
         };
         if account.welcome_sent_at.is_some() {
@@ -762,32 +752,56 @@ impl Delivery {
                 return Ok(Outcome::Failed { permanent: true });
             }
         };
-        let message_id = self
+        let message_id = self.mailer.message_id_for(&format!("welcome/{user_id}"));
+        let result = self
             .mailer
-            .message_id_for(&format!("welcome/{}", event.user_id));
-        match self
-            .send_with_retries(email.as_str(), &rendered, message_id, shutdown)
-            .await?
-        {
+            .send_as(email.as_str(), &rendered, message_id)
+            .await;
+        metrics::counter!("onboard_mail_attempts_total", "kind" => "welcome", "result" => match &result {
+            Ok(_) => "accepted",
+            Err(e) if e.is_permanent() => "permanent_failure",
+            Err(_) => "transient_failure",
+        })
+        .increment(1);
+        let error = match result {
             Ok(accepted) => {
-                let outcome = self
-                    .record_after_send(event.user_id, |now| {
-                        OnboardingCommand::RecordWelcomeMailSent {
-                            message_id: accepted.message_id.clone(),
-                            template: rendered.template.clone(),
-                            now,
-                        }
+                return self
+                    .record_after_send(user_id, |now| OnboardingCommand::RecordWelcomeMailSent {
+                        message_id: accepted.message_id.clone(),
+                        template: rendered.template.clone(),
+                        now,
                     })
-                    .await?;
-                Ok(outcome)
+                    .await;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, recipient_domain = %email.domain(), "welcome mail failed");
-                Ok(Outcome::Failed {
-                    permanent: e.is_permanent(),
-                })
-            }
+            Err(e) => e,
+        };
+        let now = Utc::now();
+        let first_failed_at = first_failed_at.unwrap_or(now);
+        let give_up = error.is_permanent()
+            || attempt >= self.policy.max_attempts
+            || now - first_failed_at >= self.policy.max_age;
+        if give_up {
+            tracing::warn!(error = %error, attempt, recipient_domain = %email.domain(), "welcome mail failed; giving up");
+            return Ok(Outcome::Failed {
+                permanent: error.is_permanent(),
+            });
         }
+        let next_attempt_at = now
+            + chrono::Duration::from_std(self.policy.delay_after(attempt))
+                .unwrap_or_else(|_| chrono::Duration::hours(1));
+        tracing::warn!(error = %error, attempt, %next_attempt_at, recipient_domain = %email.domain(), "welcome mail failed; retry scheduled");
+        self.store
+            .schedule_mail_retry(&MailRetry {
+                kind: MailRetry::WELCOME.to_owned(),
+                user_id,
+                code_id: user_id,
+                attempts: attempt as i32,
+                first_failed_at,
+                next_attempt_at,
+                last_error: error.to_string(),
+            })
+            .await?;
+        Ok(Outcome::RetryScheduled)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The delayed store of invitation mails waiting for their next attempt (`mail_retries`).
+//! The delayed store of mails waiting for their next attempt (`mail_retries`): invitation mails
+//! (keyed by code id) and welcome mails (keyed by user id, migration 0010).
 //!
 //! A row is the email worker's schedule only; every attempt's outcome is an event on the account.
 //! A worker claims a due row by pushing its `next_attempt_at` out by a lease, so several workers
@@ -13,7 +14,10 @@ use crate::{db, Store, StoreError};
 /// One mail waiting for its next attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MailRetry {
+    /// `invitation` or `welcome` (see [`MailRetry::INVITATION`], [`MailRetry::WELCOME`]).
+    pub kind: String,
     pub user_id: Uuid,
+    /// The mail's key: the code's id for an invitation, the user's id for a welcome mail.
     pub code_id: Uuid,
     /// Attempts made so far.
     pub attempts: i32,
@@ -22,12 +26,17 @@ pub struct MailRetry {
     pub last_error: String,
 }
 
+impl MailRetry {
+    pub const INVITATION: &'static str = "invitation";
+    pub const WELCOME: &'static str = "welcome";
+}
+
 impl Store {
     /// Schedules (or reschedules) the next attempt at a code's mail.
     pub async fn schedule_mail_retry(&self, retry: &MailRetry) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO mail_retries (user_id, code_id, attempts, first_failed_at, next_attempt_at, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code_id) DO UPDATE SET \
+            "INSERT INTO mail_retries (user_id, code_id, attempts, first_failed_at, next_attempt_at, last_error, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (code_id) DO UPDATE SET \
              attempts = EXCLUDED.attempts, next_attempt_at = EXCLUDED.next_attempt_at, \
              last_error = EXCLUDED.last_error",
         )
@@ -37,6 +46,7 @@ impl Store {
         .bind(retry.first_failed_at)
         .bind(retry.next_attempt_at)
         .bind(&retry.last_error)
+        .bind(&retry.kind)
         .execute(self.pool())
         .await
         .map_err(db)?;
@@ -54,7 +64,7 @@ impl Store {
             "WITH due AS (SELECT code_id, next_attempt_at FROM mail_retries WHERE next_attempt_at <= $1 \
                           ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
              UPDATE mail_retries r SET next_attempt_at = $2 FROM due WHERE r.code_id = due.code_id \
-             RETURNING r.user_id, r.code_id, r.attempts, r.first_failed_at, due.next_attempt_at, r.last_error",
+             RETURNING r.kind, r.user_id, r.code_id, r.attempts, r.first_failed_at, due.next_attempt_at, r.last_error",
         )
         .bind(now)
         .bind(lease_until)
@@ -71,6 +81,15 @@ impl Store {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    /// Whether a mail (by its key, see [`MailRetry::code_id`]) waits in the delayed store.
+    pub async fn mail_retry_waits(&self, code_id: Uuid) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM mail_retries WHERE code_id = $1)")
+            .bind(code_id)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)
     }
 
     /// How many mails wait for a next attempt.

@@ -6,6 +6,8 @@ their local part:
   reject...  550 5.1.1 (permanent: no such mailbox)
   defer...   451 4.7.1 every time (transient, never recovers)
   grey...    451 4.7.1 for the first two attempts per address, then accepted (greylisting)
+  second...  the first mail accepted, then 451 4.7.1 for the next two attempts, then accepted
+             (an invitation goes through; the welcome mail after it is deferred twice)
   anything else: accepted
 
 Accepted mail goes on to MailDev, except for quoted local parts ("john doe"@...), which MailDev
@@ -36,6 +38,10 @@ class Gate:
             return "550 5.1.1 <%s>: mailbox unavailable" % address
         if local.startswith("defer"):
             return "451 4.7.1 <%s>: try again later" % address
+        if local.startswith("second"):
+            self.seen[address] += 1
+            if self.seen[address] in (2, 3):
+                return "451 4.7.1 <%s>: try again later" % address
         if local.startswith("grey"):
             self.seen[address] += 1
             if self.seen[address] <= 2:

@@ -294,3 +294,79 @@ async fn records_that_cannot_be_processed_go_to_the_dead_letter_topic_and_block_
         }
     }
 }
+
+#[tokio::test]
+async fn a_failing_welcome_mail_waits_aside_and_arrives_once() {
+    let services = Services::from_env();
+    let gate_dir = std::env::temp_dir().join("onboard-e2e");
+    std::fs::create_dir_all(&gate_dir).unwrap();
+    let gate = SmtpGate::start(&services, &gate_dir);
+    let stack = Stack::new(
+        "welcome-retry",
+        Options {
+            smtp_port: Some(gate.port),
+            ..Options::default()
+        },
+    )
+    .await;
+    for c in ["gateway", "relay", "scheduler"] {
+        stack.spawn(c);
+    }
+    // max_attempts = 3 (the harness); waits of about 1 s, then 2 s.
+    stack.spawn_with_env(
+        "email-worker",
+        &[("ONBOARD__OUTPUT_ADAPTER__EMAIL__RETRY_INITIAL_SECONDS", "1")],
+    );
+    stack.wait_ready().await;
+    // The gate accepts this address's first mail (the invitation) and defers the next two
+    // attempts (the welcome mail's first and second).
+    let email = format!("second.{}@pickup.example", unique(""));
+    let id = stack.invite("Welcomed", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invitation = stack.wait_for_mail(&email).await;
+    let (status, body) = stack
+        .submit_password(&invitation.code(), "a quiet cab at midnight")
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let welcome = stack
+        .user_records(&id, &["onboard.user.welcome_mail_sent.v1"])
+        .await;
+    let welcome = welcome
+        .iter()
+        .find(|r| r.headers["ce_type"] == "onboard.user.welcome_mail_sent.v1")
+        .unwrap();
+    // Recorded after the server accepted it: both mails are in MailDev now, the welcome once.
+    let mails = stack.wait_for_mails(&email, 2).await;
+    assert_eq!(mails.len(), 2, "one invitation and one welcome mail");
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|m| m.subject() == "Pickup: your account is ready")
+            .count(),
+        1
+    );
+    assert_eq!(
+        welcome.value["message_id"].as_str(),
+        mails
+            .iter()
+            .find(|m| m.subject() == "Pickup: your account is ready")
+            .and_then(|m| m.header("message-id")),
+    );
+    // On the wire: the invitation, two deferred welcome attempts, the accepted one.
+    assert_eq!(
+        gate.recipients().iter().filter(|r| **r == email).count(),
+        4,
+        "{:?}",
+        gate.recipients()
+    );
+    let log = stack.logs_of("email-worker");
+    assert_eq!(
+        log.matches("welcome mail failed; retry scheduled").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(stack.user(&id).await["state"], "Active");
+}
