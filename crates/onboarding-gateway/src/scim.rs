@@ -646,7 +646,13 @@ async fn create(state: &AppState, token_id: &str, body: &Bytes) -> Result<Respon
             .user_onboarding
             .ask_password_email_validity,
     };
-    let actor = Actor::admin(token_id).with_correlation(Some("scim".into()));
+    // One correlation id per SCIM request, naming the channel and, when given, the upstream's own
+    // id for the user, so an auditor can match the history to the provisioning system's log.
+    let correlation = match &external_id {
+        Some(ext) => format!("scim:{ext}"),
+        None => format!("scim:{}", Uuid::now_v7()),
+    };
+    let actor = Actor::admin(token_id).with_correlation(Some(correlation));
     match state.store.invite_as(user_id, invitation, &actor).await {
         Ok(_) => {
             metrics::counter!("onboard_invitations_total").increment(1);

@@ -164,6 +164,13 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     assert_eq!(created["userName"], format!("EMPLOYEES/{name}"));
     assert_eq!(created["externalId"], format!("hr-{name}"));
     assert_eq!(stack.user(&id).await["domain"], "EMPLOYEES");
+    // An auditor finds the provisioning request by the upstream's id in the account's history.
+    let history = stack.cli(&["audit", "history", &id]);
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.contains(&format!("correlation=scim:hr-{name}")),
+        "{history}"
+    );
     // The upstream retries (it lost our answer): the same user, not a second invitation.
     let (status, _, again) = post(wso2).await;
     assert_eq!(status, 201, "{again}");
