@@ -333,6 +333,18 @@ impl Onboarding {
         self.mails_sent.contains(&code_id)
     }
 
+    /// An outcome of a code's mail (sent, failed, abandoned) can be recorded only for a code this
+    /// account issued and whose mail is not recorded as sent.
+    fn mail_still_due(&self, code_id: CodeId) -> Result<(), OnboardingError> {
+        if !self.codes.iter().any(|c| c.code_id == code_id) {
+            return Err(OnboardingError::UnknownCode(code_id));
+        }
+        if self.mail_sent_for(code_id) {
+            return Err(OnboardingError::MailAlreadySent(code_id));
+        }
+        Ok(())
+    }
+
     fn issue(
         &self,
         code: NewCode,
@@ -672,12 +684,7 @@ impl Aggregate for Onboarding {
                 template,
                 now,
             } => {
-                if !self.codes.iter().any(|c| c.code_id == code_id) {
-                    return Err(OnboardingError::UnknownCode(code_id));
-                }
-                if self.mail_sent_for(code_id) {
-                    return Err(OnboardingError::MailAlreadySent(code_id));
-                }
+                self.mail_still_due(code_id)?;
                 sink.write(
                     OnboardingEvent::InvitationMailSent {
                         code_id,
@@ -698,12 +705,7 @@ impl Aggregate for Onboarding {
                 next_attempt_at,
                 now,
             } => {
-                if !self.codes.iter().any(|c| c.code_id == code_id) {
-                    return Err(OnboardingError::UnknownCode(code_id));
-                }
-                if self.mail_sent_for(code_id) {
-                    return Err(OnboardingError::MailAlreadySent(code_id));
-                }
+                self.mail_still_due(code_id)?;
                 sink.write(
                     OnboardingEvent::InvitationMailFailed {
                         code_id,
@@ -723,12 +725,7 @@ impl Aggregate for Onboarding {
                 attempts,
                 now,
             } => {
-                if !self.codes.iter().any(|c| c.code_id == code_id) {
-                    return Err(OnboardingError::UnknownCode(code_id));
-                }
-                if self.mail_sent_for(code_id) {
-                    return Err(OnboardingError::MailAlreadySent(code_id));
-                }
+                self.mail_still_due(code_id)?;
                 sink.write(
                     OnboardingEvent::InvitationMailAbandoned {
                         code_id,
