@@ -56,10 +56,7 @@ async fn wait_for_delivered(stack: &Stack, id: &str) {
 async fn special_characters_and_internationalised_domains_are_delivered() {
     // Through the SMTP gate, which records each RCPT TO as it came on the wire and passes the
     // mail on to MailDev (which shows domains decoded to Unicode).
-    let services = Services::from_env();
-    let gate_dir = std::env::temp_dir().join("onboard-e2e");
-    std::fs::create_dir_all(&gate_dir).unwrap();
-    let gate = SmtpGate::start(&services, &gate_dir);
+    let gate = SmtpGate::start(&Services::from_env());
     let stack = Stack::start(
         "addresses",
         Options {

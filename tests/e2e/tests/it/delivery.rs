@@ -8,6 +8,25 @@ use serde_json::Value;
 
 use crate::harness::{unique, Options, Services, SmtpGate, Stack};
 
+/// A stack that mails through the SMTP gate, its email worker started with `worker_env`.
+async fn behind_gate(name: &str, worker_env: &[(&str, &str)]) -> (SmtpGate, Stack) {
+    let gate = SmtpGate::start(&Services::from_env());
+    let stack = Stack::new(
+        name,
+        Options {
+            smtp_port: Some(gate.port),
+            ..Options::default()
+        },
+    )
+    .await;
+    for c in ["gateway", "relay", "scheduler"] {
+        stack.spawn(c);
+    }
+    stack.spawn_with_env("email-worker", worker_env);
+    stack.wait_ready().await;
+    (gate, stack)
+}
+
 fn time(v: &Value) -> DateTime<Utc> {
     v.as_str()
         .unwrap_or_else(|| panic!("a time: {v}"))
@@ -29,31 +48,16 @@ const SENT: &str = "onboard.user.invitation_mail_sent.v1";
 
 #[tokio::test]
 async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its_reason() {
-    let services = Services::from_env();
-    let gate_dir = std::env::temp_dir().join("onboard-e2e");
-    std::fs::create_dir_all(&gate_dir).unwrap();
-    let gate = SmtpGate::start(&services, &gate_dir);
-    let stack = Stack::new(
-        "delivery",
-        Options {
-            smtp_port: Some(gate.port),
-            ..Options::default()
-        },
-    )
-    .await;
-    for c in ["gateway", "relay", "scheduler"] {
-        stack.spawn(c);
-    }
     // max_attempts = 3 (the harness); waits of about 2 s, then 4 s.
     let metrics = format!("127.0.0.1:{}", crate::harness::free_port());
-    stack.spawn_with_env(
-        "email-worker",
+    let (_gate, stack) = behind_gate(
+        "delivery",
         &[
             ("ONBOARD__OUTPUT_ADAPTER__EMAIL__RETRY_INITIAL_SECONDS", "2"),
             ("ONBOARD__OBSERVABILITY__METRICS_BIND", metrics.as_str()),
         ],
-    );
-    stack.wait_ready().await;
+    )
+    .await;
     let tag = unique("");
     let (grey, defer, reject) = (
         format!("grey.{tag}@pickup.example"),
@@ -297,27 +301,12 @@ async fn records_that_cannot_be_processed_go_to_the_dead_letter_topic_and_block_
 
 #[tokio::test]
 async fn a_failing_welcome_mail_waits_aside_and_arrives_once() {
-    let services = Services::from_env();
-    let gate_dir = std::env::temp_dir().join("onboard-e2e");
-    std::fs::create_dir_all(&gate_dir).unwrap();
-    let gate = SmtpGate::start(&services, &gate_dir);
-    let stack = Stack::new(
+    // max_attempts = 3 (the harness); waits of about 1 s, then 2 s.
+    let (gate, stack) = behind_gate(
         "welcome-retry",
-        Options {
-            smtp_port: Some(gate.port),
-            ..Options::default()
-        },
+        &[("ONBOARD__OUTPUT_ADAPTER__EMAIL__RETRY_INITIAL_SECONDS", "1")],
     )
     .await;
-    for c in ["gateway", "relay", "scheduler"] {
-        stack.spawn(c);
-    }
-    // max_attempts = 3 (the harness); waits of about 1 s, then 2 s.
-    stack.spawn_with_env(
-        "email-worker",
-        &[("ONBOARD__OUTPUT_ADAPTER__EMAIL__RETRY_INITIAL_SECONDS", "1")],
-    );
-    stack.wait_ready().await;
     // The gate accepts this address's first mail (the invitation) and defers the next two
     // attempts (the welcome mail's first and second).
     let email = format!("second.{}@pickup.example", unique(""));

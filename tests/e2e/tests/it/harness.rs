@@ -820,7 +820,9 @@ pub struct SmtpGate {
 }
 
 impl SmtpGate {
-    pub fn start(services: &Services, dir: &std::path::Path) -> Self {
+    pub fn start(services: &Services) -> Self {
+        let dir = std::env::temp_dir().join("onboard-e2e");
+        std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let log_path = dir.join(format!("smtp-gate-{port}.log"));
         let log = File::create(&log_path).unwrap();
