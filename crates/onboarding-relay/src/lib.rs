@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use onboarding_config::KafkaSettings;
-use onboarding_domain::OnboardingEvent;
 use onboarding_events::{PublicEvent, CONTENT_TYPE, SPEC_VERSION};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -239,7 +238,7 @@ impl Relay {
             return Ok(0);
         }
         let rows = sqlx::query(
-            "SELECT id, aggregate_id, sequence, event_type, payload, recorded_at \
+            "SELECT id, aggregate_id, sequence, event_type, event_version, payload, recorded_at \
              FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.batch_size)
@@ -255,12 +254,15 @@ impl Relay {
             let id: i64 = row.try_get("id")?;
             let aggregate_id: String = row.try_get("aggregate_id")?;
             let sequence: i64 = row.try_get("sequence")?;
+            let event_type: String = row.try_get("event_type")?;
+            let event_version: String = row.try_get("event_version")?;
             let payload: serde_json::Value = row.try_get("payload")?;
             let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
             let mapped = Uuid::parse_str(&aggregate_id)
                 .map_err(|e| format!("aggregate id is not a UUID: {e}"))
                 .and_then(|user_id| {
-                    serde_json::from_value::<OnboardingEvent>(payload.clone())
+                    // Rows written in an older shape are brought to the current one first.
+                    onboarding_store::upcast(&event_type, &event_version, payload.clone())
                         .map(|ev| PublicEvent::from_domain(user_id, sequence, ev))
                         .map_err(|e| format!("payload does not deserialise: {e}"))
                 });
