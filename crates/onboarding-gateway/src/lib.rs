@@ -221,6 +221,12 @@ impl warp::reject::Reject for BodyTooLarge {}
 struct BodyUnreadable;
 impl warp::reject::Reject for BodyUnreadable {}
 
+/// A request refused before its body is read: no valid admin token (`None`), or a token without
+/// the scope. Rendered by `recover` as the same 401/403 as [`ApiError`].
+#[derive(Debug)]
+struct RefusedBeforeBody(Option<&'static str>);
+impl warp::reject::Reject for RefusedBeforeBody {}
+
 /// The request body, at most `max` bytes, whether or not the client sent a Content-Length
 /// (`curl -X POST` without a body sends none). Larger bodies are refused with 413.
 fn limited_body(max: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
@@ -362,9 +368,21 @@ pub fn routes(
             },
         )
         .boxed();
+    // An upload may be megabytes: the token and its scope are checked before the body is read.
     let bulk_upload = warp::path!("api" / "v1" / "bulk-invites")
         .and(warp::post())
         .and(auth.clone())
+        .and_then(
+            |auth: Result<(Arc<AppState>, Grant), ApiError>| async move {
+                match auth {
+                    Ok((state, grant)) => match grant.require("invite") {
+                        Ok(_) => Ok(Ok((state, grant))),
+                        Err(_) => Err(warp::reject::custom(RefusedBeforeBody(Some("invite")))),
+                    },
+                    Err(_) => Err(warp::reject::custom(RefusedBeforeBody(None))),
+                }
+            },
+        )
         .and(warp::header::optional::<String>("content-type"))
         .and(limited_body_as(
             state.settings.bulk.max_file_bytes,
@@ -570,6 +588,12 @@ async fn readiness(state: Arc<AppState>) -> Response {
 /// Turns warp's own rejections (routing, body limits, form parsing) into clear JSON answers.
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject;
+    if let Some(RefusedBeforeBody(scope)) = rejection.find::<RefusedBeforeBody>() {
+        return Ok(match scope {
+            Some(scope) => ApiError::Forbidden(scope).into_response(),
+            None => ApiError::Unauthorized.into_response(),
+        });
+    }
     let (status, code, message) = if rejection.is_not_found() {
         (
             StatusCode::NOT_FOUND,

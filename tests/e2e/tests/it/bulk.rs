@@ -214,6 +214,11 @@ async fn bad_uploads_are_refused_with_what_to_do() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // The token is checked before the body is read: an oversized upload without a valid token
+    // is refused as 401, not read up to the limit and refused as 413.
+    let (status, body) = upload(&stack, "not-a-token", "text/csv", "x".repeat(1000)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "unauthorized", "{body}");
     let r = stack
         .http
         .get(stack.url(&format!("/api/v1/bulk-invites/{}", uuid::Uuid::new_v4())))
