@@ -482,7 +482,7 @@ impl Store {
             job_id,
             status,
             format,
-            file_sha256: hex_string(&sha),
+            file_sha256: hex::encode(&sha),
             created_at,
             finished_at,
             totals,
@@ -562,10 +562,6 @@ impl Store {
                 .map_err(db)?;
         Ok(status.as_deref() != Some("running"))
     }
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What became of one row.

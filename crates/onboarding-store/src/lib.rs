@@ -412,7 +412,8 @@ pub enum InviteError {
 
 impl Store {
     /// Invites a user with a fresh id and code. The username registry decides uniqueness inside
-    /// the append's transaction; the look-up first only gives the common case a clear answer.
+    /// the append's transaction (its unique index makes the append fail as a conflict), so an
+    /// invitation costs no look-up before it.
     pub async fn invite(&self, invitation: Invitation, actor: &Actor) -> Result<Uuid, InviteError> {
         self.invite_as(Uuid::now_v7(), invitation, actor).await
     }
@@ -430,12 +431,6 @@ impl Store {
             username: invitation.username.as_str().to_owned(),
             domain: invitation.domain.as_str().to_owned(),
         };
-        let existing = self
-            .user_id_by_username(invitation.domain.as_str(), &invitation.username.key())
-            .await?;
-        if existing.is_some() {
-            return Err(taken());
-        }
         let command = OnboardingCommand::InviteUser(Box::new(onboarding_domain::InviteUser {
             user_id,
             username: invitation.username.clone(),
