@@ -442,10 +442,16 @@ pub(crate) async fn record_failed_check(state: &AppState, code: impl Into<Presen
             .max_failed_attempts,
         now: Utc::now(),
     };
-    let _ = state
+    let counted = state
         .store
         .execute(code.user_id, record, &Actor::user_via_link())
         .await;
+    // A refusal means the code is no longer live (nothing to count); anything else lost a count.
+    if let Err(e) = counted {
+        if !matches!(e, StoreError::Refused(_)) {
+            tracing::warn!(error = %e, user_id = %code.user_id, "a wrong code could not be counted");
+        }
+    }
 }
 
 /// Runs a password submission through the aggregate. Shared by the API and the page.
