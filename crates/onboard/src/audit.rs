@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use onboarding_audit::{chain, log, replay};
 use onboarding_config::Settings;
 use onboarding_domain::value::UserDomain;
+use onboarding_store::Store;
 
 /// The command ran, and what it found makes the exit status this code (the findings are
 /// already printed).
@@ -165,7 +166,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::History { user, domain, json } => {
-            let store = crate::store(settings).await?;
+            let store = Store::new(pool.clone(), onboarding_store::services(settings)?);
             let id = crate::resolve(&store, &user, &domain).await?;
             let events = log::history(&pool, id).await?;
             anyhow::ensure!(!events.is_empty(), "no user with id {id}");
@@ -184,7 +185,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
             domain,
         } => {
             let at = instant("INSTANT", &at)?;
-            let store = crate::store(settings).await?;
+            let store = Store::new(pool.clone(), onboarding_store::services(settings)?);
             let id = crate::resolve(&store, &user, &domain).await?;
             let (account, position) = log::as_of(&pool, id, at).await?.with_context(|| {
                 format!(

@@ -703,7 +703,12 @@ async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--time-zone: {}", e.0))?;
             let time_zone = time_zone.as_ref().map(|t| t.as_str());
-            let r = sample(&mailer, &template, locale.as_deref(), time_zone)?;
+            let r = sample(
+                &mailer,
+                &template,
+                locale_arg(locale)?.as_deref(),
+                time_zone,
+            )?;
             println!(
                 "template: {} version {} locale {}",
                 r.template.id, r.template.version, r.template.locale

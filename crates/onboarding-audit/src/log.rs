@@ -59,27 +59,6 @@ fn log_event(row: sqlx::postgres::PgRow) -> Result<LogEvent, sqlx::Error> {
     })
 }
 
-/// Up to `limit` events after `position`, in position order. Appends are serialised in commit
-/// order (migration 0008), so a reader that remembers the last position it saw and asks again
-/// never skips an event that committed late: nothing can commit below a position already
-/// visible.
-pub async fn read_after(
-    pool: &PgPool,
-    position: i64,
-    limit: i64,
-) -> Result<Vec<LogEvent>, sqlx::Error> {
-    sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
-    ))
-    .bind(position)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(log_event)
-    .collect()
-}
-
 /// Every event of one account, oldest first.
 pub async fn history(pool: &PgPool, user_id: Uuid) -> Result<Vec<LogEvent>, sqlx::Error> {
     sqlx::query(&format!(

@@ -663,8 +663,11 @@ impl Delivery {
                     Duration::from_secs(5)
                 }
             };
-            if let Ok(n) = self.store.mail_retries_waiting().await {
-                metrics::gauge!("onboard_mail_retries_waiting").set(n as f64);
+            // Counted when nothing is due, not after every retry.
+            if !pause.is_zero() {
+                if let Ok(n) = self.store.mail_retries_waiting().await {
+                    metrics::gauge!("onboard_mail_retries_waiting").set(n as f64);
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -179,10 +179,6 @@ impl Mailer {
         })
     }
 
-    pub fn templates(&self) -> &Catalogue {
-        &self.templates
-    }
-
     pub fn render(&self, inv: &Invitation<'_>) -> Result<Rendered, minijinja::Error> {
         let locale = self.templates.resolve(Kind::Invitation, inv.locale);
         self.templates.render(

@@ -384,6 +384,14 @@ impl Intake {
                     fields,
                 }),
             };
+        let invalid_fields = |problems: BTreeMap<String, String>| {
+            let message = problems
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            reject("invalid_fields", message, problems)
+        };
         let cfg = &self.settings.identity_mgt.user_onboarding;
         if !cfg.ask_password_from_user {
             return Ok(reject(
@@ -434,23 +442,14 @@ impl Intake {
                 ),
             );
         }
+        // Every field that did not parse left a problem, so all are present when there is none.
         let (Some(username), Some(email), Some(domain), Some(locale), Some(time_zone)) =
             (username, email, domain, locale, time_zone)
         else {
-            let message = problems
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Ok(reject("invalid_fields", message, problems));
+            return Ok(invalid_fields(problems));
         };
         if !problems.is_empty() {
-            let message = problems
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Ok(reject("invalid_fields", message, problems));
+            return Ok(invalid_fields(problems));
         }
         let (domain_key, username_key) = (domain.as_str().to_owned(), username.key());
         let invitation = Invitation {
