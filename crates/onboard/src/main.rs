@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
-use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
+use onboarding_domain::value::{Locale, UserDomain, Username};
 use onboarding_email_worker::EmailWorker;
 use onboarding_gateway::AppState;
 use onboarding_relay::Relay;
@@ -358,39 +358,26 @@ async fn invite(
     if !cfg.ask_password_from_user {
         bail!("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true");
     }
-    let bad = |field: &str, e: onboarding_domain::value::InvalidValue| {
-        anyhow::anyhow!("--{field}: {}", e.0)
-    };
-    let username = Username::parse(username).map_err(|e| bad("username", e))?;
-    let email = EmailAddress::parse(email).map_err(|e| bad("email", e))?;
-    let domain = UserDomain::parse(domain).map_err(|e| bad("domain", e))?;
-    let locale = locale
-        .map(Locale::parse)
-        .transpose()
-        .map_err(|e| bad("locale", e))?;
-    let time_zone = time_zone
-        .map(TimeZone::parse)
-        .transpose()
-        .map_err(|e| bad("time-zone", e))?;
-    let minutes = validity.unwrap_or(cfg.ask_password_email_validity);
-    let bounds = cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes;
-    if !bounds.contains(&minutes) {
-        bail!(
-            "--code-validity-minutes must be between {} and {}",
-            bounds.start(),
-            bounds.end()
-        );
-    }
-    let store = store(settings).await?;
-    let invitation = onboarding_store::Invitation {
-        username,
-        email,
-        domain,
+    let invitation = onboarding_store::InvitationFields {
+        username: Some(username),
+        email: Some(email),
+        domain: Some(domain),
         locale,
         time_zone,
+        code_validity_minutes: validity,
         claims: Default::default(),
-        validity_minutes: minutes,
-    };
+    }
+    .validate(cfg)
+    .map_err(|problems| {
+        // The flags are named as the user typed them.
+        let flags: Vec<String> = problems
+            .0
+            .iter()
+            .map(|(field, message)| format!("--{}: {message}", field.replace('_', "-")))
+            .collect();
+        anyhow::anyhow!(flags.join("; "))
+    })?;
+    let store = store(settings).await?;
     let user_id = store.invite(invitation, &Actor::admin("cli")).await?;
     let account = store
         .load(user_id)
@@ -427,8 +414,8 @@ async fn invite_file(settings: &Settings, path: &std::path::Path) -> Result<()> 
         );
     }
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let rows =
-        bulk::parse(format, &data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let rows = bulk::parse(format, &data, &settings.identity_mgt.user_onboarding)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let store = store(settings).await?;
     let job_id = store
         .create_bulk_job("cli", format, &bulk::digest(&data), &rows)
@@ -447,10 +434,7 @@ async fn invite_file(settings: &Settings, path: &std::path::Path) -> Result<()> 
     );
     let runner = BulkRunner {
         store: store.clone(),
-        validity_minutes: settings
-            .identity_mgt
-            .user_onboarding
-            .ask_password_email_validity,
+        rules: settings.identity_mgt.user_onboarding.clone(),
         concurrency: settings.bulk.concurrency,
     };
     let actor = Actor::admin("cli").with_correlation(Some(format!("bulk-job:{job_id}")));

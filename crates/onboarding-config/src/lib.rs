@@ -305,6 +305,14 @@ struct Defaults {
     organisation: serde_json::Value,
 }
 
+impl Default for UserOnboarding {
+    /// The built-in settings, as a configuration file that leaves the section out gets them.
+    fn default() -> Self {
+        serde_json::from_value(defaults().identity_mgt["user_onboarding"].clone())
+            .expect("the built-in defaults of identity_mgt.user_onboarding are complete")
+    }
+}
+
 fn defaults() -> Defaults {
     use serde_json::json;
     Defaults {
@@ -548,6 +556,12 @@ mod tests {
         assert!(s.output_adapter.email.enable_start_tls);
         assert_eq!(s.kafka.topic, "onboarding.events");
         assert_eq!(s.output_adapter.email.message_id_domain(), "pickup.example");
+        let built_in = UserOnboarding::default();
+        assert_eq!(
+            built_in.max_failed_attempts,
+            s.identity_mgt.user_onboarding.max_failed_attempts
+        );
+        assert_eq!(built_in.max_validity_minutes, 10080);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Usern
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
 };
-use onboarding_store::{Actor, Idempotency, InviteError, StoreError};
+use onboarding_store::{Actor, Idempotency, InvitationFields, InviteError, StoreError};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -89,22 +89,6 @@ impl Fields {
         }
     }
 
-    fn parsed<T>(
-        &mut self,
-        name: &str,
-        required: bool,
-        parse: impl FnOnce(&str) -> Result<T, onboarding_domain::value::InvalidValue>,
-    ) -> Option<T> {
-        let raw = self.string(name, required)?;
-        match parse(&raw) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.problems.insert(name.into(), e.0);
-                None
-            }
-        }
-    }
-
     fn integer(&mut self, name: &str) -> Option<i64> {
         match self.map.get(name) {
             None | Some(Value::Null) => None,
@@ -135,12 +119,20 @@ impl Fields {
         self.problems.insert(name.into(), message);
     }
 
+    fn problem_unless_named(&mut self, name: &str, message: String) {
+        self.problems.entry(name.into()).or_insert(message);
+    }
+
     fn finish(self) -> Result<(), ApiError> {
         if self.problems.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::invalid(self.problems))
+            Err(self.into_error())
         }
+    }
+
+    fn into_error(self) -> ApiError {
+        ApiError::invalid(self.problems)
     }
 }
 
@@ -150,26 +142,12 @@ impl AppState {
     }
 
     fn validity(&self, fields: &mut Fields) -> i64 {
-        let cfg = &self.settings.identity_mgt.user_onboarding;
-        match fields.integer("code_validity_minutes") {
-            None => cfg.ask_password_email_validity,
-            Some(m)
-                if (cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes).contains(&m) =>
-            {
-                m
-            }
-            Some(_) => {
-                fields.problem(
-                    "code_validity_minutes",
-                    format!(
-                        "must be between {} and {} minutes",
-                        cfg.min_validity_minutes.max(1),
-                        cfg.max_validity_minutes
-                    ),
-                );
+        let requested = fields.integer("code_validity_minutes");
+        onboarding_store::code_validity(&self.settings.identity_mgt.user_onboarding, requested)
+            .unwrap_or_else(|message| {
+                fields.problem("code_validity_minutes", message);
                 0
-            }
-        }
+            })
     }
 }
 
@@ -180,13 +158,13 @@ pub async fn create_user(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let token_id = grant.require("invite")?;
-    let work = create_user_inner(&state, token_id, &body);
+    let work = create_user_inner(&state, grant.actor(), &body);
     idempotent(&state, token_id, key, "POST /api/v1/users", &body, work).await
 }
 
 async fn create_user_inner(
     state: &AppState,
-    token_id: &str,
+    actor: Actor,
     body: &Bytes,
 ) -> Result<Answer, ApiError> {
     if !state
@@ -209,35 +187,31 @@ async fn create_user_inner(
             "code_validity_minutes",
         ],
     );
-    let username = f.parsed("username", true, Username::parse);
-    let email = f.parsed("email", true, EmailAddress::parse);
-    let domain = f
-        .parsed("domain", false, UserDomain::parse)
-        .unwrap_or_else(UserDomain::primary);
-    let locale = f.parsed("locale", false, Locale::parse);
-    let time_zone = f.parsed("time_zone", false, TimeZone::parse);
-    let claims = f.object("claims");
-    let validity = state.validity(&mut f);
+    let (username, email) = (f.string("username", false), f.string("email", false));
+    let (domain, locale) = (f.string("domain", false), f.string("locale", false));
+    let time_zone = f.string("time_zone", false);
+    let fields = InvitationFields {
+        username: username.as_deref(),
+        email: email.as_deref(),
+        domain: domain.as_deref(),
+        locale: locale.as_deref(),
+        time_zone: time_zone.as_deref(),
+        code_validity_minutes: f.integer("code_validity_minutes"),
+        claims: f.object("claims"),
+    };
+    let invitation = match fields.validate(&state.settings.identity_mgt.user_onboarding) {
+        Ok(invitation) => invitation,
+        Err(problems) => {
+            // A field of the wrong JSON type was named already; here it would only be missing.
+            for (field, message) in problems.0 {
+                f.problem_unless_named(field, message);
+            }
+            return Err(f.into_error());
+        }
+    };
     f.finish()?;
-    let (Some(username), Some(email)) = (username, email) else {
-        return Err(ApiError::Internal("validated fields missing".into()));
-    };
-
-    let invitation = onboarding_store::Invitation {
-        username,
-        email,
-        domain,
-        locale,
-        time_zone,
-        claims,
-        validity_minutes: validity,
-    };
     let domain = invitation.domain.clone();
-    let user_id = match state
-        .store
-        .invite(invitation, &Actor::admin(token_id))
-        .await
-    {
+    let user_id = match state.store.invite(invitation, &actor).await {
         Ok(id) => id,
         Err(InviteError::UsernameTaken { username, domain }) => {
             return Err(ApiError::UsernameTaken { username, domain })
@@ -371,13 +345,13 @@ pub async fn resend(
 ) -> Result<Response, ApiError> {
     let token_id = grant.require("invite")?;
     let what = format!("POST /api/v1/users/{id}/resend");
-    let work = resend_inner(&state, token_id, &id, &body);
+    let work = resend_inner(&state, grant.actor(), &id, &body);
     idempotent(&state, token_id, key, &what, &body, work).await
 }
 
 async fn resend_inner(
     state: &AppState,
-    token_id: &str,
+    actor: Actor,
     id: &str,
     body: &Bytes,
 ) -> Result<Answer, ApiError> {
@@ -398,10 +372,7 @@ async fn resend_inner(
         limits: state.resend_limits,
         now: Utc::now(),
     };
-    state
-        .store
-        .execute(user_id, command, &Actor::admin(token_id))
-        .await?;
+    state.store.execute(user_id, command, &actor).await?;
     let account = load(state, user_id).await?;
     Ok(Answer {
         status: StatusCode::ACCEPTED,
@@ -514,7 +485,7 @@ pub async fn revoke(
     id: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token_id = grant.require("revoke")?;
+    grant.require("revoke")?;
     let user_id = parse_id(&id)?;
     let mut f = Fields::new(
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -537,7 +508,7 @@ pub async fn revoke(
     };
     state
         .store
-        .execute(user_id, command, &Actor::admin(token_id))
+        .execute(user_id, command, &grant.actor())
         .await?;
     let account = load(&state, user_id).await?;
     Ok(warp::reply::json(&user_view(&account)).into_response())

@@ -33,10 +33,13 @@ pub async fn upload(
         .as_deref()
         .and_then(Format::from_media_type)
         .ok_or(ApiError::UnsupportedFile)?;
-    let rows = bulk::parse(format, &body).map_err(|e| match e {
-        BulkError::File(m) => ApiError::field("file", m),
-        BulkError::Store(e) => e.into(),
-    })?;
+    let rows =
+        bulk::parse(format, &body, &state.settings.identity_mgt.user_onboarding).map_err(|e| {
+            match e {
+                BulkError::File(m) => ApiError::field("file", m),
+                BulkError::Store(e) => e.into(),
+            }
+        })?;
     let job_id = state
         .store
         .create_bulk_job(token_id, format, &bulk::digest(&body), &rows)

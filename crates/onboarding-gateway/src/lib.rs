@@ -28,7 +28,7 @@ use onboarding_config::Settings;
 use onboarding_domain::code::CodeKeyring;
 use onboarding_domain::ResendLimits;
 use onboarding_relay::kafka::KafkaProbe;
-use onboarding_store::Store;
+use onboarding_store::{Actor, Store};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -89,6 +89,7 @@ impl AppState {
             let grant = Grant {
                 id: t.id.clone(),
                 scopes: t.scopes.clone(),
+                request_id: None,
             };
             tokens.push((grant, hash, t.revoked));
         }
@@ -129,11 +130,7 @@ impl AppState {
         (
             onboarding_store::bulk::BulkRunner {
                 store: self.store.clone(),
-                validity_minutes: self
-                    .settings
-                    .identity_mgt
-                    .user_onboarding
-                    .ask_password_email_validity,
+                rules: self.settings.identity_mgt.user_onboarding.clone(),
                 concurrency: self.settings.bulk.concurrency,
             },
             self.bulk_wake.clone(),
@@ -156,6 +153,19 @@ impl AppState {
     /// address, so a reload loop cannot flood the log; the page is shown either way).
     pub(crate) fn record_open(&self, client: Option<SocketAddr>) -> bool {
         client.is_none_or(|addr| self.open_limiter.check_key(&addr.ip()).is_ok())
+    }
+
+    /// The grant of the admin token presented, with the request's id.
+    fn admit(
+        &self,
+        authorization: Option<&str>,
+        request_id: Result<Option<String>, ApiError>,
+    ) -> Result<Grant, ApiError> {
+        let grant = self.authorize(authorization)?;
+        Ok(Grant {
+            request_id: request_id?,
+            ..grant
+        })
     }
 
     /// The id of the admin token presented, if it is one of ours.
@@ -186,14 +196,22 @@ impl AppState {
     }
 }
 
-/// What an admin token may do.
+/// What an admin token may do, and the request it came with.
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub id: String,
     scopes: Vec<String>,
+    /// The caller's `X-Request-Id`, kept as the correlation id of the events the request records.
+    pub request_id: Option<String>,
 }
 
 impl Grant {
+    /// The admin as the author of events: the token's id, and the caller's request id as the
+    /// correlation id (without one, each command's events get a fresh one).
+    pub fn actor(&self) -> Actor {
+        Actor::admin(&self.id).with_correlation(self.request_id.clone())
+    }
+
     pub fn require(&self, scope: &'static str) -> Result<&str, ApiError> {
         if self.scopes.iter().any(|s| s == scope) {
             Ok(&self.id)
@@ -284,6 +302,46 @@ fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
+/// Longest `X-Request-Id` kept; longer ones are refused, not cut.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Whether an `X-Request-Id` can be kept as a correlation id: 1 to 128 visible ASCII characters.
+fn acceptable_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The caller's `X-Request-Id` (a proxy's or the upstream service's own), or a clear error for
+/// one that cannot be kept in the audit log as it is.
+fn request_id(
+) -> impl Filter<Extract = (Result<Option<String>, ApiError>,), Error = Infallible> + Clone {
+    warp::header::headers_cloned().map(|headers: warp::http::HeaderMap| {
+        let Some(value) = headers.get("x-request-id") else {
+            return Ok(None);
+        };
+        match value.to_str() {
+            Ok(id) if acceptable_request_id(id) => Ok(Some(id.to_owned())),
+            _ => Err(ApiError::field(
+                "X-Request-Id",
+                format!(
+                    "must be 1 to {MAX_REQUEST_ID} visible ASCII characters without spaces \
+                     (it becomes the correlation id of the events this request records); \
+                     send another or leave the header out"
+                ),
+            )),
+        }
+    })
+}
+
+/// Repeats the caller's `X-Request-Id` on the answer, so that the caller's log and ours meet.
+fn echo_request_id(headers: &warp::http::HeaderMap, mut response: Response) -> Response {
+    if let Some(value) = headers.get("x-request-id") {
+        if value.to_str().is_ok_and(acceptable_request_id) {
+            response.headers_mut().insert("x-request-id", value.clone());
+        }
+    }
+    response
+}
+
 /// Every route of the gateway.
 pub fn routes(
     state: Arc<AppState>,
@@ -292,9 +350,13 @@ pub fn routes(
     let json_body = limited_body(max);
     let auth = with_state(state.clone())
         .and(warp::header::optional::<String>("authorization"))
-        .and_then(|state: Arc<AppState>, header: Option<String>| async move {
-            Ok::<_, Infallible>(state.authorize(header.as_deref()).map(|id| (state, id)))
-        });
+        .and(request_id())
+        .and_then(
+            |state: Arc<AppState>, header: Option<String>, request_id| async move {
+                let grant = state.admit(header.as_deref(), request_id);
+                Ok::<_, Infallible>(grant.map(|grant| (state, grant)))
+            },
+        );
 
     let create =
         warp::path!("api" / "v1" / "users")
@@ -416,6 +478,7 @@ pub fn routes(
         .and(warp::method())
         .and(with_state(state.clone()))
         .and(warp::header::optional::<String>("authorization"))
+        .and(request_id())
         .and(warp::query::<HashMap<String, String>>())
         .and(limited_body(max))
         .then(
@@ -423,9 +486,10 @@ pub fn routes(
              method,
              state: Arc<AppState>,
              header: Option<String>,
+             request_id,
              query,
              body: Bytes| async move {
-                let grant = state.authorize(header.as_deref());
+                let grant = state.admit(header.as_deref(), request_id);
                 scim::handle(state, grant, method, tail.as_str().to_owned(), query, body).await
             },
         )
@@ -515,7 +579,7 @@ pub fn routes(
         })
         .boxed();
 
-    create
+    let every = create
         .or(list)
         .unify()
         .or(bulk_upload)
@@ -551,7 +615,10 @@ pub fn routes(
         .or(metrics_route)
         .unify()
         .recover(recover)
-        .unify()
+        .unify();
+    warp::header::headers_cloned()
+        .and(every)
+        .map(|headers, response| echo_request_id(&headers, response))
         .with(warp::log::custom(|info| {
             metrics::counter!(
                 "onboard_http_requests_total",

@@ -12,9 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
+use onboarding_config::UserOnboarding;
+use onboarding_domain::value::{UserDomain, Username};
 use onboarding_domain::Onboarding;
-use onboarding_store::{Actor, InviteError, StoreError};
+use onboarding_store::{Actor, Invitation, InvitationFields, InviteError, StoreError};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 use warp::http::{HeaderValue, Method, StatusCode};
@@ -122,7 +123,10 @@ pub async fn handle(
         let grant = grant?;
         let segments: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
         match (method.as_str(), segments.as_slice()) {
-            ("POST", ["Users"]) => create(&state, grant.require("invite")?, &body).await,
+            ("POST", ["Users"]) => {
+                grant.require("invite")?;
+                create(&state, &grant, &body).await
+            }
             ("GET", ["Users"]) => {
                 grant.require("read")?;
                 search(&state, &query).await
@@ -447,16 +451,21 @@ fn lowercase_keys(map: &Map<String, Value>) -> Map<String, Value> {
 /// The parsed `POST /Users` body.
 #[derive(Debug)]
 struct NewUser {
-    domain: UserDomain,
-    username: Username,
-    email: EmailAddress,
-    locale: Option<Locale>,
-    time_zone: Option<TimeZone>,
+    invitation: Invitation,
     external_id: Option<String>,
-    claims: BTreeMap<String, Value>,
 }
 
-fn parse_new_user(body: &Bytes) -> Result<NewUser, ScimError> {
+/// SCIM's names for the fields of an invitation, for error details.
+fn scim_field(field: &str) -> &str {
+    match field {
+        "username" | "domain" => "userName",
+        "email" => "emails",
+        "time_zone" => "timezone",
+        other => other,
+    }
+}
+
+fn parse_new_user(body: &Bytes, rules: &UserOnboarding) -> Result<NewUser, ScimError> {
     let map = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => {
@@ -506,8 +515,10 @@ fn parse_new_user(body: &Bytes) -> Result<NewUser, ScimError> {
     let lower = lowercase_keys(&map);
     let user_name = optional_string(&lower, "username")?
         .ok_or_else(|| ScimError::invalid_value("userName is required"))?;
-    let (domain, username) = parse_user_name(&user_name)
-        .map_err(|e| ScimError::invalid_value(format!("userName: {e}")))?;
+    let (domain, name) = match user_name.split_once('/') {
+        Some((domain, name)) => (Some(domain), name),
+        None => (None, user_name.as_str()),
+    };
 
     let emails = match lower.get("emails") {
         None | Some(Value::Null) => Vec::new(),
@@ -539,24 +550,9 @@ fn parse_new_user(body: &Bytes) -> Result<NewUser, ScimError> {
                 "emails: at least one address is required (the invitation is mailed to the primary one)",
             )
         })?;
-    let email = EmailAddress::parse(address)
-        .map_err(|e| ScimError::invalid_value(format!("emails: {}", e.0)))?;
-
-    let locale = match optional_string(&lower, "locale")?
-        .or(optional_string(&lower, "preferredlanguage")?)
-    {
-        None => None,
-        Some(l) => Some(
-            Locale::parse(&l).map_err(|e| ScimError::invalid_value(format!("locale: {}", e.0)))?,
-        ),
-    };
-    let time_zone = match optional_string(&lower, "timezone")? {
-        None => None,
-        Some(t) => Some(
-            TimeZone::parse(&t)
-                .map_err(|e| ScimError::invalid_value(format!("timezone: {}", e.0)))?,
-        ),
-    };
+    let locale =
+        optional_string(&lower, "locale")?.or(optional_string(&lower, "preferredlanguage")?);
+    let time_zone = optional_string(&lower, "timezone")?;
     let external_id = optional_string(&lower, "externalid")?;
     if external_id
         .as_ref()
@@ -604,18 +600,32 @@ fn parse_new_user(body: &Bytes) -> Result<NewUser, ScimError> {
             )));
         }
     }
-    Ok(NewUser {
+    let invitation = InvitationFields {
+        username: Some(name),
+        email: Some(address),
         domain,
-        username,
-        email,
-        locale,
-        time_zone,
-        external_id,
+        locale: locale.as_deref(),
+        time_zone: time_zone.as_deref(),
+        code_validity_minutes: None,
         claims,
+    }
+    .validate(rules)
+    .map_err(|problems| {
+        let detail: Vec<String> = problems
+            .0
+            .iter()
+            .map(|(field, message)| format!("{}: {message}", scim_field(field)))
+            .collect();
+        ScimError::invalid_value(detail.join("; "))
+    })?;
+    Ok(NewUser {
+        invitation,
+        external_id,
     })
 }
 
-async fn create(state: &AppState, token_id: &str, body: &Bytes) -> Result<Response, ScimError> {
+async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Response, ScimError> {
+    let token_id = grant.id.as_str();
     if !state
         .settings
         .identity_mgt
@@ -624,7 +634,7 @@ async fn create(state: &AppState, token_id: &str, body: &Bytes) -> Result<Respon
     {
         return Err(ApiError::InvitationsDisabled.into());
     }
-    let user = parse_new_user(body)?;
+    let user = parse_new_user(body, &state.settings.identity_mgt.user_onboarding)?;
     let external_id = user.external_id.clone();
     // With an externalId, a retried POST (the upstream lost our answer) finds its own user:
     // the id is derived from (token, externalId) and the retry answers 201 with that user.
@@ -632,25 +642,18 @@ async fn create(state: &AppState, token_id: &str, body: &Bytes) -> Result<Respon
         Some(ext) => Uuid::new_v5(&SCIM_NAMESPACE, format!("{token_id}\n{ext}").as_bytes()),
         None => Uuid::now_v7(),
     };
-    let (domain, key) = (user.domain.as_str().to_owned(), user.username.key());
-    let invitation = onboarding_store::Invitation {
-        username: user.username,
-        email: user.email,
-        domain: user.domain,
-        locale: user.locale,
-        time_zone: user.time_zone,
-        claims: user.claims,
-        validity_minutes: state
-            .settings
-            .identity_mgt
-            .user_onboarding
-            .ask_password_email_validity,
-    };
-    // One correlation id per SCIM request, naming the channel and, when given, the upstream's own
-    // id for the user, so an auditor can match the history to the provisioning system's log.
-    let correlation = match &external_id {
-        Some(ext) => format!("scim:{ext}"),
-        None => format!("scim:{}", Uuid::now_v7()),
+    let invitation = user.invitation;
+    let (domain, key) = (
+        invitation.domain.as_str().to_owned(),
+        invitation.username.key(),
+    );
+    // One correlation id per SCIM request, so an auditor can match the history to the
+    // provisioning system's log: the caller's X-Request-Id, or else the channel and, when given,
+    // the upstream's own id for the user.
+    let correlation = match (&grant.request_id, &external_id) {
+        (Some(request_id), _) => request_id.clone(),
+        (None, Some(ext)) => format!("scim:{ext}"),
+        (None, None) => format!("scim:{}", Uuid::now_v7()),
     };
     let actor = Actor::admin(token_id).with_correlation(Some(correlation));
     match state.store.invite_as(user_id, invitation, &actor).await {
@@ -890,20 +893,24 @@ mod tests {
             "userName": "EMPLOYEES/Jane",
             "emails": [{"type": "home", "value": "jane@home.example"}, {"primary": true, "value": "jane@pickup.example", "type": "work"}],
             ENTERPRISE: {"askPassword": "true"},
-        })))
+        })), &UserOnboarding::default())
         .unwrap();
-        assert_eq!(user.domain.as_str(), "EMPLOYEES");
-        assert_eq!(user.username.as_str(), "Jane");
-        assert_eq!(user.email.as_str(), "jane@pickup.example");
-        assert_eq!(user.claims["name"], "Jane Doe");
+        let invitation = user.invitation;
+        assert_eq!(invitation.domain.as_str(), "EMPLOYEES");
+        assert_eq!(invitation.username.as_str(), "Jane");
+        assert_eq!(invitation.email.as_str(), "jane@pickup.example");
+        assert_eq!(invitation.claims["name"], "Jane Doe");
     }
 
     #[test]
     fn a_password_or_no_ask_password_is_refused_clearly() {
-        let e = parse_new_user(&body(json!({
-            "schemas": [USER], "userName": "jane", "password": "Secret123!",
-            "emails": [{"value": "jane@pickup.example"}],
-        })))
+        let e = parse_new_user(
+            &body(json!({
+                "schemas": [USER], "userName": "jane", "password": "Secret123!",
+                "emails": [{"value": "jane@pickup.example"}],
+            })),
+            &UserOnboarding::default(),
+        )
         .unwrap_err();
         assert_eq!(e.scim_type, Some("invalidValue"));
         assert!(
@@ -912,14 +919,17 @@ mod tests {
             e.detail
         );
         assert!(!e.detail.contains("Secret123"));
-        let e = parse_new_user(&body(json!({
-            "schemas": [USER], "userName": "jane", "emails": [{"value": "jane@pickup.example"}],
-        })))
+        let e = parse_new_user(
+            &body(json!({
+                "schemas": [USER], "userName": "jane", "emails": [{"value": "jane@pickup.example"}],
+            })),
+            &UserOnboarding::default(),
+        )
         .unwrap_err();
         assert!(e.detail.contains("askPassword"), "{}", e.detail);
         let e = parse_new_user(&body(json!({
             "schemas": [USER, ENTERPRISE], "userName": "jane", ENTERPRISE: {"askPassword": true},
-        })))
+        })), &UserOnboarding::default())
         .unwrap_err();
         assert!(e.detail.starts_with("emails"), "{}", e.detail);
     }

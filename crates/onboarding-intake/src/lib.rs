@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use onboarding_config::Settings;
-use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 use onboarding_relay::kafka::{base_config, producer};
-use onboarding_store::{Actor, Invitation, InviteError, Store, StoreError};
+use onboarding_store::{Actor, InvitationFields, InviteError, Store, StoreError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -384,14 +383,6 @@ impl Intake {
                     fields,
                 }),
             };
-        let invalid_fields = |problems: BTreeMap<String, String>| {
-            let message = problems
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            reject("invalid_fields", message, problems)
-        };
         let cfg = &self.settings.identity_mgt.user_onboarding;
         if !cfg.ask_password_from_user {
             return Ok(reject(
@@ -401,66 +392,31 @@ impl Intake {
             ));
         }
         let d = &request.data;
-        let mut problems = BTreeMap::new();
-        let username = Username::parse(&d.username)
-            .map_err(|e| problems.insert("username".into(), e.0))
-            .ok();
-        let email = EmailAddress::parse(&d.email)
-            .map_err(|e| problems.insert("email".into(), e.0))
-            .ok();
-        let domain = match d.domain.as_deref() {
-            None => Some(UserDomain::primary()),
-            Some(x) => UserDomain::parse(x)
-                .map_err(|e| problems.insert("domain".into(), e.0))
-                .ok(),
-        };
-        let locale = match d.locale.as_deref() {
-            None => Some(None),
-            Some(x) => Locale::parse(x)
-                .map(Some)
-                .map_err(|e| problems.insert("locale".into(), e.0))
-                .ok(),
-        };
-        let time_zone = match d.time_zone.as_deref() {
-            None => Some(None),
-            Some(x) => TimeZone::parse(x)
-                .map(Some)
-                .map_err(|e| problems.insert("time_zone".into(), e.0))
-                .ok(),
-        };
-        let bounds = cfg.min_validity_minutes.max(1)..=cfg.max_validity_minutes;
-        let validity = d
-            .code_validity_minutes
-            .unwrap_or(cfg.ask_password_email_validity);
-        if !bounds.contains(&validity) {
-            problems.insert(
-                "code_validity_minutes".into(),
-                format!(
-                    "must be between {} and {} minutes",
-                    bounds.start(),
-                    bounds.end()
-                ),
-            );
-        }
-        // Every field that did not parse left a problem, so all are present when there is none.
-        let (Some(username), Some(email), Some(domain), Some(locale), Some(time_zone)) =
-            (username, email, domain, locale, time_zone)
-        else {
-            return Ok(invalid_fields(problems));
-        };
-        if !problems.is_empty() {
-            return Ok(invalid_fields(problems));
-        }
-        let (domain_key, username_key) = (domain.as_str().to_owned(), username.key());
-        let invitation = Invitation {
-            username,
-            email,
-            domain,
-            locale,
-            time_zone,
+        let fields = InvitationFields {
+            username: Some(&d.username),
+            email: Some(&d.email),
+            domain: d.domain.as_deref(),
+            locale: d.locale.as_deref(),
+            time_zone: d.time_zone.as_deref(),
+            code_validity_minutes: d.code_validity_minutes,
             claims: d.claims.clone().unwrap_or_default(),
-            validity_minutes: validity,
         };
+        let invitation = match fields.validate(cfg) {
+            Ok(invitation) => invitation,
+            Err(problems) => {
+                let message = problems.to_string();
+                let by_field = problems
+                    .0
+                    .into_iter()
+                    .map(|(field, problem)| (field.to_owned(), problem))
+                    .collect();
+                return Ok(reject("invalid_fields", message, by_field));
+            }
+        };
+        let (domain_key, username_key) = (
+            invitation.domain.as_str().to_owned(),
+            invitation.username.key(),
+        );
         let actor = Actor {
             kind: "upstream",
             id: request.source.clone(),

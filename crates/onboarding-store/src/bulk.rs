@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
+use onboarding_config::UserOnboarding;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{db, Actor, Invitation, InviteError, Store, StoreError};
+use crate::{db, Actor, Invitation, InvitationFields, InviteError, Store, StoreError};
 
 /// Namespace of the user ids derived from (job, line).
 const BULK_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_642d_6275_6c6b_2d72_6f77);
@@ -111,50 +111,19 @@ pub struct NewRow {
     pub reason: Option<String>,
 }
 
-/// The parsed, validated invitation of a row, or the reason it is invalid.
-fn validate(input: &RowInput, validity_minutes: i64) -> Result<Invitation, String> {
-    let mut problems = Vec::new();
-    let username = Username::parse(&input.username)
-        .map_err(|e| problems.push(format!("username: {}", e.0)))
-        .ok();
-    let email = EmailAddress::parse(&input.email)
-        .map_err(|e| problems.push(format!("email: {}", e.0)))
-        .ok();
-    let domain = match input.domain.as_deref().filter(|d| !d.trim().is_empty()) {
-        None => Some(UserDomain::primary()),
-        Some(d) => UserDomain::parse(d)
-            .map_err(|e| problems.push(format!("domain: {}", e.0)))
-            .ok(),
-    };
-    let locale = match input.locale.as_deref().filter(|l| !l.trim().is_empty()) {
-        None => Some(None),
-        Some(l) => Locale::parse(l)
-            .map(Some)
-            .map_err(|e| problems.push(format!("locale: {}", e.0)))
-            .ok(),
-    };
-    let time_zone = match input.time_zone.as_deref().filter(|t| !t.trim().is_empty()) {
-        None => Some(None),
-        Some(t) => TimeZone::parse(t)
-            .map(Some)
-            .map_err(|e| problems.push(format!("time_zone: {}", e.0)))
-            .ok(),
-    };
-    match (username, email, domain, locale, time_zone) {
-        (Some(username), Some(email), Some(domain), Some(locale), Some(time_zone))
-            if problems.is_empty() =>
-        {
-            Ok(Invitation {
-                username,
-                email,
-                domain,
-                locale,
-                time_zone,
-                claims: Default::default(),
-                validity_minutes,
-            })
+impl RowInput {
+    /// The parsed, validated invitation of a row, or the reason it is invalid.
+    fn validate(&self, rules: &UserOnboarding) -> Result<Invitation, String> {
+        InvitationFields {
+            username: Some(&self.username),
+            email: Some(&self.email),
+            domain: self.domain.as_deref(),
+            locale: self.locale.as_deref(),
+            time_zone: self.time_zone.as_deref(),
+            ..Default::default()
         }
-        _ => Err(problems.join("; ")),
+        .validate(rules)
+        .map_err(|problems| problems.to_string())
     }
 }
 
@@ -163,7 +132,11 @@ const CSV_COLUMNS: [&str; 5] = ["username", "email", "domain", "locale", "time_z
 /// Reads a whole file into rows: each line is `pending` (valid), `invalid` (with the reason) or
 /// `duplicate` (the same username as an earlier line of the file). Fails only for a file that
 /// cannot be read as a whole (an unknown CSV column, no rows at all).
-pub fn parse(format: Format, data: &[u8]) -> Result<Vec<NewRow>, BulkError> {
+pub fn parse(
+    format: Format,
+    data: &[u8],
+    rules: &UserOnboarding,
+) -> Result<Vec<NewRow>, BulkError> {
     let rows = match format {
         Format::Csv => parse_csv(data)?,
         Format::Jsonl => parse_jsonl(data),
@@ -185,7 +158,7 @@ pub fn parse(format: Format, data: &[u8]) -> Result<Vec<NewRow>, BulkError> {
                 status: "invalid",
                 reason: Some(reason),
             },
-            Ok(input) => match validate(&input, 1) {
+            Ok(input) => match input.validate(rules) {
                 Err(reason) => NewRow {
                     line,
                     input: Some(input),
@@ -583,8 +556,8 @@ pub fn row_user_id(job_id: Uuid, line: i32) -> Uuid {
 #[derive(Clone)]
 pub struct BulkRunner {
     pub store: Store,
-    /// Minutes each invitation's code stays valid.
-    pub validity_minutes: i64,
+    /// The configured invitation rules (the code's validity and its bounds).
+    pub rules: UserOnboarding,
     /// Rows applied at the same time.
     pub concurrency: usize,
 }
@@ -603,7 +576,7 @@ impl BulkRunner {
             Ok(i) => i,
             Err(e) => return Ok(RowOutcome::Invalid(format!("unreadable row: {e}"))),
         };
-        let invitation = match validate(&input, self.validity_minutes) {
+        let invitation = match input.validate(&self.rules) {
             Ok(i) => i,
             Err(reason) => return Ok(RowOutcome::Invalid(reason)),
         };
@@ -727,6 +700,11 @@ impl BulkRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::parse`] under the default rules.
+    fn parse(format: Format, data: &[u8]) -> Result<Vec<NewRow>, BulkError> {
+        super::parse(format, data, &UserOnboarding::default())
+    }
 
     fn statuses(rows: &[NewRow]) -> Vec<(i32, &str)> {
         rows.iter().map(|r| (r.line, r.status)).collect()

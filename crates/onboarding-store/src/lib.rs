@@ -9,6 +9,7 @@
 
 pub mod bulk;
 mod hasher;
+mod invitation;
 mod retries;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 pub use hasher::Argon2Hasher;
+pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
 pub use retries::MailRetry;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -389,17 +391,6 @@ pub fn stored_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, StoreErro
         metadata: row.try_get("metadata").map_err(get)?,
         recorded_at: row.try_get("recorded_at").map_err(get)?,
     })
-}
-
-/// An invitation to record, already parsed.
-pub struct Invitation {
-    pub username: onboarding_domain::value::Username,
-    pub email: onboarding_domain::value::EmailAddress,
-    pub domain: onboarding_domain::value::UserDomain,
-    pub locale: Option<onboarding_domain::value::Locale>,
-    pub time_zone: Option<onboarding_domain::value::TimeZone>,
-    pub claims: std::collections::BTreeMap<String, serde_json::Value>,
-    pub validity_minutes: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -610,3 +610,90 @@ fn a_record_that_breaks_its_schema_fails_the_test_that_reads_it() {
 fn a_record_of_an_unknown_type_fails_the_test_that_reads_it() {
     crate::harness::validate_against_schema("onboard.user.teleported.v1", &serde_json::json!({}));
 }
+
+#[tokio::test]
+async fn a_callers_request_id_becomes_the_correlation_id_an_auditor_sees() {
+    let stack = Stack::start("audit_request_id", Options::default()).await;
+    let post = |request_id: &str, body: Value| {
+        stack
+            .admin(stack.http.post(stack.url("/api/v1/users")))
+            .header("X-Request-Id", request_id)
+            .json(&body)
+    };
+
+    // The HR system's own request id is repeated on the answer and kept with the events.
+    let r = post(
+        "hr-7f3a:42",
+        serde_json::json!({"username": "Ida", "email": "ida@pickup.example"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-request-id"], "hr-7f3a:42");
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{id}/revoke"))),
+        )
+        .header("X-Request-Id", "hr-revoke-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let o = stack.cli(&["audit", "history", &id, "--json"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let timeline: Vec<(String, String)> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["actor_kind"] == "admin")
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_owned(),
+                e["correlation_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("UserInvited", "hr-7f3a:42"),
+        ("CodeIssued", "hr-7f3a:42"),
+        ("InvitationRevoked", "hr-revoke-9"),
+    ]
+    .map(|(t, c)| (t.to_owned(), c.to_owned()));
+    assert_eq!(timeline, expect, "{}", out(&o));
+    let o = stack.cli(&["audit", "history", &id]);
+    assert!(
+        stdout(&o).contains("correlation=hr-revoke-9"),
+        "{}",
+        out(&o)
+    );
+
+    // One that cannot be kept as it is gets a clear error, and nothing is recorded.
+    for bad in ["has space", &"x".repeat(129)] {
+        let r = post(
+            bad,
+            serde_json::json!({"username": "Jon", "email": "jon@pickup.example"}),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.headers().get("x-request-id").is_none());
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["fields"]["X-Request-Id"]
+                .as_str()
+                .unwrap()
+                .contains("1 to 128 visible ASCII characters"),
+            "{body}"
+        );
+    }
+    let o = stack.cli(&["user", "show", "Jon"]);
+    assert!(!o.status.success(), "{}", out(&o));
+}

@@ -124,6 +124,84 @@ async fn bad_requests_get_clear_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+
+    // A wrongly typed field is named as such, not as missing.
+    let (status, body) =
+        post_raw(&stack, r#"{"username": 5, "email": ["a@b.example"]}"#, true).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["fields"]["username"], "must be a string", "{body}");
+    assert_eq!(body["fields"]["email"], "must be a string", "{body}");
+}
+
+#[tokio::test]
+async fn an_optional_field_left_empty_means_not_given_through_every_door() {
+    let stack = Stack::start("blank_fields", Options::default()).await;
+    // The REST API, as a CSV cell or a form would send it.
+    let (status, body) = post_raw(
+        &stack,
+        &json!({"username": "Blanca", "email": "blanca@pickup.example", "domain": "", "locale": " ", "time_zone": ""}).to_string(),
+        true,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["domain"], "PRIMARY", "{body}");
+    assert!(
+        body["locale"].is_null() && body["time_zone"].is_null(),
+        "{body}"
+    );
+
+    // The CLI says the same, and names every bad flag at once.
+    let o = stack.cli(&[
+        "invite",
+        "--username",
+        "Blanco",
+        "--email",
+        "blanco@pickup.example",
+        "--domain",
+        "",
+        "--locale",
+        "",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["domain"], "PRIMARY", "{shown}");
+    let o = stack.cli(&[
+        "invite",
+        "--username",
+        "bad name",
+        "--email",
+        "nope",
+        "--time-zone",
+        "Mars/Olympus",
+        "--code-validity-minutes",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    for flag in [
+        "--username:",
+        "--email:",
+        "--time-zone:",
+        "--code-validity-minutes:",
+    ] {
+        assert!(err.contains(flag), "{flag} not named in: {err}");
+    }
+
+    // A bulk file's empty cells, too.
+    let (status, job) = crate::bulk::upload(
+        &stack,
+        &stack.admin_token,
+        "text/csv",
+        "username,email,domain,locale,time_zone\nBlanche,blanche@pickup.example,,,\n".into(),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["job_id"].as_str().unwrap();
+    let done = crate::bulk::finished(&stack, job_id, std::time::Duration::from_secs(60)).await;
+    assert_eq!(done["totals"]["created"], 1, "{done}");
+    let o = stack.cli(&["user", "show", "Blanche"]);
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["domain"], "PRIMARY", "{shown}");
 }
 
 #[tokio::test]

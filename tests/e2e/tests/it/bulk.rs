@@ -8,7 +8,12 @@ use serde_json::Value;
 
 use crate::harness::{unique, Options, Stack};
 
-async fn upload(stack: &Stack, token: &str, content_type: &str, body: String) -> (u16, Value) {
+pub(crate) async fn upload(
+    stack: &Stack,
+    token: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, Value) {
     let r = stack
         .http
         .post(stack.url("/api/v1/bulk-invites"))
@@ -37,7 +42,7 @@ async fn job(stack: &Stack, id: &str) -> Value {
 }
 
 /// Waits until the job is `done` (up to `limit`) and returns it.
-async fn finished(stack: &Stack, id: &str, limit: Duration) -> Value {
+pub(crate) async fn finished(stack: &Stack, id: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         let j = job(stack, id).await;
