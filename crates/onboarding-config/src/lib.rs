@@ -230,6 +230,31 @@ pub struct GatewaySettings {
     /// Requests per minute one client address may make to the public, unauthenticated
     /// endpoints that can fail a code check or send mail (submissions, new-link requests).
     pub public_rate_limit_per_minute: u32,
+    /// Reverse proxies (`10.0.0.5`) or their networks (`10.0.0.0/8`) whose `X-Forwarded-For`
+    /// names the client. Empty (the default): the TCP peer is the client and the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl GatewaySettings {
+    /// [`GatewaySettings::trusted_proxies`] as networks; an address is a network of one.
+    pub fn trusted_proxy_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "gateway.trusted_proxies: `{entry}` is neither an IP address (10.0.0.5) nor a network (10.0.0.0/8)"
+                        ))
+                    })
+            })
+            .collect()
+    }
 }
 
 /// An admin token, stored as the SHA-256 of the token (the token itself is never configured).
@@ -354,6 +379,7 @@ fn defaults() -> Defaults {
             "max_body_bytes": 16384,
             "admin_tokens": [],
             "public_rate_limit_per_minute": 30,
+            "trusted_proxies": [],
         }),
         codes: json!({}),
         password_policy: json!({"min_length": 8, "max_length": 128, "min_strength": 3}),
@@ -390,6 +416,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.gateway.trusted_proxy_networks()?;
         let u = &self.identity_mgt.user_onboarding;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !(1..=64).contains(&self.bulk.concurrency) || self.bulk.max_file_bytes == 0 {
@@ -582,6 +609,34 @@ mod tests {
         assert_eq!(
             s.identity_mgt.user_onboarding.ask_password_email_validity,
             1440
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_named() {
+        let toml = MINIMAL.replacen(
+            "[gateway]",
+            "[gateway]\ntrusted_proxies = [\"10.1.2.3/8\", \"192.0.2.10\", \"::1\"]",
+            1,
+        );
+        let s = Settings::from_toml_str(&toml).unwrap();
+        let nets: Vec<String> = s
+            .gateway
+            .trusted_proxy_networks()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.10/32", "::1/128"]);
+        let toml = MINIMAL.replacen(
+            "[gateway]",
+            "[gateway]\ntrusted_proxies = [\"proxy.internal\"]",
+            1,
+        );
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.trusted_proxies: `proxy.internal` is neither"),
+            "{err}"
         );
     }
 

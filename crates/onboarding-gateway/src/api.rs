@@ -1,7 +1,7 @@
 //! The JSON API: admin endpoints and password submissions.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -461,7 +461,7 @@ pub async fn submit_password(
 
 pub async fn password_submission(
     state: Arc<AppState>,
-    client: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     state.throttle(client)?;

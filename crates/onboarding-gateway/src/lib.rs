@@ -54,6 +54,8 @@ pub struct AppState {
     open_limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
     /// Wakes the bulk invitation runner when a job was recorded.
     pub(crate) bulk_wake: Arc<tokio::sync::Notify>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`gateway.trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,8 @@ pub enum GatewayError {
     },
     #[error("kafka client: {0}")]
     Kafka(String),
+    #[error(transparent)]
+    Config(#[from] onboarding_config::ConfigError),
 }
 
 impl AppState {
@@ -97,6 +101,7 @@ impl AppState {
             tracing::warn!("no admin tokens configured: the admin API will refuse every request");
         }
         Ok(Self {
+            trusted_proxies: settings.gateway.trusted_proxy_networks()?,
             keyring: store.services().keyring.clone(),
             kafka: KafkaProbe::new(&settings.kafka)
                 .map_err(|e| GatewayError::Kafka(e.to_string()))?,
@@ -138,9 +143,9 @@ impl AppState {
     }
 
     /// Counts one public request from `client`; refuses it when the client is over its quota.
-    pub(crate) fn throttle(&self, client: Option<SocketAddr>) -> Result<(), ApiError> {
+    pub(crate) fn throttle(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
         let Some(addr) = client else { return Ok(()) };
-        self.limiter.check_key(&addr.ip()).map_err(|not_until| {
+        self.limiter.check_key(&addr).map_err(|not_until| {
             metrics::counter!("onboard_rate_limited_total").increment(1);
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -151,8 +156,8 @@ impl AppState {
 
     /// Whether an opening of a link by `client` should still be recorded (at most 10 a minute per
     /// address, so a reload loop cannot flood the log; the page is shown either way).
-    pub(crate) fn record_open(&self, client: Option<SocketAddr>) -> bool {
-        client.is_none_or(|addr| self.open_limiter.check_key(&addr.ip()).is_ok())
+    pub(crate) fn record_open(&self, client: Option<IpAddr>) -> bool {
+        client.is_none_or(|addr| self.open_limiter.check_key(&addr).is_ok())
     }
 
     /// The grant of the admin token presented, with the request's id.
@@ -300,6 +305,50 @@ where
 
 fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
+}
+
+/// The client of a request: its TCP peer or, when the peer is one of `trusted` proxies, the
+/// nearest address in `X-Forwarded-For` that is not a trusted proxy. Reading from the right
+/// means a client cannot choose its own address by sending the header: what it sends lands to
+/// the left of what the proxy appends. An unreadable entry ends the walk.
+fn client_address(
+    peer: Option<SocketAddr>,
+    forwarded_for: &str,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer?.ip();
+    if !is_trusted(&client) || forwarded_for.trim().is_empty() {
+        return Some(client);
+    }
+    for hop in forwarded_for.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+/// The request's client address (see [`client_address`]), for rate limits.
+fn client(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
+    warp::addr::remote()
+        .and(warp::header::headers_cloned())
+        .map(move |peer, headers: warp::http::HeaderMap| {
+            let forwarded_for: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            client_address(peer, &forwarded_for.join(","), &state.trusted_proxies)
+        })
 }
 
 /// Longest `X-Request-Id` kept; longer ones are refused, not cut.
@@ -497,7 +546,7 @@ pub fn routes(
     let submission = warp::path!("api" / "v1" / "password-submissions")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client(state.clone()))
         .and(json_body)
         .then(|state, client, body| async move {
             respond(api::password_submission(state, client, body).await)
@@ -515,7 +564,7 @@ pub fn routes(
     let confirm_page = warp::path!("confirm")
         .and(warp::get().or(warp::head()).unify())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client(state.clone()))
         .and(warp::method())
         .and(warp::header::optional::<String>("user-agent"))
         .and(warp::query::<HashMap<String, String>>())
@@ -524,7 +573,7 @@ pub fn routes(
     let confirm_post = warp::path!("confirm")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client(state.clone()))
         .and(provenance)
         .and(form)
         .then(pages::submit)
@@ -532,7 +581,7 @@ pub fn routes(
     let new_link = warp::path!("confirm" / "new-link")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client(state.clone()))
         .and(provenance)
         .and(form)
         .then(pages::new_link)
@@ -546,7 +595,7 @@ pub fn routes(
     let revoke_post = warp::path!("revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(client(state.clone()))
         .and(provenance)
         .and(form)
         .then(pages::revoke_submit)
@@ -792,4 +841,73 @@ pub async fn serve(
         .await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn client_of(peer: &str, forwarded_for: &str, trusted: &[&str]) -> String {
+        let peer = SocketAddr::new(peer.parse().unwrap(), 40000);
+        client_address(Some(peer), forwarded_for, &nets(trusted))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        assert_eq!(
+            client_of("198.51.100.7", "203.0.113.9", &[]),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client_of("198.51.100.7", "203.0.113.9", &["10.0.0.0/8"]),
+            "198.51.100.7"
+        );
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_nearest_untrusted_hop_is_the_client() {
+        let trusted = ["10.0.0.0/8", "192.0.2.10/32"];
+        // The proxy appended the address it saw; what the client sent stays to its left.
+        assert_eq!(
+            client_of("10.0.0.2", "1.2.3.4, 203.0.113.9", &trusted),
+            "203.0.113.9"
+        );
+        // Two proxies in a row: skip both.
+        assert_eq!(
+            client_of("10.0.0.2", "203.0.113.9, 192.0.2.10", &trusted),
+            "203.0.113.9"
+        );
+        // Several headers count as one list, in order.
+        assert_eq!(
+            client_of("10.0.0.2", "203.0.113.9,10.9.9.9", &trusted),
+            "203.0.113.9"
+        );
+        // Only proxies: the leftmost. No header: the peer.
+        assert_eq!(
+            client_of("10.0.0.2", "10.1.1.1, 10.2.2.2", &trusted),
+            "10.1.1.1"
+        );
+        assert_eq!(client_of("10.0.0.2", "", &trusted), "10.0.0.2");
+        // An unreadable hop ends the walk at the last proxy that was read.
+        assert_eq!(
+            client_of("10.0.0.2", "203.0.113.9, unknown", &trusted),
+            "10.0.0.2"
+        );
+        assert_eq!(client_of("::1", "2001:db8::5", &["::1/128"]), "2001:db8::5");
+    }
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        assert!(acceptable_request_id("hr-7f3a:42"));
+        assert!(!acceptable_request_id(""));
+        assert!(!acceptable_request_id("has space"));
+        assert!(!acceptable_request_id("naïve"));
+        assert!(!acceptable_request_id(&"x".repeat(129)));
+    }
 }

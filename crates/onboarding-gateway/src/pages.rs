@@ -9,7 +9,7 @@ use minijinja::{context, Environment, Value};
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError};
-use onboarding_store::Actor;
+use onboarding_store::{Actor, StoreError};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
@@ -191,7 +191,7 @@ fn forged(
 /// Returns the form's code.
 fn admit<'f>(
     state: &AppState,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     provenance: &Provenance,
     form: &'f HashMap<String, String>,
 ) -> Result<&'f str, Box<Response>> {
@@ -294,7 +294,7 @@ fn form(
 /// state; a genuine code's opening is recorded (`LinkOpened`, with a coarse client class).
 pub async fn show(
     state: Arc<AppState>,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     method: warp::http::Method,
     user_agent: Option<String>,
     query: HashMap<String, String>,
@@ -304,19 +304,26 @@ pub async fn show(
         Ok(found) => found,
         Err(page) => return *page,
     };
-    let opened = OnboardingCommand::RecordLinkOpened {
+    let opened = || OnboardingCommand::RecordLinkOpened {
         presented: presented.clone(),
         client: client_class(method.as_str(), user_agent.as_deref()).to_owned(),
         now: Utc::now(),
     };
-    // Best effort: a page must not fail because its visit could not be recorded.
+    // Best effort: a page must not fail because its visit could not be recorded. An opening
+    // that meets another append to the account (the worker recording the mail it just sent, the
+    // moment the user clicks) is tried again on the account as it now is.
     if state.record_open(client) {
-        if let Err(e) = state
-            .store
-            .execute(presented.user_id, opened, &Actor::user_via_link())
-            .await
-        {
-            tracing::debug!(error = %e, "link opening not recorded");
+        for attempt in 1..=3 {
+            match state
+                .store
+                .execute(presented.user_id, opened(), &Actor::user_via_link())
+                .await
+            {
+                Err(StoreError::Conflict) if attempt < 3 => continue,
+                Err(e) => tracing::debug!(error = %e, "link opening not recorded"),
+                Ok(()) => {}
+            }
+            break;
         }
     }
     match account.check_code(&presented, &state.keyring, Utc::now()) {
@@ -373,7 +380,7 @@ fn unavailable(state: &AppState, e: ApiError) -> Response {
 /// (missing or mismatched password) is answered without touching the code.
 pub async fn submit(
     state: Arc<AppState>,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     provenance: Provenance,
     form_data: HashMap<String, String>,
 ) -> Response {
@@ -443,7 +450,7 @@ pub async fn submit(
 /// whether or not the code matched an invitation that can get one.
 pub async fn new_link(
     state: Arc<AppState>,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     provenance: Provenance,
     form_data: HashMap<String, String>,
 ) -> Response {
@@ -517,7 +524,7 @@ pub async fn revoke_page(state: Arc<AppState>, query: HashMap<String, String>) -
 /// `POST /revoke`: the user declines the invitation.
 pub async fn revoke_submit(
     state: Arc<AppState>,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     provenance: Provenance,
     form_data: HashMap<String, String>,
 ) -> Response {

@@ -215,7 +215,55 @@ async fn one_client_cannot_submit_codes_without_limit() {
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // No proxy is trusted: a client cannot claim another address to get a fresh budget.
+    let r = stack
+        .http
+        .post(stack.url("/api/v1/password-submissions"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({"code": garbage, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
+    let stack = Stack::new(
+        "proxied",
+        Options {
+            public_rate_limit_per_minute: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    // The test talks to the gateway from 127.0.0.1, as a reverse proxy on the same host would.
+    stack.spawn_with_env(
+        "gateway",
+        &[("ONBOARD__GATEWAY__TRUSTED_PROXIES", r#"["127.0.0.1"]"#)],
+    );
+    stack.wait_ready().await;
+    let garbage = "x".repeat(64);
+    let submit_from = |forwarded_for: &'static str| {
+        stack
+            .http
+            .post(stack.url("/api/v1/password-submissions"))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&json!({"code": garbage, "password": PASSWORD}))
+            .send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    for _ in 0..2 {
+        assert_eq!(status(submit_from("203.0.113.9").await.unwrap()), 400);
+    }
+    assert_eq!(status(submit_from("203.0.113.9").await.unwrap()), 429);
+    // Another user behind the same proxy is not held up by the first one.
+    assert_eq!(status(submit_from("198.51.100.7").await.unwrap()), 400);
+    // What a client puts in the header itself stays left of what the proxy appended.
+    assert_eq!(
+        status(submit_from("198.51.100.50, 203.0.113.9").await.unwrap()),
+        429
+    );
 }
 
 #[tokio::test]
