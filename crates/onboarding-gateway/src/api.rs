@@ -367,12 +367,15 @@ async fn resend_inner(
     let validity = state.validity(&mut f);
     f.finish()?;
     load(state, user_id).await?;
-    let command = OnboardingCommand::ResendCode {
+    let command = || OnboardingCommand::ResendCode {
         code: state.new_code(validity),
         limits: state.resend_limits,
         now: Utc::now(),
     };
-    state.store.execute(user_id, command, &actor).await?;
+    state
+        .store
+        .execute_retrying(user_id, command, &actor)
+        .await?;
     let account = load(state, user_id).await?;
     Ok(Answer {
         status: StatusCode::ACCEPTED,
@@ -404,7 +407,7 @@ impl From<&PresentedCode> for PresentedCodeRef {
 /// the code. A code naming nothing live counts nowhere (the per-client limit applies).
 pub(crate) async fn record_failed_check(state: &AppState, code: impl Into<PresentedCodeRef>) {
     let code = code.into();
-    let record = OnboardingCommand::RecordFailedCodeCheck {
+    let record = || OnboardingCommand::RecordFailedCodeCheck {
         code_id: code.code_id,
         max_failures: state
             .settings
@@ -415,7 +418,7 @@ pub(crate) async fn record_failed_check(state: &AppState, code: impl Into<Presen
     };
     let counted = state
         .store
-        .execute(code.user_id, record, &Actor::user_via_link())
+        .execute_retrying(code.user_id, record, &Actor::user_via_link())
         .await;
     // A refusal means the code is no longer live (nothing to count); anything else lost a count.
     if let Err(e) = counted {
@@ -435,14 +438,14 @@ pub async fn submit_password(
         PresentedCode::parse(code).map_err(|_| ApiError::Refused(OnboardingError::InvalidCode))?;
     let user_id = presented.user_id;
     let code_id = presented.code_id;
-    let command = OnboardingCommand::SubmitPassword {
-        code: presented,
-        password,
+    let command = || OnboardingCommand::SubmitPassword {
+        code: presented.clone(),
+        password: Password::new(password.expose()),
         now: Utc::now(),
     };
     let result = state
         .store
-        .execute(user_id, command, &Actor::user_via_link())
+        .execute_retrying(user_id, command, &Actor::user_via_link())
         .await;
     if let Err(StoreError::Refused(OnboardingError::InvalidCode)) = &result {
         record_failed_check(state, PresentedCodeRef { user_id, code_id }).await;
@@ -501,14 +504,14 @@ pub async fn revoke(
     }
     f.finish()?;
     load(&state, user_id).await?;
-    let command = OnboardingCommand::RevokeInvitation {
+    let command = || OnboardingCommand::RevokeInvitation {
         by: RevokedBy::Admin,
-        reason,
+        reason: reason.clone(),
         now: Utc::now(),
     };
     state
         .store
-        .execute(user_id, command, &grant.actor())
+        .execute_retrying(user_id, command, &grant.actor())
         .await?;
     let account = load(&state, user_id).await?;
     Ok(warp::reply::json(&user_view(&account)).into_response())

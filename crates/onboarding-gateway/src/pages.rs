@@ -9,7 +9,7 @@ use minijinja::{context, Environment, Value};
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError};
-use onboarding_store::{Actor, StoreError};
+use onboarding_store::Actor;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
@@ -313,17 +313,12 @@ pub async fn show(
     // that meets another append to the account (the worker recording the mail it just sent, the
     // moment the user clicks) is tried again on the account as it now is.
     if state.record_open(client) {
-        for attempt in 1..=3 {
-            match state
-                .store
-                .execute(presented.user_id, opened(), &Actor::user_via_link())
-                .await
-            {
-                Err(StoreError::Conflict) if attempt < 3 => continue,
-                Err(e) => tracing::debug!(error = %e, "link opening not recorded"),
-                Ok(()) => {}
-            }
-            break;
+        if let Err(e) = state
+            .store
+            .execute_retrying(presented.user_id, opened, &Actor::user_via_link())
+            .await
+        {
+            tracing::debug!(error = %e, "link opening not recorded");
         }
     }
     match account.check_code(&presented, &state.keyring, Utc::now()) {
@@ -465,15 +460,15 @@ pub async fn new_link(
             .identity_mgt
             .user_onboarding
             .ask_password_email_validity;
-        let command = OnboardingCommand::RequestNewLink {
-            presented,
+        let command = || OnboardingCommand::RequestNewLink {
+            presented: presented.clone(),
             code: onboarding_store::new_code(&state.keyring, validity),
             limits: state.resend_limits,
             now: Utc::now(),
         };
         match state
             .store
-            .execute(user_id, command, &Actor::user_via_link())
+            .execute_retrying(user_id, command, &Actor::user_via_link())
             .await
         {
             Ok(()) => metrics::counter!("onboard_new_link_requests_total", "outcome" => "issued")
@@ -536,13 +531,13 @@ pub async fn revoke_submit(
         return refusal(&state, &OnboardingError::InvalidCode, code);
     };
     let user_id = presented.user_id;
-    let command = OnboardingCommand::RevokeWithCode {
-        presented,
+    let command = || OnboardingCommand::RevokeWithCode {
+        presented: presented.clone(),
         now: Utc::now(),
     };
     match state
         .store
-        .execute(user_id, command, &Actor::user_via_link())
+        .execute_retrying(user_id, command, &Actor::user_via_link())
         .await
     {
         Ok(()) => result(

@@ -326,6 +326,26 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// [`Store::execute`] for a command that should not fail because another append to the
+    /// account won the race (the email worker recording a mail the moment the user clicks, a
+    /// wrong code counted while the mail is recorded): on a conflict the command is made again
+    /// and decided on the account as it now is, up to eight times in all (each loser of a round
+    /// of concurrent commands tries again, so eight rounds settle eight at once).
+    pub async fn execute_retrying(
+        &self,
+        user_id: Uuid,
+        command: impl Fn() -> OnboardingCommand,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.execute(user_id, command(), actor).await {
+                Err(StoreError::Conflict) if attempt < 8 => attempt += 1,
+                done => return done,
+            }
+        }
+    }
+
     /// The account's current state, or `None` when nobody invited this id.
     pub async fn load(&self, user_id: Uuid) -> Result<Option<Onboarding>, StoreError> {
         let mut ctx = self

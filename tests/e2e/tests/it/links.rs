@@ -22,6 +22,23 @@ async fn submit(stack: &Stack, code: &str) -> (u16, Value) {
 }
 
 #[tokio::test]
+async fn wrong_codes_sent_at_once_are_each_counted() {
+    let stack = Stack::start("guesses", Options::default()).await;
+    let (id, _, mail) = stack.invite_mailed("Guessed").await;
+    let code = mail.code();
+    // Four guesses race to append to one account: every one must count against the code.
+    let guesses: Vec<String> = (0..4).map(|n| forge(&code, n)).collect();
+    let answers = futures::future::join_all(guesses.iter().map(|g| submit(&stack, g))).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 400),
+        "{answers:?}"
+    );
+    assert_eq!(stack.user(&id).await["failed_code_checks"], 4);
+    assert_eq!(submit(&stack, &forge(&code, 4)).await.0, 400);
+    assert_eq!(stack.user(&id).await["state"], "Locked");
+}
+
+#[tokio::test]
 async fn five_wrong_codes_kill_the_code_and_the_page_offers_a_new_link() {
     let stack = Stack::start("lockout", Options::default()).await;
     let (id, _, mail) = stack.invite_mailed("Locked").await;
