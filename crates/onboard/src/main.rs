@@ -308,10 +308,25 @@ pub(crate) async fn resolve(store: &Store, user: &str, domain: &str) -> Result<U
     }
     let username = Username::parse(user).map_err(|e| anyhow::anyhow!(e.0))?;
     let domain = UserDomain::parse(domain).map_err(|e| anyhow::anyhow!(e.0))?;
-    store
-        .user_id_by_username(domain.as_str(), &username.key())
-        .await?
-        .with_context(|| format!("no user `{username}` in domain {domain}"))
+    let key = username.key();
+    if let Some(id) = store.user_id_by_username(domain.as_str(), &key).await? {
+        return Ok(id);
+    }
+    // A revoked invitation gave its name back; it is still found by name while nobody holds it.
+    match store.revoked_under(domain.as_str(), &key).await?.as_slice() {
+        [] => bail!("no user `{username}` in domain {domain}"),
+        [id] => Ok(*id),
+        several => bail!(
+            "no live user `{username}` in domain {domain}, but {} revoked invitations were made under \
+             that name; name one by its id: {}",
+            several.len(),
+            several
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 async fn migrate(settings: &Settings, skip_kafka: bool) -> Result<()> {

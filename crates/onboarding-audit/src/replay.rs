@@ -106,7 +106,11 @@ impl AccountRow {
     }
 
     /// `usernames`' row for this account: (domain, key, user id), the key as `Username::key`.
+    /// A revoked invitation holds no name (migration 0012).
     fn username_row(&self) -> Option<(String, String, Uuid)> {
+        if self.state == Some("Revoked") {
+            return None;
+        }
         Some((
             self.domain.clone()?,
             self.username.as_deref()?.to_lowercase(),

@@ -357,6 +357,24 @@ impl Store {
         Ok(aggregate.user_id.map(|_| aggregate))
     }
 
+    /// Revoked invitations that were made under this username in this domain (a revoked
+    /// invitation gives its name back), oldest first.
+    pub async fn revoked_under(
+        &self,
+        domain: &str,
+        username_key: &str,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT user_id FROM account_states WHERE state = 'Revoked' AND domain = $1 \
+             AND lower(username COLLATE \"und-x-icu\") = $2 ORDER BY created_at, user_id",
+        )
+        .bind(domain)
+        .bind(username_key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
     /// The id of the account holding this username in this domain, if any.
     pub async fn user_id_by_username(
         &self,

@@ -442,6 +442,22 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
     assert_eq!(r.status(), 400);
     let problem: Value = r.json().await.unwrap();
     assert!(problem.to_string().contains("IANA time zone"), "{problem}");
+    // A revoked invitation gives its name back, and the name is invited again.
+    let (revoked, _, _) = stack.invite_mailed("Lou").await;
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{revoked}/revoke"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (lou, _, _) = stack.invite_mailed("Lou").await;
+    stack
+        .user_records(&lou, &["onboard.user.invitation_mail_sent.v1"])
+        .await;
 
     // Everything is on the topic (each record checked against its schema as it is read).
     stack
@@ -478,6 +494,16 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
         .await
         .unwrap();
     assert_eq!(replayed, stored);
+    let holders: Vec<String> =
+        sqlx::query_scalar("SELECT user_id::text FROM usernames WHERE username_key = 'lou'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        holders,
+        vec![lou.clone()],
+        "the revoked invitation {revoked} gave the name back"
+    );
 
     // Someone edits the live username registry: the replay names both sides of the row.
     sqlx::query("UPDATE usernames SET username_key = 'mallory' WHERE user_id = $1::uuid")
@@ -501,6 +527,21 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
     assert!(!text.contains("account_states only"), "{text}");
     let o = stack.cli(&["audit", "replay", "--from", "kafka"]);
     assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    // And the account states the trigger keeps: an account made active by hand is named.
+    sqlx::query("UPDATE account_states SET state = 'Active' WHERE user_id = $1::uuid")
+        .bind(&revoked)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("account_states only in live") && text.contains("\"Active\""),
+        "{}",
+        out(&o)
+    );
+    assert!(text.contains("account_states only in replay") && text.contains("\"Revoked\""));
     // The replay leaves no scratch schema behind.
     let left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'audit_replay_%'",

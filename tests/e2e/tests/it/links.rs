@@ -140,6 +140,34 @@ async fn admins_revoke_invitations_and_users_decline_them_from_the_mail() {
         .unwrap();
     assert!(page.text().await.unwrap().contains("withdrawn"));
 
+    // The name is free again: while nobody holds it, it still finds the revoked account ...
+    let shown = stack.cli(&["user", "show", "withdrawn"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (shown["id"].as_str(), shown["state"].as_str()),
+        (Some(id.as_str()), Some("Revoked"))
+    );
+    // ... and the administrator invites it again at the right address.
+    let right = format!("{}@pickup.example", unique("rv."));
+    let again = stack.invite("Withdrawn", &right).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(again, id);
+    stack.wait_for_mail(&right).await;
+    let shown = stack.cli(&["user", "show", "Withdrawn"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (shown["id"].as_str(), shown["state"].as_str()),
+        (Some(again.as_str()), Some("CodeIssued"))
+    );
+    let history = stack.cli(&["audit", "history", &id]);
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("InvitationRevoked"),
+        "{history:?}"
+    );
+
     // The user's side: the mail's "I didn't expect this" link asks first, then declines.
     let jane = format!("{}@pickup.example", unique("rv."));
     let id = stack.invite("Surprised", &jane).await["id"]
