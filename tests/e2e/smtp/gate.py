@@ -13,22 +13,43 @@ their local part:
 Accepted mail goes on to MailDev, except for quoted local parts ("john doe"@...), which MailDev
 refuses with 501: the gate keeps those itself and prints "STORED <recipient> <Message-ID>".
 
+Optionally, like a submission server, it requires STARTTLS and AUTH:
+  GATE_TLS_CERT, GATE_TLS_KEY   offer STARTTLS with this certificate and require it before mail
+  GATE_AUTH_USER, GATE_AUTH_PASSWORD
+                                require AUTH with these credentials (after STARTTLS when offered)
+  GATE_AUTH_MECHANISMS          the mechanisms offered, e.g. "LOGIN" (default "PLAIN LOGIN")
+Each login is printed as "AUTH <mechanism> <login> ok|refused", and each MAIL FROM as
+"MAIL tls=yes|no auth=yes|no".
+
 Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT
 """
 
 import asyncio
 import collections
 import email
+import os
 import smtplib
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Gate:
     def __init__(self, forward_host, forward_port):
         self.forward = (forward_host, forward_port)
         self.seen = collections.Counter()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        print(
+            "MAIL tls=%s auth=%s"
+            % ("yes" if session.ssl else "no", "yes" if session.authenticated else "no"),
+            flush=True,
+        )
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         # Every recipient as it came on the wire, for the tests to read back.
@@ -69,9 +90,43 @@ class Gate:
         return "250 2.0.0 OK: queued as gate"
 
 
+class Authenticator:
+    def __init__(self, user, password):
+        self.expected = (user.encode(), password.encode())
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and tuple(auth_data) == self.expected
+        login = auth_data.login.decode(errors="replace") if isinstance(auth_data, LoginPassword) else "?"
+        print("AUTH %s %s %s" % (mechanism, login, "ok" if ok else "refused"), flush=True)
+        # Not handled here: aiosmtpd answers a refusal with 535 itself.
+        return AuthResult(success=ok, handled=False)
+
+
+def submission_options():
+    """STARTTLS and AUTH as the environment asks (see the module's description)."""
+    options = {}
+    cert, key = os.environ.get("GATE_TLS_CERT"), os.environ.get("GATE_TLS_KEY")
+    if cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        options.update(tls_context=context, require_starttls=True)
+    user = os.environ.get("GATE_AUTH_USER")
+    if user:
+        offered = os.environ.get("GATE_AUTH_MECHANISMS", "PLAIN LOGIN").split()
+        options.update(
+            authenticator=Authenticator(user, os.environ["GATE_AUTH_PASSWORD"]),
+            auth_required=True,
+            auth_require_tls=bool(cert),
+            auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN") if m not in offered],
+        )
+    return options
+
+
 def main():
     port, host, forward_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    controller = Controller(Gate(host, forward_port), hostname="127.0.0.1", port=port)
+    controller = Controller(
+        Gate(host, forward_port), hostname="127.0.0.1", port=port, **submission_options()
+    )
     controller.start()
     print("gate listening on 127.0.0.1:%d, forwarding to %s:%d" % (port, host, forward_port), flush=True)
     try:

@@ -821,6 +821,11 @@ pub struct SmtpGate {
 
 impl SmtpGate {
     pub fn start(services: &Services) -> Self {
+        Self::start_with(services, &[])
+    }
+
+    /// A gate started with `env`, e.g. `GATE_TLS_CERT` to require STARTTLS (see gate.py).
+    pub fn start_with(services: &Services, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join("onboard-e2e");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -831,6 +836,7 @@ impl SmtpGate {
             .arg(port.to_string())
             .arg(&services.smtp_host)
             .arg(services.smtp_port.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -858,6 +864,16 @@ impl SmtpGate {
             .filter_map(|l| l.strip_prefix("STORED "))
             .filter_map(|l| l.rsplit_once(' '))
             .map(|(r, id)| (r.to_owned(), id.to_owned()))
+            .collect()
+    }
+
+    /// The lines the gate printed that start with `prefix` (e.g. `AUTH `, `MAIL `), without it.
+    pub fn printed(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
             .collect()
     }
 

@@ -1,5 +1,6 @@
-//! SMTP with implicit TLS and AUTH against a MailDev of the test's own, whose certificate is
-//! signed by a CA the test generates and the worker is told to trust (`ca_file`).
+//! SMTP with implicit TLS and AUTH against a MailDev of the test's own, and with STARTTLS and
+//! AUTH LOGIN or PLAIN against the aiosmtpd gate acting as a submission server; each server's
+//! certificate is signed by a CA the test generates and the worker is told to trust (`ca_file`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{free_port, unique, Options, Stack};
+use crate::harness::{free_port, unique, Options, Services, SmtpGate, Stack};
 
 /// A CA and a certificate for `localhost` signed by it, made with the openssl command.
 fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -303,4 +304,120 @@ async fn starttls_required_refuses_a_server_without_it_and_opportunistic_sends_i
         String::from_utf8_lossy(&out.stderr)
     );
     stack.wait_for_mail(&opportunistic).await;
+}
+
+#[tokio::test]
+async fn starttls_and_auth_against_a_submission_server_that_requires_them() {
+    let dir = std::env::temp_dir()
+        .join("onboard-e2e")
+        .join(unique("starttls-certs-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = make_certificates(&dir);
+    let password = unique("pw-");
+    // A submission server that requires STARTTLS, then AUTH, offering LOGIN only.
+    let submission = |mechanisms: &str| {
+        SmtpGate::start_with(
+            &Services::from_env(),
+            &[
+                ("GATE_TLS_CERT", cert.to_str().unwrap()),
+                ("GATE_TLS_KEY", key.to_str().unwrap()),
+                ("GATE_AUTH_USER", "onboard"),
+                ("GATE_AUTH_PASSWORD", &password),
+                ("GATE_AUTH_MECHANISMS", mechanisms),
+            ],
+        )
+    };
+    let login_only = submission("LOGIN");
+    let stack = Stack::new(
+        "starttls_auth",
+        Options {
+            smtp_port: Some(login_only.port),
+            ..Options::default()
+        },
+    )
+    .await;
+    let ca = ca.to_str().unwrap();
+    let env = |pass: &str| -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "ONBOARD__OUTPUT_ADAPTER__EMAIL__HOSTNAME",
+                "localhost".into(),
+            ),
+            (
+                "ONBOARD__OUTPUT_ADAPTER__EMAIL__ENABLE_START_TLS",
+                "true".into(),
+            ),
+            (
+                "ONBOARD__OUTPUT_ADAPTER__EMAIL__ENABLE_AUTHENTICATION",
+                "true".into(),
+            ),
+            ("ONBOARD__OUTPUT_ADAPTER__EMAIL__USERNAME", "onboard".into()),
+            ("ONBOARD__OUTPUT_ADAPTER__EMAIL__PASSWORD", pass.into()),
+            ("ONBOARD__OUTPUT_ADAPTER__EMAIL__CA_FILE", ca.into()),
+        ]
+    };
+    let worker_env = env(&password);
+    let worker_env: Vec<(&str, &str)> = worker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for c in ["gateway", "relay", "scheduler"] {
+        stack.spawn(c);
+    }
+    stack.spawn_with_env("email-worker", &worker_env);
+    stack.wait_ready().await;
+
+    // The invitation goes out after STARTTLS and AUTH LOGIN, and reaches the mailbox.
+    let email = format!("{}@pickup.example", unique("starttls."));
+    let id = stack.invite("Submitted", &email).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mail = stack.wait_for_mail(&email).await;
+    let view = stack.wait_for_delivery(&id, "sent").await;
+    assert_eq!(
+        view["email_delivery"]["message_id"].as_str(),
+        mail.header("message-id")
+    );
+    assert_eq!(login_only.printed("AUTH "), ["LOGIN onboard ok"]);
+    assert_eq!(login_only.printed("MAIL "), ["tls=yes auth=yes"]);
+
+    // A server that offers PLAIN only gets PLAIN; a wrong password is a clear error without it.
+    let plain_only = submission("PLAIN");
+    let test_send = |pass: &str| {
+        Command::new(&stack.services.onboard)
+            .arg("--config")
+            .arg(&stack.config)
+            .args(["email", "test-send", "submission@pickup.example"])
+            .envs(env(pass))
+            .env(
+                "ONBOARD__OUTPUT_ADAPTER__EMAIL__PORT",
+                plain_only.port.to_string(),
+            )
+            .env("ONBOARD_LOG", "warn")
+            .output()
+            .expect("run onboard")
+    };
+    let ok = test_send(&password);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("accepted: 250"));
+    let wrong = unique("wrong-");
+    let refused = test_send(&wrong);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("did not accept") && err.contains("535"),
+        "{err}"
+    );
+    assert!(!err.contains(&wrong) && !err.contains(&password), "{err}");
+    assert_eq!(
+        plain_only.printed("AUTH "),
+        ["PLAIN onboard ok", "PLAIN onboard refused"]
+    );
+    assert_eq!(
+        plain_only.printed("MAIL "),
+        ["tls=yes auth=yes"],
+        "nothing sent without login"
+    );
 }
