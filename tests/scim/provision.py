@@ -4,7 +4,10 @@ with askPassword, driven by the scim2-client library (python-scim2 project) agai
 Run by tests/e2e (scim.rs) through tests/run, which installs scim2-client into a venv
 (deploy/lib/services.sh: ensure_scim_client). Prints one JSON line: what the upstream saw.
 
+Then it provisions a second user, who leaves before setting a password, and deletes them.
+
 usage: provision.py --base-url URL --token TOKEN --user-name NAME --email ADDRESS
+                    --leaver-name NAME --leaver-email ADDRESS
 """
 
 import argparse
@@ -25,6 +28,8 @@ def main() -> int:
     parser.add_argument("--token", required=True)
     parser.add_argument("--user-name", required=True)
     parser.add_argument("--email", required=True)
+    parser.add_argument("--leaver-name", required=True)
+    parser.add_argument("--leaver-email", required=True)
     args = parser.parse_args()
 
     http = Client(
@@ -82,6 +87,33 @@ def main() -> int:
         saw["unknown"] = "unexpected success"
     except SCIMException as exc:
         saw["unknown"] = {"status": exc.to_error().status}
+
+    # A user who leaves before setting a password: deleted, then gone for SCIM.
+    leaver = scim.create(
+        user_model.model_validate(
+            {
+                **payload,
+                "userName": args.leaver_name,
+                "emails": [{"value": args.leaver_email, "primary": True, "type": "work"}],
+            }
+        )
+    )
+    scim.delete(user_model, leaver.id)
+    saw["deleted"] = {"id": leaver.id}
+    try:
+        scim.query(user_model, leaver.id)
+        saw["deleted"]["read_back"] = "unexpected success"
+    except SCIMException as exc:
+        saw["deleted"]["read_back"] = exc.to_error().status
+    gone = scim.query(
+        user_model, query_parameters={"filter": f'userName eq "{args.leaver_name}"'}
+    )
+    saw["deleted"]["filter_total"] = gone.total_results
+    try:
+        scim.delete(user_model, leaver.id)
+        saw["deleted"]["again"] = "unexpected success"
+    except SCIMException as exc:
+        saw["deleted"]["again"] = exc.to_error().status
 
     print(json.dumps(saw))
     return 0

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use onboarding_config::UserOnboarding;
 use onboarding_domain::value::{UserDomain, Username};
-use onboarding_domain::Onboarding;
+use onboarding_domain::{
+    Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
+};
 use onboarding_store::{Actor, Invitation, InvitationFields, InviteError, StoreError};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -135,11 +137,16 @@ pub async fn handle(
                 grant.require("read")?;
                 get(&state, id).await
             }
-            ("PUT" | "PATCH" | "DELETE", ["Users", ..]) => Err(ScimError::new(
+            ("DELETE", ["Users", id]) => {
+                grant.require("revoke")?;
+                delete(&state, &grant, id).await
+            }
+            ("PUT" | "PATCH", ["Users", ..]) => Err(ScimError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 None,
-                "this service only creates and reads Users (see /scim2/ServiceProviderConfig); \
-                 revoke an invitation with POST /api/v1/users/{id}/revoke",
+                "this service creates, reads and deletes Users but does not change them (see \
+                 /scim2/ServiceProviderConfig); to send an invitation to another address, DELETE \
+                 the User and create it again",
             )),
             ("POST", ["Users", ".search"]) => Err(ScimError::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -289,8 +296,15 @@ fn parse_user_name(raw: &str) -> Result<(UserDomain, Username), String> {
     Ok((domain, Username::parse(name).map_err(|e| e.0)?))
 }
 
+/// The User's resource and version; `None` for an unknown id or a revoked invitation (for SCIM a
+/// revoked invitation is a deleted User).
 async fn load_resource(state: &AppState, user_id: Uuid) -> Result<Option<(Value, i64)>, ScimError> {
-    let Some(account) = state.store.load(user_id).await? else {
+    let Some(account) = state
+        .store
+        .load(user_id)
+        .await?
+        .filter(|a| a.state != OnboardingState::Revoked)
+    else {
         return Ok(None);
     };
     let version = state.store.version_of(user_id).await?;
@@ -298,6 +312,42 @@ async fn load_resource(state: &AppState, user_id: Uuid) -> Result<Option<(Value,
         user_resource(&base(state), &account, version),
         version.map_or(0, |(v, _)| v),
     )))
+}
+
+/// `DELETE /Users/{id}`: an upstream deprovisions a user who has not set a password yet. The
+/// invitation is revoked: its links stop working, its username is free again, and the User is
+/// gone for SCIM (`404`). An active account is refused with `409`: its history stays for audit.
+async fn delete(state: &AppState, grant: &Grant, id: &str) -> Result<Response, ScimError> {
+    let user_id = Uuid::parse_str(id).map_err(|_| ScimError::not_found(id))?;
+    let correlation = grant
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("scim:delete:{user_id}"));
+    let actor = Actor::admin(&grant.id).with_correlation(Some(correlation));
+    let revoke = || OnboardingCommand::RevokeInvitation {
+        by: RevokedBy::Admin,
+        reason: Some("deleted through SCIM".into()),
+        now: chrono::Utc::now(),
+    };
+    if state.store.load(user_id).await?.is_none() {
+        return Err(ScimError::not_found(id));
+    }
+    match state.store.execute_retrying(user_id, revoke, &actor).await {
+        Ok(()) => {
+            tracing::info!(%user_id, "invitation revoked through SCIM DELETE");
+            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+        }
+        Err(StoreError::Refused(OnboardingError::InvitationRevoked)) => {
+            Err(ScimError::not_found(id))
+        }
+        Err(StoreError::Refused(OnboardingError::AlreadyActive)) => Err(ScimError::new(
+            StatusCode::CONFLICT,
+            None,
+            "this User has set a password and is active; this service does not delete active \
+             accounts, whose history it keeps for audit",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn get(state: &AppState, id: &str) -> Result<Response, ScimError> {

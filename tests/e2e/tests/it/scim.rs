@@ -29,6 +29,8 @@ async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_ma
     let stack = Stack::start("scim_client", Options::default()).await;
     let email = format!("{}@pickup.example", unique("jane."));
     let user_name = unique("Jane.");
+    let leaver_email = format!("{}@pickup.example", unique("leaver."));
+    let leaver_name = unique("Leaver.");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scim/provision.py");
     let out = Command::new(scim_python())
         .arg(&script)
@@ -36,6 +38,8 @@ async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_ma
         .args(["--token", &stack.admin_token])
         .args(["--user-name", &user_name])
         .args(["--email", &email])
+        .args(["--leaver-name", &leaver_name])
+        .args(["--leaver-email", &leaver_email])
         .output()
         .expect("run the SCIM client script");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -89,6 +93,20 @@ async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_ma
         listed["items"].as_array().unwrap().len(),
         1,
         "one invitation, not two: {listed}"
+    );
+
+    // The leaver, deleted by the library: gone for SCIM, the invitation revoked (whose links then
+    // stop working, as links.rs shows; the mail may not even have gone out).
+    let deleted = &saw["deleted"];
+    assert_eq!(deleted["read_back"], 404, "{saw}");
+    assert_eq!(deleted["filter_total"], 0, "{saw}");
+    assert_eq!(deleted["again"], 404, "{saw}");
+    let leaver = deleted["id"].as_str().unwrap();
+    let view = stack.user(leaver).await;
+    assert_eq!(
+        (view["state"].as_str(), view["revoked_by"].as_str()),
+        (Some("Revoked"), Some("admin")),
+        "{view}"
     );
 }
 
@@ -275,14 +293,40 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     assert_scim_error(status, &body, 403, None);
     let (status, _, body) = get("/scim2/Schemas".into(), Some(stack.revoked_token.clone())).await;
     assert_scim_error(status, &body, 401, None);
-    // What this service does not do is said, in SCIM's format.
+    // What this service does not do is said, in SCIM's format: changing a User ...
     let (status, _, body) = scim(
         &stack,
-        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
         &format!("/scim2/Users/{id}"),
         Some(&token),
-        None,
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": []}),
+        ),
     )
     .await;
     assert_scim_error(status, &body, 501, None);
+    // ... and deleting a User who has set a password: the account and its history stay.
+    let code = stack.wait_for_mail(&email).await.code();
+    let (status, answer) = stack
+        .submit_password(&code, "Violet harbour lanterns at nine")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let path = format!("/scim2/Users/{id}");
+    let delete = |token: &'static str| {
+        let token = if token == "reader" {
+            &stack.reader_token
+        } else {
+            &stack.admin_token
+        };
+        scim(&stack, reqwest::Method::DELETE, &path, Some(token), None)
+    };
+    let (status, _, body) = delete("reader").await;
+    assert_scim_error(status, &body, 403, None);
+    let (status, _, body) = delete("admin").await;
+    assert_scim_error(status, &body, 409, None);
+    assert!(
+        body["detail"].as_str().unwrap().contains("active"),
+        "{body}"
+    );
+    assert_eq!(stack.user(&id).await["state"], "Active");
 }
