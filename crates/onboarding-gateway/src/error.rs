@@ -129,6 +129,14 @@ impl From<StoreError> for ApiError {
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
+        self.to_response()
+    }
+}
+
+impl ApiError {
+    /// The answer for this failure: its status, a JSON body with the stable code and the
+    /// message, and `Retry-After` where waiting helps.
+    pub fn to_response(&self) -> Response {
         let (code, status) = self.code_and_status();
         match &self {
             Self::Unavailable(detail) | Self::Internal(detail) => {
@@ -156,9 +164,7 @@ impl Reply for ApiError {
         }
         response
     }
-}
 
-impl ApiError {
     /// Seconds after which a refused request may succeed, for `Retry-After`.
     pub fn retry_after(&self) -> Option<u64> {
         match self {

@@ -244,10 +244,10 @@ impl warp::reject::Reject for BodyTooLarge {}
 struct BodyUnreadable;
 impl warp::reject::Reject for BodyUnreadable {}
 
-/// A request refused before its body is read: no valid admin token (`None`), or a token without
-/// the scope. Rendered by `recover` as the same 401/403 as [`ApiError`].
+/// A request refused before its body is read (no valid admin token, a token without the scope,
+/// a bad `X-Request-Id`), rendered by `recover` as that [`ApiError`].
 #[derive(Debug)]
-struct RefusedBeforeBody(Option<&'static str>);
+struct RefusedBeforeBody(ApiError);
 impl warp::reject::Reject for RefusedBeforeBody {}
 
 /// The request body, at most `max` bytes, whether or not the client sent a Content-Length
@@ -488,9 +488,9 @@ pub fn routes(
                 match auth {
                     Ok((state, grant)) => match grant.require("invite") {
                         Ok(_) => Ok(Ok((state, grant))),
-                        Err(_) => Err(warp::reject::custom(RefusedBeforeBody(Some("invite")))),
+                        Err(e) => Err(warp::reject::custom(RefusedBeforeBody(e))),
                     },
-                    Err(_) => Err(warp::reject::custom(RefusedBeforeBody(None))),
+                    Err(e) => Err(warp::reject::custom(RefusedBeforeBody(e))),
                 }
             },
         )
@@ -704,11 +704,8 @@ async fn readiness(state: Arc<AppState>) -> Response {
 /// Turns warp's own rejections (routing, body limits, form parsing) into clear JSON answers.
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject;
-    if let Some(RefusedBeforeBody(scope)) = rejection.find::<RefusedBeforeBody>() {
-        return Ok(match scope {
-            Some(scope) => ApiError::Forbidden(scope).into_response(),
-            None => ApiError::Unauthorized.into_response(),
-        });
+    if let Some(RefusedBeforeBody(refusal)) = rejection.find::<RefusedBeforeBody>() {
+        return Ok(refusal.to_response());
     }
     let (status, code, message) = if rejection.is_not_found() {
         (

@@ -735,6 +735,18 @@ async fn a_callers_request_id_becomes_the_correlation_id_an_auditor_sees() {
             "{body}"
         );
     }
+    // A bulk upload, refused before its body is read, names the header too (not the token).
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/bulk-invites")))
+        .header("X-Request-Id", "has space")
+        .header("content-type", "text/csv")
+        .body("Jon,jon@pickup.example\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["fields"]["X-Request-Id"].is_string(), "{body}");
     let o = stack.cli(&["user", "show", "Jon"]);
     assert!(!o.status.success(), "{}", out(&o));
 }
