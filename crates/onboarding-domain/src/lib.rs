@@ -7,6 +7,7 @@
 
 mod aggregate;
 pub mod code;
+pub mod display;
 mod event;
 pub mod password;
 pub mod value;

@@ -114,19 +114,6 @@ impl PasswordPolicy {
     /// Contexts shorter than this are not checked for containment: every password would match.
     const MIN_CONTEXT: usize = 3;
 
-    /// Sentences that describe the rules, for the page.
-    pub fn describe(&self) -> Vec<String> {
-        vec![
-            format!(
-                "At least {} and at most {} characters; spaces and any symbols are welcome.",
-                self.min_length, self.max_length
-            ),
-            "Must not contain your username or the first part of your email address.".to_owned(),
-            "Must not be a commonly used password.".to_owned(),
-            "Must not contain your name, and must be hard to guess: a passphrase of a few unrelated words works well.".to_owned(),
-        ]
-    }
-
     pub fn check(
         &self,
         password: &Password,

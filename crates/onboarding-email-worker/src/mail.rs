@@ -12,7 +12,9 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use minijinja::context;
 
-use crate::templates::{format_instant, Catalogue, Kind, Rendered};
+use onboarding_domain::display::format_instant;
+
+use crate::templates::{Catalogue, Kind, Rendered};
 use onboarding_config::EmailSettings;
 use secrecy::ExposeSecret;
 use uuid::Uuid;

@@ -13,6 +13,7 @@
 mod api;
 mod bulk;
 mod error;
+mod i18n;
 mod pages;
 mod scim;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     kafka: KafkaProbe,
     metrics: Option<PrometheusHandle>,
     pub(crate) pages: minijinja::Environment<'static>,
+    /// The pages' texts in every language they are written in.
+    pub(crate) texts: i18n::Texts,
     pub(crate) resend_limits: ResendLimits,
     limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
     /// Bounds how many link openings one client address can add to the log.
@@ -75,6 +78,8 @@ pub enum GatewayError {
     Kafka(String),
     #[error(transparent)]
     Config(#[from] onboarding_config::ConfigError),
+    #[error("page texts: {0}")]
+    Texts(String),
 }
 
 impl AppState {
@@ -110,6 +115,7 @@ impl AppState {
             tokens,
             metrics,
             pages: pages::templates(),
+            texts: i18n::Texts::load().map_err(GatewayError::Texts)?,
             resend_limits: ResendLimits {
                 cooldown: chrono::Duration::seconds(
                     settings
@@ -567,6 +573,7 @@ pub fn routes(
         .and(client(state.clone()))
         .and(warp::method())
         .and(warp::header::optional::<String>("user-agent"))
+        .and(warp::header::optional::<String>("accept-language"))
         .and(warp::query::<HashMap<String, String>>())
         .then(pages::show)
         .boxed();
@@ -575,6 +582,7 @@ pub fn routes(
         .and(with_state(state.clone()))
         .and(client(state.clone()))
         .and(provenance)
+        .and(warp::header::optional::<String>("accept-language"))
         .and(form)
         .then(pages::submit)
         .boxed();
@@ -583,12 +591,14 @@ pub fn routes(
         .and(with_state(state.clone()))
         .and(client(state.clone()))
         .and(provenance)
+        .and(warp::header::optional::<String>("accept-language"))
         .and(form)
         .then(pages::new_link)
         .boxed();
     let revoke_page = warp::path!("revoke")
         .and(warp::get().or(warp::head()).unify())
         .and(with_state(state.clone()))
+        .and(warp::header::optional::<String>("accept-language"))
         .and(warp::query::<HashMap<String, String>>())
         .then(pages::revoke_page)
         .boxed();
@@ -597,6 +607,7 @@ pub fn routes(
         .and(with_state(state.clone()))
         .and(client(state.clone()))
         .and(provenance)
+        .and(warp::header::optional::<String>("accept-language"))
         .and(form)
         .then(pages::revoke_submit)
         .boxed();

@@ -16,6 +16,7 @@ use warp::Reply;
 
 use crate::api::submit_password;
 use crate::error::ApiError;
+use crate::i18n::Lang;
 use crate::AppState;
 
 pub const CSS: &str = include_str!("../assets/onboard.css");
@@ -53,13 +54,59 @@ pub fn secure(mut response: Response) -> Response {
     response
 }
 
-fn expires_text(at: DateTime<Utc>) -> String {
-    at.format("%A %-d %B %Y, %H:%M UTC").to_string()
+/// What every page is rendered with: the gateway, the reader's language, and the time zone of
+/// the invitation (when the page belongs to one that names it).
+struct Page<'a> {
+    state: &'a AppState,
+    lang: Lang,
+    time_zone: Option<String>,
 }
 
-fn render(state: &AppState, template: &str, status: StatusCode, ctx: Value) -> Response {
+impl<'a> Page<'a> {
+    /// A page for an invitation: in its locale and time zone (else as the browser asks).
+    fn of(
+        state: &'a AppState,
+        account: Option<&Onboarding>,
+        accept_language: Option<&str>,
+    ) -> Self {
+        let locale = account.and_then(|a| a.locale.as_ref()).map(|l| l.as_str());
+        Self {
+            state,
+            lang: Lang::choose(locale, accept_language),
+            time_zone: account
+                .and_then(|a| a.time_zone.as_ref())
+                .map(|z| z.as_str().to_owned()),
+        }
+    }
+
+    /// A page for this invitation, as [`Page::of`], keeping the browser's preference.
+    fn for_account(&self, account: &Onboarding, accept_language: Option<&str>) -> Self {
+        Self::of(self.state, Some(account), accept_language)
+    }
+
+    fn t(&self, key: &str) -> String {
+        self.state.texts.get(self.lang, key, &[])
+    }
+
+    fn t_with(&self, key: &str, args: &[(&str, &str)]) -> String {
+        self.state.texts.get(self.lang, key, args)
+    }
+
+    /// An instant in the reader's language and the invitation's time zone, as in the mails.
+    fn when(&self, at: DateTime<Utc>) -> String {
+        onboarding_domain::display::format_instant(at, self.lang.tag(), self.time_zone.as_deref())
+    }
+}
+
+fn render(page: &Page, template: &str, status: StatusCode, ctx: Value) -> Response {
+    let state = page.state;
     let page = state.pages.get_template(template).and_then(|t| {
-        t.render(context! { organisation => &state.settings.organisation.name, ..ctx })
+        t.render(context! {
+            organisation => &state.settings.organisation.name,
+            lang => page.lang.tag(),
+            t => state.texts.all(page.lang),
+            ..ctx
+        })
     });
     match page {
         Ok(html) => {
@@ -75,23 +122,31 @@ fn render(state: &AppState, template: &str, status: StatusCode, ctx: Value) -> R
     }
 }
 
-fn result(state: &AppState, status: StatusCode, heading: &str, lines: &[&str]) -> Response {
-    render(state, "result.html", status, context! { heading, lines })
+/// A page that says what happened: the texts `<what>_heading` and `<what>_line`.
+fn result(page: &Page, status: StatusCode, what: &str) -> Response {
+    let line = page.t(&format!("{what}_line"));
+    result_lines(page, status, what, &[line])
+}
+
+fn result_lines(page: &Page, status: StatusCode, what: &str, lines: &[String]) -> Response {
+    let heading = page.t(&format!("{what}_heading"));
+    render(page, "result.html", status, context! { heading, lines })
 }
 
 /// A result page that offers "send me a new link" for the code the user holds.
 fn result_with_new_link(
-    state: &AppState,
+    page: &Page,
     status: StatusCode,
-    heading: &str,
-    lines: &[&str],
+    what: &str,
+    lines: &[String],
     code: &str,
 ) -> Response {
+    let heading = page.t(&format!("{what}_heading"));
     render(
-        state,
+        page,
         "result.html",
         status,
-        context! { heading, lines, new_link_code => code, csrf => csrf(state, code) },
+        context! { heading, lines, new_link_code => code, csrf => csrf(page.state, code) },
     )
 }
 
@@ -167,11 +222,12 @@ impl Provenance {
 
 /// Checks the form's anti-forgery token and where the post comes from.
 fn forged(
-    state: &AppState,
+    page: &Page,
     code: &str,
     form: &HashMap<String, String>,
     provenance: &Provenance,
 ) -> Option<Response> {
+    let state = page.state;
     let token_ok = form
         .get("csrf")
         .is_some_and(|t| state.keyring.verify_signature("csrf", code.as_bytes(), t));
@@ -179,42 +235,31 @@ fn forged(
         return None;
     }
     metrics::counter!("onboard_forged_posts_total").increment(1);
-    Some(result(
-        state,
-        StatusCode::FORBIDDEN,
-        "This form cannot be accepted",
-        &["The form did not come from this page. Open the link from your email again and submit the form there."],
-    ))
+    Some(result(page, StatusCode::FORBIDDEN, "forged"))
 }
 
 /// What every public form post passes first: the per-client limit and the anti-forgery checks.
 /// Returns the form's code.
 fn admit<'f>(
-    state: &AppState,
+    page: &Page,
     client: Option<std::net::IpAddr>,
     provenance: &Provenance,
     form: &'f HashMap<String, String>,
 ) -> Result<&'f str, Box<Response>> {
-    if let Err(e) = state.throttle(client) {
-        return Err(Box::new(too_many(state, e)));
+    if let Err(e) = page.state.throttle(client) {
+        return Err(Box::new(too_many(page, e)));
     }
     let code = form.get("code").map(String::as_str).unwrap_or_default();
-    match forged(state, code, form, provenance) {
+    match forged(page, code, form, provenance) {
         Some(refused) => Err(Box::new(refused)),
         None => Ok(code),
     }
 }
 
-fn too_many(state: &AppState, e: ApiError) -> Response {
+fn too_many(page: &Page, e: ApiError) -> Response {
     let seconds = e.retry_after().unwrap_or(60);
-    let line =
-        format!("Too many attempts from your network. Wait {seconds} seconds, then try again.");
-    let mut r = result(
-        state,
-        StatusCode::TOO_MANY_REQUESTS,
-        "Please wait a moment",
-        &[&line],
-    );
+    let line = page.t_with("too_many_line", &[("seconds", &seconds.to_string())]);
+    let mut r = result_lines(page, StatusCode::TOO_MANY_REQUESTS, "too_many", &[line]);
     r.headers_mut()
         .insert("retry-after", HeaderValue::from(seconds));
     r
@@ -222,70 +267,53 @@ fn too_many(state: &AppState, e: ApiError) -> Response {
 
 /// The page for a refusal, said before any password is asked for. Where a new link can help,
 /// the page offers one for the code the user holds.
-fn refusal(state: &AppState, error: &OnboardingError, code: &str) -> Response {
+fn refusal(page: &Page, error: &OnboardingError, code: &str) -> Response {
+    let line = |what: &str| vec![page.t(&format!("{what}_line"))];
     match error {
         OnboardingError::CodeExpired { expired_at } => {
-            let when = format!("This link expired on {}.", expires_text(*expired_at));
-            result_with_new_link(state, StatusCode::GONE, "This link has expired", &[&when], code)
+            let when = page.t_with("expired_line", &[("date", &page.when(*expired_at))]);
+            result_with_new_link(page, StatusCode::GONE, "expired", &[when], code)
         }
         OnboardingError::CodeSuperseded => result_with_new_link(
-            state,
+            page,
             StatusCode::GONE,
-            "A newer link was sent",
-            &["This link was replaced by a newer one. Use the link in the most recent email you received, or ask for a new one."],
+            "superseded",
+            &line("superseded"),
             code,
         ),
-        OnboardingError::CodeLocked => result_with_new_link(
-            state,
-            StatusCode::GONE,
-            "This link was disabled",
-            &["Too many wrong attempts were made with this link, so it no longer works."],
-            code,
-        ),
-        OnboardingError::InvitationRevoked => result(
-            state,
-            StatusCode::GONE,
-            "This invitation was withdrawn",
-            &["The invitation is no longer valid. Contact your administrator if you need an account."],
-        ),
-        OnboardingError::AlreadyActive => result(
-            state,
-            StatusCode::CONFLICT,
-            "Your account is already active",
-            &["This link has already been used and your password is set. Sign in with it, or use your organisation's password reset if you forgot it."],
-        ),
-        _ => result(
-            state,
-            StatusCode::BAD_REQUEST,
-            "This link is not valid",
-            &["Check that you copied the whole link from the email, or ask your administrator for a new invitation."],
-        ),
+        OnboardingError::CodeLocked => {
+            result_with_new_link(page, StatusCode::GONE, "locked", &line("locked"), code)
+        }
+        OnboardingError::InvitationRevoked => result(page, StatusCode::GONE, "revoked"),
+        OnboardingError::AlreadyActive => result(page, StatusCode::CONFLICT, "active"),
+        _ => result(page, StatusCode::BAD_REQUEST, "invalid"),
     }
 }
 
 fn form(
-    state: &AppState,
+    page: &Page,
     code: &str,
     username: &str,
     expires_at: DateTime<Utc>,
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let policy = &state.store.services().policy;
+    let policy = &page.state.store.services().policy;
     render(
-        state,
+        page,
         "confirm.html",
         status,
         context! {
             code,
+            hello => page.t_with("form_hello", &[("username", username)]),
             username,
             error,
-            rules => policy.describe(),
+            rules => page.state.texts.rules(page.lang, policy),
             min_length => policy.min_length,
             max_length => policy.max_length,
             expires_at => expires_at.to_rfc3339(),
-            expires_at_text => expires_text(expires_at),
-            csrf => csrf(state, code),
+            expires => page.t_with("form_expires", &[("date", &page.when(expires_at))]),
+            csrf => csrf(page.state, code),
         },
     )
 }
@@ -297,13 +325,16 @@ pub async fn show(
     client: Option<std::net::IpAddr>,
     method: warp::http::Method,
     user_agent: Option<String>,
+    accept_language: Option<String>,
     query: HashMap<String, String>,
 ) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
-    let (presented, account) = match account_for(&state, code).await {
+    let page = Page::of(&state, None, accept_language.as_deref());
+    let (presented, account) = match account_for(&page, code).await {
         Ok(found) => found,
-        Err(page) => return *page,
+        Err(refused) => return *refused,
     };
+    let page = page.for_account(&account, accept_language.as_deref());
     let opened = || OnboardingCommand::RecordLinkOpened {
         presented: presented.clone(),
         client: client_class(method.as_str(), user_agent.as_deref()).to_owned(),
@@ -323,7 +354,7 @@ pub async fn show(
     }
     match account.check_code(&presented, &state.keyring, Utc::now()) {
         Ok(issued) => form(
-            &state,
+            &page,
             code,
             account
                 .username
@@ -334,41 +365,28 @@ pub async fn show(
             None,
             StatusCode::OK,
         ),
-        Err(e) => refusal(&state, &e, code),
+        Err(e) => refusal(&page, &e, code),
     }
 }
 
 /// The account a code names, or the page that says why there is none.
 async fn account_for(
-    state: &AppState,
+    page: &Page<'_>,
     code: &str,
 ) -> Result<(PresentedCode, Onboarding), Box<Response>> {
     let Ok(presented) = PresentedCode::parse(code) else {
-        return Err(Box::new(refusal(
-            state,
-            &OnboardingError::InvalidCode,
-            code,
-        )));
+        return Err(Box::new(refusal(page, &OnboardingError::InvalidCode, code)));
     };
-    match state.store.load(presented.user_id).await {
+    match page.state.store.load(presented.user_id).await {
         Ok(Some(account)) => Ok((presented, account)),
-        Ok(None) => Err(Box::new(refusal(
-            state,
-            &OnboardingError::InvalidCode,
-            code,
-        ))),
-        Err(e) => Err(Box::new(unavailable(state, e.into()))),
+        Ok(None) => Err(Box::new(refusal(page, &OnboardingError::InvalidCode, code))),
+        Err(e) => Err(Box::new(unavailable(page, e.into()))),
     }
 }
 
-fn unavailable(state: &AppState, e: ApiError) -> Response {
+fn unavailable(page: &Page, e: ApiError) -> Response {
     tracing::error!(error = %e, "page failed");
-    result(
-        state,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Please try again in a moment",
-        &["The service is temporarily unavailable. Your link still works; reload this page shortly."],
-    )
+    result(page, StatusCode::SERVICE_UNAVAILABLE, "unavailable")
 }
 
 /// `POST /confirm`: checks the form, then submits the password. A form that cannot succeed
@@ -377,9 +395,11 @@ pub async fn submit(
     state: Arc<AppState>,
     client: Option<std::net::IpAddr>,
     provenance: Provenance,
+    accept_language: Option<String>,
     form_data: HashMap<String, String>,
 ) -> Response {
-    let code = match admit(&state, client, &provenance, &form_data) {
+    let page = Page::of(&state, None, accept_language.as_deref());
+    let code = match admit(&page, client, &provenance, &form_data) {
         Ok(code) => code,
         Err(refused) => return *refused,
     };
@@ -392,17 +412,18 @@ pub async fn submit(
         .map(String::as_str)
         .unwrap_or_default();
 
-    let (presented, account) = match account_for(&state, code).await {
+    let (presented, account) = match account_for(&page, code).await {
         Ok(found) => found,
-        Err(page) => return *page,
+        Err(refused) => return *refused,
     };
+    let page = page.for_account(&account, accept_language.as_deref());
     let issued = match account.check_code(&presented, &state.keyring, Utc::now()) {
         Ok(issued) => issued.clone(),
         Err(OnboardingError::InvalidCode) => {
             crate::api::record_failed_check(&state, &presented).await;
-            return refusal(&state, &OnboardingError::InvalidCode, code);
+            return refusal(&page, &OnboardingError::InvalidCode, code);
         }
-        Err(e) => return refusal(&state, &e, code),
+        Err(e) => return refusal(&page, &e, code),
     };
     let username = account
         .username
@@ -411,7 +432,7 @@ pub async fn submit(
         .unwrap_or_default();
     let again = |msg: &str| {
         form(
-            &state,
+            &page,
             code,
             username,
             issued.expires_at,
@@ -420,24 +441,22 @@ pub async fn submit(
         )
     };
     if password.is_empty() {
-        return again("Enter a password, then confirm it.");
+        return again(&page.t("password_missing"));
     }
     if password != confirm {
-        return again("The two passwords do not match. Type the same password in both fields.");
+        return again(&page.t("password_mismatch"));
     }
     match submit_password(&state, code, Password::new(password)).await {
-        Ok(_) => result(
-            &state,
-            StatusCode::OK,
-            "Your account is active",
-            &["Your password is set and your account is now active. You can sign in with your username and new password."],
-        ),
-        Err(ApiError::Refused(OnboardingError::WeakPassword(v))) => again(&v.to_string()),
-        Err(ApiError::Refused(OnboardingError::HashingFailed)) => {
-            unavailable(&state, ApiError::Unavailable("password hashing failed".into()))
+        Ok(_) => result(&page, StatusCode::OK, "activated"),
+        Err(ApiError::Refused(OnboardingError::WeakPassword(v))) => {
+            again(&state.texts.violation(page.lang, &v))
         }
-        Err(ApiError::Refused(e)) => refusal(&state, &e, code),
-        Err(e) => unavailable(&state, e),
+        Err(ApiError::Refused(OnboardingError::HashingFailed)) => unavailable(
+            &page,
+            ApiError::Unavailable("password hashing failed".into()),
+        ),
+        Err(ApiError::Refused(e)) => refusal(&page, &e, code),
+        Err(e) => unavailable(&page, e),
     }
 }
 
@@ -447,9 +466,12 @@ pub async fn new_link(
     state: Arc<AppState>,
     client: Option<std::net::IpAddr>,
     provenance: Provenance,
+    accept_language: Option<String>,
     form_data: HashMap<String, String>,
 ) -> Response {
-    let code = match admit(&state, client, &provenance, &form_data) {
+    // The answer must not tell whether the code named an invitation: the browser's language.
+    let page = Page::of(&state, None, accept_language.as_deref());
+    let code = match admit(&page, client, &provenance, &form_data) {
         Ok(code) => code,
         Err(refused) => return *refused,
     };
@@ -480,36 +502,37 @@ pub async fn new_link(
             }
         }
     }
-    result(
-        &state,
-        StatusCode::OK,
-        "Check your email",
-        &["If this link belongs to an invitation that can still be completed, a new link is on its way to the email address your administrator registered. It may take a few minutes."],
-    )
+    result(&page, StatusCode::OK, "check_email")
 }
 
 /// `GET /revoke?code=…`: asks whether to decline the invitation. Changes nothing.
-pub async fn revoke_page(state: Arc<AppState>, query: HashMap<String, String>) -> Response {
+pub async fn revoke_page(
+    state: Arc<AppState>,
+    accept_language: Option<String>,
+    query: HashMap<String, String>,
+) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
-    let (presented, account) = match account_for(&state, code).await {
+    let page = Page::of(&state, None, accept_language.as_deref());
+    let (presented, account) = match account_for(&page, code).await {
         Ok(found) => found,
-        Err(page) => return *page,
+        Err(refused) => return *refused,
     };
+    let page = page.for_account(&account, accept_language.as_deref());
     // Any genuine code of a pending invitation may decline it, even an expired or replaced one.
     match account.check_code(&presented, &state.keyring, Utc::now()) {
         Ok(_)
         | Err(OnboardingError::CodeExpired { .. })
         | Err(OnboardingError::CodeSuperseded)
         | Err(OnboardingError::CodeLocked) => {}
-        Err(e) => return refusal(&state, &e, code),
+        Err(e) => return refusal(&page, &e, code),
     }
     render(
-        &state,
+        &page,
         "result.html",
         StatusCode::OK,
         context! {
-            heading => "Decline this invitation?",
-            lines => ["If you did not expect an account, decline the invitation: the link stops working and your administrator can see that you declined it."],
+            heading => page.t("decline_heading"),
+            lines => [page.t("decline_line")],
             revoke_code => code,
             csrf => csrf(&state, code),
         },
@@ -521,14 +544,20 @@ pub async fn revoke_submit(
     state: Arc<AppState>,
     client: Option<std::net::IpAddr>,
     provenance: Provenance,
+    accept_language: Option<String>,
     form_data: HashMap<String, String>,
 ) -> Response {
-    let code = match admit(&state, client, &provenance, &form_data) {
+    let page = Page::of(&state, None, accept_language.as_deref());
+    let code = match admit(&page, client, &provenance, &form_data) {
         Ok(code) => code,
         Err(refused) => return *refused,
     };
     let Ok(presented) = PresentedCode::parse(code) else {
-        return refusal(&state, &OnboardingError::InvalidCode, code);
+        return refusal(&page, &OnboardingError::InvalidCode, code);
+    };
+    let page = match state.store.load(presented.user_id).await {
+        Ok(Some(account)) => page.for_account(&account, accept_language.as_deref()),
+        _ => page,
     };
     let user_id = presented.user_id;
     let command = || OnboardingCommand::RevokeWithCode {
@@ -540,14 +569,9 @@ pub async fn revoke_submit(
         .execute_retrying(user_id, command, &Actor::user_via_link())
         .await
     {
-        Ok(()) => result(
-            &state,
-            StatusCode::OK,
-            "Invitation declined",
-            &["The invitation is withdrawn and its link no longer works. Nothing else is needed."],
-        ),
-        Err(onboarding_store::StoreError::Refused(e)) => refusal(&state, &e, code),
-        Err(e) => unavailable(&state, e.into()),
+        Ok(()) => result(&page, StatusCode::OK, "declined"),
+        Err(onboarding_store::StoreError::Refused(e)) => refusal(&page, &e, code),
+        Err(e) => unavailable(&page, e.into()),
     }
 }
 

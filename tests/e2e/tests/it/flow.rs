@@ -307,6 +307,76 @@ async fn a_user_with_a_german_locale_gets_german_mails_and_templates_preview_fro
         "de-AT falls back to de"
     );
 
+    // The page behind the link speaks German too, whatever the browser prefers, and states the
+    // expiry as the mail did.
+    let page = stack
+        .http
+        .get(mail.link())
+        .header("accept-language", "en-US,en;q=0.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    // As a browser shows it (the template escapes `/` in text).
+    let html = page.text().await.unwrap().replace("&#x2f;", "/");
+    for text in [
+        "<html lang=\"de\">",
+        "<h1>Passwort festlegen</h1>",
+        "Hallo Greta, wählen Sie das Passwort für Ihr neues Konto.",
+        "Mindestens 8 und höchstens 128 Zeichen",
+    ] {
+        assert!(html.contains(text), "{text} not on the page:\n{html}");
+    }
+    assert!(
+        html.contains(&format!("Dieser Link ist gültig bis {expiry_text}.")),
+        "{expiry_text} not on the page:\n{html}"
+    );
+    // A refused password is explained in German; then the password is set.
+    let code = mail.code();
+    let csrf = crate::flow::form_value(&html, "csrf");
+    let post = |password: &'static str, confirm: &'static str| {
+        let (code, csrf) = (code.clone(), csrf.clone());
+        let stack = &stack;
+        async move {
+            let r = stack
+                .post_form(
+                    "/confirm",
+                    &[
+                        ("code", code.as_str()),
+                        ("csrf", csrf.as_str()),
+                        ("password", password),
+                        ("password_confirm", confirm),
+                    ],
+                    &[],
+                )
+                .await;
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, html) = post("Greta reist nach Graz", "Greta reist nach Graz").await;
+    assert_eq!(status, 422);
+    assert!(
+        html.contains("Das Passwort enthält Ihren Benutzernamen"),
+        "{html}"
+    );
+    let (status, html) = post("Wolken über dem Donaukanal", "Wolken über dem Donaukanal").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("<h1>Ihr Konto ist aktiv</h1>"), "{html}");
+    // A link that names no invitation follows the browser's language.
+    let junk = stack
+        .http
+        .get(stack.url("/confirm?code=not-a-code"))
+        .header("accept-language", "fr;q=0.9, de;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(junk.status(), 400);
+    assert!(junk
+        .text()
+        .await
+        .unwrap()
+        .contains("<h1>Dieser Link ist ungültig</h1>"));
+
     let out = stack.cli(&["email", "preview", "welcome", "--locale", "pt-BR"]);
     assert!(
         out.status.success(),
