@@ -267,6 +267,22 @@ start_tansu() {
   say "tansu: started (pid $(pidfile_pid "$pidfile"), 127.0.0.1:$port)"
 }
 
+# ---------------------------------------------------------------- socat (tests)
+
+# socat terminates TLS in front of a test's own tansu (tansu 0.6 accepts --cert/--key but serves
+# plain TCP; see docs/operations.md), so the Kafka clients are tested over TLS.
+ensure_socat() {
+  SOCAT=$(command -v socat || true)
+  if [[ -z $SOCAT ]]; then
+    say "socat: installing socat (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat
+    fi
+    SOCAT=$(command -v socat) || die "socat: install did not produce the socat command"
+  fi
+}
+
 # ---------------------------------------------------------------- MailDev
 
 ensure_maildev() {
