@@ -196,8 +196,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 impl KafkaProbe {
     pub fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
         let errors = ErrorReporting::default();
+        let mut config = base_config(kafka);
+        // librdkafka reports some connection failures (a disconnect while asking the broker's
+        // API versions) at info level; it only logs what the log filter lets through.
+        config.set_log_level(RDKafkaLogLevel::Info);
         Ok(Self {
-            client: base_config(kafka).create_with_context(errors.clone())?,
+            client: config.create_with_context(errors.clone())?,
             errors,
             topic: kafka.topic.clone(),
             servers: kafka.bootstrap_servers.clone(),
