@@ -963,6 +963,26 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn the_whole_properties_table_can_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "ONBOARD__KAFKA__PROPERTIES",
+                r#"{"ssl.key.password"="kafka-secret-key-pw", "client.rack"="eu-1a"}"#,
+            );
+            let s = load_with_env(MINIMAL).expect("loads");
+            let props = s.kafka.client_properties();
+            assert!(
+                props.contains(&("ssl.key.password", "kafka-secret-key-pw")),
+                "{props:?}"
+            );
+            assert!(props.contains(&("client.rack", "eu-1a")), "{props:?}");
+            assert!(!format!("{s:?}").contains("kafka-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn incomplete_or_contradictory_kafka_security_is_refused_and_named() {
         let err = load(&with_kafka("security_protocol = \"sasl_ssl\""))
             .unwrap_err()
