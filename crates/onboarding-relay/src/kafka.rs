@@ -320,3 +320,63 @@ pub async fn dead_letter(
         .map(|_| ())
         .map_err(|(e, _)| e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(extra: &str) -> KafkaSettings {
+        let toml = format!(
+            r#"
+            [output_adapter.email]
+            from_address = "noreply@pickup.example"
+            hostname = "smtp.pickup.example"
+            [database]
+            url = "postgres://127.0.0.1/onboarding"
+            [kafka]
+            bootstrap_servers = "127.0.0.1:9092"
+            {extra}
+            [gateway]
+            public_base_url = "https://id.pickup.example"
+            [codes]
+            active_key = "k1"
+            [[codes.keys]]
+            id = "k1"
+            secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+            "#
+        );
+        onboarding_config::Settings::from_toml_str(&toml)
+            .expect("valid settings")
+            .kafka
+    }
+
+    #[test]
+    fn a_misspelt_or_invalid_property_is_named_without_its_value() {
+        let err = check_config(&kafka(
+            "[kafka.properties]\n\"sasl.passwrd\" = \"kafka-secret-value\"",
+        ))
+        .unwrap_err();
+        assert!(err.contains("`sasl.passwrd`"), "{err}");
+        assert!(!err.contains("kafka-secret"), "{err}");
+        let err = check_config(&kafka(
+            "[kafka.properties]\n\"ssl.key.password\" = \"kafka-secret-value\"\n\"socket.timeout.ms\" = \"kafka-secret-soon\"",
+        ))
+        .unwrap_err();
+        assert!(err.contains("`socket.timeout.ms`"), "{err}");
+        assert!(!err.contains("kafka-secret"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_reach_librdkafka() {
+        // librdkafka accepts them (it is built with OpenSSL, which TLS and SCRAM need).
+        let k = kafka(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"onboard\"\nsasl_password = \"kafka-secret-value\"",
+        );
+        check_config(&k).expect("librdkafka takes SASL_SSL with SCRAM");
+        let config = base_config(&k);
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(config.get("sasl.password"), Some("kafka-secret-value"));
+        assert!(!format!("{config:?}").contains("kafka-secret"));
+    }
+}
