@@ -138,6 +138,20 @@ free_port() {
   printf '%s\n' "$port"
 }
 
+# ---------------------------------------------------------------- build
+
+# What building `onboard` needs besides Rust, gcc and make: OpenSSL's headers (librdkafka is
+# built with TLS and SCRAM support, the rdkafka crate's `ssl` feature) and pkg-config to find them.
+ensure_build_deps() {
+  if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
+    say "build: installing libssl-dev and pkg-config (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config
+    fi
+  fi
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 # Newest installed server binaries (Debian: /usr/lib/postgresql/VERSION/bin).
