@@ -236,12 +236,27 @@ async fn sasl_refusals_are_named_and_the_password_is_never_shown() {
         assert!(!output.contains(&password), "{output}");
     }
 
-    // The gateway's readiness names the refused login, without the password, and so do its logs.
-    stack.spawn_with_env("gateway", &scram);
+    // The gateway's readiness names the refused login, without the password; the relay and the
+    // email worker keep retrying and log the refusal, without the password too.
+    for component in ["gateway", "relay", "email-worker"] {
+        stack.spawn_with_env(component, &scram);
+    }
     let (status, body) = readiness_saying(&stack, "SASL authentication error").await;
     assert_eq!(status, 503, "{body}");
     assert!(!body.to_string().contains(&password), "{body}");
-    let logs = stack.logs_of("gateway");
-    assert!(logs.contains("SASL authentication error"), "{logs}");
-    assert!(!logs.contains(&password), "{logs}");
+    for component in ["gateway", "relay", "email-worker"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let logs = loop {
+            let logs = stack.logs_of(component);
+            if logs.contains("SASL authentication error") {
+                break logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{component} logged no SASL refusal within 30 s:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(!logs.contains(&password), "{logs}");
+    }
 }
