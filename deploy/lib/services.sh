@@ -138,6 +138,20 @@ free_port() {
   printf '%s\n' "$port"
 }
 
+# ---------------------------------------------------------------- build
+
+# What building `onboard` needs besides Rust, gcc and make: OpenSSL's headers (librdkafka is
+# built with TLS and SCRAM support, the rdkafka crate's `ssl` feature) and pkg-config to find them.
+ensure_build_deps() {
+  if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
+    say "build: installing libssl-dev and pkg-config (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config
+    fi
+  fi
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 # Newest installed server binaries (Debian: /usr/lib/postgresql/VERSION/bin).
@@ -265,6 +279,22 @@ start_tansu() {
     --storage-engine memory://tansu/
   await tansu "$pidfile" "$log" port_open 127.0.0.1 "$port"
   say "tansu: started (pid $(pidfile_pid "$pidfile"), 127.0.0.1:$port)"
+}
+
+# ---------------------------------------------------------------- socat (tests)
+
+# socat terminates TLS in front of a test's own tansu (tansu 0.6 accepts --cert/--key but serves
+# plain TCP; see docs/operations.md), so the Kafka clients are tested over TLS.
+ensure_socat() {
+  SOCAT=$(command -v socat || true)
+  if [[ -z $SOCAT ]]; then
+    say "socat: installing socat (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat
+    fi
+    SOCAT=$(command -v socat) || die "socat: install did not produce the socat command"
+  fi
 }
 
 # ---------------------------------------------------------------- MailDev

@@ -190,6 +190,8 @@ fn init_tracing(format: &str) {
 
 async fn run(cli: Cli) -> Result<()> {
     let settings = Arc::new(Settings::load(&cli.config)?);
+    // A misspelt or invalid librdkafka property is named at start, without its value.
+    onboarding_relay::kafka::check_config(&settings.kafka).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Migrate { skip_kafka } => migrate(&settings, skip_kafka).await,
         Command::Serve => components(settings, Components::ALL).await,

@@ -386,8 +386,13 @@ pub async fn from_kafka(
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
     let kerr = |e: rdkafka::error::KafkaError| ReplayError::Kafka(e.to_string());
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    // The security settings (TLS, SASL) and `kafka.properties`, as every client of the engine.
+    for (key, value) in kafka.client_properties() {
+        config.set(key, value);
+    }
+    let consumer: StreamConsumer = config
         .set(
             "group.id",
             format!("onboard-audit-replay-{}", Uuid::new_v4()),

@@ -213,10 +213,195 @@ pub struct KafkaSettings {
     pub email_worker_stall_seconds: u64,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
-    /// Extra librdkafka properties for every client (e.g. `security.protocol`, `sasl.mechanism`,
-    /// `ssl.ca.location`, `debug`). Values are passed as they are.
+    /// How the clients reach the brokers: `plaintext` (the default), `ssl` (TLS), `sasl_plaintext`
+    /// or `sasl_ssl` (SASL authentication, over TLS). librdkafka's `security.protocol`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// A PEM file of the certificates (a private CA) trusted for the brokers' TLS certificates.
+    /// Unset: the system's trust store. librdkafka's `ssl.ca.location`.
+    #[serde(default)]
+    pub ssl_ca_file: Option<std::path::PathBuf>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; with `sasl_plaintext` or `sasl_ssl` only.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// The SASL password; or `sasl_password_file`, or the environment variable
+    /// `ONBOARD__KAFKA__SASL_PASSWORD`. After loading it holds the file's contents.
+    #[serde(default)]
+    pub sasl_password: Option<SecretString>,
+    /// A file holding the SASL password (a mounted secret); one trailing newline is ignored.
+    #[serde(default)]
+    pub sasl_password_file: Option<std::path::PathBuf>,
+    /// Extra librdkafka properties for every client (e.g. `ssl.certificate.location`, `debug`),
+    /// passed as they are. The settings above cannot be set here too.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, SecretString>,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    #[serde(alias = "PLAINTEXT")]
+    Plaintext,
+    #[serde(alias = "SSL")]
+    Ssl,
+    #[serde(alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+    pub fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// librdkafka's `sasl.mechanism`: the user name and password mechanisms (`GSSAPI` and
+/// `OAUTHBEARER` are not supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// librdkafka properties the typed settings of `[kafka]` own.
+const TYPED_PROPERTIES: [(&str, &str); 6] = [
+    ("security.protocol", "security_protocol"),
+    ("ssl.ca.location", "ssl_ca_file"),
+    ("sasl.mechanism", "sasl_mechanism"),
+    ("sasl.mechanisms", "sasl_mechanism"),
+    ("sasl.username", "sasl_username"),
+    ("sasl.password", "sasl_password"),
+];
+
+impl KafkaSettings {
+    /// The librdkafka properties of these settings for every client: the typed security settings,
+    /// then `properties`. The values include the SASL password: hand them to librdkafka only.
+    pub fn client_properties(&self) -> Vec<(&str, &str)> {
+        let mut out = vec![("security.protocol", self.security_protocol.as_str())];
+        if let Some(ca) = self.ssl_ca_file.as_deref().and_then(|p| p.to_str()) {
+            out.push(("ssl.ca.location", ca));
+        }
+        if let Some(m) = self.sasl_mechanism {
+            out.push(("sasl.mechanism", m.as_str()));
+        }
+        if let Some(u) = &self.sasl_username {
+            out.push(("sasl.username", u));
+        }
+        if let Some(p) = &self.sasl_password {
+            out.push(("sasl.password", p.expose_secret()));
+        }
+        out.extend(
+            self.properties
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.expose_secret())),
+        );
+        out
+    }
+
+    /// Checks the security settings and reads `sasl_password_file`.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (property, setting) in TYPED_PROPERTIES {
+            if self.properties.contains_key(property) {
+                return bad(format!(
+                    "kafka.properties.\"{property}\": set kafka.{setting} instead (see docs/configuration.md)"
+                ));
+            }
+        }
+        let protocol = self.security_protocol;
+        if let Some(ca) = &self.ssl_ca_file {
+            if !protocol.tls() {
+                return bad(format!(
+                    "kafka.ssl_ca_file is set but kafka.security_protocol is `{}`; use `ssl` or `sasl_ssl`",
+                    protocol.as_str()
+                ));
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return bad(format!("kafka.ssl_ca_file {}: {e}", ca.display()));
+            }
+        }
+        if let Some(path) = &self.sasl_password_file {
+            if self.sasl_password.is_some() {
+                return bad("kafka: sasl_password and sasl_password_file are both set (ONBOARD__KAFKA__SASL_PASSWORD counts as sasl_password); keep one".into());
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("kafka.sasl_password_file {}: {e}", path.display()))
+            })?;
+            let password = text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text);
+            if password.is_empty() {
+                return bad(format!(
+                    "kafka.sasl_password_file {} is empty",
+                    path.display()
+                ));
+            }
+            self.sasl_password = Some(SecretString::from(password.to_owned()));
+        }
+        if protocol.sasl() {
+            let mut missing = Vec::new();
+            if self.sasl_mechanism.is_none() {
+                missing.push("kafka.sasl_mechanism");
+            }
+            if self.sasl_username.as_deref().is_none_or(str::is_empty) {
+                missing.push("kafka.sasl_username");
+            }
+            if self
+                .sasl_password
+                .as_ref()
+                .is_none_or(|p| p.expose_secret().is_empty())
+            {
+                missing.push("kafka.sasl_password (or sasl_password_file)");
+            }
+            if !missing.is_empty() {
+                return bad(format!(
+                    "kafka.security_protocol `{}` needs {}",
+                    protocol.as_str(),
+                    missing.join(", ")
+                ));
+            }
+        } else if self.sasl_mechanism.is_some()
+            || self.sasl_username.is_some()
+            || self.sasl_password.is_some()
+        {
+            return bad(format!(
+                "kafka: SASL settings are set but kafka.security_protocol is `{}`; use `sasl_ssl` (or `sasl_plaintext`)",
+                protocol.as_str()
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -407,10 +592,14 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment
-            .merge(Env::prefixed("ONBOARD__").split("__").lowercase(true))
+        Self::extract(figment.merge(Env::prefixed("ONBOARD__").split("__").lowercase(true)))
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.kafka.resolve()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -535,6 +724,15 @@ fn describe(e: figment::Error) -> String {
                     return format!("missing key `{full}`");
                 }
                 // The value itself is not repeated: it may be a secret.
+                figment::error::Kind::InvalidType(_, expected)
+                    if key.starts_with("kafka.properties.") =>
+                {
+                    format!(
+                        "expected {expected} (a property named with dots cannot be set from the \
+                         environment: figment splits variable names at dots; for the SASL \
+                         password use ONBOARD__KAFKA__SASL_PASSWORD or kafka.sasl_password_file)"
+                    )
+                }
                 figment::error::Kind::InvalidType(_, expected) => format!("expected {expected}"),
                 figment::error::Kind::UnknownField(..) => {
                     return format!(
@@ -553,6 +751,17 @@ fn describe(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the environment: tests run in parallel, and the ones in a `figment::Jail` set
+    /// `ONBOARD__…` variables.
+    fn load(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::extract(Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)))
+    }
+
+    /// With the environment (inside a `figment::Jail` only).
+    fn load_with_env(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml_str(toml)
+    }
 
     const MINIMAL: &str = r#"
         [output_adapter.email]
@@ -574,7 +783,7 @@ mod tests {
 
     #[test]
     fn a_minimal_file_gets_wso2_defaults() {
-        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        let s = load(MINIMAL).unwrap();
         assert_eq!(
             s.identity_mgt.user_onboarding.ask_password_email_validity,
             1440
@@ -593,7 +802,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug_output() {
-        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        let s = load(MINIMAL).unwrap();
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("smtp-secret-value"));
         assert!(!dbg.contains("db-secret"));
@@ -605,7 +814,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/onboard.example.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        let s = Settings::from_toml_str(&text).unwrap();
+        let s = load(&text).unwrap();
         assert_eq!(
             s.identity_mgt.user_onboarding.ask_password_email_validity,
             1440
@@ -619,7 +828,7 @@ mod tests {
             "[gateway]\ntrusted_proxies = [\"10.1.2.3/8\", \"192.0.2.10\", \"::1\"]",
             1,
         );
-        let s = Settings::from_toml_str(&toml).unwrap();
+        let s = load(&toml).unwrap();
         let nets: Vec<String> = s
             .gateway
             .trusted_proxy_networks()
@@ -633,7 +842,7 @@ mod tests {
             "[gateway]\ntrusted_proxies = [\"proxy.internal\"]",
             1,
         );
-        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let err = load(&toml).unwrap_err().to_string();
         assert!(
             err.contains("gateway.trusted_proxies: `proxy.internal` is neither"),
             "{err}"
@@ -642,9 +851,7 @@ mod tests {
 
     #[test]
     fn a_missing_key_is_named() {
-        let err = Settings::from_toml_str("[database]\nurl='x'")
-            .unwrap_err()
-            .to_string();
+        let err = load("[database]\nurl='x'").unwrap_err().to_string();
         assert!(err.contains("missing key"), "{err}");
     }
 
@@ -655,7 +862,7 @@ mod tests {
             "enable_starttls = true\n        from_address",
             1,
         );
-        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let err = load(&toml).unwrap_err().to_string();
         assert!(
             err.contains("unknown key `output_adapter.email.enable_starttls`"),
             "{err}"
@@ -670,7 +877,7 @@ mod tests {
             "opportunistic_start_tls = true\n        from_address",
             1,
         );
-        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let err = load(&toml).unwrap_err().to_string();
         assert!(err.contains("opportunistic_start_tls"), "{err}");
         let toml = MINIMAL.replacen(
             "from_address",
@@ -678,7 +885,7 @@ mod tests {
             1,
         );
         assert!(
-            Settings::from_toml_str(&toml)
+            load(&toml)
                 .unwrap()
                 .output_adapter
                 .email
@@ -689,7 +896,7 @@ mod tests {
     #[test]
     fn a_wrongly_typed_secret_is_not_repeated_in_the_error() {
         let toml = MINIMAL.replace("password = \"smtp-secret-value\"", "password = 123456789");
-        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let err = load(&toml).unwrap_err().to_string();
         assert!(err.contains("output_adapter.email.password"), "{err}");
         assert!(!err.contains("123456789"), "{err}");
     }
@@ -700,9 +907,133 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ONBOARD__KAFKA__TOPIC", "from.env");
             jail.set_env("ONBOARD__OUTPUT_ADAPTER__EMAIL__PORT", "2525");
-            let s = Settings::from_toml_str(MINIMAL).expect("loads");
+            let s = load_with_env(MINIMAL).expect("loads");
             assert_eq!(s.kafka.topic, "from.env");
             assert_eq!(s.output_adapter.email.port, 2525);
+            Ok(())
+        });
+    }
+
+    fn with_kafka(lines: &str) -> String {
+        MINIMAL.replacen(
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            &format!("bootstrap_servers = \"127.0.0.1:9092\"\n{lines}"),
+            1,
+        )
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn a_sasl_password_comes_from_a_file_or_the_environment_and_never_shows() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("kafka-password", "kafka-secret-from-file\n")?;
+            let file = jail.directory().join("kafka-password");
+            let toml = with_kafka(&format!(
+                "security_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"onboard\"\nsasl_password_file = \"{}\"",
+                file.display()
+            ));
+            let s = load_with_env(&toml).expect("loads");
+            let props = s.kafka.client_properties();
+            assert!(
+                props.contains(&("security.protocol", "sasl_ssl")),
+                "{props:?}"
+            );
+            assert!(props.contains(&("sasl.mechanism", "SCRAM-SHA-512")));
+            assert!(props.contains(&("sasl.username", "onboard")));
+            assert!(props.contains(&("sasl.password", "kafka-secret-from-file")));
+            assert!(!format!("{s:?}").contains("kafka-secret"));
+
+            // Both a file and a password: refused, and neither is repeated.
+            jail.set_env("ONBOARD__KAFKA__SASL_PASSWORD", "kafka-secret-from-env");
+            let err = load_with_env(&toml).unwrap_err().to_string();
+            assert!(err.contains("sasl_password_file are both set"), "{err}");
+            assert!(!err.contains("kafka-secret"), "{err}");
+
+            let toml = with_kafka(
+                "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"onboard\"",
+            );
+            let s = load_with_env(&toml).expect("loads");
+            assert!(s
+                .kafka
+                .client_properties()
+                .contains(&("sasl.password", "kafka-secret-from-env")));
+            assert!(!format!("{s:?}").contains("kafka-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn the_whole_properties_table_can_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "ONBOARD__KAFKA__PROPERTIES",
+                r#"{"ssl.key.password"="kafka-secret-key-pw", "client.rack"="eu-1a"}"#,
+            );
+            let s = load_with_env(MINIMAL).expect("loads");
+            let props = s.kafka.client_properties();
+            assert!(
+                props.contains(&("ssl.key.password", "kafka-secret-key-pw")),
+                "{props:?}"
+            );
+            assert!(props.contains(&("client.rack", "eu-1a")), "{props:?}");
+            assert!(!format!("{s:?}").contains("kafka-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn incomplete_or_contradictory_kafka_security_is_refused_and_named() {
+        let err = load(&with_kafka("security_protocol = \"sasl_ssl\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password"),
+            "{err}"
+        );
+        let err = load(&with_kafka("sasl_username = \"onboard\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use `sasl_ssl`"), "{err}");
+        let err = load(&with_kafka("ssl_ca_file = \"/nonexistent/ca.pem\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use `ssl` or `sasl_ssl`"), "{err}");
+        let err = load(&with_kafka(
+            "security_protocol = \"ssl\"\nssl_ca_file = \"/nonexistent/ca.pem\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("kafka.ssl_ca_file /nonexistent/ca.pem"),
+            "{err}"
+        );
+        let err = load(&with_kafka("sasl_mechanism = \"GSSAPI\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.sasl_mechanism"), "{err}");
+        // The typed settings own their librdkafka properties; the value is not repeated.
+        let err = load(&with_kafka(
+            "[kafka.properties]\n\"sasl.password\" = \"kafka-secret-in-properties\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set kafka.sasl_password instead"), "{err}");
+        assert!(!err.contains("kafka-secret"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn a_property_with_dots_cannot_come_from_the_environment() {
+        // Figment splits keys at dots as well as at `__`: such a variable is refused with a hint.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "ONBOARD__KAFKA__PROPERTIES__SASL.PASSWORD",
+                "kafka-secret-dotted",
+            );
+            let err = load_with_env(MINIMAL).unwrap_err().to_string();
+            assert!(err.contains("ONBOARD__KAFKA__SASL_PASSWORD"), "{err}");
+            assert!(!err.contains("kafka-secret"), "{err}");
             Ok(())
         });
     }
@@ -712,7 +1043,7 @@ mod tests {
         let toml = format!(
             "{MINIMAL}\n[identity_mgt.user_onboarding]\nask_password_email_validity = 999999\n"
         );
-        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let err = load(&toml).unwrap_err().to_string();
         assert!(err.contains("between 5 and 10080"), "{err}");
     }
 }

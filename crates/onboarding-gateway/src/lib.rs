@@ -109,7 +109,7 @@ impl AppState {
             trusted_proxies: settings.gateway.trusted_proxy_networks()?,
             keyring: store.services().keyring.clone(),
             kafka: KafkaProbe::new(&settings.kafka)
-                .map_err(|e| GatewayError::Kafka(e.to_string()))?,
+                .map_err(|e| GatewayError::Kafka(onboarding_relay::kafka::redact(&e)))?,
             store,
             settings: settings.clone(),
             tokens,

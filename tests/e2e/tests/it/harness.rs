@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -135,6 +135,8 @@ pub struct Options {
     pub resend_cooldown_seconds: i64,
     /// An SMTP port of the test's own instead of MailDev's (e.g. one nobody listens on).
     pub smtp_port: Option<u16>,
+    /// More lines for the `[kafka]` section (e.g. `security_protocol = "ssl"`).
+    pub kafka_settings: String,
 }
 
 impl Default for Options {
@@ -146,6 +148,7 @@ impl Default for Options {
             public_rate_limit_per_minute: 600,
             resend_cooldown_seconds: 0,
             smtp_port: None,
+            kafka_settings: String::new(),
         }
     }
 }
@@ -218,6 +221,7 @@ topic = "{topic}"
 partitions = 4
 email_worker_group = "e2e-{name}-{id}"
 email_worker_stall_seconds = 10
+{kafka_settings}
 
 [intake]
 requests_topic = "{topic}.requests"
@@ -262,6 +266,7 @@ name = "Pickup"
                 max_body = options.max_body_bytes,
                 rate = options.public_rate_limit_per_minute,
                 cooldown = options.resend_cooldown_seconds,
+                kafka_settings = options.kafka_settings,
                 token_hash = hex::encode(Sha256::digest(admin_token.as_bytes())),
                 reader_hash = hex::encode(Sha256::digest(reader_token.as_bytes())),
                 revoked_hash = hex::encode(Sha256::digest(revoked_token.as_bytes())),
@@ -728,33 +733,149 @@ pub fn validate_against_schema(ce_type: &str, value: &Value) {
     );
 }
 
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, made with the
+/// openssl command: (CA, certificate, key).
+pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=onboard e2e test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "server.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// How a test's own broker is reached.
+#[derive(Default)]
+pub struct BrokerOptions {
+    /// tansu's `--authentication`: every request but the SASL handshake needs a logged-in client.
+    pub authentication: bool,
+    /// TLS with this certificate and key, terminated by socat in front of tansu (tansu 0.6
+    /// cannot terminate TLS itself; see docs/operations.md). `addr` is then socat's address,
+    /// and tansu advertises it, so every connection goes through TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
 /// A Kafka-protocol broker (tansu, in memory) of one test's own, so the test can restart it.
 pub struct Broker {
     pub addr: String,
     port: u16,
     log: PathBuf,
     child: Option<Child>,
+    authentication: bool,
+    /// socat terminating TLS on `addr`, and its port.
+    tls: Option<(Child, u16)>,
 }
 
 impl Broker {
     pub fn start(dir_name: &str) -> Self {
+        Self::start_with(dir_name, BrokerOptions::default())
+    }
+
+    pub fn start_with(dir_name: &str, options: BrokerOptions) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir()
             .join("onboard-e2e")
             .join(unique(dir_name));
         std::fs::create_dir_all(&dir).unwrap();
+        let tls = options.tls.map(|(cert, key)| {
+            let tls_port = free_port();
+            let log = File::create(dir.join("socat.log")).unwrap();
+            let child = Command::new(var("TEST_SOCAT_BIN"))
+                .arg(format!(
+                    "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                    cert.display(),
+                    key.display()
+                ))
+                .arg(format!("TCP:127.0.0.1:{port}"))
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("start socat");
+            (child, tls_port)
+        });
+        let public_port = tls.as_ref().map_or(port, |(_, p)| *p);
         let mut broker = Self {
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("127.0.0.1:{public_port}"),
             port,
             log: dir.join("tansu.log"),
             child: None,
+            authentication: options.authentication,
+            tls,
         };
         broker.launch();
+        if let Some((_, tls_port)) = &broker.tls {
+            wait_for_port(*tls_port, &dir.join("socat.log"));
+        }
         broker
     }
 
     fn launch(&mut self) {
         let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.addr);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -770,25 +891,18 @@ impl Broker {
             ])
             .args([
                 "--advertised-listener-url",
-                &listener,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ])
+            .args(self.authentication.then_some("--authentication"))
             .env_remove("CLUSTER_ID")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start tansu");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen within 30 s; see {}",
-                self.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(self.port, &self.log);
     }
 
     /// Kills the broker (losing everything it held in memory) and starts an empty one on the same port.
@@ -803,10 +917,24 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let socat = self.tls.take().map(|(child, _)| child);
+        for mut child in self.child.take().into_iter().chain(socat) {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits up to 30 s for a test's own service to listen on 127.0.0.1:`port`.
+fn wait_for_port(port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listened on port {port} within 30 s; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

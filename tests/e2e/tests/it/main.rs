@@ -11,6 +11,7 @@ mod delivery;
 mod flow;
 mod harness;
 mod intake;
+mod kafka_security;
 mod links;
 mod restart;
 mod scim;
