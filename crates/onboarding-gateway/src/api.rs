@@ -213,9 +213,9 @@ async fn create_user_inner(
     let domain = invitation.domain.clone();
     let user_id = match state.store.invite(invitation, &actor).await {
         Ok(id) => id,
-        Err(InviteError::UsernameTaken { username, domain }) => {
-            return Err(ApiError::UsernameTaken { username, domain })
-        }
+        Err(InviteError::UsernameTaken {
+            username, domain, ..
+        }) => return Err(ApiError::UsernameTaken { username, domain }),
         Err(InviteError::Store(e)) => return Err(e.into()),
     };
     metrics::counter!("onboard_invitations_total").increment(1);

@@ -693,10 +693,7 @@ async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Respons
         None => Uuid::now_v7(),
     };
     let invitation = user.invitation;
-    let (domain, key) = (
-        invitation.domain.as_str().to_owned(),
-        invitation.username.key(),
-    );
+    let domain = invitation.domain.as_str().to_owned();
     // One correlation id per SCIM request, so an auditor can match the history to the
     // provisioning system's log: the caller's X-Request-Id, or else the channel and, when given,
     // the upstream's own id for the user.
@@ -714,13 +711,10 @@ async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Respons
         Err(InviteError::UsernameTaken {
             username,
             domain: d,
+            holder,
         }) => {
-            if state
-                .store
-                .invited_as(user_id, &domain, &key)
-                .await?
-                .is_none()
-            {
+            // A retry of this very request (the holder is the id it derives) is answered as done.
+            if holder != Some(user_id) {
                 let detail = match (&external_id, state.store.load(user_id).await?) {
                     // The externalId already created another user (another userName).
                     (Some(ext), Some(_)) => format!(

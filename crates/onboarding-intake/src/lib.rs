@@ -413,10 +413,6 @@ impl Intake {
                 return Ok(reject("invalid_fields", message, by_field));
             }
         };
-        let (domain_key, username_key) = (
-            invitation.domain.as_str().to_owned(),
-            invitation.username.key(),
-        );
         let actor = Actor {
             kind: "upstream",
             id: request.source.clone(),
@@ -434,13 +430,12 @@ impl Intake {
                 metrics::counter!("onboard_invitations_total").increment(1);
                 Ok(accepted)
             }
-            Err(InviteError::UsernameTaken { username, domain }) => {
-                if self
-                    .store
-                    .invited_as(user_id, &domain_key, &username_key)
-                    .await?
-                    .is_some()
-                {
+            Err(InviteError::UsernameTaken {
+                username,
+                domain,
+                holder,
+            }) => {
+                if holder == Some(user_id) {
                     // Redelivery or an upstream retry: this request's invitation exists.
                     Ok(accepted)
                 } else if self.store.load(user_id).await?.is_some() {

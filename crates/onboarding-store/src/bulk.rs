@@ -581,10 +581,6 @@ impl BulkRunner {
             Err(reason) => return Ok(RowOutcome::Invalid(reason)),
         };
         let user_id = row_user_id(job_id, line);
-        let (domain, key) = (
-            invitation.domain.as_str().to_owned(),
-            invitation.username.key(),
-        );
         match self.store.invite_as(user_id, invitation, actor).await {
             Ok(id) => {
                 metrics::counter!("onboard_invitations_total").increment(1);
@@ -593,8 +589,8 @@ impl BulkRunner {
             Err(InviteError::UsernameTaken {
                 username,
                 domain: d,
+                holder,
             }) => {
-                let holder = self.store.user_id_by_username(&domain, &key).await?;
                 if holder == Some(user_id) {
                     // Applied before a restart, but not recorded: it is this row's invitation.
                     Ok(RowOutcome::Created(user_id))

@@ -433,8 +433,14 @@ pub fn stored_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, StoreErro
 
 #[derive(Debug, thiserror::Error)]
 pub enum InviteError {
+    /// The name is held; `holder` is the account holding it when it could be read (the caller's
+    /// own `user_id` means a retry of a request whose invitation exists).
     #[error("the username `{username}` already exists in domain {domain}")]
-    UsernameTaken { username: String, domain: String },
+    UsernameTaken {
+        username: String,
+        domain: String,
+        holder: Option<Uuid>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -449,17 +455,18 @@ impl Store {
 
     /// [`Store::invite`] with a user id chosen by the caller: bulk jobs, SCIM and Kafka requests
     /// derive it from what identifies the request, so a retried request finds its own earlier
-    /// invitation (`UsernameTaken` whose holder is `user_id`; see [`Store::invited_as`]).
+    /// invitation (`UsernameTaken` whose `holder` is `user_id`).
     pub async fn invite_as(
         &self,
         user_id: Uuid,
         invitation: Invitation,
         actor: &Actor,
     ) -> Result<Uuid, InviteError> {
-        let taken = || InviteError::UsernameTaken {
-            username: invitation.username.as_str().to_owned(),
-            domain: invitation.domain.as_str().to_owned(),
-        };
+        let (domain, key) = (
+            invitation.domain.as_str().to_owned(),
+            invitation.username.key(),
+        );
+        let username = invitation.username.as_str().to_owned();
         let command = OnboardingCommand::InviteUser(Box::new(onboarding_domain::InviteUser {
             user_id,
             username: invitation.username.clone(),
@@ -473,25 +480,18 @@ impl Store {
         }));
         match self.execute(user_id, command, actor).await {
             Ok(()) => Ok(user_id),
-            // The registry's unique index fired: someone invited the name concurrently.
-            Err(StoreError::Conflict) => Err(taken()),
-            // This id was invited before (a retry that lost the race with its first attempt).
-            Err(StoreError::Refused(OnboardingError::AlreadyInvited)) => Err(taken()),
+            // The registry's unique index fired (the name is held), or this id was invited
+            // before (a retry that lost the race with its first attempt).
+            Err(StoreError::Conflict | StoreError::Refused(OnboardingError::AlreadyInvited)) => {
+                let holder = self.user_id_by_username(&domain, &key).await?;
+                Err(InviteError::UsernameTaken {
+                    username,
+                    domain,
+                    holder,
+                })
+            }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Whether the username of `invitation` is held by `user_id`: after `UsernameTaken` from
-    /// [`Store::invite_as`], tells a retry of the same request (the invitation exists) from a
-    /// real duplicate.
-    pub async fn invited_as(
-        &self,
-        user_id: Uuid,
-        domain: &str,
-        username_key: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
-        let holder = self.user_id_by_username(domain, username_key).await?;
-        Ok(holder.filter(|h| *h == user_id))
     }
 
     /// The newest sequence number of an account and when it was recorded (SCIM's `meta.version`
