@@ -7,7 +7,7 @@ use onboarding_config::KafkaSettings;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
@@ -126,7 +126,7 @@ pub const DLQ_REASON_HEADER: &str = "onboard_dlq_reason";
 pub async fn dead_letter(
     producer: &FutureProducer,
     topic: &str,
-    msg: &BorrowedMessage<'_>,
+    msg: &impl Message,
     reason: &str,
     detail: &str,
 ) -> Result<(), KafkaError> {
