@@ -211,6 +211,9 @@ pub struct KafkaSettings {
     /// not moved for this long rejoins the consumer group, which makes the group reassign the
     /// partitions (a holder that died or went silent loses them).
     pub email_worker_stall_seconds: u64,
+    /// Records one email worker handles at once, each on a different partition (a partition's
+    /// records are handled one after another, in order). 1 handles one record at a time.
+    pub email_worker_concurrency: u32,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`, `sasl.mechanism`,
@@ -339,6 +342,7 @@ fn defaults() -> Defaults {
             "replication_factor": 1,
             "email_worker_group": "onboarding-email-worker",
             "email_worker_stall_seconds": 60,
+            "email_worker_concurrency": 8,
             "source": "urn:onboard:engine",
         }),
         gateway: json!({
@@ -470,6 +474,12 @@ impl Settings {
             && (self.output_adapter.email.enable_start_tls || self.output_adapter.email.enable_tls)
         {
             return bad("output_adapter.email: opportunistic_start_tls applies only with enable_start_tls = false and enable_tls = false; choose one mode".into());
+        }
+        if !(1..=256).contains(&self.kafka.email_worker_concurrency) {
+            return bad(format!(
+                "kafka.email_worker_concurrency ({}) must be between 1 and 256; 1 handles one record at a time",
+                self.kafka.email_worker_concurrency
+            ));
         }
         if self.kafka.email_worker_stall_seconds < 5 {
             return bad(format!(
@@ -645,5 +655,21 @@ mod tests {
         );
         let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
         assert!(err.contains("between 5 and 10080"), "{err}");
+    }
+
+    #[test]
+    fn the_email_worker_handles_eight_records_at_once_unless_told_and_never_zero() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.kafka.email_worker_concurrency, 8);
+        let toml = MINIMAL.replacen(
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            "bootstrap_servers = \"127.0.0.1:9092\"\nemail_worker_concurrency = 0",
+            1,
+        );
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.email_worker_concurrency (0) must be between 1 and 256"),
+            "{err}"
+        );
     }
 }
