@@ -211,8 +211,9 @@ pub struct KafkaSettings {
     /// not moved for this long rejoins the consumer group, which makes the group reassign the
     /// partitions (a holder that died or went silent loses them).
     pub email_worker_stall_seconds: u64,
-    /// Records one email worker handles at once, each on a different partition (a partition's
-    /// records are handled one after another, in order). 1 handles one record at a time.
+    /// Records one email worker has in hand at once (received, not yet handled). Records of
+    /// different partitions are handled side by side, a partition's one after another, in order.
+    /// 1 handles one record at a time.
     pub email_worker_concurrency: u32,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
@@ -342,7 +343,7 @@ fn defaults() -> Defaults {
             "replication_factor": 1,
             "email_worker_group": "onboarding-email-worker",
             "email_worker_stall_seconds": 60,
-            "email_worker_concurrency": 8,
+            "email_worker_concurrency": 32,
             "source": "urn:onboard:engine",
         }),
         gateway: json!({
@@ -658,9 +659,9 @@ mod tests {
     }
 
     #[test]
-    fn the_email_worker_handles_eight_records_at_once_unless_told_and_never_zero() {
+    fn the_email_worker_holds_32_records_at_once_unless_told_and_never_zero() {
         let s = Settings::from_toml_str(MINIMAL).unwrap();
-        assert_eq!(s.kafka.email_worker_concurrency, 8);
+        assert_eq!(s.kafka.email_worker_concurrency, 32);
         let toml = MINIMAL.replacen(
             "bootstrap_servers = \"127.0.0.1:9092\"",
             "bootstrap_servers = \"127.0.0.1:9092\"\nemail_worker_concurrency = 0",

@@ -7,17 +7,13 @@
 //!   storing each one's offset never skips a record that was not handled.
 //! - Bounded: at most `cap` records are received and not yet handled ([`Lanes::has_room`]); the
 //!   caller stops receiving while it is false.
-//! - A slow partition does not take every slot: once its lane holds `lane_limit` records,
-//!   [`Flow::Pause`] tells the caller to stop fetching that partition, and [`Flow::Resume`] to
-//!   fetch it again once the lane is down to half of that. Other partitions keep the remaining
-//!   slots.
 //! - A record the handler gives up on (it returns `false`: shutdown came while it waited for the
 //!   database) stops its lane: the records queued behind it are neither handled nor reported,
 //!   and their offsets are not stored.
 //! - After `stop` a lane finishes the record in hand and starts no other; the records queued
 //!   behind it are left for whoever reads the partition next.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,13 +29,6 @@ pub struct Handled {
     pub offset: i64,
 }
 
-/// What the consumer should do about fetching a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Pause(i32),
-    Resume(i32),
-}
-
 /// What a [`Handler`] returns.
 pub type HandleFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 
@@ -51,11 +40,6 @@ pub struct Lanes<R> {
     stop: CancellationToken,
     cap: usize,
     in_flight: usize,
-    /// Records a lane may hold before its partition is paused.
-    lane_limit: usize,
-    /// Records each lane holds (received, not yet reported handled).
-    depth: HashMap<i32, usize>,
-    paused: HashSet<i32>,
     lanes: HashMap<i32, mpsc::UnboundedSender<(i64, R)>>,
     tasks: JoinSet<()>,
     handled_tx: mpsc::UnboundedSender<Handled>,
@@ -72,10 +56,6 @@ impl<R: Send + 'static> Lanes<R> {
             stop,
             cap,
             in_flight: 0,
-            // Half the slots, but at least two: one in hand and the next one ready.
-            lane_limit: (cap / 2).max(2),
-            depth: HashMap::new(),
-            paused: HashSet::new(),
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
             handled_tx,
@@ -93,9 +73,8 @@ impl<R: Send + 'static> Lanes<R> {
         self.in_flight
     }
 
-    /// Queues a record on its partition's lane (starting the lane on its first record); asks to
-    /// pause the partition when its lane is full.
-    pub fn dispatch(&mut self, partition: i32, offset: i64, record: R) -> Option<Flow> {
+    /// Queues a record on its partition's lane (starting the lane on its first record).
+    pub fn dispatch(&mut self, partition: i32, offset: i64, record: R) {
         let lane = self.lanes.entry(partition).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             self.tasks.spawn(run_lane(
@@ -115,33 +94,25 @@ impl<R: Send + 'static> Lanes<R> {
                 offset,
                 "lane stopped; record left for redelivery"
             );
-            return None;
+            return;
         }
         self.in_flight += 1;
-        let depth = self.depth.entry(partition).or_default();
-        *depth += 1;
-        (*depth >= self.lane_limit && self.paused.insert(partition))
-            .then_some(Flow::Pause(partition))
     }
 
-    /// The next handled record, and whether to resume fetching its partition. Pending forever
-    /// while nothing is in flight.
-    pub async fn handled(&mut self) -> (Handled, Option<Flow>) {
+    /// The next handled record. Pending forever while nothing is in flight.
+    pub async fn handled(&mut self) -> Handled {
         if self.in_flight == 0 {
             return std::future::pending().await;
         }
         // The sender in `self` keeps the channel open, so `recv` never yields `None`.
         let handled = self.handled_rx.recv().await.expect("Lanes holds a sender");
         self.in_flight -= 1;
-        let depth = self.depth.entry(handled.partition).or_default();
-        *depth = depth.saturating_sub(1);
-        let resume = *depth <= self.lane_limit / 2 && self.paused.remove(&handled.partition);
-        (handled, resume.then_some(Flow::Resume(handled.partition)))
+        handled
     }
 
     /// Closes every lane and waits until each has finished the records it holds (or gave up);
     /// returns what was handled, in order per partition. Lanes start afresh on the next
-    /// [`Lanes::dispatch`], unpaused (the caller drains before it replaces the consumer).
+    /// [`Lanes::dispatch`].
     pub async fn drain(&mut self) -> Vec<Handled> {
         self.lanes.clear();
         while let Some(joined) = self.tasks.join_next().await {
@@ -154,8 +125,6 @@ impl<R: Send + 'static> Lanes<R> {
             handled.push(h);
         }
         self.in_flight = 0;
-        self.depth.clear();
-        self.paused.clear();
         handled
     }
 }
@@ -243,7 +212,7 @@ mod tests {
         // p1's record finishes while p0's first record is still in hand.
         held.finish("p1-a", true).await;
         assert_eq!(
-            lanes.handled().await.0,
+            lanes.handled().await,
             Handled {
                 partition: 1,
                 offset: 5
@@ -253,9 +222,9 @@ mod tests {
         assert!(!held.started().contains(&"p0-b"), "p0-b waits for p0-a");
 
         held.finish("p0-a", true).await;
-        assert_eq!(lanes.handled().await.0.offset, 10);
+        assert_eq!(lanes.handled().await.offset, 10);
         held.finish("p0-b", true).await;
-        assert_eq!(lanes.handled().await.0.offset, 11);
+        assert_eq!(lanes.handled().await.offset, 11);
         let p0: Vec<_> = held
             .started()
             .into_iter()
@@ -276,28 +245,6 @@ mod tests {
         held.finish("b", true).await;
         lanes.handled().await;
         assert!(lanes.has_room());
-    }
-
-    #[tokio::test]
-    async fn a_full_lane_pauses_its_partition_until_it_is_down_to_half() {
-        let (held, handler) = held();
-        let mut lanes = Lanes::new(8, CancellationToken::new(), handler);
-        // Four records (half of eight) fill a lane.
-        let flows: Vec<_> = ["a", "b", "c", "d"]
-            .into_iter()
-            .zip(1..)
-            .map(|(name, offset)| lanes.dispatch(0, offset, name))
-            .collect();
-        assert_eq!(flows, [None, None, None, Some(Flow::Pause(0))]);
-        assert_eq!(lanes.dispatch(1, 1, "other"), None, "other lanes go on");
-        assert!(lanes.has_room());
-
-        held.finish("a", true).await;
-        assert_eq!(lanes.handled().await.1, None, "three left");
-        held.finish("b", true).await;
-        assert_eq!(lanes.handled().await.1, Some(Flow::Resume(0)), "two left");
-        held.finish("c", true).await;
-        assert_eq!(lanes.handled().await.1, None, "resumed once only");
     }
 
     #[tokio::test]
@@ -374,6 +321,6 @@ mod tests {
         // A lane starts afresh after a drain.
         lanes.dispatch(3, 3, "c");
         held.finish("c", true).await;
-        assert_eq!(lanes.handled().await.0.offset, 3);
+        assert_eq!(lanes.handled().await.offset, 3);
     }
 }

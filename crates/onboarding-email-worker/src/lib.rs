@@ -51,7 +51,7 @@ use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
-use lanes::{Flow, HandleFuture, Handled, Lanes};
+use lanes::{HandleFuture, Handled, Lanes};
 pub use mail::{Invitation, MailError, Mailer};
 
 /// Why a record was left unhandled (its offset is not stored; it will be seen again).
@@ -262,9 +262,8 @@ impl EmailWorker {
         loop {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                (handled, flow) = lanes.handled() => {
+                handled = lanes.handled() => {
                     self.store_offset(handled);
-                    self.flow(flow);
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
                     // Measures the lag; a busy worker never rejoins.
                     self.watch(false);
@@ -276,8 +275,7 @@ impl EmailWorker {
                 Ok(Ok(m)) => {
                     disrupted = false;
                     quiet = Duration::ZERO;
-                    let flow = lanes.dispatch(m.partition(), m.offset(), m.detach());
-                    self.flow(flow);
+                    lanes.dispatch(m.partition(), m.offset(), m.detach());
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
                 }
                 Ok(Err(e)) => {
@@ -320,27 +318,6 @@ impl EmailWorker {
                 "cannot store the offset of a handled record (partition revoked?); it will be seen again"
             );
         }
-    }
-
-    /// Pauses fetching a partition whose lane is full, so that other partitions get the free
-    /// slots, and resumes it once its lane has room. Fetching resumes after the last record
-    /// received, so nothing is skipped.
-    fn flow(&self, flow: Option<Flow>) {
-        let (partition, result) = match flow {
-            None => return,
-            Some(Flow::Pause(p)) => (p, self.consumer.pause(&self.partition_list(p))),
-            Some(Flow::Resume(p)) => (p, self.consumer.resume(&self.partition_list(p))),
-        };
-        if let Err(e) = result {
-            // Revoked meanwhile: nothing to pause or resume.
-            tracing::debug!(error = %e, partition, ?flow, "cannot pause or resume a partition");
-        }
-    }
-
-    fn partition_list(&self, partition: i32) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.topic, partition);
-        list
     }
 
     /// Waits until every lane finished the records it holds and stores their offsets.

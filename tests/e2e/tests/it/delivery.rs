@@ -373,7 +373,9 @@ async fn a_mail_the_smtp_server_holds_up_holds_up_only_its_own_partition() {
     let held_partition = stack.user_records(&held_id, &[ISSUED]).await[0].partition;
 
     // Users invited while it hangs, in one batch: with 4 partitions, 32 users all miss its
-    // partition (or all hit it) with a chance of about 1 in 10 000.
+    // partition (or all hit it) with a chance of about 1 in 10 000. The held record and those
+    // queued behind it are fewer than the worker's 32 slots (kafka.email_worker_concurrency), so
+    // they cannot take every slot.
     let batch: Vec<(String, String)> = (0..32)
         .map(|i| {
             (
