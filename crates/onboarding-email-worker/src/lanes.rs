@@ -12,6 +12,8 @@
 //!   and their offsets are not stored.
 //! - After `stop` a lane finishes the record in hand and starts no other; the records queued
 //!   behind it are left for whoever reads the partition next.
+//! - Never silent: a lane whose task failed (a panic while handling) is reported by
+//!   [`Lanes::handled`], rather than leaving its records counted in flight forever.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -99,15 +101,25 @@ impl<R: Send + 'static> Lanes<R> {
         self.in_flight += 1;
     }
 
-    /// The next handled record. Pending forever while nothing is in flight.
-    pub async fn handled(&mut self) -> Handled {
+    /// The next handled record, or the failure of a lane. Pending forever while nothing is in
+    /// flight.
+    pub async fn handled(&mut self) -> Result<Handled, tokio::task::JoinError> {
         if self.in_flight == 0 {
             return std::future::pending().await;
         }
-        // The sender in `self` keeps the channel open, so `recv` never yields `None`.
-        let handled = self.handled_rx.recv().await.expect("Lanes holds a sender");
-        self.in_flight -= 1;
-        handled
+        loop {
+            tokio::select! {
+                // The sender in `self` keeps the channel open, so `recv` never yields `None`.
+                handled = self.handled_rx.recv() => {
+                    self.in_flight -= 1;
+                    return Ok(handled.expect("Lanes holds a sender"));
+                }
+                Some(joined) = self.tasks.join_next() => {
+                    // A lane ends on its own only when its handler gave up at shutdown.
+                    joined?;
+                }
+            }
+        }
     }
 
     /// Closes every lane and waits until each has finished the records it holds (or gave up);
@@ -212,7 +224,7 @@ mod tests {
         // p1's record finishes while p0's first record is still in hand.
         held.finish("p1-a", true).await;
         assert_eq!(
-            lanes.handled().await,
+            lanes.handled().await.unwrap(),
             Handled {
                 partition: 1,
                 offset: 5
@@ -222,9 +234,9 @@ mod tests {
         assert!(!held.started().contains(&"p0-b"), "p0-b waits for p0-a");
 
         held.finish("p0-a", true).await;
-        assert_eq!(lanes.handled().await.offset, 10);
+        assert_eq!(lanes.handled().await.unwrap().offset, 10);
         held.finish("p0-b", true).await;
-        assert_eq!(lanes.handled().await.offset, 11);
+        assert_eq!(lanes.handled().await.unwrap().offset, 11);
         let p0: Vec<_> = held
             .started()
             .into_iter()
@@ -243,8 +255,18 @@ mod tests {
         lanes.dispatch(1, 1, "b");
         assert!(!lanes.has_room());
         held.finish("b", true).await;
-        lanes.handled().await;
+        lanes.handled().await.unwrap();
         assert!(lanes.has_room());
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_panics_is_reported_not_left_in_flight() {
+        let handler: Handler<&'static str> =
+            Arc::new(|_| -> HandleFuture { Box::pin(async { panic!("a bug in a handler") }) });
+        let mut lanes = Lanes::new(8, CancellationToken::new(), handler);
+        lanes.dispatch(0, 1, "boom");
+        let failed = lanes.handled().await.unwrap_err();
+        assert!(failed.is_panic());
     }
 
     #[tokio::test]
@@ -321,6 +343,6 @@ mod tests {
         // A lane starts afresh after a drain.
         lanes.dispatch(3, 3, "c");
         held.finish("c", true).await;
-        assert_eq!(lanes.handled().await.offset, 3);
+        assert_eq!(lanes.handled().await.unwrap().offset, 3);
     }
 }

@@ -69,6 +69,8 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Setup(#[from] mail::SetupError),
+    #[error("a partition lane failed: {0}; its records will be seen again after a restart")]
+    Lane(#[from] tokio::task::JoinError),
 }
 
 /// What became of one attempt at an invitation (or of a welcome mail).
@@ -263,7 +265,7 @@ impl EmailWorker {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 handled = lanes.handled() => {
-                    self.store_offset(handled);
+                    self.store_offset(handled?);
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
                     // Measures the lag; a busy worker never rejoins.
                     self.watch(false);
