@@ -690,6 +690,7 @@ async fn email(settings: &Settings, command: EmailCommand) -> Result<()> {
     let mailer = onboarding_email_worker::Mailer::new(
         &settings.output_adapter.email,
         &settings.organisation.name,
+        1,
     )?;
     match command {
         EmailCommand::Preview {

@@ -211,6 +211,10 @@ pub struct KafkaSettings {
     /// not moved for this long rejoins the consumer group, which makes the group reassign the
     /// partitions (a holder that died or went silent loses them).
     pub email_worker_stall_seconds: u64,
+    /// Records one email worker has in hand at once (received, not yet handled). Records of
+    /// different partitions are handled side by side, a partition's one after another, in order.
+    /// 1 handles one record at a time.
+    pub email_worker_concurrency: u32,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
     /// How the clients reach the brokers: `plaintext` (the default), `ssl` (TLS), `sasl_plaintext`
@@ -557,6 +561,7 @@ fn defaults() -> Defaults {
             "replication_factor": 1,
             "email_worker_group": "onboarding-email-worker",
             "email_worker_stall_seconds": 60,
+            "email_worker_concurrency": 32,
             "source": "urn:onboard:engine",
         }),
         gateway: json!({
@@ -694,6 +699,12 @@ impl Settings {
             && (self.output_adapter.email.enable_start_tls || self.output_adapter.email.enable_tls)
         {
             return bad("output_adapter.email: opportunistic_start_tls applies only with enable_start_tls = false and enable_tls = false; choose one mode".into());
+        }
+        if !(1..=256).contains(&self.kafka.email_worker_concurrency) {
+            return bad(format!(
+                "kafka.email_worker_concurrency ({}) must be between 1 and 256; 1 handles one record at a time",
+                self.kafka.email_worker_concurrency
+            ));
         }
         if self.kafka.email_worker_stall_seconds < 5 {
             return bad(format!(
@@ -1045,5 +1056,21 @@ mod tests {
         );
         let err = load(&toml).unwrap_err().to_string();
         assert!(err.contains("between 5 and 10080"), "{err}");
+    }
+
+    #[test]
+    fn the_email_worker_holds_32_records_at_once_unless_told_and_never_zero() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.kafka.email_worker_concurrency, 32);
+        let toml = MINIMAL.replacen(
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            "bootstrap_servers = \"127.0.0.1:9092\"\nemail_worker_concurrency = 0",
+            1,
+        );
+        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.email_worker_concurrency (0) must be between 1 and 256"),
+            "{err}"
+        );
     }
 }

@@ -12,6 +12,10 @@
 //!   the same code. What remains is the window between the SMTP server's acceptance and the
 //!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md; a mail
 //!   sent again there carries the same Message-ID (`Mailer::message_id_for`).
+//! - In order per partition, partitions side by side: each partition's records are handled one
+//!   after another by its own lane ([`lanes`]); up to `kafka.email_worker_concurrency` records
+//!   are in flight at once, and a partition's offset is stored only once that record and every
+//!   record before it on the partition were handled (docs/adr/0010).
 //! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
 //!   (docs/adr/0004).
 //! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a
@@ -21,6 +25,7 @@
 //!   only in the mail.
 #![forbid(unsafe_code)]
 
+pub mod lanes;
 pub mod mail;
 pub mod templates;
 pub mod watchdog;
@@ -40,12 +45,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
+use lanes::{HandleFuture, Handled, Lanes};
 pub use mail::{Invitation, MailError, Mailer};
 
 /// Why a record was left unhandled (its offset is not stored; it will be seen again).
@@ -63,6 +69,8 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Setup(#[from] mail::SetupError),
+    #[error("a partition lane failed: {0}; its records will be seen again after a restart")]
+    Lane(#[from] tokio::task::JoinError),
 }
 
 /// What became of one attempt at an invitation (or of a welcome mail).
@@ -135,15 +143,22 @@ pub struct Delivery {
 }
 
 pub struct EmailWorker {
-    delivery: Delivery,
+    records: Arc<RecordHandler>,
     consumer: WorkerConsumer,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
     watchdog: watchdog::Watchdog,
-    dead_letters: FutureProducer,
-    dead_letter_topic: String,
     /// The consumer's rebalance count when the watchdog last looked.
     rebalances_seen: u64,
+    /// Records in flight at most (`kafka.email_worker_concurrency`).
+    concurrency: usize,
+}
+
+/// Handles one record; shared by the lanes of every partition.
+struct RecordHandler {
+    delivery: Delivery,
+    dead_letters: FutureProducer,
+    dead_letter_topic: String,
 }
 
 /// How long the worker waits for a record before it counts as idle.
@@ -151,7 +166,13 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl EmailWorker {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
-        let mailer = Mailer::new(&settings.output_adapter.email, &settings.organisation.name)?;
+        let concurrency = settings.kafka.email_worker_concurrency.max(1);
+        // One connection per record in flight, and one for the retry task.
+        let mailer = Mailer::new(
+            &settings.output_adapter.email,
+            &settings.organisation.name,
+            concurrency + 1,
+        )?;
         let mut consumer_config = base_config(&settings.kafka);
         consumer_config
             .set("group.id", &settings.kafka.email_worker_group)
@@ -166,23 +187,27 @@ impl EmailWorker {
         let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
         let email = &settings.output_adapter.email;
         Ok(Self {
-            delivery: Delivery {
-                keyring: store.services().keyring.clone(),
-                store,
-                mailer: Arc::new(mailer),
-                public_base_url: settings
-                    .gateway
-                    .public_base_url
-                    .trim_end_matches('/')
-                    .to_owned(),
-                policy: RetryPolicy {
-                    max_attempts: email.max_attempts.max(1),
-                    initial: Duration::from_secs(email.retry_initial_seconds.max(1)),
-                    max_age: chrono::Duration::minutes(
-                        i64::try_from(email.max_age_minutes).unwrap_or(i64::MAX / 60_000),
-                    ),
+            records: Arc::new(RecordHandler {
+                delivery: Delivery {
+                    keyring: store.services().keyring.clone(),
+                    store,
+                    mailer: Arc::new(mailer),
+                    public_base_url: settings
+                        .gateway
+                        .public_base_url
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    policy: RetryPolicy {
+                        max_attempts: email.max_attempts.max(1),
+                        initial: Duration::from_secs(email.retry_initial_seconds.max(1)),
+                        max_age: chrono::Duration::minutes(
+                            i64::try_from(email.max_age_minutes).unwrap_or(i64::MAX / 60_000),
+                        ),
+                    },
                 },
-            },
+                dead_letters: onboarding_relay::kafka::producer(&settings.kafka)?,
+                dead_letter_topic: onboarding_relay::kafka::dead_letter_topic(&settings.kafka),
+            }),
             consumer,
             consumer_config,
             topic: settings.kafka.topic.clone(),
@@ -191,51 +216,74 @@ impl EmailWorker {
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
             ),
             rebalances_seen: 0,
-            dead_letters: onboarding_relay::kafka::producer(&settings.kafka)?,
-            dead_letter_topic: onboarding_relay::kafka::dead_letter_topic(&settings.kafka),
+            concurrency: concurrency as usize,
         })
     }
 
-    /// Consumes until `shutdown`; finishes the record in hand, then commits stored offsets.
+    /// Consumes until `shutdown`; finishes the records in hand, then commits stored offsets.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        match self.delivery.mailer.test_connection().await {
+        match self.records.delivery.mailer.test_connection().await {
             Ok(true) => tracing::info!("email worker started; SMTP server answers"),
             Ok(false) | Err(_) => {
                 tracing::warn!("email worker started, but the SMTP server does not answer yet; mails will be retried")
             }
         }
-        // Set when the broker became unreachable; cleared by the next record. A broker that comes
-        // back without our consumer group (an in-memory broker that restarted) leaves the
-        // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
         // Mails that failed transiently wait in the delayed store, not on the partition; a task
         // of their own tries them when they are due. It finishes the attempt in hand at shutdown.
         let stop_retries = shutdown.child_token();
-        let retries = tokio::spawn(self.delivery.clone().run_retries(stop_retries.clone()));
+        let retries = tokio::spawn(
+            self.records
+                .delivery
+                .clone()
+                .run_retries(stop_retries.clone()),
+        );
         let result = self.consume(shutdown).await;
         stop_retries.cancel();
         let _ = retries.await;
         result
     }
 
+    /// Receives records while fewer than `concurrency` are in flight and hands each to its
+    /// partition's lane; stores each partition's offset as its lane reports records handled.
     async fn consume(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let records = self.records.clone();
+        let stop = shutdown.clone();
+        let mut lanes: Lanes<OwnedMessage> = Lanes::new(
+            self.concurrency,
+            shutdown.clone(),
+            Arc::new(move |msg| -> HandleFuture {
+                let (records, stop) = (records.clone(), stop.clone());
+                Box::pin(async move { records.handle_until_recorded(&msg, &stop).await })
+            }),
+        );
+        // Set when the broker became unreachable; cleared by the next record. A broker that comes
+        // back without our consumer group (an in-memory broker that restarted) leaves the
+        // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
-            let msg = tokio::select! {
+            let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()) => m,
+                handled = lanes.handled() => {
+                    self.store_offset(handled?);
+                    metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
+                    // Measures the lag; a busy worker never rejoins.
+                    self.watch(false);
+                    continue;
+                }
+                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()), if lanes.has_room() => m,
             };
-            let msg = match msg {
+            match received {
                 Ok(Ok(m)) => {
                     disrupted = false;
                     quiet = Duration::ZERO;
-                    m
+                    lanes.dispatch(m.partition(), m.offset(), m.detach());
+                    metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
                 }
                 Ok(Err(e)) => {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
                 }
                 Err(_idle) => {
                     quiet += IDLE_TICK;
@@ -243,49 +291,67 @@ impl EmailWorker {
                         tracing::warn!(
                             "no records since the broker came back; rejoining the consumer group"
                         );
-                        self.rejoin()?;
+                        self.drain_and_rejoin(&mut lanes).await?;
                         disrupted = false;
                         quiet = Duration::ZERO;
-                    } else {
-                        self.watch(true)?;
-                    }
-                    continue;
-                }
-            };
-            // A record is retried here until it is handled; only a database outage keeps it.
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match self.process(&msg).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the outcome; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return self.close(),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    } else if self.watch(lanes.in_flight() == 0) {
+                        self.drain_and_rejoin(&mut lanes).await?;
                     }
                 }
             }
-            self.consumer.store_offset_from_message(&msg)?;
-            drop(msg);
-            self.watch(false)?;
         }
+        self.drain(&mut lanes).await;
         self.close()
     }
 
-    /// Measures the lag now and then; when idle and a partition's records wait while its
-    /// committed offset stands still, rejoins the group so that it reassigns the partitions.
-    fn watch(&mut self, idle: bool) -> Result<(), WorkerError> {
+    /// Stores the offset after a handled record (the lane reported it, so every record before
+    /// it on its partition was handled too). Auto-commit commits it.
+    fn store_offset(&self, handled: Handled) {
+        if let Err(e) = self
+            .consumer
+            .store_offset(&self.topic, handled.partition, handled.offset)
+        {
+            // The partition was revoked in a rebalance meanwhile: its new holder reads the
+            // record again, and handling it again sends nothing twice.
+            tracing::debug!(
+                error = %e,
+                partition = handled.partition,
+                offset = handled.offset,
+                "cannot store the offset of a handled record (partition revoked?); it will be seen again"
+            );
+        }
+    }
+
+    /// Waits until every lane finished the records it holds and stores their offsets.
+    async fn drain(&mut self, lanes: &mut Lanes<OwnedMessage>) {
+        for handled in lanes.drain().await {
+            self.store_offset(handled);
+        }
+        metrics::gauge!("onboard_mail_in_flight").set(0.0);
+    }
+
+    /// Finishes the records in hand (their offsets belong to this consumer), then rejoins.
+    async fn drain_and_rejoin(
+        &mut self,
+        lanes: &mut Lanes<OwnedMessage>,
+    ) -> Result<(), WorkerError> {
+        self.drain(lanes).await;
+        self.rejoin()
+    }
+
+    /// Measures the lag now and then; true when the worker should rejoin the group so that it
+    /// reassigns the partitions: it is idle (no record in flight) and a partition's records wait
+    /// while its committed offset stands still.
+    fn watch(&mut self, idle: bool) -> bool {
         if !self.watchdog.due() {
-            return Ok(());
+            return false;
         }
         let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
         let lags = match measured {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot measure the consumer lag");
-                return Ok(());
+                return false;
             }
         };
         // After a rebalance the partitions' new holders get the whole stall time.
@@ -314,9 +380,9 @@ impl EmailWorker {
                 .collect();
             tracing::warn!(partitions = %waiting.join("; "), "records wait on partitions nobody reads; rejoining the consumer group");
             metrics::counter!("onboard_consumer_rejoins_total").increment(1);
-            self.rejoin()?;
+            return true;
         }
-        Ok(())
+        false
     }
 
     /// Leaves the consumer group (committing what was handled) and joins it again.
@@ -328,13 +394,47 @@ impl EmailWorker {
         Ok(())
     }
 
+    fn close(self) -> Result<(), WorkerError> {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
+        }
+        tracing::info!("email worker stopped");
+        Ok(())
+    }
+}
+
+impl RecordHandler {
+    /// Handles a record, retrying through a database outage until its outcome is recorded (its
+    /// lane, and so its partition, waits meanwhile; other partitions go on). False when
+    /// `shutdown` came first: the record is left for redelivery.
+    async fn handle_until_recorded(
+        &self,
+        msg: &OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.process(msg).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = msg.partition(), retry_in_ms = backoff.as_millis() as u64, "cannot record the outcome; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
     /// Copies a record that cannot be processed at all to the dead-letter topic, with its key,
     /// value and headers, plus `onboard_dlq_reason` (machine-readable: `missing_type`,
     /// `unreadable_payload`), `onboard_dlq_detail`, and where it came from. Returns once the broker
     /// acknowledged it, so the record's offset is stored only after that.
     async fn dead_letter(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         reason: &str,
         error: &str,
     ) -> Result<(), HandleError> {
@@ -359,15 +459,7 @@ impl EmailWorker {
         Ok(())
     }
 
-    fn close(self) -> Result<(), WorkerError> {
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
-        }
-        tracing::info!("email worker stopped");
-        Ok(())
-    }
-
-    async fn process(&self, msg: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+    async fn process(&self, msg: &OwnedMessage) -> Result<(), HandleError> {
         let ce_type = msg
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "ce_type"))

@@ -93,7 +93,12 @@ pub struct Accepted {
 }
 
 impl Mailer {
-    pub fn new(settings: &EmailSettings, organisation: &str) -> Result<Self, SetupError> {
+    /// A mailer keeping at most `connections` SMTP connections open.
+    pub fn new(
+        settings: &EmailSettings,
+        organisation: &str,
+        connections: u32,
+    ) -> Result<Self, SetupError> {
         let host = settings.hostname.as_str();
         let tls_parameters = || -> Result<TlsParameters, SetupError> {
             let mut params = TlsParameters::builder(host.to_owned());
@@ -133,7 +138,7 @@ impl Mailer {
                     .clone()
                     .unwrap_or_else(|| message_id_domain.clone()),
             ))
-            .pool_config(PoolConfig::new().max_size(8));
+            .pool_config(PoolConfig::new().max_size(connections.max(1)));
         if settings.enable_authentication {
             builder = builder.credentials(Credentials::new(
                 settings.username.clone(),

@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
@@ -281,7 +281,7 @@ pub const DLQ_REASON_HEADER: &str = "onboard_dlq_reason";
 pub async fn dead_letter(
     producer: &FutureProducer,
     topic: &str,
-    msg: &BorrowedMessage<'_>,
+    msg: &impl Message,
     reason: &str,
     detail: &str,
 ) -> Result<(), KafkaError> {

@@ -8,6 +8,9 @@ their local part:
   grey...    451 4.7.1 for the first two attempts per address, then accepted (greylisting)
   second...  the first mail accepted, then 451 4.7.1 for the next two attempts, then accepted
              (an invitation goes through; the welcome mail after it is deferred twice)
+  hold...    no answer to RCPT TO until the test releases the address by creating the file
+             RELEASE_DIR/<address>; prints "HELD <address>" when it starts holding and
+             "RELEASED <address>" before it answers (then as "anything else")
   anything else: accepted
 
 Accepted mail goes on to MailDev, except for quoted local parts ("john doe"@...), which MailDev
@@ -21,7 +24,7 @@ Optionally, like a submission server, it requires STARTTLS and AUTH:
 Each login is printed as "AUTH <mechanism> <login> ok|refused", and each MAIL FROM as
 "MAIL tls=yes|no auth=yes|no".
 
-Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT
+Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT [RELEASE_DIR]
 """
 
 import asyncio
@@ -37,8 +40,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Gate:
-    def __init__(self, forward_host, forward_port):
+    def __init__(self, forward_host, forward_port, release_dir):
         self.forward = (forward_host, forward_port)
+        self.release_dir = release_dir
         self.seen = collections.Counter()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -59,6 +63,12 @@ class Gate:
             return "550 5.1.1 <%s>: mailbox unavailable" % address
         if local.startswith("defer"):
             return "451 4.7.1 <%s>: try again later" % address
+        if local.startswith("hold"):
+            # Only this session waits: others are served meanwhile.
+            print("HELD %s" % address, flush=True)
+            while not os.path.exists(os.path.join(self.release_dir or "", address)):
+                await asyncio.sleep(0.05)
+            print("RELEASED %s" % address, flush=True)
         if local.startswith("second"):
             self.seen[address] += 1
             if self.seen[address] in (2, 3):
@@ -124,8 +134,12 @@ def submission_options():
 
 def main():
     port, host, forward_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    release_dir = sys.argv[4] if len(sys.argv) > 4 else None
     controller = Controller(
-        Gate(host, forward_port), hostname="127.0.0.1", port=port, **submission_options()
+        Gate(host, forward_port, release_dir),
+        hostname="127.0.0.1",
+        port=port,
+        **submission_options(),
     )
     controller.start()
     print("gate listening on 127.0.0.1:%d, forwarding to %s:%d" % (port, host, forward_port), flush=True)

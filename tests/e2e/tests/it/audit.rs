@@ -72,10 +72,24 @@ fn head_of(verify: &std::process::Output) -> String {
 async fn copy_database(stack: &Stack, admin: &PgPool) -> String {
     let source = stack.database_url.rsplit_once('/').unwrap().1.to_owned();
     let copy = format!("{source}_{}", unique("t"));
-    sqlx::query(&format!("CREATE DATABASE \"{copy}\" TEMPLATE \"{source}\""))
-        .execute(admin)
-        .await
-        .unwrap();
+    // A template must have no other sessions. The CLI processes that used it have exited, but
+    // their server sessions can take a moment to end on a loaded machine (PostgreSQL waits 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match sqlx::query(&format!("CREATE DATABASE \"{copy}\" TEMPLATE \"{source}\""))
+            .execute(admin)
+            .await
+        {
+            Ok(_) => break,
+            Err(e)
+                if e.to_string().contains("is being accessed by other users")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => panic!("cannot copy the database {source}: {e}"),
+        }
+    }
     format!("{}/{copy}", stack.database_url.rsplit_once('/').unwrap().0)
 }
 

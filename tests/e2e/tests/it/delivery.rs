@@ -45,6 +45,7 @@ fn of_type<'a>(records: &'a [crate::harness::Record], t: &str) -> Vec<&'a Value>
 const FAILED: &str = "onboard.user.invitation_mail_failed.v1";
 const ABANDONED: &str = "onboard.user.invitation_mail_abandoned.v1";
 const SENT: &str = "onboard.user.invitation_mail_sent.v1";
+const ISSUED: &str = "onboard.user.code_issued.v1";
 
 #[tokio::test]
 async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its_reason() {
@@ -353,4 +354,90 @@ async fn a_failing_welcome_mail_waits_aside_and_arrives_once() {
         "{log}"
     );
     assert_eq!(stack.user(&id).await["state"], "Active");
+}
+
+#[tokio::test]
+async fn a_mail_the_smtp_server_holds_up_holds_up_only_its_own_partition() {
+    // The gate answers the held user's RCPT only when the test releases it; the worker's SMTP
+    // timeout outlasts the test, so the mail waits in hand rather than failing.
+    let (gate, stack) = behind_gate(
+        "held",
+        &[("ONBOARD__OUTPUT_ADAPTER__EMAIL__TIMEOUT_SECONDS", "600")],
+    )
+    .await;
+    let tag = unique("");
+    let held = format!("hold.{tag}@pickup.example");
+    let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+    let held_id = id(stack.invite("Held", &held).await);
+    gate.wait_until_held(&held).await;
+    let held_partition = stack.user_records(&held_id, &[ISSUED]).await[0].partition;
+
+    // Users invited while it hangs, in one batch: with 4 partitions, 32 users all miss its
+    // partition (or all hit it) with a chance of about 1 in 10 000. The held record and those
+    // queued behind it are fewer than the worker's 32 slots (kafka.email_worker_concurrency), so
+    // they cannot take every slot.
+    let batch: Vec<(String, String)> = (0..32)
+        .map(|i| {
+            (
+                format!("later{i}"),
+                format!("later{i}.{tag}@pickup.example"),
+            )
+        })
+        .collect();
+    let ids: Vec<String> = futures::future::join_all(batch.iter().map(|(u, e)| stack.invite(u, e)))
+        .await
+        .into_iter()
+        .map(id)
+        .collect();
+    // Everyone on another partition is mailed while the held mail hangs.
+    let records = stack
+        .read_topic(|rs| {
+            ids.iter().all(|i| {
+                let mine = || rs.iter().filter(|r| &r.key == i);
+                match mine().next() {
+                    None => false,
+                    Some(r) if r.partition == held_partition => true,
+                    Some(_) => mine().any(|r| r.headers["ce_type"] == SENT),
+                }
+            })
+        })
+        .await;
+    let partition_of = |i: &String| records.iter().find(|r| &r.key == i).unwrap().partition;
+    let (behind, beside): (Vec<usize>, Vec<usize>) =
+        (0..ids.len()).partition(|&n| partition_of(&ids[n]) == held_partition);
+    assert!(
+        !beside.is_empty() && !behind.is_empty(),
+        "{behind:?} {beside:?}"
+    );
+    for &n in &beside {
+        assert_eq!(stack.wait_for_mails(&batch[n].1, 1).await.len(), 1);
+    }
+    // Those after it on its partition were not even tried: each partition keeps its order.
+    let tried = gate.recipients();
+    for &n in &behind {
+        assert!(
+            !tried.contains(&format!("<{}>", batch[n].1)) && !tried.contains(&batch[n].1),
+            "{} was tried while the mail before it on its partition was held: {tried:?}",
+            batch[n].1
+        );
+    }
+    assert!(stack.mails_to(&held).await.is_empty());
+
+    gate.release(&held);
+    let mut everyone: Vec<(&String, &String)> =
+        ids.iter().zip(batch.iter().map(|(_, e)| e)).collect();
+    everyone.push((&held_id, &held));
+    for (user, address) in &everyone {
+        stack.wait_for_delivery(user, "sent").await;
+        stack.wait_for_mail(address).await;
+    }
+    // Every user got exactly one mail, and on the held partition the held one went first.
+    for (_, address) in &everyone {
+        assert_eq!(stack.mails_to(address).await.len(), 1, "{address}");
+    }
+    let tried = gate.recipients();
+    let first_try = |a: &str| tried.iter().position(|t| t.contains(a)).unwrap();
+    for &n in &behind {
+        assert!(first_try(&held) < first_try(&batch[n].1), "{tried:?}");
+    }
 }

@@ -944,6 +944,8 @@ fn wait_for_port(port: u16, log: &Path) {
 pub struct SmtpGate {
     pub port: u16,
     log: PathBuf,
+    /// Where `release` puts the files that let held recipients (`hold…@`) through.
+    release_dir: PathBuf,
     child: Child,
 }
 
@@ -959,11 +961,15 @@ impl SmtpGate {
         let port = free_port();
         let log_path = dir.join(format!("smtp-gate-{port}.log"));
         let log = File::create(&log_path).unwrap();
+        let release_dir = dir.join(format!("smtp-gate-{port}.release"));
+        let _ = std::fs::remove_dir_all(&release_dir);
+        std::fs::create_dir_all(&release_dir).unwrap();
         let child = Command::new(var("TEST_SMTP_GATE_PYTHON"))
             .arg(var("TEST_SMTP_GATE"))
             .arg(port.to_string())
             .arg(&services.smtp_host)
             .arg(services.smtp_port.to_string())
+            .arg(&release_dir)
             .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -980,8 +986,32 @@ impl SmtpGate {
         Self {
             port,
             log: log_path,
+            release_dir,
             child,
         }
+    }
+
+    /// Waits until the gate holds the SMTP transaction for `address` (a `hold…@` recipient).
+    pub async fn wait_until_held(&self, address: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let held = format!("HELD {address}");
+        while !std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == held)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the gate did not hold {address} within 60 s; its log: {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Lets the held SMTP transaction for `address` go on.
+    pub fn release(&self, address: &str) {
+        std::fs::write(self.release_dir.join(address), b"").unwrap();
     }
 
     /// The mails the gate kept itself (quoted local parts): (recipient, Message-ID).
