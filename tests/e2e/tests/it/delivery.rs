@@ -81,19 +81,7 @@ async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its
     // one batch while it waits: with 4 partitions, 32 users all miss its partition with a chance of
     // (3/4)^32, about 1 in 10 000, and mailing them takes well under its two waits.
     let defer_partition = stack.user_records(&defer_id, &[FAILED]).await[0].partition;
-    let batch: Vec<(String, String)> = (0..32)
-        .map(|i| {
-            (
-                format!("neighbour{i}"),
-                format!("next{i}.{tag}@pickup.example"),
-            )
-        })
-        .collect();
-    let ids: Vec<String> = futures::future::join_all(batch.iter().map(|(u, e)| stack.invite(u, e)))
-        .await
-        .into_iter()
-        .map(id)
-        .collect();
+    let ids = stack.invite_batch("neighbour", 32, &tag).await;
     let records = stack
         .read_topic(|rs| {
             ids.iter().all(|i| {
@@ -376,19 +364,8 @@ async fn a_mail_the_smtp_server_holds_up_holds_up_only_its_own_partition() {
     // partition (or all hit it) with a chance of about 1 in 10 000. The held record and those
     // queued behind it are fewer than the worker's 32 slots (kafka.email_worker_concurrency), so
     // they cannot take every slot.
-    let batch: Vec<(String, String)> = (0..32)
-        .map(|i| {
-            (
-                format!("later{i}"),
-                format!("later{i}.{tag}@pickup.example"),
-            )
-        })
-        .collect();
-    let ids: Vec<String> = futures::future::join_all(batch.iter().map(|(u, e)| stack.invite(u, e)))
-        .await
-        .into_iter()
-        .map(id)
-        .collect();
+    let ids = stack.invite_batch("later", 32, &tag).await;
+    let address = |n: usize| format!("later{n}.{tag}@pickup.example");
     // Everyone on another partition is mailed while the held mail hangs.
     let records = stack
         .read_topic(|rs| {
@@ -410,23 +387,26 @@ async fn a_mail_the_smtp_server_holds_up_holds_up_only_its_own_partition() {
         "{behind:?} {beside:?}"
     );
     for &n in &beside {
-        assert_eq!(stack.wait_for_mails(&batch[n].1, 1).await.len(), 1);
+        assert_eq!(stack.wait_for_mails(&address(n), 1).await.len(), 1);
     }
     // Those after it on its partition were not even tried: each partition keeps its order.
     let tried = gate.recipients();
     for &n in &behind {
         assert!(
-            !tried.contains(&format!("<{}>", batch[n].1)) && !tried.contains(&batch[n].1),
+            !tried.contains(&format!("<{}>", address(n))) && !tried.contains(&address(n)),
             "{} was tried while the mail before it on its partition was held: {tried:?}",
-            batch[n].1
+            address(n)
         );
     }
     assert!(stack.mails_to(&held).await.is_empty());
 
     gate.release(&held);
-    let mut everyone: Vec<(&String, &String)> =
-        ids.iter().zip(batch.iter().map(|(_, e)| e)).collect();
-    everyone.push((&held_id, &held));
+    let mut everyone: Vec<(String, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.clone(), address(n)))
+        .collect();
+    everyone.push((held_id.clone(), held.clone()));
     for (user, address) in &everyone {
         stack.wait_for_delivery(user, "sent").await;
         stack.wait_for_mail(address).await;
@@ -438,6 +418,6 @@ async fn a_mail_the_smtp_server_holds_up_holds_up_only_its_own_partition() {
     let tried = gate.recipients();
     let first_try = |a: &str| tried.iter().position(|t| t.contains(a)).unwrap();
     for &n in &behind {
-        assert!(first_try(&held) < first_try(&batch[n].1), "{tried:?}");
+        assert!(first_try(&held) < first_try(&address(n)), "{tried:?}");
     }
 }

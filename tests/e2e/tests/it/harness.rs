@@ -466,6 +466,24 @@ name = "Pickup"
         r.json().await.unwrap()
     }
 
+    /// Invites `n` users at once, `{name}{i}` at `{name}{i}.{tag}@pickup.example`; their ids in
+    /// that order.
+    pub async fn invite_batch(&self, name: &str, n: usize, tag: &str) -> Vec<String> {
+        let users: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                (
+                    format!("{name}{i}"),
+                    format!("{name}{i}.{tag}@pickup.example"),
+                )
+            })
+            .collect();
+        futures::future::join_all(users.iter().map(|(u, e)| self.invite(u, e)))
+            .await
+            .into_iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Invites `username` at a fresh address and waits for the mail: (user id, address, mail).
     pub async fn invite_mailed(&self, username: &str) -> (String, String, Mail) {
         let email = format!(
