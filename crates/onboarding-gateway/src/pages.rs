@@ -100,7 +100,7 @@ impl<'a> Page<'a> {
 
 fn render(page: &Page, template: &str, status: StatusCode, ctx: Value) -> Response {
     let state = page.state;
-    let page = state.pages.get_template(template).and_then(|t| {
+    let rendered = state.pages.get_template(template).and_then(|t| {
         t.render(context! {
             organisation => &state.settings.organisation.name,
             lang => page.lang.tag(),
@@ -108,7 +108,7 @@ fn render(page: &Page, template: &str, status: StatusCode, ctx: Value) -> Respon
             ..ctx
         })
     });
-    match page {
+    match rendered {
         Ok(html) => {
             secure(warp::reply::with_status(warp::reply::html(html), status).into_response())
         }
