@@ -372,9 +372,7 @@ async fn invite(
     validity: Option<i64>,
 ) -> Result<()> {
     let cfg = &settings.identity_mgt.user_onboarding;
-    if !cfg.ask_password_from_user {
-        bail!("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true");
-    }
+    cfg.invitations_enabled()?;
     let invitation = onboarding_store::InvitationFields {
         username: Some(username),
         email: Some(email),
@@ -411,9 +409,10 @@ async fn invite(
 /// does) and applies its rows in this process, with a progress bar on a terminal.
 async fn invite_file(settings: &Settings, path: &std::path::Path) -> Result<()> {
     use onboarding_store::bulk::{self, BulkRunner, Format};
-    if !settings.identity_mgt.user_onboarding.ask_password_from_user {
-        bail!("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true");
-    }
+    settings
+        .identity_mgt
+        .user_onboarding
+        .invitations_enabled()?;
     let format = Format::from_file_name(&path.to_string_lossy()).with_context(|| {
         format!(
             "{}: name the file .csv (username,email[,domain,locale,time_zone]) or .jsonl (JSON lines)",

@@ -519,6 +519,22 @@ struct Defaults {
     organisation: serde_json::Value,
 }
 
+/// An invitation asked for while `ask_password_from_user` is off.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true")]
+pub struct InvitationsDisabled;
+
+impl UserOnboarding {
+    /// Whether this engine invites at all (WSO2's switch); every way in asks before it invites.
+    pub fn invitations_enabled(&self) -> Result<(), InvitationsDisabled> {
+        if self.ask_password_from_user {
+            Ok(())
+        } else {
+            Err(InvitationsDisabled)
+        }
+    }
+}
+
 impl Default for UserOnboarding {
     /// The built-in settings, as a configuration file that leaves the section out gets them.
     fn default() -> Self {

@@ -167,14 +167,11 @@ async fn create_user_inner(
     actor: Actor,
     body: &Bytes,
 ) -> Result<Answer, ApiError> {
-    if !state
+    state
         .settings
         .identity_mgt
         .user_onboarding
-        .ask_password_from_user
-    {
-        return Err(ApiError::InvitationsDisabled);
-    }
+        .invitations_enabled()?;
     let mut f = Fields::new(
         parse_object(body)?,
         &[

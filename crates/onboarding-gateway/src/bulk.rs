@@ -21,14 +21,11 @@ pub async fn upload(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let token_id = grant.require("invite")?;
-    if !state
+    state
         .settings
         .identity_mgt
         .user_onboarding
-        .ask_password_from_user
-    {
-        return Err(ApiError::InvitationsDisabled);
-    }
+        .invitations_enabled()?;
     let format = content_type
         .as_deref()
         .and_then(Format::from_media_type)

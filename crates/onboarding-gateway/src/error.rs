@@ -24,10 +24,8 @@ pub enum ApiError {
     UserNotFound(String),
     #[error("the username `{username}` already exists in domain {domain}")]
     UsernameTaken { username: String, domain: String },
-    #[error(
-        "invitations are disabled: set identity_mgt.user_onboarding.ask_password_from_user = true"
-    )]
-    InvitationsDisabled,
+    #[error(transparent)]
+    InvitationsDisabled(#[from] onboarding_config::InvitationsDisabled),
     #[error("{0}")]
     Refused(OnboardingError),
     #[error("the account was changed concurrently; retry the request")]
@@ -83,7 +81,7 @@ impl ApiError {
             Self::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
             Self::UserNotFound(_) => ("user_not_found", StatusCode::NOT_FOUND),
             Self::UsernameTaken { .. } => ("username_taken", StatusCode::CONFLICT),
-            Self::InvitationsDisabled => ("invitations_disabled", StatusCode::FORBIDDEN),
+            Self::InvitationsDisabled(_) => ("invitations_disabled", StatusCode::FORBIDDEN),
             Self::Conflict => ("conflict", StatusCode::CONFLICT),
             Self::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),

@@ -676,14 +676,12 @@ fn parse_new_user(body: &Bytes, rules: &UserOnboarding) -> Result<NewUser, ScimE
 
 async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Response, ScimError> {
     let token_id = grant.id.as_str();
-    if !state
+    state
         .settings
         .identity_mgt
         .user_onboarding
-        .ask_password_from_user
-    {
-        return Err(ApiError::InvitationsDisabled.into());
-    }
+        .invitations_enabled()
+        .map_err(ApiError::from)?;
     let user = parse_new_user(body, &state.settings.identity_mgt.user_onboarding)?;
     let external_id = user.external_id.clone();
     // With an externalId, a retried POST (the upstream lost our answer) finds its own user:

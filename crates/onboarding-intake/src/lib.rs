@@ -384,10 +384,10 @@ impl Intake {
                 }),
             };
         let cfg = &self.settings.identity_mgt.user_onboarding;
-        if !cfg.ask_password_from_user {
+        if let Err(disabled) = cfg.invitations_enabled() {
             return Ok(reject(
                 "invitations_disabled",
-                "invitations are disabled on this engine (identity_mgt.user_onboarding.ask_password_from_user)".into(),
+                disabled.to_string(),
                 BTreeMap::new(),
             ));
         }

@@ -187,6 +187,27 @@ async fn an_optional_field_left_empty_means_not_given_through_every_door() {
         assert!(err.contains(flag), "{flag} not named in: {err}");
     }
 
+    // With invitations switched off, the CLI says which setting to change.
+    let o = stack.cli_with_env(
+        &[
+            "invite",
+            "--username",
+            "Blake",
+            "--email",
+            "blake@pickup.example",
+        ],
+        &[(
+            "ONBOARD__IDENTITY_MGT__USER_ONBOARDING__ASK_PASSWORD_FROM_USER",
+            "false",
+        )],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("set identity_mgt.user_onboarding.ask_password_from_user = true"),
+        "{o:?}"
+    );
+
     // A bulk file's empty cells, too.
     let (status, job) = crate::bulk::upload(
         &stack,
