@@ -39,7 +39,7 @@ use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
 use onboarding_domain::EmailDelivery;
 use onboarding_domain::{OnboardingCommand, OnboardingError};
 use onboarding_events::{CodeIssuedV1, PublicEvent, UserActivatedV1};
-use onboarding_relay::kafka::base_config;
+use onboarding_relay::kafka::group_consumer_config;
 use onboarding_store::{Actor, MailRetry, Store, StoreError};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -173,17 +173,10 @@ impl EmailWorker {
             &settings.organisation.name,
             concurrency + 1,
         )?;
-        let mut consumer_config = base_config(&settings.kafka);
-        consumer_config
-            .set("group.id", &settings.kafka.email_worker_group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // Notice a recreated topic (after a broker lost its data) within seconds.
-            .set("topic.metadata.refresh.interval.ms", "5000");
+        let mut consumer_config =
+            group_consumer_config(&settings.kafka, &settings.kafka.email_worker_group);
+        // Notice a recreated topic (after a broker lost its data) within seconds.
+        consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
         let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
         let email = &settings.output_adapter.email;
         Ok(Self {

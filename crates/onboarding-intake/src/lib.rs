@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use onboarding_config::Settings;
-use onboarding_relay::kafka::{base_config, producer};
+use onboarding_relay::kafka::{base_config, group_consumer_config, producer};
 use onboarding_store::{Actor, InvitationFields, InviteError, Store, StoreError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -257,15 +257,7 @@ pub struct Intake {
 
 impl Intake {
     pub fn new(settings: std::sync::Arc<Settings>, store: Store) -> Result<Self, IntakeError> {
-        let mut consumer_config = base_config(&settings.kafka);
-        consumer_config
-            .set("group.id", &settings.intake.group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+        let consumer_config = group_consumer_config(&settings.kafka, &settings.intake.group);
         let consumer: StreamConsumer = consumer_config.create()?;
         consumer.subscribe(&[&settings.intake.requests_topic])?;
         Ok(Self {

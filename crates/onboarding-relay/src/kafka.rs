@@ -119,6 +119,21 @@ pub enum SetupError {
     Kafka(#[from] KafkaError),
 }
 
+/// A consumer in `group` that reads from the start of a partition it has no offset for and
+/// commits only the offsets the application stores, once it has handled their records (at least
+/// once; the handlers are idempotent). Used by the email worker and the intake.
+pub fn group_consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    c
+}
+
 /// Idempotent, `acks=all`: a retried send never duplicates or reorders within a partition.
 ///
 /// One record per batch: tansu answers a fetch that starts inside a batch with the batch after
