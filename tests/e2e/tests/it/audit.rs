@@ -109,6 +109,16 @@ async fn tamper(url: &str, statements: &[&str]) {
     pool.close().await;
 }
 
+/// `audit verify` on a copy of the test's log after `statements`: it must report findings
+/// (exit 3); returns its standard output, which names them.
+async fn verify_tampered(stack: &Stack, admin: &PgPool, statements: &[&str]) -> String {
+    let url = copy_database(stack, admin).await;
+    tamper(&url, statements).await;
+    let o = verify_on(stack, &url, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    stdout(&o)
+}
+
 fn verify_on(stack: &Stack, url: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["audit", "verify"];
     args.extend_from_slice(extra);
@@ -140,32 +150,29 @@ async fn verify_names_an_altered_removed_inserted_or_reordered_event_and_keeps_t
     pool.close().await;
 
     // Altered: Ben's address changed in his invitation.
-    let url = copy_database(&stack, &admin).await;
-    tamper(&url, &["UPDATE events SET payload = jsonb_set(payload, '{UserInvited,email}', '\"mallory@evil.example\"') WHERE global_position = 3"]).await;
-    let o = verify_on(&stack, &url, &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let found = verify_tampered(&stack, &admin, &["UPDATE events SET payload = jsonb_set(payload, '{UserInvited,email}', '\"mallory@evil.example\"') WHERE global_position = 3"]).await;
     assert!(
-        stdout(&o).contains("ALTERED: position 3 (UserInvited of Onboarding"),
-        "{}",
-        out(&o)
+        found.contains("ALTERED: position 3 (UserInvited of Onboarding"),
+        "{found}"
     );
 
     // Removed: Ben's code disappears from the middle of the log.
-    let url = copy_database(&stack, &admin).await;
-    tamper(&url, &["DELETE FROM events WHERE global_position = 4"]).await;
-    let o = verify_on(&stack, &url, &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let found = verify_tampered(
+        &stack,
+        &admin,
+        &["DELETE FROM events WHERE global_position = 4"],
+    )
+    .await;
     assert!(
-        stdout(&o).contains("REMOVED: an event is missing after position 3, before position 5"),
-        "{}",
-        out(&o)
+        found.contains("REMOVED: an event is missing after position 3, before position 5"),
+        "{found}"
     );
 
     // Inserted: a forged event, with a hash computed by the published formula and chained to
     // its predecessor, slipped in after position 2 (the later events renumbered to make room).
-    let url = copy_database(&stack, &admin).await;
-    tamper(
-        &url,
+    let found = verify_tampered(
+        &stack,
+        &admin,
         &[
             "UPDATE events SET global_position = global_position + 1000 WHERE global_position > 2",
             "UPDATE events SET global_position = global_position - 999 WHERE global_position > 1000",
@@ -179,18 +186,15 @@ async fn verify_names_an_altered_removed_inserted_or_reordered_event_and_keeps_t
         ],
     )
     .await;
-    let o = verify_on(&stack, &url, &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
     assert!(
-        stdout(&o).contains("INSERTED: position 3 does not belong here"),
-        "{}",
-        out(&o)
+        found.contains("INSERTED: position 3 does not belong here"),
+        "{found}"
     );
 
     // Reordered: two neighbours swap places.
-    let url = copy_database(&stack, &admin).await;
-    tamper(
-        &url,
+    let found = verify_tampered(
+        &stack,
+        &admin,
         &[
             "UPDATE events SET global_position = -1 WHERE global_position = 4",
             "UPDATE events SET global_position = 4 WHERE global_position = 5",
@@ -198,12 +202,9 @@ async fn verify_names_an_altered_removed_inserted_or_reordered_event_and_keeps_t
         ],
     )
     .await;
-    let o = verify_on(&stack, &url, &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
     assert!(
-        stdout(&o).contains("REORDERED: position 4 (") && stdout(&o).contains("and position 5 ("),
-        "{}",
-        out(&o)
+        found.contains("REORDERED: position 4 (") && found.contains("and position 5 ("),
+        "{found}"
     );
 
     // The kept head: still in the log after more appends; gone when the newest event is removed,

@@ -638,19 +638,7 @@ name = "Pickup"
                 continue;
             };
             let raw_value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
-            let headers: HashMap<String, String> = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = headers_of(&m);
             // The engine's own topic holds JSON of its schemas only; a dead-letter topic holds
             // what could not be read.
             let value: Value = if topic == self.topic {
@@ -720,6 +708,22 @@ impl Drop for Stack {
 
 /// Checks a record's value against the committed JSON Schema of its `ce_type`
 /// (`schemas/events/<ce_type>.json`); every test that reads the topic goes through here.
+/// A Kafka record's headers, as text.
+pub fn headers_of(m: &impl Message) -> HashMap<String, String> {
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn validate_against_schema(ce_type: &str, value: &Value) {
     static VALIDATORS: std::sync::OnceLock<Mutex<HashMap<String, jsonschema::Validator>>> =
         std::sync::OnceLock::new();

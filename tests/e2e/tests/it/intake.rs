@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 
-use crate::harness::{unique, Options, Stack};
+use crate::harness::{headers_of, unique, Options, Stack};
 
 const HR: &str = "urn:pickup:hr";
 
@@ -80,19 +79,7 @@ async fn read(stack: &Stack, suffix: &str, want: usize) -> Vec<Seen> {
         else {
             continue;
         };
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = headers_of(&m);
         out.push(Seen {
             value: m.payload().unwrap_or_default().to_vec(),
             headers,
