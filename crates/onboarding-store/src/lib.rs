@@ -469,13 +469,13 @@ impl Store {
         let username = invitation.username.as_str().to_owned();
         let command = OnboardingCommand::InviteUser(Box::new(onboarding_domain::InviteUser {
             user_id,
-            username: invitation.username.clone(),
-            email: invitation.email.clone(),
-            domain: invitation.domain.clone(),
-            locale: invitation.locale.clone(),
-            time_zone: invitation.time_zone.clone(),
-            claims: invitation.claims.clone(),
             code: new_code(&self.services.keyring, invitation.validity_minutes),
+            username: invitation.username,
+            email: invitation.email,
+            domain: invitation.domain,
+            locale: invitation.locale,
+            time_zone: invitation.time_zone,
+            claims: invitation.claims,
             now: Utc::now(),
         }));
         match self.execute(user_id, command, actor).await {
