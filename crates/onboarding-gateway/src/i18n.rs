@@ -65,10 +65,13 @@ impl Lang {
     }
 }
 
-/// Every page text in every language.
+/// Every page text in every language, and each language's texts as the templates read them
+/// (`{{ t.form_title }}`), built once.
 pub struct Texts {
     en: HashMap<String, String>,
     de: HashMap<String, String>,
+    en_value: minijinja::Value,
+    de_value: minijinja::Value,
 }
 
 impl Texts {
@@ -77,14 +80,27 @@ impl Texts {
             toml::from_str::<HashMap<String, String>>(source)
                 .map_err(|e| format!("locales/{name}.toml: {e}"))
         };
+        let (en, de) = (
+            read("en", include_str!("../locales/en.toml"))?,
+            read("de", include_str!("../locales/de.toml"))?,
+        );
         Ok(Self {
-            en: read("en", include_str!("../locales/en.toml"))?,
-            de: read("de", include_str!("../locales/de.toml"))?,
+            en_value: minijinja::Value::from_serialize(&en),
+            de_value: minijinja::Value::from_serialize(&de),
+            en,
+            de,
         })
     }
 
-    /// The texts of one language, for the templates (`{{ t.form_title }}`).
-    pub fn all(&self, lang: Lang) -> &HashMap<String, String> {
+    /// The texts of one language, for the templates; cloning shares them.
+    pub fn for_templates(&self, lang: Lang) -> minijinja::Value {
+        match lang {
+            Lang::En => self.en_value.clone(),
+            Lang::De => self.de_value.clone(),
+        }
+    }
+
+    fn all(&self, lang: Lang) -> &HashMap<String, String> {
         match lang {
             Lang::En => &self.en,
             Lang::De => &self.de,

@@ -104,7 +104,7 @@ fn render(page: &Page, template: &str, status: StatusCode, ctx: Value) -> Respon
         t.render(context! {
             organisation => &state.settings.organisation.name,
             lang => page.lang.tag(),
-            t => state.texts.all(page.lang),
+            t => state.texts.for_templates(page.lang),
             ..ctx
         })
     });
