@@ -672,20 +672,6 @@ mod tests {
     /// `UPDATE_SCHEMAS=1 cargo test -p onboarding-intake`.
     #[test]
     fn committed_schemas_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/intake");
-        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
-        for (file, schema) in schemas() {
-            let path = dir.join(&file);
-            let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
-            if update {
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(&path, &text).unwrap();
-            }
-            let committed = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                committed, text,
-                "schemas/intake/{file} is stale; run UPDATE_SCHEMAS=1 cargo test -p onboarding-intake"
-            );
-        }
+        onboarding_events::check_committed_schemas("intake", "onboarding-intake", schemas());
     }
 }
