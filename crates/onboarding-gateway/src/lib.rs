@@ -369,30 +369,42 @@ fn acceptable_request_id(id: &str) -> bool {
 /// one that cannot be kept in the audit log as it is.
 fn request_id(
 ) -> impl Filter<Extract = (Result<Option<String>, ApiError>,), Error = Infallible> + Clone {
-    warp::header::headers_cloned().map(|headers: warp::http::HeaderMap| {
-        let Some(value) = headers.get("x-request-id") else {
-            return Ok(None);
-        };
-        match value.to_str() {
-            Ok(id) if acceptable_request_id(id) => Ok(Some(id.to_owned())),
-            _ => Err(ApiError::field(
+    x_request_id().map(|id: Result<Option<String>, ()>| {
+        id.map_err(|()| {
+            ApiError::field(
                 "X-Request-Id",
                 format!(
                     "must be 1 to {MAX_REQUEST_ID} visible ASCII characters without spaces \
                      (it becomes the correlation id of the events this request records); \
                      send another or leave the header out"
                 ),
-            )),
-        }
+            )
+        })
     })
 }
 
+/// The `X-Request-Id` header: `Ok(None)` without one, `Err(())` for one that cannot be kept
+/// (not text, or not [`acceptable_request_id`]).
+fn x_request_id() -> impl Filter<Extract = (Result<Option<String>, ()>,), Error = Infallible> + Clone
+{
+    warp::header::optional::<String>("x-request-id")
+        .map(|id: Option<String>| match id {
+            Some(id) if !acceptable_request_id(&id) => Err(()),
+            id => Ok(id),
+        })
+        // warp refuses a header value that is not text.
+        .or(warp::any().map(|| Err(())))
+        .unify()
+}
+
 /// Repeats the caller's `X-Request-Id` on the answer, so that the caller's log and ours meet.
-fn echo_request_id(headers: &warp::http::HeaderMap, mut response: Response) -> Response {
-    if let Some(value) = headers.get("x-request-id") {
-        if value.to_str().is_ok_and(acceptable_request_id) {
-            response.headers_mut().insert("x-request-id", value.clone());
-        }
+fn echo_request_id(id: Result<Option<String>, ()>, mut response: Response) -> Response {
+    if let Some(value) = id
+        .ok()
+        .flatten()
+        .and_then(|id| warp::http::HeaderValue::from_str(&id).ok())
+    {
+        response.headers_mut().insert("x-request-id", value);
     }
     response
 }
@@ -676,9 +688,9 @@ pub fn routes(
         .unify()
         .recover(recover)
         .unify();
-    warp::header::headers_cloned()
+    x_request_id()
         .and(every)
-        .map(|headers, response| echo_request_id(&headers, response))
+        .map(echo_request_id)
         .with(warp::log::custom(|info| {
             metrics::counter!(
                 "onboard_http_requests_total",
