@@ -20,9 +20,13 @@ use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 /// Where an account is in its onboarding. `Uninvited` is the state of an id nobody invited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OnboardingState {
+    /// Nobody invited this id; only `InviteUser` applies, every other command is refused.
     #[default]
     Uninvited,
+    /// Invited, first code not yet applied. Passing only: `InviteUser` writes `UserInvited` and
+    /// the first `CodeIssued` together, so a loaded account is never left here.
     Invited,
+    /// A live code exists: its link may set the password until it expires, is replaced or locks.
     CodeIssued,
     /// The live code passed its expiry (written by the scheduler); a new code revives it.
     Expired,
@@ -30,11 +34,14 @@ pub enum OnboardingState {
     Locked,
     /// The invitation was withdrawn by an admin or declined by the user. Final.
     Revoked,
+    /// The password was stored. Passing only: `UserActivated` is written in the same command.
     PasswordSet,
+    /// The account is ready: downstream services may let the user in. Final.
     Active,
 }
 
 impl OnboardingState {
+    /// Every state, in lifecycle order, so that [`OnboardingState::parse`] knows them all.
     pub const ALL: [Self; 8] = [
         Self::Uninvited,
         Self::Invited,
@@ -46,12 +53,15 @@ impl OnboardingState {
         Self::Active,
     ];
 
+    /// Reads a state name as a client writes it (the API's `?state=` filter), ignoring case;
+    /// `None` for a name that is not a state.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 
+    /// The state's name, as `account_states` stores it and the API and SCIM show it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Uninvited => "Uninvited",
@@ -69,9 +79,13 @@ impl OnboardingState {
 /// Hashes passwords. The adapter runs the (deliberately slow) hash off the async threads.
 #[async_trait]
 pub trait PasswordHasher: Send + Sync {
+    /// Turns an accepted password into the hash that `PasswordSet` stores; the password itself
+    /// goes no further.
     async fn hash(&self, password: Password) -> Result<PasswordHash, HashingFailed>;
 }
 
+/// The hasher could not produce a hash (its pool closed, the hash library failed). The cause is
+/// for the adapter's logs; the user is only told to try again ([`OnboardingError::HashingFailed`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("password hashing failed: {0}")]
 pub struct HashingFailed(pub String);
@@ -79,8 +93,11 @@ pub struct HashingFailed(pub String);
 /// What the aggregate needs from the outside world, injected by the application.
 #[derive(Clone)]
 pub struct OnboardingServices {
+    /// Hashes the password of `SubmitPassword`, off the async threads.
     pub hasher: Arc<dyn PasswordHasher>,
+    /// The code keys, to check the tag of every code a user presents.
     pub keyring: Arc<CodeKeyring>,
+    /// What a new password must satisfy (from the configuration).
     pub policy: PasswordPolicy,
 }
 
@@ -88,8 +105,12 @@ pub struct OnboardingServices {
 /// it lives. `expires_at` is computed once, here, and shown everywhere from the event.
 #[derive(Debug, Clone)]
 pub struct NewCode {
+    /// The code's public id, drawn by the adapter from the OS's CSPRNG (the domain draws nothing).
     pub code_id: CodeId,
+    /// The keyring's active key, which will sign the link; recorded so that key rotation keeps
+    /// older links verifiable.
     pub key_id: String,
+    /// How long the link stays usable; must be positive ([`OnboardingError::InvalidValidity`]).
     pub validity: Duration,
 }
 
@@ -102,98 +123,163 @@ pub struct ResendLimits {
     pub daily_cap: u32,
 }
 
+/// Who withdrew an invitation: support staff need to tell a withdrawal from a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokedBy {
+    /// An administrator, through the API or SCIM.
     Admin,
     /// The user, through the "I didn't expect this" link in the mail.
     User,
 }
 
+/// Invite one account and issue its first code: what every way in (API, SCIM, bulk file, CLI,
+/// intake) hands to the aggregate once its fields were parsed.
 #[derive(Debug)]
 pub struct InviteUser {
+    /// The account's id: a fresh UUIDv7, or one derived from the request so that a retry meets
+    /// the same account (docs/adr/0005).
     pub user_id: Uuid,
+    /// Unique within `domain`, ignoring case; the store's username registry enforces it.
     pub username: Username,
+    /// Where the invitation, its new links and the welcome mail go.
     pub email: EmailAddress,
+    /// The user store domain the account belongs to (`PRIMARY` unless the caller chose one).
     pub domain: UserDomain,
+    /// Language of the user's mails and pages; none falls back to the configured default.
     pub locale: Option<Locale>,
+    /// Zone in which the mails state the link's expiry; none means UTC.
     pub time_zone: Option<TimeZone>,
+    /// Attributes kept with the account and published; the name claims also feed the password
+    /// policy (the password must not contain them).
     pub claims: BTreeMap<String, serde_json::Value>,
+    /// The first code, issued in the same command as the invitation.
     pub code: NewCode,
+    /// The invitation's instant, also the first code's issue time.
     pub now: DateTime<Utc>,
 }
 
+/// Everything that can be asked of an account. Each carries its own `now`: the domain reads no
+/// clock, so tests and replays decide the time.
 #[derive(Debug)]
 pub enum OnboardingCommand {
+    /// Invite a new account and issue its first code (boxed: it is much larger than the rest).
     InviteUser(Box<InviteUser>),
     /// Issue a new code and kill the previous one at once (an admin's resend).
     ResendCode {
+        /// The replacement code.
         code: NewCode,
+        /// Cooldown and daily cap, shared with the user's own requests.
         limits: ResendLimits,
+        /// When the resend was asked for; the limits count from it.
         now: DateTime<Utc>,
     },
     /// The user, holding any code of this invitation (expired, replaced, locked), asks for a new one.
     RequestNewLink {
+        /// The code from the user's link; a genuine tag is the only proof of who asks.
         presented: PresentedCode,
+        /// The replacement code.
         code: NewCode,
+        /// Cooldown and daily cap, shared with admin resends.
         limits: ResendLimits,
+        /// When the user asked; the limits count from it.
         now: DateTime<Utc>,
     },
     /// Someone opened the link (GET or HEAD). Recorded for support staff; changes no state.
     RecordLinkOpened {
+        /// The code from the opened link; only a genuine one is recorded.
         presented: PresentedCode,
+        /// A coarse class of what opened it (`browser`, `link-scanner`, …), never an address.
         client: String,
+        /// When the link was opened.
         now: DateTime<Utc>,
     },
     /// A submission named this invitation's live code with a wrong tag.
     RecordFailedCodeCheck {
+        /// The live code the wrong tag was presented for; any other code is refused.
         code_id: CodeId,
+        /// Wrong tags that lock the code (`max_failed_attempts`); 0 counts as 1.
         max_failures: u32,
+        /// When the wrong tag was presented.
         now: DateTime<Utc>,
     },
     /// The scheduler found the live code past its expiry.
     ExpireCode {
+        /// The scheduler's clock; refused with `CodeNotExpired` while it is before the expiry.
         now: DateTime<Utc>,
     },
+    /// An admin (or the user, through [`OnboardingCommand::RevokeWithCode`]) withdraws the
+    /// invitation for good; the username becomes free again.
     RevokeInvitation {
+        /// Who withdrew it.
         by: RevokedBy,
+        /// The admin's note for support staff, if any.
         reason: Option<String>,
+        /// When it was withdrawn.
         now: DateTime<Utc>,
     },
     /// The user's "I didn't expect this" link: any code of the invitation authenticates it.
     RevokeWithCode {
+        /// The code from the mail's decline link.
         presented: PresentedCode,
+        /// When the user declined.
         now: DateTime<Utc>,
     },
+    /// The user chose a password with the live code: on success the account becomes active.
     SubmitPassword {
+        /// The code from the link; it must be the live, unexpired, unlocked one.
         code: PresentedCode,
+        /// The chosen password, checked against the policy and then hashed; never stored as is.
         password: Password,
+        /// When it was submitted; decides whether the code has expired.
         now: DateTime<Utc>,
     },
+    /// The SMTP server accepted the invitation mail for a code (recorded by the email worker).
     RecordMailSent {
+        /// The code whose link the mail carried.
         code_id: CodeId,
+        /// The mail's Message-ID header, to find it in mail logs.
         message_id: String,
+        /// The SMTP server's answer, as proof of acceptance.
         smtp_response: String,
+        /// The template the mail was rendered from.
         template: Option<TemplateRef>,
+        /// When the server accepted it.
         now: DateTime<Utc>,
     },
+    /// The SMTP server accepted the welcome mail sent after activation.
     RecordWelcomeMailSent {
+        /// The mail's Message-ID header, to find it in mail logs.
         message_id: String,
+        /// The template the mail was rendered from.
         template: TemplateRef,
+        /// When the server accepted it.
         now: DateTime<Utc>,
     },
+    /// One attempt at the invitation mail for a code failed.
     RecordMailFailed {
+        /// The code whose mail failed.
         code_id: CodeId,
+        /// What went wrong, as the mailer reported it.
         reason: String,
+        /// Whether retrying cannot help (for example, the recipient was refused).
         permanent: bool,
+        /// Which attempt failed (1 for the first).
         attempt: u32,
+        /// When the worker tries again; none when it will not.
         next_attempt_at: Option<DateTime<Utc>>,
+        /// When the attempt failed.
         now: DateTime<Utc>,
     },
+    /// The worker gives up on the invitation mail for a code; only a resend tries again.
     RecordMailAbandoned {
+        /// The code whose mail is given up.
         code_id: CodeId,
+        /// Why: a permanent failure, or the attempts or the time allowed ran out.
         reason: String,
+        /// How many attempts were made.
         attempts: u32,
+        /// When the worker gave up.
         now: DateTime<Utc>,
     },
 }
@@ -201,42 +287,69 @@ pub enum OnboardingCommand {
 /// Every refusal, named. Messages say what to do next; none carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OnboardingError {
+    /// `InviteUser` for an id that already has an invitation.
     #[error("this user has already been invited")]
     AlreadyInvited,
+    /// The command needs an invitation and this id has none.
     #[error("no invitation exists for this user")]
     NotInvited,
+    /// The password is already set: no code, resend or revocation applies any more.
     #[error("the account is already active; sign in with your password, or use your organisation's password reset")]
     AlreadyActive,
+    /// The presented code is not one this account was issued, or its tag is wrong. Deliberately
+    /// says no more, so that a forger learns nothing.
     #[error(
         "the code is not valid; use the link from the most recent email, or ask for a new one"
     )]
     InvalidCode,
+    /// A genuine code, but a newer one was issued since: only the latest link works.
     #[error(
         "a newer link has been sent for this account; use the link from the most recent email"
     )]
     CodeSuperseded,
+    /// A genuine, latest code whose time ran out; the user can ask for a new link.
     #[error("the link expired at {expired_at}; ask for a new one")]
-    CodeExpired { expired_at: DateTime<Utc> },
+    CodeExpired {
+        /// The code's expiry, shown to the user.
+        expired_at: DateTime<Utc>,
+    },
+    /// The password breaks a rule of the policy; the rule's message tells the user what to change.
     #[error("{0}")]
     WeakPassword(PasswordRuleViolation),
+    /// A code was to be issued with a zero or negative validity (a caller's bug or bad input).
     #[error("the code validity must be positive")]
     InvalidValidity,
+    /// The latest code was disabled after too many wrong tags; a new link revives the invitation.
     #[error("this link was disabled after too many wrong attempts; ask for a new one")]
     CodeLocked,
+    /// The invitation was withdrawn or declined; nothing more can happen to it.
     #[error("this invitation was withdrawn; contact your administrator if you need an account")]
     InvitationRevoked,
+    /// A new code was refused by the cooldown or the daily cap (HTTP 429 with `Retry-After`).
     #[error("a new link was sent recently; try again in {retry_after_seconds} seconds")]
-    ResendLimited { retry_after_seconds: i64 },
+    ResendLimited {
+        /// Seconds until a new code would be allowed (at least 1).
+        retry_after_seconds: i64,
+    },
+    /// `ExpireCode` came too early, or there is no live code to expire (the scheduler raced a
+    /// resend or a password).
     #[error("the code has not expired yet")]
     CodeNotExpired,
+    /// A second welcome mail was recorded; it is sent once.
     #[error("the welcome mail is already recorded as sent")]
     WelcomeAlreadySent,
+    /// A welcome mail was recorded for an account that is not active.
     #[error("the account is not active yet")]
     NotActive,
+    /// An outcome arrived for a code whose mail is already recorded as sent (a record delivered
+    /// twice): each code gets one "sent", and the worker skips the second mail.
     #[error("the mail for code {0} is already recorded as sent")]
     MailAlreadySent(CodeId),
+    /// A mail outcome or failed check named a code this account was not issued (or, for a failed
+    /// check, one that is no longer live).
     #[error("code {0} was never issued to this user")]
     UnknownCode(CodeId),
+    /// The hasher failed; nothing was stored and the user may simply try again.
     #[error("the password could not be stored; please try again in a moment")]
     HashingFailed,
 }
@@ -244,10 +357,15 @@ pub enum OnboardingError {
 /// One code issued to the account; the last one is the live one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedCode {
+    /// The code's public id, which the link token names.
     pub code_id: CodeId,
+    /// The key that signed the code's link, needed to verify it.
     pub key_id: String,
+    /// When it was issued; the resend limits count from it.
     pub issued_at: DateTime<Utc>,
+    /// When its link stops working; also part of what the tag signs.
     pub expires_at: DateTime<Utc>,
+    /// Why it was issued; only re-issues count towards the daily cap.
     #[serde(default = "invitation_reason")]
     pub reason: CodeIssueReason,
 }
@@ -260,14 +378,22 @@ fn invitation_reason() -> CodeIssueReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum EmailDelivery {
+    /// The code was issued; the email worker has not reported on its mail yet.
     Queued,
+    /// The SMTP server accepted the mail.
     Sent {
+        /// When the server accepted it.
         at: DateTime<Utc>,
+        /// The mail's Message-ID header, to find it in mail logs.
         message_id: String,
     },
+    /// The last attempt failed; see `next_attempt_at` for whether another follows.
     Failed {
+        /// When the attempt failed.
         at: DateTime<Utc>,
+        /// What went wrong, as the mailer reported it.
         reason: String,
+        /// Whether retrying cannot help.
         permanent: bool,
         /// Which attempt failed (0 when recorded before attempts were counted).
         attempt: u32,
@@ -276,33 +402,55 @@ pub enum EmailDelivery {
     },
     /// Given up: no further attempt for this code. A resend issues a new code and tries again.
     Abandoned {
+        /// When the worker gave up.
         at: DateTime<Utc>,
+        /// Why it gave up.
         reason: String,
+        /// How many attempts were made.
         attempts: u32,
     },
 }
 
+/// One account's onboarding, folded from its events: what `handle` decides on and what the API,
+/// the pages and the email worker read. The `Option` fields are `None` until `UserInvited`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Onboarding {
+    /// Where the account is; decides which commands are allowed.
     pub state: OnboardingState,
+    /// The account's id; every code's tag is bound to it.
     pub user_id: Option<Uuid>,
+    /// The invited username; the password must not contain it.
     pub username: Option<Username>,
+    /// Where mails go; the password must not contain its local part.
     pub email: Option<EmailAddress>,
+    /// The user store domain, part of the username's uniqueness.
     pub domain: Option<UserDomain>,
+    /// Language of the mails and pages, if the invitation chose one.
     pub locale: Option<Locale>,
+    /// Zone for the times shown to the user, if the invitation chose one.
     #[serde(default)]
     pub time_zone: Option<TimeZone>,
+    /// The invitation's claims; [`Onboarding::display_names`] reads the name claims.
     pub claims: BTreeMap<String, serde_json::Value>,
+    /// When the account was invited.
     pub created_at: Option<DateTime<Utc>>,
+    /// Every code issued, oldest first; the last is the live one while the state allows.
     pub codes: Vec<IssuedCode>,
     /// Wrong codes presented for the live code.
     pub failed_checks: u32,
+    /// How often a genuine link was opened, for support staff.
     pub links_opened: u32,
+    /// Who revoked the invitation and when, once it is revoked.
     pub revoked: Option<(RevokedBy, DateTime<Utc>)>,
+    /// The codes whose invitation mail went out: a second "sent" for one of them is refused.
     pub mails_sent: Vec<CodeId>,
+    /// What became of the live code's mail; shown by the API.
     pub delivery: Option<EmailDelivery>,
+    /// When the password was set.
     pub password_set_at: Option<DateTime<Utc>>,
+    /// When the account became active.
     pub activated_at: Option<DateTime<Utc>>,
+    /// When the welcome mail went out; its presence stops a second one.
     pub welcome_sent_at: Option<DateTime<Utc>>,
 }
 
@@ -329,6 +477,7 @@ impl Onboarding {
         .collect()
     }
 
+    /// Whether the invitation mail for this code already went out: the email worker skips it.
     pub fn mail_sent_for(&self, code_id: CodeId) -> bool {
         self.mails_sent.contains(&code_id)
     }

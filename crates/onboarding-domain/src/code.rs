@@ -35,6 +35,7 @@ impl CodeId {
         Self(Uuid::from_bytes(bytes))
     }
 
+    /// The id as a UUID, as it appears in public events, database rows and the link token.
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
@@ -55,8 +56,11 @@ impl fmt::Debug for CodeId {
 /// Everything a tag is computed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodeBinding {
+    /// The account: a tag minted for one user does not verify for another.
     pub user_id: Uuid,
+    /// The code: each code has its own tag.
     pub code_id: CodeId,
+    /// The expiry: a token cannot be replayed with a later expiry.
     pub expires_at: DateTime<Utc>,
 }
 
@@ -64,6 +68,7 @@ pub struct CodeBinding {
 pub struct ConfirmationToken(SecretString);
 
 impl ConfirmationToken {
+    /// The token's text, to put into the link of the mail; nowhere else.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
@@ -78,7 +83,9 @@ impl fmt::Debug for ConfirmationToken {
 /// A token as presented by a user, split into its parts. The tag is still unverified.
 #[derive(Clone)]
 pub struct PresentedCode {
+    /// The account the token names: which aggregate to load.
     pub user_id: Uuid,
+    /// The code the token names: which issued code to check the tag against.
     pub code_id: CodeId,
     tag: [u8; TAG_LEN],
 }
@@ -92,11 +99,15 @@ impl fmt::Debug for PresentedCode {
     }
 }
 
+/// The token is not one the engine could have minted (wrong length, not base64url): usually a
+/// link cut short when it was copied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the code is not in the expected format; copy the whole link from the email, or ask for a new one")]
 pub struct MalformedCode;
 
 impl PresentedCode {
+    /// Splits a token from a link into user id, code id and tag, checking only its shape; the
+    /// aggregate verifies the tag.
     pub fn parse(token: &str) -> Result<Self, MalformedCode> {
         let token = token.trim();
         if token.len() > 2 * TOKEN_LEN {
@@ -124,23 +135,31 @@ pub struct CodeKeyring {
     keys: BTreeMap<String, SecretBox<Vec<u8>>>,
 }
 
+/// Why the configured code keys cannot be used. Each message names the key id, never the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyringError {
+    /// No key at all: no code could be minted or checked.
     #[error(
         "no code keys are configured; add one under [codes] (see deploy/onboard.example.toml)"
     )]
     Empty,
+    /// The key meant to sign new codes is missing (its id is given).
     #[error("the active code key `{0}` is not among the configured keys")]
     UnknownActive(String),
+    /// A key (its id is given) has fewer than 32 bytes, too weak for HMAC-SHA256.
     #[error(
         "code key `{0}` is shorter than 32 bytes; generate one with `openssl rand -base64 32`"
     )]
     TooShort(String),
+    /// A key (its id is given) could not be decoded; raised by the adapter that decodes the
+    /// configured keys before building the keyring.
     #[error("code key `{0}` is not valid base64; generate one with `openssl rand -base64 32`")]
     NotBase64(String),
 }
 
 impl CodeKeyring {
+    /// Builds the keyring from `(key id, key bytes)` pairs; `active` names the key that signs
+    /// new codes. Refuses no keys, a missing active key and keys shorter than 32 bytes.
     pub fn new(
         active: impl Into<String>,
         keys: impl IntoIterator<Item = (String, Vec<u8>)>,
@@ -162,6 +181,7 @@ impl CodeKeyring {
         Ok(Self { active, keys: map })
     }
 
+    /// The id of the key that signs new codes, recorded in each `CodeIssued`.
     pub fn active_key_id(&self) -> &str {
         &self.active
     }

@@ -12,10 +12,14 @@ use crate::code::CodeId;
 use crate::password::PasswordHash;
 use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
+/// Why a code was issued: the resend limits count only re-issues, and support staff see who
+/// asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeIssueReason {
+    /// The first code, issued with the invitation.
     Invitation,
+    /// An admin's resend.
     Resend,
     /// The user asked for a new link from the page of an expired, replaced or locked one.
     UserRequest,
@@ -25,90 +29,143 @@ pub enum CodeIssueReason {
 /// locale chosen after fallback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TemplateRef {
+    /// The template's name (`invitation`, `welcome`).
     pub id: String,
+    /// A digest of the template's files: tells which wording a user received.
     pub version: String,
+    /// The language actually used, after falling back from the user's locale.
     pub locale: String,
 }
 
+/// What happened to an account, as the event log stores it (`events.payload`). The log is the
+/// source of truth: the aggregate, the projections and the Kafka topic are all folded from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OnboardingEvent {
-    /// Version 2.0 added `time_zone`; stored 1.0 rows are upcast on load (`time_zone: null`),
-    /// see `onboarding_store::upcasters`.
+    /// An account was invited. Version 2.0 added `time_zone`; stored 1.0 rows are upcast on load
+    /// (`time_zone: null`), see `onboarding_store::upcasters`.
     UserInvited {
+        /// The account's id (also the aggregate id and the Kafka key).
         user_id: Uuid,
+        /// The username as given, unique within its domain ignoring case.
         username: Username,
+        /// Where the account's mails go.
         email: EmailAddress,
+        /// The user store domain, upper case.
         domain: UserDomain,
+        /// Language of the user's mails and pages, if one was chosen.
         locale: Option<Locale>,
+        /// IANA zone in which mails state times, if one was chosen.
         time_zone: Option<TimeZone>,
+        /// Attributes kept with the account; the name claims also feed the password policy.
         #[serde(default)]
         claims: BTreeMap<String, serde_json::Value>,
+        /// When the account was invited.
         invited_at: DateTime<Utc>,
     },
     /// A code was issued; any earlier code is dead from now on. No secret: the link token is
     /// derived from these fields with a key only the engine holds.
     CodeIssued {
+        /// The code's public, random id.
         code_id: CodeId,
+        /// The key that signs the link; internal, dropped from the public event.
         key_id: String,
+        /// When it was issued; the resend limits count from it.
         issued_at: DateTime<Utc>,
+        /// When the link stops working; computed once, here.
         expires_at: DateTime<Utc>,
+        /// Why it was issued.
         reason: CodeIssueReason,
     },
     /// The argon2id hash lives here, in the event store only; the relay drops it.
     PasswordSet {
+        /// The code whose link set the password.
         code_id: CodeId,
+        /// The argon2id hash (PHC string); stays in the event store, never published.
         password_hash: PasswordHash,
+        /// When the password was set.
         set_at: DateTime<Utc>,
     },
+    /// The account became active, in the same command as `PasswordSet`: downstream services may
+    /// let the user in.
     UserActivated {
+        /// When the account became active.
         activated_at: DateTime<Utc>,
     },
     /// The link was opened. `client` is a coarse class (browser, scanner, …); no address.
     LinkOpened {
+        /// The genuine code whose link was opened.
         code_id: CodeId,
+        /// What opened it, as a coarse class: tells a mail scanner's visit from the user's.
         client: String,
+        /// When it was opened.
         opened_at: DateTime<Utc>,
     },
+    /// A wrong tag was presented for the live code.
     CodeCheckFailed {
+        /// The live code that was guessed at.
         code_id: CodeId,
+        /// Wrong tags for this code so far; at `max_failed_attempts` the code locks.
         failures: u32,
+        /// When the wrong tag was presented.
         failed_at: DateTime<Utc>,
     },
     /// Too many wrong codes: the live code is dead.
     CodeLocked {
+        /// The code that was disabled.
         code_id: CodeId,
+        /// When it was disabled.
         locked_at: DateTime<Utc>,
     },
     /// The live code passed `expired_at` (written by the scheduler, after the fact).
     CodeExpired {
+        /// The code that expired.
         code_id: CodeId,
+        /// The code's expiry, not when the scheduler noticed.
         expired_at: DateTime<Utc>,
     },
+    /// The invitation was withdrawn by an admin or declined by the user. Final; the username is
+    /// free again.
     InvitationRevoked {
+        /// Who withdrew it.
         by: crate::aggregate::RevokedBy,
+        /// The admin's note, if any.
         reason: Option<String>,
+        /// When it was withdrawn.
         revoked_at: DateTime<Utc>,
     },
+    /// The SMTP server accepted the invitation mail for a code.
     InvitationMailSent {
+        /// The code whose link the mail carried.
         code_id: CodeId,
+        /// The mail's Message-ID header, to find it in mail logs.
         message_id: String,
+        /// The SMTP server's answer, as proof of acceptance.
         smtp_response: String,
+        /// The template the mail was rendered from (absent in events from before it was recorded).
         #[serde(default)]
         template: Option<TemplateRef>,
+        /// When the server accepted it.
         sent_at: DateTime<Utc>,
     },
     /// The "your account is ready" mail went out after activation.
     WelcomeMailSent {
+        /// The mail's Message-ID header, to find it in mail logs.
         message_id: String,
+        /// The template the mail was rendered from.
         template: TemplateRef,
+        /// When the server accepted it.
         sent_at: DateTime<Utc>,
     },
     /// Version 1.1 added `attempt` and `next_attempt_at`; stored 1.0 rows are upcast on load
     /// (`attempt: 0`, `next_attempt_at: null`), see `onboarding_store::upcasters`.
     InvitationMailFailed {
+        /// The code whose mail failed.
         code_id: CodeId,
+        /// What went wrong, as the mailer reported it.
         reason: String,
+        /// Whether retrying cannot help (for example, the recipient was refused).
         permanent: bool,
+        /// When the attempt failed.
         failed_at: DateTime<Utc>,
         /// Which attempt failed (1 for the first); 0 in events recorded before attempts were counted.
         #[serde(default)]
@@ -120,9 +177,13 @@ pub enum OnboardingEvent {
     /// The worker gave up on the invitation mail for this code: a permanent failure, or the
     /// attempts or the time allowed ran out. A resend issues a new code and tries again.
     InvitationMailAbandoned {
+        /// The code whose mail was given up.
         code_id: CodeId,
+        /// Why the worker gave up.
         reason: String,
+        /// How many attempts were made.
         attempts: u32,
+        /// When the worker gave up.
         abandoned_at: DateTime<Utc>,
     },
 }
@@ -144,6 +205,7 @@ impl OnboardingEvent {
         }
     }
 
+    /// The event's type name, stored as `events.event_type` and used to pick its version.
     pub fn name(&self) -> &'static str {
         match self {
             Self::UserInvited { .. } => "UserInvited",

@@ -4,6 +4,7 @@
 //! HTTP crate; clock values arrive in command fields, randomness arrives as already drawn ids,
 //! and password hashing arrives through the [`PasswordHasher`] service.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod aggregate;
 pub mod code;

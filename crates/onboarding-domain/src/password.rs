@@ -14,10 +14,13 @@ use crate::value::{EmailAddress, Username};
 pub struct Password(SecretString);
 
 impl Password {
+    /// Wraps what the user typed, normalised so that the same password typed on another
+    /// keyboard is the same password.
     pub fn new(raw: &str) -> Self {
         Self(SecretString::from(raw.nfkc().collect::<String>()))
     }
 
+    /// The password's text, for the policy's checks and the hasher only.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
@@ -36,10 +39,12 @@ impl fmt::Debug for Password {
 pub struct PasswordHash(String);
 
 impl PasswordHash {
+    /// Wraps the PHC string the hasher produced.
     pub fn from_phc(phc: String) -> Self {
         Self(phc)
     }
 
+    /// The PHC string, which a verifier parses (algorithm, parameters, salt and hash).
     pub fn as_phc(&self) -> &str {
         &self.0
     }
@@ -56,22 +61,42 @@ impl fmt::Debug for PasswordHash {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "rule", rename_all = "snake_case")]
 pub enum PasswordRuleViolation {
+    /// Fewer characters than the policy's minimum.
     #[error("The password is too short: use at least {min} characters.")]
-    TooShort { min: usize },
+    TooShort {
+        /// The minimum, in characters.
+        min: usize,
+    },
+    /// More characters than the policy's maximum.
     #[error("The password is too long: use at most {max} characters.")]
-    TooLong { max: usize },
+    TooLong {
+        /// The maximum, in characters.
+        max: usize,
+    },
+    /// The password contains the username, ignoring case.
     #[error("The password contains your username; choose one that does not.")]
     ContainsUsername,
+    /// The password contains the email address's local part, ignoring case.
     #[error(
         "The password contains the first part of your email address; choose one that does not."
     )]
     ContainsEmail,
+    /// The password is on the shipped list of common passwords.
     #[error("The password is one of the most common passwords, which attackers try first; choose a less predictable one.")]
     Common,
+    /// The password contains a word of the user's name claims.
     #[error("The password contains your name; choose one that does not.")]
     ContainsName,
+    /// zxcvbn estimates the password easy to guess.
     #[error("The password is too easy to guess ({hint}). Longer passphrases of unrelated words are strong and easy to remember.")]
-    TooWeak { score: u8, min: u8, hint: String },
+    TooWeak {
+        /// zxcvbn's score for the password (0 to 4).
+        score: u8,
+        /// The lowest score the policy accepts.
+        min: u8,
+        /// zxcvbn's warning, telling the user what made it guessable.
+        hint: String,
+    },
 }
 
 /// The common-password list shipped with the project (see `data/README.md`), lower case.
@@ -86,7 +111,9 @@ static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 /// What a password must satisfy. No composition rules: length, context and a blocklist (NIST).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordPolicy {
+    /// Fewest characters accepted (NIST asks for at least 8).
     pub min_length: usize,
+    /// Most characters accepted: long passphrases are welcome, unbounded input is not.
     pub max_length: usize,
     /// Lowest zxcvbn score (0 = guessable in seconds … 4 = very hard) accepted.
     pub min_strength: u8,
@@ -104,7 +131,9 @@ impl Default for PasswordPolicy {
 
 /// Who the password must not be built from.
 pub struct PasswordContext<'a> {
+    /// The account's username.
     pub username: &'a Username,
+    /// The account's address; its local part is checked.
     pub email: &'a EmailAddress,
     /// Display name parts (from claims such as `name`, `given_name`, `family_name`).
     pub names: Vec<&'a str>,
@@ -114,6 +143,7 @@ impl PasswordPolicy {
     /// Contexts shorter than this are not checked for containment: every password would match.
     const MIN_CONTEXT: usize = 3;
 
+    /// Checks a password against every rule, cheapest first, and names the first one it breaks.
     pub fn check(
         &self,
         password: &Password,

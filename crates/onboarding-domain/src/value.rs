@@ -21,8 +21,11 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 pub struct Username(String);
 
 impl Username {
+    /// The longest username accepted, in characters after normalisation.
     pub const MAX_CHARS: usize = 128;
 
+    /// Trims and NFKC-normalises `raw`, then refuses an empty or overlong name, spaces, control
+    /// characters and `/` (WSO2's separator between domain and name).
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let s: String = raw.trim().nfkc().collect();
         if s.is_empty() {
@@ -47,6 +50,7 @@ impl Username {
         Ok(Self(s))
     }
 
+    /// The name as given at invitation (normalised, case kept), for display and events.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -69,12 +73,15 @@ impl fmt::Display for Username {
 pub struct UserDomain(String);
 
 impl UserDomain {
+    /// The domain an invitation gets when the caller names none, as in WSO2.
     pub const PRIMARY: &'static str = "PRIMARY";
 
+    /// The default domain, [`UserDomain::PRIMARY`].
     pub fn primary() -> Self {
         Self(Self::PRIMARY.to_owned())
     }
 
+    /// Trims and upper-cases `raw`, then accepts 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let s = raw.trim().to_ascii_uppercase();
         let ok = !s.is_empty()
@@ -90,6 +97,7 @@ impl UserDomain {
         }
     }
 
+    /// The domain in upper case, as stored and compared.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -107,8 +115,11 @@ impl fmt::Display for UserDomain {
 pub struct EmailAddress(String);
 
 impl EmailAddress {
+    /// The longest address accepted, in bytes (the limit of an SMTP forward path).
     pub const MAX_LEN: usize = 254;
 
+    /// Trims `raw` and accepts a bare `local-part@domain` whose domain is fully qualified (or an
+    /// address literal); display names such as `Jane <jane@…>` are refused.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let s = raw.trim();
         if s.is_empty() {
@@ -133,10 +144,12 @@ impl EmailAddress {
         Ok(Self(s.to_owned()))
     }
 
+    /// The whole address, for sending mail. Personal data: do not log it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The part before the last `@`; the password policy refuses passwords that contain it.
     pub fn local_part(&self) -> &str {
         self.0.rsplit_once('@').map(|(l, _)| l).unwrap_or(&self.0)
     }
@@ -160,6 +173,8 @@ impl fmt::Debug for EmailAddress {
 pub struct Locale(String);
 
 impl Locale {
+    /// Trims `raw`, turns `_` into `-` (`pt_BR` becomes `pt-BR`) and checks the tag's shape: a
+    /// 2- or 3-letter language, then subtags of 1 to 8 letters or digits.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let s = raw.trim().replace('_', "-");
         let mut parts = s.split('-');
@@ -177,6 +192,7 @@ impl Locale {
         }
     }
 
+    /// The tag with `-` separators, from which the mail templates pick a language.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -189,6 +205,7 @@ impl Locale {
 pub struct TimeZone(String);
 
 impl TimeZone {
+    /// Accepts a name from the IANA database, ignoring case, and keeps its canonical spelling.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let raw = raw.trim();
         let tz: chrono_tz::Tz = raw.parse().or_else(|_| {
@@ -203,6 +220,7 @@ impl TimeZone {
         Ok(Self(tz.name().to_owned()))
     }
 
+    /// The canonical IANA name, for `chrono_tz` and for display.
     pub fn as_str(&self) -> &str {
         &self.0
     }

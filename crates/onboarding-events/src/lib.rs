@@ -10,6 +10,7 @@
 //! of one of these structs, headers `ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`,
 //! `ce_subject`, `content-type`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,8 @@ use uuid::Uuid;
 /// published twice carries the same `ce_id`, so consumers can deduplicate.
 const CE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_6400_8000_0000_0000_0001);
 
+/// The `ce_id` of the record for an account's event at `sequence`: the same every time that
+/// event is published, so that consumers can deduplicate.
 pub fn ce_id(user_id: Uuid, sequence: i64) -> Uuid {
     Uuid::new_v5(&CE_ID_NAMESPACE, format!("{user_id}/{sequence}").as_bytes())
 }
@@ -30,17 +33,26 @@ pub fn ce_id(user_id: Uuid, sequence: i64) -> Uuid {
 /// An account was invited; its first code is issued by the next event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserInvitedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The username as given (normalised, case kept); unique within `domain` ignoring case.
     pub username: String,
+    /// The user store domain, upper case (`PRIMARY` unless the invitation named one).
     pub domain: String,
+    /// The address the invitation was sent to.
     pub email: String,
+    /// Language tag of the user's mails and pages (`en-GB`), or `null` when none was chosen.
     pub locale: Option<String>,
     /// IANA time zone name chosen at invitation (added in place: optional, absent or `null`
     /// when none was chosen and in records published before it existed).
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// The attributes given with the invitation (`name`, `given_name`, …), as given.
     pub claims: BTreeMap<String, serde_json::Value>,
+    /// When the account was invited.
     pub invited_at: DateTime<Utc>,
 }
 
@@ -48,58 +60,88 @@ pub struct UserInvitedV1 {
 /// not here: only the engine's keys can turn `code_id` into a usable link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CodeIssuedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code's id; the later events about this code (mail, opening, lock, expiry) name it.
     pub code_id: Uuid,
+    /// Why the code was issued.
     pub reason: CodeReason,
+    /// When the code was issued.
     pub issued_at: DateTime<Utc>,
+    /// When the code's link stops working.
     pub expires_at: DateTime<Utc>,
 }
 
+/// Why a code was issued: with the invitation, or again on someone's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CodeReason {
+    /// The first code, issued with the invitation.
     Invitation,
+    /// An administrator had a new link sent.
     Resend,
+    /// The user asked for a new link from the page of an expired, replaced or locked one.
     UserRequest,
 }
 
 /// The user chose a password (its hash stays in the event store).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PasswordSetV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code whose link was used.
     pub code_id: Uuid,
+    /// When the password was set.
     pub set_at: DateTime<Utc>,
 }
 
 /// The account is active: downstream services may let the user in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserActivatedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// When the account became active.
     pub activated_at: DateTime<Utc>,
 }
 
 /// The SMTP server accepted the invitation mail for a code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InvitationMailSentV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code whose link the mail carried.
     pub code_id: Uuid,
+    /// The mail's Message-ID header, to find the mail in mail server logs.
     pub message_id: String,
+    /// The SMTP server's reply accepting the mail.
     pub smtp_response: String,
     /// The template the mail was rendered from (absent for mails sent before templates were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateV1>,
+    /// When the SMTP server accepted the mail.
     pub sent_at: DateTime<Utc>,
 }
 
 /// A mail template: id, version (a digest of its files) and the locale chosen after fallback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TemplateV1 {
+    /// The template's name: `invitation` or `welcome`.
     pub id: String,
+    /// A digest of the template's files: tells which wording a user received.
     pub version: String,
+    /// The language the mail was written in, after falling back from the user's locale.
     pub locale: String,
 }
 
@@ -116,21 +158,34 @@ impl From<TemplateRef> for TemplateV1 {
 /// The "your account is ready" mail went out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WelcomeMailSentV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The mail's Message-ID header, to find the mail in mail server logs.
     pub message_id: String,
+    /// The template the mail was rendered from.
     pub template: TemplateV1,
+    /// When the SMTP server accepted the mail.
     pub sent_at: DateTime<Utc>,
 }
 
 /// The invitation mail for a code could not be delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InvitationMailFailedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code whose mail failed.
     pub code_id: Uuid,
+    /// What went wrong, as the mailer reported it.
     pub reason: String,
+    /// Whether retrying cannot help (for example, the recipient address was refused).
     pub permanent: bool,
+    /// When the attempt failed.
     pub failed_at: DateTime<Utc>,
     /// Which attempt failed (1 for the first); absent in records from before attempts were counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,11 +199,18 @@ pub struct InvitationMailFailedV1 {
 /// the time allowed ran out). A resend issues a new code and tries again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InvitationMailAbandonedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code whose mail was given up.
     pub code_id: Uuid,
+    /// Why the worker gave up, with the last failure.
     pub reason: String,
+    /// How many attempts were made.
     pub attempts: u32,
+    /// When the worker gave up.
     pub abandoned_at: DateTime<Utc>,
 }
 
@@ -156,89 +218,148 @@ pub struct InvitationMailAbandonedV1 {
 /// `browser`, `link-scanner`, `http-client`; no address is recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LinkOpenedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code whose link was opened (only a genuine code is recorded).
     pub code_id: Uuid,
+    /// What opened the link, as a coarse class: tells a mail scanner's visit from the user's.
     pub client: String,
+    /// When the link was opened.
     pub opened_at: DateTime<Utc>,
 }
 
 /// A wrong code was presented for the live code; `failures` counts them for this code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CodeCheckFailedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The live code the wrong code was presented for.
     pub code_id: Uuid,
+    /// Wrong codes for this code so far; at the configured maximum the code locks.
     pub failures: u32,
+    /// When the wrong code was presented.
     pub failed_at: DateTime<Utc>,
 }
 
 /// Too many wrong codes: the live code is dead until a new one is issued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CodeLockedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code that was disabled.
     pub code_id: Uuid,
+    /// When it was disabled.
     pub locked_at: DateTime<Utc>,
 }
 
 /// The live code passed its expiry (`expired_at` is the code's expiry, not when this was noticed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CodeExpiredV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// The code that expired.
     pub code_id: Uuid,
+    /// The code's expiry (from its `code_issued` record).
     pub expired_at: DateTime<Utc>,
 }
 
 /// The invitation was withdrawn by an admin or declined by the user. Final.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InvitationRevokedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
     pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
     pub sequence: i64,
+    /// Who withdrew it.
     pub by: RevokedByV1,
+    /// The administrator's reason, if one was given; `null` otherwise.
     pub reason: Option<String>,
+    /// When it was withdrawn.
     pub revoked_at: DateTime<Utc>,
 }
 
+/// Who withdrew an invitation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokedByV1 {
+    /// An administrator withdrew it.
     Admin,
+    /// The user declined it with the link in the invitation mail.
     User,
 }
 
+/// Any one public event: what the relay publishes and what consumers (the email worker, the
+/// audit replay) read back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PublicEvent {
+    /// `onboard.user.invited.v1`.
     UserInvited(UserInvitedV1),
+    /// `onboard.user.code_issued.v1`.
     CodeIssued(CodeIssuedV1),
+    /// `onboard.user.password_set.v1`.
     PasswordSet(PasswordSetV1),
+    /// `onboard.user.activated.v1`.
     UserActivated(UserActivatedV1),
+    /// `onboard.user.invitation_mail_sent.v1`.
     InvitationMailSent(InvitationMailSentV1),
+    /// `onboard.user.invitation_mail_failed.v1`.
     InvitationMailFailed(InvitationMailFailedV1),
+    /// `onboard.user.invitation_mail_abandoned.v1`.
     InvitationMailAbandoned(InvitationMailAbandonedV1),
+    /// `onboard.user.link_opened.v1`.
     LinkOpened(LinkOpenedV1),
+    /// `onboard.user.code_check_failed.v1`.
     CodeCheckFailed(CodeCheckFailedV1),
+    /// `onboard.user.code_locked.v1`.
     CodeLocked(CodeLockedV1),
+    /// `onboard.user.code_expired.v1`.
     CodeExpired(CodeExpiredV1),
+    /// `onboard.user.invitation_revoked.v1`.
     InvitationRevoked(InvitationRevokedV1),
+    /// `onboard.user.welcome_mail_sent.v1`.
     WelcomeMailSent(WelcomeMailSentV1),
 }
 
+/// A record that does not fit the contract, named so that a consumer can log and skip it.
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
+    /// The `ce_type` header names no public event type (consumers should ignore such records).
     #[error("unknown event type `{0}`")]
     UnknownType(String),
+    /// The value is not valid JSON of the type's schema.
     #[error("payload does not match the schema of `{ce_type}`: {reason}")]
-    BadPayload { ce_type: String, reason: String },
+    BadPayload {
+        /// The record's `ce_type`.
+        ce_type: String,
+        /// What serde found wrong.
+        reason: String,
+    },
 }
 
+/// The CloudEvents version of every record (`ce_specversion` header).
 pub const SPEC_VERSION: &str = "1.0";
+/// The media type of every record's value (`content-type` header).
 pub const CONTENT_TYPE: &str = "application/json";
 
 macro_rules! types {
     ($($ty:ident => $name:literal),* $(,)?) => {
-        $(impl $ty { pub const TYPE: &'static str = $name; })*
+        $(impl $ty {
+            /// The CloudEvents type of these records (`ce_type` header), which names the schema.
+            pub const TYPE: &'static str = $name;
+        })*
     };
 }
 
@@ -425,6 +546,7 @@ impl PublicEvent {
         }
     }
 
+    /// The record's `ce_type` header.
     pub fn ce_type(&self) -> &'static str {
         match self {
             Self::UserInvited(_) => UserInvitedV1::TYPE,
@@ -443,6 +565,7 @@ impl PublicEvent {
         }
     }
 
+    /// The account the event is about: the record's key.
     pub fn user_id(&self) -> Uuid {
         match self {
             Self::UserInvited(e) => e.user_id,
@@ -461,6 +584,7 @@ impl PublicEvent {
         }
     }
 
+    /// The event's position in the account's log.
     pub fn sequence(&self) -> i64 {
         match self {
             Self::UserInvited(e) => e.sequence,
@@ -479,10 +603,12 @@ impl PublicEvent {
         }
     }
 
+    /// The record's `ce_id` header, stable across republishing (see [`ce_id`]).
     pub fn ce_id(&self) -> Uuid {
         ce_id(self.user_id(), self.sequence())
     }
 
+    /// The record's value: the JSON of the event's struct, as its schema describes it.
     pub fn to_json(&self) -> Vec<u8> {
         let value = match self {
             Self::UserInvited(e) => serde_json::to_vec(e),
@@ -571,10 +697,15 @@ pub mod stored_history {
     /// `InvitationMailFailed` 1.0, before attempts were counted.
     #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub enum InvitationMailFailedV1_0 {
+        /// One attempt at the invitation mail for a code failed (the 1.0 shape).
         InvitationMailFailed {
+            /// The code whose mail failed.
             code_id: onboarding_domain::code::CodeId,
+            /// What went wrong, as the mailer reported it.
             reason: String,
+            /// Whether retrying cannot help.
             permanent: bool,
+            /// When the attempt failed.
             failed_at: DateTime<Utc>,
         },
     }
@@ -582,14 +713,22 @@ pub mod stored_history {
     /// `UserInvited` 1.0, before `time_zone` was added.
     #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub enum UserInvitedV1_0 {
+        /// An account was invited (the 1.0 shape).
         UserInvited {
+            /// The account's id.
             user_id: Uuid,
+            /// The username as given.
             username: String,
+            /// Where the account's mails go.
             email: String,
+            /// The user store domain, upper case.
             domain: String,
+            /// Language of the user's mails and pages, if one was chosen.
             locale: Option<String>,
+            /// Attributes kept with the account.
             #[serde(default)]
             claims: BTreeMap<String, serde_json::Value>,
+            /// When the account was invited.
             invited_at: DateTime<Utc>,
         },
     }
