@@ -19,45 +19,80 @@ use onboarding_config::EmailSettings;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
+/// What made a mail or the mailer's setup fail, kept as the error's source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a mail was not sent. The message (stored as the reason on the mail's failure event)
+/// starts with `transient` or `permanent` and names the cause's message too.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     /// Worth retrying: 4xx, timeouts, connection refused.
     #[error("transient: {0}")]
-    Transient(String),
-    /// Retrying cannot help: 5xx, invalid address.
+    Transient(#[source] lettre::transport::smtp::Error),
+    /// Retrying cannot help: 5xx.
     #[error("permanent: {0}")]
-    Permanent(String),
+    Permanent(#[source] lettre::transport::smtp::Error),
+    /// Retrying cannot help: the mail cannot be addressed or built; `what` says which part.
+    #[error("permanent: {what}")]
+    Unsendable {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl MailError {
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Permanent(_))
+        !matches!(self, Self::Transient(_))
+    }
+
+    fn unsendable(what: String, source: impl Into<Cause>) -> Self {
+        Self::Unsendable {
+            what,
+            source: Some(source.into()),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("output_adapter.email: {0}")]
-    Email(String),
-    #[error("{0}")]
-    Template(String),
+    /// A setting of `[output_adapter.email]` cannot be used; `what` names it and why.
+    #[error("output_adapter.email: {what}")]
+    Email {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+    #[error(transparent)]
+    Template(#[from] crate::templates::TemplateError),
+}
+
+impl SetupError {
+    fn email(what: String, source: impl Into<Cause>) -> Self {
+        Self::Email {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// The recipient as it goes on the wire: the domain in its ASCII form (punycode: `bücher.example`
 /// becomes `xn--bcher-kva.example`), which every server accepts; the local part as given (quoted
 /// local parts keep their quotes; a non-ASCII one is sent with SMTPUTF8).
 pub fn recipient(to: &str) -> Result<Mailbox, MailError> {
-    let refused = |why: String| MailError::Permanent(format!("recipient address refused: {why}"));
-    let (local, domain) = to
-        .rsplit_once('@')
-        .ok_or_else(|| refused("no @".to_owned()))?;
+    let refused = |why: &str| MailError::Unsendable {
+        what: format!("recipient address refused: {why}"),
+        source: None,
+    };
+    let (local, domain) = to.rsplit_once('@').ok_or_else(|| refused("no @"))?;
     let domain = if domain.starts_with('[') {
         domain.to_owned()
     } else {
         idna::domain_to_ascii(domain)
-            .map_err(|_| refused("the domain is not a valid internationalised name".to_owned()))?
+            .map_err(|_| refused("the domain is not a valid internationalised name"))?
     };
-    let address = lettre::Address::new(local, domain).map_err(|e| refused(e.to_string()))?;
+    let address = lettre::Address::new(local, domain)
+        .map_err(|e| MailError::unsendable(format!("recipient address refused: {e}"), e))?;
     Ok(Mailbox::new(None, address))
 }
 
@@ -104,19 +139,22 @@ impl Mailer {
             let mut params = TlsParameters::builder(host.to_owned());
             if let Some(path) = &settings.ca_file {
                 let pem = std::fs::read(path).map_err(|e| {
-                    SetupError::Email(format!("ca_file {}: cannot read it: {e}", path.display()))
+                    SetupError::email(
+                        format!("ca_file {}: cannot read it: {e}", path.display()),
+                        e,
+                    )
                 })?;
                 let cert = Certificate::from_pem(&pem).map_err(|e| {
-                    SetupError::Email(format!(
+                    SetupError::email(format!(
                         "ca_file {} holds no PEM certificate ({e}); give the CA's certificate in PEM form",
                         path.display()
-                    ))
+                    ), e)
                 })?;
                 params = params.add_root_certificate(cert);
             }
             params
                 .build()
-                .map_err(|e| SetupError::Email(format!("TLS setup: {e}")))
+                .map_err(|e| SetupError::email(format!("TLS setup: {e}"), e))
         };
         let tls = if settings.enable_tls {
             Tls::Wrapper(tls_parameters()?)
@@ -147,15 +185,17 @@ impl Mailer {
         }
         let address = settings
             .from_address
-            .parse()
-            .map_err(|e| SetupError::Email(format!("from_address is not a valid address: {e}")))?;
+            .parse::<lettre::Address>()
+            .map_err(|e| {
+                SetupError::email(format!("from_address is not a valid address: {e}"), e)
+            })?;
         let from = Mailbox::new(
             Some(settings.from_name.clone()).filter(|n| !n.is_empty()),
             address,
         );
         let envelope_from = match &settings.envelope_from {
-            Some(a) => a.parse().map_err(|e| {
-                SetupError::Email(format!("envelope_from is not a valid address: {e}"))
+            Some(a) => a.parse::<lettre::Address>().map_err(|e| {
+                SetupError::email(format!("envelope_from is not a valid address: {e}"), e)
             })?,
             None => from.email.clone(),
         };
@@ -163,8 +203,9 @@ impl Mailer {
             .reply_to
             .as_deref()
             .map(|a| {
-                a.parse::<Mailbox>()
-                    .map_err(|e| SetupError::Email(format!("reply_to is not a valid address: {e}")))
+                a.parse::<Mailbox>().map_err(|e| {
+                    SetupError::email(format!("reply_to is not a valid address: {e}"), e)
+                })
             })
             .transpose()?;
 
@@ -172,8 +213,7 @@ impl Mailer {
             settings.templates_dir.as_deref(),
             &settings.default_locale,
             settings.invitation_subject.as_deref(),
-        )
-        .map_err(|e| SetupError::Template(e.to_string()))?;
+        )?;
 
         Ok(Self {
             transport: builder.build(),
@@ -251,7 +291,7 @@ impl Mailer {
         // The envelope is set explicitly: the bounce address may differ from From, and lettre
         // cannot derive one from a To header with a quoted local part.
         let envelope = Envelope::new(Some(self.envelope_from.clone()), vec![to.email.clone()])
-            .map_err(|e| MailError::Permanent(format!("cannot build the envelope: {e}")))?;
+            .map_err(|e| MailError::unsendable(format!("cannot build the envelope: {e}"), e))?;
         let mut builder = Message::builder()
             .envelope(envelope)
             .from(self.from.clone())
@@ -266,7 +306,7 @@ impl Mailer {
                 mail.text.clone(),
                 mail.html.clone(),
             ))
-            .map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))?;
+            .map_err(|e| MailError::unsendable(format!("cannot build the message: {e}"), e))?;
         match self.transport.send(message).await {
             Ok(response) => Ok(Accepted {
                 message_id,
@@ -276,17 +316,14 @@ impl Mailer {
                     response.message().collect::<Vec<_>>().join(" ")
                 ),
             }),
-            Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
-            Err(e) => Err(MailError::Transient(e.to_string())),
+            Err(e) if e.is_permanent() => Err(MailError::Permanent(e)),
+            Err(e) => Err(MailError::Transient(e)),
         }
     }
 
     /// Checks that the SMTP server answers (logged at start-up; sending retries anyway).
-    pub async fn test_connection(&self) -> Result<bool, String> {
-        self.transport
-            .test_connection()
-            .await
-            .map_err(|e| e.to_string())
+    pub async fn test_connection(&self) -> Result<bool, lettre::transport::smtp::Error> {
+        self.transport.test_connection().await
     }
 }
 

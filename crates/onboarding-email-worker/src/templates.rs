@@ -3,7 +3,7 @@
 //! (a digest of the files) and locale it used, so the send can be recorded with them.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use minijinja::Environment;
 use onboarding_domain::TemplateRef;
@@ -97,10 +97,26 @@ const BUILTIN: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Why the templates cannot be used; the message names the file and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("templates: {0}")]
-    Invalid(String),
+    #[error("templates: cannot read {}: {source}", dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("templates: {}: {source}; every locale needs all six files", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("templates: {name}: {source}")]
+    Parse {
+        name: String,
+        source: minijinja::Error,
+    },
+    #[error("templates: no templates for the default locale `{0}`; add {0}/ or change output_adapter.email.default_locale")]
+    NoDefaultLocale(String),
 }
 
 pub struct Rendered {
@@ -133,8 +149,9 @@ impl Catalogue {
                     .map(|(l, n, t)| (l.to_string(), n.to_string(), t.to_string())),
             ),
             Some(dir) => {
-                let entries = std::fs::read_dir(dir).map_err(|e| {
-                    TemplateError::Invalid(format!("cannot read {}: {e}", dir.display()))
+                let entries = std::fs::read_dir(dir).map_err(|source| TemplateError::ReadDir {
+                    dir: dir.to_owned(),
+                    source,
                 })?;
                 for entry in entries.flatten() {
                     if !entry.path().is_dir() {
@@ -145,12 +162,8 @@ impl Catalogue {
                         for part in PARTS {
                             let name = format!("{}.{part}", kind.id());
                             let path = entry.path().join(&name);
-                            let text = std::fs::read_to_string(&path).map_err(|e| {
-                                TemplateError::Invalid(format!(
-                                    "{}: {e}; every locale needs all six files",
-                                    path.display()
-                                ))
-                            })?;
+                            let text = std::fs::read_to_string(&path)
+                                .map_err(|source| TemplateError::ReadFile { path, source })?;
                             files.push((locale.clone(), name, text));
                         }
                     }
@@ -170,17 +183,16 @@ impl Catalogue {
                 .or_default()
                 .update(text.as_bytes());
             // Only `.html` names turn on HTML escaping in minijinja.
-            env.add_template_owned(format!("{locale}/{name}"), text)
-                .map_err(|e| TemplateError::Invalid(format!("{locale}/{name}: {e}")))?;
+            let name = format!("{locale}/{name}");
+            env.add_template_owned(name.clone(), text)
+                .map_err(|source| TemplateError::Parse { name, source })?;
         }
         let versions: BTreeMap<_, _> = hashes
             .into_iter()
             .map(|(k, h)| (k, hex::encode(h.finalize())[..12].to_owned()))
             .collect();
         if !versions.contains_key(&("invitation".to_owned(), default_locale.to_owned())) {
-            return Err(TemplateError::Invalid(format!(
-                "no templates for the default locale `{default_locale}`; add {default_locale}/ or change output_adapter.email.default_locale"
-            )));
+            return Err(TemplateError::NoDefaultLocale(default_locale.to_owned()));
         }
         Ok(Self {
             env,
