@@ -436,7 +436,10 @@ async fn invite_file(settings: &Settings, path: &std::path::Path) -> Result<()> 
     let job_id = store
         .create_bulk_job("cli", format, &bulk::digest(&data), &rows)
         .await?;
-    let pending = rows.iter().filter(|r| r.status == "pending").count() as u64;
+    let pending = rows
+        .iter()
+        .filter(|r| r.status == bulk::RowStatus::Pending)
+        .count() as u64;
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(pending),
         indicatif::ProgressDrawTarget::stderr(),
@@ -481,7 +484,11 @@ async fn invite_file(settings: &Settings, path: &std::path::Path) -> Result<()> 
         .bulk_job(job_id)
         .await?
         .context("the bulk job was not stored")?;
-    for row in job.rows.iter().filter(|r| r.status != "created") {
+    for row in job
+        .rows
+        .iter()
+        .filter(|r| r.status != bulk::RowStatus::Created)
+    {
         eprintln!(
             "line {}: {}{}",
             row.line,

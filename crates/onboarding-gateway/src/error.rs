@@ -119,8 +119,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Refused(e) => Self::Refused(e),
             StoreError::Conflict => Self::Conflict,
-            StoreError::Unavailable(m) => Self::Unavailable(m),
-            StoreError::Unexpected(m) => Self::Internal(m),
+            StoreError::Unavailable(cause) => Self::Unavailable(cause.to_string()),
+            StoreError::Unexpected(cause) => Self::Internal(cause.to_string()),
         }
     }
 }

@@ -25,28 +25,45 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::text::text_enum;
 use crate::{db, Actor, Invitation, InvitationFields, InviteError, Store, StoreError};
 
 /// Namespace of the user ids derived from (job, line).
 const BULK_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_642d_6275_6c6b_2d72_6f77);
 
-/// The format of an uploaded file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `username,email[,domain,locale,time_zone]`, with or without that header line.
-    Csv,
-    /// One JSON object per line: `{"username", "email", "domain"?, "locale"?}`.
-    Jsonl,
+text_enum! {
+    /// The format of an uploaded file (`bulk_jobs.format`).
+    pub enum Format {
+        /// `username,email[,domain,locale,time_zone]`, with or without that header line.
+        Csv => "csv",
+        /// One JSON object per line: `{"username", "email", "domain"?, "locale"?}`.
+        Jsonl => "jsonl",
+    }
+}
+
+text_enum! {
+    /// Where a job stands (`bulk_jobs.status`).
+    pub enum JobStatus {
+        /// Some row is still `pending`.
+        Running => "running",
+        /// Every row has its outcome.
+        Done => "done",
+    }
+}
+
+text_enum! {
+    /// Where a row stands (`bulk_job_rows.status`): `pending` until it is applied, then its
+    /// outcome; `invalid` and `duplicate` may be known from the file alone.
+    pub enum RowStatus {
+        Pending => "pending",
+        Created => "created",
+        Duplicate => "duplicate",
+        Invalid => "invalid",
+        Failed => "failed",
+    }
 }
 
 impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Csv => "csv",
-            Self::Jsonl => "jsonl",
-        }
-    }
-
     /// From a media type (`text/csv`, `application/x-ndjson`, `application/jsonl`, …).
     pub fn from_media_type(media_type: &str) -> Option<Self> {
         let essence = media_type
@@ -107,7 +124,7 @@ pub struct RowInput {
 pub struct NewRow {
     pub line: i32,
     pub input: Option<RowInput>,
-    pub status: &'static str,
+    pub status: RowStatus,
     pub reason: Option<String>,
 }
 
@@ -155,14 +172,14 @@ pub fn parse(
             Err(reason) => NewRow {
                 line,
                 input: None,
-                status: "invalid",
+                status: RowStatus::Invalid,
                 reason: Some(reason),
             },
             Ok(input) => match input.validate(rules) {
                 Err(reason) => NewRow {
                     line,
                     input: Some(input),
-                    status: "invalid",
+                    status: RowStatus::Invalid,
                     reason: Some(reason),
                 },
                 Ok(inv) => {
@@ -172,14 +189,14 @@ pub fn parse(
                             line,
                             reason: Some(format!("the same username as line {first} of this file")),
                             input: Some(input),
-                            status: "duplicate",
+                            status: RowStatus::Duplicate,
                         },
                         None => {
                             seen.insert(key, line);
                             NewRow {
                                 line,
                                 input: Some(input),
-                                status: "pending",
+                                status: RowStatus::Pending,
                                 reason: None,
                             }
                         }
@@ -332,8 +349,8 @@ pub fn digest(data: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
     pub job_id: Uuid,
-    pub status: String,
-    pub format: String,
+    pub status: JobStatus,
+    pub format: Format,
     pub file_sha256: String,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -354,7 +371,7 @@ pub struct Totals {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RowView {
     pub line: i32,
-    pub status: String,
+    pub status: RowStatus,
     pub username: Option<String>,
     pub user_id: Option<Uuid>,
     pub reason: Option<String>,
@@ -370,7 +387,7 @@ impl Store {
         rows: &[NewRow],
     ) -> Result<Uuid, StoreError> {
         let job_id = Uuid::now_v7();
-        let pending = rows.iter().any(|r| r.status == "pending");
+        let pending = rows.iter().any(|r| r.status == RowStatus::Pending);
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query(
             "INSERT INTO bulk_jobs (job_id, actor_id, format, file_sha256, total_rows, status, finished_at) \
@@ -378,10 +395,14 @@ impl Store {
         )
         .bind(job_id)
         .bind(actor_id)
-        .bind(format.as_str())
+        .bind(format)
         .bind(file_sha256)
         .bind(rows.len() as i32)
-        .bind(if pending { "running" } else { "done" })
+        .bind(if pending {
+            JobStatus::Running
+        } else {
+            JobStatus::Done
+        })
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -391,7 +412,7 @@ impl Store {
                 .iter()
                 .map(|r| r.input.as_ref().and_then(|i| serde_json::to_value(i).ok()))
                 .collect();
-            let statuses: Vec<&str> = chunk.iter().map(|r| r.status).collect();
+            let statuses: Vec<RowStatus> = chunk.iter().map(|r| r.status).collect();
             let reasons: Vec<Option<String>> = chunk.iter().map(|r| r.reason.clone()).collect();
             sqlx::query(
                 "INSERT INTO bulk_job_rows (job_id, line, input, status, reason) \
@@ -413,8 +434,8 @@ impl Store {
     /// A job with its totals and every row, or `None` for an unknown id.
     pub async fn bulk_job(&self, job_id: Uuid) -> Result<Option<JobView>, StoreError> {
         type JobRow = (
-            String,
-            String,
+            JobStatus,
+            Format,
             Vec<u8>,
             DateTime<Utc>,
             Option<DateTime<Utc>>,
@@ -443,12 +464,12 @@ impl Store {
             ..Totals::default()
         };
         for r in &rows {
-            match r.status.as_str() {
-                "pending" => totals.pending += 1,
-                "created" => totals.created += 1,
-                "duplicate" => totals.duplicate += 1,
-                "invalid" => totals.invalid += 1,
-                _ => totals.failed += 1,
+            match r.status {
+                RowStatus::Pending => totals.pending += 1,
+                RowStatus::Created => totals.created += 1,
+                RowStatus::Duplicate => totals.duplicate += 1,
+                RowStatus::Invalid => totals.invalid += 1,
+                RowStatus::Failed => totals.failed += 1,
             }
         }
         Ok(Some(JobView {
@@ -495,11 +516,10 @@ impl Store {
         line: i32,
         outcome: &RowOutcome,
     ) -> Result<(), StoreError> {
-        let (status, user_id, reason) = match outcome {
-            RowOutcome::Created(id) => ("created", Some(*id), None),
-            RowOutcome::Duplicate(id, why) => ("duplicate", *id, Some(why.clone())),
-            RowOutcome::Invalid(why) => ("invalid", None, Some(why.clone())),
-            RowOutcome::Failed(why) => ("failed", None, Some(why.clone())),
+        let (user_id, reason) = match outcome {
+            RowOutcome::Created(id) => (Some(*id), None),
+            RowOutcome::Duplicate(id, why) => (*id, Some(why.as_str())),
+            RowOutcome::Invalid(why) | RowOutcome::Failed(why) => (None, Some(why.as_str())),
         };
         sqlx::query(
             "UPDATE bulk_job_rows SET status = $3, user_id = $4, reason = $5 \
@@ -507,7 +527,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(line)
-        .bind(status)
+        .bind(outcome.status())
         .bind(user_id)
         .bind(reason)
         .execute(&self.pool)
@@ -527,13 +547,13 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        let status: Option<String> =
+        let status: Option<JobStatus> =
             sqlx::query_scalar("SELECT status FROM bulk_jobs WHERE job_id = $1")
                 .bind(job_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db)?;
-        Ok(status.as_deref() != Some("running"))
+        Ok(status != Some(JobStatus::Running))
     }
 }
 
@@ -545,6 +565,18 @@ pub enum RowOutcome {
     Duplicate(Option<Uuid>, String),
     Invalid(String),
     Failed(String),
+}
+
+impl RowOutcome {
+    /// The row's status once this outcome is recorded.
+    pub fn status(&self) -> RowStatus {
+        match self {
+            Self::Created(_) => RowStatus::Created,
+            Self::Duplicate(..) => RowStatus::Duplicate,
+            Self::Invalid(_) => RowStatus::Invalid,
+            Self::Failed(_) => RowStatus::Failed,
+        }
+    }
 }
 
 /// The user id a row of a job invites (stable across restarts of the job).
@@ -629,13 +661,8 @@ impl BulkRunner {
             let results: Vec<Result<(), StoreError>> = futures::stream::iter(rows)
                 .map(|(line, input)| async move {
                     let outcome = self.apply(job_id, line, &input, actor).await?;
-                    let label = match &outcome {
-                        RowOutcome::Created(_) => "created",
-                        RowOutcome::Duplicate(..) => "duplicate",
-                        RowOutcome::Invalid(_) => "invalid",
-                        RowOutcome::Failed(_) => "failed",
-                    };
-                    metrics::counter!("onboard_bulk_rows_total", "outcome" => label).increment(1);
+                    metrics::counter!("onboard_bulk_rows_total", "outcome" => outcome.status().as_str())
+                        .increment(1);
                     self.store.record_row(job_id, line, &outcome).await
                 })
                 .buffer_unordered(self.concurrency.max(1))
@@ -703,7 +730,7 @@ mod tests {
     }
 
     fn statuses(rows: &[NewRow]) -> Vec<(i32, &str)> {
-        rows.iter().map(|r| (r.line, r.status)).collect()
+        rows.iter().map(|r| (r.line, r.status.as_str())).collect()
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! triggers and the relay (which deletes outbox rows after the broker acknowledged them).
 #![forbid(unsafe_code)]
 
+mod text;
+
 pub mod bulk;
 mod hasher;
 mod invitation;
@@ -37,10 +39,17 @@ use uuid::Uuid;
 
 pub use hasher::Argon2Hasher;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
-pub use retries::MailRetry;
+pub use retries::{MailRetry, RetriedMail};
+pub use text::UnknownValue;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// What made a database operation fail (sqlx's, postgres-es' or a migration's error), kept as
+/// the [`StoreError`]'s source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the store could not do what was asked. The message names the cause's message too (log
+/// lines and the gateway's logged detail read as they always did); `source()` is the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The aggregate refused the command; the message is for the user.
@@ -49,10 +58,12 @@ pub enum StoreError {
     /// Another command changed the account at the same time (or a uniqueness trigger fired).
     #[error("the account was changed concurrently; retry the request")]
     Conflict,
+    /// PostgreSQL could not be reached or did not answer; worth retrying.
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
+    /// A stored value could not be read, or a migration failed: retrying cannot help.
     #[error("unexpected store error: {0}")]
-    Unexpected(String),
+    Unexpected(#[source] Cause),
 }
 
 impl From<AggregateError<OnboardingError>> for StoreError {
@@ -60,12 +71,22 @@ impl From<AggregateError<OnboardingError>> for StoreError {
         match e {
             AggregateError::UserError(e) => Self::Refused(e),
             AggregateError::AggregateConflict => Self::Conflict,
-            AggregateError::DatabaseConnectionError(e) => Self::Unavailable(e.to_string()),
-            AggregateError::DeserializationError(e) => Self::Unexpected(e.to_string()),
-            AggregateError::UnexpectedError(e) => Self::Unexpected(e.to_string()),
+            AggregateError::DatabaseConnectionError(e) => Self::Unavailable(e),
+            AggregateError::DeserializationError(e) => Self::Unexpected(e),
+            AggregateError::UnexpectedError(e) => Self::Unexpected(e),
         }
     }
 }
+
+/// [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to PostgreSQL: {0}")]
+struct ConnectFailed(#[source] sqlx::Error);
+
+/// [`migrate`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("migration failed: {0}")]
+struct MigrationFailed(#[source] sqlx::migrate::MigrateError);
 
 /// Who or what caused a change; recorded in each event's metadata for auditors.
 #[derive(Debug, Clone)]
@@ -149,7 +170,7 @@ pub enum ServicesError {
     #[error(transparent)]
     Keyring(#[from] KeyringError),
     #[error("password_hashing: {0}")]
-    Hashing(String),
+    Hashing(#[source] argon2::Error),
 }
 
 /// Builds the aggregate's services from the settings.
@@ -162,7 +183,7 @@ pub fn services(settings: &Settings) -> Result<OnboardingServices, ServicesError
                 settings.password_hashing.parallelism,
                 None,
             )
-            .map_err(|e| ServicesError::Hashing(e.to_string()))?,
+            .map_err(ServicesError::Hashing)?,
         )),
         keyring: Arc::new(keyring(settings)?),
         policy: PasswordPolicy {
@@ -191,14 +212,14 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
         .acquire_timeout(Duration::from_secs(10))
         .connect(settings.database_url())
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))
+        .map_err(|e| StoreError::Unavailable(Box::new(ConnectFailed(e))))
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| StoreError::Unexpected(format!("migration failed: {e}")))
+        .map_err(|e| StoreError::Unexpected(Box::new(MigrationFailed(e))))
 }
 
 /// The event-sourced store of `Onboarding` aggregates.
@@ -413,12 +434,12 @@ impl Store {
 }
 
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(Box::new(e))
 }
 
 /// Reads one `events` row (the columns `events_of` selects).
 pub fn stored_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Unexpected(e.to_string());
+    let get = |e: sqlx::Error| StoreError::Unexpected(Box::new(e));
     Ok(StoredEvent {
         global_position: row.try_get("global_position").map_err(get)?,
         aggregate_id: row.try_get("aggregate_id").map_err(get)?,

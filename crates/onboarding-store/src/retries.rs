@@ -7,18 +7,56 @@
 //! claimed again when the lease ends.
 
 use chrono::{DateTime, Utc};
+use onboarding_domain::code::CodeId;
 use uuid::Uuid;
 
+use crate::text::text_enum;
 use crate::{db, Store, StoreError};
 
+/// Which mail a row schedules; its key (the `code_id` column) follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetriedMail {
+    /// The invitation mail of one code, keyed by the code's id.
+    Invitation(CodeId),
+    /// A user's welcome mail, keyed by the user's id (a user has one welcome mail at most).
+    Welcome(Uuid),
+}
+
+text_enum! {
+    /// `mail_retries.kind`.
+    enum Kind {
+        Invitation => "invitation",
+        Welcome => "welcome",
+    }
+}
+
+impl RetriedMail {
+    /// The row's key: the code's id for an invitation, the user's id for a welcome mail.
+    pub fn key(self) -> Uuid {
+        match self {
+            Self::Invitation(code_id) => code_id.as_uuid(),
+            Self::Welcome(user_id) => user_id,
+        }
+    }
+
+    /// `invitation` or `welcome`: the row's `kind`, and the `kind` label of the mail metrics.
+    pub fn kind(self) -> &'static str {
+        self.kind_column().as_str()
+    }
+
+    fn kind_column(self) -> Kind {
+        match self {
+            Self::Invitation(_) => Kind::Invitation,
+            Self::Welcome(_) => Kind::Welcome,
+        }
+    }
+}
+
 /// One mail waiting for its next attempt.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct MailRetry {
-    /// `invitation` or `welcome` (see [`MailRetry::INVITATION`], [`MailRetry::WELCOME`]).
-    pub kind: String,
+    pub mail: RetriedMail,
     pub user_id: Uuid,
-    /// The mail's key: the code's id for an invitation, the user's id for a welcome mail.
-    pub code_id: Uuid,
     /// Attempts made so far.
     pub attempts: i32,
     pub first_failed_at: DateTime<Utc>,
@@ -26,13 +64,38 @@ pub struct MailRetry {
     pub last_error: String,
 }
 
-impl MailRetry {
-    pub const INVITATION: &'static str = "invitation";
-    pub const WELCOME: &'static str = "welcome";
+/// A `mail_retries` row as stored.
+#[derive(sqlx::FromRow)]
+struct Row {
+    kind: Kind,
+    user_id: Uuid,
+    code_id: Uuid,
+    attempts: i32,
+    first_failed_at: DateTime<Utc>,
+    next_attempt_at: DateTime<Utc>,
+    last_error: String,
+}
+
+impl From<Row> for MailRetry {
+    fn from(row: Row) -> Self {
+        Self {
+            mail: match row.kind {
+                Kind::Invitation => {
+                    RetriedMail::Invitation(CodeId::from_random_bytes(*row.code_id.as_bytes()))
+                }
+                Kind::Welcome => RetriedMail::Welcome(row.code_id),
+            },
+            user_id: row.user_id,
+            attempts: row.attempts,
+            first_failed_at: row.first_failed_at,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+        }
+    }
 }
 
 impl Store {
-    /// Schedules (or reschedules) the next attempt at a code's mail.
+    /// Schedules (or reschedules) the next attempt at a mail.
     pub async fn schedule_mail_retry(&self, retry: &MailRetry) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO mail_retries (user_id, code_id, attempts, first_failed_at, next_attempt_at, last_error, kind) \
@@ -41,12 +104,12 @@ impl Store {
              last_error = EXCLUDED.last_error",
         )
         .bind(retry.user_id)
-        .bind(retry.code_id)
+        .bind(retry.mail.key())
         .bind(retry.attempts)
         .bind(retry.first_failed_at)
         .bind(retry.next_attempt_at)
         .bind(&retry.last_error)
-        .bind(&retry.kind)
+        .bind(retry.mail.kind_column())
         .execute(self.pool())
         .await
         .map_err(db)?;
@@ -60,7 +123,7 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<MailRetry>, StoreError> {
-        sqlx::query_as(
+        let row: Option<Row> = sqlx::query_as(
             "WITH due AS (SELECT code_id, next_attempt_at FROM mail_retries WHERE next_attempt_at <= $1 \
                           ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
              UPDATE mail_retries r SET next_attempt_at = $2 FROM due WHERE r.code_id = due.code_id \
@@ -70,23 +133,24 @@ impl Store {
         .bind(lease_until)
         .fetch_optional(self.pool())
         .await
-        .map_err(db)
+        .map_err(db)?;
+        Ok(row.map(MailRetry::from))
     }
 
-    /// Forgets a code's scheduled attempt (sent, given up, or no longer needed).
-    pub async fn remove_mail_retry(&self, code_id: Uuid) -> Result<(), StoreError> {
+    /// Forgets a mail's scheduled attempt (sent, given up, or no longer needed).
+    pub async fn remove_mail_retry(&self, mail: RetriedMail) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM mail_retries WHERE code_id = $1")
-            .bind(code_id)
+            .bind(mail.key())
             .execute(self.pool())
             .await
             .map_err(db)?;
         Ok(())
     }
 
-    /// Whether a mail (by its key, see [`MailRetry::code_id`]) waits in the delayed store.
-    pub async fn mail_retry_waits(&self, code_id: Uuid) -> Result<bool, StoreError> {
+    /// Whether a mail waits in the delayed store.
+    pub async fn mail_retry_waits(&self, mail: RetriedMail) -> Result<bool, StoreError> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM mail_retries WHERE code_id = $1)")
-            .bind(code_id)
+            .bind(mail.key())
             .fetch_one(self.pool())
             .await
             .map_err(db)

@@ -1,0 +1,291 @@
+//! The receive loop: one consumer in the email workers' group receives records, hands each to
+//! its partition's lane ([`crate::lanes`]) and stores each partition's offset once its lane
+//! reports the record handled; it rejoins the group when the broker came back empty or the
+//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0010).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onboarding_config::Settings;
+use onboarding_relay::kafka::group_consumer_config;
+use onboarding_store::Store;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Delivery;
+use crate::lanes::{HandleFuture, Handled, Lanes};
+use crate::records::RecordHandler;
+use crate::retry;
+use crate::watchdog::Watchdog;
+use crate::WorkerError;
+
+/// Consumes the public event topic and mails what its records ask for (see the crate's
+/// invariants).
+pub struct EmailWorker {
+    records: Arc<RecordHandler>,
+    consumer: WorkerConsumer,
+    consumer_config: rdkafka::ClientConfig,
+    topic: String,
+    watchdog: Watchdog,
+    /// The consumer's rebalance count when the watchdog last looked.
+    rebalances_seen: u64,
+    /// Records in flight at most (`kafka.email_worker_concurrency`).
+    concurrency: usize,
+}
+
+/// How long the worker waits for a record before it counts as idle.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+impl EmailWorker {
+    pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
+        let concurrency = settings.kafka.email_worker_concurrency.max(1);
+        // One SMTP connection per record in flight, and one for the retry task.
+        let delivery = Delivery::new(settings, store, concurrency + 1)?;
+        let mut consumer_config =
+            group_consumer_config(&settings.kafka, &settings.kafka.email_worker_group);
+        // Notice a recreated topic (after a broker lost its data) within seconds.
+        consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
+        let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
+        Ok(Self {
+            records: Arc::new(RecordHandler::new(
+                delivery,
+                onboarding_relay::kafka::producer(&settings.kafka)?,
+                onboarding_relay::kafka::dead_letter_topic(&settings.kafka),
+            )),
+            consumer,
+            consumer_config,
+            topic: settings.kafka.topic.clone(),
+            watchdog: Watchdog::new(
+                &settings.kafka.topic,
+                Duration::from_secs(settings.kafka.email_worker_stall_seconds),
+            ),
+            rebalances_seen: 0,
+            concurrency: concurrency as usize,
+        })
+    }
+
+    /// Consumes until `shutdown`; finishes the records in hand, then commits stored offsets.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        match self.records.delivery().mailer().test_connection().await {
+            Ok(true) => tracing::info!("email worker started; SMTP server answers"),
+            Ok(false) | Err(_) => {
+                tracing::warn!("email worker started, but the SMTP server does not answer yet; mails will be retried")
+            }
+        }
+        // Mails that failed transiently wait in the delayed store, not on the partition; a task
+        // of their own tries them when they are due. It finishes the attempt in hand at shutdown.
+        let stop_retries = shutdown.child_token();
+        let retries = tokio::spawn(retry::run(
+            self.records.delivery().clone(),
+            stop_retries.clone(),
+        ));
+        let result = self.consume(shutdown).await;
+        stop_retries.cancel();
+        let _ = retries.await;
+        result
+    }
+
+    /// Receives records while fewer than `concurrency` are in flight and hands each to its
+    /// partition's lane; stores each partition's offset as its lane reports records handled.
+    async fn consume(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let records = self.records.clone();
+        let stop = shutdown.clone();
+        let mut lanes: Lanes<OwnedMessage> = Lanes::new(
+            self.concurrency,
+            shutdown.clone(),
+            Arc::new(move |msg| -> HandleFuture {
+                let (records, stop) = (records.clone(), stop.clone());
+                Box::pin(async move { records.handle_until_recorded(&msg, &stop).await })
+            }),
+        );
+        // Set when the broker became unreachable; cleared by the next record. A broker that comes
+        // back without our consumer group (an in-memory broker that restarted) leaves the
+        // consumer waiting forever, so after a quiet spell a fresh consumer rejoins.
+        let mut disrupted = false;
+        let mut quiet = Duration::ZERO;
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                handled = lanes.handled() => {
+                    self.store_offset(handled?);
+                    metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
+                    // Measures the lag; a busy worker never rejoins.
+                    self.watch(false);
+                    continue;
+                }
+                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()), if lanes.has_room() => m,
+            };
+            match received {
+                Ok(Ok(m)) => {
+                    disrupted = false;
+                    quiet = Duration::ZERO;
+                    lanes.dispatch(m.partition(), m.offset(), m.detach());
+                    metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
+                }
+                Ok(Err(e)) => {
+                    disrupted = true;
+                    tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(_idle) => {
+                    quiet += IDLE_TICK;
+                    if disrupted && quiet >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "no records since the broker came back; rejoining the consumer group"
+                        );
+                        self.drain_and_rejoin(&mut lanes).await?;
+                        disrupted = false;
+                        quiet = Duration::ZERO;
+                    } else if self.watch(lanes.in_flight() == 0) {
+                        self.drain_and_rejoin(&mut lanes).await?;
+                    }
+                }
+            }
+        }
+        self.drain(&mut lanes).await;
+        self.close()
+    }
+
+    /// Stores the offset after a handled record (the lane reported it, so every record before
+    /// it on its partition was handled too). Auto-commit commits it.
+    fn store_offset(&self, handled: Handled) {
+        if let Err(e) = self
+            .consumer
+            .store_offset(&self.topic, handled.partition, handled.offset)
+        {
+            // The partition was revoked in a rebalance meanwhile: its new holder reads the
+            // record again, and handling it again sends nothing twice.
+            tracing::debug!(
+                error = %e,
+                partition = handled.partition,
+                offset = handled.offset,
+                "cannot store the offset of a handled record (partition revoked?); it will be seen again"
+            );
+        }
+    }
+
+    /// Waits until every lane finished the records it holds and stores their offsets.
+    async fn drain(&mut self, lanes: &mut Lanes<OwnedMessage>) {
+        for handled in lanes.drain().await {
+            self.store_offset(handled);
+        }
+        metrics::gauge!("onboard_mail_in_flight").set(0.0);
+    }
+
+    /// Finishes the records in hand (their offsets belong to this consumer), then rejoins.
+    async fn drain_and_rejoin(
+        &mut self,
+        lanes: &mut Lanes<OwnedMessage>,
+    ) -> Result<(), WorkerError> {
+        self.drain(lanes).await;
+        self.rejoin()
+    }
+
+    /// Measures the lag now and then; true when the worker should rejoin the group so that it
+    /// reassigns the partitions: it is idle (no record in flight) and a partition's records wait
+    /// while its committed offset stands still.
+    fn watch(&mut self, idle: bool) -> bool {
+        if !self.watchdog.due() {
+            return false;
+        }
+        let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
+        let lags = match measured {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure the consumer lag");
+                return false;
+            }
+        };
+        // After a rebalance the partitions' new holders get the whole stall time.
+        let rebalances = self
+            .consumer
+            .context()
+            .rebalances
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if rebalances != self.rebalances_seen {
+            self.rebalances_seen = rebalances;
+            self.watchdog.reset();
+        }
+        let stalled = self.watchdog.stalled(&lags, Instant::now());
+        if idle && !stalled.is_empty() {
+            let waiting: Vec<String> = lags
+                .iter()
+                .filter(|l| stalled.contains(&l.partition))
+                .map(|l| {
+                    format!(
+                        "{}: {} waiting at offset {}",
+                        l.partition,
+                        l.high_watermark - l.committed,
+                        l.committed
+                    )
+                })
+                .collect();
+            tracing::warn!(partitions = %waiting.join("; "), "records wait on partitions nobody reads; rejoining the consumer group");
+            metrics::counter!("onboard_consumer_rejoins_total").increment(1);
+            return true;
+        }
+        false
+    }
+
+    /// Leaves the consumer group (committing what was handled) and joins it again.
+    fn rejoin(&mut self) -> Result<(), WorkerError> {
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+        self.watchdog.reset();
+        self.rebalances_seen = 0;
+        Ok(())
+    }
+
+    fn close(self) -> Result<(), WorkerError> {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
+        }
+        tracing::info!("email worker stopped");
+        Ok(())
+    }
+}
+
+/// Logs the consumer group's decisions (which partitions this worker holds) and counts them.
+#[derive(Default)]
+pub struct WorkerContext {
+    rebalances: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let list = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| e.partition().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<WorkerConsumer, WorkerError> {
+    let consumer: WorkerConsumer = config.create_with_context(WorkerContext::default())?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}

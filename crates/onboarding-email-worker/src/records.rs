@@ -1,0 +1,137 @@
+//! One record: its type decides what it asks for. A `code_issued` or `activated` record goes to
+//! [`Delivery`]; other types need nothing; a record that cannot be read at all is copied to the
+//! dead-letter topic. A record is handled once its outcome is recorded.
+
+use std::time::{Duration, Instant};
+
+use onboarding_events::{CodeIssuedV1, PublicEvent, UserActivatedV1};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::{Delivery, Outcome};
+use crate::HandleError;
+
+/// Handles one record; shared by the lanes of every partition.
+pub(crate) struct RecordHandler {
+    delivery: Delivery,
+    dead_letters: FutureProducer,
+    dead_letter_topic: String,
+}
+
+impl RecordHandler {
+    pub(crate) fn new(
+        delivery: Delivery,
+        dead_letters: FutureProducer,
+        dead_letter_topic: String,
+    ) -> Self {
+        Self {
+            delivery,
+            dead_letters,
+            dead_letter_topic,
+        }
+    }
+
+    pub(crate) fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    /// Handles a record, retrying through a database outage until its outcome is recorded (its
+    /// lane, and so its partition, waits meanwhile; other partitions go on). False when
+    /// `shutdown` came first: the record is left for redelivery.
+    pub(crate) async fn handle_until_recorded(
+        &self,
+        msg: &OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.process(msg).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = msg.partition(), retry_in_ms = backoff.as_millis() as u64, "cannot record the outcome; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Copies a record that cannot be processed at all to the dead-letter topic, with its key,
+    /// value and headers, plus `onboard_dlq_reason` (machine-readable: `missing_type`,
+    /// `unreadable_payload`), `onboard_dlq_detail`, and where it came from. Returns once the broker
+    /// acknowledged it, so the record's offset is stored only after that.
+    async fn dead_letter(
+        &self,
+        msg: &OwnedMessage,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), HandleError> {
+        onboarding_relay::kafka::dead_letter(
+            &self.dead_letters,
+            &self.dead_letter_topic,
+            msg,
+            reason,
+            error,
+        )
+        .await
+        .map_err(HandleError::DeadLetter)?;
+        metrics::counter!("onboard_mail_dead_lettered_total", "reason" => reason.to_owned())
+            .increment(1);
+        tracing::warn!(
+            reason,
+            partition = msg.partition(),
+            offset = msg.offset(),
+            topic = %self.dead_letter_topic,
+            "record set aside on the dead-letter topic"
+        );
+        Ok(())
+    }
+
+    async fn process(&self, msg: &OwnedMessage) -> Result<(), HandleError> {
+        let ce_type = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or_default()
+            .to_owned();
+        if ce_type.is_empty() {
+            return self
+                .dead_letter(msg, "missing_type", "the record has no ce_type header")
+                .await;
+        }
+        if ce_type != CodeIssuedV1::TYPE && ce_type != UserActivatedV1::TYPE {
+            return Ok(());
+        }
+        let event = match PublicEvent::parse(&ce_type, msg.payload().unwrap_or_default()) {
+            Ok(PublicEvent::CodeIssued(e)) => e,
+            Ok(PublicEvent::UserActivated(e)) => {
+                let outcome = self.delivery.welcome(&e).await?;
+                tracing::info!(user_id = %e.user_id, outcome = outcome.label(), "activation handled");
+                return Ok(());
+            }
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // Not ours to fix and retrying cannot help: set it aside and move on.
+                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable record sent to the dead-letter topic");
+                metrics::counter!("onboard_mail_total", "outcome" => "unreadable").increment(1);
+                return self
+                    .dead_letter(msg, "unreadable_payload", &e.to_string())
+                    .await;
+            }
+        };
+        let started = Instant::now();
+        let outcome = self.delivery.handle(&event).await?;
+        if outcome == Outcome::Sent {
+            metrics::histogram!("onboard_mail_send_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), "code-issued event handled");
+        Ok(())
+    }
+}
