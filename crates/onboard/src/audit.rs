@@ -167,7 +167,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
         }
         AuditCommand::History { user, domain, json } => {
             let store = Store::new(pool.clone(), onboarding_store::services(settings)?);
-            let id = crate::resolve(&store, &user, &domain).await?;
+            let id = crate::user::resolve(&store, &user, &domain).await?;
             let events = log::history(&pool, id).await?;
             anyhow::ensure!(!events.is_empty(), "no user with id {id}");
             for e in &events {
@@ -186,7 +186,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
         } => {
             let at = instant("INSTANT", &at)?;
             let store = Store::new(pool.clone(), onboarding_store::services(settings)?);
-            let id = crate::resolve(&store, &user, &domain).await?;
+            let id = crate::user::resolve(&store, &user, &domain).await?;
             let (account, position) = log::as_of(&pool, id, at).await?.with_context(|| {
                 format!(
                     "user {id} did not exist at {}",

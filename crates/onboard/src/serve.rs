@@ -1,0 +1,179 @@
+//! `onboard serve`, and `gateway`, `relay`, `email-worker`, `scheduler`, `intake` on their own:
+//! the long-running components, stopped together on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use onboarding_config::Settings;
+use onboarding_email_worker::EmailWorker;
+use onboarding_gateway::AppState;
+use onboarding_relay::Relay;
+use onboarding_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Which components one process runs.
+#[derive(Clone, Copy)]
+pub struct Components {
+    gateway: bool,
+    relay: bool,
+    worker: bool,
+    scheduler: bool,
+    intake: bool,
+}
+
+impl Components {
+    pub const ALL: Self = Self {
+        gateway: true,
+        relay: true,
+        worker: true,
+        scheduler: true,
+        intake: true,
+    };
+    const NONE: Self = Self {
+        gateway: false,
+        relay: false,
+        worker: false,
+        scheduler: false,
+        intake: false,
+    };
+    pub const GATEWAY: Self = Self {
+        gateway: true,
+        ..Self::NONE
+    };
+    pub const RELAY: Self = Self {
+        relay: true,
+        ..Self::NONE
+    };
+    pub const WORKER: Self = Self {
+        worker: true,
+        ..Self::NONE
+    };
+    pub const SCHEDULER: Self = Self {
+        scheduler: true,
+        ..Self::NONE
+    };
+    pub const INTAKE: Self = Self {
+        intake: true,
+        ..Self::NONE
+    };
+}
+
+fn metrics() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.
+pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
+    let Components {
+        gateway,
+        relay,
+        worker,
+        scheduler,
+        intake,
+    } = run;
+    let handle = metrics()?;
+    let pool = onboarding_store::connect(&settings).await?;
+    let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if relay {
+        let relay = Relay::new(pool.clone(), &settings.kafka)?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { relay.run(token).await.context("relay") });
+    }
+    if worker {
+        let worker = EmailWorker::new(&settings, store.clone())?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { worker.run(token).await.context("email worker") });
+    }
+    if scheduler {
+        let every = Duration::from_secs(
+            settings
+                .identity_mgt
+                .user_onboarding
+                .expiry_scan_seconds
+                .max(1),
+        );
+        let (store, token) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            onboarding_store::run_scheduler(store, every, token).await;
+            Ok(())
+        });
+    }
+    if intake {
+        let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { intake.run(token).await.context("intake") });
+    }
+    if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
+        let (handle, token) = (handle.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            onboarding_gateway::serve_metrics(addr, handle, token)
+                .await
+                .context("metrics endpoint")
+        });
+    }
+    if gateway {
+        let state = Arc::new(AppState::new(
+            settings.clone(),
+            store.clone(),
+            Some(handle),
+        )?);
+        let (runner, wake) = state.bulk_runner();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            runner.run(wake, token).await;
+            Ok(())
+        });
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            onboarding_gateway::serve(state, token, None)
+                .await
+                .context("gateway")
+        });
+    }
+
+    let signal = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping"),
+        }
+    };
+    let mut failure = None;
+    tokio::select! {
+        _ = signal => {}
+        Some(done) = tasks.join_next() => {
+            // A component stopped on its own: that is a failure; stop the others too.
+            failure = Some(match done {
+                Ok(Ok(())) => anyhow::anyhow!("a component stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a component panicked: {e}"),
+            });
+        }
+    }
+    shutdown.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %format!("{e:#}"), "component failed while stopping");
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
