@@ -4,13 +4,9 @@
 //!
 //! Run with `tests/run --test bulk_10k` (BENCH_ROWS=… to change the size).
 
-#[allow(dead_code)]
-#[path = "../it/harness.rs"]
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 use serde_json::Value;
 
 async fn count(stack: &Stack, query: &str) -> usize {

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-use crate::harness::{unique, Options, Services, SmtpGate, Stack};
+use onboarding_e2e::{unique, Options, Services, SmtpGate, Stack};
 
 /// The mail MailDev received for this envelope recipient (60 s max).
 async fn received_for(stack: &Stack, wire: &str) -> Value {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
 
@@ -655,7 +655,7 @@ async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
 #[test]
 #[should_panic(expected = "does not match its schema")]
 fn a_record_that_breaks_its_schema_fails_the_test_that_reads_it() {
-    crate::harness::validate_against_schema(
+    onboarding_e2e::validate_against_schema(
         "onboard.user.activated.v1",
         &serde_json::json!({"user_id": "0197300e-7a5c-7b3e-9d5a-3c1f2e4d5a6b", "sequence": 5}),
     );
@@ -664,7 +664,7 @@ fn a_record_that_breaks_its_schema_fails_the_test_that_reads_it() {
 #[test]
 #[should_panic(expected = "has no schema")]
 fn a_record_of_an_unknown_type_fails_the_test_that_reads_it() {
-    crate::harness::validate_against_schema("onboard.user.teleported.v1", &serde_json::json!({}));
+    onboarding_e2e::validate_against_schema("onboard.user.teleported.v1", &serde_json::json!({}));
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 async fn post_raw(stack: &Stack, body: &str, auth: bool) -> (u16, Value) {
     let mut req = stack

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 const JANES_PASSWORD: &str = "Pickup rides at dawn 42";
 /// The script limits each wait to 30 s and itself to 150 s; this is the last resort.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 pub(crate) async fn upload(
     stack: &Stack,

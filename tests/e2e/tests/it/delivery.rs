@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::harness::{unique, Options, Services, SmtpGate, Stack};
+use onboarding_e2e::{unique, Options, Services, SmtpGate, Stack};
 
 /// A stack that mails through the SMTP gate, its email worker started with `worker_env`.
 async fn behind_gate(name: &str, worker_env: &[(&str, &str)]) -> (SmtpGate, Stack) {
@@ -34,7 +34,7 @@ fn time(v: &Value) -> DateTime<Utc> {
         .unwrap()
 }
 
-fn of_type<'a>(records: &'a [crate::harness::Record], t: &str) -> Vec<&'a Value> {
+fn of_type<'a>(records: &'a [onboarding_e2e::Record], t: &str) -> Vec<&'a Value> {
     records
         .iter()
         .filter(|r| r.headers["ce_type"] == t)
@@ -50,7 +50,7 @@ const ISSUED: &str = "onboard.user.code_issued.v1";
 #[tokio::test]
 async fn failing_mail_waits_aside_is_retried_with_backoff_and_abandoned_with_its_reason() {
     // max_attempts = 3 (the harness); waits of about 3 s, then 6 s (±20 %).
-    let metrics = format!("127.0.0.1:{}", crate::harness::free_port());
+    let metrics = format!("127.0.0.1:{}", onboarding_e2e::free_port());
     let (_gate, stack) = behind_gate(
         "delivery",
         &[

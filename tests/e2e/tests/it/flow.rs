@@ -1,6 +1,6 @@
 //! Jane's whole onboarding, as she and her administrator see it.
 
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 const JANES_PASSWORD: &str = "Pickup rides at dawn 42";
 
@@ -408,7 +408,7 @@ async fn a_user_with_a_german_locale_gets_german_mails_and_templates_preview_fro
 async fn a_relay_on_its_own_serves_metrics_when_told_where() {
     let stack = Stack::start("relaymetrics", Options::default()).await;
     stack.signal("relay", "TERM");
-    let addr = format!("127.0.0.1:{}", crate::harness::free_port());
+    let addr = format!("127.0.0.1:{}", onboarding_e2e::free_port());
     stack.spawn_with_env(
         "relay",
         &[("ONBOARD__OBSERVABILITY__METRICS_BIND", addr.as_str())],

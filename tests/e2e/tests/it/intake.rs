@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 
-use crate::harness::{headers_of, unique, Options, Stack};
+use onboarding_e2e::{headers_of, unique, Options, Stack};
 
 const HR: &str = "urn:pickup:hr";
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{make_certificates, unique, Broker, BrokerOptions, Options, Stack};
+use onboarding_e2e::{make_certificates, unique, Broker, BrokerOptions, Options, Stack};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
 

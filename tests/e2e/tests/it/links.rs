@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::flow::form_value;
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 const PASSWORD: &str = "a quiet cab at midnight";
 
@@ -406,7 +406,7 @@ async fn a_retried_request_with_an_idempotency_key_gets_the_first_answer_and_mai
 
 #[tokio::test]
 async fn admins_list_invitations_whose_mail_failed() {
-    let nobody = crate::harness::free_port();
+    let nobody = onboarding_e2e::free_port();
     let stack = Stack::start(
         "failedmail",
         Options {

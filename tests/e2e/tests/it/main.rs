@@ -9,7 +9,6 @@ mod bulk;
 mod codes;
 mod delivery;
 mod flow;
-mod harness;
 mod intake;
 mod kafka_security;
 mod links;

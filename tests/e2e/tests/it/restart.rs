@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::harness::{unique, Broker, Options, Stack};
+use onboarding_e2e::{unique, Broker, Options, Stack};
 
 #[tokio::test]
 async fn restarting_the_relay_and_the_worker_mid_burst_mails_everyone_exactly_once() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{free_port, make_certificates, unique, Options, Services, SmtpGate, Stack};
+use onboarding_e2e::{free_port, make_certificates, unique, Options, Services, SmtpGate, Stack};
 
 /// MailDev with implicit TLS and AUTH on ports of its own.
 struct SecureMailDev {

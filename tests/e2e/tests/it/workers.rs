@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::harness::{unique, Options, Stack};
+use onboarding_e2e::{unique, Options, Stack};
 
 fn addresses(batch: &str, n: usize) -> Vec<(String, String)> {
     (0..n)
