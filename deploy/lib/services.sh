@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Install, start and stop the services the onboarding engine needs:
-# PostgreSQL (private cluster), tansu (Kafka-protocol broker), MailDev (SMTP catcher);
-# install the browser tests' tools: Debian's Chromium and playwright-core driving it.
-# Source this file from a bash script running with `set -euo pipefail`.
+# PostgreSQL (private cluster), tansu (Kafka-protocol broker), MailDev (SMTP catcher).
+# Source this file from a bash script running with `set -euo pipefail`. The tools only the
+# tests need are installed by tests/lib/test-services.sh, which builds on this file.
 #
 # Every process runs in the background with a pidfile and is stopped by that PID only.
 # A pidfile whose process is gone is stale and ignored.
@@ -10,13 +10,6 @@
 ONBOARDING_CACHE=${ONBOARDING_CACHE:-$HOME/.cache/onboarding}
 MAILDEV_DIR=${MAILDEV_DIR:-$ONBOARDING_CACHE/maildev}
 TANSU_VERSION=0.6.0
-PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
-PLAYWRIGHT_DIR=${PLAYWRIGHT_DIR:-$ONBOARDING_CACHE/playwright}
-CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
-SCIM_CLIENT_VERSION=0.13.2 # scim2-client (python-scim2), the SCIM client the e2e tests drive
-SCIM_MODELS_VERSION=0.12.3
-HTTPX2_VERSION=2.16.2
-SCIM_VENV=${SCIM_VENV:-$ONBOARDING_CACHE/scim-client}
 START_TIMEOUT=${START_TIMEOUT:-60}
 
 say() { printf '%s\n' "$*"; }
@@ -128,14 +121,20 @@ require_free_port() {
   fi
 }
 
-# free_port: print a TCP port on 127.0.0.1 that nothing listens on.
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    port_open 127.0.0.1 "$port" || break
-  done
-  printf '%s\n' "$port"
+# ---------------------------------------------------------------- packages
+
+# apt_install PACKAGE...: install Debian packages; refresh the package lists and try again
+# when they do not know a package or are too old to fetch it.
+apt_install() {
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+  fi
+}
+
+# npm (and Node.js) for MailDev and the browser tests' playwright-core.
+ensure_npm() {
+  command -v npm >/dev/null || apt_install nodejs npm
 }
 
 # ---------------------------------------------------------------- build
@@ -145,10 +144,7 @@ free_port() {
 ensure_build_deps() {
   if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
     say "build: installing libssl-dev and pkg-config (apt-get)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config; then
-      DEBIAN_FRONTEND=noninteractive apt-get update -q
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config
-    fi
+    apt_install libssl-dev pkg-config
   fi
 }
 
@@ -165,8 +161,7 @@ pg_bin() {
 ensure_postgres() {
   if [[ ! -x /usr/lib/postgresql/15/bin/initdb ]] && ! pg_bin >/dev/null; then
     say "postgres: installing PostgreSQL (apt-get)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+    apt_install postgresql
   fi
   PG_BIN=$(pg_bin) || die "postgres: no initdb under /usr/lib/postgresql after install"
 }
@@ -281,31 +276,12 @@ start_tansu() {
   say "tansu: started (pid $(pidfile_pid "$pidfile"), 127.0.0.1:$port)"
 }
 
-# ---------------------------------------------------------------- socat (tests)
-
-# socat terminates TLS in front of a test's own tansu (tansu 0.6 accepts --cert/--key but serves
-# plain TCP; see docs/operations.md), so the Kafka clients are tested over TLS.
-ensure_socat() {
-  SOCAT=$(command -v socat || true)
-  if [[ -z $SOCAT ]]; then
-    say "socat: installing socat (apt-get)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; then
-      DEBIAN_FRONTEND=noninteractive apt-get update -q
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat
-    fi
-    SOCAT=$(command -v socat) || die "socat: install did not produce the socat command"
-  fi
-}
-
 # ---------------------------------------------------------------- MailDev
 
 ensure_maildev() {
   MAILDEV=$MAILDEV_DIR/node_modules/.bin/maildev
   [[ -x $MAILDEV ]] && return 0
-  if ! command -v npm >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
-  fi
+  ensure_npm
   say "maildev: installing maildev@3 into $MAILDEV_DIR"
   mkdir -p "$MAILDEV_DIR"
   npm install --prefix "$MAILDEV_DIR" --no-audit --no-fund --loglevel=error maildev@3
@@ -328,88 +304,4 @@ start_maildev() {
   await maildev "$pidfile" "$log" http_ok "http://127.0.0.1:$web/api/healthz"
   await maildev "$pidfile" "$log" port_open 127.0.0.1 "$smtp"
   say "maildev: started (pid $(pidfile_pid "$pidfile"), smtp 127.0.0.1:$smtp, web http://127.0.0.1:$web)"
-}
-
-# ---------------------------------------------------------------- SMTP gate (tests)
-
-AIOSMTPD_VERSION=1.4.6
-AIOSMTPD_DIR=${AIOSMTPD_DIR:-$ONBOARDING_CACHE/aiosmtpd}
-
-# A Python virtual environment with aiosmtpd, for tests/e2e/smtp/gate.py: an SMTP server that
-# refuses, defers or greylists recipients as real servers do, and passes the rest on to MailDev.
-ensure_aiosmtpd() {
-  SMTP_GATE_PYTHON=$AIOSMTPD_DIR/bin/python
-  if [[ -x $SMTP_GATE_PYTHON ]] && "$SMTP_GATE_PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
-    return 0
-  fi
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
-  fi
-  say "aiosmtpd: installing aiosmtpd $AIOSMTPD_VERSION into $AIOSMTPD_DIR"
-  python3 -m venv "$AIOSMTPD_DIR"
-  "$AIOSMTPD_DIR/bin/pip" install -q "aiosmtpd==$AIOSMTPD_VERSION"
-  "$SMTP_GATE_PYTHON" -c 'import aiosmtpd' || die "aiosmtpd: install did not work in $AIOSMTPD_DIR"
-}
-
-# ---------------------------------------------------------------- browser tests
-
-# Debian's Chromium (a test tool's own browser download cannot reach its servers).
-ensure_chromium() {
-  [[ -x $CHROMIUM ]] && return 0
-  say "chromium: installing Debian's chromium (apt-get)"
-  # Update the package lists only when they do not know chromium, or are too old to fetch it.
-  if ! apt-cache show chromium >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-  fi
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
-  fi
-  [[ -x $CHROMIUM ]] || die "chromium: install did not produce $CHROMIUM"
-}
-
-# playwright-core only (no browser download) into $PLAYWRIGHT_DIR; sets PLAYWRIGHT_NODE_PATH
-# to its node_modules, for NODE_PATH.
-ensure_playwright() {
-  PLAYWRIGHT_NODE_PATH=$PLAYWRIGHT_DIR/node_modules
-  local installed=$PLAYWRIGHT_NODE_PATH/playwright-core/package.json
-  if [[ -f $installed ]] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$installed"; then
-    return 0
-  fi
-  if ! command -v npm >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
-  fi
-  say "playwright: installing playwright-core@$PLAYWRIGHT_VERSION into $PLAYWRIGHT_DIR"
-  mkdir -p "$PLAYWRIGHT_DIR"
-  npm install --prefix "$PLAYWRIGHT_DIR" --no-audit --no-fund --loglevel=error \
-    "playwright-core@$PLAYWRIGHT_VERSION"
-  [[ -f $installed ]] || die "playwright: install did not produce $installed"
-}
-
-# ---------------------------------------------------------------- SCIM client tests
-
-# scim2-client (a SCIM 2.0 client library someone else wrote, from PyPI) in a venv of its own;
-# sets SCIM_PYTHON to the venv's python. Needs Python >= 3.11 (Debian 12 ships 3.11).
-ensure_scim_client() {
-  SCIM_PYTHON=$SCIM_VENV/bin/python
-  if [[ -x $SCIM_PYTHON ]] && "$SCIM_PYTHON" - "$SCIM_CLIENT_VERSION" <<'PY' 2>/dev/null; then
-import importlib.metadata as m, sys
-sys.exit(m.version("scim2-client") != sys.argv[1])
-PY
-    return 0
-  fi
-  if ! python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    say "scim client: installing python3 and python3-venv (apt-get)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
-  fi
-  say "scim client: installing scim2-client $SCIM_CLIENT_VERSION into $SCIM_VENV (pip)"
-  rm -rf "$SCIM_VENV"
-  python3 -m venv "$SCIM_VENV"
-  "$SCIM_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "scim2-client==$SCIM_CLIENT_VERSION" "scim2-models==$SCIM_MODELS_VERSION" "httpx2==$HTTPX2_VERSION"
-  "$SCIM_PYTHON" -c 'import scim2_client.engines.httpx2' ||
-    die "scim client: the install did not produce an importable scim2_client in $SCIM_VENV"
 }

@@ -2,7 +2,7 @@
 with askPassword, driven by the scim2-client library (python-scim2 project) against the gateway.
 
 Run by tests/e2e (scim.rs) through tests/run, which installs scim2-client into a venv
-(deploy/lib/services.sh: ensure_scim_client). Prints one JSON line: what the upstream saw.
+(tests/lib/test-services.sh: ensure_scim_client). Prints one JSON line: what the upstream saw.
 
 Then it provisions a second user, who leaves before setting a password, and deletes them.
 

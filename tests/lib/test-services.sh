@@ -1,0 +1,98 @@
+# shellcheck shell=bash
+# Install the tools only the tests need, besides the services of deploy/lib/services.sh (which
+# must be sourced first: this file uses its say, die, apt_install and ensure_npm):
+# socat (TLS in front of a test's own tansu), aiosmtpd (the SMTP gate), Debian's Chromium and
+# playwright-core driving it (the browser test), scim2-client (the SCIM test).
+# Source this file from a bash script running with `set -euo pipefail`.
+
+PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
+PLAYWRIGHT_DIR=${PLAYWRIGHT_DIR:-$ONBOARDING_CACHE/playwright}
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+SCIM_CLIENT_VERSION=0.13.2 # scim2-client (python-scim2), the SCIM client the e2e tests drive
+SCIM_MODELS_VERSION=0.12.3
+HTTPX2_VERSION=2.16.2
+SCIM_VENV=${SCIM_VENV:-$ONBOARDING_CACHE/scim-client}
+AIOSMTPD_VERSION=1.4.6
+AIOSMTPD_DIR=${AIOSMTPD_DIR:-$ONBOARDING_CACHE/aiosmtpd}
+
+# ---------------------------------------------------------------- socat
+
+# socat terminates TLS in front of a test's own tansu (tansu 0.6 accepts --cert/--key but serves
+# plain TCP; see docs/operations.md), so the Kafka clients are tested over TLS.
+ensure_socat() {
+  SOCAT=$(command -v socat || true)
+  if [[ -z $SOCAT ]]; then
+    say "socat: installing socat (apt-get)"
+    apt_install socat
+    SOCAT=$(command -v socat) || die "socat: install did not produce the socat command"
+  fi
+}
+
+# ---------------------------------------------------------------- SMTP gate
+
+# A Python virtual environment with aiosmtpd, for tests/e2e/smtp/gate.py: an SMTP server that
+# refuses, defers or greylists recipients as real servers do, and passes the rest on to MailDev.
+ensure_aiosmtpd() {
+  SMTP_GATE_PYTHON=$AIOSMTPD_DIR/bin/python
+  if [[ -x $SMTP_GATE_PYTHON ]] && "$SMTP_GATE_PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+  say "aiosmtpd: installing aiosmtpd $AIOSMTPD_VERSION into $AIOSMTPD_DIR"
+  python3 -m venv "$AIOSMTPD_DIR"
+  "$AIOSMTPD_DIR/bin/pip" install -q "aiosmtpd==$AIOSMTPD_VERSION"
+  "$SMTP_GATE_PYTHON" -c 'import aiosmtpd' || die "aiosmtpd: install did not work in $AIOSMTPD_DIR"
+}
+
+# ---------------------------------------------------------------- browser test
+
+# Debian's Chromium (a test tool's own browser download cannot reach its servers).
+ensure_chromium() {
+  [[ -x $CHROMIUM ]] && return 0
+  say "chromium: installing Debian's chromium (apt-get)"
+  apt_install chromium
+  [[ -x $CHROMIUM ]] || die "chromium: install did not produce $CHROMIUM"
+}
+
+# playwright-core only (no browser download) into $PLAYWRIGHT_DIR; sets PLAYWRIGHT_NODE_PATH
+# to its node_modules, for NODE_PATH.
+ensure_playwright() {
+  PLAYWRIGHT_NODE_PATH=$PLAYWRIGHT_DIR/node_modules
+  local installed=$PLAYWRIGHT_NODE_PATH/playwright-core/package.json
+  if [[ -f $installed ]] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$installed"; then
+    return 0
+  fi
+  ensure_npm
+  say "playwright: installing playwright-core@$PLAYWRIGHT_VERSION into $PLAYWRIGHT_DIR"
+  mkdir -p "$PLAYWRIGHT_DIR"
+  npm install --prefix "$PLAYWRIGHT_DIR" --no-audit --no-fund --loglevel=error \
+    "playwright-core@$PLAYWRIGHT_VERSION"
+  [[ -f $installed ]] || die "playwright: install did not produce $installed"
+}
+
+# ---------------------------------------------------------------- SCIM client test
+
+# scim2-client (a SCIM 2.0 client library someone else wrote, from PyPI) in a venv of its own;
+# sets SCIM_PYTHON to the venv's python. Needs Python >= 3.11 (Debian 12 ships 3.11).
+ensure_scim_client() {
+  SCIM_PYTHON=$SCIM_VENV/bin/python
+  if [[ -x $SCIM_PYTHON ]] && "$SCIM_PYTHON" - "$SCIM_CLIENT_VERSION" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+sys.exit(m.version("scim2-client") != sys.argv[1])
+PY
+    return 0
+  fi
+  if ! python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    say "scim client: installing python3 and python3-venv (apt-get)"
+    apt_install python3 python3-venv
+  fi
+  say "scim client: installing scim2-client $SCIM_CLIENT_VERSION into $SCIM_VENV (pip)"
+  rm -rf "$SCIM_VENV"
+  python3 -m venv "$SCIM_VENV"
+  "$SCIM_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "scim2-client==$SCIM_CLIENT_VERSION" "scim2-models==$SCIM_MODELS_VERSION" "httpx2==$HTTPX2_VERSION"
+  "$SCIM_PYTHON" -c 'import scim2_client.engines.httpx2' ||
+    die "scim client: the install did not produce an importable scim2_client in $SCIM_VENV"
+}
