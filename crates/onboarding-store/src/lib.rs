@@ -5,14 +5,21 @@
 //! Architecture invariant: every change to an account goes through [`Store::execute`], i.e. through
 //! the aggregate; nothing writes `events`, `outbox` or `usernames` directly except the migrations'
 //! triggers and the relay (which deletes outbox rows after the broker acknowledged them).
+//!
+//! Here: the errors, `Actor`, the store and invitations. Beside it: `accounts` (reads by state,
+//! the expiry scheduler), [`bulk`] (bulk jobs), `idempotency` (`Idempotency-Key`s), `retries`
+//! (the delayed mail store), `upcast` (older event versions), `text` (enums in text columns).
 #![forbid(unsafe_code)]
 
 mod text;
 
+mod accounts;
 pub mod bulk;
 mod hasher;
+mod idempotency;
 mod invitation;
 mod retries;
+mod upcast;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,15 +27,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::{
-    EventUpcaster, PersistedEventStore, SemanticVersionEventUpcaster, SerializedEvent,
-};
+use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
 use onboarding_domain::password::PasswordPolicy;
 use onboarding_domain::{
-    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingEvent, OnboardingServices,
+    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
 };
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use rand::RngCore;
@@ -37,10 +42,13 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+pub use accounts::{run_scheduler, AccountSummary};
 pub use hasher::Argon2Hasher;
+pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
 pub use retries::{MailRetry, RetriedMail};
 pub use text::UnknownValue;
+pub use upcast::{upcast, upcast_str, upcasters};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -229,83 +237,6 @@ pub struct Store {
     cqrs: Arc<PostgresCqrs<Onboarding>>,
     events: Arc<PersistedEventStore<PostgresEventRepository, Onboarding>>,
     services: OnboardingServices,
-}
-
-/// Turns stored events of older versions into the current shape when they are loaded, oldest
-/// version first. To change an event's shape: bump its version in
-/// `OnboardingEvent::version_of`, add an upcaster here from the previous version, and add a
-/// test on a stored row of the old version (see docs/ARCHITECTURE.md, "Event versions").
-pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    vec![
-        Box::new(SemanticVersionEventUpcaster::new(
-            "UserInvited",
-            OnboardingEvent::USER_INVITED_VERSION,
-            Box::new(|mut payload| {
-                // 1.0 → 2.0: `time_zone` did not exist; nobody chose one.
-                if let Some(fields) = payload
-                    .get_mut("UserInvited")
-                    .and_then(serde_json::Value::as_object_mut)
-                {
-                    fields.entry("time_zone").or_insert(serde_json::Value::Null);
-                }
-                payload
-            }),
-        )),
-        Box::new(SemanticVersionEventUpcaster::new(
-            "InvitationMailFailed",
-            OnboardingEvent::INVITATION_MAIL_FAILED_VERSION,
-            Box::new(|mut payload| {
-                // 1.0 → 1.1: attempts were not counted, and no retry was scheduled.
-                if let Some(fields) = payload
-                    .get_mut("InvitationMailFailed")
-                    .and_then(serde_json::Value::as_object_mut)
-                {
-                    fields.entry("attempt").or_insert(serde_json::json!(0));
-                    fields
-                        .entry("next_attempt_at")
-                        .or_insert(serde_json::Value::Null);
-                }
-                payload
-            }),
-        )),
-    ]
-}
-
-/// [`upcast`] from the payload's JSON text: events already in the current version are
-/// deserialised straight from the text (the replay's fast path).
-pub fn upcast_str(
-    event_type: &str,
-    event_version: &str,
-    payload: &str,
-) -> Result<OnboardingEvent, serde_json::Error> {
-    if event_version == OnboardingEvent::version_of(event_type) {
-        serde_json::from_str(payload)
-    } else {
-        upcast(event_type, event_version, serde_json::from_str(payload)?)
-    }
-}
-
-/// A stored event in the current shape: runs the upcasters, then deserialises.
-pub fn upcast(
-    event_type: &str,
-    event_version: &str,
-    payload: serde_json::Value,
-) -> Result<OnboardingEvent, serde_json::Error> {
-    let mut event = SerializedEvent {
-        aggregate_id: String::new(),
-        sequence: 0,
-        aggregate_type: String::new(),
-        event_type: event_type.to_owned(),
-        event_version: event_version.to_owned(),
-        payload,
-        metadata: serde_json::Value::Null,
-    };
-    for upcaster in upcasters() {
-        if upcaster.can_upcast(&event.event_type, &event.event_version) {
-            event = upcaster.upcast(event);
-        }
-    }
-    serde_json::from_value(event.payload)
 }
 
 impl Store {
@@ -549,280 +480,5 @@ impl Store {
                 .await
                 .map_err(db)?;
         Ok((total, ids))
-    }
-}
-
-/// One row of the admins' invitation list.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
-pub struct AccountSummary {
-    pub user_id: Uuid,
-    pub state: String,
-    pub state_since: DateTime<Utc>,
-    pub code_expires_at: Option<DateTime<Utc>>,
-    pub username: Option<String>,
-    pub domain: Option<String>,
-    pub email: Option<String>,
-    pub created_at: DateTime<Utc>,
-    /// The latest code's invitation mail: `queued`, `sent` or `failed`.
-    pub delivery: Option<String>,
-}
-
-impl Store {
-    /// Invitations, oldest first, optionally in one state, `limit` at a time after `after`.
-    pub async fn list_accounts(
-        &self,
-        state: Option<&str>,
-        delivery: Option<&str>,
-        after: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Vec<AccountSummary>, StoreError> {
-        sqlx::query_as(
-            "SELECT user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery \
-             FROM account_states WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR delivery = $2) \
-             AND ($3::uuid IS NULL OR user_id > $3) ORDER BY user_id LIMIT $4",
-        )
-        .bind(state)
-        .bind(delivery)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)
-    }
-
-    /// Accounts whose live code is past its expiry but not yet marked `Expired`.
-    pub async fn due_for_expiry(
-        &self,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT user_id FROM account_states WHERE state = 'CodeIssued' AND code_expires_at <= $1 \
-             ORDER BY code_expires_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)
-    }
-
-    /// Marks every due code `Expired` (an event per account), until none is left. Returns how many.
-    pub async fn expire_due_codes(&self) -> Result<usize, StoreError> {
-        let mut expired = 0;
-        loop {
-            let due = self.due_for_expiry(Utc::now(), 500).await?;
-            if due.is_empty() {
-                return Ok(expired);
-            }
-            let before = expired;
-            for user_id in due {
-                let cmd = OnboardingCommand::ExpireCode { now: Utc::now() };
-                match self
-                    .execute(user_id, cmd, &Actor::system("scheduler"))
-                    .await
-                {
-                    Ok(()) => expired += 1,
-                    // Someone resent or activated in between: nothing to expire any more.
-                    Err(StoreError::Refused(_) | StoreError::Conflict) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if expired == before {
-                return Ok(expired);
-            }
-        }
-    }
-}
-
-/// The scheduler: marks expired codes every `every`, until `shutdown`.
-pub async fn run_scheduler(
-    store: Store,
-    every: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    tracing::info!(every_s = every.as_secs(), "scheduler started");
-    loop {
-        match store.expire_due_codes().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "codes marked expired"),
-            Err(e) => tracing::warn!(error = %e, "expiry scan failed; will retry"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-    tracing::info!("scheduler stopped");
-}
-
-/// What an `Idempotency-Key` says about a request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Idempotency {
-    /// First time: do the work, then `idempotency_finish`.
-    New,
-    /// Done before: answer with this.
-    Replay {
-        status: u16,
-        response: serde_json::Value,
-        location: Option<String>,
-    },
-    /// The key was used for a different request.
-    Mismatch,
-    /// The first request with this key is still running.
-    InProgress,
-}
-
-impl Store {
-    /// Claims `key` for this request, or tells what became of its earlier use. A claim left by
-    /// a request that died is taken over after a minute.
-    pub async fn idempotency_begin(
-        &self,
-        token_id: &str,
-        key: &str,
-        request_hash: &[u8],
-    ) -> Result<Idempotency, StoreError> {
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (token_id, key, request_hash) VALUES ($1, $2, $3) \
-             ON CONFLICT (token_id, key) DO UPDATE SET created_at = now() \
-             WHERE idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - interval '1 minute' \
-             AND idempotency_keys.request_hash = EXCLUDED.request_hash",
-        )
-        .bind(token_id)
-        .bind(key)
-        .bind(request_hash)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?
-        .rows_affected();
-        if claimed == 1 {
-            return Ok(Idempotency::New);
-        }
-        let row: (Vec<u8>, Option<i32>, Option<serde_json::Value>, Option<String>) = sqlx::query_as(
-            "SELECT request_hash, status, response, location FROM idempotency_keys WHERE token_id = $1 AND key = $2",
-        )
-        .bind(token_id)
-        .bind(key)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(match row {
-            (hash, _, _, _) if hash != request_hash => Idempotency::Mismatch,
-            (_, Some(status), Some(response), location) => Idempotency::Replay {
-                status: status as u16,
-                response,
-                location,
-            },
-            _ => Idempotency::InProgress,
-        })
-    }
-
-    pub async fn idempotency_finish(
-        &self,
-        token_id: &str,
-        key: &str,
-        status: u16,
-        response: &serde_json::Value,
-        location: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE idempotency_keys SET status = $3, response = $4, location = $5 WHERE token_id = $1 AND key = $2")
-            .bind(token_id)
-            .bind(key)
-            .bind(i32::from(status))
-            .bind(response)
-            .bind(location)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
-    /// Releases a claim whose request failed, so that a retry can do the work.
-    pub async fn idempotency_release(&self, token_id: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE token_id = $1 AND key = $2 AND status IS NULL",
-        )
-        .bind(token_id)
-        .bind(key)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `UserInvited` as the first release stored it (1.0: no `time_zone`).
-    const V1: &str = r#"{"UserInvited": {"user_id": "0197300e-7a5c-7b3e-9d5a-3c1f2e4d5a6b", "username": "Old", "email": "old@pickup.example", "domain": "PRIMARY", "locale": "de", "claims": {}, "invited_at": "2026-01-05T09:00:00Z"}}"#;
-
-    #[test]
-    fn a_version_1_invitation_is_upcast_with_no_time_zone() {
-        let payload: serde_json::Value = serde_json::from_str(V1).unwrap();
-        let upcaster = &upcasters()[0];
-        assert!(upcaster.can_upcast("UserInvited", "1.0"));
-        assert!(!upcaster.can_upcast("UserInvited", "2.0"));
-        assert!(!upcaster.can_upcast("CodeIssued", "1.0"));
-        let event = upcast("UserInvited", "1.0", payload).unwrap();
-        match event {
-            OnboardingEvent::UserInvited {
-                username,
-                locale,
-                time_zone,
-                ..
-            } => {
-                assert_eq!(username.as_str(), "Old");
-                assert_eq!(locale.unwrap().as_str(), "de");
-                assert_eq!(time_zone, None);
-            }
-            other => panic!("not an invitation: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_version_1_0_mail_failure_is_upcast_with_no_attempt_count() {
-        let stored = serde_json::json!({"InvitationMailFailed": {
-            "code_id": "5f2c9a1e-0b7d-e4a3-91c6-2d8f7b3a6e10",
-            "reason": "transient: connection refused",
-            "permanent": false,
-            "failed_at": "2025-06-02T09:14:07.512345678Z"
-        }});
-        assert!(upcasters()
-            .iter()
-            .any(|u| u.can_upcast("InvitationMailFailed", "1.0")));
-        assert!(!upcasters()
-            .iter()
-            .any(|u| u.can_upcast("InvitationMailFailed", "1.1")));
-        match upcast("InvitationMailFailed", "1.0", stored).unwrap() {
-            OnboardingEvent::InvitationMailFailed {
-                attempt,
-                next_attempt_at,
-                permanent,
-                ..
-            } => {
-                assert_eq!(attempt, 0);
-                assert_eq!(next_attempt_at, None);
-                assert!(!permanent);
-            }
-            other => panic!("not a mail failure: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_current_version_is_read_as_stored() {
-        let mut payload: serde_json::Value = serde_json::from_str(V1).unwrap();
-        payload["UserInvited"]["time_zone"] = "Europe/Berlin".into();
-        let event = upcast("UserInvited", "2.0", payload).unwrap();
-        assert!(matches!(
-            event,
-            OnboardingEvent::UserInvited { time_zone: Some(tz), .. } if tz.as_str() == "Europe/Berlin"
-        ));
-        assert_eq!(
-            OnboardingEvent::version_of("UserInvited"),
-            OnboardingEvent::USER_INVITED_VERSION
-        );
-        assert_eq!(OnboardingEvent::version_of("CodeIssued"), "1.0");
     }
 }

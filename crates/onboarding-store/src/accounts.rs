@@ -1,0 +1,114 @@
+//! Reading accounts by state (the `account_states` table): the admins' list of invitations, and
+//! the scheduler that marks expired codes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use onboarding_domain::OnboardingCommand;
+use uuid::Uuid;
+
+use crate::{db, Actor, Store, StoreError};
+
+/// One row of the admins' invitation list.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct AccountSummary {
+    pub user_id: Uuid,
+    pub state: String,
+    pub state_since: DateTime<Utc>,
+    pub code_expires_at: Option<DateTime<Utc>>,
+    pub username: Option<String>,
+    pub domain: Option<String>,
+    pub email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The latest code's invitation mail: `queued`, `sent` or `failed`.
+    pub delivery: Option<String>,
+}
+
+impl Store {
+    /// Invitations, oldest first, optionally in one state, `limit` at a time after `after`.
+    pub async fn list_accounts(
+        &self,
+        state: Option<&str>,
+        delivery: Option<&str>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<AccountSummary>, StoreError> {
+        sqlx::query_as(
+            "SELECT user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery \
+             FROM account_states WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR delivery = $2) \
+             AND ($3::uuid IS NULL OR user_id > $3) ORDER BY user_id LIMIT $4",
+        )
+        .bind(state)
+        .bind(delivery)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    /// Accounts whose live code is past its expiry but not yet marked `Expired`.
+    pub async fn due_for_expiry(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT user_id FROM account_states WHERE state = 'CodeIssued' AND code_expires_at <= $1 \
+             ORDER BY code_expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    /// Marks every due code `Expired` (an event per account), until none is left. Returns how many.
+    pub async fn expire_due_codes(&self) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        loop {
+            let due = self.due_for_expiry(Utc::now(), 500).await?;
+            if due.is_empty() {
+                return Ok(expired);
+            }
+            let before = expired;
+            for user_id in due {
+                let cmd = OnboardingCommand::ExpireCode { now: Utc::now() };
+                match self
+                    .execute(user_id, cmd, &Actor::system("scheduler"))
+                    .await
+                {
+                    Ok(()) => expired += 1,
+                    // Someone resent or activated in between: nothing to expire any more.
+                    Err(StoreError::Refused(_) | StoreError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if expired == before {
+                return Ok(expired);
+            }
+        }
+    }
+}
+
+/// The scheduler: marks expired codes every `every`, until `shutdown`.
+pub async fn run_scheduler(
+    store: Store,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tracing::info!(every_s = every.as_secs(), "scheduler started");
+    loop {
+        match store.expire_due_codes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "codes marked expired"),
+            Err(e) => tracing::warn!(error = %e, "expiry scan failed; will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    tracing::info!("scheduler stopped");
+}

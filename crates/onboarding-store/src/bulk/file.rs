@@ -1,0 +1,209 @@
+//! Reading an uploaded file into rows, before anything is stored.
+
+use std::collections::HashMap;
+
+use onboarding_config::UserOnboarding;
+use sha2::{Digest, Sha256};
+
+use super::{BulkError, Format, NewRow, RowInput, RowStatus};
+
+const CSV_COLUMNS: [&str; 5] = ["username", "email", "domain", "locale", "time_zone"];
+
+/// Reads a whole file into rows: each line is `pending` (valid), `invalid` (with the reason) or
+/// `duplicate` (the same username as an earlier line of the file). Fails only for a file that
+/// cannot be read as a whole (an unknown CSV column, no rows at all).
+pub fn parse(
+    format: Format,
+    data: &[u8],
+    rules: &UserOnboarding,
+) -> Result<Vec<NewRow>, BulkError> {
+    let rows = match format {
+        Format::Csv => parse_csv(data)?,
+        Format::Jsonl => parse_jsonl(data),
+    };
+    if rows.is_empty() {
+        return Err(BulkError::File(
+            "the file has no rows; send one invitation per line: username,email[,domain,locale,time_zone]"
+                .into(),
+        ));
+    }
+    // Validate, and mark later lines with an earlier line's username as duplicates.
+    let mut seen: HashMap<(String, String), i32> = HashMap::new();
+    Ok(rows
+        .into_iter()
+        .map(|(line, input)| match input {
+            Err(reason) => NewRow {
+                line,
+                input: None,
+                status: RowStatus::Invalid,
+                reason: Some(reason),
+            },
+            Ok(input) => match input.validate(rules) {
+                Err(reason) => NewRow {
+                    line,
+                    input: Some(input),
+                    status: RowStatus::Invalid,
+                    reason: Some(reason),
+                },
+                Ok(inv) => {
+                    let key = (inv.domain.as_str().to_owned(), inv.username.key());
+                    match seen.get(&key) {
+                        Some(first) => NewRow {
+                            line,
+                            reason: Some(format!("the same username as line {first} of this file")),
+                            input: Some(input),
+                            status: RowStatus::Duplicate,
+                        },
+                        None => {
+                            seen.insert(key, line);
+                            NewRow {
+                                line,
+                                input: Some(input),
+                                status: RowStatus::Pending,
+                                reason: None,
+                            }
+                        }
+                    }
+                }
+            },
+        })
+        .collect())
+}
+
+type ReadRow = (i32, Result<RowInput, String>);
+
+fn parse_csv(data: &[u8]) -> Result<Vec<ReadRow>, BulkError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    let mut columns: Vec<usize> = vec![0, 1, 2, 3, 4];
+    let mut out = Vec::new();
+    let mut first = true;
+    let mut record = csv::StringRecord::new();
+    let mut lines = Lines {
+        data,
+        pos: 0,
+        line: 1,
+    };
+    loop {
+        let line = reader.position().line() as i32;
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as i32).unwrap_or(line.max(1));
+                out.push((line, Err(format!("not readable as CSV: {e}"))));
+                first = false;
+                continue;
+            }
+        }
+        let line = record
+            .position()
+            .map(|p| lines.at(p.byte()))
+            .unwrap_or(line.max(1));
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        if first {
+            first = false;
+            if record.get(0).is_some_and(|f| {
+                f.trim_start_matches('\u{feff}')
+                    .eq_ignore_ascii_case("username")
+            }) {
+                let mut map = Vec::new();
+                for field in record.iter() {
+                    let name = field.trim_start_matches('\u{feff}').to_ascii_lowercase();
+                    match CSV_COLUMNS.iter().position(|c| *c == name) {
+                        Some(i) if !map.contains(&i) => map.push(i),
+                        _ => {
+                            return Err(BulkError::File(format!(
+                                "unknown or repeated CSV column `{}`; the columns are username,email[,domain,locale,time_zone]",
+                                field.chars().take(40).collect::<String>()
+                            )))
+                        }
+                    }
+                }
+                if !(map.contains(&0) && map.contains(&1)) {
+                    return Err(BulkError::File(
+                        "the CSV header must name the columns username and email".into(),
+                    ));
+                }
+                columns = map;
+                continue;
+            }
+        }
+        if record.len() > columns.len() || record.len() < 2 {
+            out.push((
+                line,
+                Err(format!(
+                    "expected {} fields (username,email[,domain,locale,time_zone]), found {}",
+                    if columns.len() == CSV_COLUMNS.len() {
+                        format!("2 to {}", CSV_COLUMNS.len())
+                    } else {
+                        columns.len().to_string()
+                    },
+                    record.len()
+                )),
+            ));
+            continue;
+        }
+        let mut input = RowInput::default();
+        for (value, column) in record.iter().zip(&columns) {
+            let value = value.to_owned();
+            match column {
+                0 => input.username = value,
+                1 => input.email = value,
+                2 => input.domain = Some(value),
+                3 => input.locale = Some(value),
+                _ => input.time_zone = Some(value),
+            }
+        }
+        out.push((line, Ok(input)));
+    }
+    Ok(out)
+}
+
+/// Line numbers of byte offsets, for offsets that only grow (one pass over the file).
+struct Lines<'a> {
+    data: &'a [u8],
+    pos: usize,
+    line: i32,
+}
+
+impl Lines<'_> {
+    /// The 1-based line number of the first non-blank byte at or after `offset` (the csv crate
+    /// reports the position of a record after blank lines at the first of them).
+    fn at(&mut self, offset: u64) -> i32 {
+        let mut start = (offset as usize).clamp(self.pos, self.data.len());
+        while start < self.data.len() && (self.data[start] == b'\n' || self.data[start] == b'\r') {
+            start += 1;
+        }
+        self.line += self.data[self.pos..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count() as i32;
+        self.pos = start;
+        self.line
+    }
+}
+
+fn parse_jsonl(data: &[u8]) -> Vec<ReadRow> {
+    data.split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, l)| {
+            let line = i as i32 + 1;
+            let parsed = serde_json::from_slice::<RowInput>(l).map_err(|e| {
+                format!("not a JSON object with username, email and optionally domain, locale: {e}")
+            });
+            (line, parsed)
+        })
+        .collect()
+}
+
+/// The SHA-256 of an uploaded file (recorded with the job).
+pub fn digest(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
