@@ -44,7 +44,7 @@ pub async fn run(settings: &Settings, command: EmailCommand) -> Result<()> {
     let mailer = Mailer::new(
         &settings.output_adapter.email,
         &settings.organisation.name,
-        1,
+        std::num::NonZeroU32::MIN,
     )?;
     match command {
         EmailCommand::Preview {

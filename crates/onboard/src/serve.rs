@@ -105,7 +105,7 @@ pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
                 .identity_mgt
                 .user_onboarding
                 .expiry_scan_seconds
-                .max(1),
+                .get(),
         );
         let (store, token) = (store.clone(), shutdown.clone());
         tasks.spawn(async move {

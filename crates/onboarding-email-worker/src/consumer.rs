@@ -44,9 +44,9 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl EmailWorker {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
-        let concurrency = settings.kafka.email_worker_concurrency.max(1);
+        let concurrency = settings.kafka.email_worker_concurrency;
         // One SMTP connection per record in flight, and one for the retry task.
-        let delivery = Delivery::new(settings, store, concurrency + 1)?;
+        let delivery = Delivery::new(settings, store, concurrency.saturating_add(1))?;
         let mut consumer_config =
             group_consumer_config(&settings.kafka, &settings.kafka.email_worker_group);
         // Notice a recreated topic (after a broker lost its data) within seconds.
@@ -66,7 +66,7 @@ impl EmailWorker {
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
             ),
             rebalances_seen: 0,
-            concurrency: concurrency as usize,
+            concurrency: concurrency.get() as usize,
         })
     }
 

@@ -3,11 +3,12 @@
 //! ones, for invitation and welcome mails alike; a mail is named by its row key in the delayed
 //! store ([`RetriedMail`]), which also names it in the metrics and its Message-ID.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use onboarding_config::Settings;
+use onboarding_config::{PublicBaseUrl, Settings};
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
 use onboarding_domain::{EmailDelivery, OnboardingCommand, OnboardingError};
 use onboarding_events::{CodeIssuedV1, UserActivatedV1};
@@ -64,13 +65,17 @@ pub struct Delivery {
     store: Store,
     mailer: Arc<Mailer>,
     keyring: Arc<CodeKeyring>,
-    public_base_url: String,
+    public_base_url: PublicBaseUrl,
     policy: RetryPolicy,
 }
 
 impl Delivery {
     /// A delivery keeping at most `connections` SMTP connections open.
-    pub fn new(settings: &Settings, store: Store, connections: u32) -> Result<Self, SetupError> {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        connections: NonZeroU32,
+    ) -> Result<Self, SetupError> {
         let email = &settings.output_adapter.email;
         Ok(Self {
             mailer: Arc::new(Mailer::new(
@@ -80,11 +85,7 @@ impl Delivery {
             )?),
             keyring: store.services().keyring.clone(),
             store,
-            public_base_url: settings
-                .gateway
-                .public_base_url
-                .trim_end_matches('/')
-                .to_owned(),
+            public_base_url: settings.gateway.public_base_url.clone(),
             policy: RetryPolicy::from_settings(email),
         })
     }
@@ -185,8 +186,12 @@ impl Delivery {
                 .record_failure(user_id, code_id, attempt, reason, true)
                 .await;
         };
-        let link = format!("{}/confirm?code={}", self.public_base_url, token.expose());
-        let revoke_link = format!("{}/revoke?code={}", self.public_base_url, token.expose());
+        let link = self
+            .public_base_url
+            .link("/confirm", &[("code", token.expose())]);
+        let revoke_link = self
+            .public_base_url
+            .link("/revoke", &[("code", token.expose())]);
         let rendered = self.mailer.render(&Invitation {
             to: email.as_str(),
             username: username.as_str(),

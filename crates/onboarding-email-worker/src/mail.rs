@@ -1,5 +1,6 @@
 //! Rendering and sending the invitation mail.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -132,7 +133,7 @@ impl Mailer {
     pub fn new(
         settings: &EmailSettings,
         organisation: &str,
-        connections: u32,
+        connections: NonZeroU32,
     ) -> Result<Self, SetupError> {
         let host = settings.hostname.as_str();
         let tls_parameters = || -> Result<TlsParameters, SetupError> {
@@ -176,7 +177,7 @@ impl Mailer {
                     .clone()
                     .unwrap_or_else(|| message_id_domain.clone()),
             ))
-            .pool_config(PoolConfig::new().max_size(connections.max(1)));
+            .pool_config(PoolConfig::new().max_size(connections.get()));
         if settings.enable_authentication {
             builder = builder.credentials(Credentials::new(
                 settings.username.clone(),

@@ -74,8 +74,8 @@ impl RetryPolicy {
     /// `max_attempts`, `retry_initial_seconds` and `max_age_minutes` of `[output_adapter.email]`.
     pub fn from_settings(email: &EmailSettings) -> Self {
         Self {
-            max_attempts: email.max_attempts.max(1),
-            initial: Duration::from_secs(email.retry_initial_seconds.max(1)),
+            max_attempts: email.max_attempts.get(),
+            initial: Duration::from_secs(email.retry_initial_seconds.get()),
             max_age: chrono::Duration::minutes(
                 i64::try_from(email.max_age_minutes).unwrap_or(i64::MAX / 60_000),
             ),

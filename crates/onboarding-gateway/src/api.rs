@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use onboarding_config::Scope;
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
@@ -157,7 +158,7 @@ pub async fn create_user(
     key: Option<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token_id = grant.require("invite")?;
+    let token_id = grant.require(Scope::Invite)?;
     let work = create_user_inner(&state, grant.actor(), &body);
     idempotent(&state, token_id, key, "POST /api/v1/users", &body, work).await
 }
@@ -328,7 +329,7 @@ pub async fn get_user(
     grant: Grant,
     id: String,
 ) -> Result<Response, ApiError> {
-    grant.require("read")?;
+    grant.require(Scope::Read)?;
     let account = load(&state, parse_id(&id)?).await?;
     Ok(warp::reply::json(&user_view(&account)).into_response())
 }
@@ -340,7 +341,7 @@ pub async fn resend(
     id: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token_id = grant.require("invite")?;
+    let token_id = grant.require(Scope::Invite)?;
     let what = format!("POST /api/v1/users/{id}/resend");
     let work = resend_inner(&state, grant.actor(), &id, &body);
     idempotent(&state, token_id, key, &what, &body, work).await
@@ -485,7 +486,7 @@ pub async fn revoke(
     id: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    grant.require("revoke")?;
+    grant.require(Scope::Revoke)?;
     let user_id = parse_id(&id)?;
     let mut f = Fields::new(
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -519,7 +520,7 @@ pub async fn list(
     grant: Grant,
     query: std::collections::HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    grant.require("read")?;
+    grant.require(Scope::Read)?;
     let mut problems = BTreeMap::new();
     let wanted = query.get("state").map(|s| {
         OnboardingState::parse(s)

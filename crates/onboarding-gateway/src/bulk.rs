@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use onboarding_config::Scope;
 use onboarding_store::bulk::{self, BulkError, Format};
 use serde_json::json;
 use uuid::Uuid;
@@ -20,7 +21,7 @@ pub async fn upload(
     content_type: Option<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token_id = grant.require("invite")?;
+    let token_id = grant.require(Scope::Invite)?;
     state
         .settings
         .identity_mgt
@@ -60,7 +61,7 @@ pub async fn upload(
 }
 
 pub async fn show(state: Arc<AppState>, grant: Grant, id: String) -> Result<Response, ApiError> {
-    grant.require("read")?;
+    grant.require(Scope::Read)?;
     let not_found = || ApiError::JobNotFound(id.chars().take(64).collect());
     let job_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let job = state.store.bulk_job(job_id).await?.ok_or_else(not_found)?;

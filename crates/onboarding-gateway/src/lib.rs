@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use onboarding_config::Settings;
+use onboarding_config::{Scope, Settings};
 use onboarding_domain::code::CodeKeyring;
 use onboarding_domain::ResendLimits;
 use onboarding_relay::kafka::KafkaProbe;
@@ -106,7 +106,7 @@ impl AppState {
             tracing::warn!("no admin tokens configured: the admin API will refuse every request");
         }
         Ok(Self {
-            trusted_proxies: settings.gateway.trusted_proxy_networks()?,
+            trusted_proxies: settings.gateway.trusted_proxies.clone(),
             keyring: store.services().keyring.clone(),
             kafka: KafkaProbe::new(&settings.kafka)
                 .map_err(|e| GatewayError::Kafka(onboarding_relay::kafka::redact(&e)))?,
@@ -130,8 +130,7 @@ impl AppState {
                 std::num::NonZeroU32::new(10).expect("non-zero"),
             )),
             limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
-                std::num::NonZeroU32::new(settings.gateway.public_rate_limit_per_minute.max(1))
-                    .expect("non-zero"),
+                settings.gateway.public_rate_limit_per_minute,
             )),
         })
     }
@@ -211,7 +210,7 @@ impl AppState {
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub id: String,
-    scopes: Vec<String>,
+    scopes: Vec<Scope>,
     /// The caller's `X-Request-Id`, kept as the correlation id of the events the request records.
     pub request_id: Option<String>,
 }
@@ -223,11 +222,11 @@ impl Grant {
         Actor::admin(&self.id).with_correlation(self.request_id.clone())
     }
 
-    pub fn require(&self, scope: &'static str) -> Result<&str, ApiError> {
-        if self.scopes.iter().any(|s| s == scope) {
+    pub fn require(&self, scope: Scope) -> Result<&str, ApiError> {
+        if self.scopes.contains(&scope) {
             Ok(&self.id)
         } else {
-            Err(ApiError::Forbidden(scope))
+            Err(ApiError::Forbidden(scope.as_str()))
         }
     }
 }
@@ -504,7 +503,7 @@ pub fn routes(
         .and_then(
             |auth: Result<(Arc<AppState>, Grant), ApiError>| async move {
                 match auth {
-                    Ok((state, grant)) => match grant.require("invite") {
+                    Ok((state, grant)) => match grant.require(Scope::Invite) {
                         Ok(_) => Ok(Ok((state, grant))),
                         Err(e) => Err(warp::reject::custom(RefusedBeforeBody(e))),
                     },

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use minijinja::{context, Environment, Value};
+use onboarding_config::PublicBaseUrl;
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError};
@@ -197,15 +198,9 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    fn allowed(&self, public_base_url: &str) -> bool {
+    fn allowed(&self, public_base_url: &PublicBaseUrl) -> bool {
         // The origin is scheme, host and port: the base URL may carry a path.
-        let ours = match public_base_url.find("://") {
-            Some(i) => match public_base_url[i + 3..].find('/') {
-                Some(j) => &public_base_url[..i + 3 + j],
-                None => public_base_url,
-            },
-            None => public_base_url,
-        };
+        let ours = public_base_url.origin();
         // `Origin: null` is what browsers send from a page with `Referrer-Policy: no-referrer`
         // (ours); Sec-Fetch-Site and the form's token still tell a forged post apart.
         let origin_ok = self

@@ -88,7 +88,7 @@ fn require<T>(
 /// The minutes a new code stays valid: `requested`, when it lies within the configured bounds, or
 /// the configured default. Invitations and resends both ask here.
 pub fn code_validity(rules: &UserOnboarding, requested: Option<i64>) -> Result<i64, String> {
-    let bounds = rules.min_validity_minutes.max(1)..=rules.max_validity_minutes;
+    let bounds = rules.validity_bounds();
     match requested {
         None => Ok(rules.ask_password_email_validity),
         Some(m) if bounds.contains(&m) => Ok(m),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use onboarding_config::Scope;
 use onboarding_domain::{OnboardingCommand, OnboardingError, OnboardingState, RevokedBy};
 use onboarding_store::{Actor, InviteError, StoreError};
 use uuid::Uuid;
@@ -48,19 +49,19 @@ async fn route(
     let segments: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["Users"]) => {
-            grant.require("invite")?;
+            grant.require(Scope::Invite)?;
             create(state, &grant, body).await
         }
         ("GET", ["Users"]) => {
-            grant.require("read")?;
+            grant.require(Scope::Read)?;
             search(state, query).await
         }
         ("GET", ["Users", id]) => {
-            grant.require("read")?;
+            grant.require(Scope::Read)?;
             get(state, id).await
         }
         ("DELETE", ["Users", id]) => {
-            grant.require("revoke")?;
+            grant.require(Scope::Revoke)?;
             delete(state, &grant, id).await
         }
         ("PUT" | "PATCH", ["Users", ..]) => Err(ScimError::UsersAreNotChanged),
@@ -93,10 +94,7 @@ async fn route(
 
 /// Where the SCIM endpoints are, as callers reach them: `…/scim2`.
 fn base(state: &AppState) -> String {
-    format!(
-        "{}/scim2",
-        state.settings.gateway.public_base_url.trim_end_matches('/')
-    )
+    state.settings.gateway.public_base_url.link("/scim2", &[])
 }
 
 /// The admin as the author of events, with one correlation id per SCIM request, so that an

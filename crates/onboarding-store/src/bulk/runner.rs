@@ -1,5 +1,6 @@
 //! Applying a job's pending rows, each through [`Store::invite_as`].
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,7 +19,7 @@ pub struct BulkRunner {
     /// The configured invitation rules (the code's validity and its bounds).
     pub rules: UserOnboarding,
     /// Rows applied at the same time.
-    pub concurrency: usize,
+    pub concurrency: NonZeroUsize,
 }
 
 impl BulkRunner {
@@ -92,7 +93,7 @@ impl BulkRunner {
                         .increment(1);
                     self.store.record_row(job_id, line, &outcome).await
                 })
-                .buffer_unordered(self.concurrency.max(1))
+                .buffer_unordered(self.concurrency.get())
                 .inspect(|r| {
                     if r.is_ok() {
                         applied += 1;
@@ -109,7 +110,7 @@ impl BulkRunner {
 
     async fn pending_batch(&self, job_id: Uuid) -> Result<Vec<(i32, Value)>, StoreError> {
         self.store
-            .pending_rows(job_id, (self.concurrency.max(1) * 32) as i64)
+            .pending_rows(job_id, (self.concurrency.get() * 32) as i64)
             .await
     }
 
@@ -117,7 +118,7 @@ impl BulkRunner {
     /// or 5 s. Resumes the jobs a previous process left unfinished. Runs until `shutdown`.
     pub async fn run(self, wake: std::sync::Arc<tokio::sync::Notify>, shutdown: CancellationToken) {
         tracing::info!(
-            concurrency = self.concurrency,
+            concurrency = self.concurrency.get(),
             "bulk invitation runner started"
         );
         loop {
