@@ -141,7 +141,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let settings = Arc::new(Settings::load(&cli.config)?);
     // A misspelt or invalid librdkafka property is named at start, without its value.
-    onboarding_relay::kafka::check_config(&settings.kafka).map_err(anyhow::Error::msg)?;
+    onboarding_kafka::check_config(&settings.kafka).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Serve => serve::run(settings, Components::ALL).await,
         Command::Gateway => serve::run(settings, Components::GATEWAY).await,

@@ -15,7 +15,7 @@ pub async fn run(settings: &Settings, Args { skip_kafka }: Args) -> Result<()> {
     onboarding_store::migrate(&pool).await?;
     println!("database schema is up to date");
     if !skip_kafka {
-        onboarding_relay::kafka::create_topics(&settings.kafka)
+        onboarding_kafka::create_event_topics(&settings.kafka)
             .await
             .with_context(|| {
                 format!(

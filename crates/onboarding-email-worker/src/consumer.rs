@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_relay::kafka::group_consumer_config;
+use onboarding_kafka::group_consumer_config;
 use onboarding_store::Store;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -55,8 +55,8 @@ impl EmailWorker {
         Ok(Self {
             records: Arc::new(RecordHandler::new(
                 delivery,
-                onboarding_relay::kafka::producer(&settings.kafka)?,
-                onboarding_relay::kafka::dead_letter_topic(&settings.kafka),
+                onboarding_kafka::producer(&settings.kafka)?,
+                onboarding_kafka::dead_letter_topic(&settings.kafka),
             )),
             consumer,
             consumer_config,
@@ -285,7 +285,9 @@ impl ConsumerContext for WorkerContext {
 type WorkerConsumer = StreamConsumer<WorkerContext>;
 
 fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<WorkerConsumer, WorkerError> {
-    let consumer: WorkerConsumer = config.create_with_context(WorkerContext::default())?;
-    consumer.subscribe(&[topic])?;
-    Ok(consumer)
+    Ok(onboarding_kafka::subscribe(
+        config,
+        topic,
+        WorkerContext::default(),
+    )?)
 }

@@ -71,7 +71,7 @@ impl RecordHandler {
         reason: &str,
         error: &str,
     ) -> Result<(), HandleError> {
-        onboarding_relay::kafka::dead_letter(
+        onboarding_kafka::dead_letter(
             &self.dead_letters,
             &self.dead_letter_topic,
             msg,

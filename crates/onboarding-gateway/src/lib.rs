@@ -28,7 +28,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use onboarding_config::{Scope, Settings};
 use onboarding_domain::code::CodeKeyring;
 use onboarding_domain::ResendLimits;
-use onboarding_relay::kafka::KafkaProbe;
+use onboarding_kafka::KafkaProbe;
 use onboarding_store::{Actor, Store};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -109,7 +109,7 @@ impl AppState {
             trusted_proxies: settings.gateway.trusted_proxies.clone(),
             keyring: store.services().keyring.clone(),
             kafka: KafkaProbe::new(&settings.kafka)
-                .map_err(|e| GatewayError::Kafka(onboarding_relay::kafka::redact(&e)))?,
+                .map_err(|e| GatewayError::Kafka(onboarding_kafka::redact(&e)))?,
             store,
             settings: settings.clone(),
             tokens,
@@ -711,7 +711,7 @@ async fn readiness(state: Arc<AppState>) -> Response {
         "status": if pg_ok && kafka_ok { "ready" } else { "unavailable" },
         "checks": {
             "postgres": pg.map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
-            "kafka": kafka.map(|_| "ok".to_owned()).unwrap_or_else(|e| e),
+            "kafka": kafka.map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
         },
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });

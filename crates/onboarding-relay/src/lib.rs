@@ -12,14 +12,14 @@
 //!   blocks the rows behind it.
 #![forbid(unsafe_code)]
 
-pub mod kafka;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use onboarding_config::KafkaSettings;
 use onboarding_events::{PublicEvent, CONTENT_TYPE, SPEC_VERSION};
+use onboarding_kafka::{ClientError, SetupError};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgListener;
@@ -33,14 +33,30 @@ const NOTIFY_CHANNEL: &str = "onboard_outbox";
 /// How often the relay compares the broker's high watermarks with what it published.
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Why a relay step failed; the relay retries it, nothing is skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A send was not acknowledged, the broker could not be asked, or the producer could not be
+    /// created (a configuration error names the property, never its value).
     #[error("kafka did not acknowledge: {0}")]
-    Kafka(String),
+    Kafka(#[source] ClientError),
+    /// The events topics could not be recreated after the broker lost them.
+    #[error("kafka did not acknowledge: {0}")]
+    Topics(#[from] SetupError),
+    /// The blocking watermark query could not run.
+    #[error("kafka did not acknowledge: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
+impl From<KafkaError> for RelayError {
+    fn from(e: KafkaError) -> Self {
+        Self::Kafka(e.into())
+    }
+}
+
+/// The outbox relay: one per process that runs it; one of them publishes at a time.
 pub struct Relay {
     pool: PgPool,
     kafka: KafkaSettings,
@@ -65,7 +81,7 @@ impl Relay {
         Ok(Self {
             pool,
             kafka: kafka.clone(),
-            producer: kafka::producer(kafka).map_err(|e| RelayError::Kafka(e.to_string()))?,
+            producer: onboarding_kafka::producer(kafka)?,
             topic: kafka.topic.clone(),
             source: kafka.source.clone(),
             batch_size: 500,
@@ -104,7 +120,7 @@ impl Relay {
                     if failures.is_multiple_of(3) {
                         // An idempotent producer can be fenced for good (e.g. a broker that lost
                         // its state); a fresh one starts a new producer id.
-                        match kafka::producer(&self.kafka) {
+                        match onboarding_kafka::producer(&self.kafka) {
                             Ok(p) => self.producer = p,
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot recreate the Kafka producer")
@@ -176,23 +192,19 @@ impl Relay {
                     {
                         lost.push(format!("partition {partition}: unknown to the broker"))
                     }
-                    Err(e) => return Err(RelayError::Kafka(e.to_string())),
+                    Err(e) => return Err(RelayError::from(e)),
                 }
             }
             Ok(lost)
         })
-        .await
-        .map_err(|e| RelayError::Kafka(e.to_string()))??;
+        .await??;
         if lost.is_empty() {
             return Ok(0);
         }
         tracing::warn!(topic = %self.topic, details = %lost.join("; "), "the broker lost records; recreating the topic and republishing the log");
         // The broker forgot this producer's id and sequence numbers too: start a new producer.
-        self.producer =
-            kafka::producer(&self.kafka).map_err(|e| RelayError::Kafka(e.to_string()))?;
-        kafka::create_topics(&self.kafka)
-            .await
-            .map_err(|e| RelayError::Kafka(e.to_string()))?;
+        self.producer = onboarding_kafka::producer(&self.kafka)?;
+        onboarding_kafka::create_event_topics(&self.kafka).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(RELAY_LOCK)
@@ -322,7 +334,7 @@ impl Relay {
         });
         let results = futures::future::join_all(sends).await;
         let mut next_offsets: HashMap<i32, i64> = HashMap::new();
-        for result in &results {
+        for result in results {
             match result {
                 // A lower bound of what the partition must hold from now on: the first offset
                 // of this batch, plus one. (Not the last: some brokers report a high watermark
@@ -333,7 +345,7 @@ impl Relay {
                 }
                 // Nothing is deleted: the whole batch is retried. Records that did reach the
                 // broker will be published again with the same ce_id.
-                Err((e, _)) => return Err(RelayError::Kafka(e.to_string())),
+                Err((e, _)) => return Err(e.into()),
             }
         }
         for (partition, next) in &next_offsets {

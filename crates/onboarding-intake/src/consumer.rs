@@ -1,0 +1,232 @@
+//! The consumer of invitation requests: reads a record, invites once, publishes the outcome
+//! (or dead-letters the record), and only then stores the record's offset.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use onboarding_config::Settings;
+use onboarding_kafka::{group_consumer_config, producer, subscribe, ClientError};
+use onboarding_store::{Store, StoreError};
+use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::invite::invite;
+use crate::outcome::{InvitationOutcome, ACCEPTED_TYPE, REJECTED_TYPE};
+use crate::request::{classify, request_user_id, DeadLetter, InvitationRequested};
+
+/// Why the intake stopped: its Kafka clients could not be created or subscribed.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// A configuration error names the property, never its value.
+    #[error("kafka: {0}")]
+    Kafka(#[source] ClientError),
+}
+
+impl From<KafkaError> for IntakeError {
+    fn from(e: KafkaError) -> Self {
+        Self::Kafka(e.into())
+    }
+}
+
+/// The consumer of invitation requests.
+pub struct Intake {
+    store: Store,
+    settings: Arc<Settings>,
+    consumer: StreamConsumer,
+    consumer_config: rdkafka::ClientConfig,
+    producer: FutureProducer,
+}
+
+impl Intake {
+    /// Joins `intake.group` on `intake.requests_topic`.
+    pub fn new(settings: Arc<Settings>, store: Store) -> Result<Self, IntakeError> {
+        let consumer_config = group_consumer_config(&settings.kafka, &settings.intake.group);
+        let consumer = subscribe(
+            &consumer_config,
+            &settings.intake.requests_topic,
+            DefaultConsumerContext,
+        )?;
+        Ok(Self {
+            producer: producer(&settings.kafka)?,
+            store,
+            settings,
+            consumer,
+            consumer_config,
+        })
+    }
+
+    /// Consumes until `shutdown`; commits the stored offsets on the way out.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), IntakeError> {
+        tracing::info!(topic = %self.settings.intake.requests_topic, "intake started");
+        let mut disrupted = false;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = tokio::time::timeout(Duration::from_secs(10), self.consumer.recv()) => m,
+            };
+            let msg = match msg {
+                Ok(Ok(m)) => {
+                    disrupted = false;
+                    m
+                }
+                Ok(Err(e)) => {
+                    disrupted = true;
+                    tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(_quiet) if disrupted => {
+                    // A broker that came back without our group leaves the consumer waiting.
+                    tracing::warn!(
+                        "no records since the broker came back; rejoining the consumer group"
+                    );
+                    let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+                    self.consumer = subscribe(
+                        &self.consumer_config,
+                        &self.settings.intake.requests_topic,
+                        DefaultConsumerContext,
+                    )?;
+                    disrupted = false;
+                    continue;
+                }
+                Err(_quiet) => continue,
+            };
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.process(&msg).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the request's outcome; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return self.close(),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            self.consumer.store_offset_from_message(&msg)?;
+        }
+        self.close()
+    }
+
+    fn close(self) -> Result<(), IntakeError> {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed; requests may be seen again (harmless)");
+        }
+        tracing::info!("intake stopped");
+        Ok(())
+    }
+
+    /// Handles one record completely (outcome or dead letter acknowledged by the broker).
+    async fn process(&self, msg: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+        let request = match classify(msg.payload()) {
+            Ok(r) => r,
+            Err((reason, detail)) => {
+                metrics::counter!("onboard_intake_requests_total", "outcome" => reason.code())
+                    .increment(1);
+                tracing::info!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    reason = reason.code(),
+                    "request dead-lettered"
+                );
+                return self.dead_letter(msg, reason, &detail).await;
+            }
+        };
+        let user_id = request_user_id(&request.source, &request.id);
+        let outcome = invite(&self.store, &self.settings, &request, user_id).await?;
+        let label = outcome
+            .reason
+            .as_ref()
+            .map_or("accepted", |r| r.code.as_str())
+            .to_owned();
+        metrics::counter!("onboard_intake_requests_total", "outcome" => label.clone()).increment(1);
+        tracing::info!(%user_id, outcome = %label, "invitation request handled");
+        self.publish_outcome(&request, user_id, &outcome).await
+    }
+
+    async fn publish_outcome(
+        &self,
+        request: &InvitationRequested,
+        user_id: Uuid,
+        outcome: &InvitationOutcome,
+    ) -> Result<(), ProcessError> {
+        let ce_type = if outcome.status == "accepted" {
+            ACCEPTED_TYPE
+        } else {
+            REJECTED_TYPE
+        };
+        // Stable across redeliveries of the request, so consumers can drop repeats.
+        let ce_id = Uuid::new_v5(&user_id, ce_type.as_bytes()).to_string();
+        let value = serde_json::to_vec(outcome).map_err(ProcessError::Encode)?;
+        let time = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let user = user_id.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(9);
+        for (key, value) in [
+            ("ce_specversion", "1.0"),
+            ("ce_id", ce_id.as_str()),
+            ("ce_type", ce_type),
+            ("ce_source", self.settings.kafka.source.as_str()),
+            ("ce_time", time.as_str()),
+            ("ce_correlationid", request.id.as_str()),
+            ("ce_correlationsource", request.source.as_str()),
+            ("content-type", "application/json"),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        if outcome.user_id.is_some() {
+            headers = headers.insert(Header {
+                key: "ce_subject",
+                value: Some(user.as_str()),
+            });
+        }
+        let record = FutureRecord::to(&self.settings.intake.outcomes_topic)
+            .key(&user)
+            .payload(&value)
+            .headers(headers);
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| ProcessError::Kafka(e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        reason: DeadLetter,
+        detail: &str,
+    ) -> Result<(), ProcessError> {
+        onboarding_kafka::dead_letter(
+            &self.producer,
+            &self.settings.intake.dead_letter_topic,
+            msg,
+            reason.code(),
+            detail,
+        )
+        .await
+        .map_err(ProcessError::Kafka)?;
+        Ok(())
+    }
+}
+
+/// Why a record could not be handled yet; the intake retries the same record.
+#[derive(Debug, thiserror::Error)]
+enum ProcessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("kafka: {0}")]
+    Kafka(#[source] KafkaError),
+    #[error("cannot encode the outcome: {0}")]
+    Encode(#[source] serde_json::Error),
+}

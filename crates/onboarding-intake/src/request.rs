@@ -1,0 +1,250 @@
+//! What an upstream service sends: an invitation request (a CloudEvent), told apart from records
+//! that are not one, and the user id a request invites.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A request's `type` must end with this (e.g. `com.pickup.hr.user.invitation.requested`),
+/// optionally followed by a version suffix (`.v1`).
+pub const REQUEST_TYPE_SUFFIX: &str = "user.invitation.requested";
+
+/// Namespace of the user ids derived from a request's (source, id).
+const INTAKE_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_642d_696e_7461_6b65_7631);
+
+/// The user id a request invites: the same for every delivery of the same (source, id).
+pub fn request_user_id(source: &str, id: &str) -> Uuid {
+    Uuid::new_v5(&INTAKE_NAMESPACE, format!("{source}\n{id}").as_bytes())
+}
+
+/// An invitation request: a CloudEvent (JSON, structured mode). Extension attributes are
+/// allowed and ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationRequested {
+    /// Must be `1.0`.
+    pub specversion: String,
+    /// Unique per request within `source`: a retry of the same request reuses it.
+    pub id: String,
+    /// The upstream service, e.g. `urn:pickup:hr`.
+    pub source: String,
+    /// Ends with `user.invitation.requested`, e.g. `com.pickup.hr.user.invitation.requested`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `application/json` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    pub data: InvitationRequestData,
+}
+
+/// What to invite. Unknown fields (and any `password`) are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationRequestData {
+    pub username: String,
+    pub email: String,
+    /// User store domain; `PRIMARY` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Language of the user's mails, e.g. `de-AT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// IANA time zone (`Europe/Berlin`): the mail states the link's expiry in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Claims kept with the invitation (`name`, `given_name`, `family_name`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<BTreeMap<String, Value>>,
+    /// Minutes the mailed code stays valid (within the configured bounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_validity_minutes: Option<i64>,
+}
+
+/// Why a record went to the dead-letter topic (the `onboard_dlq_reason` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetter {
+    /// The value is not JSON (or is empty).
+    NotJson,
+    /// JSON, but not a CloudEvent 1.0 with string `id`, `source`, `type`.
+    NotCloudEvent,
+    /// A CloudEvent of another type.
+    UnsupportedType,
+    /// A `data` that is not an object of the request schema (e.g. a missing email, a password).
+    InvalidData,
+}
+
+impl DeadLetter {
+    /// The machine-readable reason, as the `onboard_dlq_reason` header and the metrics label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotJson => "not_json",
+            Self::NotCloudEvent => "not_a_cloudevent",
+            Self::UnsupportedType => "unsupported_type",
+            Self::InvalidData => "invalid_data",
+        }
+    }
+}
+
+/// Reads a record's value as an invitation request, or says why it is a dead letter (with a
+/// detail that names fields, never their values).
+pub fn classify(value: Option<&[u8]>) -> Result<InvitationRequested, (DeadLetter, String)> {
+    let value = value.unwrap_or_default();
+    let json: Value = serde_json::from_slice(value).map_err(|e| {
+        (
+            DeadLetter::NotJson,
+            format!(
+                "the value is not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let Value::Object(map) = &json else {
+        return Err((
+            DeadLetter::NotCloudEvent,
+            "the value is not a JSON object".into(),
+        ));
+    };
+    let attr = |k: &str| map.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if attr("specversion") != Some("1.0") {
+        return Err((
+            DeadLetter::NotCloudEvent,
+            "specversion must be \"1.0\" (CloudEvents JSON, structured mode)".into(),
+        ));
+    }
+    for k in ["id", "source", "type"] {
+        match attr(k) {
+            None => {
+                return Err((
+                    DeadLetter::NotCloudEvent,
+                    format!("the CloudEvents attribute `{k}` must be a non-empty string"),
+                ))
+            }
+            Some(v) if v.chars().count() > 255 => {
+                return Err((
+                    DeadLetter::NotCloudEvent,
+                    format!("the CloudEvents attribute `{k}` must be at most 255 characters"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let ty = attr("type").unwrap_or_default();
+    let base = ty
+        .rsplit_once('.')
+        .filter(|(_, v)| {
+            v.len() > 1 && v.starts_with('v') && v[1..].chars().all(|c| c.is_ascii_digit())
+        })
+        .map_or(ty, |(b, _)| b);
+    if !(base == REQUEST_TYPE_SUFFIX || base.ends_with(&format!(".{REQUEST_TYPE_SUFFIX}"))) {
+        return Err((
+            DeadLetter::UnsupportedType,
+            format!("type must end with `{REQUEST_TYPE_SUFFIX}`"),
+        ));
+    }
+    if let Some(ct) = attr("datacontenttype") {
+        if !ct.starts_with("application/json") {
+            return Err((
+                DeadLetter::InvalidData,
+                "datacontenttype must be application/json".into(),
+            ));
+        }
+    }
+    let data = map.get("data");
+    if data
+        .and_then(Value::as_object)
+        .is_some_and(|d| d.contains_key("password"))
+    {
+        return Err((
+            DeadLetter::InvalidData,
+            "data.password is not accepted: the user chooses a password from the mailed link"
+                .into(),
+        ));
+    }
+    serde_json::from_value::<InvitationRequested>(json.clone()).map_err(|e| {
+        // serde's messages can quote values; keep only the shape of the problem.
+        let msg = e.to_string();
+        let detail = if let Some(field) = msg.strip_prefix("missing field ") {
+            format!("data is missing the field {field}")
+        } else if msg.starts_with("unknown field") {
+            msg.split(", expected").next().unwrap_or(&msg).replace("unknown field", "data has an unknown field")
+        } else {
+            "data must be an object with string username and email, and optionally domain, locale, time_zone, claims (object), code_validity_minutes (integer)".to_owned()
+        };
+        (DeadLetter::InvalidData, detail)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(data: Value) -> Vec<u8> {
+        json!({
+            "specversion": "1.0", "id": "req-1", "source": "urn:pickup:hr",
+            "type": "com.pickup.hr.user.invitation.requested", "data": data,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn requests_are_told_from_dead_letters_with_a_reason() {
+        let ok = classify(Some(&request(
+            json!({"username": "jane", "email": "jane@pickup.example"}),
+        )))
+        .unwrap();
+        assert_eq!(ok.data.username, "jane");
+        let reason = |v: &[u8]| classify(Some(v)).unwrap_err().0;
+        assert_eq!(reason(b"not json"), DeadLetter::NotJson);
+        assert_eq!(reason(b""), DeadLetter::NotJson);
+        assert_eq!(reason(b"[1]"), DeadLetter::NotCloudEvent);
+        assert_eq!(
+            reason(br#"{"specversion":"1.0","id":"x","type":"a.user.invitation.requested"}"#),
+            DeadLetter::NotCloudEvent
+        );
+        assert_eq!(
+            reason(br#"{"specversion":"1.0","id":"x","source":"s","type":"com.x.user.deleted","data":{}}"#),
+            DeadLetter::UnsupportedType
+        );
+        assert_eq!(
+            reason(&request(json!({"username": "jane"}))),
+            DeadLetter::InvalidData
+        );
+        let (r, detail) = classify(Some(&request(
+            json!({"username": "j", "email": "j@x.example", "password": "Hunter2!"}),
+        )))
+        .unwrap_err();
+        assert_eq!(r, DeadLetter::InvalidData);
+        assert!(!detail.contains("Hunter2"), "{detail}");
+        let (_, detail) =
+            classify(Some(&request(json!({"username": "j", "email": 42})))).unwrap_err();
+        assert!(!detail.contains("42"), "{detail}");
+        // A version suffix is allowed; a type that merely contains the words is not.
+        let v1 = br#"{"specversion":"1.0","id":"x","source":"s","type":"com.x.user.invitation.requested.v1","data":{"username":"a","email":"a@x.example"}}"#;
+        assert!(classify(Some(v1)).is_ok());
+        let fake = br#"{"specversion":"1.0","id":"x","source":"s","type":"com.x.notuser.invitation.requested","data":{"username":"a","email":"a@x.example"}}"#;
+        assert_eq!(reason(fake), DeadLetter::UnsupportedType);
+    }
+
+    #[test]
+    fn the_user_id_depends_on_source_and_id_only() {
+        assert_eq!(
+            request_user_id("urn:hr", "1"),
+            request_user_id("urn:hr", "1")
+        );
+        assert_ne!(
+            request_user_id("urn:hr", "1"),
+            request_user_id("urn:signup", "1")
+        );
+        assert_ne!(
+            request_user_id("urn:hr", "1"),
+            request_user_id("urn:hr", "2")
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! The client configurations of the engine: one base that carries `[kafka]` (brokers, TLS, SASL,
+//! `kafka.properties`) into every client, and the producer and group consumer built on it.
+
+use onboarding_config::KafkaSettings;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+
+use crate::redaction::ClientError;
+
+/// The configuration every client of the engine starts from: the brokers, the security settings
+/// of `[kafka]` (TLS, SASL) and `kafka.properties`. Starting from it is what makes a setting of
+/// `[kafka]` reach every role.
+pub fn base_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", "onboard")
+        // Topics are created explicitly (`onboard migrate`), never as a side effect.
+        .set("allow.auto.create.topics", "false")
+        // A connection that is not up (TCP, TLS handshake, SASL) within 10 s is reported as an
+        // error (librdkafka waits 30 s by default): e.g. TLS against a plain listener that
+        // never answers the handshake.
+        .set("socket.connection.setup.timeout.ms", "10000");
+    for (key, value) in kafka.client_properties() {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Checks the librdkafka properties once, so a misspelt or invalid one is named at start. The
+/// error names the property, never its value (it may be the password).
+pub fn check_config(kafka: &KafkaSettings) -> Result<(), ClientError> {
+    base_config(kafka).create_native_config()?;
+    Ok(())
+}
+
+/// A consumer in `group` that reads from the start of a partition it has no offset for and
+/// commits only the offsets the application stores, once it has handled their records (at least
+/// once; the handlers are idempotent). Used by the email worker and the intake.
+pub fn group_consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    c
+}
+
+/// A consumer created from `config` with `context` and subscribed to `topic`: how a group
+/// consumer starts, and how it joins its group again after the broker came back without it.
+pub fn subscribe<C: ConsumerContext + 'static>(
+    config: &ClientConfig,
+    topic: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, KafkaError> {
+    let consumer: StreamConsumer<C> = config.create_with_context(context)?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// The producer of every role that publishes (the relay, the intake's outcomes, dead letters).
+/// Idempotent, `acks=all`: a retried send never duplicates or reorders within a partition.
+///
+/// One record per batch: tansu answers a fetch that starts inside a batch with the batch after
+/// it, so a consumer resuming from a committed offset in the middle of a batch (after a
+/// rebalance or a restart) would skip the rest of that batch, or wait forever when it is the last
+/// one. With single-record batches every offset starts a batch (docs/adr/0004).
+pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    base_config(kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "10000")
+        .set("compression.type", "none")
+        .create()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_settings::kafka;
+
+    #[test]
+    fn a_misspelt_or_invalid_property_is_named_without_its_value() {
+        let err = check_config(&kafka(
+            "[kafka.properties]\n\"sasl.passwrd\" = \"kafka-secret-value\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`sasl.passwrd`"), "{err}");
+        assert!(!err.contains("kafka-secret"), "{err}");
+        let err = check_config(&kafka(
+            "[kafka.properties]\n\"ssl.key.password\" = \"kafka-secret-value\"\n\"socket.timeout.ms\" = \"kafka-secret-soon\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`socket.timeout.ms`"), "{err}");
+        assert!(!err.contains("kafka-secret"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_reach_librdkafka() {
+        // librdkafka accepts them (it is built with OpenSSL, which TLS and SCRAM need).
+        let k = kafka(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"onboard\"\nsasl_password = \"kafka-secret-value\"",
+        );
+        check_config(&k).expect("librdkafka takes SASL_SSL with SCRAM");
+        let config = base_config(&k);
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(config.get("sasl.password"), Some("kafka-secret-value"));
+        assert!(!format!("{config:?}").contains("kafka-secret"));
+    }
+}
