@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use onboarding_events::PublicEvent;
+use onboarding_kafka::ClientError;
 use rand::Rng;
+use rdkafka::error::KafkaError;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -20,14 +22,44 @@ use uuid::Uuid;
 /// Rows per INSERT into the scratch schema.
 const BATCH: usize = 1000;
 
+/// Why a replay could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A client error (a configuration error names the property, never its value).
     #[error("kafka: {0}")]
-    Kafka(String),
+    Kafka(#[source] ClientError),
+    /// The topic has no partitions: it does not exist on these brokers.
+    #[error("kafka: topic `{topic}` has no partitions (does it exist?)")]
+    NoPartitions { topic: String },
+    /// The broker deleted the first records of a partition (retention), so the replay would miss
+    /// events.
+    #[error("kafka: partition {partition} starts at offset {low}: the broker deleted records, so the topic cannot be replayed from the beginning")]
+    Truncated { partition: i32, low: i64 },
+    /// The topic was not read to its end in time.
+    #[error(
+        "kafka: the topic was not read to its end within {seconds} s; partitions left: {open:?}"
+    )]
+    Unfinished {
+        seconds: u64,
+        open: HashMap<i32, i64>,
+    },
+    /// The blocking Kafka requests could not finish.
+    #[error("kafka: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("event at {at} cannot be read: {reason}")]
-    Corrupt { at: String, reason: String },
+    Corrupt {
+        at: String,
+        #[source]
+        reason: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<KafkaError> for ReplayError {
+    fn from(e: KafkaError) -> Self {
+        Self::Kafka(e.into())
+    }
 }
 
 /// One row of `account_states`, as the fold builds it.
@@ -265,7 +297,7 @@ pub async fn from_postgres(pool: &PgPool, scratch: &mut Scratch) -> Result<(), R
     };
     let written = writer.await.map_err(|e| ReplayError::Corrupt {
         at: "the scratch writer".into(),
-        reason: e.to_string(),
+        reason: e.into(),
     })?;
     folded.and(written)
 }
@@ -317,7 +349,7 @@ async fn fold_postgres(
         if current.as_ref().is_none_or(|(id, _)| id != aggregate_id) {
             let user_id = Uuid::parse_str(aggregate_id).map_err(|e| ReplayError::Corrupt {
                 at: format!("aggregate {aggregate_id}"),
-                reason: e.to_string(),
+                reason: e.into(),
             })?;
             if let Some((_, done)) =
                 current.replace((aggregate_id.to_owned(), AccountRow::new(user_id)))
@@ -345,7 +377,7 @@ async fn fold_postgres(
         )
         .map_err(|e| ReplayError::Corrupt {
             at: format!("aggregate {aggregate_id} sequence {sequence}"),
-            reason: e.to_string(),
+            reason: e.into(),
         })?;
         let public = PublicEvent::from_domain(account.user_id, sequence, event);
         account.apply(&public, row.try_get("recorded_at")?);
@@ -383,16 +415,11 @@ pub async fn from_kafka(
 ) -> Result<(), ReplayError> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use rdkafka::{Message, Offset, TopicPartitionList};
 
-    let kerr = |e: rdkafka::error::KafkaError| ReplayError::Kafka(e.to_string());
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    // The security settings (TLS, SASL) and `kafka.properties`, as every client of the engine.
-    for (key, value) in kafka.client_properties() {
-        config.set(key, value);
-    }
-    let consumer: StreamConsumer = config
+    // The brokers and security settings (TLS, SASL, `kafka.properties`) of every client of the
+    // engine; a group of its own that commits nothing and reports each partition's end.
+    let consumer: StreamConsumer = onboarding_kafka::base_config(kafka)
         .set(
             "group.id",
             format!("onboard-audit-replay-{}", Uuid::new_v4()),
@@ -400,74 +427,63 @@ pub async fn from_kafka(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(kerr)?;
+        .create()?;
     let mut live = pool.begin().await?;
     copy_live(&mut live, &scratch.schema).await?;
     live.commit().await?;
     let topic = kafka.topic.clone();
     let (consumer, ends) = tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(kerr)?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(ReplayError::Kafka(format!(
-                "topic `{topic}` has no partitions (does it exist?)"
-            )));
+            return Err(ReplayError::NoPartitions { topic });
         }
         let mut ends = HashMap::new();
         let mut list = TopicPartitionList::new();
         for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, timeout)
-                .map_err(kerr)?;
+            let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
             if low > 0 {
-                return Err(ReplayError::Kafka(format!(
-                    "partition {p} starts at offset {low}: the broker deleted records, so the topic cannot be replayed from the beginning"
-                )));
+                return Err(ReplayError::Truncated { partition: p, low });
             }
             ends.insert(p, high);
-            list.add_partition_offset(&topic, p, Offset::Beginning)
-                .map_err(kerr)?;
+            list.add_partition_offset(&topic, p, Offset::Beginning)?;
         }
-        consumer.assign(&list).map_err(kerr)?;
+        consumer.assign(&list)?;
         Ok((consumer, ends))
     })
-    .await
-    .map_err(|e| ReplayError::Kafka(e.to_string()))??;
+    .await??;
 
     // Partitions not yet read to their end. Every partition, even one whose high watermark was
     // 0: tansu reports the start of the last batch, which may be 0 for a partition holding one.
     let mut open: HashMap<i32, i64> = ends;
     let mut accounts: HashMap<Uuid, AccountRow> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    const PATIENCE: Duration = Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while !open.is_empty() {
         let message = tokio::time::timeout_at(deadline, consumer.recv())
             .await
-            .map_err(|_| {
-                ReplayError::Kafka(format!(
-                    "the topic was not read to its end within 120 s; partitions left: {open:?}"
-                ))
+            .map_err(|_| ReplayError::Unfinished {
+                seconds: PATIENCE.as_secs(),
+                open: open.clone(),
             })?;
         let m = match message {
             Ok(m) => m,
-            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+            Err(KafkaError::PartitionEOF(p)) => {
                 // The end the broker knows now; the first high watermark may be at the start
                 // of its last batch (tansu), so the end of the partition is what counts.
                 open.remove(&p);
                 continue;
             }
-            Err(e) => return Err(kerr(e)),
+            Err(e) => return Err(e.into()),
         };
         scratch.events += 1;
         let at = format!("partition {} offset {}", m.partition(), m.offset());
-        let corrupt = |reason: String| ReplayError::Corrupt {
+        let corrupt = |reason: Box<dyn std::error::Error + Send + Sync>| ReplayError::Corrupt {
             at: at.clone(),
             reason,
         };
@@ -482,10 +498,10 @@ pub async fn from_kafka(
         let ce_type = header("ce_type").ok_or_else(|| corrupt("no ce_type header".into()))?;
         let time = header("ce_time").ok_or_else(|| corrupt("no ce_time header".into()))?;
         let recorded_at = DateTime::parse_from_rfc3339(&time)
-            .map_err(|e| corrupt(format!("ce_time: {e}")))?
+            .map_err(|e| corrupt(format!("ce_time: {e}").into()))?
             .with_timezone(&Utc);
         let event = PublicEvent::parse(&ce_type, m.payload().unwrap_or_default())
-            .map_err(|e| corrupt(e.to_string()))?;
+            .map_err(|e| corrupt(e.into()))?;
         let account = accounts
             .entry(event.user_id())
             .or_insert_with(|| AccountRow::new(event.user_id()));
