@@ -12,6 +12,7 @@
 //! Architecture invariant: no secret of `[kafka]` (a SASL password, a key password) ever reaches
 //! an error message or a log line; configuration errors name the property, never its value.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod clients;
 pub mod dead_letters;

@@ -79,17 +79,27 @@ pub enum ProbeError {
     /// librdkafka reported why (authentication, TLS, connection refused); never with a secret:
     /// librdkafka does not repeat them.
     #[error("kafka unreachable: {reason}")]
-    Refused { reason: String },
+    Refused {
+        /// librdkafka's last reported reason, with a hint for the usual TLS mistakes.
+        reason: String,
+    },
     /// The brokers did not answer in time and librdkafka said nothing more.
     #[error("kafka unreachable: no answer from {servers} within {seconds} s ({cause})")]
     NoAnswer {
+        /// `kafka.bootstrap_servers`, so the reader sees where the probe looked.
         servers: String,
+        /// How long the request waited.
         seconds: u64,
+        /// The client's own error. Part of the message rather than a source: `/readyz` shows
+        /// the message alone.
         cause: ClientError,
     },
     /// The brokers answer, but the events topic does not exist (or has no partitions).
     #[error("kafka topic `{topic}` missing; run `onboard migrate`")]
-    TopicMissing { topic: String },
+    TopicMissing {
+        /// `kafka.topic`.
+        topic: String,
+    },
     /// The blocking metadata request could not run.
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),

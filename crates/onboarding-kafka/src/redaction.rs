@@ -10,7 +10,9 @@ pub enum ClientError {
     /// librdkafka refused a property of the client configuration.
     #[error("kafka client configuration: {description} (property `{property}`)")]
     Configuration {
+        /// The refused property's name, so the operator knows which line to fix.
         property: String,
+        /// librdkafka's reason (it does not repeat the value).
         description: String,
     },
     /// Any other client error; it carries no configuration value.

@@ -18,7 +18,9 @@ use crate::redaction::ClientError;
 /// `kafka.replication_factor` for every topic of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
+    /// The topic's name, from the configuration.
     pub name: String,
+    /// Partitions the topic is created with; an existing topic keeps its own.
     pub partitions: i32,
 }
 
