@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
 use onboarding_events::PublicEvent;
 use onboarding_kafka::ClientError;
@@ -78,18 +78,17 @@ pub struct AccountRow {
     invited: bool,
 }
 
-/// PostgreSQL keeps microseconds and rounds to the nearest (ties to even) when it parses a time
-/// with more digits, as the view does with `expires_at` from the payload.
-fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    let nanos = t.timestamp_subsec_nanos() as i64;
-    let (q, r) = (nanos / 1000, nanos % 1000);
-    let up = r > 500 || (r == 500 && q % 2 == 1);
-    let base = t - chrono::Duration::nanoseconds(r);
-    if up {
-        base + chrono::Duration::microseconds(1)
-    } else {
-        base
-    }
+/// The instant PostgreSQL stores when it reads `t` from an event's JSON text, as the projection
+/// trigger does (`(payload ->> 'expires_at')::timestamptz`). It keeps microseconds: it reads the
+/// fraction of a second with `strtod` and rounds `fraction × 10⁶` with `rint`, in binary floating
+/// point, so `.2512635` (just below half in binary) becomes `.251263`, not `.251264`.
+/// Events made since the domain reduces instants to the log's precision
+/// (`onboarding_domain::at_log_precision`) carry whole microseconds and read back unchanged;
+/// older events may carry nanoseconds, which this reads exactly as the trigger did.
+pub fn as_postgres_reads(t: DateTime<Utc>) -> DateTime<Utc> {
+    let fraction = f64::from(t.timestamp_subsec_nanos()) / 1e9;
+    let micros = (fraction * 1e6).round_ties_even() as i64;
+    t.trunc_subsecs(0) + chrono::Duration::microseconds(micros)
 }
 
 impl AccountRow {
@@ -106,7 +105,7 @@ impl AccountRow {
         let mut state = |s: &'static str, expires: Option<DateTime<Utc>>| {
             self.state = Some(s);
             self.state_since = Some(at);
-            self.code_expires_at = expires.map(micros);
+            self.code_expires_at = expires.map(as_postgres_reads);
         };
         match event {
             PublicEvent::UserInvited(e) => {
@@ -575,10 +574,15 @@ mod tests {
     #[test]
     fn times_round_to_microseconds_like_postgresql() {
         let t = |n: u32| DateTime::from_timestamp(1_700_000_000, n).unwrap();
-        assert_eq!(micros(t(1_499)), t(1_000));
-        assert_eq!(micros(t(1_501)), t(2_000));
-        assert_eq!(micros(t(1_500)), t(2_000));
-        assert_eq!(micros(t(2_500)), t(2_000));
-        assert_eq!(micros(t(999_999_999)), t(0) + chrono::Duration::seconds(1));
+        assert_eq!(as_postgres_reads(t(1_499)), t(1_000));
+        assert_eq!(as_postgres_reads(t(1_501)), t(2_000));
+        assert_eq!(as_postgres_reads(t(1_500)), t(2_000));
+        assert_eq!(as_postgres_reads(t(2_500)), t(2_000));
+        assert_eq!(
+            as_postgres_reads(t(999_999_999)),
+            t(0) + chrono::Duration::seconds(1)
+        );
+        // The instant that made `audit replay` report drift: .2512635 is below half in binary.
+        assert_eq!(as_postgres_reads(t(251_263_500)), t(251_263_000));
     }
 }

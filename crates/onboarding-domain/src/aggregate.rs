@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
@@ -641,6 +641,45 @@ impl Onboarding {
     }
 }
 
+/// Reduces an instant to the precision the event log keeps: whole microseconds, as PostgreSQL's
+/// `timestamptz` does. Every instant in an event derives from a command's times, so reducing them
+/// once, before any event is made, means every reader of the log (the projection trigger, the
+/// audit replay, a Kafka consumer) reads the same instant, with nothing left to round.
+pub fn at_log_precision(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
+}
+
+impl OnboardingCommand {
+    /// The command with its instants at the log's precision ([`at_log_precision`]).
+    fn at_log_precision(mut self) -> Self {
+        use OnboardingCommand as C;
+        let now = match &mut self {
+            C::InviteUser(invite) => &mut invite.now,
+            C::RecordMailFailed {
+                now,
+                next_attempt_at,
+                ..
+            } => {
+                *next_attempt_at = next_attempt_at.map(at_log_precision);
+                now
+            }
+            C::ResendCode { now, .. }
+            | C::RequestNewLink { now, .. }
+            | C::RecordLinkOpened { now, .. }
+            | C::RecordFailedCodeCheck { now, .. }
+            | C::ExpireCode { now, .. }
+            | C::RevokeInvitation { now, .. }
+            | C::RevokeWithCode { now, .. }
+            | C::SubmitPassword { now, .. }
+            | C::RecordMailSent { now, .. }
+            | C::RecordWelcomeMailSent { now, .. }
+            | C::RecordMailAbandoned { now, .. } => now,
+        };
+        *now = at_log_precision(*now);
+        self
+    }
+}
+
 impl Aggregate for Onboarding {
     const TYPE: &'static str = "Onboarding";
     type Command = OnboardingCommand;
@@ -654,7 +693,7 @@ impl Aggregate for Onboarding {
         services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        match command {
+        match command.at_log_precision() {
             OnboardingCommand::InviteUser(invite) => {
                 if self.state != OnboardingState::Uninvited {
                     return Err(OnboardingError::AlreadyInvited);

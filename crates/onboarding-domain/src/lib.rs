@@ -14,7 +14,8 @@ pub mod password;
 pub mod value;
 
 pub use aggregate::{
-    EmailDelivery, HashingFailed, InviteUser, IssuedCode, NewCode, Onboarding, OnboardingCommand,
-    OnboardingError, OnboardingServices, OnboardingState, PasswordHasher, ResendLimits, RevokedBy,
+    at_log_precision, EmailDelivery, HashingFailed, InviteUser, IssuedCode, NewCode, Onboarding,
+    OnboardingCommand, OnboardingError, OnboardingServices, OnboardingState, PasswordHasher,
+    ResendLimits, RevokedBy,
 };
 pub use event::{CodeIssueReason, OnboardingEvent, TemplateRef};

@@ -132,6 +132,46 @@ fn activated_events(now: DateTime<Utc>) -> Vec<OnboardingEvent> {
 }
 
 #[tokio::test]
+async fn instants_reach_the_events_in_whole_microseconds_as_the_log_keeps_them() {
+    // A clock that reads nanoseconds: the events hold the instant the log will store.
+    let OnboardingCommand::InviteUser(mut command) = invite() else {
+        unreachable!("invite() is an InviteUser")
+    };
+    command.now = t0() + Duration::nanoseconds(251_263_500);
+    let kept = t0() + Duration::microseconds(251_263);
+    let OnboardingEvent::UserInvited {
+        user_id,
+        username,
+        email,
+        domain,
+        locale,
+        time_zone,
+        claims,
+        ..
+    } = invited()
+    else {
+        unreachable!("invited() is a UserInvited")
+    };
+    framework()
+        .given_no_previous_events()
+        .when_async(OnboardingCommand::InviteUser(command))
+        .await
+        .then_expect_events(vec![
+            OnboardingEvent::UserInvited {
+                user_id,
+                username,
+                email,
+                domain,
+                locale,
+                time_zone,
+                claims,
+                invited_at: kept,
+            },
+            issued(1, kept, CodeIssueReason::Invitation),
+        ]);
+}
+
+#[tokio::test]
 async fn inviting_a_new_user_records_the_invitation_and_issues_a_code() {
     framework()
         .given_no_previous_events()

@@ -777,3 +777,73 @@ async fn a_callers_request_id_becomes_the_correlation_id_an_auditor_sees() {
     let o = stack.cli(&["user", "show", "Jon"]);
     assert!(!o.status.success(), "{}", out(&o));
 }
+
+/// Property: for any instant an event may hold, the replay reads the same microsecond as the
+/// projection trigger (PostgreSQL reading the event's JSON text), and an instant at the log's
+/// precision reads back unchanged. Random instants, with many exact half-microsecond ties.
+#[tokio::test]
+async fn the_replay_reads_every_instant_as_the_projection_trigger_does() {
+    use chrono::{DateTime, Utc};
+    use rand::Rng;
+    let services = onboarding_e2e::Services::from_env();
+    let pool = PgPool::connect(&services.database_url).await.unwrap();
+    let mut rng = rand::thread_rng();
+    let instants: Vec<DateTime<Utc>> = (0..20_000)
+        .map(|i| {
+            let seconds = rng.gen_range(0..4_102_444_800_i64); // 1970 to 2100
+            let nanos = if i % 2 == 0 {
+                rng.gen_range(0..1_000_000_000_u32)
+            } else {
+                rng.gen_range(0..1_000_000_u32) * 1_000 + 500
+            };
+            DateTime::from_timestamp(seconds, nanos).unwrap()
+        })
+        .collect();
+    let read_by_postgres = |times: Vec<DateTime<Utc>>| {
+        let pool = pool.clone();
+        async move {
+            let texts: Vec<String> = times
+                .iter()
+                .map(|t| {
+                    serde_json::to_value(t)
+                        .unwrap()
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            sqlx::query_scalar::<_, DateTime<Utc>>(
+                "SELECT x::timestamptz FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
+            )
+            .bind(texts)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let trigger = read_by_postgres(instants.clone()).await;
+    let differ: Vec<String> = instants
+        .iter()
+        .zip(&trigger)
+        .filter(|(t, pg)| onboarding_audit::replay::as_postgres_reads(**t) != **pg)
+        .map(|(t, pg)| {
+            format!(
+                "{t:?}: replay {:?}, PostgreSQL {pg:?}",
+                onboarding_audit::replay::as_postgres_reads(*t)
+            )
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of 20000 differ, e.g. {:?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+
+    let reduced: Vec<DateTime<Utc>> = instants
+        .iter()
+        .map(|t| onboarding_domain::at_log_precision(*t))
+        .collect();
+    assert_eq!(read_by_postgres(reduced.clone()).await, reduced);
+    pool.close().await;
+}
