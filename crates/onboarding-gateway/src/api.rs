@@ -21,8 +21,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::error::ApiError;
-use crate::{AppState, Grant};
+use crate::admin::Grant;
+use crate::error::{ApiError, NotJson};
+use crate::AppState;
 
 /// The account as admins see it. Never a secret.
 pub fn user_view(account: &Onboarding) -> Value {
@@ -50,8 +51,8 @@ pub fn user_view(account: &Onboarding) -> Value {
 fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::MalformedJson("expected a JSON object".into())),
-        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+        Ok(_) => Err(ApiError::MalformedJson(NotJson::NotAnObject)),
+        Err(e) => Err(ApiError::MalformedJson(NotJson::Syntax(e))),
     }
 }
 
@@ -139,7 +140,7 @@ impl Fields {
 
 impl AppState {
     pub(crate) fn new_code(&self, validity_minutes: i64) -> NewCode {
-        onboarding_store::new_code(&self.keyring, validity_minutes)
+        onboarding_store::new_code(self.keyring(), validity_minutes)
     }
 
     fn validity(&self, fields: &mut Fields) -> i64 {
@@ -367,7 +368,7 @@ async fn resend_inner(
     load(state, user_id).await?;
     let command = || OnboardingCommand::ResendCode {
         code: state.new_code(validity),
-        limits: state.resend_limits,
+        limits: state.resend_limits(),
         now: Utc::now(),
     };
     state
@@ -465,7 +466,7 @@ pub async fn password_submission(
     client: Option<IpAddr>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.throttle(client)?;
+    state.throttles.check(client)?;
     let mut f = Fields::new(parse_object(&body)?, &["code", "password"]);
     let code = f.string("code", true);
     let password = f.string("password", true);

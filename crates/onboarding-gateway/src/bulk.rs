@@ -13,7 +13,50 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::{ApiError, AppState, Grant};
+use onboarding_config::{BulkSettings, UserOnboarding};
+use onboarding_store::Store;
+use tokio::sync::Notify;
+
+use crate::admin::Grant;
+use crate::{ApiError, AppState};
+
+/// The bulk invitation runner's wake-up: each recorded job rings it, so rows are applied at
+/// once rather than at the runner's next look.
+pub(crate) struct BulkWake {
+    wake: Arc<Notify>,
+    /// Rows applied at the same time (`bulk.concurrency`).
+    concurrency: std::num::NonZeroUsize,
+}
+
+impl BulkWake {
+    pub(crate) fn new(bulk: &BulkSettings) -> Self {
+        Self {
+            wake: Arc::new(Notify::new()),
+            concurrency: bulk.concurrency,
+        }
+    }
+
+    /// The runner that applies the rows of bulk jobs, and the wake-up it waits on.
+    pub(crate) fn runner(
+        &self,
+        store: &Store,
+        rules: &UserOnboarding,
+    ) -> (bulk::BulkRunner, Arc<Notify>) {
+        (
+            bulk::BulkRunner {
+                store: store.clone(),
+                rules: rules.clone(),
+                concurrency: self.concurrency,
+            },
+            self.wake.clone(),
+        )
+    }
+
+    /// Wakes the runner: a job was recorded.
+    fn ring(&self) {
+        self.wake.notify_one();
+    }
+}
 
 pub async fn upload(
     state: Arc<AppState>,
@@ -42,7 +85,7 @@ pub async fn upload(
         .store
         .create_bulk_job(token_id, format, &bulk::digest(&body), &rows)
         .await?;
-    state.bulk_wake.notify_one();
+    state.bulk.ring();
     tracing::info!(%job_id, rows = rows.len(), format = format.as_str(), "bulk invitation job recorded");
     let location = format!("/api/v1/bulk-invites/{job_id}");
     let mut r = warp::reply::with_status(

@@ -1,18 +1,25 @@
-//! Every API failure, and the one place that maps failures to HTTP status codes.
+//! Every API failure, and the one place that maps failures to HTTP status codes: the
+//! handlers' [`ApiError`]s and warp's own rejections ([`recover`]).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use onboarding_domain::OnboardingError;
 use onboarding_store::StoreError;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Reply;
+use warp::{Rejection, Reply};
+
+use crate::body::{BodyTooLarge, BodyUnreadable};
+
+/// What made an unexpected failure, kept as its source for the log.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the request body is not valid JSON: {0}. Send a JSON object with Content-Type: application/json")]
-    MalformedJson(String),
+    MalformedJson(#[source] NotJson),
     #[error("{message}")]
     InvalidFields {
         message: String,
@@ -31,9 +38,9 @@ pub enum ApiError {
     #[error("the account was changed concurrently; retry the request")]
     Conflict,
     #[error("the service is temporarily unavailable; retry shortly")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     #[error("internal error; the incident is logged")]
-    Internal(String),
+    Internal(#[source] Cause),
     #[error("too many requests from this client; retry in {0} seconds")]
     RateLimited(u64),
     #[error("this admin token lacks the `{0}` scope; use a token that has it")]
@@ -46,6 +53,15 @@ pub enum ApiError {
     JobNotFound(String),
     #[error("send the file as Content-Type: text/csv (username,email[,domain,locale,time_zone]) or application/x-ndjson (JSON lines)")]
     UnsupportedFile,
+}
+
+/// Why a request body is not the JSON object an endpoint takes.
+#[derive(Debug, thiserror::Error)]
+pub enum NotJson {
+    #[error("{0}")]
+    Syntax(#[source] serde_json::Error),
+    #[error("expected a JSON object")]
+    NotAnObject,
 }
 
 #[derive(Serialize)]
@@ -119,8 +135,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Refused(e) => Self::Refused(e),
             StoreError::Conflict => Self::Conflict,
-            StoreError::Unavailable(cause) => Self::Unavailable(cause.to_string()),
-            StoreError::Unexpected(cause) => Self::Internal(cause.to_string()),
+            e @ StoreError::Unavailable(_) => Self::Unavailable(e.into()),
+            e @ StoreError::Unexpected(_) => Self::Internal(e.into()),
         }
     }
 }
@@ -137,8 +153,9 @@ impl ApiError {
     pub fn to_response(&self) -> Response {
         let (code, status) = self.code_and_status();
         match &self {
-            Self::Unavailable(detail) | Self::Internal(detail) => {
-                tracing::error!(error = code, %detail, "request failed")
+            Self::Unavailable(cause) | Self::Internal(cause) => {
+                let cause: &(dyn std::error::Error + 'static) = cause.as_ref();
+                tracing::error!(error = code, detail = cause, "request failed")
             }
             _ => tracing::debug!(error = code, "request refused"),
         }
@@ -184,4 +201,88 @@ pub fn plain(status: StatusCode, code: &str, message: String) -> Response {
         rule: None,
     };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// The answer of a handler: its response, or the response for its failure.
+pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(Reply::into_response)
+}
+
+/// A request refused by a filter (no valid admin token, a token without the scope, a bad
+/// `X-Request-Id`), answered by [`recover`] as that [`ApiError`].
+#[derive(Debug)]
+pub(crate) struct Refusal(pub(crate) ApiError);
+impl warp::reject::Reject for Refusal {}
+
+/// Turns warp's own rejections (routing, body limits, form parsing) into clear JSON answers.
+pub(crate) async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    use warp::reject;
+    if let Some(Refusal(refusal)) = rejection.find::<Refusal>() {
+        return Ok(refusal.to_response());
+    }
+    let (status, code, message) = if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see docs/api.md".to_owned(),
+        )
+    } else if let Some(BodyTooLarge { setting, max }) = rejection.find::<BodyTooLarge>() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is too large; send at most {max} bytes ({setting})"),
+        )
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large; send at most gateway.max_body_bytes bytes".to_owned(),
+        )
+    } else if rejection.find::<BodyUnreadable>().is_some() {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the request body could not be read; send it again".to_owned(),
+        )
+    } else if rejection.find::<reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header with the body".to_owned(),
+        )
+    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not accept that HTTP method".to_owned(),
+        )
+    } else if rejection.find::<reject::UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the form as application/x-www-form-urlencoded".to_owned(),
+        )
+    } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("the query string is not valid: {e}"),
+        )
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the request body is not valid: {e}"),
+        )
+    } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, "invalid_header", e.to_string())
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the incident is logged".to_owned(),
+        )
+    };
+    Ok(plain(status, code, message))
 }

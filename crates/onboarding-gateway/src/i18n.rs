@@ -74,11 +74,20 @@ pub struct Texts {
     de_value: minijinja::Value,
 }
 
+/// A locale file that is not a table of texts.
+#[derive(Debug, thiserror::Error)]
+#[error("locales/{language}.toml: {source}")]
+pub struct TextsError {
+    language: &'static str,
+    #[source]
+    source: toml::de::Error,
+}
+
 impl Texts {
-    pub fn load() -> Result<Self, String> {
-        let read = |name: &str, source: &str| {
+    pub fn load() -> Result<Self, TextsError> {
+        let read = |language: &'static str, source: &str| {
             toml::from_str::<HashMap<String, String>>(source)
-                .map_err(|e| format!("locales/{name}.toml: {e}"))
+                .map_err(|source| TextsError { language, source })
         };
         let (en, de) = (
             read("en", include_str!("../locales/en.toml"))?,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use minijinja::{context, Environment, Value};
-use onboarding_config::PublicBaseUrl;
+use onboarding_config::{OrganisationSettings, PublicBaseUrl};
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
 use onboarding_domain::{Onboarding, OnboardingCommand, OnboardingError};
@@ -17,22 +17,38 @@ use warp::Reply;
 
 use crate::api::submit_password;
 use crate::error::ApiError;
-use crate::i18n::Lang;
+use crate::i18n::{Lang, Texts, TextsError};
 use crate::AppState;
 
 pub const CSS: &str = include_str!("../assets/onboard.css");
 
-pub fn templates() -> Environment<'static> {
-    let mut env = Environment::new();
-    for (name, source) in [
-        ("base.html", include_str!("../templates/base.html")),
-        ("confirm.html", include_str!("../templates/confirm.html")),
-        ("result.html", include_str!("../templates/result.html")),
-    ] {
-        env.add_template(name, source)
-            .expect("page templates are valid");
+/// What the pages are made of: their templates, their texts in every language they are
+/// written in, and the organisation they speak for.
+pub(crate) struct Pages {
+    templates: Environment<'static>,
+    pub(crate) texts: Texts,
+    /// `organisation.name`, shown on every page.
+    organisation: String,
+}
+
+impl Pages {
+    pub(crate) fn new(organisation: &OrganisationSettings) -> Result<Self, TextsError> {
+        let mut templates = Environment::new();
+        for (name, source) in [
+            ("base.html", include_str!("../templates/base.html")),
+            ("confirm.html", include_str!("../templates/confirm.html")),
+            ("result.html", include_str!("../templates/result.html")),
+        ] {
+            templates
+                .add_template(name, source)
+                .expect("page templates are valid");
+        }
+        Ok(Self {
+            templates,
+            texts: Texts::load()?,
+            organisation: organisation.name.clone(),
+        })
     }
-    env
 }
 
 /// Headers every page carries: the code in the URL must never leak through `Referer`, no cache may
@@ -86,11 +102,11 @@ impl<'a> Page<'a> {
     }
 
     fn t(&self, key: &str) -> String {
-        self.state.texts.get(self.lang, key, &[])
+        self.state.pages.texts.get(self.lang, key, &[])
     }
 
     fn t_with(&self, key: &str, args: &[(&str, &str)]) -> String {
-        self.state.texts.get(self.lang, key, args)
+        self.state.pages.texts.get(self.lang, key, args)
     }
 
     /// An instant in the reader's language and the invitation's time zone, as in the mails.
@@ -100,12 +116,12 @@ impl<'a> Page<'a> {
 }
 
 fn render(page: &Page, template: &str, status: StatusCode, ctx: Value) -> Response {
-    let state = page.state;
-    let rendered = state.pages.get_template(template).and_then(|t| {
+    let pages = &page.state.pages;
+    let rendered = pages.templates.get_template(template).and_then(|t| {
         t.render(context! {
-            organisation => &state.settings.organisation.name,
+            organisation => &pages.organisation,
             lang => page.lang.tag(),
-            t => state.texts.for_templates(page.lang),
+            t => pages.texts.for_templates(page.lang),
             ..ctx
         })
     });
@@ -153,7 +169,7 @@ fn result_with_new_link(
 
 /// The page's anti-forgery token: a signature of the code it was rendered for.
 fn csrf(state: &AppState, code: &str) -> String {
-    state.keyring.sign("csrf", code.as_bytes())
+    state.keyring().sign("csrf", code.as_bytes())
 }
 
 /// A coarse class of what opened a link, for support staff. No address, no full user agent.
@@ -225,7 +241,7 @@ fn forged(
     let state = page.state;
     let token_ok = form
         .get("csrf")
-        .is_some_and(|t| state.keyring.verify_signature("csrf", code.as_bytes(), t));
+        .is_some_and(|t| state.keyring().verify_signature("csrf", code.as_bytes(), t));
     if token_ok && provenance.allowed(&state.settings.gateway.public_base_url) {
         return None;
     }
@@ -241,7 +257,7 @@ fn admit<'f>(
     provenance: &Provenance,
     form: &'f HashMap<String, String>,
 ) -> Result<&'f str, Box<Response>> {
-    if let Err(e) = page.state.throttle(client) {
+    if let Err(e) = page.state.throttles.check(client) {
         return Err(Box::new(too_many(page, e)));
     }
     let code = form.get("code").map(String::as_str).unwrap_or_default();
@@ -303,7 +319,7 @@ fn form(
             hello => page.t_with("form_hello", &[("username", username)]),
             username,
             error,
-            rules => page.state.texts.rules(page.lang, policy),
+            rules => page.state.pages.texts.rules(page.lang, policy),
             min_length => policy.min_length,
             max_length => policy.max_length,
             expires_at => expires_at.to_rfc3339(),
@@ -338,7 +354,7 @@ pub async fn show(
     // Best effort: a page must not fail because its visit could not be recorded. An opening
     // that meets another append to the account (the worker recording the mail it just sent, the
     // moment the user clicks) is tried again on the account as it now is.
-    if state.record_open(client) {
+    if state.throttles.record_open(client) {
         if let Err(e) = state
             .store
             .execute_retrying(presented.user_id, opened, &Actor::user_via_link())
@@ -347,7 +363,7 @@ pub async fn show(
             tracing::debug!(error = %e, "link opening not recorded");
         }
     }
-    match account.check_code(&presented, &state.keyring, Utc::now()) {
+    match account.check_code(&presented, state.keyring(), Utc::now()) {
         Ok(issued) => form(
             &page,
             code,
@@ -412,7 +428,7 @@ pub async fn submit(
         Err(refused) => return *refused,
     };
     let page = page.for_account(&account, accept_language.as_deref());
-    let issued = match account.check_code(&presented, &state.keyring, Utc::now()) {
+    let issued = match account.check_code(&presented, state.keyring(), Utc::now()) {
         Ok(issued) => issued.clone(),
         Err(OnboardingError::InvalidCode) => {
             crate::api::record_failed_check(&state, &presented).await;
@@ -444,7 +460,7 @@ pub async fn submit(
     match submit_password(&state, code, Password::new(password)).await {
         Ok(_) => result(&page, StatusCode::OK, "activated"),
         Err(ApiError::Refused(OnboardingError::WeakPassword(v))) => {
-            again(&state.texts.violation(page.lang, &v))
+            again(&state.pages.texts.violation(page.lang, &v))
         }
         Err(ApiError::Refused(OnboardingError::HashingFailed)) => unavailable(
             &page,
@@ -479,8 +495,8 @@ pub async fn new_link(
             .ask_password_email_validity;
         let command = || OnboardingCommand::RequestNewLink {
             presented: presented.clone(),
-            code: onboarding_store::new_code(&state.keyring, validity),
-            limits: state.resend_limits,
+            code: onboarding_store::new_code(state.keyring(), validity),
+            limits: state.resend_limits(),
             now: Utc::now(),
         };
         match state
@@ -514,7 +530,7 @@ pub async fn revoke_page(
     };
     let page = page.for_account(&account, accept_language.as_deref());
     // Any genuine code of a pending invitation may decline it, even an expired or replaced one.
-    match account.check_code(&presented, &state.keyring, Utc::now()) {
+    match account.check_code(&presented, state.keyring(), Utc::now()) {
         Ok(_)
         | Err(OnboardingError::CodeExpired { .. })
         | Err(OnboardingError::CodeSuperseded)

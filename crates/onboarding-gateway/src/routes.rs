@@ -1,0 +1,219 @@
+//! Every route of the gateway, in groups: the admin API, SCIM, the public endpoints (the
+//! password submission and the pages behind the links) and health. Each group is one `or` tree
+//! boxed at its boundary, so the type of the whole stays shallow enough for the compiler
+//! (a single chain of all routes overflows its recursion limit in release builds).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use onboarding_config::Scope;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::admin::{admin, admission, Grant};
+use crate::body::{limited_body, limited_body_as};
+use crate::client::client;
+use crate::error::{recover, respond, ApiError, Refusal};
+use crate::request_id::{echo_request_id, x_request_id};
+use crate::state::with_state;
+use crate::{api, bulk, health, pages, scim, AppState};
+
+/// Every route of the gateway: each answer repeats the caller's `X-Request-Id` and is counted in
+/// the HTTP metrics.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let every = admin_api(state.clone())
+        .or(scim_api(state.clone()))
+        .unify()
+        .or(public(state.clone()))
+        .unify()
+        .or(health::routes(state))
+        .unify()
+        .recover(recover)
+        .unify();
+    x_request_id()
+        .and(every)
+        .map(echo_request_id)
+        .with(warp::log::custom(|info| {
+            metrics::counter!(
+                "onboard_http_requests_total",
+                "method" => info.method().to_string(),
+                "status" => info.status().as_u16().to_string()
+            )
+            .increment(1);
+            metrics::histogram!("onboard_http_request_seconds")
+                .record(info.elapsed().as_secs_f64());
+        }))
+}
+
+/// `/api/v1/users` and `/api/v1/bulk-invites`: each admitted by [`admin`] after its body was
+/// read (an oversized body is answered 413 first), except bulk uploads.
+fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    let json_body = limited_body(state.settings.gateway.max_body_bytes);
+    let idempotency_key = warp::header::optional::<String>("idempotency-key");
+    let create = warp::path!("api" / "v1" / "users")
+        .and(warp::post())
+        .and(idempotency_key)
+        .and(json_body.clone())
+        .and(admin(state.clone()))
+        .then(|key, body, state, grant| api::create_user(state, grant, key, body));
+    let list = warp::path!("api" / "v1" / "users")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(admin(state.clone()))
+        .then(|query, state, grant| api::list(state, grant, query));
+    let show = warp::path!("api" / "v1" / "users" / String)
+        .and(warp::get())
+        .and(admin(state.clone()))
+        .then(|id, state, grant| api::get_user(state, grant, id));
+    let resend = warp::path!("api" / "v1" / "users" / String / "resend")
+        .and(warp::post())
+        .and(idempotency_key)
+        .and(json_body.clone())
+        .and(admin(state.clone()))
+        .then(|id, key, body, state, grant| api::resend(state, grant, key, id, body));
+    let revoke = warp::path!("api" / "v1" / "users" / String / "revoke")
+        .and(warp::post())
+        .and(json_body)
+        .and(admin(state.clone()))
+        .then(|id, body, state, grant| api::revoke(state, grant, id, body));
+    // An upload may be megabytes: the token and its scope are checked before the body is read.
+    let bulk_upload = warp::path!("api" / "v1" / "bulk-invites")
+        .and(warp::post())
+        .and(admin(state.clone()))
+        .and_then(|state: Arc<AppState>, grant: Grant| async move {
+            match grant.require(Scope::Invite) {
+                Ok(_) => Ok((state, grant)),
+                Err(refusal) => Err(warp::reject::custom(Refusal(refusal))),
+            }
+        })
+        .untuple_one()
+        .and(warp::header::optional::<String>("content-type"))
+        .and(limited_body_as(
+            state.settings.bulk.max_file_bytes,
+            "bulk.max_file_bytes",
+        ))
+        .then(bulk::upload);
+    let bulk_show = warp::path!("api" / "v1" / "bulk-invites" / String)
+        .and(warp::get())
+        .and(admin(state))
+        .then(|id, state, grant| bulk::show(state, grant, id));
+    create
+        .or(list)
+        .unify()
+        .or(show)
+        .unify()
+        .or(resend)
+        .unify()
+        .or(revoke)
+        .unify()
+        .or(bulk_upload)
+        .unify()
+        .or(bulk_show)
+        .unify()
+        .map(respond)
+        .boxed()
+}
+
+/// `/scim2/…`: one route, dispatched by `scim::handle`, which answers refusals in SCIM's
+/// error format.
+fn scim_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    warp::path("scim2")
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(admission(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(limited_body(state.settings.gateway.max_body_bytes))
+        .then(
+            |tail: warp::path::Tail,
+             method,
+             state: Arc<AppState>,
+             grant: Result<Grant, ApiError>,
+             query,
+             body: Bytes| {
+                scim::handle(state, grant, method, tail.as_str().to_owned(), query, body)
+            },
+        )
+        .boxed()
+}
+
+/// The endpoints a user reaches without a token: the password submission, the pages behind the
+/// links and their stylesheet. Each is counted against the client's limit.
+fn public(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    let max = state.settings.gateway.max_body_bytes;
+    let provenance = warp::header::optional::<String>("origin")
+        .and(warp::header::optional::<String>("sec-fetch-site"))
+        .map(|origin, sec_fetch_site| pages::Provenance {
+            origin,
+            sec_fetch_site,
+        });
+    let accept_language = warp::header::optional::<String>("accept-language");
+    let form =
+        warp::body::content_length_limit(max).and(warp::body::form::<HashMap<String, String>>());
+    let get_or_head = warp::get().or(warp::head()).unify();
+    let state_and_client = with_state(state.clone()).and(client(state.clone()));
+
+    let submission = warp::path!("api" / "v1" / "password-submissions")
+        .and(warp::post())
+        .and(state_and_client.clone())
+        .and(limited_body(max))
+        .then(|state, client, body| async move {
+            respond(api::password_submission(state, client, body).await)
+        });
+    let confirm_page = warp::path!("confirm")
+        .and(get_or_head)
+        .and(state_and_client.clone())
+        .and(warp::method())
+        .and(warp::header::optional::<String>("user-agent"))
+        .and(accept_language)
+        .and(warp::query::<HashMap<String, String>>())
+        .then(pages::show);
+    let confirm_post = warp::path!("confirm")
+        .and(warp::post())
+        .and(state_and_client.clone())
+        .and(provenance)
+        .and(accept_language)
+        .and(form)
+        .then(pages::submit);
+    let new_link = warp::path!("confirm" / "new-link")
+        .and(warp::post())
+        .and(state_and_client.clone())
+        .and(provenance)
+        .and(accept_language)
+        .and(form)
+        .then(pages::new_link);
+    let revoke_page = warp::path!("revoke")
+        .and(get_or_head)
+        .and(with_state(state))
+        .and(accept_language)
+        .and(warp::query::<HashMap<String, String>>())
+        .then(pages::revoke_page);
+    let revoke_post = warp::path!("revoke")
+        .and(warp::post())
+        .and(state_and_client)
+        .and(provenance)
+        .and(accept_language)
+        .and(form)
+        .then(pages::revoke_submit);
+    let css = warp::path!("assets" / "onboard.css")
+        .and(get_or_head)
+        .map(pages::css);
+    submission
+        .or(confirm_page)
+        .unify()
+        .or(confirm_post)
+        .unify()
+        .or(new_link)
+        .unify()
+        .or(revoke_page)
+        .unify()
+        .or(revoke_post)
+        .unify()
+        .or(css)
+        .unify()
+        .boxed()
+}
