@@ -56,6 +56,15 @@ fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A body that may be left empty (an empty object), or else a JSON object.
+fn parse_optional_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(Map::new())
+    } else {
+        parse_object(body)
+    }
+}
+
 /// Collects per-field problems so one answer names every bad field.
 struct Fields {
     map: Map<String, Value>,
@@ -355,14 +364,7 @@ async fn resend_inner(
     body: &Bytes,
 ) -> Result<Answer, ApiError> {
     let user_id = parse_id(id)?;
-    let mut f = Fields::new(
-        if body.iter().all(u8::is_ascii_whitespace) {
-            Map::new()
-        } else {
-            parse_object(body)?
-        },
-        &["code_validity_minutes"],
-    );
+    let mut f = Fields::new(parse_optional_object(body)?, &["code_validity_minutes"]);
     let validity = state.validity(&mut f);
     f.finish()?;
     load(state, user_id).await?;
@@ -489,14 +491,7 @@ pub async fn revoke(
 ) -> Result<Response, ApiError> {
     grant.require(Scope::Revoke)?;
     let user_id = parse_id(&id)?;
-    let mut f = Fields::new(
-        if body.iter().all(u8::is_ascii_whitespace) {
-            Map::new()
-        } else {
-            parse_object(&body)?
-        },
-        &["reason"],
-    );
+    let mut f = Fields::new(parse_optional_object(&body)?, &["reason"]);
     let reason = f.string("reason", false);
     if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
         f.problem("reason", "must be at most 500 characters".into());
