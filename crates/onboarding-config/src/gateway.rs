@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer, Serialize};
@@ -30,6 +31,42 @@ pub struct GatewaySettings {
     /// the client and the header is ignored.
     #[serde(default, deserialize_with = "trusted_proxies")]
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a connection may take to send a request's headers, counted from when the
+    /// gateway starts waiting for them (a new connection, or the previous answer sent); then
+    /// the gateway closes the connection. It is also how long an idle keep-alive connection
+    /// stays open.
+    #[serde(rename = "header_read_timeout_seconds", deserialize_with = "seconds")]
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive once its headers did; then the answer is
+    /// `408` and the connection is closed.
+    #[serde(rename = "body_read_timeout_seconds", deserialize_with = "seconds")]
+    pub body_read_timeout: Duration,
+    /// How long the gateway may take to answer once a request's headers arrived; then the
+    /// answer is `503` (or `408` while the body is still arriving).
+    #[serde(rename = "request_timeout_seconds", deserialize_with = "seconds")]
+    pub request_timeout: Duration,
+    /// Connections served at once by each listener; more wait in the listen backlog.
+    #[serde(deserialize_with = "max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// How long a stopping gateway lets open requests finish before it drops their connections.
+    #[serde(rename = "shutdown_timeout_seconds", deserialize_with = "seconds")]
+    pub shutdown_timeout: Duration,
+}
+
+/// A timeout in whole seconds, at least 1: none of the gateway's timeouts can be switched off.
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(de::Error::custom(
+            "must be at least 1 (seconds); a gateway timeout cannot be switched off",
+        )),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
+    NonZeroUsize::new(usize::deserialize(d)?).ok_or_else(|| {
+        de::Error::custom("must be at least 1; with 0 the gateway would serve nobody")
+    })
 }
 
 fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
@@ -141,6 +178,11 @@ pub(crate) struct GatewayDefaults {
     bind: SocketAddr,
     max_body_bytes: u64,
     public_rate_limit_per_minute: NonZeroU32,
+    header_read_timeout_seconds: u64,
+    body_read_timeout_seconds: u64,
+    request_timeout_seconds: u64,
+    max_connections: usize,
+    shutdown_timeout_seconds: u64,
 }
 
 impl Default for GatewayDefaults {
@@ -149,6 +191,11 @@ impl Default for GatewayDefaults {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 16384,
             public_rate_limit_per_minute: limits::nonzero_u32(30),
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            request_timeout_seconds: 60,
+            max_connections: 1024,
+            shutdown_timeout_seconds: 15,
         }
     }
 }
@@ -182,5 +229,35 @@ mod tests {
             err.contains("gateway.trusted_proxies: `proxy.internal` is neither"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_zero_by_name() {
+        let s = load(MINIMAL).unwrap();
+        assert_eq!(s.gateway.header_read_timeout.as_secs(), 10);
+        assert_eq!(s.gateway.body_read_timeout.as_secs(), 30);
+        assert_eq!(s.gateway.request_timeout.as_secs(), 60);
+        assert_eq!(s.gateway.max_connections.get(), 1024);
+        assert_eq!(s.gateway.shutdown_timeout.as_secs(), 15);
+        let toml = MINIMAL.replacen(
+            "[gateway]",
+            "[gateway]\nheader_read_timeout_seconds = 3\nmax_connections = 2",
+            1,
+        );
+        let s = load(&toml).unwrap();
+        assert_eq!(s.gateway.header_read_timeout.as_secs(), 3);
+        assert_eq!(s.gateway.max_connections.get(), 2);
+        for key in [
+            "header_read_timeout_seconds",
+            "body_read_timeout_seconds",
+            "request_timeout_seconds",
+            "shutdown_timeout_seconds",
+            "max_connections",
+        ] {
+            let toml = MINIMAL.replacen("[gateway]", &format!("[gateway]\n{key} = 0"), 1);
+            let err = load(&toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+            assert!(err.contains("must be at least 1"), "{key}: {err}");
+        }
     }
 }
