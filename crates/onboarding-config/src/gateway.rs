@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer, Serialize};
 
 use crate::limits;
+use crate::ConfigError;
 use crate::PublicBaseUrl;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +52,23 @@ pub struct GatewaySettings {
     /// How long a stopping gateway lets open requests finish before it drops their connections.
     #[serde(rename = "shutdown_timeout_seconds", deserialize_with = "seconds")]
     pub shutdown_timeout: Duration,
+}
+
+impl GatewaySettings {
+    /// A body that arrives late must meet its own deadline (`408`, the client's doing) before
+    /// the request timeout (`503`, the gateway's) can pass.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.request_timeout <= self.body_read_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.request_timeout_seconds ({}) must be longer than \
+                 gateway.body_read_timeout_seconds ({}): a request whose body is late is \
+                 answered 408 by the body deadline, before the request timeout passes",
+                self.request_timeout.as_secs(),
+                self.body_read_timeout.as_secs()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A timeout in whole seconds, at least 1: none of the gateway's timeouts can be switched off.
@@ -259,5 +277,15 @@ mod tests {
             assert!(err.contains(key), "{key}: {err}");
             assert!(err.contains("must be at least 1"), "{key}: {err}");
         }
+        let toml = MINIMAL.replacen(
+            "[gateway]",
+            "[gateway]\nbody_read_timeout_seconds = 60\nrequest_timeout_seconds = 60",
+            1,
+        );
+        let err = load(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.request_timeout_seconds (60) must be longer than gateway.body_read_timeout_seconds (60)"),
+            "{err}"
+        );
     }
 }

@@ -127,6 +127,7 @@ impl Settings {
         self.password_hashing.validate()?;
         self.codes.validate()?;
         self.output_adapter.email.validate()?;
+        self.gateway.validate()?;
         self.kafka.validate()
     }
 
