@@ -1,0 +1,296 @@
+//! How a listener serves its connections: HTTP/1.1 with the limits of `[gateway]`.
+//!
+//! warp's own server builds hyper without a timer, so nothing ends a client that sends its
+//! headers or its body slowly, and its graceful shutdown waits for every connection however
+//! long it takes. This accept loop serves the same warp filter (`warp::service`) through
+//! hyper's HTTP/1.1 connection with:
+//! - a header read timeout (hyper's, driven by `TokioTimer`): counted from when a connection is
+//!   opened or its previous answer was sent, so it also ends idle keep-alive connections; the
+//!   connection is closed without an answer;
+//! - a body deadline ([`DeadlineBody`]): a body still arriving that long after its headers ends
+//!   the request with `408` and the connection;
+//! - a request timeout: an answer not ready that long after the headers is replaced by `503`;
+//! - a connection cap: at most `max_connections` connections are open at once; the loop stops
+//!   accepting until one closes, and new connections wait in the kernel's listen backlog;
+//! - a shutdown deadline: on shutdown the loop stops accepting, lets open requests finish, and
+//!   drops the connections still open when the deadline passes.
+//!
+//! The TCP peer reaches the filter as the request extension [`Peer`] (warp's `addr::remote`
+//! only works under `warp::serve`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use onboarding_config::GatewaySettings;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use warp::http::{header, HeaderValue, Request, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// The limits one listener serves with (`[gateway]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub body_read: Duration,
+    pub request: Duration,
+    pub max_connections: NonZeroUsize,
+    pub shutdown: Duration,
+}
+
+impl Limits {
+    pub fn of(gateway: &GatewaySettings) -> Self {
+        Self {
+            header_read: gateway.header_read_timeout,
+            body_read: gateway.body_read_timeout,
+            request: gateway.request_timeout,
+            max_connections: gateway.max_connections,
+            shutdown: gateway.shutdown_timeout,
+        }
+    }
+}
+
+/// The TCP peer of a request's connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) SocketAddr);
+
+/// The peer address of the request, as `warp::addr::remote` gives it under `warp::serve`.
+pub(crate) fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<Peer>().map(|peer: Option<Peer>| peer.map(|Peer(addr)| addr))
+}
+
+/// Serves `filter` on `listener` with `limits` until `shutdown`, then for at most
+/// `limits.shutdown` more. `name` labels the log lines and the `onboard_http_*` metrics.
+pub(crate) async fn serve<F, R>(
+    listener: TcpListener,
+    filter: F,
+    limits: Limits,
+    name: &'static str,
+    shutdown: CancellationToken,
+) where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    R: Reply,
+{
+    let service = TowerToHyperService::new(warp::service(filter));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    let open = Arc::new(Semaphore::new(limits.max_connections.get()));
+    let graceful = GracefulShutdown::new();
+    let force = CancellationToken::new();
+    let mut at_cap = false;
+    loop {
+        if open.available_permits() == 0 && !at_cap {
+            tracing::warn!(
+                listener = name,
+                max_connections = limits.max_connections.get(),
+                "every connection slot is taken (gateway.max_connections); new connections wait \
+                 in the listen backlog until one closes"
+            );
+        }
+        at_cap = open.available_permits() == 0;
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            permit = open.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before it was accepted.
+                    tracing::warn!(listener = name, %error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = service.clone();
+        let answer = hyper::service::service_fn(move |request: Request<Incoming>| {
+            answer(service.clone(), request, peer, limits)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), answer));
+        let force = force.clone();
+        tokio::spawn(async move {
+            metrics::gauge!("onboard_http_connections", "listener" => name).increment(1.0);
+            tokio::select! {
+                ended = connection => match ended {
+                    Ok(()) => {}
+                    Err(error) if error.is_timeout() => {
+                        metrics::counter!(
+                            "onboard_http_timeouts_total", "listener" => name, "phase" => "headers"
+                        )
+                        .increment(1);
+                        tracing::debug!(listener = name, %peer, "headers not received in time; connection closed");
+                    }
+                    Err(error) => tracing::debug!(listener = name, %peer, %error, "connection ended"),
+                },
+                _ = force.cancelled() => {}
+            }
+            // The socket is closed (the connection was dropped) before the slot is given back.
+            metrics::gauge!("onboard_http_connections", "listener" => name).decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let still_open = limits.max_connections.get() - open.available_permits();
+    tracing::info!(
+        listener = name,
+        open = still_open,
+        deadline_seconds = limits.shutdown.as_secs(),
+        "stopped accepting; letting open requests finish"
+    );
+    if tokio::time::timeout(limits.shutdown, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            open = limits.max_connections.get() - open.available_permits(),
+            "connections still open at the shutdown deadline (gateway.shutdown_timeout_seconds); \
+             dropping them"
+        );
+        force.cancel();
+    }
+}
+
+/// One request: the peer as an extension, the body under its deadline, the answer under the
+/// request timeout.
+async fn answer<S>(
+    service: S,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    limits: Limits,
+) -> Result<Response, Infallible>
+where
+    S: hyper::service::Service<Request<DeadlineBody>, Response = Response, Error = Infallible>,
+{
+    let late = Arc::new(AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + limits.body_read;
+    let mut request = request.map(|body| DeadlineBody {
+        inner: body,
+        deadline,
+        sleep: None,
+        late: late.clone(),
+    });
+    request.extensions_mut().insert(Peer(peer));
+    let answered = tokio::time::timeout(limits.request, service.call(request)).await;
+    if late.load(Ordering::Acquire) {
+        metrics::counter!("onboard_http_timeouts_total", "phase" => "body").increment(1);
+        return Ok(closing(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s of its headers \
+                 (gateway.body_read_timeout_seconds); send the request again, body and all",
+                limits.body_read.as_secs()
+            ),
+        ));
+    }
+    Ok(match answered {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_elapsed) => {
+            metrics::counter!("onboard_http_timeouts_total", "phase" => "request").increment(1);
+            tracing::warn!(
+                %peer,
+                seconds = limits.request.as_secs(),
+                "no answer within gateway.request_timeout_seconds; answering 503"
+            );
+            let mut response = closing(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the gateway could not answer within {} s \
+                     (gateway.request_timeout_seconds); try again in a moment",
+                    limits.request.as_secs()
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
+    })
+}
+
+/// A refusal after which the connection is closed: the rest of its request is not read.
+fn closing(status: StatusCode, code: &str, message: String) -> Response {
+    let mut response = crate::error::plain(status, code, message);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once it is still arriving at its deadline, and records that it
+/// did in `late`.
+pub(crate) struct DeadlineBody {
+    inner: Incoming,
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    late: Arc<AtomicBool>,
+}
+
+/// The error a late body ends with; the answer is `408`, whatever the route made of it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyLate;
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.late.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(BodyLate.into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.late.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(BodyLate.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
