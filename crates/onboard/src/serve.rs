@@ -120,8 +120,9 @@ pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
     }
     if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
         let (handle, token) = (handle.clone(), shutdown.clone());
+        let limits = onboarding_gateway::Limits::of(&settings.gateway);
         tasks.spawn(async move {
-            onboarding_gateway::serve_metrics(addr, handle, token)
+            onboarding_gateway::serve_metrics(addr, handle, limits, token)
                 .await
                 .context("metrics endpoint")
         });

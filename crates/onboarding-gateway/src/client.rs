@@ -41,7 +41,7 @@ pub(crate) fn client_address(
 pub(crate) fn client(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
-    warp::addr::remote()
+    crate::connections::peer()
         .and(warp::header::headers_cloned())
         .map(move |peer, headers: warp::http::HeaderMap| {
             let forwarded_for: Vec<&str> = headers

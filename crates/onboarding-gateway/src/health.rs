@@ -16,6 +16,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::connections::{self, Limits};
 use crate::state::with_state;
 use crate::{AppState, GatewayError};
 
@@ -85,11 +86,12 @@ fn metrics_text(handle: Option<&PrometheusHandle>) -> Response {
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
 }
 
-/// Serves only `/metrics` and `/healthz` on `addr` until `shutdown`: for processes that run no
-/// gateway (relay, email worker, scheduler).
+/// Serves only `/metrics` and `/healthz` on `addr` until `shutdown`, with the gateway's
+/// connection limits: for processes that run no gateway (relay, email worker, scheduler).
 pub async fn serve_metrics(
     addr: SocketAddr,
     handle: PrometheusHandle,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -99,10 +101,7 @@ pub async fn serve_metrics(
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .map(move || metrics_text(Some(&handle)));
-    warp::serve(metrics.or(healthz()).unify())
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+    let filter = metrics.or(healthz()).unify().recover(crate::error::recover);
+    connections::serve(listener, filter, limits, "metrics", shutdown).await;
     Ok(())
 }

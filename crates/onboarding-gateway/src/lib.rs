@@ -21,6 +21,7 @@ mod api;
 mod body;
 mod bulk;
 mod client;
+mod connections;
 mod error;
 mod health;
 mod i18n;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admin::Grant;
 pub use api::user_view;
+pub use connections::Limits;
 pub use error::ApiError;
 pub use health::serve_metrics;
 pub use routes::routes;
@@ -73,11 +75,8 @@ pub async fn serve(
             }
         }
     });
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+    let limits = Limits::of(&state.settings.gateway);
+    connections::serve(listener, routes(state), limits, "gateway", shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
