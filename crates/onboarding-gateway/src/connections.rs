@@ -294,3 +294,133 @@ impl Body for DeadlineBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Far longer than any wait below.
+    const LONG: Duration = Duration::from_secs(600);
+
+    fn limits() -> Limits {
+        Limits {
+            header_read: LONG,
+            body_read: Duration::from_millis(200),
+            request: Duration::from_millis(500),
+            max_connections: NonZeroUsize::new(8).unwrap(),
+            shutdown: Duration::from_millis(200),
+        }
+    }
+
+    /// Serves `filter` on a port of its own until the token is cancelled.
+    async fn start<F, R>(
+        filter: F,
+        limits: Limits,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>)
+    where
+        F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+        R: Reply + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(serve(listener, filter, limits, "test", stop.clone()));
+        (addr, stop, served)
+    }
+
+    /// Sends `request` and reads until the server closes the connection.
+    async fn exchange(addr: SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server neither answered nor closed the connection")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_ready_in_time_becomes_503_with_retry_after() {
+        let slow = warp::any().then(|| async {
+            tokio::time::sleep(LONG).await;
+            "too late"
+        });
+        let (addr, _stop, _served) = start(slow, limits()).await;
+        let answer = exchange(addr, "GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("retry-after: 5"), "{answer}");
+        assert!(
+            answer.contains("gateway.request_timeout_seconds"),
+            "{answer}"
+        );
+        assert!(!answer.contains("too late"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_late_body_becomes_408_whatever_the_route_made_of_it() {
+        // The route turns every body error into 400; the client still learns that it was late.
+        let echo = warp::body::bytes()
+            .map(|body: Bytes| body.len().to_string())
+            .recover(|_| async { Ok::<_, Infallible>(StatusCode::BAD_REQUEST) });
+        let (addr, _stop, _served) = start(echo, limits()).await;
+        let cut = "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc";
+        let answer = exchange(addr, cut).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+        // A whole body is read as it was sent.
+        let whole =
+            "POST / HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc";
+        let answer = exchange(addr, whole).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n3"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn the_filter_sees_the_tcp_peer() {
+        let who = peer().map(|peer: Option<SocketAddr>| {
+            peer.map_or("nobody".to_owned(), |p| p.ip().to_string())
+        });
+        let (addr, _stop, _served) = start(who, limits()).await;
+        let answer = exchange(
+            addr,
+            "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.ends_with("\r\n\r\n127.0.0.1"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_at_its_deadline_with_a_request_still_running() {
+        let stuck = warp::any().then(|| async {
+            tokio::time::sleep(LONG).await;
+            "done"
+        });
+        let limits = Limits {
+            request: LONG,
+            body_read: LONG / 2,
+            ..limits()
+        };
+        let (addr, stop, served) = start(stuck, limits).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        // Connections are accepted in order: once a later one is served, the stuck one is open.
+        let answer = exchange(addr, "BAD\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("serve did not return after its shutdown deadline")
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest))
+            .await
+            .expect("the stuck connection is still open");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+}

@@ -14,5 +14,6 @@ mod kafka_security;
 mod links;
 mod restart;
 mod scim;
+mod slow_clients;
 mod smtp_tls;
 mod workers;
