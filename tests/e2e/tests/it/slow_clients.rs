@@ -77,7 +77,7 @@ async fn until_closed(stream: &mut TcpStream) -> Option<String> {
 
 /// Whether the gateway has closed `stream`, without waiting: a non-blocking read finds the end
 /// of the stream (or a reset) rather than nothing to read yet.
-fn closed_now(stream: &mut std::net::TcpStream) -> bool {
+fn closed_now(mut stream: &std::net::TcpStream) -> bool {
     stream.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
@@ -197,7 +197,7 @@ async fn beyond_the_connection_cap_a_request_waits_until_an_idle_connection_time
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // ... and is answered only once the header timeout closed an idle connection and freed its slot.
-    let closed = idle.iter_mut().filter(|s| closed_now(s)).count();
+    let closed = idle.iter().filter(|s| closed_now(s)).count();
     assert!(
         closed >= 1,
         "the request beyond max_connections was answered while both idle connections were still open"
