@@ -125,7 +125,7 @@ pub(crate) async fn serve<F, R>(
         };
         let service = service.clone();
         let answer = hyper::service::service_fn(move |request: Request<Incoming>| {
-            answer(service.clone(), request, peer, limits)
+            answer(service.clone(), request, peer, limits, name)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), answer));
         let force = force.clone();
@@ -180,6 +180,7 @@ async fn answer<S>(
     request: Request<Incoming>,
     peer: SocketAddr,
     limits: Limits,
+    name: &'static str,
 ) -> Result<Response, Infallible>
 where
     S: hyper::service::Service<Request<DeadlineBody>, Response = Response, Error = Infallible>,
@@ -196,8 +197,11 @@ where
     tokio::select! {
         biased;
         () = late.notified() => {
-            metrics::counter!("onboard_http_timeouts_total", "phase" => "body").increment(1);
-            tracing::debug!(%peer, "request body not received in time; answering 408");
+            metrics::counter!(
+                "onboard_http_timeouts_total", "listener" => name, "phase" => "body"
+            )
+            .increment(1);
+            tracing::debug!(listener = name, %peer, "request body not received in time; answering 408");
             Ok(closing(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
@@ -212,9 +216,12 @@ where
             Ok(Ok(response)) => Ok(response),
             Ok(Err(never)) => match never {},
             Err(_elapsed) => {
-                metrics::counter!("onboard_http_timeouts_total", "phase" => "request")
-                    .increment(1);
+                metrics::counter!(
+                    "onboard_http_timeouts_total", "listener" => name, "phase" => "request"
+                )
+                .increment(1);
                 tracing::warn!(
+                    listener = name,
                     %peer,
                     seconds = limits.request.as_secs(),
                     "no answer within gateway.request_timeout_seconds; answering 503"
