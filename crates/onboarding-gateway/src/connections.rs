@@ -10,6 +10,7 @@
 //! - a body deadline ([`DeadlineBody`]): a body still arriving that long after its headers ends
 //!   the request with `408` and closes the connection;
 //! - a request timeout: an answer not ready that long after the headers is replaced by `503`;
+//!   a client that stops reading its answer for that long loses the connection ([`Stalling`]);
 //! - a connection cap: at most `max_connections` connections are open at once; the loop stops
 //!   accepting until one closes, and new connections wait in the kernel's listen backlog;
 //! - a shutdown deadline: on shutdown the loop stops accepting, lets open requests finish, and
@@ -127,7 +128,8 @@ pub(crate) async fn serve<F, R>(
         let answer = hyper::service::service_fn(move |request: Request<Incoming>| {
             answer(service.clone(), request, peer, limits, name)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), answer));
+        let io = Stalling::new(TokioIo::new(stream), limits.request);
+        let connection = graceful.watch(http.serve_connection(io, answer));
         let force = force.clone();
         tokio::spawn(async move {
             metrics::gauge!("onboard_http_connections", "listener" => name).increment(1.0);
@@ -251,6 +253,97 @@ fn closing(status: StatusCode, code: &str, message: String) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// A connection whose writes fail once they have made no progress for `limit`: a client that
+/// stops reading its answers cannot hold its connection (and its slot) for ever.
+struct Stalling<I> {
+    inner: I,
+    limit: Duration,
+    /// Armed while a write waits for the client to read.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> Stalling<I> {
+    fn new(inner: I, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `Pending` from a write: arm the deadline, or fail once it passed. Anything else
+    /// disarms it.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing of its answer for gateway.request_timeout_seconds",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Stalling<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Stalling<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, polled)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, polled)
+    }
 }
 
 /// A request body that, once it is still arriving at its deadline, wakes `late` and yields
@@ -382,6 +475,47 @@ mod tests {
         let answer = exchange(addr, whole).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("\r\n\r\n3"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_its_answer_loses_the_connection() {
+        // An answer far larger than the socket buffers on both sides, and a small one.
+        let answers = warp::path("big")
+            .map(|| "x".repeat(64 << 20))
+            .or(warp::any().map(|| "small".to_owned()))
+            .unify();
+        let one = Limits {
+            max_connections: NonZeroUsize::MIN,
+            ..limits()
+        };
+        let (addr, _stop, _served) = start(answers, one).await;
+        let mut reader = tokio::net::TcpStream::connect(addr).await.unwrap();
+        reader
+            .write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        // With one connection allowed, the next is served once the one that stopped reading
+        // was dropped.
+        let answer = exchange(
+            addr,
+            "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.ends_with("\r\n\r\nsmall"), "{answer}");
+        // What was in flight still arrives, then the connection ends before its 64 MiB.
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received += n,
+                }
+            }
+        })
+        .await
+        .expect("the connection that stopped reading is still open");
+        assert!(received < 64 << 20, "the whole answer arrived");
     }
 
     #[tokio::test]
