@@ -134,16 +134,17 @@ pub(crate) async fn serve<F, R>(
         tokio::spawn(async move {
             metrics::gauge!("onboard_http_connections", "listener" => name).increment(1.0);
             tokio::select! {
-                ended = connection => match ended {
-                    Ok(()) => {}
-                    Err(error) if error.is_timeout() => {
-                        metrics::counter!(
-                            "onboard_http_timeouts_total", "listener" => name, "phase" => "headers"
-                        )
-                        .increment(1);
-                        tracing::debug!(listener = name, %peer, "headers not received in time; connection closed");
+                ended = connection => if let Err(error) = ended {
+                    match timed_out(&error) {
+                        Some(phase) => {
+                            metrics::counter!(
+                                "onboard_http_timeouts_total", "listener" => name, "phase" => phase
+                            )
+                            .increment(1);
+                            tracing::debug!(listener = name, %peer, phase, "client too slow; connection closed");
+                        }
+                        None => tracing::debug!(listener = name, %peer, %error, "connection ended"),
                     }
-                    Err(error) => tracing::debug!(listener = name, %peer, %error, "connection ended"),
                 },
                 _ = force.cancelled() => {}
             }
@@ -172,6 +173,16 @@ pub(crate) async fn serve<F, R>(
         );
         force.cancel();
     }
+}
+
+/// Which of the connection's timeouts ended it: `headers` (hyper's header read timeout) or
+/// `answer` ([`Stalling`]: the client stopped reading).
+fn timed_out(error: &hyper::Error) -> Option<&'static str> {
+    if error.is_timeout() {
+        return Some("headers");
+    }
+    let io = std::error::Error::source(error)?.downcast_ref::<std::io::Error>()?;
+    (io.kind() == std::io::ErrorKind::TimedOut).then_some("answer")
 }
 
 /// One request: the peer as an extension, the body under its deadline, the answer under the
