@@ -154,7 +154,10 @@ pub(crate) async fn serve<F, R>(
         });
     }
     drop(listener);
-    let still_open = limits.max_connections.get() - open.available_permits();
+    let still_open = limits
+        .max_connections
+        .get()
+        .saturating_sub(open.available_permits());
     tracing::info!(
         listener = name,
         open = still_open,
@@ -167,7 +170,10 @@ pub(crate) async fn serve<F, R>(
     {
         tracing::warn!(
             listener = name,
-            open = limits.max_connections.get() - open.available_permits(),
+            open = limits
+                .max_connections
+                .get()
+                .saturating_sub(open.available_permits()),
             "connections still open at the shutdown deadline (gateway.shutdown_timeout_seconds); \
              dropping them"
         );
