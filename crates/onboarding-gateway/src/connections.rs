@@ -45,14 +45,20 @@ use warp::{Filter, Reply};
 /// The limits one listener serves with (`[gateway]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// `gateway.header_read_timeout_seconds`.
     pub header_read: Duration,
+    /// `gateway.body_read_timeout_seconds`.
     pub body_read: Duration,
+    /// `gateway.request_timeout_seconds`, also the limit for a write that makes no progress.
     pub request: Duration,
+    /// `gateway.max_connections`.
     pub max_connections: NonZeroUsize,
+    /// `gateway.shutdown_timeout_seconds`.
     pub shutdown: Duration,
 }
 
 impl Limits {
+    /// The limits `[gateway]` sets.
     pub fn of(gateway: &GatewaySettings) -> Self {
         Self {
             header_read: gateway.header_read_timeout,
