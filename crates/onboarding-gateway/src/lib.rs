@@ -13,7 +13,9 @@
 //! groups), `admin.rs` (admin tokens and the one filter that admits a request), `api.rs`,
 //! `bulk.rs` and `scim.rs` (the admin endpoints), `pages.rs` and `i18n.rs` (the pages behind the
 //! links), `client.rs` and `throttle.rs` (who the client is, and its limits), `request_id.rs`,
-//! `body.rs` (bodies up to a limit), `health.rs` (health, readiness, metrics) and `error.rs`.
+//! `body.rs` (bodies up to a limit), `health.rs` (health, readiness, metrics), `error.rs`, and
+//! `connections.rs` (how a listener serves its connections: timeouts, a cap, a shutdown
+//! deadline).
 #![forbid(unsafe_code)]
 
 mod admin;
