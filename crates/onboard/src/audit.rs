@@ -89,7 +89,7 @@ fn instant(flag: &str, raw: &str) -> Result<DateTime<Utc>> {
 }
 
 pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
-    let pool = onboarding_store::connect(settings).await?;
+    let pool = onboarding_store::connect_for_maintenance(settings).await?;
     match command {
         AuditCommand::Verify { expect } => {
             let expect = expect

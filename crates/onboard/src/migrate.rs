@@ -11,7 +11,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: &Settings, Args { skip_kafka }: Args) -> Result<()> {
-    let pool = onboarding_store::connect(settings).await?;
+    let pool = onboarding_store::connect_for_maintenance(settings).await?;
     onboarding_store::migrate(&pool).await?;
     println!("database schema is up to date");
     if !skip_kafka {

@@ -23,7 +23,6 @@ mod upcast;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -38,7 +37,7 @@ use onboarding_domain::{
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use rand::RngCore;
 use secrecy::ExposeSecret;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -81,9 +80,47 @@ impl From<AggregateError<OnboardingError>> for StoreError {
             AggregateError::AggregateConflict => Self::Conflict,
             AggregateError::DatabaseConnectionError(e) => Self::Unavailable(e),
             AggregateError::DeserializationError(e) => Self::Unexpected(e),
+            // postgres-es reports only I/O and TLS failures as connection errors; a pool that
+            // timed out, a server shutting down or a statement timeout arrive as unexpected.
+            AggregateError::UnexpectedError(e) if is_unavailable(&*e) => Self::Unavailable(e),
             AggregateError::UnexpectedError(e) => Self::Unexpected(e),
         }
     }
+}
+
+/// Whether a failure means that PostgreSQL could not be reached or did not answer in time, so
+/// that the same request may succeed later: it looks through the causes for sqlx's error, which
+/// cqrs-es and postgres-es wrap.
+pub fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+            return sqlx_unavailable(e);
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
+        E::Database(e) => e.code().is_some_and(|code| unavailable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that mean "not now": a connection exception (class 08), the server shutting down or
+/// starting up (57P01 to 57P03), too many connections (53300), and the session limits of
+/// `[database]`: a statement cancelled by `statement_timeout` (57014), a lock not granted within
+/// `lock_timeout` (55P03), a session ended by `idle_in_transaction_session_timeout` (25P03).
+fn unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "57014" | "55P03" | "25P03"
+        )
 }
 
 /// [`connect`] failed.
@@ -214,11 +251,33 @@ pub fn keyring(settings: &Settings) -> Result<CodeKeyring, KeyringError> {
     CodeKeyring::new(settings.codes.active_key.clone(), keys)
 }
 
+/// The pool of a serving process (and of the admin commands that act like one): every
+/// connection starts with the session timeouts of `[database]`, and nobody waits longer than
+/// `database.acquire_timeout_seconds` for a connection.
 pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
+    let options = connect_options(settings)?.options(settings.database.session_timeouts());
+    pool(settings, options).await
+}
+
+/// The pool of `onboard migrate` and `onboard audit`, whose statements may rightly run for
+/// long (a migration over the whole log, a replay that streams it): without the session
+/// timeouts, whatever the server or role sets.
+pub async fn connect_for_maintenance(settings: &Settings) -> Result<PgPool, StoreError> {
+    pool(settings, connect_options(settings)?).await
+}
+
+fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StoreError> {
+    settings
+        .database_url()
+        .parse::<PgConnectOptions>()
+        .map_err(|e| StoreError::Unexpected(Box::new(ConnectFailed(e))))
+}
+
+async fn pool(settings: &Settings, options: PgConnectOptions) -> Result<PgPool, StoreError> {
     PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(settings.database_url())
+        .acquire_timeout(settings.database.acquire_timeout())
+        .connect_with(options)
         .await
         .map_err(|e| StoreError::Unavailable(Box::new(ConnectFailed(e))))
 }
@@ -364,8 +423,14 @@ impl Store {
     }
 }
 
+/// A failed query: [`StoreError::Unavailable`] when PostgreSQL could not be reached or did not
+/// answer in time ([`is_unavailable`]), otherwise [`StoreError::Unexpected`].
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(Box::new(e))
+    if sqlx_unavailable(&e) {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Unexpected(Box::new(e))
+    }
 }
 
 /// Reads one `events` row (the columns `events_of` selects).
@@ -480,5 +545,66 @@ impl Store {
                 .await
                 .map_err(db)?;
         Ok((total, ids))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through_cqrs(e: sqlx::Error) -> StoreError {
+        // As postgres-es hands it on: connection errors for I/O and TLS, unexpected otherwise.
+        let aggregate = match e {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                AggregateError::<OnboardingError>::DatabaseConnectionError(Box::new(e))
+            }
+            e => AggregateError::UnexpectedError(Box::new(e)),
+        };
+        StoreError::from(aggregate)
+    }
+
+    #[test]
+    fn a_pool_that_timed_out_is_unavailable_however_it_is_wrapped() {
+        assert!(matches!(
+            through_cqrs(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        let refused = || {
+            sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))
+        };
+        assert!(matches!(through_cqrs(refused()), StoreError::Unavailable(_)));
+        assert!(matches!(db(refused()), StoreError::Unavailable(_)));
+        // Found as the cause of a cause, too.
+        let wrapped = ConnectFailed(sqlx::Error::PoolClosed);
+        assert!(is_unavailable(&wrapped));
+    }
+
+    #[test]
+    fn a_failure_that_waiting_cannot_cure_is_unexpected() {
+        assert!(matches!(
+            through_cqrs(sqlx::Error::RowNotFound),
+            StoreError::Unexpected(_)
+        ));
+        assert!(matches!(
+            db(sqlx::Error::ColumnNotFound("x".into())),
+            StoreError::Unexpected(_)
+        ));
+        assert!(!is_unavailable(&std::io::Error::other("not sqlx")));
+    }
+
+    #[test]
+    fn timeouts_and_shutdowns_are_the_sqlstates_that_mean_not_now() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300", "57014", "55P03", "25P03"] {
+            assert!(unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["22P05", "23505", "42P01", "40001"] {
+            assert!(!unavailable_sqlstate(code), "{code}");
+        }
     }
 }
