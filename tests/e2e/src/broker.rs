@@ -105,10 +105,21 @@ impl Broker {
 
     /// Kills the broker (losing everything it held in memory) and starts an empty one on the same port.
     pub fn restart_empty(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Kills the broker: nothing answers on its port until [`Broker::resume`].
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Starts an empty broker on the same port after [`Broker::stop`].
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
         self.launch();
     }
 }

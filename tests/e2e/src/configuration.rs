@@ -10,6 +10,9 @@ pub struct Options {
     pub max_body_bytes: u64,
     /// A broker of the test's own instead of the shared one.
     pub kafka: Option<String>,
+    /// A PostgreSQL of the test's own (the URL of its `postgres` database, as
+    /// [`crate::Postgres::url`]) instead of the shared one; the stack's database is made there.
+    pub database: Option<String>,
     pub public_rate_limit_per_minute: u32,
     pub resend_cooldown_seconds: i64,
     /// An SMTP port of the test's own instead of MailDev's (e.g. one nobody listens on).
@@ -24,6 +27,7 @@ impl Default for Options {
             validity_minutes: 60,
             max_body_bytes: 16384,
             kafka: None,
+            database: None,
             public_rate_limit_per_minute: 600,
             resend_cooldown_seconds: 0,
             smtp_port: None,

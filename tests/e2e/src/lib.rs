@@ -7,7 +7,7 @@
 //! One module per real part: [`services`] (what `tests/run` started), [`stack`] (one test's
 //! engine and its processes), [`configuration`] (its `onboard.toml`), [`gateway`] (requests to
 //! it), [`maildev`] (the mail it sent), [`topic`] (the records it published), and the parts a
-//! test starts for itself: [`broker`], [`smtp_gate`], [`certificates`].
+//! test starts for itself: [`broker`], [`postgres`], [`smtp_gate`], [`certificates`].
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ pub mod certificates;
 pub mod configuration;
 pub mod gateway;
 pub mod maildev;
+pub mod postgres;
 pub mod services;
 pub mod smtp_gate;
 pub mod stack;
@@ -28,6 +29,7 @@ pub use broker::{Broker, BrokerOptions};
 pub use certificates::make_certificates;
 pub use configuration::Options;
 pub use maildev::Mail;
+pub use postgres::Postgres;
 pub use services::Services;
 pub use smtp_gate::SmtpGate;
 pub use stack::Stack;

@@ -36,7 +36,11 @@ impl Stack {
         let services = Services::from_env();
         let id = unique("");
         let db = format!("e2e_{name}_{id}");
-        let admin = sqlx::PgPool::connect(&services.database_url)
+        let server = options
+            .database
+            .clone()
+            .unwrap_or_else(|| services.database_url.clone());
+        let admin = sqlx::PgPool::connect(&server)
             .await
             .expect("connect to the test PostgreSQL");
         sqlx::query(&format!("CREATE DATABASE \"{db}\""))
@@ -44,7 +48,7 @@ impl Stack {
             .await
             .expect("create the test database");
         admin.close().await;
-        let database_url = match services.database_url.rsplit_once('/') {
+        let database_url = match server.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{db}"),
             None => panic!("TEST_DATABASE_URL has no database name"),
         };
