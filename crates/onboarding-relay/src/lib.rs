@@ -12,6 +12,8 @@
 //!   blocks the rows behind it.
 #![forbid(unsafe_code)]
 
+pub mod backlog;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ const RELAY_LOCK: i64 = 0x6f6e_626f_6172_6401;
 const NOTIFY_CHANNEL: &str = "onboard_outbox";
 /// How often the relay compares the broker's high watermarks with what it published.
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the relay measures the outbox backlog ([`backlog`]).
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a relay step failed; the relay retries it, nothing is skipped.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +100,13 @@ impl Relay {
         tracing::info!(topic = %self.topic, "relay started");
         let mut backoff = Duration::from_millis(200);
         let mut last_check: Option<Instant> = None;
+        let mut last_measured: Option<Instant> = None;
         let mut failures: u32 = 0;
         loop {
+            if last_measured.is_none_or(|t| t.elapsed() >= BACKLOG_INTERVAL) {
+                last_measured = Some(Instant::now());
+                backlog::measure(&self.pool).await;
+            }
             if last_check.is_none_or(|t| t.elapsed() >= LOSS_CHECK_INTERVAL) {
                 last_check = Some(Instant::now());
                 if let Err(e) = self.recover_lost_records().await {
