@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use onboarding_e2e::{make_certificates, unique, Broker, BrokerOptions, Options, Stack};
+use onboarding_e2e::{
+    free_port, make_certificates, unique, Broker, BrokerOptions, Options, Stack,
+};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
 
@@ -48,12 +50,22 @@ fn refused(stack: &Stack, env: &[(&str, &str)], expected: &str) -> String {
     format!("{stderr}{}", String::from_utf8_lossy(&out.stdout))
 }
 
-/// Polls `/readyz` until its Kafka check mentions `expected`: the status and the answer.
-async fn readiness_saying(stack: &Stack, expected: &str) -> (u16, Value) {
+/// Starts a relay with `env` that serves `/readyz` on a port of its own; returns its address.
+fn spawn_relay(stack: &Stack, env: &[(&str, &str)]) -> String {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = env.to_vec();
+    env.push(("ONBOARD__OBSERVABILITY__METRICS_BIND", &addr));
+    stack.spawn_with_env("relay", &env);
+    format!("http://{addr}")
+}
+
+/// Polls `/readyz` at `base` until its Kafka check mentions `expected`: the status and the
+/// answer.
+async fn readiness_saying(stack: &Stack, base: &str, expected: &str) -> (u16, Value) {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last = Value::Null;
     loop {
-        if let Ok(r) = stack.http.get(stack.url("/readyz")).send().await {
+        if let Ok(r) = stack.http.get(format!("{base}/readyz")).send().await {
             let status = r.status().as_u16();
             last = r.json().await.unwrap_or_default();
             if last["checks"]["kafka"]
@@ -82,7 +94,7 @@ async fn the_whole_onboarding_runs_over_tls_to_the_broker() {
             ..BrokerOptions::default()
         },
     );
-    // migrate (topics), gateway (readiness), relay, email worker and scheduler all use TLS.
+    // migrate (topics), relay and email worker use TLS.
     let stack = Stack::start(
         "kafkatls",
         Options {
@@ -95,16 +107,6 @@ async fn the_whole_onboarding_runs_over_tls_to_the_broker() {
         },
     )
     .await;
-    let ready: Value = stack
-        .http
-        .get(stack.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["checks"]["kafka"], "ok", "{ready}");
 
     // The relay publishes the invitation over TLS, the worker consumes it over TLS: the mail.
     let (id, email, mail) = stack.invite_mailed("Tls").await;
@@ -173,11 +175,12 @@ async fn tls_mistakes_are_named_by_migrate_and_readyz_within_seconds() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The gateway's readiness names Kafka as failing, and why.
-    stack.spawn_with_env("gateway", &untrusted);
-    let (status, body) = readiness_saying(&stack, "certificate verify failed").await;
+    // The relay's readiness names Kafka as missing, and why.
+    let relay = spawn_relay(&stack, &untrusted);
+    let (status, body) = readiness_saying(&stack, &relay, "certificate verify failed").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["missing"], serde_json::json!(["kafka"]), "{body}");
     assert_eq!(body["checks"]["postgres"], "ok", "{body}");
     assert!(
         body["checks"]["kafka"]
@@ -236,15 +239,14 @@ async fn sasl_refusals_are_named_and_the_password_is_never_shown() {
         assert!(!output.contains(&password), "{output}");
     }
 
-    // The gateway's readiness names the refused login, without the password; the relay and the
+    // The relay's readiness names the refused login, without the password; the relay and the
     // email worker keep retrying and log the refusal, without the password too.
-    for component in ["gateway", "relay", "email-worker"] {
-        stack.spawn_with_env(component, &scram);
-    }
-    let (status, body) = readiness_saying(&stack, "SASL authentication error").await;
+    let relay = spawn_relay(&stack, &scram);
+    stack.spawn_with_env("email-worker", &scram);
+    let (status, body) = readiness_saying(&stack, &relay, "SASL authentication error").await;
     assert_eq!(status, 503, "{body}");
     assert!(!body.to_string().contains(&password), "{body}");
-    for component in ["gateway", "relay", "email-worker"] {
+    for component in ["relay", "email-worker"] {
         let deadline = Instant::now() + Duration::from_secs(30);
         let logs = loop {
             let logs = stack.logs_of(component);
