@@ -12,6 +12,7 @@ mod flow;
 mod intake;
 mod kafka_security;
 mod links;
+mod outage;
 mod restart;
 mod scim;
 mod slow_clients;
