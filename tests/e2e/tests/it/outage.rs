@@ -280,3 +280,30 @@ async fn while_the_broker_is_down_the_gateway_stays_ready_and_the_outbox_backlog
     );
     readiness_until(&stack, &relay, |status, _| status == 200, "ready").await;
 }
+
+#[tokio::test]
+async fn a_writer_stalled_inside_its_transaction_does_not_hold_every_append_forever() {
+    let stack = Stack::new("stalledwriter", Options::default()).await;
+    stack.spawn_with_env("gateway", &[("ONBOARD__DATABASE__LOCK_TIMEOUT_SECONDS", "1")]);
+    stack.wait_ready().await;
+
+    // A client takes the lock every append takes (migration 0008) and stops inside its
+    // transaction, as a writer whose process froze would.
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(8029185077895312386)")
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+
+    // The invitation gives up waiting after lock_timeout: 503 with Retry-After, not a hang.
+    let email = format!("{}@pickup.example", unique("stalled."));
+    let r = invite(&stack, "BehindStalled", &email).await;
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+    assert!(retry_after(&r) >= 1);
+
+    // Once the stalled writer is gone, the same invitation is accepted.
+    stalled.rollback().await.unwrap();
+    let r = invite(&stack, "BehindStalled", &email).await;
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+}
