@@ -16,6 +16,11 @@ use crate::body::{BodyTooLarge, BodyUnreadable};
 /// What made an unexpected failure, kept as its source for the log.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The `Retry-After` of `503 unavailable`: PostgreSQL did not answer within
+/// `database.acquire_timeout_seconds` (or a session timeout ended the statement), or a password
+/// could not be hashed. Long enough for a restarting database or a fail-over to come back.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the request body is not valid JSON: {0}. Send a JSON object with Content-Type: application/json")]
@@ -37,7 +42,8 @@ pub enum ApiError {
     Refused(OnboardingError),
     #[error("the account was changed concurrently; retry the request")]
     Conflict,
-    #[error("the service is temporarily unavailable; retry shortly")]
+    /// PostgreSQL could not be reached or did not answer in time ([`StoreError::Unavailable`]).
+    #[error("the service is temporarily unavailable; retry in {UNAVAILABLE_RETRY_AFTER_SECONDS} seconds")]
     Unavailable(#[source] Cause),
     #[error("internal error; the incident is logged")]
     Internal(#[source] Cause),
@@ -184,6 +190,9 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited(s) => Some(*s),
+            Self::Unavailable(_) | Self::Refused(OnboardingError::HashingFailed) => {
+                Some(UNAVAILABLE_RETRY_AFTER_SECONDS)
+            }
             Self::Refused(OnboardingError::ResendLimited {
                 retry_after_seconds,
             }) => Some((*retry_after_seconds).max(1) as u64),

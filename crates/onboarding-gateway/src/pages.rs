@@ -395,9 +395,16 @@ async fn account_for(
     }
 }
 
+/// "Please try again in a moment" (503), with `Retry-After` when waiting helps (the database
+/// did not answer, a password could not be hashed).
 fn unavailable(page: &Page, e: ApiError) -> Response {
     tracing::error!(error = %e, "page failed");
-    result(page, StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    let mut r = result(page, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    if let Some(seconds) = e.retry_after() {
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(seconds));
+    }
+    r
 }
 
 /// `POST /confirm`: checks the form, then submits the password. A form that cannot succeed

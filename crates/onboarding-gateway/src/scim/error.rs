@@ -189,7 +189,7 @@ impl Reply for ScimError {
             tracing::error!(error = ?e, "SCIM request failed");
         }
         let status = self.status();
-        reply(
+        let mut response = reply(
             status,
             &Message {
                 schemas: [ERROR],
@@ -197,6 +197,16 @@ impl Reply for ScimError {
                 scim_type: self.scim_type(),
                 detail: self.to_string(),
             },
-        )
+        );
+        // A database outage or a rate limit: when to try again, as the JSON API says it.
+        if let Some(seconds) = match &self {
+            Self::Api(e) => e.retry_after(),
+            _ => None,
+        } {
+            response
+                .headers_mut()
+                .insert("retry-after", warp::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
