@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
 use onboarding_email_worker::EmailWorker;
-use onboarding_gateway::AppState;
+use onboarding_gateway::{AppState, Readiness, Role};
 use onboarding_relay::Relay;
 use onboarding_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,22 @@ impl Components {
     };
 }
 
+impl Components {
+    /// The roles these components play, for readiness.
+    fn roles(self) -> Vec<Role> {
+        [
+            (self.gateway, Role::Gateway),
+            (self.relay, Role::Relay),
+            (self.worker, Role::EmailWorker),
+            (self.scheduler, Role::Scheduler),
+            (self.intake, Role::Intake),
+        ]
+        .into_iter()
+        .filter_map(|(runs, role)| runs.then_some(role))
+        .collect()
+    }
+}
+
 fn metrics() -> Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
@@ -86,6 +102,7 @@ pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
     let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
+    let readiness = Arc::new(Readiness::new(run.roles(), store.clone(), &settings.kafka)?);
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -119,10 +136,10 @@ pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
         tasks.spawn(async move { intake.run(token).await.context("intake") });
     }
     if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
-        let (handle, token) = (handle.clone(), shutdown.clone());
+        let (handle, readiness, token) = (handle.clone(), readiness.clone(), shutdown.clone());
         let limits = onboarding_gateway::Limits::of(&settings.gateway);
         tasks.spawn(async move {
-            onboarding_gateway::serve_metrics(addr, handle, limits, token)
+            onboarding_gateway::serve_metrics(addr, handle, limits, readiness, token)
                 .await
                 .context("metrics endpoint")
         });
@@ -132,6 +149,7 @@ pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
             settings.clone(),
             store.clone(),
             Some(handle),
+            readiness,
         )?);
         let (runner, wake) = state.bulk_runner();
         let token = shutdown.clone();

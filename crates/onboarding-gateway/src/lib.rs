@@ -13,9 +13,9 @@
 //! groups), `admin.rs` (admin tokens and the one filter that admits a request), `api.rs`,
 //! `bulk.rs` and `scim.rs` (the admin endpoints), `pages.rs` and `i18n.rs` (the pages behind the
 //! links), `client.rs` and `throttle.rs` (who the client is, and its limits), `request_id.rs`,
-//! `body.rs` (bodies up to a limit), `health.rs` (health, readiness, metrics), `error.rs`, and
-//! `connections.rs` (how a listener serves its connections: timeouts, a cap, a shutdown
-//! deadline).
+//! `body.rs` (bodies up to a limit), `health.rs` (health, readiness, metrics), `readiness.rs`
+//! (what each role needs), `error.rs`, and `connections.rs` (how a listener serves its
+//! connections: timeouts, a cap, a shutdown deadline).
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -28,6 +28,7 @@ mod error;
 mod health;
 mod i18n;
 mod pages;
+mod readiness;
 mod request_id;
 mod routes;
 mod scim;
@@ -44,6 +45,7 @@ pub use api::user_view;
 pub use connections::Limits;
 pub use error::ApiError;
 pub use health::serve_metrics;
+pub use readiness::{Dependency, Readiness, Role};
 pub use routes::routes;
 pub use state::{AppState, GatewayError};
 

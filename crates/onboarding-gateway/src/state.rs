@@ -17,6 +17,7 @@ use crate::bulk::BulkWake;
 use crate::health::Health;
 use crate::i18n::TextsError;
 use crate::pages::Pages;
+use crate::readiness::Readiness;
 use crate::throttle::Throttles;
 
 /// The gateway's state, shared by every request.
@@ -30,7 +31,7 @@ pub struct AppState {
     pub(crate) throttles: Throttles,
     /// The page templates and their texts (`organisation`).
     pub(crate) pages: Pages,
-    /// The readiness probe and the metrics (`kafka`).
+    /// Readiness of the process's roles, and the metrics.
     pub(crate) health: Health,
     /// Wakes the bulk invitation runner when a job was recorded (`bulk`).
     pub(crate) bulk: BulkWake,
@@ -59,16 +60,18 @@ pub enum GatewayError {
 }
 
 impl AppState {
+    /// The gateway's state; `readiness` answers `/readyz` for every role the process runs.
     pub fn new(
         settings: Arc<Settings>,
         store: Store,
         metrics: Option<PrometheusHandle>,
+        readiness: Arc<Readiness>,
     ) -> Result<Self, GatewayError> {
         Ok(Self {
             tokens: Tokens::new(&settings.gateway.admin_tokens)?,
             throttles: Throttles::new(&settings.gateway),
             pages: Pages::new(&settings.organisation)?,
-            health: Health::new(&settings.kafka, metrics)?,
+            health: Health::new(readiness, metrics),
             bulk: BulkWake::new(&settings.bulk),
             store,
             settings,
