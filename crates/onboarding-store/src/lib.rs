@@ -573,12 +573,12 @@ mod tests {
             db(sqlx::Error::PoolTimedOut),
             StoreError::Unavailable(_)
         ));
-        let refused = || {
-            sqlx::Error::Io(std::io::Error::from(
-                std::io::ErrorKind::ConnectionRefused,
-            ))
-        };
-        assert!(matches!(through_cqrs(refused()), StoreError::Unavailable(_)));
+        let refused =
+            || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(
+            through_cqrs(refused()),
+            StoreError::Unavailable(_)
+        ));
         assert!(matches!(db(refused()), StoreError::Unavailable(_)));
         // Found as the cause of a cause, too.
         let wrapped = ConnectFailed(sqlx::Error::PoolClosed);
@@ -600,7 +600,9 @@ mod tests {
 
     #[test]
     fn timeouts_and_shutdowns_are_the_sqlstates_that_mean_not_now() {
-        for code in ["08006", "08001", "57P01", "57P03", "53300", "57014", "55P03", "25P03"] {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "53300", "57014", "55P03", "25P03",
+        ] {
             assert!(unavailable_sqlstate(code), "{code}");
         }
         for code in ["22P05", "23505", "42P01", "40001"] {

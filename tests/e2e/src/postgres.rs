@@ -29,14 +29,19 @@ impl Postgres {
         std::fs::create_dir_all(&data).unwrap();
         if as_root() {
             // The server refuses to run as root: its directory belongs to `postgres`.
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir));
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir));
             run(Command::new("chmod").arg("700").arg(&data));
         }
         let bin = PathBuf::from(var("TEST_PG_BIN"));
-        run(as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]));
+        run(as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ]));
         let port = free_port();
         let postgres = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
@@ -87,7 +92,10 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // Fails harmlessly when the test left it stopped.
-        let _ = self.pg_ctl().args(["-m", "immediate", "-w", "stop"]).output();
+        let _ = self
+            .pg_ctl()
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use onboarding_e2e::{
-    free_port, make_certificates, unique, Broker, BrokerOptions, Options, Stack,
-};
+use onboarding_e2e::{free_port, make_certificates, unique, Broker, BrokerOptions, Options, Stack};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
 

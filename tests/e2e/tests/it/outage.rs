@@ -253,7 +253,11 @@ async fn while_the_broker_is_down_the_gateway_stays_ready_and_the_outbox_backlog
     )
     .await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["roles"]["relay"]["missing"], json!(["kafka"]), "{body}");
+    assert_eq!(
+        body["roles"]["relay"]["missing"],
+        json!(["kafka"]),
+        "{body}"
+    );
     assert_eq!(body["checks"]["postgres"], "ok", "{body}");
 
     // The gateway needs only PostgreSQL: it stays ready and takes invitations, which wait in
@@ -284,7 +288,10 @@ async fn while_the_broker_is_down_the_gateway_stays_ready_and_the_outbox_backlog
 #[tokio::test]
 async fn a_writer_stalled_inside_its_transaction_does_not_hold_every_append_forever() {
     let stack = Stack::new("stalledwriter", Options::default()).await;
-    stack.spawn_with_env("gateway", &[("ONBOARD__DATABASE__LOCK_TIMEOUT_SECONDS", "1")]);
+    stack.spawn_with_env(
+        "gateway",
+        &[("ONBOARD__DATABASE__LOCK_TIMEOUT_SECONDS", "1")],
+    );
     stack.wait_ready().await;
 
     // A client takes the lock every append takes (migration 0008) and stops inside its
