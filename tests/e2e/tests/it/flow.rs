@@ -248,8 +248,10 @@ async fn health_readiness_and_metrics_answer() {
         .json()
         .await
         .unwrap();
-    assert_eq!(r["checks"]["postgres"], "ok");
-    assert_eq!(r["checks"]["kafka"], "ok");
+    // The gateway needs PostgreSQL only, and checks nothing else.
+    assert_eq!(r["status"], "ready", "{r}");
+    assert_eq!(r["checks"], serde_json::json!({"postgres": "ok"}), "{r}");
+    assert_eq!(r["roles"]["gateway"]["ready"], true, "{r}");
     stack
         .invite("MetricsUser", &format!("{}@pickup.example", unique("m.")))
         .await;
@@ -443,4 +445,18 @@ async fn a_relay_on_its_own_serves_metrics_when_told_where() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // And its readiness: the relay needs PostgreSQL and Kafka.
+    let ready = stack
+        .http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready["checks"],
+        serde_json::json!({"postgres": "ok", "kafka": "ok"}),
+        "{ready}"
+    );
 }
