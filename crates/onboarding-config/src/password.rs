@@ -1,6 +1,8 @@
 //! `[password_policy]` and `[password_hashing]`: what a password must be, and what hashing it
 //! costs.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
@@ -12,6 +14,10 @@ pub struct PasswordPolicySettings {
     pub max_length: usize,
     /// Lowest zxcvbn strength score (0 to 4) accepted.
     pub min_strength: u8,
+    /// A list of common passwords to refuse, one a line, read once when the store is opened.
+    /// Unset: no list check; zxcvbn's score alone judges common passwords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_passwords_file: Option<PathBuf>,
 }
 
 impl Default for PasswordPolicySettings {
@@ -20,6 +26,7 @@ impl Default for PasswordPolicySettings {
             min_length: 8,
             max_length: 128,
             min_strength: 3,
+            common_passwords_file: None,
         }
     }
 }
@@ -77,5 +84,24 @@ impl PasswordHashingSettings {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::*;
+
+    #[test]
+    fn the_common_password_list_is_off_unless_a_file_is_named() {
+        let s = load(MINIMAL).unwrap();
+        assert_eq!(s.password_policy.common_passwords_file, None);
+        let s = load(&format!(
+            "{MINIMAL}\n[password_policy]\ncommon_passwords_file = \"/srv/onboard/common-passwords.txt\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.password_policy.common_passwords_file.as_deref(),
+            Some(std::path::Path::new("/srv/onboard/common-passwords.txt"))
+        );
     }
 }

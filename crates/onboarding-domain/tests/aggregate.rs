@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::test::TestFramework;
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring, PresentedCode};
-use onboarding_domain::password::{Password, PasswordHash, PasswordPolicy, PasswordRuleViolation};
+use onboarding_domain::password::{
+    CommonPasswords, Password, PasswordHash, PasswordPolicy, PasswordRuleViolation,
+};
 use onboarding_domain::value::{EmailAddress, UserDomain, Username};
 use onboarding_domain::{
     CodeIssueReason, HashingFailed, InviteUser, NewCode, Onboarding, OnboardingCommand,
@@ -41,7 +43,11 @@ fn services() -> OnboardingServices {
     OnboardingServices {
         hasher: Arc::new(FakeHasher),
         keyring: keyring(),
-        policy: PasswordPolicy::default(),
+        // A small list of the policy's own, as a deployment's file would give it.
+        policy: PasswordPolicy {
+            common_passwords: CommonPasswords::from_lines("password123\nletmein99\n"),
+            ..PasswordPolicy::default()
+        },
     }
 }
 

@@ -22,6 +22,7 @@ mod retries;
 mod upcast;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -30,7 +31,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
-use onboarding_domain::password::PasswordPolicy;
+use onboarding_domain::password::{CommonPasswords, PasswordPolicy};
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
 };
@@ -216,10 +217,51 @@ pub enum ServicesError {
     Keyring(#[from] KeyringError),
     #[error("password_hashing: {0}")]
     Hashing(#[source] argon2::Error),
+    #[error(
+        "password_policy.common_passwords_file {}: cannot be read; point it at a readable list of \
+         common passwords, one a line (the repository ships \
+         crates/onboarding-domain/data/common-passwords.txt), or remove the key to rely on the \
+         strength estimate alone",
+        path.display()
+    )]
+    CommonPasswordsUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "password_policy.common_passwords_file {} holds no passwords; point it at a list of \
+         common passwords, one a line, or remove the key to rely on the strength estimate alone",
+        path.display()
+    )]
+    CommonPasswordsEmpty { path: PathBuf },
 }
 
-/// Builds the aggregate's services from the settings.
+/// Reads `password_policy.common_passwords_file`, once, when the store is opened.
+fn common_passwords(path: &Path) -> Result<CommonPasswords, ServicesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        ServicesError::CommonPasswordsUnreadable {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let list = CommonPasswords::from_lines(&text);
+    if list.is_empty() {
+        return Err(ServicesError::CommonPasswordsEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(list)
+}
+
+/// Builds the aggregate's services from the settings, reading the common-password list if one
+/// is configured.
 pub fn services(settings: &Settings) -> Result<OnboardingServices, ServicesError> {
+    let policy = &settings.password_policy;
+    let common_passwords = match &policy.common_passwords_file {
+        Some(path) => common_passwords(path)?,
+        None => CommonPasswords::default(),
+    };
     Ok(OnboardingServices {
         hasher: Arc::new(Argon2Hasher::with_params(
             argon2::Params::new(
@@ -232,9 +274,10 @@ pub fn services(settings: &Settings) -> Result<OnboardingServices, ServicesError
         )),
         keyring: Arc::new(keyring(settings)?),
         policy: PasswordPolicy {
-            min_length: settings.password_policy.min_length,
-            max_length: settings.password_policy.max_length,
-            min_strength: settings.password_policy.min_strength,
+            min_length: policy.min_length,
+            max_length: policy.max_length,
+            min_strength: policy.min_strength,
+            common_passwords,
         },
     })
 }
@@ -608,5 +651,72 @@ mod tests {
         for code in ["22P05", "23505", "42P01", "40001"] {
             assert!(!unavailable_sqlstate(code), "{code}");
         }
+    }
+
+    fn settings(common_passwords_file: Option<&Path>) -> Settings {
+        let mut toml = r#"
+            [output_adapter.email]
+            from_address = "noreply@pickup.example"
+            hostname = "smtp.pickup.example"
+            [database]
+            url = "postgres://127.0.0.1/onboarding"
+            [kafka]
+            bootstrap_servers = "127.0.0.1:9092"
+            [gateway]
+            public_base_url = "https://id.pickup.example"
+            [codes]
+            active_key = "k1"
+            [[codes.keys]]
+            id = "k1"
+            secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+            [password_policy]
+        "#
+        .to_owned();
+        if let Some(path) = common_passwords_file {
+            toml.push_str(&format!(
+                "common_passwords_file = {:?}\n",
+                path.display().to_string()
+            ));
+        }
+        Settings::from_toml_str(&toml).unwrap()
+    }
+
+    #[test]
+    fn the_configured_common_password_list_is_read_when_the_store_is_opened() {
+        let path = std::env::temp_dir().join(format!("onboard-common-{}.txt", std::process::id()));
+        std::fs::write(&path, "Sunflower77\nmarmalade-cat\n").unwrap();
+        let read = services(&settings(Some(&path)));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read.unwrap().policy.common_passwords.len(), 2);
+        assert!(services(&settings(None))
+            .unwrap()
+            .policy
+            .common_passwords
+            .is_empty());
+    }
+
+    #[test]
+    fn a_missing_common_password_list_stops_the_start_naming_the_key_and_the_path() {
+        let path = Path::new("/nonexistent/onboard/common-passwords.txt");
+        let Err(err) = services(&settings(Some(path))) else {
+            panic!("a missing list was accepted");
+        };
+        let err = err.to_string();
+        assert!(
+            err.starts_with(
+                "password_policy.common_passwords_file /nonexistent/onboard/common-passwords.txt: cannot be read"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("remove the key"), "{err}");
+
+        let empty = std::env::temp_dir().join(format!("onboard-empty-{}.txt", std::process::id()));
+        std::fs::write(&empty, "\n\n").unwrap();
+        let err = services(&settings(Some(&empty))).map(|_| ());
+        std::fs::remove_file(&empty).unwrap();
+        assert!(
+            matches!(err, Err(ServicesError::CommonPasswordsEmpty { .. })),
+            "{err:?}"
+        );
     }
 }
