@@ -132,6 +132,9 @@ active_key = "k1"
 id = "k1"
 secret = "{key}"
 
+[password_policy]
+common_passwords_file = "{common_passwords}"
+
 [organisation]
 name = "Pickup"
 "#,
@@ -146,8 +149,16 @@ name = "Pickup"
         reader_hash = sha256_hex(stack.reader_token),
         revoked_hash = sha256_hex(stack.revoked_token),
         key = base64::engine::general_purpose::STANDARD.encode(stack.code_key),
+        common_passwords = COMMON_PASSWORDS,
     )
 }
+
+/// The repository's list of 100 000 common passwords (CC BY-SA 3.0, a separate data file; see
+/// NOTICE), so that the tests refuse what a deployment that ships it refuses.
+pub const COMMON_PASSWORDS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../crates/onboarding-domain/data/common-passwords.txt"
+);
 
 /// How the configuration names a token: the hex SHA-256 of its text.
 fn sha256_hex(token: &str) -> String {

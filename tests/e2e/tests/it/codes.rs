@@ -473,6 +473,21 @@ async fn weak_passwords_are_refused_with_the_rule_and_keep_the_code() {
     }
     let (status, _) = submit(&stack, &code, PASSWORD).await;
     assert_eq!(status, 200);
+
+    // A list that cannot be read stops every command that opens the store, naming key and path.
+    let missing = "/nonexistent/onboard/common-passwords.txt";
+    let o = stack.cli_with_env(
+        &["user", "show", "Weakling"],
+        &[("ONBOARD__PASSWORD_POLICY__COMMON_PASSWORDS_FILE", missing)],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "password_policy.common_passwords_file {missing}: cannot be read"
+        )),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
