@@ -1,5 +1,5 @@
-//! `[gateway]`: the HTTP server, its public address, the admin tokens and the public endpoints'
-//! limits.
+//! `[gateway]`: the HTTP server, its public address, the admin tokens and the
+//! per-client rate limits.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +27,15 @@ pub struct GatewaySettings {
     /// 0 counts as 1.
     #[serde(deserialize_with = "limits::u32_zero_as_one")]
     pub public_rate_limit_per_minute: NonZeroU32,
+    /// Requests per minute one client may make to the pages behind the links (`GET` and `HEAD`
+    /// of `/confirm` and `/revoke`), each of which loads an account and may record an opening.
+    #[serde(deserialize_with = "page_rate_limit")]
+    pub page_rate_limit_per_minute: NonZeroU32,
+    /// Requests per minute one admin token may make to the admin API, bulk uploads and SCIM,
+    /// together. Requests without a valid token count against the client's
+    /// `public_rate_limit_per_minute` instead.
+    #[serde(deserialize_with = "admin_rate_limit")]
+    pub admin_rate_limit_per_minute: NonZeroU32,
     /// Reverse proxies (`10.0.0.5`) or their networks (`10.0.0.0/8`) whose `X-Forwarded-For`
     /// names the client; an address is a network of one. Empty (the default): the TCP peer is
     /// the client and the header is ignored.
@@ -84,6 +93,23 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
     NonZeroUsize::new(usize::deserialize(d)?).ok_or_else(|| {
         de::Error::custom("must be at least 1; with 0 the gateway would serve nobody")
+    })
+}
+
+fn page_rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
+    positive(d, "gateway.page_rate_limit_per_minute")
+}
+
+fn admin_rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
+    positive(d, "gateway.admin_rate_limit_per_minute")
+}
+
+/// A budget that must allow at least one request: 0 would shut the routes it guards.
+fn positive<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<NonZeroU32, D::Error> {
+    NonZeroU32::new(u32::deserialize(d)?).ok_or_else(|| {
+        de::Error::custom(format!(
+            "{key} must be at least 1 (requests per minute); raise it, or leave it out for the default"
+        ))
     })
 }
 
@@ -201,6 +227,8 @@ pub(crate) struct GatewayDefaults {
     request_timeout_seconds: u64,
     max_connections: usize,
     shutdown_timeout_seconds: u64,
+    page_rate_limit_per_minute: NonZeroU32,
+    admin_rate_limit_per_minute: NonZeroU32,
 }
 
 impl Default for GatewayDefaults {
@@ -214,6 +242,12 @@ impl Default for GatewayDefaults {
             request_timeout_seconds: 60,
             max_connections: 1024,
             shutdown_timeout_seconds: 15,
+            // Ten a second from one address (or IPv6 /64), sustained: more than a mail scanner
+            // and a company's users behind one NAT open after a mass invitation.
+            page_rate_limit_per_minute: limits::nonzero_u32(600),
+            // A hundred a second per token, sustained: above what one IdP's SCIM sync or an HR
+            // system sends (bulk files are one request each).
+            admin_rate_limit_per_minute: limits::nonzero_u32(6000),
         }
     }
 }
@@ -287,5 +321,29 @@ mod tests {
             err.contains("gateway.request_timeout_seconds (60) must be longer than gateway.body_read_timeout_seconds (60)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rate_limits_have_generous_defaults_and_refuse_zero() {
+        let s = load(MINIMAL).unwrap();
+        assert_eq!(s.gateway.public_rate_limit_per_minute.get(), 30);
+        assert_eq!(s.gateway.page_rate_limit_per_minute.get(), 600);
+        assert_eq!(s.gateway.admin_rate_limit_per_minute.get(), 6000);
+        let toml = MINIMAL.replacen(
+            "[gateway]",
+            "[gateway]\npage_rate_limit_per_minute = 5\nadmin_rate_limit_per_minute = 7",
+            1,
+        );
+        let s = load(&toml).unwrap();
+        assert_eq!(s.gateway.page_rate_limit_per_minute.get(), 5);
+        assert_eq!(s.gateway.admin_rate_limit_per_minute.get(), 7);
+        for key in ["page_rate_limit_per_minute", "admin_rate_limit_per_minute"] {
+            let toml = MINIMAL.replacen("[gateway]", &format!("[gateway]\n{key} = 0"), 1);
+            let err = load(&toml).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("gateway.{key} must be at least 1")),
+                "{err}"
+            );
+        }
     }
 }
