@@ -14,6 +14,10 @@ pub struct Options {
     /// [`crate::Postgres::url`]) instead of the shared one; the stack's database is made there.
     pub database: Option<String>,
     pub public_rate_limit_per_minute: u32,
+    /// `gateway.page_rate_limit_per_minute`: `GET` and `HEAD` of `/confirm` and `/revoke`.
+    pub page_rate_limit_per_minute: u32,
+    /// `gateway.admin_rate_limit_per_minute`: per admin token, over the API, bulk and SCIM.
+    pub admin_rate_limit_per_minute: u32,
     pub resend_cooldown_seconds: i64,
     /// An SMTP port of the test's own instead of MailDev's (e.g. one nobody listens on).
     pub smtp_port: Option<u16>,
@@ -29,6 +33,8 @@ impl Default for Options {
             kafka: None,
             database: None,
             public_rate_limit_per_minute: 600,
+            page_rate_limit_per_minute: 600,
+            admin_rate_limit_per_minute: 6000,
             resend_cooldown_seconds: 0,
             smtp_port: None,
             kafka_settings: String::new(),
@@ -111,6 +117,8 @@ bind = "127.0.0.1:{port}"
 public_base_url = "{base_url}"
 max_body_bytes = {max_body}
 public_rate_limit_per_minute = {rate}
+page_rate_limit_per_minute = {page_rate}
+admin_rate_limit_per_minute = {admin_rate}
 
 [[gateway.admin_tokens]]
 id = "e2e-admin"
@@ -143,6 +151,8 @@ name = "Pickup"
         smtp_port = options.smtp_port.unwrap_or(services.smtp_port),
         max_body = options.max_body_bytes,
         rate = options.public_rate_limit_per_minute,
+        page_rate = options.page_rate_limit_per_minute,
+        admin_rate = options.admin_rate_limit_per_minute,
         cooldown = options.resend_cooldown_seconds,
         kafka_settings = options.kafka_settings,
         token_hash = sha256_hex(stack.admin_token),
