@@ -13,6 +13,7 @@ mod intake;
 mod kafka_security;
 mod links;
 mod outage;
+mod rate_limits;
 mod restart;
 mod scim;
 mod slow_clients;
