@@ -1,5 +1,5 @@
 //! Admin tokens: who may call the admin API and SCIM, with which scopes, and the one filter
-//! that admits a request.
+//! that admits a request (and counts it against the token's rate limit).
 
 use std::sync::Arc;
 
@@ -9,9 +9,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use warp::{Filter, Rejection};
 
+use crate::client::client;
 use crate::error::{ApiError, Refusal};
 use crate::request_id::request_id;
 use crate::state::with_state;
+use crate::throttle::{ClientKey, RouteGroup};
 use crate::{AppState, GatewayError};
 
 /// The configured admin tokens, each by the SHA-256 of the token.
@@ -52,21 +54,8 @@ impl Tokens {
         Ok(Self { known })
     }
 
-    /// The grant of the admin token presented, with the request's id.
-    fn admit(
-        &self,
-        authorization: Option<&str>,
-        request_id: Result<Option<String>, ApiError>,
-    ) -> Result<Grant, ApiError> {
-        let grant = self.authorize(authorization)?;
-        Ok(Grant {
-            request_id: request_id?,
-            ..grant
-        })
-    }
-
     /// The grant of the admin token presented, if it is one of ours and not revoked.
-    fn authorize(&self, header: Option<&str>) -> Result<Grant, ApiError> {
+    pub(crate) fn authorize(&self, header: Option<&str>) -> Result<Grant, ApiError> {
         let token = header
             .and_then(|h| {
                 h.strip_prefix("Bearer ")
@@ -119,13 +108,38 @@ impl Grant {
     }
 }
 
+/// The grant of the admin token presented, counted against that token's budget for the routes
+/// `group` (a request without a valid token against its client's), with the request's id.
+fn admit(
+    state: &AppState,
+    group: RouteGroup,
+    client: Option<ClientKey>,
+    authorization: Option<&str>,
+    request_id: Result<Option<String>, ApiError>,
+) -> Result<Grant, ApiError> {
+    let grant = match state.tokens.authorize(authorization) {
+        Ok(grant) => grant,
+        Err(refusal) => {
+            state.throttles.unauthenticated(client, group)?;
+            return Err(refusal);
+        }
+    };
+    state.throttles.admin(&grant.id, group)?;
+    Ok(Grant {
+        request_id: request_id?,
+        ..grant
+    })
+}
+
 /// The state and the grant of the admin token a request presents (`Authorization: Bearer`),
-/// with its `X-Request-Id`. A request without a usable token, or with an `X-Request-Id` that
-/// cannot be kept, is refused with that [`ApiError`] (rendered by `error::recover`).
+/// with its `X-Request-Id`, for the routes `group`. A request without a usable token, over its
+/// budget, or with an `X-Request-Id` that cannot be kept, is refused with that [`ApiError`]
+/// (rendered by `error::recover`).
 pub(crate) fn admin(
     state: Arc<AppState>,
+    group: RouteGroup,
 ) -> impl Filter<Extract = (Arc<AppState>, Grant), Error = Rejection> + Clone {
-    admission(state)
+    admission(state, group)
         .and_then(
             |state: Arc<AppState>, grant: Result<Grant, ApiError>| async move {
                 match grant {
@@ -141,13 +155,15 @@ pub(crate) fn admin(
 /// error format.
 pub(crate) fn admission(
     state: Arc<AppState>,
+    group: RouteGroup,
 ) -> impl Filter<Extract = (Arc<AppState>, Result<Grant, ApiError>), Error = Rejection> + Clone {
-    with_state(state)
+    with_state(state.clone())
+        .and(client(state))
         .and(warp::header::optional::<String>("authorization"))
         .and(request_id())
         .map(
-            |state: Arc<AppState>, authorization: Option<String>, request_id| {
-                let grant = state.tokens.admit(authorization.as_deref(), request_id);
+            move |state: Arc<AppState>, client, authorization: Option<String>, request_id| {
+                let grant = admit(&state, group, client, authorization.as_deref(), request_id);
                 (state, grant)
             },
         )

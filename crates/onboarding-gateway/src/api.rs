@@ -1,7 +1,6 @@
 //! The JSON API: admin endpoints and password submissions.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use warp::Reply;
 
 use crate::admin::Grant;
 use crate::error::{ApiError, NotJson};
+use crate::throttle::ClientKey;
 use crate::AppState;
 
 /// The account as admins see it. Never a secret.
@@ -465,10 +465,10 @@ pub async fn submit_password(
 
 pub async fn password_submission(
     state: Arc<AppState>,
-    client: Option<IpAddr>,
+    client: Option<ClientKey>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.throttles.check(client)?;
+    state.throttles.form(client)?;
     let mut f = Fields::new(parse_object(&body)?, &["code", "password"]);
     let code = f.string("code", true);
     let password = f.string("password", true);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use warp::Filter;
 
+use crate::throttle::ClientKey;
 use crate::AppState;
 
 /// The client of a request: its TCP peer or, when the peer is one of `trusted` proxies, the
@@ -37,10 +38,10 @@ pub(crate) fn client_address(
     Some(client)
 }
 
-/// The request's client address (see [`client_address`]), for the per-client limits.
+/// The request's client (see [`client_address`]) as the per-client limits count it.
 pub(crate) fn client(
     state: Arc<AppState>,
-) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
+) -> impl Filter<Extract = (Option<ClientKey>,), Error = Infallible> + Clone {
     crate::connections::peer()
         .and(warp::header::headers_cloned())
         .map(move |peer, headers: warp::http::HeaderMap| {

@@ -49,6 +49,8 @@ pub enum ApiError {
     Internal(#[source] Cause),
     #[error("too many requests from this client; retry in {0} seconds")]
     RateLimited(u64),
+    #[error("too many requests with this admin token; retry in {0} seconds (gateway.admin_rate_limit_per_minute)")]
+    TokenRateLimited(u64),
     #[error("this admin token lacks the `{0}` scope; use a token that has it")]
     Forbidden(&'static str),
     #[error("this Idempotency-Key was already used for a different request; use a new key for a new request")]
@@ -107,7 +109,9 @@ impl ApiError {
             Self::Conflict => ("conflict", StatusCode::CONFLICT),
             Self::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
-            Self::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            Self::RateLimited(_) | Self::TokenRateLimited(_) => {
+                ("rate_limited", StatusCode::TOO_MANY_REQUESTS)
+            }
             Self::Forbidden(_) => ("insufficient_scope", StatusCode::FORBIDDEN),
             Self::IdempotencyMismatch => {
                 ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY)
@@ -189,7 +193,7 @@ impl ApiError {
     /// Seconds after which a refused request may succeed, for `Retry-After`.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited(s) => Some(*s),
+            Self::RateLimited(s) | Self::TokenRateLimited(s) => Some(*s),
             Self::Unavailable(_) | Self::Refused(OnboardingError::HashingFailed) => {
                 Some(UNAVAILABLE_RETRY_AFTER_SECONDS)
             }

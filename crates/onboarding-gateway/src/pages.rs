@@ -18,6 +18,7 @@ use warp::Reply;
 use crate::api::submit_password;
 use crate::error::ApiError;
 use crate::i18n::{Lang, Texts, TextsError};
+use crate::throttle::ClientKey;
 use crate::AppState;
 
 pub const CSS: &str = include_str!("../assets/onboard.css");
@@ -253,11 +254,11 @@ fn forged(
 /// Returns the form's code.
 fn admit<'f>(
     page: &Page,
-    client: Option<std::net::IpAddr>,
+    client: Option<ClientKey>,
     provenance: &Provenance,
     form: &'f HashMap<String, String>,
 ) -> Result<&'f str, Box<Response>> {
-    if let Err(e) = page.state.throttles.check(client) {
+    if let Err(e) = page.state.throttles.form(client) {
         return Err(Box::new(too_many(page, e)));
     }
     let code = form.get("code").map(String::as_str).unwrap_or_default();
@@ -330,10 +331,11 @@ fn form(
 }
 
 /// `GET /confirm?code=…` (and `HEAD`): shows the form, or what happened to the link. Changes no
-/// state; a genuine code's opening is recorded (`LinkOpened`, with a coarse client class).
+/// state; a genuine code's opening is recorded (`LinkOpened`, with a coarse client class). A
+/// client over its page budget is told to wait before the code is looked at.
 pub async fn show(
     state: Arc<AppState>,
-    client: Option<std::net::IpAddr>,
+    client: Option<ClientKey>,
     method: warp::http::Method,
     user_agent: Option<String>,
     accept_language: Option<String>,
@@ -341,6 +343,9 @@ pub async fn show(
 ) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
     let page = Page::of(&state, None, accept_language.as_deref());
+    if let Err(e) = state.throttles.page(client) {
+        return too_many(&page, e);
+    }
     let (presented, account) = match account_for(&page, code).await {
         Ok(found) => found,
         Err(refused) => return *refused,
@@ -411,7 +416,7 @@ fn unavailable(page: &Page, e: ApiError) -> Response {
 /// (missing or mismatched password) is answered without touching the code.
 pub async fn submit(
     state: Arc<AppState>,
-    client: Option<std::net::IpAddr>,
+    client: Option<ClientKey>,
     provenance: Provenance,
     accept_language: Option<String>,
     form_data: HashMap<String, String>,
@@ -482,7 +487,7 @@ pub async fn submit(
 /// whether or not the code matched an invitation that can get one.
 pub async fn new_link(
     state: Arc<AppState>,
-    client: Option<std::net::IpAddr>,
+    client: Option<ClientKey>,
     provenance: Provenance,
     accept_language: Option<String>,
     form_data: HashMap<String, String>,
@@ -526,11 +531,15 @@ pub async fn new_link(
 /// `GET /revoke?code=…`: asks whether to decline the invitation. Changes nothing.
 pub async fn revoke_page(
     state: Arc<AppState>,
+    client: Option<ClientKey>,
     accept_language: Option<String>,
     query: HashMap<String, String>,
 ) -> Response {
     let code = query.get("code").map(String::as_str).unwrap_or_default();
     let page = Page::of(&state, None, accept_language.as_deref());
+    if let Err(e) = state.throttles.page(client) {
+        return too_many(&page, e);
+    }
     let (presented, account) = match account_for(&page, code).await {
         Ok(found) => found,
         Err(refused) => return *refused,
@@ -560,7 +569,7 @@ pub async fn revoke_page(
 /// `POST /revoke`: the user declines the invitation.
 pub async fn revoke_submit(
     state: Arc<AppState>,
-    client: Option<std::net::IpAddr>,
+    client: Option<ClientKey>,
     provenance: Provenance,
     accept_language: Option<String>,
     form_data: HashMap<String, String>,

@@ -19,6 +19,7 @@ use crate::client::client;
 use crate::error::{recover, respond, ApiError, Refusal};
 use crate::request_id::{echo_request_id, x_request_id};
 use crate::state::with_state;
+use crate::throttle::RouteGroup;
 use crate::{api, bulk, health, pages, scim, AppState};
 
 /// Every route of the gateway: each answer repeats the caller's `X-Request-Id` and is counted in
@@ -59,32 +60,32 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(idempotency_key)
         .and(json_body.clone())
-        .and(admin(state.clone()))
+        .and(admin(state.clone(), RouteGroup::Api))
         .then(|key, body, state, grant| api::create_user(state, grant, key, body));
     let list = warp::path!("api" / "v1" / "users")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
-        .and(admin(state.clone()))
+        .and(admin(state.clone(), RouteGroup::Api))
         .then(|query, state, grant| api::list(state, grant, query));
     let show = warp::path!("api" / "v1" / "users" / String)
         .and(warp::get())
-        .and(admin(state.clone()))
+        .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, state, grant| api::get_user(state, grant, id));
     let resend = warp::path!("api" / "v1" / "users" / String / "resend")
         .and(warp::post())
         .and(idempotency_key)
         .and(json_body.clone())
-        .and(admin(state.clone()))
+        .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, key, body, state, grant| api::resend(state, grant, key, id, body));
     let revoke = warp::path!("api" / "v1" / "users" / String / "revoke")
         .and(warp::post())
         .and(json_body)
-        .and(admin(state.clone()))
+        .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, body, state, grant| api::revoke(state, grant, id, body));
     // An upload may be megabytes: the token and its scope are checked before the body is read.
     let bulk_upload = warp::path!("api" / "v1" / "bulk-invites")
         .and(warp::post())
-        .and(admin(state.clone()))
+        .and(admin(state.clone(), RouteGroup::Bulk))
         .and_then(|state: Arc<AppState>, grant: Grant| async move {
             match grant.require(Scope::Invite) {
                 Ok(_) => Ok((state, grant)),
@@ -100,7 +101,7 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(bulk::upload);
     let bulk_show = warp::path!("api" / "v1" / "bulk-invites" / String)
         .and(warp::get())
-        .and(admin(state))
+        .and(admin(state, RouteGroup::Bulk))
         .then(|id, state, grant| bulk::show(state, grant, id));
     create
         .or(list)
@@ -125,7 +126,7 @@ fn scim_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     warp::path("scim2")
         .and(warp::path::tail())
         .and(warp::method())
-        .and(admission(state.clone()))
+        .and(admission(state.clone(), RouteGroup::Scim))
         .and(warp::query::<HashMap<String, String>>())
         .and(limited_body(state.settings.gateway.max_body_bytes))
         .then(
@@ -142,7 +143,8 @@ fn scim_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
 }
 
 /// The endpoints a user reaches without a token: the password submission, the pages behind the
-/// links and their stylesheet. Each is counted against the client's limit.
+/// links and their stylesheet. The posts and the pages count against the client's budgets
+/// (`throttle.rs`); the stylesheet, which reads nothing, does not.
 fn public(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let max = state.settings.gateway.max_body_bytes;
     let provenance = warp::header::optional::<String>("origin")
@@ -188,7 +190,7 @@ fn public(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(pages::new_link);
     let revoke_page = warp::path!("revoke")
         .and(get_or_head)
-        .and(with_state(state))
+        .and(state_and_client.clone())
         .and(accept_language)
         .and(warp::query::<HashMap<String, String>>())
         .then(pages::revoke_page);
