@@ -26,7 +26,7 @@ pub struct AppState {
     pub(crate) settings: Arc<Settings>,
     /// The admin tokens (`gateway.admin_tokens`).
     pub(crate) tokens: Tokens,
-    /// The per-client limits and who the client is (`gateway.public_rate_limit_per_minute`,
+    /// The rate limits and who the client is (`gateway.*_rate_limit_per_minute`,
     /// `gateway.trusted_proxies`).
     pub(crate) throttles: Throttles,
     /// The page templates and their texts (`organisation`).
