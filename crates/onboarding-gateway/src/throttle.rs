@@ -1,7 +1,7 @@
 //! The rate limits: who a client is as the limits count it ([`ClientKey`]: an IPv4 address or an
 //! IPv6 /64), and one budget per kind of route ([`Throttles`]): the public posts and the pages
 //! per client, the admin routes per admin token (or per client, without a valid token). See
-//! docs/adr/0013.
+//! docs/adr/0014.
 
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
