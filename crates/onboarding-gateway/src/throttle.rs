@@ -1,7 +1,7 @@
 //! The rate limits: who a client is as the limits count it ([`ClientKey`]: an IPv4 address or an
 //! IPv6 /64), and one budget per kind of route ([`Throttles`]): the public posts and the pages
 //! per client, the admin routes per admin token (or per client, without a valid token). See
-//! docs/adr/0014.
+//! docs/adr/0015.
 
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -92,13 +92,29 @@ pub(crate) struct Throttles {
 
 impl Throttles {
     pub(crate) fn new(gateway: &GatewaySettings) -> Self {
+        Self::with_budgets(
+            gateway.public_rate_limit_per_minute,
+            gateway.page_rate_limit_per_minute,
+            gateway.admin_rate_limit_per_minute,
+            gateway.trusted_proxies.clone(),
+        )
+    }
+
+    /// Budgets per minute: `public` for the posts (and for admin routes without a valid
+    /// token), `pages` for the pages, `admin` per admin token.
+    fn with_budgets(
+        public: NonZeroU32,
+        pages: NonZeroU32,
+        admin: NonZeroU32,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
         Self {
-            forms: per_minute(gateway.public_rate_limit_per_minute),
-            pages: per_minute(gateway.page_rate_limit_per_minute),
-            tokens: per_minute(gateway.admin_rate_limit_per_minute),
-            unauthenticated: per_minute(gateway.public_rate_limit_per_minute),
+            forms: per_minute(public),
+            pages: per_minute(pages),
+            tokens: per_minute(admin),
+            unauthenticated: per_minute(public),
             openings: per_minute(OPENINGS_RECORDED_PER_MINUTE),
-            trusted_proxies: gateway.trusted_proxies.clone(),
+            trusted_proxies,
         }
     }
 
@@ -209,23 +225,10 @@ mod tests {
         assert_ne!(key("::203.0.113.9"), key("203.0.113.9"));
     }
 
-    fn gateway(public: u32, pages: u32, admin: u32) -> GatewaySettings {
-        let toml = format!(
-            r#"
-            bind = "127.0.0.1:0"
-            public_base_url = "https://id.pickup.example"
-            max_body_bytes = 16384
-            public_rate_limit_per_minute = {public}
-            page_rate_limit_per_minute = {pages}
-            admin_rate_limit_per_minute = {admin}
-            "#
-        );
-        toml::from_str(&toml).unwrap()
-    }
-
     #[test]
     fn each_budget_counts_on_its_own_and_says_how_long_to_wait() {
-        let throttles = Throttles::new(&gateway(1, 2, 1));
+        let n = |n| NonZeroU32::new(n).unwrap();
+        let throttles = Throttles::with_budgets(n(1), n(2), n(1), Vec::new());
         let jane = Some(key("2001:db8:1:2::10"));
         let her_other_address = Some(key("2001:db8:1:2::11"));
         let sam = Some(key("198.51.100.7"));
