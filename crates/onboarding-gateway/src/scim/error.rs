@@ -19,6 +19,12 @@ pub enum ScimError {
     MalformedJson(#[source] serde_json::Error),
     #[error("the body must be a SCIM User: a JSON object")]
     NotAnObject,
+    /// Two keys of one object name the same attribute (SCIM names ignore case).
+    #[error(
+        "the attribute `{}` is given more than once (attribute names ignore case): send it once",
+        clip(.0, 64)
+    )]
+    DuplicateAttribute(String),
     #[error("`schemas` must list {USER}")]
     NotAUser,
     #[error(
@@ -114,6 +120,7 @@ impl ScimError {
         match self {
             Self::MalformedJson(_)
             | Self::NotAnObject
+            | Self::DuplicateAttribute(_)
             | Self::NotAUser
             | Self::PasswordGiven
             | Self::NoAskPassword
@@ -143,7 +150,10 @@ impl ScimError {
     /// RFC 7644's `scimType` for a `400` or a `409`, where one fits.
     pub(super) fn scim_type(&self) -> Option<&'static str> {
         match self {
-            Self::MalformedJson(_) | Self::NotAnObject | Self::NotAUser => Some("invalidSyntax"),
+            Self::MalformedJson(_)
+            | Self::NotAnObject
+            | Self::DuplicateAttribute(_)
+            | Self::NotAUser => Some("invalidSyntax"),
             Self::PasswordGiven
             | Self::NoAskPassword
             | Self::NoUserName

@@ -19,18 +19,27 @@ use serde_json::{Map, Value};
 use super::error::ScimError;
 use super::{ONBOARDING, USER};
 
-/// Folds every object key to lower case, at every depth. When two keys fold to the same name,
-/// the one that sorts last wins.
-fn fold_keys(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), fold_keys(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(fold_keys).collect()),
+/// Folds every object key to lower case, at every depth. Two keys that fold to the same name
+/// are refused (`{"Password": "x", "password": null}` must not slip a password past the check),
+/// named as the body spelled the second one.
+fn fold_keys(value: Value) -> Result<Value, ScimError> {
+    Ok(match value {
+        Value::Object(map) => {
+            let mut folded = Map::with_capacity(map.len());
+            for (key, v) in map {
+                let name = key.to_ascii_lowercase();
+                if folded.contains_key(&name) {
+                    return Err(ScimError::DuplicateAttribute(key));
+                }
+                folded.insert(name, fold_keys(v)?);
+            }
+            Value::Object(folded)
+        }
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(fold_keys).collect::<Result<_, _>>()?)
+        }
         other => other,
-    }
+    })
 }
 
 /// An attribute as sent: absent or `null`, a value of the expected shape, or something else.
@@ -165,7 +174,7 @@ impl NewUser {
         if !value.is_object() {
             return Err(ScimError::NotAnObject);
         }
-        UserRequest::deserialize(fold_keys(value))
+        UserRequest::deserialize(fold_keys(value)?)
             .map_err(|_| ScimError::NotAnObject)?
             .into_new_user(rules)
     }
@@ -489,6 +498,20 @@ mod tests {
 
     fn parse(v: Value) -> Result<NewUser, ScimError> {
         NewUser::parse(v.to_string().as_bytes(), &UserOnboarding::default())
+    }
+
+    #[test]
+    fn an_attribute_given_twice_in_different_cases_is_refused() {
+        for body in [
+            json!({"schemas": [USER, ENTERPRISE], "userName": "Jane", "Password": "x", "password": null,
+                   "emails": [{"value": "jane@pickup.example"}], ENTERPRISE: {"askPassword": true}}),
+            json!({"schemas": [USER], "userName": "Jane", "name": {"givenName": "A", "GivenName": "B"}}),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(matches!(e, ScimError::DuplicateAttribute(_)), "{e:?}");
+            assert_eq!(e.scim_type(), Some("invalidSyntax"));
+            assert!(e.to_string().contains("more than once"), "{e}");
+        }
     }
 
     #[test]
