@@ -15,7 +15,7 @@ pub struct Args {
     username: Option<String>,
     #[arg(long, required_unless_present = "file", conflicts_with = "file")]
     email: Option<String>,
-    /// A CSV (`.csv`: username,email[,domain,locale,time_zone]) or JSON-lines (`.jsonl`) file: one
+    /// A CSV (`.csv`: `username,email[,domain,locale,time_zone]`) or JSON-lines (`.jsonl`) file: one
     /// invitation per row, shown with a progress bar; a file invited again invites nobody twice.
     #[arg(long, conflicts_with_all = ["domain", "locale", "code_validity_minutes"])]
     file: Option<PathBuf>,

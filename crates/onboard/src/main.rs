@@ -67,7 +67,7 @@ enum Command {
     /// Create or upgrade the database schema and create the Kafka topic. Safe to run again.
     Migrate(migrate::Args),
     /// Invite a user: records the invitation and lets the engine mail the link. With --file,
-    /// invite every row of a CSV (username,email[,domain,locale,time_zone]) or JSON-lines file.
+    /// invite every row of a CSV (`username,email[,domain,locale,time_zone]`) or JSON-lines file.
     Invite(invite::Args),
     /// Inspect users.
     User {

@@ -3,6 +3,7 @@
 //! reports the record handled; it rejoins the group when the broker came back empty or the
 //! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0010).
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ pub struct EmailWorker {
     /// The consumer's rebalance count when the watchdog last looked.
     rebalances_seen: u64,
     /// Records in flight at most (`kafka.email_worker_concurrency`).
-    concurrency: usize,
+    concurrency: NonZeroUsize,
 }
 
 /// How long the worker waits for a record before it counts as idle.
@@ -66,7 +67,8 @@ impl EmailWorker {
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
             ),
             rebalances_seen: 0,
-            concurrency: concurrency.get() as usize,
+            // A u32 always fits a usize on the platforms the engine builds for.
+            concurrency: NonZeroUsize::new(concurrency.get() as usize).unwrap_or(NonZeroUsize::MIN),
         })
     }
 

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -49,14 +50,13 @@ pub struct Lanes<R> {
 }
 
 impl<R: Send + 'static> Lanes<R> {
-    /// `cap` (at least 1) records at most in flight; after `stop` no lane starts a record.
-    pub fn new(cap: usize, stop: CancellationToken, handler: Handler<R>) -> Self {
+    /// `cap` records at most in flight; after `stop` no lane starts a record.
+    pub fn new(cap: NonZeroUsize, stop: CancellationToken, handler: Handler<R>) -> Self {
         let (handled_tx, handled_rx) = mpsc::unbounded_channel();
-        let cap = cap.max(1);
         Self {
             handler,
             stop,
-            cap,
+            cap: cap.get(),
             in_flight: 0,
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
@@ -162,6 +162,10 @@ mod tests {
     use std::sync::Mutex;
     use tokio::sync::oneshot;
 
+    fn cap(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).expect("a test's cap is positive")
+    }
+
     /// A handler that logs each record when it starts and waits for the test to release it.
     struct Held {
         started: Arc<Mutex<Vec<&'static str>>>,
@@ -217,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn partitions_run_side_by_side_and_each_keeps_its_order() {
         let (held, handler) = held();
-        let mut lanes = Lanes::new(8, CancellationToken::new(), handler);
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
         lanes.dispatch(0, 10, "p0-a");
         lanes.dispatch(0, 11, "p0-b");
         lanes.dispatch(1, 5, "p1-a");
@@ -249,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn no_room_once_the_cap_is_reached_until_a_record_is_handled() {
         let (held, handler) = held();
-        let mut lanes = Lanes::new(2, CancellationToken::new(), handler);
+        let mut lanes = Lanes::new(cap(2), CancellationToken::new(), handler);
         assert!(lanes.has_room());
         lanes.dispatch(0, 1, "a");
         lanes.dispatch(1, 1, "b");
@@ -263,7 +267,7 @@ mod tests {
     async fn a_lane_that_panics_is_reported_not_left_in_flight() {
         let handler: Handler<&'static str> =
             Arc::new(|_| -> HandleFuture { Box::pin(async { panic!("a bug in a handler") }) });
-        let mut lanes = Lanes::new(8, CancellationToken::new(), handler);
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
         lanes.dispatch(0, 1, "boom");
         let failed = lanes.handled().await.unwrap_err();
         assert!(failed.is_panic());
@@ -272,20 +276,15 @@ mod tests {
     #[tokio::test]
     async fn a_cap_of_one_handles_one_record_at_a_time() {
         let (_held, handler) = held();
-        let mut lanes = Lanes::new(1, CancellationToken::new(), handler);
+        let mut lanes = Lanes::new(cap(1), CancellationToken::new(), handler);
         lanes.dispatch(0, 1, "a");
         assert!(!lanes.has_room());
-        assert_eq!(
-            Lanes::new(0, CancellationToken::new(), held().1).cap,
-            1,
-            "0 counts as 1"
-        );
     }
 
     #[tokio::test]
     async fn a_record_given_up_stops_its_lane_and_nothing_behind_it_is_reported() {
         let (held, handler) = held();
-        let mut lanes = Lanes::new(8, CancellationToken::new(), handler);
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
         lanes.dispatch(0, 1, "first");
         lanes.dispatch(0, 2, "behind");
         lanes.dispatch(1, 7, "other");
@@ -310,7 +309,7 @@ mod tests {
     async fn after_stop_each_lane_finishes_the_record_in_hand_and_starts_no_other() {
         let (held, handler) = held();
         let stop = CancellationToken::new();
-        let mut lanes = Lanes::new(8, stop.clone(), handler);
+        let mut lanes = Lanes::new(cap(8), stop.clone(), handler);
         lanes.dispatch(0, 1, "in hand");
         lanes.dispatch(0, 2, "queued");
         held.wait_started("in hand").await;
@@ -330,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_every_record_in_hand_and_reports_them_in_order() {
         let (held, handler) = held();
-        let mut lanes = Lanes::new(8, CancellationToken::new(), handler);
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
         lanes.dispatch(3, 1, "a");
         lanes.dispatch(3, 2, "b");
         let releaser = async {
