@@ -3,7 +3,7 @@
 //! The gateway needs PostgreSQL only (events wait in the outbox while Kafka is down); the
 //! scheduler too; the relay, the email worker and the intake need PostgreSQL and Kafka. In a
 //! process that runs the gateway, the gateway's readiness is the answer's status (it is the role
-//! that takes traffic), and the others' are reported beside it (docs/adr/0013).
+//! that takes traffic), and the others' are reported beside it (docs/adr/0016).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
