@@ -1,5 +1,6 @@
 //! Value types. Each is parsed once at the edge (`parse`) and trusted afterwards.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,135 @@ pub struct InvalidValue(pub String);
 
 fn invalid(msg: impl Into<String>) -> InvalidValue {
     InvalidValue(msg.into())
+}
+
+/// Which control characters (Unicode category Cc: U+0000 to U+001F, U+007F to U+009F) a text may
+/// hold. None of them is ever needed in a name or an identifier, and PostgreSQL cannot store NUL
+/// (U+0000) at all, neither in `text` nor in `jsonb`; free text may hold line breaks and tabs, as
+/// any JSON text may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// A name, an identifier or a key: no control character at all.
+    Name,
+    /// Free text (a reason, a claim's value): tab, line feed and carriage return are allowed;
+    /// every other control character is refused.
+    Prose,
+}
+
+impl TextKind {
+    fn allows(self, c: char) -> bool {
+        !c.is_control() || (self == Self::Prose && matches!(c, '\t' | '\n' | '\r'))
+    }
+}
+
+/// Refuses a `text` that holds a control character `kind` does not allow. The message names
+/// `field`, the character and where it is (1-based, in characters), and says what to send.
+pub fn check_text(field: &str, text: &str, kind: TextKind) -> Result<(), InvalidValue> {
+    let Some((at, c)) = text.chars().enumerate().find(|(_, c)| !kind.allows(*c)) else {
+        return Ok(());
+    };
+    let found = format!("found U+{:04X} at character {}", u32::from(c), at + 1);
+    Err(invalid(match kind {
+        TextKind::Name => format!(
+            "{field} must not contain control characters such as NUL (U+0000) ({found}); send it without them"
+        ),
+        TextKind::Prose => format!(
+            "{field} must not contain control characters such as NUL (U+0000), other than tab, \
+             line feed and carriage return ({found}); send the text without them"
+        ),
+    }))
+}
+
+/// Refuses claims that hold a control character anywhere, at any depth: in a key (none allowed,
+/// as in a [`TextKind::Name`]) or in a string value (only tab, line feed and carriage return,
+/// as in [`TextKind::Prose`]). The message names the claim by its path, e.g.
+/// `claims.address.lines[1]`.
+pub fn check_claims(claims: &BTreeMap<String, serde_json::Value>) -> Result<(), InvalidValue> {
+    use serde_json::Value;
+    // Depth-first, in key order, so that the first problem named is always the same one.
+    let mut stack: Vec<(String, &Value)> = claims
+        .iter()
+        .rev()
+        .map(|(k, v)| {
+            let path = format!("claims.{}", printable(k, 40));
+            check_text(&format!("the key of {path}"), k, TextKind::Name).map(|()| (path, v))
+        })
+        .collect::<Result<_, _>>()?;
+    while let Some((path, value)) = stack.pop() {
+        match value {
+            Value::String(s) => check_text(&path, s, TextKind::Prose)?,
+            Value::Array(items) => stack.extend(
+                items
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, v)| (format!("{path}[{i}]"), v)),
+            ),
+            Value::Object(map) => {
+                let mut children = Vec::with_capacity(map.len());
+                for (k, v) in map {
+                    let child = format!("{path}.{}", printable(k, 40));
+                    check_text(&format!("the key of {child}"), k, TextKind::Name)?;
+                    children.push((child, v));
+                }
+                stack.extend(children.into_iter().rev());
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `text` as a message may repeat it: control characters escaped (`\0`, `\n`, `\u{1b}`), so
+/// the message itself can be stored, logged and read; longer than `max_chars`, it is cut there
+/// and ends in `…`.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut shown = String::with_capacity(text.len().min(max_chars * 4));
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            shown.push('…');
+            break;
+        }
+        if c.is_control() {
+            shown.extend(c.escape_debug());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// Why an invitation was revoked, as an administrator wrote it: free text ([`TextKind::Prose`])
+/// of at most [`RevokeReason::MAX_CHARS`] characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeReason(String);
+
+impl RevokeReason {
+    /// The longest reason accepted, in characters.
+    pub const MAX_CHARS: usize = 500;
+
+    /// Accepts `raw` as it is, unless it is longer than [`RevokeReason::MAX_CHARS`] or holds a
+    /// control character other than tab, line feed and carriage return.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.chars().count() > Self::MAX_CHARS {
+            return Err(invalid(format!(
+                "reason must be at most {} characters",
+                Self::MAX_CHARS
+            )));
+        }
+        check_text("reason", raw, TextKind::Prose)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The reason's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The reason's text, for the event that records it.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// A user name as the administrator typed it (`Jane`), Unicode-normalised (NFKC).
@@ -37,10 +167,9 @@ impl Username {
                 Self::MAX_CHARS
             )));
         }
-        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid(
-                "username must not contain spaces or control characters",
-            ));
+        check_text("username", &s, TextKind::Name)?;
+        if s.chars().any(char::is_whitespace) {
+            return Err(invalid("username must not contain spaces"));
         }
         if s.contains('/') {
             return Err(invalid(
@@ -246,6 +375,94 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_or_another_control_character_in_a_username_is_refused_by_name() {
+        for bad in ["ja\0ne", "jane\u{1}", "ja\u{7f}ne", "ja\u{85}ne", "ja\tne"] {
+            let err = Username::parse(bad).unwrap_err();
+            assert!(
+                err.0.starts_with(
+                    "username must not contain control characters such as NUL (U+0000)"
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(Username::parse("ja\0ne")
+            .unwrap_err()
+            .0
+            .contains("found U+0000 at character 3"));
+    }
+
+    #[test]
+    fn names_refuse_every_control_character_and_prose_keeps_line_breaks_and_tabs() {
+        assert!(check_text("f", "plain text, ünïcödé", TextKind::Name).is_ok());
+        for c in ['\0', '\t', '\n', '\r', '\u{1b}', '\u{7f}', '\u{9f}'] {
+            assert!(
+                check_text("f", &format!("a{c}b"), TextKind::Name).is_err(),
+                "{c:?}"
+            );
+        }
+        assert!(check_text("f", "line one\r\nline two\tend", TextKind::Prose).is_ok());
+        for c in ['\0', '\u{8}', '\u{1b}', '\u{7f}', '\u{85}'] {
+            let err = check_text("reason", &format!("a{c}b"), TextKind::Prose).unwrap_err();
+            assert!(err
+                .0
+                .starts_with("reason must not contain control characters such as NUL"));
+            assert!(
+                err.0
+                    .contains("other than tab, line feed and carriage return"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_are_checked_at_every_depth_and_name_the_bad_claim_by_its_path() {
+        let claims = |v: serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+            serde_json::from_value(v).unwrap()
+        };
+        let ok = claims(serde_json::json!({
+            "name": "Jane Doe", "address": {"lines": ["Main St 1\nFlat 2", null, 3, true]}
+        }));
+        assert!(check_claims(&ok).is_ok());
+        let err = |v| check_claims(&claims(v)).unwrap_err().0;
+        assert!(err(serde_json::json!({"name": "Ja\0ne"}))
+            .starts_with("claims.name must not contain control characters such as NUL (U+0000)"));
+        assert!(err(serde_json::json!({"a": {"lines": ["ok", "b\0"]}}))
+            .starts_with("claims.a.lines[1] must not contain"));
+        // Keys too, where no control character is allowed; the key is shown escaped.
+        let key = err(serde_json::json!({"a": [{"x\0y": 1}]}));
+        assert!(
+            key.starts_with("the key of claims.a[0].x\\0y must not contain control characters"),
+            "{key}"
+        );
+        assert!(!key.contains('\0'));
+        assert!(
+            err(serde_json::json!({"bad\nkey": "v"})).starts_with("the key of claims.bad\\nkey")
+        );
+    }
+
+    #[test]
+    fn printable_text_has_its_control_characters_escaped_and_is_cut_to_length() {
+        assert_eq!(printable("a\0b\nc\u{1b}'\"ü", 40), "a\\0b\\nc\\u{1b}'\"ü");
+        assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(printable("abc", 3), "abc");
+    }
+
+    #[test]
+    fn a_revoke_reason_keeps_line_breaks_but_not_a_nul_nor_more_than_500_characters() {
+        let reason = RevokeReason::parse("left the company\nticket 42").unwrap();
+        assert_eq!(reason.as_str(), "left the company\nticket 42");
+        assert!(RevokeReason::parse("a\0b")
+            .unwrap_err()
+            .0
+            .starts_with("reason must not contain control characters such as NUL (U+0000)"));
+        assert!(RevokeReason::parse(&"x".repeat(500)).is_ok());
+        assert_eq!(
+            RevokeReason::parse(&"x".repeat(501)).unwrap_err().0,
+            "reason must be at most 500 characters"
+        );
+    }
+
+    #[test]
     fn emails_with_special_characters_are_accepted() {
         for ok in [
             "jane@pickup.example",
@@ -277,6 +494,9 @@ mod tests {
             "jane..doe@pickup.example",
             "\"unterminated@pickup.example",
             "jane@pick up.example",
+            "ja\0ne@pickup.example",
+            "jane@pick\0up.example",
+            "\"ja\0ne\"@pickup.example",
         ] {
             let err = EmailAddress::parse(bad).unwrap_err();
             assert!(err.0.contains("email"), "{bad}: {err}");

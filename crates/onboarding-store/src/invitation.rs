@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use onboarding_config::UserOnboarding;
 use onboarding_domain::value::{
-    EmailAddress, InvalidValue, Locale, TimeZone, UserDomain, Username,
+    check_claims, check_text, EmailAddress, InvalidValue, Locale, TextKind, TimeZone, UserDomain,
+    Username,
 };
 
 /// An invitation to record, already parsed.
@@ -39,7 +40,7 @@ pub struct InvitationFields<'a> {
 }
 
 /// What is wrong with an invitation, by field (`username`, `email`, `domain`, `locale`,
-/// `time_zone`, `code_validity_minutes`). Each message says what to send instead.
+/// `time_zone`, `code_validity_minutes`, `claims`). Each message says what to send instead.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldProblems(pub BTreeMap<&'static str, String>);
 
@@ -58,7 +59,8 @@ impl std::fmt::Display for FieldProblems {
     }
 }
 
-/// A field's value: `Ok(None)` when not given, `Err(())` when a problem was noted.
+/// A field's value: `Ok(None)` when not given, `Err(())` when a problem was noted. No field
+/// holds a control character ([`TextKind::Name`]), whatever its value type would say.
 fn read<T>(
     problems: &mut BTreeMap<&'static str, String>,
     field: &'static str,
@@ -67,9 +69,12 @@ fn read<T>(
 ) -> Result<Option<T>, ()> {
     match raw.filter(|s| !s.trim().is_empty()) {
         None => Ok(None),
-        Some(s) => parse(s).map(Some).map_err(|e| {
-            problems.insert(field, e.0);
-        }),
+        Some(s) => check_text(field, s, TextKind::Name)
+            .and_then(|()| parse(s))
+            .map(Some)
+            .map_err(|e| {
+                problems.insert(field, e.0);
+            }),
     }
 }
 
@@ -102,7 +107,10 @@ pub fn code_validity(rules: &UserOnboarding, requested: Option<i64>) -> Result<i
 
 impl InvitationFields<'_> {
     /// Checks every field (all problems are reported, not only the first) against the value
-    /// types and the configured bounds for the code's validity.
+    /// types and the configured bounds for the code's validity. No text field may hold a control
+    /// character; the claims' keys neither, and their string values only tab, line feed and
+    /// carriage return (`check_claims`): PostgreSQL cannot store a NUL, and the rest has no
+    /// business in a name.
     pub fn validate(self, rules: &UserOnboarding) -> Result<Invitation, FieldProblems> {
         let mut problems = BTreeMap::new();
         let p = &mut problems;
@@ -114,6 +122,9 @@ impl InvitationFields<'_> {
         let validity_minutes = code_validity(rules, self.code_validity_minutes)
             .map_err(|message| p.insert("code_validity_minutes", message))
             .unwrap_or_default();
+        if let Err(e) = check_claims(&self.claims) {
+            p.insert("claims", e.0);
+        }
         match (username, email, domain, locale, time_zone) {
             (Ok(username), Ok(email), Ok(domain), Ok(locale), Ok(time_zone))
                 if problems.is_empty() =>
@@ -190,6 +201,53 @@ mod tests {
         assert!(problems
             .to_string()
             .starts_with("code_validity_minutes: must be between 5 and "));
+    }
+
+    #[test]
+    fn a_nul_is_refused_in_every_text_field_and_in_the_claims_by_name() {
+        let nul = "x\0y";
+        let claims = [("note".to_owned(), serde_json::json!({ "k": nul }))].into();
+        let problems = InvitationFields {
+            username: Some(nul),
+            email: Some("ja\0ne@pickup.example"),
+            domain: Some(nul),
+            locale: Some(nul),
+            time_zone: Some(nul),
+            claims,
+            ..Default::default()
+        }
+        .validate(&rules())
+        .unwrap_err();
+        for field in ["username", "email", "domain", "locale", "time_zone"] {
+            assert!(
+                problems.0[field].starts_with(&format!(
+                    "{field} must not contain control characters such as NUL (U+0000)"
+                )),
+                "{field}: {}",
+                problems.0[field]
+            );
+        }
+        assert!(problems.0["claims"].starts_with("claims.note.k must not contain"));
+        // A line break in a claim's text is fine; in a key it is not.
+        let text = [("address".to_owned(), serde_json::json!("Main St 1\nBerlin"))].into();
+        assert!(InvitationFields {
+            username: Some("jane"),
+            email: Some("jane@pickup.example"),
+            claims: text,
+            ..Default::default()
+        }
+        .validate(&rules())
+        .is_ok());
+        let key = [("add\nress".to_owned(), serde_json::json!("x"))].into();
+        let problems = InvitationFields {
+            username: Some("jane"),
+            email: Some("jane@pickup.example"),
+            claims: key,
+            ..Default::default()
+        }
+        .validate(&rules())
+        .unwrap_err();
+        assert_eq!(problems.0.keys().copied().collect::<Vec<_>>(), ["claims"]);
     }
 
     #[test]

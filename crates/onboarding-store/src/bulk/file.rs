@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use onboarding_config::UserOnboarding;
+use onboarding_domain::value::printable;
 use sha2::{Digest, Sha256};
 
 use super::{BulkError, Format, NewRow, RowInput, RowStatus};
@@ -12,6 +13,9 @@ const CSV_COLUMNS: [&str; 5] = ["username", "email", "domain", "locale", "time_z
 /// Reads a whole file into rows: each line is `pending` (valid), `invalid` (with the reason) or
 /// `duplicate` (the same username as an earlier line of the file). Fails only for a file that
 /// cannot be read as a whole (an unknown CSV column, no rows at all).
+///
+/// A line with a control character in a field is `invalid` without its fields: PostgreSQL could
+/// not store a NUL in them, and a reason never repeats one unescaped.
 pub fn parse(
     format: Format,
     data: &[u8],
@@ -36,12 +40,16 @@ pub fn parse(
                 line,
                 input: None,
                 status: RowStatus::Invalid,
-                reason: Some(reason),
+                reason: Some(printable(&reason, 1000)),
             },
-            Ok(input) => match input.validate(rules) {
+            Ok(input) => match input
+                .control_characters()
+                .and_then(|()| input.validate(rules))
+            {
                 Err(reason) => NewRow {
                     line,
-                    input: Some(input),
+                    // Fields with a control character are not kept (a NUL cannot be).
+                    input: input.control_characters().is_ok().then_some(input),
                     status: RowStatus::Invalid,
                     reason: Some(reason),
                 },
@@ -120,7 +128,7 @@ fn parse_csv(data: &[u8]) -> Result<Vec<ReadRow>, BulkError> {
                         _ => {
                             return Err(BulkError::File(format!(
                                 "unknown or repeated CSV column `{}`; the columns are username,email[,domain,locale,time_zone]",
-                                field.chars().take(40).collect::<String>()
+                                printable(field, 40)
                             )))
                         }
                     }

@@ -24,6 +24,8 @@ use onboarding_config::UserOnboarding;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use onboarding_domain::value::{check_text, TextKind};
+
 use crate::text::text_enum;
 use crate::{Invitation, InvitationFields, StoreError};
 
@@ -132,6 +134,30 @@ pub struct NewRow {
 }
 
 impl RowInput {
+    /// Every field that holds a control character, named as [`RowInput::validate`] would
+    /// (`username: username must not contain control characters such as NUL (U+0000) …`).
+    pub(crate) fn control_characters(&self) -> Result<(), String> {
+        let fields = [
+            ("username", Some(&self.username)),
+            ("email", Some(&self.email)),
+            ("domain", self.domain.as_ref()),
+            ("locale", self.locale.as_ref()),
+            ("time_zone", self.time_zone.as_ref()),
+        ];
+        let problems: Vec<String> = fields
+            .into_iter()
+            .filter_map(|(field, value)| {
+                let e = check_text(field, value?, TextKind::Name).err()?;
+                Some(format!("{field}: {e}"))
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// The parsed, validated invitation of a row, or the reason it is invalid.
     pub(crate) fn validate(&self, rules: &UserOnboarding) -> Result<Invitation, String> {
         InvitationFields {
@@ -242,6 +268,36 @@ mod tests {
             statuses(&rows),
             vec![(1, "pending"), (3, "invalid"), (4, "invalid")]
         );
+    }
+
+    #[test]
+    fn a_nul_in_a_csv_or_json_line_makes_that_row_invalid_without_its_fields() {
+        let csv = b"username,email\njane,jane@pickup.example\nbo\0b,bob@pickup.example\ncarl,carl@pickup.example\n";
+        let rows = parse(Format::Csv, csv).unwrap();
+        assert_eq!(
+            statuses(&rows),
+            vec![(2, "pending"), (3, "invalid"), (4, "pending")]
+        );
+        assert_eq!(rows[1].input, None);
+        let reason = rows[1].reason.as_deref().unwrap();
+        assert!(
+            reason.starts_with(
+                "username: username must not contain control characters such as NUL (U+0000)"
+            ),
+            "{reason}"
+        );
+        let jsonl = b"{\"username\":\"jane\",\"email\":\"jane@pickup.example\",\"locale\":\"d\\u0000e\"}\n{\"username\":\"bob\",\"email\":\"bob@pickup.example\",\"pass\\u0000\":\"x\"}\n";
+        let rows = parse(Format::Jsonl, jsonl).unwrap();
+        assert_eq!(statuses(&rows), vec![(1, "invalid"), (2, "invalid")]);
+        assert!(rows[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("locale: locale must not contain control"));
+        // serde names the unknown key; the reason repeats it escaped, never a raw NUL.
+        let reason = rows[1].reason.as_deref().unwrap();
+        assert!(reason.contains("pass\\0"), "{reason}");
+        assert!(!reason.contains('\0'));
     }
 
     #[test]
