@@ -42,6 +42,13 @@ pub enum ApiError {
     Refused(OnboardingError),
     #[error("the account was changed concurrently; retry the request")]
     Conflict,
+    /// PostgreSQL refused a value as data although it passed the checks; the same request
+    /// would be refused again.
+    #[error(
+        "the database refused a value of this request (SQLSTATE {sqlstate}); check the text you \
+         sent for characters that cannot be stored, such as NUL (U+0000), and send it without them"
+    )]
+    Unstorable { sqlstate: String },
     /// PostgreSQL could not be reached or did not answer in time ([`StoreError::Unavailable`]).
     #[error("the service is temporarily unavailable; retry in {UNAVAILABLE_RETRY_AFTER_SECONDS} seconds")]
     Unavailable(#[source] Cause),
@@ -107,6 +114,7 @@ impl ApiError {
             Self::UsernameTaken { .. } => ("username_taken", StatusCode::CONFLICT),
             Self::InvitationsDisabled(_) => ("invitations_disabled", StatusCode::FORBIDDEN),
             Self::Conflict => ("conflict", StatusCode::CONFLICT),
+            Self::Unstorable { .. } => ("unstorable_value", StatusCode::BAD_REQUEST),
             Self::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Self::RateLimited(_) | Self::TokenRateLimited(_) => {
@@ -147,6 +155,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict => Self::Conflict,
             e @ StoreError::Unavailable(_) => Self::Unavailable(e.into()),
             e @ StoreError::Unexpected(_) => Self::Internal(e.into()),
+            StoreError::Unstorable { sqlstate, .. } => Self::Unstorable { sqlstate },
         }
     }
 }
@@ -166,6 +175,10 @@ impl ApiError {
             Self::Unavailable(cause) | Self::Internal(cause) => {
                 let cause: &(dyn std::error::Error + 'static) = cause.as_ref();
                 tracing::error!(error = code, detail = cause, "request failed")
+            }
+            // The SQLSTATE only: the database's message may quote the value.
+            Self::Unstorable { sqlstate } => {
+                tracing::warn!(error = code, %sqlstate, "the database refused a value of a request")
             }
             _ => tracing::debug!(error = code, "request refused"),
         }

@@ -72,6 +72,42 @@ pub enum StoreError {
     /// A stored value could not be read, or a migration failed: retrying cannot help.
     #[error("unexpected store error: {0}")]
     Unexpected(#[source] Cause),
+    /// PostgreSQL refused a value of the request as data (SQLSTATE class 22, "data exception":
+    /// `22P05` for a `\u0000` in `jsonb`, `22021` for a NUL in `text`, …). The same input will
+    /// be refused again, so retrying cannot help: the caller refuses the request instead. The
+    /// parsers refuse such values first; this is the net under them.
+    #[error("the database refused a value (SQLSTATE {sqlstate}): {cause}")]
+    Unstorable {
+        /// The five-character SQLSTATE, e.g. `22P05`.
+        sqlstate: String,
+        #[source]
+        cause: Cause,
+    },
+}
+
+impl StoreError {
+    /// `Unstorable` when `cause` is (or was caused by) a PostgreSQL data exception, else `other`.
+    fn classify(cause: Cause, other: impl FnOnce(Cause) -> Self) -> Self {
+        match data_exception(cause.as_ref()) {
+            Some(sqlstate) => Self::Unstorable { sqlstate, cause },
+            None => other(cause),
+        }
+    }
+}
+
+/// The SQLSTATE of a PostgreSQL data exception (class 22) in `e` or its sources, if any.
+pub(crate) fn data_exception(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            return db
+                .code()
+                .filter(|code| code.starts_with("22"))
+                .map(|code| code.into_owned());
+        }
+        next = e.source();
+    }
+    None
 }
 
 impl From<AggregateError<OnboardingError>> for StoreError {
@@ -84,7 +120,8 @@ impl From<AggregateError<OnboardingError>> for StoreError {
             // postgres-es reports only I/O and TLS failures as connection errors; a pool that
             // timed out, a server shutting down or a statement timeout arrive as unexpected.
             AggregateError::UnexpectedError(e) if is_unavailable(&*e) => Self::Unavailable(e),
-            AggregateError::UnexpectedError(e) => Self::Unexpected(e),
+            // So does a data exception (SQLSTATE class 22).
+            AggregateError::UnexpectedError(e) => Self::classify(e, Self::Unexpected),
         }
     }
 }
@@ -467,12 +504,13 @@ impl Store {
 }
 
 /// A failed query: [`StoreError::Unavailable`] when PostgreSQL could not be reached or did not
-/// answer in time ([`is_unavailable`]), otherwise [`StoreError::Unexpected`].
+/// answer in time ([`is_unavailable`]), [`StoreError::Unstorable`] for a data exception,
+/// otherwise [`StoreError::Unexpected`].
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
     if sqlx_unavailable(&e) {
         StoreError::Unavailable(Box::new(e))
     } else {
-        StoreError::Unexpected(Box::new(e))
+        StoreError::classify(Box::new(e), StoreError::Unexpected)
     }
 }
 

@@ -169,7 +169,9 @@ impl ScimError {
             Self::UnsupportedFilter(_) => Some("invalidFilter"),
             Self::UserNameTaken { .. } | Self::ExternalIdTaken { .. } => Some("uniqueness"),
             Self::Api(ApiError::UsernameTaken { .. }) => Some("uniqueness"),
-            Self::Api(ApiError::InvalidFields { .. }) => Some("invalidValue"),
+            Self::Api(ApiError::InvalidFields { .. } | ApiError::Unstorable { .. }) => {
+                Some("invalidValue")
+            }
             Self::Api(ApiError::MalformedJson(_)) => Some("invalidSyntax"),
             Self::UserNotFound(_)
             | Self::SchemaNotFound
@@ -197,6 +199,9 @@ impl Reply for ScimError {
     fn into_response(self) -> Response {
         if let Self::Api(e @ (ApiError::Unavailable(_) | ApiError::Internal(_))) = &self {
             tracing::error!(error = ?e, "SCIM request failed");
+        }
+        if let Self::Api(ApiError::Unstorable { sqlstate }) = &self {
+            tracing::warn!(%sqlstate, "the database refused a value of a SCIM request");
         }
         let status = self.status();
         let mut response = reply(

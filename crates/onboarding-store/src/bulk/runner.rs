@@ -24,7 +24,8 @@ pub struct BulkRunner {
 
 impl BulkRunner {
     /// Applies one row. `Err` only for a failure worth retrying later (the store is unavailable);
-    /// the row stays `pending` then.
+    /// the row stays `pending` then. A value PostgreSQL refuses as data (SQLSTATE class 22) fails
+    /// the row, since the same row would be refused again.
     pub async fn apply(
         &self,
         job_id: Uuid,
@@ -63,6 +64,14 @@ impl BulkRunner {
             }
             Err(InviteError::Store(StoreError::Refused(e))) => {
                 Ok(RowOutcome::Failed(e.to_string()))
+            }
+            // The same row would be refused again: it fails, and the job goes on.
+            Err(InviteError::Store(StoreError::Unstorable { sqlstate, .. })) => {
+                tracing::warn!(%job_id, line, %sqlstate, "the database refused a bulk row's values");
+                Ok(RowOutcome::Failed(format!(
+                    "the database refused a value of this row (SQLSTATE {sqlstate}); correct the \
+                     row's fields and upload it again"
+                )))
             }
             Err(InviteError::Store(e)) => Err(e),
         }
