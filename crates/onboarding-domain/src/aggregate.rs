@@ -15,7 +15,7 @@ use crate::event::{CodeIssueReason, OnboardingEvent, TemplateRef};
 use crate::password::{
     Password, PasswordContext, PasswordHash, PasswordPolicy, PasswordRuleViolation,
 };
-use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
+use crate::value::{EmailAddress, Locale, RevokeReason, TimeZone, UserDomain, Username};
 
 /// Where an account is in its onboarding. `Uninvited` is the state of an id nobody invited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +214,7 @@ pub enum OnboardingCommand {
         /// Who withdrew it.
         by: RevokedBy,
         /// The admin's note for support staff, if any.
-        reason: Option<String>,
+        reason: Option<RevokeReason>,
         /// When it was withdrawn.
         now: DateTime<Utc>,
     },
@@ -623,7 +623,7 @@ impl Onboarding {
     fn revoke(
         &self,
         by: RevokedBy,
-        reason: Option<String>,
+        reason: Option<RevokeReason>,
         now: DateTime<Utc>,
     ) -> Result<OnboardingEvent, OnboardingError> {
         match self.state {
@@ -634,7 +634,7 @@ impl Onboarding {
             OnboardingState::Revoked => Err(OnboardingError::InvitationRevoked),
             _ => Ok(OnboardingEvent::InvitationRevoked {
                 by,
-                reason,
+                reason: reason.map(RevokeReason::into_string),
                 revoked_at: now,
             }),
         }

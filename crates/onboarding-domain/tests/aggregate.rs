@@ -10,7 +10,7 @@ use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring, PresentedCode};
 use onboarding_domain::password::{
     CommonPasswords, Password, PasswordHash, PasswordPolicy, PasswordRuleViolation,
 };
-use onboarding_domain::value::{EmailAddress, UserDomain, Username};
+use onboarding_domain::value::{EmailAddress, RevokeReason, UserDomain, Username};
 use onboarding_domain::{
     CodeIssueReason, HashingFailed, InviteUser, NewCode, Onboarding, OnboardingCommand,
     OnboardingError, OnboardingEvent, OnboardingServices, PasswordHasher, ResendLimits, RevokedBy,
@@ -734,7 +734,7 @@ async fn an_invitation_can_be_revoked_by_an_admin_until_it_is_active() {
         .given(live())
         .when_async(OnboardingCommand::RevokeInvitation {
             by: RevokedBy::Admin,
-            reason: Some("left before day one".into()),
+            reason: Some(RevokeReason::parse("left before day one").unwrap()),
             now: t0(),
         })
         .await

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use onboarding_config::Scope;
 use onboarding_domain::code::PresentedCode;
 use onboarding_domain::password::Password;
-use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
+use onboarding_domain::value::{
+    EmailAddress, Locale, RevokeReason, TimeZone, UserDomain, Username,
+};
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
 };
@@ -492,10 +494,15 @@ pub async fn revoke(
     grant.require(Scope::Revoke)?;
     let user_id = parse_id(&id)?;
     let mut f = Fields::new(parse_optional_object(&body)?, &["reason"]);
-    let reason = f.string("reason", false);
-    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
-        f.problem("reason", "must be at most 500 characters".into());
-    }
+    let reason = f
+        .string("reason", false)
+        .and_then(|r| match RevokeReason::parse(&r) {
+            Ok(reason) => Some(reason),
+            Err(e) => {
+                f.problem("reason", e.0);
+                None
+            }
+        });
     f.finish()?;
     load(&state, user_id).await?;
     let command = || OnboardingCommand::RevokeInvitation {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use onboarding_config::Scope;
+use onboarding_domain::value::RevokeReason;
 use onboarding_domain::{OnboardingCommand, OnboardingError, OnboardingState, RevokedBy};
 use onboarding_store::{Actor, InviteError, StoreError};
 use uuid::Uuid;
@@ -245,7 +246,7 @@ async fn delete(state: &AppState, grant: &Grant, id: &str) -> Result<Response, S
     let actor = actor(grant, || format!("scim:delete:{user_id}"));
     let revoke = || OnboardingCommand::RevokeInvitation {
         by: RevokedBy::Admin,
-        reason: Some("deleted through SCIM".into()),
+        reason: RevokeReason::parse("deleted through SCIM").ok(),
         now: chrono::Utc::now(),
     };
     if state.store.load(user_id).await?.is_none() {
