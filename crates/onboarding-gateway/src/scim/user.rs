@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use onboarding_config::UserOnboarding;
-use onboarding_domain::value::{InvalidValue, UserDomain, Username};
+use onboarding_domain::value::{check_text, InvalidValue, TextKind, UserDomain, Username};
 use onboarding_domain::Onboarding;
 use onboarding_store::{Invitation, InvitationFields};
 use serde::de::{DeserializeOwned, Error as _, IgnoredAny};
@@ -227,6 +227,10 @@ impl UserRequest {
         {
             return Err(ScimError::TooLong("externalId"));
         }
+        if let Some(e) = &external_id {
+            check_text("externalId", e, TextKind::Name)
+                .map_err(|e| ScimError::InvalidFields(e.0))?;
+        }
         let claims = claims(self.name, self.display_name, external_id.as_deref())?;
         let invitation = InvitationFields {
             username: Some(name),
@@ -290,10 +294,27 @@ fn claims(
     {
         return Err(ScimError::TooLong(k));
     }
+    // Named by their SCIM attributes, before `InvitationFields` would name them as claims.
+    for (k, v) in &claims {
+        check_text(claim_attribute(k), v, TextKind::Prose)
+            .map_err(|e| ScimError::InvalidFields(e.0))?;
+    }
     Ok(claims
         .into_iter()
         .map(|(k, v)| (k.to_owned(), Value::String(v)))
         .collect())
+}
+
+/// The SCIM attribute a claim comes from, for error details.
+fn claim_attribute(claim: &str) -> &str {
+    match claim {
+        "given_name" => "name.givenName",
+        "family_name" => "name.familyName",
+        "name" => "name.formatted",
+        "display_name" => "displayName",
+        "external_id" => "externalId",
+        other => other,
+    }
 }
 
 /// The address the invitation goes to: the primary one, else the first `work` one, else the
@@ -512,6 +533,56 @@ mod tests {
             assert_eq!(e.scim_type(), Some("invalidSyntax"));
             assert!(e.to_string().contains("more than once"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_control_character_is_refused_by_the_scim_attribute_it_came_in() {
+        let with = |extra: Value| {
+            let mut body = json!({
+                "schemas": [USER, ENTERPRISE], "userName": "jane",
+                "emails": [{"value": "jane@pickup.example"}], ENTERPRISE: {"askPassword": true},
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            parse(body)
+        };
+        for (extra, attribute) in [
+            (json!({"userName": "ja\u{0}ne"}), "userName: username"),
+            (json!({"userName": "EMP\u{0}/jane"}), "userName: domain"),
+            (
+                json!({"emails": [{"value": "ja\u{0}ne@pickup.example"}]}),
+                "emails: email",
+            ),
+            (json!({"externalId": "hr\u{0}1"}), "externalId"),
+            (json!({"externalId": "hr\n1"}), "externalId"),
+            (json!({"displayName": "J\u{0}D"}), "displayName"),
+            (
+                json!({"name": {"givenName": "Ja\u{1b}ne"}}),
+                "name.givenName",
+            ),
+            (
+                json!({"name": {"familyName": "D\u{0}oe"}}),
+                "name.familyName",
+            ),
+            (
+                json!({"name": {"formatted": "Jane\u{0}Doe"}}),
+                "name.formatted",
+            ),
+        ] {
+            let err = with(extra.clone()).unwrap_err();
+            assert_eq!(err.scim_type(), Some("invalidValue"), "{extra}");
+            let detail = err.to_string();
+            assert!(
+                detail.starts_with(&format!(
+                    "{attribute} must not contain control characters such as NUL (U+0000)"
+                )),
+                "{extra}: {detail}"
+            );
+        }
+        // A name is free text: a tab in it is kept.
+        let user = with(json!({"displayName": "Jane\tDoe"})).unwrap();
+        assert_eq!(user.invitation.claims["display_name"], "Jane\tDoe");
     }
 
     #[test]
