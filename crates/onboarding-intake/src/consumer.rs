@@ -141,7 +141,27 @@ impl Intake {
             }
         };
         let user_id = request_user_id(&request.source, &request.id);
-        let outcome = invite(&self.store, &self.settings, &request, user_id).await?;
+        let outcome = match invite(&self.store, &self.settings, &request, user_id).await {
+            Ok(outcome) => outcome,
+            // Retrying would meet the same refusal and hold up the partition for good.
+            Err(StoreError::Unstorable { sqlstate, .. }) => {
+                let reason = DeadLetter::Unstorable;
+                metrics::counter!("onboard_intake_requests_total", "outcome" => reason.code())
+                    .increment(1);
+                tracing::warn!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    %sqlstate,
+                    "the database refused the request's values; request dead-lettered"
+                );
+                let detail = format!(
+                    "the database refused a value of this request (SQLSTATE {sqlstate}); correct \
+                     the request and send it again"
+                );
+                return self.dead_letter(msg, reason, &detail).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let label = outcome
             .reason
             .as_ref()

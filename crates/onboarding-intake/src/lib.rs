@@ -3,8 +3,9 @@
 //! Upstream services publish JSON CloudEvents (structured mode) whose `type` ends in
 //! `user.invitation.requested` on `intake.requests_topic`. For each record the intake:
 //! 1. classifies it: a record that is not such a request (not JSON, not a CloudEvent, another
-//!    type, `data` not of the schema) goes to `intake.dead_letter_topic` unchanged, with the
-//!    machine-readable reason in the `onboard_dlq_reason` header;
+//!    type, `data` not of the schema, a control character in `id`, `source` or `type`) goes to
+//!    `intake.dead_letter_topic` unchanged, with the machine-readable reason in the
+//!    `onboard_dlq_reason` header;
 //! 2. invites through `Store::invite_as` (the one invitation path) with the user id
 //!    UUIDv5(source, id), so a redelivered record or an upstream retry with the same id finds
 //!    its own invitation and is accepted again with the same user id, never invited twice;
@@ -14,7 +15,9 @@
 //! 4. stores the record's offset only after the outcome (or dead letter) was acknowledged.
 //!    A database or broker outage retries the same record; nothing is skipped.
 //!
-//! Invalid records never block the partition: they are dead-lettered and passed.
+//! Invalid records never block the partition: they are dead-lettered and passed. That includes
+//! a request whose values PostgreSQL refuses as data (SQLSTATE class 22), which no retry could
+//! store: it is dead-lettered as `unstorable`.
 #![forbid(unsafe_code)]
 
 mod consumer;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use onboarding_domain::value::{check_text, printable, TextKind};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -75,6 +76,9 @@ pub enum DeadLetter {
     UnsupportedType,
     /// A `data` that is not an object of the request schema (e.g. a missing email, a password).
     InvalidData,
+    /// A request that PostgreSQL refused as data (SQLSTATE class 22) although every field passed
+    /// the checks: the same record would be refused again, so it is set aside, not retried.
+    Unstorable,
 }
 
 impl DeadLetter {
@@ -85,6 +89,7 @@ impl DeadLetter {
             Self::NotCloudEvent => "not_a_cloudevent",
             Self::UnsupportedType => "unsupported_type",
             Self::InvalidData => "invalid_data",
+            Self::Unstorable => "unstorable",
         }
     }
 }
@@ -130,7 +135,13 @@ pub fn classify(value: Option<&[u8]>) -> Result<InvitationRequested, (DeadLetter
                     format!("the CloudEvents attribute `{k}` must be at most 255 characters"),
                 ))
             }
-            Some(_) => {}
+            // `id` and `source` are recorded with the invitation: a NUL could not be stored.
+            Some(v) => check_text(
+                &format!("the CloudEvents attribute `{k}`"),
+                v,
+                TextKind::Name,
+            )
+            .map_err(|e| (DeadLetter::NotCloudEvent, e.0))?,
         }
     }
     let ty = attr("type").unwrap_or_default();
@@ -171,7 +182,8 @@ pub fn classify(value: Option<&[u8]>) -> Result<InvitationRequested, (DeadLetter
         let detail = if let Some(field) = msg.strip_prefix("missing field ") {
             format!("data is missing the field {field}")
         } else if msg.starts_with("unknown field") {
-            msg.split(", expected").next().unwrap_or(&msg).replace("unknown field", "data has an unknown field")
+            // The key as sent, control characters escaped (a header carries this detail).
+            printable(msg.split(", expected").next().unwrap_or(&msg), 200).replace("unknown field", "data has an unknown field")
         } else {
             "data must be an object with string username and email, and optionally domain, locale, time_zone, claims (object), code_validity_minutes (integer)".to_owned()
         };
@@ -230,6 +242,40 @@ mod tests {
         assert!(classify(Some(v1)).is_ok());
         let fake = br#"{"specversion":"1.0","id":"x","source":"s","type":"com.x.notuser.invitation.requested","data":{"username":"a","email":"a@x.example"}}"#;
         assert_eq!(reason(fake), DeadLetter::UnsupportedType);
+    }
+
+    #[test]
+    fn a_control_character_in_id_source_or_type_makes_a_dead_letter_that_says_so() {
+        for (attribute, nul) in [
+            ("id", json!("req\u{0}1")),
+            ("source", json!("urn:pickup:\u{0}hr")),
+            ("type", json!("com.x\u{0}.user.invitation.requested")),
+        ] {
+            let mut request: Value = serde_json::from_slice(&request(
+                json!({"username": "jane", "email": "jane@pickup.example"}),
+            ))
+            .unwrap();
+            request[attribute] = nul;
+            let (reason, detail) =
+                classify(Some(&serde_json::to_vec(&request).unwrap())).unwrap_err();
+            assert_eq!(reason, DeadLetter::NotCloudEvent, "{attribute}");
+            assert!(
+                detail.starts_with(&format!(
+                    "the CloudEvents attribute `{attribute}` must not contain control characters such as NUL (U+0000)"
+                )),
+                "{detail}"
+            );
+        }
+        // An unknown key is named, escaped.
+        let (reason, detail) = classify(Some(&request(
+            json!({"username": "j", "email": "j@x.example", "x\u{0}": 1}),
+        )))
+        .unwrap_err();
+        assert_eq!(reason, DeadLetter::InvalidData);
+        assert!(
+            detail.contains("x\\0") && !detail.contains('\0'),
+            "{detail}"
+        );
     }
 
     #[test]
