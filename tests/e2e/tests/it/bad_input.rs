@@ -381,3 +381,132 @@ async fn admin_tokens_are_scoped_and_revocable() {
         .unwrap();
     assert_eq!(revoked.status(), 401, "a revoked token is refused");
 }
+
+/// Makes this test's PostgreSQL refuse, as a data exception (SQLSTATE 22023), every event whose
+/// payload contains `marker`. It stands in for a value that the engine's checks let through but
+/// the database cannot store, to show that each channel refuses such a request instead of
+/// failing or retrying it forever.
+pub(crate) async fn refuse_as_data(stack: &Stack, marker: &str) {
+    assert!(marker
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE FUNCTION e2e_refuse_as_data() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF strpos(NEW.payload::text, '{marker}') > 0 THEN \
+             RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023'; \
+           END IF; \
+           RETURN NEW; \
+         END $$"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER e2e_refuse_as_data BEFORE INSERT ON events \
+         FOR EACH ROW EXECUTE FUNCTION e2e_refuse_as_data()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+/// What a refusal of a control character starts with, after the field's name.
+pub(crate) const NO_CONTROL: &str = "must not contain control characters such as NUL (U+0000)";
+
+#[tokio::test]
+async fn a_nul_byte_gets_a_clear_400_that_names_the_field_never_a_500() {
+    let stack = Stack::start("nul", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("nul."));
+    let post = |body: Value| {
+        let stack = &stack;
+        async move { post_raw(stack, &body.to_string(), true).await }
+    };
+    let problem = |body: &Value, field: &str| -> String {
+        body["fields"][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} not named in {body}"))
+            .to_owned()
+    };
+
+    // In the username (JSON sends it as \u0000).
+    let (status, body) = post(json!({"username": "Ja\u{0}ne", "email": email})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let username = problem(&body, "username");
+    assert!(
+        username.starts_with(&format!("username {NO_CONTROL}")),
+        "{username}"
+    );
+    assert!(username.contains("send it without them"), "{username}");
+
+    // In a claim's value, however deep, and in a claim's key.
+    let (status, body) = post(json!({
+        "username": "Jane", "email": email,
+        "claims": {"address": {"lines": ["Main St 1", "Flat\u{0}2"]}}
+    }))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let claims = problem(&body, "claims");
+    assert!(
+        claims.starts_with(&format!("claims.address.lines[1] {NO_CONTROL}")),
+        "{claims}"
+    );
+    let (status, body) = post(json!({
+        "username": "Jane", "email": email, "claims": {"given\u{0}name": "Jane"}
+    }))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let key = problem(&body, "claims");
+    assert!(
+        key.starts_with(&format!("the key of claims.given\\0name {NO_CONTROL}")),
+        "{key}"
+    );
+
+    // A line break in a claim's text is text, and is kept.
+    let (status, jane) = post(json!({
+        "username": "Jane", "email": email, "claims": {"address": "Main St 1\nBerlin"}
+    }))
+    .await;
+    assert_eq!(status, 201, "{jane}");
+    assert_eq!(jane["claims"]["address"], "Main St 1\nBerlin");
+    let id = jane["id"].as_str().unwrap().to_owned();
+
+    // In the revoke reason: refused, and the invitation stands.
+    let revoke = |reason: &str| {
+        stack
+            .admin(
+                stack
+                    .http
+                    .post(stack.url(&format!("/api/v1/users/{id}/revoke"))),
+            )
+            .json(&json!({ "reason": reason }))
+            .send()
+    };
+    let r = revoke("left\u{0}the company").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let reason = problem(&body, "reason");
+    assert!(
+        reason.starts_with(&format!("reason {NO_CONTROL}, other than tab")),
+        "{reason}"
+    );
+    assert_eq!(stack.user(&id).await["state"], "CodeIssued");
+    let r = revoke("left the company\nticket 42").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(stack.user(&id).await["state"], "Revoked");
+
+    // A value the database refuses as data, although every check passed, is a 400 too.
+    refuse_as_data(&stack, "refused-by-db").await;
+    let (status, body) = post(json!({"username": "refused-by-db", "email": email})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unstorable_value", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("SQLSTATE 22023"),
+        "{body}"
+    );
+    let (status, body) = post(json!({"username": "Jane2", "email": email})).await;
+    assert_eq!(status, 201, "{body}");
+}

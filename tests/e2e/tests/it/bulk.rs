@@ -399,3 +399,79 @@ async fn invitations_sent(stack: &Stack) -> usize {
         }
     }
 }
+
+#[tokio::test]
+async fn a_nul_byte_in_a_bulk_row_makes_that_row_invalid_and_the_job_goes_on() {
+    let stack = Stack::start("bulk_nul", Options::default()).await;
+    crate::bad_input::refuse_as_data(&stack, "refused-by-db").await;
+    let tag = unique("");
+    let csv = format!(
+        "username,email\n\
+         anna{tag},anna{tag}@pickup.example\n\
+         bo\0b{tag},bob{tag}@pickup.example\n\
+         refused-by-db,rb{tag}@pickup.example\n\
+         carl{tag},carl{tag}@pickup.example\n"
+    );
+    let (status, job) = upload(&stack, &stack.admin_token, "text/csv", csv).await;
+    assert_eq!(status, 202, "{job}");
+    let done = finished(
+        &stack,
+        job["job_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let no_control = crate::bad_input::NO_CONTROL;
+    assert_eq!(row(&done, 2)["status"], "created", "{done}");
+    let nul = row(&done, 3);
+    assert_eq!(nul["status"], "invalid", "{done}");
+    assert!(
+        nul["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("username: username {no_control}")),
+        "{nul}"
+    );
+    // A value the database refuses although the row passed every check: that row fails with
+    // the reason, and the rows after it are applied.
+    let refused = row(&done, 4);
+    assert_eq!(refused["status"], "failed", "{done}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SQLSTATE 22023"),
+        "{refused}"
+    );
+    assert_eq!(row(&done, 5)["status"], "created", "{done}");
+    assert_eq!(done["totals"]["created"], 2, "{done}");
+
+    // JSON lines say the same, for every field and for an unknown key.
+    let jsonl = format!(
+        "{}\n{}\n",
+        serde_json::json!({"username": format!("dora{tag}"), "email": "d@pickup.example", "locale": "d\u{0}e"}),
+        serde_json::json!({"username": format!("eve{tag}"), "email": "e@pickup.example", "x\u{0}": 1}),
+    );
+    let (status, job) = upload(&stack, &stack.admin_token, "application/x-ndjson", jsonl).await;
+    assert_eq!(status, 202, "{job}");
+    let done = finished(
+        &stack,
+        job["job_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let locale = row(&done, 1);
+    assert_eq!(locale["status"], "invalid", "{done}");
+    assert!(
+        locale["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("locale: locale {no_control}")),
+        "{locale}"
+    );
+    let unknown = row(&done, 2);
+    assert_eq!(unknown["status"], "invalid", "{done}");
+    assert!(
+        unknown["reason"].as_str().unwrap().contains("`x\\0`"),
+        "{unknown}"
+    );
+}

@@ -198,3 +198,116 @@ async fn an_hr_systems_requests_invite_once_get_correlated_outcomes_and_junk_is_
     assert_eq!(first_event["metadata"]["actor_id"], HR);
     assert_eq!(first_event["metadata"]["correlation_id"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_nul_byte_in_a_request_is_refused_and_the_requests_behind_it_are_handled() {
+    let stack = Stack::start("intake_nul", Options::default()).await;
+    crate::bad_input::refuse_as_data(&stack, "refused-by-db").await;
+    stack.spawn("intake");
+    let tag = unique("");
+    let no_control = crate::bad_input::NO_CONTROL;
+    let request = |id: &str, source: &str, data: Value| {
+        json!({
+            "specversion": "1.0", "id": id, "source": source,
+            "type": "com.pickup.hr.user.invitation.requested", "data": data,
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let person = |name: &str| json!({"username": name, "email": format!("{name}@pickup.example")});
+    // One key for all: one partition, each bad request in front of the next.
+    let key = "same-partition";
+    let ok_name = format!("ola{tag}");
+    for value in [
+        request(&format!("nul-id\u{0}{tag}"), HR, person(&format!("a{tag}"))),
+        request(
+            &format!("nul-source-{tag}"),
+            "urn:pickup:\u{0}hr",
+            person(&format!("b{tag}")),
+        ),
+        request(
+            &format!("nul-name-{tag}"),
+            HR,
+            person(&format!("c\u{0}{tag}")),
+        ),
+        request(
+            &format!("nul-claim-{tag}"),
+            HR,
+            json!({"username": format!("d{tag}"), "email": "d@pickup.example",
+                   "claims": {"given\u{0}name": "D"}}),
+        ),
+        request(&format!("db-{tag}"), HR, person("refused-by-db")),
+        request(&format!("ok-{tag}"), HR, person(&ok_name)),
+    ] {
+        publish(&stack, key, &value).await;
+    }
+
+    // The request with a NUL in a field is rejected, naming the field; so is the claim.
+    let outcomes = read(&stack, "outcomes", 3).await;
+    let outcome = |rid: String| -> Value {
+        let seen = outcomes
+            .iter()
+            .find(|o| o.headers.get("ce_correlationid") == Some(&rid))
+            .unwrap_or_else(|| panic!("no outcome for {rid}"));
+        json_of(seen)
+    };
+    let name = outcome(format!("nul-name-{tag}"));
+    assert_eq!(name["status"], "rejected", "{name}");
+    assert_eq!(name["reason"]["code"], "invalid_fields", "{name}");
+    assert!(
+        name["reason"]["fields"]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("username {no_control}")),
+        "{name}"
+    );
+    let claim = outcome(format!("nul-claim-{tag}"));
+    assert!(
+        claim["reason"]["fields"]["claims"]
+            .as_str()
+            .unwrap()
+            .starts_with("the key of claims.given\\0name"),
+        "{claim}"
+    );
+    // The last request, behind all of them on the same partition, is handled.
+    let ok = outcome(format!("ok-{tag}"));
+    assert_eq!(ok["status"], "accepted", "{ok}");
+    let view = stack.user(ok["user_id"].as_str().unwrap()).await;
+    assert_eq!(view["username"], ok_name.as_str(), "{view}");
+
+    // A NUL in the id or the source, and a request the database refused, are dead letters,
+    // each with its reason.
+    let dead = read(&stack, "dlq", 3).await;
+    let reasons: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.headers["onboard_dlq_reason"].as_str(),
+                d.headers["onboard_dlq_detail"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[0].0, "not_a_cloudevent", "{reasons:?}");
+    assert!(
+        reasons[0]
+            .1
+            .starts_with(&format!("the CloudEvents attribute `id` {no_control}")),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1].0, "not_a_cloudevent", "{reasons:?}");
+    assert!(
+        reasons[1]
+            .1
+            .starts_with(&format!("the CloudEvents attribute `source` {no_control}")),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2].0, "unstorable", "{reasons:?}");
+    assert!(reasons[2].1.contains("SQLSTATE 22023"), "{reasons:?}");
+    assert_eq!(
+        dead[2].value,
+        request(&format!("db-{tag}"), HR, person("refused-by-db")),
+        "the record is kept unchanged"
+    );
+    // Only the good request invited anybody.
+    assert_eq!(stack.list("").await["items"].as_array().unwrap().len(), 1);
+}

@@ -330,3 +330,56 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     );
     assert_eq!(stack.user(&id).await["state"], "Active");
 }
+
+#[tokio::test]
+async fn a_nul_byte_in_a_scim_user_is_an_invalid_value_that_names_the_attribute() {
+    let stack = Stack::start("scim_nul", Options::default()).await;
+    let token = stack.admin_token.clone();
+    let name = unique("nul");
+    let email = format!("{name}@pickup.example");
+    let user = |extra: Value| {
+        let mut body = json!({
+            "schemas": [USER, ENTERPRISE], "userName": name,
+            "emails": [{"value": email, "primary": true}], ENTERPRISE: {"askPassword": true},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        scim(
+            &stack,
+            reqwest::Method::POST,
+            "/scim2/Users",
+            Some(&token),
+            Some(body),
+        )
+    };
+    let no_control = crate::bad_input::NO_CONTROL;
+    for (extra, attribute) in [
+        (json!({"userName": "sa\u{0}m"}), "userName: username"),
+        (json!({"name": {"givenName": "Sa\u{0}m"}}), "name.givenName"),
+        (
+            json!({"name": {"familyName": "Sm\u{0}ith"}}),
+            "name.familyName",
+        ),
+        (
+            json!({"name": {"formatted": "Sam\u{0}Smith"}}),
+            "name.formatted",
+        ),
+        (json!({"displayName": "Sam\u{0}"}), "displayName"),
+        (json!({"externalId": "hr-\u{0}42"}), "externalId"),
+    ] {
+        let (status, _, body) = user(extra.clone()).await;
+        assert_scim_error(status, &body, 400, Some("invalidValue"));
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(&format!("{attribute} {no_control}")),
+            "{extra}: {detail}"
+        );
+    }
+    // Nothing was created, and the same user without the NUL is.
+    let (status, _, created) =
+        user(json!({"externalId": "hr-42", "name": {"givenName": "Sam"}})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["name"]["givenName"], "Sam", "{created}");
+    assert_eq!(stack.list("").await["items"].as_array().unwrap().len(), 1);
+}
