@@ -275,7 +275,6 @@ impl Default for KafkaDefaults {
 #[cfg(test)]
 mod tests {
     use crate::test_support::*;
-    use crate::Settings;
 
     fn with_kafka(lines: &str) -> String {
         MINIMAL.replacen(
@@ -403,14 +402,14 @@ mod tests {
 
     #[test]
     fn the_email_worker_holds_32_records_at_once_unless_told_and_never_zero() {
-        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        let s = load(MINIMAL).unwrap();
         assert_eq!(s.kafka.email_worker_concurrency.get(), 32);
         let toml = MINIMAL.replacen(
             "bootstrap_servers = \"127.0.0.1:9092\"",
             "bootstrap_servers = \"127.0.0.1:9092\"\nemail_worker_concurrency = 0",
             1,
         );
-        let err = Settings::from_toml_str(&toml).unwrap_err().to_string();
+        let err = load(&toml).unwrap_err().to_string();
         assert!(
             err.contains("kafka.email_worker_concurrency (0) must be between 1 and 256"),
             "{err}"
