@@ -101,6 +101,10 @@ impl Stack {
 
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // The gateway ends a keep-alive connection idle for header_read_timeout_seconds
+                // (10 s): reusing one at that moment fails the request, as for any client whose
+                // idle timeout is the server's or longer.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
             procs: Mutex::new(HashMap::new()),
