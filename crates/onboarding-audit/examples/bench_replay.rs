@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::TryStreamExt;
 use onboarding_domain::code::CodeId;
-use onboarding_domain::password::PasswordHash;
+use onboarding_domain::password::{HashAlgorithm, HashScheme};
 use onboarding_domain::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 use onboarding_domain::{CodeIssueReason, OnboardingEvent, TemplateRef};
 use sqlx::{PgPool, Row};
@@ -71,12 +71,18 @@ fn account(n: u64) -> (Uuid, Vec<OnboardingEvent>) {
             client: "browser".into(),
             opened_at: now,
         },
+        // As the log stores it: the scheme, no hash (that is in `credentials`).
         OnboardingEvent::PasswordSet {
             code_id,
-            password_hash: PasswordHash::from_phc(
-                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g".into(),
-            ),
+            scheme: HashScheme {
+                algorithm: HashAlgorithm::Argon2id,
+                version: 19,
+                memory_kib: 19456,
+                iterations: 2,
+                parallelism: 1,
+            },
             set_at: now,
+            password_hash: None,
         },
         OnboardingEvent::UserActivated { activated_at: now },
         OnboardingEvent::WelcomeMailSent {

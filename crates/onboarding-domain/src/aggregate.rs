@@ -79,8 +79,8 @@ impl OnboardingState {
 /// Hashes passwords. The adapter runs the (deliberately slow) hash off the async threads.
 #[async_trait]
 pub trait PasswordHasher: Send + Sync {
-    /// Turns an accepted password into the hash that `PasswordSet` stores; the password itself
-    /// goes no further.
+    /// Turns an accepted password into its hash, which `PasswordSet` carries to the store's
+    /// `credentials` table (never into the log); the password itself goes no further.
     async fn hash(&self, password: Password) -> Result<PasswordHash, HashingFailed>;
 }
 
@@ -835,8 +835,9 @@ impl Aggregate for Onboarding {
                 sink.write(
                     OnboardingEvent::PasswordSet {
                         code_id: issued.code_id,
-                        password_hash,
+                        scheme: password_hash.scheme(),
                         set_at: now,
+                        password_hash: Some(password_hash),
                     },
                     self,
                 )

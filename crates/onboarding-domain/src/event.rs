@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::code::CodeId;
-use crate::password::PasswordHash;
+use crate::password::{HashScheme, PasswordHash};
 use crate::value::{EmailAddress, Locale, TimeZone, UserDomain, Username};
 
 /// Why a code was issued: the resend limits count only re-issues, and support staff see who
@@ -76,14 +76,24 @@ pub enum OnboardingEvent {
         /// Why it was issued.
         reason: CodeIssueReason,
     },
-    /// The argon2id hash lives here, in the event store only; the relay drops it.
+    /// The user chose a password: the fact, and how it was hashed. Version 2.0 moved the hash
+    /// itself out of the log into the `credentials` table, which can be replaced and erased
+    /// (docs/adr/0018); stored 1.0 rows still hold it and are upcast on load (the hash dropped,
+    /// its scheme read from it), see `onboarding_store::upcasters`.
     PasswordSet {
         /// The code whose link set the password.
         code_id: CodeId,
-        /// The argon2id hash (PHC string); stays in the event store, never published.
-        password_hash: PasswordHash,
+        /// The algorithm and cost parameters the password was hashed with (no salt, no hash).
+        scheme: HashScheme,
         /// When the password was set.
         set_at: DateTime<Utc>,
+        /// The hash, on its way to the store only: the store's `credentials_take_the_hash`
+        /// trigger moves it into `credentials` in the append's transaction and removes it from
+        /// the payload before the row is hashed into the chain, copied to the outbox or stored.
+        /// Always `None` in an event read back from the log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(skip)]
+        password_hash: Option<PasswordHash>,
     },
     /// The account became active, in the same command as `PasswordSet`: downstream services may
     /// let the user in.
@@ -195,12 +205,15 @@ impl OnboardingEvent {
     pub const USER_INVITED_VERSION: &'static str = "2.0";
     /// `InvitationMailFailed` gained `attempt` and `next_attempt_at`.
     pub const INVITATION_MAIL_FAILED_VERSION: &'static str = "1.1";
+    /// `PasswordSet` holds the hash's scheme instead of the hash.
+    pub const PASSWORD_SET_VERSION: &'static str = "2.0";
 
     /// The version this build writes for each event type.
     pub fn version_of(event_type: &str) -> &'static str {
         match event_type {
             "UserInvited" => Self::USER_INVITED_VERSION,
             "InvitationMailFailed" => Self::INVITATION_MAIL_FAILED_VERSION,
+            "PasswordSet" => Self::PASSWORD_SET_VERSION,
             _ => Self::VERSION,
         }
     }

@@ -32,28 +32,153 @@ impl fmt::Debug for Password {
     }
 }
 
-/// A password hash in PHC string format (`$argon2id$v=19$m=…`). It records its own parameters,
-/// so they can be raised later. It stays in the event store and never goes to Kafka.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(transparent)]
-pub struct PasswordHash(String);
+/// The password-hashing algorithm a hash was made with. The engine makes argon2id hashes only
+/// (RFC 9106's recommendation); a PHC string naming another algorithm is refused as unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// argon2id (RFC 9106).
+    Argon2id,
+}
+
+impl HashAlgorithm {
+    /// The algorithm's name in a PHC string and in the `credentials` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Argon2id => "argon2id",
+        }
+    }
+}
+
+/// How a password hash was made: the algorithm and its cost parameters, never the salt or the
+/// hash. `PasswordSet` records this; a verifier compares it with the configured cost to decide
+/// whether a correct password should be hashed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HashScheme {
+    /// The algorithm.
+    pub algorithm: HashAlgorithm,
+    /// The algorithm's version (argon2: 19, i.e. 0x13).
+    pub version: u32,
+    /// Memory cost in KiB (argon2's `m`).
+    pub memory_kib: u32,
+    /// Number of passes (argon2's `t`).
+    pub iterations: u32,
+    /// Degree of parallelism (argon2's `p`).
+    pub parallelism: u32,
+}
+
+impl HashScheme {
+    /// Whether a hash made this way costs less than `target` in any parameter, or was made with
+    /// an older version: a correct password verified against it should be hashed again with
+    /// `target`.
+    pub fn is_weaker_than(&self, target: &HashScheme) -> bool {
+        self.algorithm != target.algorithm
+            || self.version < target.version
+            || self.memory_kib < target.memory_kib
+            || self.iterations < target.iterations
+            || self.parallelism < target.parallelism
+    }
+
+    /// Reads the algorithm and parameters out of a PHC string
+    /// (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`).
+    pub fn of_phc(phc: &str) -> Result<Self, UnreadableHash> {
+        let parsed = password_hash::PasswordHash::new(phc).map_err(|_| UnreadableHash::NotPhc)?;
+        let algorithm = match parsed.algorithm.as_str() {
+            "argon2id" => HashAlgorithm::Argon2id,
+            other => return Err(UnreadableHash::Algorithm(other.to_owned())),
+        };
+        let param = |name: &'static str| {
+            parsed
+                .params
+                .get_decimal(name)
+                .ok_or(UnreadableHash::MissingParameter(name))
+        };
+        Ok(Self {
+            algorithm,
+            // argon2 writes `v=19`; a PHC string without it means version 16 (0x10).
+            version: parsed.version.unwrap_or(0x10),
+            memory_kib: param("m")?,
+            iterations: param("t")?,
+            parallelism: param("p")?,
+        })
+    }
+}
+
+impl fmt::Display for HashScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} v={} m={} t={} p={}",
+            self.algorithm.as_str(),
+            self.version,
+            self.memory_kib,
+            self.iterations,
+            self.parallelism
+        )
+    }
+}
+
+/// A string that is not a PHC string of a known algorithm with its cost parameters. The message
+/// never repeats the string (it may be a hash).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnreadableHash {
+    /// Not in PHC string format at all.
+    #[error("not a PHC string")]
+    NotPhc,
+    /// A PHC string of an algorithm the engine does not use.
+    #[error("the hash's algorithm `{0}` is not argon2id")]
+    Algorithm(String),
+    /// A cost parameter is missing.
+    #[error("the hash has no `{0}` parameter")]
+    MissingParameter(&'static str),
+}
+
+/// A password hash in PHC string format (`$argon2id$v=19$m=…`), read once into its
+/// [`HashScheme`]. It records its own parameters, so they can be raised later. It travels from
+/// the hasher to the `credentials` table and goes into no event payload, no outbox row and no
+/// Kafka record (docs/adr/0018).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct PasswordHash {
+    phc: String,
+    scheme: HashScheme,
+}
 
 impl PasswordHash {
-    /// Wraps the PHC string the hasher produced.
-    pub fn from_phc(phc: String) -> Self {
-        Self(phc)
+    /// Reads the PHC string a hasher produced (or the `credentials` table holds).
+    pub fn parse(phc: String) -> Result<Self, UnreadableHash> {
+        let scheme = HashScheme::of_phc(&phc)?;
+        Ok(Self { phc, scheme })
     }
 
     /// The PHC string, which a verifier parses (algorithm, parameters, salt and hash).
     pub fn as_phc(&self) -> &str {
-        &self.0
+        &self.phc
+    }
+
+    /// The algorithm and cost the hash was made with.
+    pub fn scheme(&self) -> HashScheme {
+        self.scheme
+    }
+}
+
+impl From<PasswordHash> for String {
+    fn from(hash: PasswordHash) -> Self {
+        hash.phc
+    }
+}
+
+impl TryFrom<String> for PasswordHash {
+    type Error = UnreadableHash;
+
+    fn try_from(phc: String) -> Result<Self, UnreadableHash> {
+        Self::parse(phc)
     }
 }
 
 impl fmt::Debug for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let params = self.0.split('$').take(4).collect::<Vec<_>>().join("$");
-        write!(f, "PasswordHash({params}$…)")
+        write!(f, "PasswordHash({})", self.scheme)
     }
 }
 
@@ -397,10 +522,81 @@ mod tests {
     #[test]
     fn passwords_and_hashes_are_never_printed() {
         assert!(!format!("{:?}", Password::new("hunter2hunter2")).contains("hunter2"));
-        let h = PasswordHash::from_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into());
+        let h = PasswordHash::parse(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+        )
+        .unwrap();
         assert_eq!(
             format!("{h:?}"),
-            "PasswordHash($argon2id$v=19$m=19456,t=2,p=1$…)"
+            "PasswordHash(argon2id v=19 m=19456 t=2 p=1)"
         );
+    }
+
+    #[test]
+    fn a_hash_is_read_once_into_its_algorithm_and_cost() {
+        let h = PasswordHash::parse(
+            "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+        )
+        .unwrap();
+        let scheme = h.scheme();
+        assert_eq!(
+            scheme,
+            HashScheme {
+                algorithm: HashAlgorithm::Argon2id,
+                version: 19,
+                memory_kib: 65536,
+                iterations: 3,
+                parallelism: 4,
+            }
+        );
+        assert_eq!(
+            PasswordHash::parse("$scrypt$ln=16,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into()),
+            Err(UnreadableHash::Algorithm("scrypt".into()))
+        );
+        for junk in ["not a hash", "$2b$12$abcdefghijklmnopqrstuv"] {
+            assert_eq!(
+                PasswordHash::parse(junk.into()),
+                Err(UnreadableHash::NotPhc)
+            );
+        }
+        assert_eq!(
+            PasswordHash::parse("$argon2id$v=19$t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into()),
+            Err(UnreadableHash::MissingParameter("m"))
+        );
+    }
+
+    #[test]
+    fn a_hash_is_weaker_when_any_cost_is_below_the_target() {
+        let base = HashScheme {
+            algorithm: HashAlgorithm::Argon2id,
+            version: 19,
+            memory_kib: 19456,
+            iterations: 2,
+            parallelism: 1,
+        };
+        assert!(!base.is_weaker_than(&base));
+        for raised in [
+            HashScheme {
+                memory_kib: 65536,
+                ..base
+            },
+            HashScheme {
+                iterations: 3,
+                ..base
+            },
+            HashScheme {
+                parallelism: 2,
+                ..base
+            },
+        ] {
+            assert!(base.is_weaker_than(&raised), "{raised}");
+            // Lowering the configured cost never rehashes a stronger hash.
+            assert!(!raised.is_weaker_than(&base), "{raised}");
+        }
+        assert!(HashScheme {
+            version: 16,
+            ..base
+        }
+        .is_weaker_than(&base));
     }
 }

@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::test::TestFramework;
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring, PresentedCode};
 use onboarding_domain::password::{
-    CommonPasswords, Password, PasswordHash, PasswordPolicy, PasswordRuleViolation,
+    CommonPasswords, HashAlgorithm, HashScheme, Password, PasswordHash, PasswordPolicy,
+    PasswordRuleViolation,
 };
 use onboarding_domain::value::{EmailAddress, RevokeReason, UserDomain, Username};
 use onboarding_domain::{
@@ -22,10 +24,45 @@ struct FakeHasher;
 #[async_trait]
 impl PasswordHasher for FakeHasher {
     async fn hash(&self, password: Password) -> Result<PasswordHash, HashingFailed> {
-        Ok(PasswordHash::from_phc(format!(
-            "$fake${}",
-            password.expose().len()
-        )))
+        Ok(fake_hash(password.expose().len()))
+    }
+}
+
+/// What `FakeHasher` makes of a password of `len` bytes: a PHC string in argon2id's format at
+/// OWASP's cost, whose "hash" names the length.
+fn fake_hash(len: usize) -> PasswordHash {
+    let tail = base64::engine::general_purpose::STANDARD_NO_PAD
+        .encode(format!("fake hash of {len} bytes"));
+    PasswordHash::parse(format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${tail}")).unwrap()
+}
+
+/// OWASP's argon2id cost, as `fake_hash` records it.
+const OWASP: HashScheme = HashScheme {
+    algorithm: HashAlgorithm::Argon2id,
+    version: 19,
+    memory_kib: 19456,
+    iterations: 2,
+    parallelism: 1,
+};
+
+/// `PasswordSet` as `SubmitPassword` emits it: the scheme, and the hash on its way to the
+/// store's credential table.
+fn password_set(n: u8, now: DateTime<Utc>) -> OnboardingEvent {
+    OnboardingEvent::PasswordSet {
+        code_id: code_id(n),
+        scheme: OWASP,
+        set_at: now,
+        password_hash: Some(fake_hash(28)),
+    }
+}
+
+/// `PasswordSet` as the log returns it: the store took the hash out.
+fn password_set_as_stored(n: u8, now: DateTime<Utc>) -> OnboardingEvent {
+    OnboardingEvent::PasswordSet {
+        code_id: code_id(n),
+        scheme: OWASP,
+        set_at: now,
+        password_hash: None,
     }
 }
 
@@ -126,13 +163,18 @@ fn invite() -> OnboardingCommand {
     }))
 }
 
+/// What `SubmitPassword` with the first code emits.
 fn activated_events(now: DateTime<Utc>) -> Vec<OnboardingEvent> {
     vec![
-        OnboardingEvent::PasswordSet {
-            code_id: code_id(1),
-            password_hash: PasswordHash::from_phc("$fake$28".into()),
-            set_at: now,
-        },
+        password_set(1, now),
+        OnboardingEvent::UserActivated { activated_at: now },
+    ]
+}
+
+/// The same events as the log returns them, for a given history.
+fn activated_as_stored(now: DateTime<Utc>) -> Vec<OnboardingEvent> {
+    vec![
+        password_set_as_stored(1, now),
         OnboardingEvent::UserActivated { activated_at: now },
     ]
 }
@@ -201,6 +243,79 @@ async fn inviting_twice_is_refused() {
         .then_expect_error(OnboardingError::AlreadyInvited);
 }
 
+/// A hasher at a raised cost, as a deployment that raised `[password_hashing]` has.
+struct RaisedCostHasher;
+
+#[async_trait]
+impl PasswordHasher for RaisedCostHasher {
+    async fn hash(&self, _password: Password) -> Result<PasswordHash, HashingFailed> {
+        Ok(PasswordHash::parse(
+            "$argon2id$v=19$m=65536,t=3,p=2$c2FsdHNhbHQ$cmFpc2VkIGNvc3QgaGFzaA".into(),
+        )
+        .unwrap())
+    }
+}
+
+#[tokio::test]
+async fn password_set_records_how_the_password_was_hashed_and_hands_the_hash_to_the_store() {
+    let now = t0() + Duration::minutes(5);
+    let raised = HashScheme {
+        memory_kib: 65536,
+        iterations: 3,
+        parallelism: 2,
+        ..OWASP
+    };
+    let hash = RaisedCostHasher.hash(Password::new("x")).await.unwrap();
+    TestFramework::<Onboarding>::with(OnboardingServices {
+        hasher: Arc::new(RaisedCostHasher),
+        ..services()
+    })
+    .given(vec![
+        invited(),
+        issued(1, t0(), CodeIssueReason::Invitation),
+    ])
+    .when_async(submit(1, "correct horse battery staple", now))
+    .await
+    .then_expect_events(vec![
+        OnboardingEvent::PasswordSet {
+            code_id: code_id(1),
+            scheme: raised,
+            set_at: now,
+            password_hash: Some(hash),
+        },
+        OnboardingEvent::UserActivated { activated_at: now },
+    ]);
+}
+
+#[test]
+fn password_set_as_stored_names_the_scheme_and_holds_no_hash() {
+    let stored = serde_json::to_value(password_set_as_stored(1, t0())).unwrap();
+    let fields = &stored["PasswordSet"];
+    assert_eq!(fields.get("password_hash"), None, "{stored}");
+    assert_eq!(
+        fields["scheme"],
+        serde_json::json!({"algorithm": "argon2id", "version": 19, "memory_kib": 19456,
+                           "iterations": 2, "parallelism": 1})
+    );
+    // Read back from the log, the event carries no hash.
+    assert_eq!(
+        serde_json::from_value::<OnboardingEvent>(stored).unwrap(),
+        password_set_as_stored(1, t0())
+    );
+    assert_eq!(OnboardingEvent::version_of("PasswordSet"), "2.0");
+}
+
+#[tokio::test]
+async fn an_account_whose_log_holds_no_hash_is_active_and_refuses_a_second_password() {
+    let mut given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
+    given.extend(activated_as_stored(t0()));
+    framework()
+        .given(given)
+        .when_async(submit(1, "another horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+}
+
 #[tokio::test]
 async fn a_code_without_positive_validity_is_refused() {
     let OnboardingCommand::InviteUser(mut cmd) = invite() else {
@@ -246,7 +361,7 @@ async fn an_expired_code_is_refused() {
 async fn a_used_code_is_refused_because_the_account_is_active() {
     let now = t0() + Duration::minutes(5);
     let mut given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
-    given.extend(activated_events(now));
+    given.extend(activated_as_stored(now));
     framework()
         .given(given)
         .when_async(submit(1, "another good passphrase", now))
@@ -331,11 +446,7 @@ async fn the_resent_code_works() {
         .when_async(submit(2, "correct horse battery staple", now))
         .await
         .then_expect_events(vec![
-            OnboardingEvent::PasswordSet {
-                code_id: code_id(2),
-                password_hash: PasswordHash::from_phc("$fake$28".into()),
-                set_at: now,
-            },
+            password_set(2, now),
             OnboardingEvent::UserActivated { activated_at: now },
         ]);
 }
@@ -343,7 +454,7 @@ async fn the_resent_code_works() {
 #[tokio::test]
 async fn resending_after_activation_is_refused() {
     let mut given = vec![invited(), issued(1, t0(), CodeIssueReason::Invitation)];
-    given.extend(activated_events(t0()));
+    given.extend(activated_as_stored(t0()));
     framework()
         .given(given)
         .when_async(OnboardingCommand::ResendCode {
@@ -744,7 +855,7 @@ async fn an_invitation_can_be_revoked_by_an_admin_until_it_is_active() {
             revoked_at: t0(),
         }]);
     let mut active = live();
-    active.extend(activated_events(t0()));
+    active.extend(activated_as_stored(t0()));
     framework()
         .given(active)
         .when_async(OnboardingCommand::RevokeInvitation {
@@ -832,7 +943,7 @@ async fn the_welcome_mail_is_recorded_once_and_only_for_an_active_account() {
         .await
         .then_expect_error(OnboardingError::NotActive);
     let mut active = live();
-    active.extend(activated_events(t0()));
+    active.extend(activated_as_stored(t0()));
     let sent = OnboardingEvent::WelcomeMailSent {
         message_id: "<w1@pickup.example>".into(),
         template: welcome_template(),

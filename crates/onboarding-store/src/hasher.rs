@@ -50,8 +50,10 @@ impl PasswordHasher for Argon2Hasher {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
                 .hash_password(password.expose().as_bytes(), &salt)
-                .map(|h| PasswordHash::from_phc(h.to_string()))
                 .map_err(|e| HashingFailed(e.to_string()))
+                .and_then(|h| {
+                    PasswordHash::parse(h.to_string()).map_err(|e| HashingFailed(e.to_string()))
+                })
         })
         .await
         .map_err(|e| HashingFailed(e.to_string()))?

@@ -15,6 +15,7 @@ mod text;
 
 mod accounts;
 pub mod bulk;
+pub mod credentials;
 mod hasher;
 mod idempotency;
 mod invitation;
@@ -43,6 +44,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 pub use accounts::{run_scheduler, AccountSummary};
+pub use credentials::{Credential, Credentials};
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};

@@ -2,6 +2,7 @@
 //! cqrs-es (`upcasters`) and in readers outside it (`upcast`: the relay, audit, replay).
 
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster, SerializedEvent};
+use onboarding_domain::password::HashScheme;
 use onboarding_domain::OnboardingEvent;
 
 /// Turns stored events of older versions into the current shape when they are loaded, oldest
@@ -41,7 +42,33 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
                 payload
             }),
         )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            "PasswordSet",
+            OnboardingEvent::PASSWORD_SET_VERSION,
+            Box::new(password_set_1_0_to_2_0),
+        )),
     ]
+}
+
+/// `PasswordSet` 1.0 → 2.0: 1.0 held the hash itself, which stays in the stored row (the log is
+/// append-only and hash-chained) but goes no further than this function. The 2.0 shape records
+/// the scheme, read from the hash; migration 0013 copied the hash into `credentials`
+/// (docs/adr/0018). A hash that cannot be read leaves the payload without a scheme, which fails to
+/// load naming the missing field, not the hash.
+fn password_set_1_0_to_2_0(mut payload: serde_json::Value) -> serde_json::Value {
+    if let Some(fields) = payload
+        .get_mut("PasswordSet")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        let scheme = fields
+            .remove("password_hash")
+            .and_then(|hash| HashScheme::of_phc(hash.as_str()?).ok())
+            .and_then(|scheme| serde_json::to_value(scheme).ok());
+        if let Some(scheme) = scheme {
+            fields.insert("scheme".into(), scheme);
+        }
+    }
+    payload
 }
 
 /// [`upcast`] from the payload's JSON text: events already in the current version are
@@ -138,6 +165,56 @@ mod tests {
             }
             other => panic!("not a mail failure: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_version_1_0_password_set_is_upcast_to_its_scheme_without_the_hash() {
+        let stored = serde_json::json!({"PasswordSet": {
+            "code_id": "5f2c9a1e-0b7d-e4a3-91c6-2d8f7b3a6e10",
+            "password_hash": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            "set_at": "2026-06-02T09:14:07.512345Z"
+        }});
+        assert!(upcasters()
+            .iter()
+            .any(|u| u.can_upcast("PasswordSet", "1.0")));
+        assert!(!upcasters()
+            .iter()
+            .any(|u| u.can_upcast("PasswordSet", "2.0")));
+        let event = upcast("PasswordSet", "1.0", stored).unwrap();
+        let OnboardingEvent::PasswordSet {
+            scheme,
+            password_hash,
+            ..
+        } = &event
+        else {
+            panic!("not a password: {event:?}")
+        };
+        assert_eq!(password_hash, &None);
+        assert_eq!(
+            (
+                scheme.memory_kib,
+                scheme.iterations,
+                scheme.parallelism,
+                scheme.version
+            ),
+            (19456, 2, 1, 19)
+        );
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains("aGFzaGhhc2hoYXNo"), "{json}");
+    }
+
+    #[test]
+    fn a_version_1_0_password_set_whose_hash_cannot_be_read_fails_without_naming_it() {
+        let stored = serde_json::json!({"PasswordSet": {
+            "code_id": "5f2c9a1e-0b7d-e4a3-91c6-2d8f7b3a6e10",
+            "password_hash": "$unknown$sEcReT",
+            "set_at": "2026-06-02T09:14:07.512345Z"
+        }});
+        let err = upcast("PasswordSet", "1.0", stored)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scheme"), "{err}");
+        assert!(!err.contains("sEcReT"), "{err}");
     }
 
     #[test]
