@@ -33,6 +33,46 @@ pub struct Stack {
 impl Stack {
     /// A fresh database, topic and consumer group, migrated; no process started yet.
     pub async fn new(name: &str, options: Options) -> Self {
+        let stack = Self::unmigrated(name, options).await;
+        let out = stack.cli(&["migrate"]);
+        assert!(
+            out.status.success(),
+            "onboard migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stack
+    }
+
+    /// [`Stack::new`] as an older release left it: only the migrations numbered up to `last`
+    /// applied, from the repository's `crates/onboarding-store/migrations` (so that a test can
+    /// write rows the way that release did, then run `onboard migrate`).
+    pub async fn migrated_up_to(name: &str, options: Options, last: i64) -> Self {
+        let stack = Self::unmigrated(name, options).await;
+        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../crates/onboarding-store/migrations");
+        let older = stack.dir.join(format!("migrations-up-to-{last}"));
+        std::fs::create_dir_all(&older).unwrap();
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let number: i64 = name.split('_').next().unwrap().parse().unwrap();
+            if number <= last {
+                std::fs::copy(entry.path(), older.join(&name)).unwrap();
+            }
+        }
+        let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+        sqlx::migrate::Migrator::new(older.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrations up to {last}: {e}"));
+        pool.close().await;
+        stack
+    }
+
+    /// The database, topic and configuration of [`Stack::new`], without any migration.
+    async fn unmigrated(name: &str, options: Options) -> Self {
         let services = Services::from_env();
         let id = unique("");
         let db = format!("e2e_{name}_{id}");
@@ -87,7 +127,7 @@ impl Stack {
             &options,
         );
         std::fs::write(&config, toml).unwrap();
-        let stack = Self {
+        Self {
             services,
             database_url,
             kafka,
@@ -108,14 +148,7 @@ impl Stack {
                 .build()
                 .unwrap(),
             procs: Mutex::new(HashMap::new()),
-        };
-        let out = stack.cli(&["migrate"]);
-        assert!(
-            out.status.success(),
-            "onboard migrate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stack
+        }
     }
 
     /// The whole engine as separate processes: gateway, relay, email worker.

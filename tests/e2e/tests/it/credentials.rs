@@ -1,0 +1,291 @@
+//! The password credential: after activation the argon2id hash is in `credentials` and in no
+//! event payload, outbox row, dead letter or Kafka record; a log written before the hash left it
+//! still verifies, replays and loads, and its hashes move into `credentials` (docs/adr/0018).
+
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use onboarding_e2e::{Options, Stack};
+
+const PASSWORD: &str = "Pickup rides at dawn 42";
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The account's credential row: PHC string and (algorithm, version, m, t, p).
+async fn credential(
+    pool: &PgPool,
+    user_id: &str,
+) -> Option<(String, (String, i32, i32, i32, i32))> {
+    sqlx::query(
+        "SELECT phc, algorithm, version, memory_kib, iterations, parallelism FROM credentials \
+         WHERE user_id = $1::uuid",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+}
+
+/// How many rows of `table` hold `needle` anywhere in their text.
+async fn rows_containing(pool: &PgPool, table: &str, needle: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {table} t WHERE strpos(t::text, $1) > 0"
+    ))
+    .bind(needle)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The part of a PHC string that is the hash itself (after the last `$`).
+fn hash_part(phc: &str) -> &str {
+    phc.rsplit('$').next().unwrap()
+}
+
+#[tokio::test]
+async fn after_janes_activation_her_hash_is_in_the_credential_table_and_in_no_event_outbox_row_or_record(
+) {
+    let stack = Stack::start("credentials_activation", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let (id, email, mail) = stack.invite_mailed("Jane").await;
+    stack
+        .user_records(&id, &["onboard.user.invitation_mail_sent.v1"])
+        .await;
+
+    // With the relay stopped, the outbox keeps the activation's rows for us to read.
+    stack.signal("relay", "TERM");
+    let (status, body) = stack.submit_password(&mail.code(), PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (phc, scheme) = credential(&pool, &id)
+        .await
+        .expect("Jane's credential row exists once she is active");
+    assert!(
+        phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "not an argon2id PHC string at the configured cost"
+    );
+    assert_eq!(scheme, ("argon2id".to_owned(), 19, 19456, 2, 1));
+    let secret = hash_part(&phc);
+    assert!(secret.len() >= 43, "a 32-byte hash in base64");
+
+    // The outbox holds the activation's events, without the hash.
+    let outboxed: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT event_type, event_version, payload FROM outbox WHERE aggregate_id = $1 ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(t, v, p): (String, String, sqlx::types::Json<Value>)| (t, v, p.0))
+    .collect();
+    let types: Vec<&str> = outboxed.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(types, ["PasswordSet", "UserActivated"], "{outboxed:?}");
+    let (_, version, payload) = &outboxed[0];
+    assert_eq!(version, "2.0");
+    assert_eq!(
+        payload["PasswordSet"]["password_hash"],
+        Value::Null,
+        "{payload}"
+    );
+    assert_eq!(
+        payload["PasswordSet"]["scheme"],
+        serde_json::json!({"algorithm": "argon2id", "version": 19, "memory_kib": 19456,
+                           "iterations": 2, "parallelism": 1})
+    );
+    for table in ["events", "outbox", "outbox_dead_letter", "snapshots"] {
+        assert_eq!(rows_containing(&pool, table, secret).await, 0, "{table}");
+        assert_eq!(
+            rows_containing(&pool, table, "$argon2id$").await,
+            0,
+            "{table}"
+        );
+    }
+
+    // The relay publishes them, and the welcome mail follows; no record carries the hash.
+    stack.spawn("relay");
+    stack.wait_for_mails(&email, 2).await;
+    let records = stack
+        .user_records(
+            &id,
+            &["onboard.user.password_set.v1", "onboard.user.activated.v1"],
+        )
+        .await;
+    for r in &records {
+        assert!(!r.raw_value.contains(secret), "{}", r.raw_value);
+        assert!(!r.raw_value.contains("argon2"), "{}", r.raw_value);
+    }
+    for table in ["events", "outbox", "outbox_dead_letter"] {
+        assert_eq!(rows_containing(&pool, table, secret).await, 0, "{table}");
+    }
+
+    // The chain, taken over the payload as stored, verifies; the projections replay.
+    let o = stack.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = stack.cli(&["user", "show", &id]);
+    let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(view["state"], "Active", "{}", out(&o));
+}
+
+/// Events of an account activated by a release before migration 0013: `PasswordSet` 1.0 holds
+/// the hash.
+const LEGACY: [(&str, &str, &str); 4] = [
+    (
+        "UserInvited",
+        "2.0",
+        r#"{"UserInvited": {"user_id": "USER", "username": "Olga", "email": "olga@pickup.example", "domain": "PRIMARY", "locale": null, "time_zone": null, "claims": {}, "invited_at": "2026-01-05T09:00:00Z"}}"#,
+    ),
+    (
+        "CodeIssued",
+        "1.0",
+        r#"{"CodeIssued": {"code_id": "CODE", "key_id": "k1", "issued_at": "2026-01-05T09:00:00Z", "expires_at": "2099-01-06T09:00:00Z", "reason": "invitation"}}"#,
+    ),
+    (
+        "PasswordSet",
+        "1.0",
+        r#"{"PasswordSet": {"code_id": "CODE", "password_hash": "HASH", "set_at": "2026-01-05T09:30:00Z"}}"#,
+    ),
+    (
+        "UserActivated",
+        "1.0",
+        r#"{"UserActivated": {"activated_at": "2026-01-05T09:30:00Z"}}"#,
+    ),
+];
+
+/// What the release before migration 0013 stored for a password: argon2id at OWASP's cost.
+fn legacy_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_log_written_before_the_hash_left_it_still_verifies_replays_and_loads_and_its_hash_moves_to_credentials(
+) {
+    let stack = Stack::migrated_up_to("credentials_legacy", Options::default(), 12).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    let code = uuid::Uuid::new_v4().to_string();
+    let phc = legacy_hash(PASSWORD);
+    let secret = hash_part(&phc).to_owned();
+    let mut tx = pool.begin().await.unwrap();
+    for (seq, (event_type, version, payload)) in LEGACY.iter().enumerate() {
+        let payload = payload
+            .replace("USER", &id)
+            .replace("CODE", &code)
+            .replace("HASH", &phc);
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             VALUES ('Onboarding', $1, $2, $3, $4, $5::jsonb, '{\"actor_kind\": \"user\", \"actor_id\": \"confirmation-link\"}')",
+        )
+        .bind(&id)
+        .bind(seq as i64 + 1)
+        .bind(event_type)
+        .bind(version)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // A dead letter of that release kept a copy of the hash too.
+    sqlx::query(
+        "INSERT INTO outbox_dead_letter (id, aggregate_id, sequence, event_type, payload, error) \
+         SELECT id + 1000, aggregate_id, sequence, event_type, payload, 'a relay bug' FROM outbox \
+         WHERE aggregate_id = $1 AND event_type = 'PasswordSet'",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows_containing(&pool, "outbox", &secret).await, 1);
+    let before: String = sqlx::query_scalar(
+        "SELECT encode(hash, 'hex') FROM events ORDER BY global_position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    let o = stack.cli(&["migrate"]);
+    assert!(o.status.success(), "{}", out(&o));
+
+    // The hash moved into credentials; the log keeps its rows as they were (append-only, and
+    // chained over them), the copies outside the log lost it.
+    let (stored, scheme) = credential(&pool, &id).await.expect("the hash was copied");
+    assert_eq!(stored, phc);
+    assert_eq!(scheme, ("argon2id".to_owned(), 19, 19456, 2, 1));
+    assert_eq!(rows_containing(&pool, "events", &secret).await, 1);
+    assert_eq!(rows_containing(&pool, "outbox", &secret).await, 0);
+    assert_eq!(
+        rows_containing(&pool, "outbox_dead_letter", &secret).await,
+        0
+    );
+    let after: String = sqlx::query_scalar(
+        "SELECT encode(hash, 'hex') FROM events ORDER BY global_position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(before, after);
+    let (version, payload): (String, sqlx::types::Json<Value>) = sqlx::query_as(
+        "SELECT event_version, payload FROM outbox WHERE aggregate_id = $1 AND event_type = 'PasswordSet'",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(version, "2.0");
+    assert_eq!(payload.0["PasswordSet"]["scheme"]["memory_kib"], 19456);
+
+    // The chain verifies, the projections replay, the account loads as active, and the tools
+    // that print events show no hash.
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "replay", "--from", "postgres"],
+        &["audit", "history", &id],
+    ] {
+        let o = stack.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", out(&o));
+        assert!(!String::from_utf8_lossy(&o.stdout).contains(&secret));
+    }
+    for args in [&["events", &id][..], &["audit", "export"]] {
+        let o = stack.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", out(&o));
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains(&secret),
+            "{args:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("<redacted>"),
+            "{args:?}"
+        );
+    }
+    let o = stack.cli(&["user", "show", &id]);
+    let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(view["state"], "Active", "{}", out(&o));
+
+    // The relay publishes the outbox rows written before the migration.
+    stack.spawn("relay");
+    let records = stack
+        .user_records(
+            &id,
+            &["onboard.user.password_set.v1", "onboard.user.activated.v1"],
+        )
+        .await;
+    for r in &records {
+        assert!(!r.raw_value.contains(&secret), "{}", r.raw_value);
+    }
+}
