@@ -193,7 +193,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
                     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
                 )
             })?;
-            let mut view = onboarding_gateway::user_view(&account);
+            let mut view = onboarding_gateway::user_view(&account, at);
             view["as_of"] = serde_json::json!(at);
             view["last_position"] = serde_json::json!(position);
             println!("{}", serde_json::to_string_pretty(&view)?);

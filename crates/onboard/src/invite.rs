@@ -70,7 +70,7 @@ async fn one(settings: &Settings, args: &Args) -> Result<()> {
         .context("the invitation was not stored")?;
     println!(
         "{}",
-        serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?
+        serde_json::to_string_pretty(&onboarding_gateway::user_view(&account, chrono::Utc::now()))?
     );
     Ok(())
 }

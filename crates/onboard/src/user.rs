@@ -38,7 +38,10 @@ pub async fn run(settings: &Settings, command: UserCommand) -> Result<()> {
                 .with_context(|| format!("no user with id {id}"))?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&onboarding_gateway::user_view(&account))?
+                serde_json::to_string_pretty(&onboarding_gateway::user_view(
+                    &account,
+                    chrono::Utc::now()
+                ))?
             );
             Ok(())
         }

@@ -463,6 +463,22 @@ impl Onboarding {
         }
     }
 
+    /// The state as the views show it at `now`: a live code past its expiry makes the account
+    /// `Expired` from that instant on (the instant [`Onboarding::check_code`] refuses the code
+    /// from), not from the scheduler's next pass, which records `CodeExpired` later.
+    pub fn state_at(&self, now: DateTime<Utc>) -> OnboardingState {
+        match self.live_code() {
+            Some(code) if now >= code.expires_at => OnboardingState::Expired,
+            _ => self.state,
+        }
+    }
+
+    /// The live code at `now`: [`Onboarding::live_code`] while it has not expired, so that a
+    /// view shows the same before and after the scheduler recorded the expiry.
+    pub fn live_code_at(&self, now: DateTime<Utc>) -> Option<&IssuedCode> {
+        self.live_code().filter(|code| now < code.expires_at)
+    }
+
     /// The user's names from the invitation's claims (`name`, `given_name`, …).
     pub fn display_names(&self) -> Vec<&str> {
         [

@@ -773,6 +773,43 @@ async fn the_scheduler_expires_only_a_live_code_past_its_expiry() {
         }]);
 }
 
+#[test]
+fn the_view_says_expired_from_the_codes_expiry_not_from_the_schedulers_pass() {
+    use cqrs_es::Aggregate;
+    use onboarding_domain::OnboardingState;
+    let fold = |events: Vec<OnboardingEvent>| {
+        let mut account = Onboarding::default();
+        events.into_iter().for_each(|e| account.apply(e));
+        account
+    };
+    let expiry = t0() + Duration::minutes(60);
+    let account = fold(live());
+    assert_eq!(account.state, OnboardingState::CodeIssued);
+    let just_before = expiry - Duration::microseconds(1);
+    assert_eq!(account.state_at(just_before), OnboardingState::CodeIssued);
+    assert_eq!(
+        account.live_code_at(just_before).map(|c| c.expires_at),
+        Some(expiry)
+    );
+    // The instant check_code refuses the code, the view says Expired and shows no live code,
+    // as it does once the scheduler recorded CodeExpired.
+    assert_eq!(account.state_at(expiry), OnboardingState::Expired);
+    assert!(account.live_code_at(expiry).is_none());
+    let mut recorded = live();
+    recorded.push(OnboardingEvent::CodeExpired {
+        code_id: code_id(1),
+        expired_at: expiry + Duration::seconds(30),
+    });
+    let recorded = fold(recorded);
+    assert_eq!(recorded.state_at(expiry), OnboardingState::Expired);
+    assert!(recorded.live_code_at(expiry).is_none());
+    // A new code revives the account at once.
+    let mut reissued = live();
+    reissued.push(issued(2, expiry, CodeIssueReason::Resend));
+    let reissued = fold(reissued);
+    assert_eq!(reissued.state_at(expiry), OnboardingState::CodeIssued);
+}
+
 #[tokio::test]
 async fn an_expired_invitation_gets_a_new_link_on_request_from_its_old_code() {
     let mut given = live();

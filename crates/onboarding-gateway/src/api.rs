@@ -27,8 +27,10 @@ use crate::error::{ApiError, NotJson};
 use crate::throttle::ClientKey;
 use crate::AppState;
 
-/// The account as admins see it. Never a secret.
-pub fn user_view(account: &Onboarding) -> Value {
+/// The account as admins see it at `now`. Never a secret. A code past its expiry shows as
+/// `Expired` (with no `code_expires_at`) from that instant, as it will once the scheduler
+/// recorded the expiry ([`Onboarding::state_at`]).
+pub fn user_view(account: &Onboarding, now: DateTime<Utc>) -> Value {
     json!({
         "id": account.user_id,
         "username": account.username.as_ref().map(Username::as_str),
@@ -37,9 +39,9 @@ pub fn user_view(account: &Onboarding) -> Value {
         "locale": account.locale.as_ref().map(Locale::as_str),
         "time_zone": account.time_zone.as_ref().map(TimeZone::as_str),
         "claims": account.claims,
-        "state": account.state.as_str(),
+        "state": account.state_at(now).as_str(),
         "created_at": account.created_at,
-        "code_expires_at": account.live_code().map(|c| c.expires_at),
+        "code_expires_at": account.live_code_at(now).map(|c| c.expires_at),
         "password_set_at": account.password_set_at,
         "activated_at": account.activated_at,
         "email_delivery": account.delivery,
@@ -233,7 +235,7 @@ async fn create_user_inner(
     let account = load(state, user_id).await?;
     Ok(Answer {
         status: StatusCode::CREATED,
-        body: user_view(&account),
+        body: user_view(&account, Utc::now()),
         location: Some(format!("/api/v1/users/{user_id}")),
     })
 }
@@ -343,7 +345,7 @@ pub async fn get_user(
 ) -> Result<Response, ApiError> {
     grant.require(Scope::Read)?;
     let account = load(&state, parse_id(&id)?).await?;
-    Ok(warp::reply::json(&user_view(&account)).into_response())
+    Ok(warp::reply::json(&user_view(&account, Utc::now())).into_response())
 }
 
 pub async fn resend(
@@ -380,12 +382,13 @@ async fn resend_inner(
         .execute_retrying(user_id, command, &actor)
         .await?;
     let account = load(state, user_id).await?;
+    let now = Utc::now();
     Ok(Answer {
         status: StatusCode::ACCEPTED,
         body: json!({
             "id": user_id,
-            "state": account.state.as_str(),
-            "code_expires_at": account.live_code().map(|c| c.expires_at),
+            "state": account.state_at(now).as_str(),
+            "code_expires_at": account.live_code_at(now).map(|c| c.expires_at),
         }),
         location: None,
     })
@@ -515,7 +518,7 @@ pub async fn revoke(
         .execute_retrying(user_id, command, &grant.actor())
         .await?;
     let account = load(&state, user_id).await?;
-    Ok(warp::reply::json(&user_view(&account)).into_response())
+    Ok(warp::reply::json(&user_view(&account, Utc::now())).into_response())
 }
 
 pub async fn list(

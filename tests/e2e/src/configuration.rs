@@ -19,6 +19,8 @@ pub struct Options {
     /// `gateway.admin_rate_limit_per_minute`: per admin token, over the API, bulk and SCIM.
     pub admin_rate_limit_per_minute: u32,
     pub resend_cooldown_seconds: i64,
+    /// `identity_mgt.user_onboarding.expiry_scan_seconds`: 1, so tests see the scheduler soon.
+    pub expiry_scan_seconds: u64,
     /// An SMTP port of the test's own instead of MailDev's (e.g. one nobody listens on).
     pub smtp_port: Option<u16>,
     /// More lines for the `[kafka]` section (e.g. `security_protocol = "ssl"`).
@@ -36,6 +38,7 @@ impl Default for Options {
             page_rate_limit_per_minute: 600,
             admin_rate_limit_per_minute: 6000,
             resend_cooldown_seconds: 0,
+            expiry_scan_seconds: 1,
             smtp_port: None,
             kafka_settings: String::new(),
         }
@@ -81,7 +84,7 @@ ask_password_from_user = true
 ask_password_email_validity = {validity}
 min_validity_minutes = 1
 max_validity_minutes = 10080
-expiry_scan_seconds = 1
+expiry_scan_seconds = {expiry_scan}
 resend_cooldown_seconds = {cooldown}
 
 [output_adapter.email]
@@ -154,6 +157,7 @@ name = "Pickup"
         page_rate = options.page_rate_limit_per_minute,
         admin_rate = options.admin_rate_limit_per_minute,
         cooldown = options.resend_cooldown_seconds,
+        expiry_scan = options.expiry_scan_seconds,
         kafka_settings = options.kafka_settings,
         token_hash = sha256_hex(stack.admin_token),
         reader_hash = sha256_hex(stack.reader_token),

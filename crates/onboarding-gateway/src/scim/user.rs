@@ -450,6 +450,7 @@ impl UserResource {
         version: Option<(i64, DateTime<Utc>)>,
     ) -> Self {
         let id = account.user_id.map(|i| i.to_string()).unwrap_or_default();
+        let now = Utc::now();
         let claim = |k: &str| {
             account
                 .claims
@@ -491,8 +492,8 @@ impl UserResource {
                 version: version.map(|(v, _)| etag(v)),
             },
             onboarding: OnboardingOut {
-                state: account.state.as_str(),
-                code_expires_at: account.live_code().map(|c| c.expires_at),
+                state: account.state_at(now).as_str(),
+                code_expires_at: account.live_code_at(now).map(|c| c.expires_at),
                 // The mail's status as the event contract names it (its serde tag).
                 email_delivery: account
                     .delivery

@@ -197,6 +197,76 @@ async fn an_expired_code_is_refused_marked_expired_listed_and_the_user_can_get_a
 }
 
 #[tokio::test]
+async fn the_views_say_expired_from_the_codes_expiry_before_the_scheduler_records_it() {
+    // The scheduler passes once at start, then not for an hour: whatever says `Expired` below
+    // read the code's expiry, not a `CodeExpired` event.
+    let stack = Stack::start(
+        "expired_view",
+        Options {
+            expiry_scan_seconds: 3600,
+            ..Options::default()
+        },
+    )
+    .await;
+    let email = format!("{}@pickup.example", unique("lapse."));
+    let created = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&json!({"username": "Lapsed", "email": email, "code_validity_minutes": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["state"], "CodeIssued");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(created["code_expires_at"].as_str().unwrap()).unwrap();
+    let listed_in = |list: &Value| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["user_id"] == id.as_str())
+            .cloned()
+    };
+    assert!(listed_in(&stack.list("state=CodeIssued").await).is_some());
+    assert!(listed_in(&stack.list("state=Expired").await).is_none());
+
+    // Wait for the real clock to pass the expiry (one minute: the smallest validity allowed).
+    while chrono::Utc::now() <= expires_at {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let user = stack.user(&id).await;
+    assert_eq!(user["state"], "Expired", "{user}");
+    assert!(user["code_expires_at"].is_null(), "{user}");
+    let expired = listed_in(&stack.list("state=Expired").await).expect("listed as Expired");
+    assert_eq!(expired["state"], "Expired", "{expired}");
+    assert!(expired["code_expires_at"].is_null(), "{expired}");
+    let since = chrono::DateTime::parse_from_rfc3339(expired["state_since"].as_str().unwrap());
+    assert_eq!(
+        since.unwrap(),
+        expires_at,
+        "Expired since the code's expiry"
+    );
+    assert!(listed_in(&stack.list("state=CodeIssued").await).is_none());
+    let everyone = listed_in(&stack.list("limit=500").await).unwrap();
+    assert_eq!(everyone["state"], "Expired");
+
+    // The CLI shows the same view.
+    let shown = stack.cli(&["user", "show", &id]);
+    assert!(shown.status.success());
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["state"], "Expired", "{shown}");
+
+    // And no scheduler wrote it: the log has no CodeExpired yet.
+    let events = stack.cli(&["events", &id]);
+    assert!(events.status.success());
+    let events = String::from_utf8(events.stdout).unwrap();
+    assert!(events.contains("CodeIssued"), "{events}");
+    assert!(!events.contains("CodeExpired"), "{events}");
+}
+
+#[tokio::test]
 async fn a_new_link_request_answers_the_same_whether_or_not_a_link_is_sent() {
     let stack = Stack::start("newlink", Options::default()).await;
     let (id, email, mail) = stack.invite_mailed("Asker").await;
