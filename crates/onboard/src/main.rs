@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use onboarding_config::Settings;
 
 mod audit;
+mod config;
 mod email;
 mod invite;
 mod logging;
@@ -78,6 +79,11 @@ enum Command {
     Email {
         #[command(subcommand)]
         command: email::EmailCommand,
+    },
+    /// The configuration: check it as every role does at start, without connecting anywhere.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
     },
     /// Print one user's events, oldest first, as JSON lines (password hashes redacted).
     Events(user::EventsArgs),
@@ -154,6 +160,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::User { command } => user::run(&settings, command).await,
         Command::Events(args) => user::events(&settings, args).await,
         Command::Email { command } => email::run(&settings, command).await,
+        Command::Config { command } => config::run(&settings, &cli.config, command),
         Command::Audit { command } => audit::run(&settings, command).await,
     }
 }

@@ -47,7 +47,7 @@ pub use error::ApiError;
 pub use health::serve_metrics;
 pub use readiness::{Dependency, Readiness, Role};
 pub use routes::routes;
-pub use state::{AppState, GatewayError};
+pub use state::{check_settings, AppState, GatewayError};
 
 /// Binds the gateway and serves until `shutdown`. Returns the bound address through `bound`.
 pub async fn serve(

@@ -100,6 +100,14 @@ impl AppState {
     }
 }
 
+/// Checks what [`AppState::new`] checks in `settings` (the admin tokens, the page texts),
+/// without a store: `onboard config check`.
+pub fn check_settings(settings: &Settings) -> Result<(), GatewayError> {
+    Tokens::new(&settings.gateway.admin_tokens)?;
+    Pages::new(&settings.organisation)?;
+    Ok(())
+}
+
 /// The gateway's state, for every handler.
 pub(crate) fn with_state(
     state: Arc<AppState>,
