@@ -14,6 +14,8 @@
 mod bulk;
 mod codes;
 mod database;
+#[cfg(test)]
+mod documented_keys;
 mod email;
 mod error;
 mod gateway;
