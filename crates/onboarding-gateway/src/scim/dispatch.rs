@@ -65,7 +65,7 @@ async fn route(
             grant.require(Scope::Revoke)?;
             delete(state, &grant, id).await
         }
-        ("PUT" | "PATCH", ["Users", ..]) => Err(ScimError::UsersAreNotChanged),
+        ("PUT" | "PATCH", ["Users", _]) => Err(ScimError::UsersAreNotChanged),
         ("POST", ["Users", ".search"]) => Err(ScimError::SearchByPost),
         ("GET", ["ServiceProviderConfig"]) => Ok(reply(
             StatusCode::OK,
