@@ -1,6 +1,6 @@
 //! Liveness (`/healthz`), readiness (`/readyz`: can each role of the process do its job, see
 //! `readiness.rs`) and the Prometheus metrics (`/metrics`), for the gateway and for processes
-//! that run none.
+//! that run none; the gateway also serves its OpenAPI document (`openapi.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::connections::{self, Limits};
+use crate::endpoints::{self, at};
 use crate::readiness::Readiness;
 use crate::state::with_state;
 use crate::{AppState, GatewayError};
@@ -29,26 +30,27 @@ impl Health {
     }
 }
 
-/// `/healthz`, `/readyz` and `/metrics` of the gateway.
+/// `/healthz`, `/readyz`, `/metrics` and `/api/v1/openapi.json` of the gateway.
 pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_state(state.clone()))
-        .then(|state: Arc<AppState>| async move {
-            state.health.readiness.check().await.into_response()
-        });
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
+    let readyz = at(&endpoints::READYZ).and(with_state(state.clone())).then(
+        |state: Arc<AppState>| async move { state.health.readiness.check().await.into_response() },
+    );
+    let metrics = at(&endpoints::METRICS)
         .and(with_state(state))
         .map(|state: Arc<AppState>| metrics_text(state.health.metrics.as_ref()));
-    healthz().or(readyz).unify().or(metrics).unify().boxed()
+    healthz()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(crate::openapi::route())
+        .unify()
+        .boxed()
 }
 
 /// `/healthz`: the process answers.
 fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response())
+    at(&endpoints::HEALTHZ).map(|| warp::reply::json(&json!({"status": "ok"})).into_response())
 }
 
 /// The metrics in Prometheus' text format (empty without a recorder).
@@ -71,10 +73,8 @@ pub async fn serve_metrics(
         .await
         .map_err(|source| GatewayError::Bind { addr, source })?;
     tracing::info!(%addr, "metrics listening");
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .map(move || metrics_text(Some(&handle)));
-    let readyz = warp::path!("readyz").and(warp::get()).then(move || {
+    let metrics = at(&endpoints::METRICS).map(move || metrics_text(Some(&handle)));
+    let readyz = at(&endpoints::READYZ).then(move || {
         let readiness = readiness.clone();
         async move { readiness.check().await.into_response() }
     });

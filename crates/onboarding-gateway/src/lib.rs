@@ -9,8 +9,10 @@
 //!   `{"error", "message"}` (API) or a page that says what to do (browser).
 //! - Admin tokens are compared by SHA-256, in constant time; no secret is ever logged.
 //!
-//! Where things are: `state.rs` (the [`AppState`] and its parts), `routes.rs` (every route, in
-//! groups), `admin.rs` (admin tokens and the one filter that admits a request), `api.rs`,
+//! Where things are: `state.rs` (the [`AppState`] and its parts), `endpoints.rs` (the route
+//! table: every endpoint's methods and path), `routes.rs` (every route, in groups, built on that
+//! table), `openapi.rs` (the OpenAPI document, served, and the test that keeps it and the routes
+//! equal), `admin.rs` (admin tokens and the one filter that admits a request), `api.rs`,
 //! `bulk.rs` and `scim.rs` (the admin endpoints), `pages.rs` and `i18n.rs` (the pages behind the
 //! links), `client.rs` and `throttle.rs` (who the client is, and its limits), `request_id.rs`,
 //! `body.rs` (bodies up to a limit), `health.rs` (health, readiness, metrics), `readiness.rs`
@@ -24,9 +26,11 @@ mod body;
 mod bulk;
 mod client;
 mod connections;
+mod endpoints;
 mod error;
 mod health;
 mod i18n;
+mod openapi;
 mod pages;
 mod readiness;
 mod request_id;

@@ -16,6 +16,7 @@ use warp::{Filter, Reply};
 use crate::admin::{admin, admission, Grant};
 use crate::body::{limited_body, limited_body_as};
 use crate::client::client;
+use crate::endpoints::{self, at, at_with_id};
 use crate::error::{recover, respond, ApiError, Refusal};
 use crate::request_id::{echo_request_id, x_request_id};
 use crate::state::with_state;
@@ -56,35 +57,29 @@ pub fn routes(
 fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let json_body = limited_body(state.settings.gateway.max_body_bytes);
     let idempotency_key = warp::header::optional::<String>("idempotency-key");
-    let create = warp::path!("api" / "v1" / "users")
-        .and(warp::post())
+    let create = at(&endpoints::USERS_CREATE)
         .and(idempotency_key)
         .and(json_body.clone())
         .and(admin(state.clone(), RouteGroup::Api))
         .then(|key, body, state, grant| api::create_user(state, grant, key, body));
-    let list = warp::path!("api" / "v1" / "users")
-        .and(warp::get())
+    let list = at(&endpoints::USERS_LIST)
         .and(warp::query::<HashMap<String, String>>())
         .and(admin(state.clone(), RouteGroup::Api))
         .then(|query, state, grant| api::list(state, grant, query));
-    let show = warp::path!("api" / "v1" / "users" / String)
-        .and(warp::get())
+    let show = at_with_id(&endpoints::USER)
         .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, state, grant| api::get_user(state, grant, id));
-    let resend = warp::path!("api" / "v1" / "users" / String / "resend")
-        .and(warp::post())
+    let resend = at_with_id(&endpoints::USER_RESEND)
         .and(idempotency_key)
         .and(json_body.clone())
         .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, key, body, state, grant| api::resend(state, grant, key, id, body));
-    let revoke = warp::path!("api" / "v1" / "users" / String / "revoke")
-        .and(warp::post())
+    let revoke = at_with_id(&endpoints::USER_REVOKE)
         .and(json_body)
         .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, body, state, grant| api::revoke(state, grant, id, body));
     // An upload may be megabytes: the token and its scope are checked before the body is read.
-    let bulk_upload = warp::path!("api" / "v1" / "bulk-invites")
-        .and(warp::post())
+    let bulk_upload = at(&endpoints::BULK_UPLOAD)
         .and(admin(state.clone(), RouteGroup::Bulk))
         .and_then(|state: Arc<AppState>, grant: Grant| async move {
             match grant.require(Scope::Invite) {
@@ -99,8 +94,7 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
             "bulk.max_file_bytes",
         ))
         .then(bulk::upload);
-    let bulk_show = warp::path!("api" / "v1" / "bulk-invites" / String)
-        .and(warp::get())
+    let bulk_show = at_with_id(&endpoints::BULK_JOB)
         .and(admin(state, RouteGroup::Bulk))
         .then(|id, state, grant| bulk::show(state, grant, id));
     create
@@ -123,7 +117,7 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
 /// `/scim2/…`: one route, dispatched by `scim::handle`, which answers refusals in SCIM's
 /// error format.
 fn scim_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
-    warp::path("scim2")
+    warp::path(endpoints::SCIM_MOUNT)
         .and(warp::path::tail())
         .and(warp::method())
         .and(admission(state.clone(), RouteGroup::Scim))
@@ -156,54 +150,45 @@ fn public(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let accept_language = warp::header::optional::<String>("accept-language");
     let form =
         warp::body::content_length_limit(max).and(warp::body::form::<HashMap<String, String>>());
-    let get_or_head = warp::get().or(warp::head()).unify();
     let state_and_client = with_state(state.clone()).and(client(state.clone()));
 
-    let submission = warp::path!("api" / "v1" / "password-submissions")
-        .and(warp::post())
+    let submission = at(&endpoints::PASSWORD_SUBMISSIONS)
         .and(state_and_client.clone())
         .and(limited_body(max))
         .then(|state, client, body| async move {
             respond(api::password_submission(state, client, body).await)
         });
-    let confirm_page = warp::path!("confirm")
-        .and(get_or_head)
+    let confirm_page = at(&endpoints::CONFIRM_PAGE)
         .and(state_and_client.clone())
         .and(warp::method())
         .and(warp::header::optional::<String>("user-agent"))
         .and(accept_language)
         .and(warp::query::<HashMap<String, String>>())
         .then(pages::show);
-    let confirm_post = warp::path!("confirm")
-        .and(warp::post())
+    let confirm_post = at(&endpoints::CONFIRM_FORM)
         .and(state_and_client.clone())
         .and(provenance)
         .and(accept_language)
         .and(form)
         .then(pages::submit);
-    let new_link = warp::path!("confirm" / "new-link")
-        .and(warp::post())
+    let new_link = at(&endpoints::NEW_LINK)
         .and(state_and_client.clone())
         .and(provenance)
         .and(accept_language)
         .and(form)
         .then(pages::new_link);
-    let revoke_page = warp::path!("revoke")
-        .and(get_or_head)
+    let revoke_page = at(&endpoints::REVOKE_PAGE)
         .and(state_and_client.clone())
         .and(accept_language)
         .and(warp::query::<HashMap<String, String>>())
         .then(pages::revoke_page);
-    let revoke_post = warp::path!("revoke")
-        .and(warp::post())
+    let revoke_post = at(&endpoints::REVOKE_FORM)
         .and(state_and_client)
         .and(provenance)
         .and(accept_language)
         .and(form)
         .then(pages::revoke_submit);
-    let css = warp::path!("assets" / "onboard.css")
-        .and(get_or_head)
-        .map(pages::css);
+    let css = at(&endpoints::STYLE_SHEET).map(pages::css);
     submission
         .or(confirm_page)
         .unify()

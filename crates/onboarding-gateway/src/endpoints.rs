@@ -1,0 +1,187 @@
+//! The route table: every endpoint the gateway serves, by its methods and its path template as
+//! `schemas/openapi.json` writes it. `routes.rs` builds each route's path and method filter from
+//! its entry here ([`at`], [`at_with_id`]); the SCIM entries are served under one `/scim2` mount by
+//! `scim::dispatch`. A test (`openapi.rs`) keeps this table and the document equal, and sends
+//! every documented request to the router, so a route cannot be added, moved or dropped without
+//! the document following.
+
+use warp::filters::BoxedFilter;
+use warp::{Filter, Rejection};
+
+/// An HTTP method the gateway routes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Verb {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    /// As OpenAPI names it (the key of an operation under its path).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Head => "head",
+            Self::Post => "post",
+            Self::Put => "put",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+        }
+    }
+
+    fn filter(self) -> BoxedFilter<()> {
+        match self {
+            Self::Get => warp::get().boxed(),
+            Self::Head => warp::head().boxed(),
+            Self::Post => warp::post().boxed(),
+            Self::Put => warp::put().boxed(),
+            Self::Patch => warp::patch().boxed(),
+            Self::Delete => warp::delete().boxed(),
+        }
+    }
+}
+
+/// One endpoint: a path template (`{name}` is one path segment) and the methods it answers.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) path: &'static str,
+    pub(crate) verbs: &'static [Verb],
+}
+
+use Verb::{Delete, Get, Head, Patch, Post, Put};
+
+const fn endpoint(path: &'static str, verbs: &'static [Verb]) -> Endpoint {
+    Endpoint { path, verbs }
+}
+
+// The admin API.
+pub(crate) const USERS_CREATE: Endpoint = endpoint("/api/v1/users", &[Post]);
+pub(crate) const USERS_LIST: Endpoint = endpoint("/api/v1/users", &[Get]);
+pub(crate) const USER: Endpoint = endpoint("/api/v1/users/{id}", &[Get]);
+pub(crate) const USER_RESEND: Endpoint = endpoint("/api/v1/users/{id}/resend", &[Post]);
+pub(crate) const USER_REVOKE: Endpoint = endpoint("/api/v1/users/{id}/revoke", &[Post]);
+pub(crate) const BULK_UPLOAD: Endpoint = endpoint("/api/v1/bulk-invites", &[Post]);
+pub(crate) const BULK_JOB: Endpoint = endpoint("/api/v1/bulk-invites/{job_id}", &[Get]);
+// The password API and the pages behind the links.
+pub(crate) const PASSWORD_SUBMISSIONS: Endpoint = endpoint("/api/v1/password-submissions", &[Post]);
+pub(crate) const CONFIRM_PAGE: Endpoint = endpoint("/confirm", &[Get, Head]);
+pub(crate) const CONFIRM_FORM: Endpoint = endpoint("/confirm", &[Post]);
+pub(crate) const NEW_LINK: Endpoint = endpoint("/confirm/new-link", &[Post]);
+pub(crate) const REVOKE_PAGE: Endpoint = endpoint("/revoke", &[Get, Head]);
+pub(crate) const REVOKE_FORM: Endpoint = endpoint("/revoke", &[Post]);
+pub(crate) const STYLE_SHEET: Endpoint = endpoint("/assets/onboard.css", &[Get, Head]);
+// Operations.
+pub(crate) const HEALTHZ: Endpoint = endpoint("/healthz", &[Get]);
+pub(crate) const READYZ: Endpoint = endpoint("/readyz", &[Get]);
+pub(crate) const METRICS: Endpoint = endpoint("/metrics", &[Get]);
+pub(crate) const OPENAPI: Endpoint = endpoint("/api/v1/openapi.json", &[Get]);
+
+/// Every endpoint that `routes.rs` mounts itself.
+pub(crate) const ROUTED: &[&Endpoint] = &[
+    &USERS_CREATE,
+    &USERS_LIST,
+    &USER,
+    &USER_RESEND,
+    &USER_REVOKE,
+    &BULK_UPLOAD,
+    &BULK_JOB,
+    &PASSWORD_SUBMISSIONS,
+    &CONFIRM_PAGE,
+    &CONFIRM_FORM,
+    &NEW_LINK,
+    &REVOKE_PAGE,
+    &REVOKE_FORM,
+    &STYLE_SHEET,
+    &HEALTHZ,
+    &READYZ,
+    &METRICS,
+    &OPENAPI,
+];
+
+/// Where SCIM is mounted: every request under it goes to `scim::handle`.
+pub(crate) const SCIM_MOUNT: &str = "scim2";
+
+/// The endpoints `scim::dispatch` answers under [`SCIM_MOUNT`] (each other path there is a SCIM
+/// `404`, each other method on these paths a SCIM `405`).
+pub(crate) const SCIM: &[Endpoint] = &[
+    endpoint("/scim2/Users", &[Get, Post]),
+    endpoint("/scim2/Users/{id}", &[Get, Put, Patch, Delete]),
+    endpoint("/scim2/Users/.search", &[Post]),
+    endpoint("/scim2/ServiceProviderConfig", &[Get]),
+    endpoint("/scim2/Schemas", &[Get]),
+    endpoint("/scim2/Schemas/{id}", &[Get]),
+    endpoint("/scim2/ResourceTypes", &[Get]),
+    endpoint("/scim2/ResourceTypes/User", &[Get]),
+];
+
+/// Every endpoint of the gateway.
+pub(crate) fn all() -> impl Iterator<Item = &'static Endpoint> {
+    ROUTED.iter().copied().chain(SCIM.iter())
+}
+
+/// The path filter of `template`: its literal segments matched as `warp::path!` matches them,
+/// each `{name}` segment extracted, then the end of the path.
+fn path(template: &'static str) -> BoxedFilter<(Vec<String>,)> {
+    let mut filter = warp::any().map(Vec::new).boxed();
+    for segment in template.trim_start_matches('/').split('/') {
+        filter = if segment.starts_with('{') && segment.ends_with('}') {
+            filter
+                .and(warp::path::param::<String>())
+                .map(|mut params: Vec<String>, value| {
+                    params.push(value);
+                    params
+                })
+                .boxed()
+        } else {
+            filter.and(warp::path(segment)).boxed()
+        };
+    }
+    filter.and(warp::path::end()).boxed()
+}
+
+/// The method filter of `verbs`: any one of them (a request with another method is rejected as
+/// `405` when its path matched).
+fn methods(verbs: &[Verb]) -> BoxedFilter<()> {
+    let mut verbs = verbs.iter();
+    let Some(first) = verbs.next() else {
+        // No method: nothing is served.
+        return warp::any()
+            .and_then(|| async { Err::<(), _>(warp::reject::not_found()) })
+            .untuple_one()
+            .boxed();
+    };
+    verbs.fold(first.filter(), |either, v| {
+        either.or(v.filter()).unify().boxed()
+    })
+}
+
+/// The path and the methods of `endpoint`, whose path has no parameter.
+pub(crate) fn at(endpoint: &'static Endpoint) -> BoxedFilter<()> {
+    path(endpoint.path)
+        .and_then(|params: Vec<String>| async move {
+            if params.is_empty() {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(methods(endpoint.verbs))
+        .boxed()
+}
+
+/// The path and the methods of `endpoint`, whose path has one `{parameter}`: its value.
+pub(crate) fn at_with_id(endpoint: &'static Endpoint) -> BoxedFilter<(String,)> {
+    path(endpoint.path)
+        .and_then(|mut params: Vec<String>| async move {
+            match (params.pop(), params.is_empty()) {
+                (Some(id), true) => Ok::<_, Rejection>(id),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .and(methods(endpoint.verbs))
+        .boxed()
+}
