@@ -96,21 +96,19 @@ fn parse_csv(data: &[u8]) -> Result<Vec<ReadRow>, BulkError> {
         line: 1,
     };
     loop {
-        let line = reader.position().line() as i32;
+        // Lines are counted here, not by the csv crate, which counts only `\n`.
+        let before = reader.position().byte();
         match reader.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                let line = e.position().map(|p| p.line() as i32).unwrap_or(line.max(1));
+                let line = lines.at(e.position().map_or(before, |p| p.byte()));
                 out.push((line, Err(format!("not readable as CSV: {e}"))));
                 first = false;
                 continue;
             }
         }
-        let line = record
-            .position()
-            .map(|p| lines.at(p.byte()))
-            .unwrap_or(line.max(1));
+        let line = lines.at(record.position().map_or(before, |p| p.byte()));
         if record.iter().all(str::is_empty) {
             continue;
         }
@@ -188,13 +186,22 @@ impl Lines<'_> {
         while start < self.data.len() && (self.data[start] == b'\n' || self.data[start] == b'\r') {
             start += 1;
         }
-        self.line += self.data[self.pos..start]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count() as i32;
+        self.line += line_breaks(self.data, self.pos, start) as i32;
         self.pos = start;
         self.line
     }
+}
+
+/// The line breaks in `data[from..to]`, counted as the csv crate ends records: `\n`, `\r\n` and a
+/// lone `\r` (a file saved with classic Mac line endings) each end one line.
+fn line_breaks(data: &[u8], from: usize, to: usize) -> usize {
+    (from..to)
+        .filter(|&i| match data[i] {
+            b'\n' => true,
+            b'\r' => data.get(i + 1) != Some(&b'\n'),
+            _ => false,
+        })
+        .count()
 }
 
 fn parse_jsonl(data: &[u8]) -> Vec<ReadRow> {

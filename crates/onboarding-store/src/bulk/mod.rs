@@ -214,6 +214,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_with_classic_mac_line_endings_numbers_each_line() {
+        // Two rows on line 1 would be one row id, and the job's second row would not be stored.
+        for file in [
+            "ann,ann@pickup.example\rbob,bob@pickup.example\r",
+            "ann,ann@pickup.example\r\nbob,bob@pickup.example\r\n",
+            "ann,ann@pickup.example\n\rbob,bob@pickup.example",
+        ] {
+            let rows = parse(Format::Csv, file.as_bytes()).unwrap();
+            let lines: Vec<i32> = rows.iter().map(|r| r.line).collect();
+            let want = if file.contains("\n\r") {
+                vec![1, 3]
+            } else {
+                vec![1, 2]
+            };
+            assert_eq!(lines, want, "{file:?}");
+        }
+    }
+
+    #[test]
     fn csv_with_header_names_columns_and_reports_each_bad_line() {
         let file = b"username,email,locale\nJane,jane@pickup.example,de\n\nBob,not-an-address\nJANE,jane2@pickup.example\nToo,many@x.example,de,extra\n";
         let rows = parse(Format::Csv, file).unwrap();
