@@ -157,6 +157,15 @@ pub fn classify(value: Option<&[u8]>) -> Result<InvitationRequested, (DeadLetter
             format!("type must end with `{REQUEST_TYPE_SUFFIX}`"),
         ));
     }
+    // The optional attributes, when given, are strings (null counts as not given).
+    for k in ["time", "datacontenttype"] {
+        if map.get(k).is_some_and(|v| !v.is_string() && !v.is_null()) {
+            return Err((
+                DeadLetter::NotCloudEvent,
+                format!("the CloudEvents attribute `{k}` must be a string"),
+            ));
+        }
+    }
     if let Some(ct) = attr("datacontenttype") {
         if !ct.starts_with("application/json") {
             return Err((
@@ -165,11 +174,15 @@ pub fn classify(value: Option<&[u8]>) -> Result<InvitationRequested, (DeadLetter
             ));
         }
     }
-    let data = map.get("data");
-    if data
-        .and_then(Value::as_object)
-        .is_some_and(|d| d.contains_key("password"))
-    {
+    let Some(data) = map.get("data").and_then(Value::as_object) else {
+        return Err((
+            DeadLetter::InvalidData,
+            "data must be a JSON object with string username and email, and optionally domain, \
+             locale, time_zone, claims (object), code_validity_minutes (integer)"
+                .into(),
+        ));
+    };
+    if data.contains_key("password") {
         return Err((
             DeadLetter::InvalidData,
             "data.password is not accepted: the user chooses a password from the mailed link"
@@ -276,6 +289,39 @@ mod tests {
             detail.contains("x\\0") && !detail.contains('\0'),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn a_refusal_names_the_attribute_that_is_wrong() {
+        let event = |extra: Value| {
+            let mut e = json!({
+                "specversion": "1.0", "id": "req-1", "source": "urn:pickup:hr",
+                "type": "com.pickup.hr.user.invitation.requested",
+                "data": {"username": "jane", "email": "jane@pickup.example"},
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    e.as_object_mut().unwrap().remove(k);
+                } else {
+                    e[k] = v.clone();
+                }
+            }
+            classify(Some(e.to_string().as_bytes()))
+        };
+        let (reason, detail) = event(json!({"time": 5})).unwrap_err();
+        assert_eq!(reason, DeadLetter::NotCloudEvent);
+        assert_eq!(detail, "the CloudEvents attribute `time` must be a string");
+        let (_, detail) = event(json!({"datacontenttype": ["application/json"]})).unwrap_err();
+        assert_eq!(
+            detail,
+            "the CloudEvents attribute `datacontenttype` must be a string"
+        );
+        for data in [Value::Null, json!("jane"), json!([1])] {
+            let (reason, detail) = event(json!({"data": data})).unwrap_err();
+            assert_eq!(reason, DeadLetter::InvalidData);
+            assert!(detail.starts_with("data must be a JSON object"), "{detail}");
+        }
+        assert!(event(json!({"time": null, "datacontenttype": null})).is_ok());
     }
 
     #[test]
