@@ -122,6 +122,49 @@ pub(crate) fn all() -> impl Iterator<Item = &'static Endpoint> {
     ROUTED.iter().copied().chain(SCIM.iter())
 }
 
+/// Whether `template` names the request path `path` (each `{parameter}` is one non-empty
+/// segment).
+pub(crate) fn names(template: &str, path: &str) -> bool {
+    let mut path = path.trim_start_matches('/').split('/');
+    let mut template = template.trim_start_matches('/').split('/');
+    loop {
+        match (template.next(), path.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t == p || (t.starts_with('{') && !p.is_empty()) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The methods the endpoints at `path` answer, as an `Allow` header lists them (`GET, HEAD`);
+/// empty when no endpoint is there.
+pub(crate) fn allowed_methods(path: &str) -> String {
+    let mut verbs: Vec<Verb> = all()
+        .filter(|e| names(e.path, path))
+        .flat_map(|e| e.verbs.iter().copied())
+        .collect();
+    verbs.sort();
+    verbs.dedup();
+    verbs
+        .iter()
+        .map(|v| v.as_str().to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Adds `Allow` to a `405` answer, with the methods the requested path takes (RFC 9110 15.5.6).
+pub(crate) fn allow(path: &str, mut response: warp::reply::Response) -> warp::reply::Response {
+    if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+        let methods = allowed_methods(path);
+        if let Ok(value) = warp::http::HeaderValue::from_str(&methods) {
+            if !methods.is_empty() {
+                response.headers_mut().insert("allow", value);
+            }
+        }
+    }
+    response
+}
+
 /// The path filter of `template`: its literal segments matched as `warp::path!` matches them,
 /// each `{name}` segment extracted, then the end of the path.
 fn path(template: &'static str) -> BoxedFilter<(Vec<String>,)> {

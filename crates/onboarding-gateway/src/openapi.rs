@@ -211,19 +211,10 @@ mod tests {
             .join("/")
     }
 
-    /// Whether `template` names `path` (each `{parameter}` is any one segment).
-    fn names(template: &str, path: &str) -> bool {
-        let (t, p): (Vec<&str>, Vec<&str>) =
-            (template.split('/').collect(), path.split('/').collect());
-        t.len() == p.len()
-            && t.iter()
-                .zip(&p)
-                .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
-    }
-
     struct Answer {
         status: StatusCode,
         content_type: String,
+        allow: Option<String>,
         body: Value,
     }
 
@@ -234,14 +225,16 @@ mod tests {
             .header("authorization", format!("Bearer {TOKEN}"))
             .reply(&routes(state.clone()))
             .await;
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         Answer {
             status: r.status(),
-            content_type: r
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
+            content_type: header("content-type").unwrap_or_default(),
+            allow: header("allow"),
             body: serde_json::from_slice(r.body()).unwrap_or(Value::Null),
         }
     }
@@ -301,7 +294,7 @@ mod tests {
                 // A method some documented template serves at this concrete path is routed.
                 let served = documented
                     .iter()
-                    .any(|(t, m)| m == verb && names(t, &concrete));
+                    .any(|(t, m)| m == verb && endpoints::names(t, &concrete));
                 if !served {
                     probes.push((verb.to_uppercase(), concrete.clone(), "405"));
                 }
@@ -335,6 +328,21 @@ mod tests {
                     answer.status, answer.body
                 ));
             }
+            // A 405 names the methods the path takes: those the document gives it.
+            if *want == "405" {
+                let mut methods: Vec<String> = documented
+                    .iter()
+                    .filter(|(t, _)| endpoints::names(t, path))
+                    .map(|(_, m)| m.to_uppercase())
+                    .collect();
+                methods.sort_by_key(|m| order(m));
+                methods.dedup();
+                assert_eq!(
+                    answer.allow.as_deref(),
+                    Some(methods.join(", ").as_str()),
+                    "{method} {path}: Allow"
+                );
+            }
             // A refusal is JSON (SCIM's is SCIM's JSON), never a page or an empty answer.
             assert!(
                 answer.content_type.contains("json"),
@@ -346,6 +354,14 @@ mod tests {
             failures.is_empty(),
             "undocumented requests the router serves: {failures:#?}"
         );
+    }
+
+    /// Where a method sorts in `Allow` (the route table's order of `Verb`).
+    fn order(method: &str) -> usize {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(usize::MAX)
     }
 
     #[tokio::test]

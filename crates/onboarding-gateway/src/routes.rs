@@ -24,7 +24,7 @@ use crate::throttle::RouteGroup;
 use crate::{api, bulk, health, pages, scim, AppState};
 
 /// Every route of the gateway: each answer repeats the caller's `X-Request-Id` and is counted in
-/// the HTTP metrics.
+/// the HTTP metrics; a `405` lists the methods the path takes in `Allow`.
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
@@ -38,8 +38,11 @@ pub fn routes(
         .recover(recover)
         .unify();
     x_request_id()
+        .and(warp::path::full())
         .and(every)
-        .map(echo_request_id)
+        .map(|id, path: warp::path::FullPath, response| {
+            echo_request_id(id, endpoints::allow(path.as_str(), response))
+        })
         .with(warp::log::custom(|info| {
             metrics::counter!(
                 "onboard_http_requests_total",
