@@ -26,6 +26,8 @@ mod observability;
 mod onboarding;
 mod organisation;
 mod password;
+#[cfg(test)]
+mod properties;
 mod public_base_url;
 
 use std::path::Path;

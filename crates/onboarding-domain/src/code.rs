@@ -365,3 +365,111 @@ mod tests {
         assert!(!format!("{:?}", keyring()).contains("[1"));
     }
 }
+
+/// Properties of the two parsers of what a user presents: the code in a link
+/// ([`PresentedCode::parse`]) and a form's signature ([`CodeKeyring::verify_signature`]).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn keyring() -> CodeKeyring {
+        CodeKeyring::new(
+            "k2",
+            [
+                ("k1".to_owned(), vec![1u8; 32]),
+                ("k2".to_owned(), vec![2u8; 32]),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The token of a presented code, printed as a link carries it.
+    fn print(code: &PresentedCode) -> String {
+        let mut bytes = Vec::with_capacity(TOKEN_LEN);
+        bytes.extend_from_slice(code.user_id.as_bytes());
+        bytes.extend_from_slice(code.code_id.as_uuid().as_bytes());
+        bytes.extend_from_slice(&code.tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn binding() -> impl Strategy<Value = CodeBinding> {
+        (
+            any::<u128>(),
+            any::<[u8; 16]>(),
+            0i64..4_102_444_800_000_000,
+        )
+            .prop_map(|(user, code, micros)| CodeBinding {
+                user_id: Uuid::from_u128(user),
+                code_id: CodeId::from_random_bytes(code),
+                expires_at: DateTime::from_timestamp_micros(micros).unwrap(),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_and_what_is_accepted_prints_back(text in ".{0,120}") {
+            if let Ok(code) = PresentedCode::parse(&text) {
+                // Accepted: 48 bytes of base64url, which print back as the trimmed text.
+                prop_assert_eq!(print(&code), text.trim());
+            }
+        }
+
+        #[test]
+        fn any_base64_text_is_refused_unless_it_is_48_bytes(bytes in prop::collection::vec(any::<u8>(), 0..100)) {
+            let text = URL_SAFE_NO_PAD.encode(&bytes);
+            match PresentedCode::parse(&text) {
+                Ok(code) => {
+                    prop_assert_eq!(bytes.len(), TOKEN_LEN);
+                    prop_assert_eq!(code.user_id, Uuid::from_slice(&bytes[..16]).unwrap());
+                    prop_assert_eq!(code.code_id.as_uuid(), Uuid::from_slice(&bytes[16..32]).unwrap());
+                }
+                Err(e) => {
+                    prop_assert_ne!(bytes.len(), TOKEN_LEN);
+                    // The refusal says what to do, and repeats nothing of the code.
+                    prop_assert!(e.to_string().contains("copy the whole link"));
+                }
+            }
+        }
+
+        #[test]
+        fn a_minted_code_parses_back_and_verifies_only_for_its_own_binding(
+            b in binding(),
+            other in binding(),
+            padding in "[ \t\r\n]{0,3}",
+        ) {
+            let ring = keyring();
+            let token = ring.mint("k1", &b).unwrap();
+            let code = PresentedCode::parse(&format!("{padding}{}{padding}", token.expose())).unwrap();
+            prop_assert_eq!(code.user_id, b.user_id);
+            prop_assert_eq!(code.code_id, b.code_id);
+            prop_assert!(ring.verify("k1", &b, &code));
+            prop_assert!(!ring.verify("k2", &b, &code), "another key does not verify it");
+            if other != b {
+                prop_assert!(!ring.verify("k1", &other, &code));
+            }
+        }
+
+        #[test]
+        fn a_form_signature_verifies_only_for_its_purpose_and_data(
+            purpose in "[a-z]{1,10}",
+            data in prop::collection::vec(any::<u8>(), 0..64),
+            other in prop::collection::vec(any::<u8>(), 0..64),
+            forged in ".{0,80}",
+        ) {
+            let ring = keyring();
+            let signature = ring.sign(&purpose, &data);
+            prop_assert!(ring.verify_signature(&purpose, &data, &signature));
+            if other != data {
+                prop_assert!(!ring.verify_signature(&purpose, &other, &signature));
+            }
+            let elsewhere = format!("{purpose}x");
+            prop_assert!(!ring.verify_signature(&elsewhere, &data, &signature));
+            // Whatever a form sends is judged, never a panic; only the signature itself passes.
+            if forged != signature {
+                prop_assert!(!ring.verify_signature(&purpose, &data, &forged));
+            }
+        }
+    }
+}

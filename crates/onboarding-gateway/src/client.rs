@@ -113,3 +113,79 @@ mod tests {
         assert_eq!(client_of("::1", "2001:db8::5", &["::1/128"]), "2001:db8::5");
     }
 }
+
+/// Properties of [`client_address`], the reader of `X-Forwarded-For`.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ]
+    }
+
+    /// A trusted proxy network, and an address in it.
+    fn proxy() -> impl Strategy<Value = (ipnet::IpNet, IpAddr)> {
+        (ip(), 0u8..=32).prop_map(|(ip, bits)| {
+            let prefix = match ip {
+                IpAddr::V4(_) => bits,
+                IpAddr::V6(_) => bits * 4,
+            };
+            let net = ipnet::IpNet::new(ip, prefix).unwrap().trunc();
+            (net, ip)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_gives_the_peer_or_an_address_the_header_names(
+            peer in ip(),
+            header in "[0-9a-fA-F.:, \t\\[\\]%x-]{0,80}",
+            trusted in prop::collection::vec(proxy(), 0..3),
+        ) {
+            let nets: Vec<ipnet::IpNet> = trusted.iter().map(|(n, _)| *n).collect();
+            let client = client_address(Some(SocketAddr::new(peer, 443)), &header, &nets).unwrap();
+            let named: Vec<IpAddr> = header.split(',').filter_map(|h| h.trim().parse().ok()).collect();
+            prop_assert!(client == peer || named.contains(&client));
+            // Only a trusted peer's header is read at all.
+            if !nets.iter().any(|n| n.contains(&peer)) {
+                prop_assert_eq!(client, peer);
+            }
+        }
+
+        #[test]
+        fn behind_trusted_proxies_a_client_cannot_choose_its_own_address(
+            (net, proxy_ip) in proxy(),
+            real in ip(),
+            spoofed in prop::collection::vec(ip(), 0..4),
+            junk in "[ -~]{0,20}",
+            hops in 0usize..3,
+        ) {
+            prop_assume!(!net.contains(&real));
+            // What the client sent, then what the proxies appended: the address they saw and
+            // their own addresses.
+            let mut list: Vec<String> = spoofed.iter().map(IpAddr::to_string).collect();
+            list.push(junk.replace(',', ""));
+            list.push(real.to_string());
+            list.extend(std::iter::repeat_n(proxy_ip.to_string(), hops));
+            let header = list.join(", ");
+            let client = client_address(Some(SocketAddr::new(proxy_ip, 443)), &header, &[net]).unwrap();
+            prop_assert_eq!(client, real);
+        }
+
+        #[test]
+        fn a_list_of_addresses_reads_back_hop_by_hop(
+            chain in prop::collection::vec(ip(), 1..6),
+        ) {
+            // Every hop trusted: the walk goes to the leftmost address.
+            let all: Vec<ipnet::IpNet> = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+            let header = chain.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",");
+            let client = client_address(Some(SocketAddr::new(chain[0], 1)), &header, &all).unwrap();
+            prop_assert_eq!(client, chain[0]);
+        }
+    }
+}

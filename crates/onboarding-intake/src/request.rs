@@ -340,3 +340,158 @@ mod tests {
         );
     }
 }
+
+/// Properties of [`classify`], the parser of every record on the requests topic.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A JSON value of any shape, small.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "zq[a-z]{6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A request with some attributes and data fields replaced by arbitrary values or removed.
+    fn mutated_request() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "time",
+            "datacontenttype",
+            "data",
+            "data.username",
+            "data.email",
+            "data.domain",
+            "data.claims",
+            "data.code_validity_minutes",
+            "data.password",
+            "data.extra",
+        ]);
+        prop::collection::vec((keys, prop::option::of(value())), 0..4).prop_map(|changes| {
+            let mut request = json!({
+                "specversion": "1.0", "id": "zqidentity", "source": "zqsourceurn",
+                "type": "com.pickup.hr.user.invitation.requested",
+                "data": {"username": "zqjanedoe", "email": "zqjane@pickup.example"},
+            });
+            for (key, v) in changes {
+                let (object, key) = match key.strip_prefix("data.") {
+                    Some(k) => (&mut request["data"], k),
+                    None => (&mut request, key),
+                };
+                if let Some(object) = object.as_object_mut() {
+                    match v {
+                        Some(v) => object.insert(key.to_owned(), v),
+                        None => object.remove(key),
+                    };
+                }
+            }
+            request
+        })
+    }
+
+    /// Every string value in `v`, at any depth.
+    fn strings(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Value::Object(m) => m.values().for_each(|i| strings(i, out)),
+            _ => {}
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_a_request_or_a_dead_letter_with_a_reason(
+            bytes in prop::option::of(prop::collection::vec(any::<u8>(), 0..200)),
+        ) {
+            if let Err((_, detail)) = classify(bytes.as_deref()) {
+                prop_assert!(!detail.is_empty());
+            }
+        }
+
+        #[test]
+        fn an_accepted_request_meets_the_contract_and_a_refusal_never_quotes_a_value(
+            request in mutated_request(),
+        ) {
+            let bytes = serde_json::to_vec(&request).unwrap();
+            match classify(Some(&bytes)) {
+                Ok(r) => {
+                    prop_assert_eq!(r.specversion.as_str(), "1.0");
+                    for attr in [&r.id, &r.source, &r.ty] {
+                        prop_assert!(!attr.is_empty() && attr.chars().count() <= 255);
+                    }
+                    prop_assert!(r.ty.contains(REQUEST_TYPE_SUFFIX));
+                    prop_assert!(request["data"].get("password").is_none());
+                    prop_assert_eq!(Some(r.data.username.as_str()), request["data"]["username"].as_str());
+                    prop_assert_eq!(Some(r.data.email.as_str()), request["data"]["email"].as_str());
+                }
+                Err((reason, detail)) => {
+                    prop_assert!(reason != DeadLetter::NotJson, "it is JSON: {detail}");
+                    let mut values = Vec::new();
+                    strings(&request, &mut values);
+                    for v in values.iter().filter(|v| v.starts_with("zq")) {
+                        prop_assert!(!detail.contains(v.as_str()), "{detail} quotes {v}");
+                    }
+                    // The detail names what is wrong: a CloudEvents attribute, `data` or a field.
+                    prop_assert!(
+                        ["specversion", "`id`", "`source`", "`type`", "type must", "`time`",
+                         "datacontenttype", "data"].iter().any(|w| detail.contains(w)),
+                        "{detail}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn a_request_prints_and_reads_back_the_same(
+            id in "[!-~]{1,40}",
+            source in "[!-~]{1,40}",
+            prefix in "([a-z]{1,8}\\.){0,3}",
+            version in prop::option::of(1u8..20),
+            username in "[A-Za-z0-9._-]{1,20}",
+            validity in prop::option::of(1i64..10_000),
+        ) {
+            let ty = format!(
+                "{prefix}{REQUEST_TYPE_SUFFIX}{}",
+                version.map(|v| format!(".v{v}")).unwrap_or_default()
+            );
+            let request = InvitationRequested {
+                specversion: "1.0".into(),
+                id,
+                source,
+                ty,
+                time: None,
+                datacontenttype: Some("application/json".into()),
+                data: InvitationRequestData {
+                    email: format!("{username}@pickup.example"),
+                    username,
+                    domain: None,
+                    locale: None,
+                    time_zone: None,
+                    claims: None,
+                    code_validity_minutes: validity,
+                },
+            };
+            let printed = serde_json::to_vec(&request).unwrap();
+            let read = classify(Some(&printed)).unwrap();
+            prop_assert_eq!(serde_json::to_vec(&read).unwrap(), printed);
+        }
+    }
+}

@@ -139,3 +139,74 @@ mod tests {
         assert_eq!(e.to_string(), "count must be an integer, got `ten`");
     }
 }
+
+/// Properties of the search query's parsers.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `word` in a random mix of upper and lower case.
+    fn any_case(word: &'static str) -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<bool>(), word.len()).prop_map(move |upper| {
+            word.chars()
+                .zip(upper)
+                .map(|(c, u)| {
+                    if u {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_filter_is_a_user_name_or_an_invalid_filter_naming_what_works(filter in "\\PC{0,60}") {
+            match parse_filter(&filter) {
+                Ok(_) => prop_assert!(filter.to_ascii_lowercase().contains("username")),
+                Err(e) => {
+                    prop_assert_eq!(e.scim_type(), Some("invalidFilter"));
+                    prop_assert!(e.to_string().contains("userName eq \"<name>\""));
+                }
+            }
+        }
+
+        #[test]
+        fn a_printed_user_name_filter_reads_back_the_name(
+            name in "\\PC{0,40}",
+            attr in any_case("userName"),
+            op in any_case("eq"),
+            urn in any::<bool>(),
+            space in "[ \t]{1,3}",
+        ) {
+            let attr = if urn { format!("{USER}:{attr}") } else { attr };
+            let quoted = serde_json::to_string(&name).unwrap();
+            let filter = format!("{space}{attr}{space}{op}{space}{quoted}{space}");
+            prop_assert_eq!(parse_filter(&filter).unwrap(), name);
+        }
+
+        #[test]
+        fn any_query_is_a_bounded_page_or_a_refusal_with_a_scim_type(
+            query in prop::collection::hash_map(
+                prop_oneof![
+                    Just("filter".to_owned()), Just("startIndex".to_owned()),
+                    Just("count".to_owned()), Just("sortBy".to_owned()), "[a-zA-Z]{1,12}"
+                ],
+                prop_oneof!["-?[0-9]{1,22}".boxed(), " ?[0-9]{1,4} ?".boxed(), "\\PC{0,20}".boxed()],
+                0..4,
+            ),
+        ) {
+            match Search::parse(&query) {
+                Ok(search) => {
+                    prop_assert!(search.start >= 1);
+                    prop_assert!((0..=MAX_RESULTS).contains(&search.count));
+                }
+                Err(e) => prop_assert!(e.scim_type().is_some(), "{e}"),
+            }
+        }
+    }
+}

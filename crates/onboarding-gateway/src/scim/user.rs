@@ -722,3 +722,109 @@ mod tests {
         }
     }
 }
+
+/// Properties of [`NewUser::parse`], the reader of every `POST /scim2/Users` body.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::super::ENTERPRISE;
+    use super::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "zq[a-z]{6}".prop_map(Value::String),
+            "\\PC{0,300}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z]{1,10}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A WSO2-shaped body with some attributes replaced by arbitrary values, dropped, or sent
+    /// again in another case.
+    fn mutated_body() -> impl Strategy<Value = Value> {
+        let attributes = prop::sample::select(vec![
+            "schemas",
+            "userName",
+            "USERNAME",
+            "emails",
+            "name",
+            "displayName",
+            "externalId",
+            "locale",
+            "preferredLanguage",
+            "timezone",
+            "active",
+            "id",
+            "password",
+            "Password",
+            ENTERPRISE,
+        ]);
+        prop::collection::vec((attributes, prop::option::of(value())), 0..4).prop_map(|changes| {
+            let mut body = json!({
+                "schemas": [USER, ENTERPRISE],
+                "userName": "zqjanedoe",
+                "name": {"givenName": "zqjane", "familyName": "zqdoe"},
+                "emails": [{"value": "zqjane@pickup.example", "primary": true, "type": "work"}],
+                ENTERPRISE: {"askPassword": true},
+            });
+            let object = body.as_object_mut().unwrap();
+            for (attribute, v) in changes {
+                match v {
+                    Some(v) => object.insert(attribute.to_owned(), v),
+                    None => object.remove(attribute),
+                };
+            }
+            body
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_a_user_or_a_scim_error(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Err(e) = NewUser::parse(&bytes, &UserOnboarding::default()) {
+                prop_assert!(e.scim_type().is_some(), "{e}");
+            }
+        }
+
+        #[test]
+        fn an_accepted_body_asks_for_a_password_and_a_refusal_never_repeats_a_password(
+            body in mutated_body(),
+            secret in "zqsecret[a-z]{8}",
+        ) {
+            let mut body = body;
+            let with_password = body.as_object().unwrap().keys().any(|k| k.eq_ignore_ascii_case("password"));
+            if with_password {
+                for (k, v) in body.as_object_mut().unwrap().iter_mut() {
+                    if k.eq_ignore_ascii_case("password") {
+                        *v = Value::String(secret.clone());
+                    }
+                }
+            }
+            let text = body.to_string();
+            match NewUser::parse(text.as_bytes(), &UserOnboarding::default()) {
+                Ok(user) => {
+                    prop_assert!(!with_password, "a password was accepted");
+                    prop_assert_eq!(&body[ENTERPRISE]["askPassword"], &json!(true));
+                    prop_assert!(user.external_id.is_none_or(|e| e.chars().count() <= MAX_CLAIM_CHARS));
+                    let claims = &user.invitation.claims;
+                    prop_assert!(claims.values().all(|v| v.as_str().is_some_and(|s| s.chars().count() <= MAX_CLAIM_CHARS)));
+                }
+                Err(e) => {
+                    let detail = e.to_string();
+                    prop_assert!(e.scim_type().is_some(), "{detail}");
+                    prop_assert!(!detail.contains(&secret), "{detail}");
+                }
+            }
+        }
+    }
+}

@@ -222,3 +222,172 @@ fn parse_jsonl(data: &[u8]) -> Vec<ReadRow> {
 pub fn digest(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()
 }
+
+/// Properties of the bulk file parser, over files nobody would write by hand.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A cell: letters, digits and the characters that make CSV quote (no line breaks, which
+    /// would move the line numbers, and no control characters).
+    fn cell() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9@._,\"' -]{0,16}".prop_map(|s| s.trim().to_owned())
+    }
+
+    fn row() -> impl Strategy<Value = RowInput> {
+        (
+            "[A-Za-z0-9@._,\"'-][A-Za-z0-9@._,\"' -]{0,15}".prop_map(|s| s.trim().to_owned()),
+            cell(),
+            prop::option::of(cell()),
+            prop::option::of(cell()),
+            prop::option::of(cell()),
+        )
+            .prop_map(|(username, email, domain, locale, time_zone)| RowInput {
+                username,
+                email,
+                domain,
+                locale,
+                time_zone,
+            })
+    }
+
+    /// `rows` as a CSV file with a header, as a spreadsheet writes it.
+    fn csv_file(rows: &[RowInput]) -> Vec<u8> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(CSV_COLUMNS).unwrap();
+        for r in rows {
+            let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+            w.write_record([
+                r.username.clone(),
+                r.email.clone(),
+                opt(&r.domain),
+                opt(&r.locale),
+                opt(&r.time_zone),
+            ])
+            .unwrap();
+        }
+        w.into_inner().unwrap()
+    }
+
+    fn jsonl_file(rows: &[RowInput]) -> Vec<u8> {
+        rows.iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    /// What a row's input says once an empty cell counts as not given.
+    fn normalised(r: &RowInput) -> RowInput {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        RowInput {
+            domain: given(&r.domain),
+            locale: given(&r.locale),
+            time_zone: given(&r.time_zone),
+            ..r.clone()
+        }
+    }
+
+    /// What every parsed file promises, whatever it held.
+    fn check_rows(rows: &[NewRow], lines_in_file: usize) -> Result<(), TestCaseError> {
+        let rules = UserOnboarding::default();
+        let mut previous = 0;
+        for row in rows {
+            // One result per line, in file order, on a line the file has.
+            prop_assert!(row.line > previous && row.line as usize <= lines_in_file.max(1));
+            previous = row.line;
+            match row.status {
+                // Accepted rows satisfy the invitation rules.
+                RowStatus::Pending => {
+                    let input = row.input.as_ref().unwrap();
+                    prop_assert!(input.validate(&rules).is_ok());
+                    prop_assert!(row.reason.is_none());
+                }
+                // Refused rows say why, in one printable line.
+                _ => {
+                    let reason = row.reason.as_deref().unwrap_or_default();
+                    prop_assert!(!reason.is_empty(), "{row:?}");
+                    prop_assert!(!reason.chars().any(char::is_control), "{reason:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The lines of a file as a text editor shows them (`\n`, `\r\n` or a lone `\r` ends one).
+    fn lines(data: &[u8]) -> usize {
+        line_breaks(data, 0, data.len()) + 1
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_read_as_rows_or_refused_with_a_reason(
+            data in prop::collection::vec(any::<u8>(), 0..400),
+            csv in any::<bool>(),
+        ) {
+            let format = if csv { Format::Csv } else { Format::Jsonl };
+            match parse(format, &data, &UserOnboarding::default()) {
+                Ok(rows) => {
+                    prop_assert!(!rows.is_empty());
+                    check_rows(&rows, lines(&data))?;
+                }
+                Err(BulkError::File(reason)) => prop_assert!(!reason.is_empty()),
+                Err(e) => prop_assert!(false, "not a file error: {e}"),
+            }
+        }
+
+        #[test]
+        fn printable_text_in_csv_is_read_as_rows_or_refused_with_a_reason(
+            text in "([A-Za-z0-9@._,\"' ;\t\u{feff}-]{0,30}\r?\n){0,8}",
+        ) {
+            match parse(Format::Csv, text.as_bytes(), &UserOnboarding::default()) {
+                Ok(rows) => check_rows(&rows, lines(text.as_bytes()))?,
+                Err(BulkError::File(reason)) => prop_assert!(!reason.is_empty()),
+                Err(e) => prop_assert!(false, "not a file error: {e}"),
+            }
+        }
+
+        #[test]
+        fn a_written_csv_file_reads_back_row_for_row(rows in prop::collection::vec(row(), 1..12)) {
+            let file = csv_file(&rows);
+            let parsed = parse(Format::Csv, &file, &UserOnboarding::default()).unwrap();
+            prop_assert_eq!(parsed.len(), rows.len());
+            check_rows(&parsed, lines(&file))?;
+            for (i, (row, written)) in parsed.iter().zip(&rows).enumerate() {
+                // The header is line 1.
+                prop_assert_eq!(row.line as usize, i + 2);
+                if let Some(input) = &row.input {
+                    prop_assert_eq!(normalised(input), normalised(written));
+                }
+            }
+        }
+
+        #[test]
+        fn a_written_jsonl_file_reads_back_row_for_row(rows in prop::collection::vec(row(), 1..12)) {
+            let file = jsonl_file(&rows);
+            let parsed = parse(Format::Jsonl, &file, &UserOnboarding::default()).unwrap();
+            prop_assert_eq!(parsed.len(), rows.len());
+            check_rows(&parsed, lines(&file))?;
+            for (i, (row, written)) in parsed.iter().zip(&rows).enumerate() {
+                prop_assert_eq!(row.line as usize, i + 1);
+                if let Some(input) = &row.input {
+                    prop_assert_eq!(input, written);
+                }
+            }
+        }
+
+        #[test]
+        fn a_username_given_twice_is_a_duplicate_naming_the_first_line(
+            name in "[a-z]{3,12}",
+            upper in any::<bool>(),
+        ) {
+            let again = if upper { name.to_uppercase() } else { name.clone() };
+            let file = format!("{name},{name}@pickup.example\n{again},other@pickup.example\n");
+            let rows = parse(Format::Csv, file.as_bytes(), &UserOnboarding::default()).unwrap();
+            prop_assert_eq!(rows[0].status, RowStatus::Pending);
+            prop_assert_eq!(rows[1].status, RowStatus::Duplicate);
+            prop_assert_eq!(rows[1].reason.as_deref(), Some("the same username as line 1 of this file"));
+        }
+    }
+}
