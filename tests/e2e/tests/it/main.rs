@@ -14,6 +14,7 @@ mod flow;
 mod intake;
 mod kafka_security;
 mod links;
+mod openapi;
 mod outage;
 mod rate_limits;
 mod restart;

@@ -1,0 +1,123 @@
+//! The published interface, fuzzed: schemathesis (from PyPI, installed by `tests/run`) reads the
+//! OpenAPI document the gateway serves and sends every operation generated requests, valid and
+//! invalid, with the admin token. The run fails on any `5xx`, on any answer whose status, content
+//! type, headers or body the document does not allow, on invalid input that is not refused with
+//! a `4xx`, on an admin route that answers without the token, and on an undocumented method that
+//! is not refused with `405`.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use onboarding_e2e::{Options, Stack};
+
+fn schemathesis() -> String {
+    std::env::var("TEST_SCHEMATHESIS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            panic!("TEST_SCHEMATHESIS is not set: run the fuzzing test with `tests/run`, which installs schemathesis")
+        })
+}
+
+/// The number of test cases per operation and phase: enough to reach every branch of the
+/// document's schemas, few enough that the run takes a minute or two.
+const EXAMPLES: &str = "30";
+/// A fixed seed, so a failure can be run again as it was (`TEST_SCHEMATHESIS_SEED` picks another).
+const SEED: &str = "20261207";
+
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
+    // Budgets far above what the run sends: the fuzzer should reach the handlers, not the limits.
+    let stack = Stack::start(
+        "openapi",
+        Options {
+            public_rate_limit_per_minute: 1_000_000,
+            page_rate_limit_per_minute: 1_000_000,
+            admin_rate_limit_per_minute: 1_000_000,
+            ..Options::default()
+        },
+    )
+    .await;
+
+    // The gateway serves the committed document, and without a token.
+    let document =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/openapi.json"))
+            .expect("read schemas/openapi.json");
+    let served = stack
+        .http
+        .get(stack.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap(), document);
+    let operations = operations(&serde_json::from_slice(&document).unwrap());
+
+    // Some accounts to find, so that reads and state changes meet real ones too.
+    stack
+        .invite("Fuzz.Existing", "fuzz.existing@pickup.example")
+        .await;
+
+    let report = stack.dir.join("schemathesis-report.json");
+    let seed = std::env::var("TEST_SCHEMATHESIS_SEED").unwrap_or_else(|_| SEED.to_owned());
+    let out = Command::new(schemathesis())
+        .arg("run")
+        .arg(stack.url("/api/v1/openapi.json"))
+        .args(["--url", &stack.base_url])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", stack.admin_token),
+        ])
+        .args(["--checks", "all"])
+        // "A request that fits the schema must succeed" is not this API's contract: a valid-looking
+        // username may be taken, an id may name nobody, a code may have expired.
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-examples", EXAMPLES])
+        .args(["--seed", &seed])
+        .args(["--workers", "2"])
+        .args(["--request-timeout", "30"])
+        .args(["--report", "json"])
+        .arg("--report-json-path")
+        .arg(&report)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems (seed {seed}; report {}):\n{stdout}\n{stderr}\n\ngateway log:\n{}",
+        report.display(),
+        tail(&stack.logs_of("gateway"), 80)
+    );
+    // Every operation of the document was fuzzed: none was skipped or failed to load.
+    for operation in &operations {
+        assert!(
+            stdout.contains(operation.as_str()),
+            "schemathesis did not test {operation}:\n{stdout}"
+        );
+    }
+    assert!(
+        !stack.logs_of("gateway").contains("panicked"),
+        "the gateway panicked:\n{}",
+        stack.logs_of("gateway")
+    );
+}
+
+/// `METHOD /path` of every operation of the document.
+fn operations(document: &Value) -> Vec<String> {
+    let mut all = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            all.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    all
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
