@@ -20,6 +20,14 @@ pub enum Idempotency {
     InProgress,
 }
 
+/// A key's row: the request's hash, and the answer once there is one (status, body, location).
+type StoredKey = (
+    Vec<u8>,
+    Option<i32>,
+    Option<serde_json::Value>,
+    Option<String>,
+);
+
 impl Store {
     /// Claims `key` for this request, or tells what became of its earlier use. A claim left by
     /// a request that died is taken over after a minute.
@@ -29,39 +37,48 @@ impl Store {
         key: &str,
         request_hash: &[u8],
     ) -> Result<Idempotency, StoreError> {
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (token_id, key, request_hash) VALUES ($1, $2, $3) \
-             ON CONFLICT (token_id, key) DO UPDATE SET created_at = now() \
-             WHERE idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - interval '1 minute' \
-             AND idempotency_keys.request_hash = EXCLUDED.request_hash",
-        )
-        .bind(token_id)
-        .bind(key)
-        .bind(request_hash)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?
-        .rows_affected();
-        if claimed == 1 {
-            return Ok(Idempotency::New);
+        // A claim released (its request failed) between our insert and our read is claimed
+        // again; a key that keeps changing hands that fast is answered as in progress.
+        for _ in 0..3 {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (token_id, key, request_hash) VALUES ($1, $2, $3) \
+                 ON CONFLICT (token_id, key) DO UPDATE SET created_at = now() \
+                 WHERE idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - interval '1 minute' \
+                 AND idempotency_keys.request_hash = EXCLUDED.request_hash",
+            )
+            .bind(token_id)
+            .bind(key)
+            .bind(request_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if claimed == 1 {
+                return Ok(Idempotency::New);
+            }
+            let row: Option<StoredKey> =
+                sqlx::query_as(
+                    "SELECT request_hash, status, response, location FROM idempotency_keys WHERE token_id = $1 AND key = $2",
+                )
+                .bind(token_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            let Some(row) = row else {
+                continue;
+            };
+            return Ok(match row {
+                (hash, _, _, _) if hash != request_hash => Idempotency::Mismatch,
+                (_, Some(status), Some(response), location) => Idempotency::Replay {
+                    status: status as u16,
+                    response,
+                    location,
+                },
+                _ => Idempotency::InProgress,
+            });
         }
-        let row: (Vec<u8>, Option<i32>, Option<serde_json::Value>, Option<String>) = sqlx::query_as(
-            "SELECT request_hash, status, response, location FROM idempotency_keys WHERE token_id = $1 AND key = $2",
-        )
-        .bind(token_id)
-        .bind(key)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(match row {
-            (hash, _, _, _) if hash != request_hash => Idempotency::Mismatch,
-            (_, Some(status), Some(response), location) => Idempotency::Replay {
-                status: status as u16,
-                response,
-                location,
-            },
-            _ => Idempotency::InProgress,
-        })
+        Ok(Idempotency::InProgress)
     }
 
     pub async fn idempotency_finish(
