@@ -136,15 +136,29 @@ pub(crate) fn names(template: &str, path: &str) -> bool {
     }
 }
 
-/// The methods the endpoints at `path` answer, as an `Allow` header lists them (`GET, HEAD`);
-/// empty when no endpoint is there.
-pub(crate) fn allowed_methods(path: &str) -> String {
-    let mut verbs: Vec<Verb> = all()
-        .filter(|e| names(e.path, path))
+/// The methods the endpoints at `path` answer. A path written out in the table is that endpoint
+/// alone (as OpenAPI matches a concrete path before a template): `/scim2/Users/.search` is not
+/// the User `.search`.
+pub(crate) fn methods_at(path: &str) -> Vec<Verb> {
+    let literal: Vec<&Endpoint> = all().filter(|e| e.path == path).collect();
+    let endpoints = if literal.is_empty() {
+        all().filter(|e| names(e.path, path)).collect()
+    } else {
+        literal
+    };
+    let mut verbs: Vec<Verb> = endpoints
+        .iter()
         .flat_map(|e| e.verbs.iter().copied())
         .collect();
     verbs.sort();
     verbs.dedup();
+    verbs
+}
+
+/// The methods the endpoints at `path` answer, as an `Allow` header lists them (`GET, HEAD`);
+/// empty when no endpoint is there.
+pub(crate) fn allowed_methods(path: &str) -> String {
+    let verbs = methods_at(path);
     verbs
         .iter()
         .map(|v| v.as_str().to_ascii_uppercase())

@@ -57,6 +57,9 @@ async fn route(
             grant.require(Scope::Read)?;
             search(state, query).await
         }
+        // `/Users/.search` is an endpoint of its own, not a User id: it takes POST only.
+        ("POST", ["Users", ".search"]) => Err(ScimError::SearchByPost),
+        (_, ["Users", ".search"]) => Err(ScimError::MethodNotAllowed { method, path: tail }),
         ("GET", ["Users", id]) => {
             grant.require(Scope::Read)?;
             get(state, id).await
@@ -66,7 +69,6 @@ async fn route(
             delete(state, &grant, id).await
         }
         ("PUT" | "PATCH", ["Users", _]) => Err(ScimError::UsersAreNotChanged),
-        ("POST", ["Users", ".search"]) => Err(ScimError::SearchByPost),
         ("GET", ["ServiceProviderConfig"]) => Ok(reply(
             StatusCode::OK,
             &discovery::service_provider_config(&base(state)),
