@@ -436,6 +436,7 @@ mod properties {
                     prop_assert_eq!(r.specversion.as_str(), "1.0");
                     for attr in [&r.id, &r.source, &r.ty] {
                         prop_assert!(!attr.is_empty() && attr.chars().count() <= 255);
+                        prop_assert!(!attr.chars().any(char::is_control));
                     }
                     prop_assert!(r.ty.contains(REQUEST_TYPE_SUFFIX));
                     prop_assert!(request["data"].get("password").is_none());
@@ -463,6 +464,7 @@ mod properties {
         fn a_request_prints_and_reads_back_the_same(
             id in "[!-~]{1,40}",
             source in "[!-~]{1,40}",
+            nul in prop::option::of(0usize..40),
             prefix in "([a-z]{1,8}\\.){0,3}",
             version in prop::option::of(1u8..20),
             username in "[A-Za-z0-9._-]{1,20}",
@@ -492,6 +494,15 @@ mod properties {
             let printed = serde_json::to_vec(&request).unwrap();
             let read = classify(Some(&printed)).unwrap();
             prop_assert_eq!(serde_json::to_vec(&read).unwrap(), printed);
+            // The same request with a NUL in its id is a dead letter that names the id.
+            if let Some(at) = nul {
+                let mut id: Vec<char> = request.id.chars().collect();
+                id.insert(at.min(id.len()), '\0');
+                let forged = InvitationRequested { id: id.into_iter().collect(), ..request };
+                let (reason, detail) = classify(Some(&serde_json::to_vec(&forged).unwrap())).unwrap_err();
+                prop_assert_eq!(reason, DeadLetter::NotCloudEvent);
+                prop_assert!(detail.contains("`id`") && !detail.contains('\0'), "{detail}");
+            }
         }
     }
 }
