@@ -166,9 +166,12 @@ pub(crate) fn allowed_methods(path: &str) -> String {
         .join(", ")
 }
 
-/// Adds `Allow` to a `405` answer, with the methods the requested path takes (RFC 9110 15.5.6).
+/// Adds `Allow` to a `405` answer that has none, with the methods the requested path takes
+/// (RFC 9110 15.5.6).
 pub(crate) fn allow(path: &str, mut response: warp::reply::Response) -> warp::reply::Response {
-    if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+    if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key("allow")
+    {
         let methods = allowed_methods(path);
         if let Ok(value) = warp::http::HeaderValue::from_str(&methods) {
             if !methods.is_empty() {
