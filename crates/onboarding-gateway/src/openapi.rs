@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document of the whole HTTP API, `schemas/openapi.json`, compiled in and served
 //! at `GET /api/v1/openapi.json` without a token: it describes what `docs/api.md` describes, and
-//! nothing a caller could not learn from the answers (docs/adr/0017).
+//! nothing a caller could not learn from the answers (docs/adr/0020).
 //!
 //! The document is kept by hand. The tests below keep it true: its operations are exactly the
 //! route table's (`endpoints.rs`), each one reaches its handler through the real router, every
