@@ -195,8 +195,8 @@ mod tests {
         assert_eq!(s.output_adapter.email.message_id_domain(), "pickup.example");
         let built_in = UserOnboarding::default();
         assert_eq!(
-            built_in.max_failed_attempts,
-            s.identity_mgt.user_onboarding.max_failed_attempts
+            built_in.resend_daily_cap,
+            s.identity_mgt.user_onboarding.resend_daily_cap
         );
         assert_eq!(built_in.max_validity_minutes, 10080);
     }

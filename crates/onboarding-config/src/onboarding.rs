@@ -25,8 +25,9 @@ pub struct UserOnboarding {
     /// [`UserOnboarding::validity_bounds`].
     pub min_validity_minutes: i64,
     pub max_validity_minutes: i64,
-    /// Wrong codes accepted for one live code before it dies (`CodeLocked`).
-    pub max_failed_attempts: u32,
+    /// Ignored: a wrong code no longer locks the live code (docs/adr/0021). Still accepted so that
+    /// older files load; the gateway warns at start when it is set.
+    pub max_failed_attempts: Option<u32>,
     /// Minimum seconds between two codes for one invitation (admin resend or user request).
     pub resend_cooldown_seconds: i64,
     /// Most re-issued codes per invitation in any 24 hours.
@@ -44,7 +45,7 @@ impl Default for UserOnboarding {
             ask_password_email_validity: 1440,
             min_validity_minutes: 5,
             max_validity_minutes: 10080,
-            max_failed_attempts: 5,
+            max_failed_attempts: None,
             resend_cooldown_seconds: 60,
             resend_daily_cap: 5,
             expiry_scan_seconds: limits::nonzero_u64(30),
@@ -91,13 +92,10 @@ impl UserOnboarding {
                 bounds.end()
             ));
         }
-        if self.resend_daily_cap < 1
-            || self.max_failed_attempts < 1
-            || self.resend_cooldown_seconds < 0
-        {
+        if self.resend_daily_cap < 1 || self.resend_cooldown_seconds < 0 {
             return bad(format!(
-                "identity_mgt.user_onboarding: resend_daily_cap ({}) and max_failed_attempts ({}) must be at least 1, resend_cooldown_seconds ({}) at least 0",
-                self.resend_daily_cap, self.max_failed_attempts, self.resend_cooldown_seconds
+                "identity_mgt.user_onboarding: resend_daily_cap ({}) must be at least 1, resend_cooldown_seconds ({}) at least 0",
+                self.resend_daily_cap, self.resend_cooldown_seconds
             ));
         }
         Ok(())

@@ -53,7 +53,6 @@ const AT_LEAST_ONE: &[&str] = &[
     "gateway.admin_rate_limit_per_minute",
     "database.acquire_timeout_seconds",
     "identity_mgt.user_onboarding.resend_daily_cap",
-    "identity_mgt.user_onboarding.max_failed_attempts",
     "password_policy.min_length",
 ];
 

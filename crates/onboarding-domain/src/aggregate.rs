@@ -194,15 +194,6 @@ pub enum OnboardingCommand {
         /// When the link was opened.
         now: DateTime<Utc>,
     },
-    /// A submission named this invitation's live code with a wrong tag.
-    RecordFailedCodeCheck {
-        /// The live code the wrong tag was presented for; any other code is refused.
-        code_id: CodeId,
-        /// Wrong tags that lock the code (`max_failed_attempts`); 0 counts as 1.
-        max_failures: u32,
-        /// When the wrong tag was presented.
-        now: DateTime<Utc>,
-    },
     /// The scheduler found the live code past its expiry.
     ExpireCode {
         /// The scheduler's clock; refused with `CodeNotExpired` while it is before the expiry.
@@ -345,8 +336,7 @@ pub enum OnboardingError {
     /// twice): each code gets one "sent", and the worker skips the second mail.
     #[error("the mail for code {0} is already recorded as sent")]
     MailAlreadySent(CodeId),
-    /// A mail outcome or failed check named a code this account was not issued (or, for a failed
-    /// check, one that is no longer live).
+    /// A mail outcome named a code this account was not issued.
     #[error("code {0} was never issued to this user")]
     UnknownCode(CodeId),
     /// The hasher failed; nothing was stored and the user may simply try again.
@@ -436,7 +426,8 @@ pub struct Onboarding {
     pub created_at: Option<DateTime<Utc>>,
     /// Every code issued, oldest first; the last is the live one while the state allows.
     pub codes: Vec<IssuedCode>,
-    /// Wrong codes presented for the live code.
+    /// Wrong codes recorded for the live code (only logs written before docs/adr/0021 record
+    /// them).
     pub failed_checks: u32,
     /// How often a genuine link was opened, for support staff.
     pub links_opened: u32,
@@ -682,7 +673,6 @@ impl OnboardingCommand {
             C::ResendCode { now, .. }
             | C::RequestNewLink { now, .. }
             | C::RecordLinkOpened { now, .. }
-            | C::RecordFailedCodeCheck { now, .. }
             | C::ExpireCode { now, .. }
             | C::RevokeInvitation { now, .. }
             | C::RevokeWithCode { now, .. }
@@ -774,35 +764,6 @@ impl Aggregate for Onboarding {
                     self,
                 )
                 .await;
-            }
-            OnboardingCommand::RecordFailedCodeCheck {
-                code_id,
-                max_failures,
-                now,
-            } => {
-                if self.live_code().map(|c| c.code_id) != Some(code_id) {
-                    return Err(OnboardingError::UnknownCode(code_id));
-                }
-                let failures = self.failed_checks + 1;
-                sink.write(
-                    OnboardingEvent::CodeCheckFailed {
-                        code_id,
-                        failures,
-                        failed_at: now,
-                    },
-                    self,
-                )
-                .await;
-                if failures >= max_failures.max(1) {
-                    sink.write(
-                        OnboardingEvent::CodeLocked {
-                            code_id,
-                            locked_at: now,
-                        },
-                        self,
-                    )
-                    .await;
-                }
             }
             OnboardingCommand::ExpireCode { now } => {
                 let live = self.live_code().ok_or(OnboardingError::CodeNotExpired)?;

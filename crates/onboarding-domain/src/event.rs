@@ -110,16 +110,18 @@ pub enum OnboardingEvent {
         /// When it was opened.
         opened_at: DateTime<Utc>,
     },
-    /// A wrong tag was presented for the live code.
+    /// A wrong tag was presented for the live code. Written only before docs/adr/0021: wrong
+    /// tags are now counted in metrics, not in the log; kept so that older logs still load.
     CodeCheckFailed {
         /// The live code that was guessed at.
         code_id: CodeId,
-        /// Wrong tags for this code so far; at `max_failed_attempts` the code locks.
+        /// Wrong tags for this code so far; at the then `max_failed_attempts` the code locked.
         failures: u32,
         /// When the wrong tag was presented.
         failed_at: DateTime<Utc>,
     },
-    /// Too many wrong codes: the live code is dead.
+    /// Too many wrong codes: the live code is dead. Written only before docs/adr/0021 (a wrong
+    /// tag no longer locks a code); a new code lifts it.
     CodeLocked {
         /// The code that was disabled.
         code_id: CodeId,

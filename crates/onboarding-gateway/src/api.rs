@@ -409,29 +409,32 @@ impl From<&PresentedCode> for PresentedCodeRef {
     }
 }
 
-/// Counts a wrong code against the invitation whose live code it names; enough of them kill
-/// the code. A code naming nothing live counts nowhere (the per-client limit applies).
-pub(crate) async fn record_failed_check(state: &AppState, code: impl Into<PresentedCodeRef>) {
+/// Where a wrong code was presented, as `onboard_wrong_codes_total` labels it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WrongCodeRoute {
+    /// `POST /api/v1/password-submissions`.
+    Api,
+    /// The page's form, `POST /confirm`.
+    Page,
+}
+
+/// Notes a code whose tag did not verify. It changes nothing on the account: a 128-bit tag
+/// cannot be guessed online, and the ids it names are public on the topic, so counting wrong
+/// tags against the code would let any reader of the topic disable it (docs/adr/0021). The
+/// per-client limit bounds each sender; the counter feeds the alert in docs/operations.md.
+pub(crate) fn note_wrong_code(route: WrongCodeRoute, code: impl Into<PresentedCodeRef>) {
     let code = code.into();
-    let record = || OnboardingCommand::RecordFailedCodeCheck {
-        code_id: code.code_id,
-        max_failures: state
-            .settings
-            .identity_mgt
-            .user_onboarding
-            .max_failed_attempts,
-        now: Utc::now(),
+    let route = match route {
+        WrongCodeRoute::Api => "api",
+        WrongCodeRoute::Page => "page",
     };
-    let counted = state
-        .store
-        .execute_retrying(code.user_id, record, &Actor::user_via_link())
-        .await;
-    // A refusal means the code is no longer live (nothing to count); anything else lost a count.
-    if let Err(e) = counted {
-        if !matches!(e, StoreError::Refused(_)) {
-            tracing::warn!(error = %e, user_id = %code.user_id, "a wrong code could not be counted");
-        }
-    }
+    metrics::counter!("onboard_wrong_codes_total", "route" => route).increment(1);
+    tracing::warn!(
+        user_id = %code.user_id,
+        code_id = %code.code_id,
+        route,
+        "a code with a wrong tag was presented"
+    );
 }
 
 /// Runs a password submission through the aggregate. Shared by the API and the page.
@@ -454,7 +457,7 @@ pub async fn submit_password(
         .execute_retrying(user_id, command, &Actor::user_via_link())
         .await;
     if let Err(StoreError::Refused(OnboardingError::InvalidCode)) = &result {
-        record_failed_check(state, PresentedCodeRef { user_id, code_id }).await;
+        note_wrong_code(WrongCodeRoute::Api, PresentedCodeRef { user_id, code_id });
     }
     let outcome = match &result {
         Ok(()) => "activated",

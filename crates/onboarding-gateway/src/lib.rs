@@ -67,6 +67,18 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| GatewayError::Bind { addr, source })?;
     tracing::info!(addr = %local, "gateway listening");
+    if state
+        .settings
+        .identity_mgt
+        .user_onboarding
+        .max_failed_attempts
+        .is_some()
+    {
+        tracing::warn!(
+            "identity_mgt.user_onboarding.max_failed_attempts is ignored: a wrong code no longer \
+             disables the link (docs/adr/0021); remove the key"
+        );
+    }
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }

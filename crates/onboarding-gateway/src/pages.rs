@@ -443,7 +443,7 @@ pub async fn submit(
     let issued = match account.check_code(&presented, state.keyring(), Utc::now()) {
         Ok(issued) => issued.clone(),
         Err(OnboardingError::InvalidCode) => {
-            crate::api::record_failed_check(&state, &presented).await;
+            crate::api::note_wrong_code(crate::api::WrongCodeRoute::Page, &presented);
             return refusal(&page, &OnboardingError::InvalidCode, code);
         }
         Err(e) => return refusal(&page, &e, code),
