@@ -12,10 +12,10 @@
 //!   the same code. What remains is the window between the SMTP server's acceptance and the
 //!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md; a mail
 //!   sent again there carries the same Message-ID (`Mailer::message_id_for`).
-//! - In order per partition, partitions side by side: each partition's records are handled one
-//!   after another by its own lane ([`lanes`]); up to `kafka.email_worker_concurrency` records
-//!   are in flight at once, and a partition's offset is stored only once that record and every
-//!   record before it on the partition were handled (docs/adr/0010).
+//! - In order per user, users side by side: each user's records are handled one after another
+//!   in the user's lane ([`lanes`]); up to `kafka.email_worker_concurrency` records are in
+//!   flight at once, and a partition's offset is stored only once every record up to it on the
+//!   partition was handled (docs/adr/0017).
 //! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
 //!   (docs/adr/0004).
 //! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a
@@ -24,10 +24,11 @@
 //! - The link token is minted here from the event's public fields and the code key; it exists
 //!   only in the mail.
 //!
-//! Modules by job: [`consumer`] receives records, hands each to its partition's lane ([`lanes`])
+//! Modules by job: [`consumer`] receives records, hands each to its user's lane ([`lanes`])
 //! and stores offsets; `records` reads one record (setting aside what cannot be read) and hands
 //! it to [`delivery`], which decides, renders, sends and records one mail; [`retry`] decides when
-//! a failed mail is tried again and runs the task that tries the due ones.
+//! a failed mail is tried again and runs the task that tries the due ones; [`mail`] renders and
+//! sends a mail over [`smtp`]'s pooled connections.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -36,6 +37,7 @@ pub mod lanes;
 pub mod mail;
 mod records;
 pub mod retry;
+pub mod smtp;
 pub mod templates;
 pub mod watchdog;
 
@@ -61,6 +63,6 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Setup(#[from] mail::SetupError),
-    #[error("a partition lane failed: {0}; its records will be seen again after a restart")]
+    #[error("a mail handler failed: {0}; its record will be seen again after a restart")]
     Lane(#[from] tokio::task::JoinError),
 }

@@ -9,12 +9,12 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::Message;
 use minijinja::context;
 
 use onboarding_domain::display::format_instant;
 
+use crate::smtp::{Pool, Server, SmtpError};
 use crate::templates::{Catalogue, Kind, Rendered};
 use onboarding_config::EmailSettings;
 use secrecy::ExposeSecret;
@@ -29,10 +29,10 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum MailError {
     /// Worth retrying: 4xx, timeouts, connection refused.
     #[error("transient: {0}")]
-    Transient(#[source] lettre::transport::smtp::Error),
+    Transient(#[source] SmtpError),
     /// Retrying cannot help: 5xx.
     #[error("permanent: {0}")]
-    Permanent(#[source] lettre::transport::smtp::Error),
+    Permanent(#[source] SmtpError),
     /// Retrying cannot help: the mail cannot be addressed or built; `what` says which part.
     #[error("permanent: {what}")]
     Unsendable {
@@ -112,7 +112,7 @@ pub struct Invitation<'a> {
 }
 
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Pool,
     templates: Catalogue,
     from: Mailbox,
     /// MAIL FROM: where bounces go.
@@ -166,24 +166,25 @@ impl Mailer {
         } else {
             Tls::None
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).tls(tls);
         let message_id_domain = settings.message_id_domain();
-        builder = builder
-            .port(settings.port)
-            .timeout(Some(Duration::from_secs(settings.timeout_seconds)))
-            .hello_name(ClientId::Domain(
+        let server = Server {
+            host: host.to_owned(),
+            port: settings.port,
+            tls,
+            hello_name: ClientId::Domain(
                 settings
                     .hello_name
                     .clone()
                     .unwrap_or_else(|| message_id_domain.clone()),
-            ))
-            .pool_config(PoolConfig::new().max_size(connections.get()));
-        if settings.enable_authentication {
-            builder = builder.credentials(Credentials::new(
-                settings.username.clone(),
-                settings.password.expose_secret().to_owned(),
-            ));
-        }
+            ),
+            credentials: settings.enable_authentication.then(|| {
+                Credentials::new(
+                    settings.username.clone(),
+                    settings.password.expose_secret().to_owned(),
+                )
+            }),
+            timeout: Duration::from_secs(settings.timeout_seconds),
+        };
         let address = settings
             .from_address
             .parse::<lettre::Address>()
@@ -217,7 +218,7 @@ impl Mailer {
         )?;
 
         Ok(Self {
-            transport: builder.build(),
+            transport: Pool::new(server, connections.get()),
             templates,
             from,
             envelope_from,
@@ -308,7 +309,11 @@ impl Mailer {
                 mail.html.clone(),
             ))
             .map_err(|e| MailError::unsendable(format!("cannot build the message: {e}"), e))?;
-        match self.transport.send(message).await {
+        match self
+            .transport
+            .send(message.envelope(), &message.formatted())
+            .await
+        {
             Ok(response) => Ok(Accepted {
                 message_id,
                 smtp_response: format!(
@@ -323,7 +328,7 @@ impl Mailer {
     }
 
     /// Checks that the SMTP server answers (logged at start-up; sending retries anyway).
-    pub async fn test_connection(&self) -> Result<bool, lettre::transport::smtp::Error> {
+    pub async fn test_connection(&self) -> Result<bool, SmtpError> {
         self.transport.test_connection().await
     }
 }
