@@ -1,7 +1,7 @@
 //! The receive loop: one consumer in the email workers' group receives records, hands each to
-//! its partition's lane ([`crate::lanes`]) and stores each partition's offset once its lane
-//! reports the record handled; it rejoins the group when the broker came back empty or the
-//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0010).
+//! its user's lane ([`crate::lanes`]) and stores each partition's offset as the lanes report
+//! every record up to it handled; it rejoins the group when the broker came back empty or the
+//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0017).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Delivery;
-use crate::lanes::{HandleFuture, Handled, Lanes};
+use crate::lanes::{HandleFuture, Handled, Lane, Lanes};
 use crate::records::RecordHandler;
 use crate::retry;
 use crate::watchdog::Watchdog;
@@ -94,7 +94,7 @@ impl EmailWorker {
     }
 
     /// Receives records while fewer than `concurrency` are in flight and hands each to its
-    /// partition's lane; stores each partition's offset as its lane reports records handled.
+    /// user's lane; stores each partition's offset as the lanes report records handled.
     async fn consume(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let records = self.records.clone();
         let stop = shutdown.clone();
@@ -127,7 +127,8 @@ impl EmailWorker {
                 Ok(Ok(m)) => {
                     disrupted = false;
                     quiet = Duration::ZERO;
-                    lanes.dispatch(m.partition(), m.offset(), m.detach());
+                    let lane = Lane::of(m.partition(), m.key());
+                    lanes.dispatch(lane, m.partition(), m.offset(), m.detach());
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
                 }
                 Ok(Err(e)) => {
@@ -154,8 +155,8 @@ impl EmailWorker {
         self.close()
     }
 
-    /// Stores the offset after a handled record (the lane reported it, so every record before
-    /// it on its partition was handled too). Auto-commit commits it.
+    /// Stores a partition's offset once the lanes report every record up to it handled.
+    /// Auto-commit commits it.
     fn store_offset(&self, handled: Handled) {
         if let Err(e) = self
             .consumer

@@ -1,31 +1,35 @@
-//! One lane per partition: a lane's records are handled one after another, in offset order, by
-//! the lane's own task, while the lanes of other partitions run beside it.
+//! One lane per user: a user's records are handled one after another, in offset order, while
+//! the records of other users run beside them, up to a cap (docs/adr/0017).
+//!
+//! A record's lane is its Kafka key (the user id; a record without a key gets its partition's
+//! lane). The offsets of a partition finish out of order, so each partition keeps the offsets
+//! received and not yet finished; what is reported is the partition's watermark: the offset
+//! below the lowest unfinished one (or the last received, when none is unfinished).
 //!
 //! Invariants:
-//! - Order per partition: a record is handed to its lane only; a lane starts a record after the
-//!   one before it was handled. So [`Handled`] arrives in offset order per partition, and
-//!   storing each one's offset never skips a record that was not handled.
-//! - Bounded: at most `cap` records are received and not yet handled ([`Lanes::has_room`]); the
-//!   caller stops receiving while it is false.
+//! - Order per user: a record starts only after the record before it in its lane finished. Two
+//!   users' records never wait for each other, whatever their partition.
+//! - Nothing skipped: [`Handled`] names an offset such that it and every offset received before
+//!   it on its partition finished, so storing it never skips a record that was not handled.
+//! - Bounded: at most `cap` records are received and not yet finished ([`Lanes::has_room`]); the
+//!   caller stops receiving while it is false. Idle lanes take no memory.
 //! - A record the handler gives up on (it returns `false`: shutdown came while it waited for the
-//!   database) stops its lane: the records queued behind it are neither handled nor reported,
-//!   and their offsets are not stored.
-//! - After `stop` a lane finishes the record in hand and starts no other; the records queued
-//!   behind it are left for whoever reads the partition next.
-//! - Never silent: a lane whose task failed (a panic while handling) is reported by
-//!   [`Lanes::handled`], rather than leaving its records counted in flight forever.
+//!   database) stops its lane: the records queued behind it are not started, and neither its
+//!   offset nor any after it on its partition is reported.
+//! - After `stop` no record starts; the ones in hand finish.
+//! - Never silent: a handler that panicked is reported by [`Lanes::handled`], and its offset is
+//!   never reported.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-/// A record whose handling finished; everything before it on its partition finished too.
+/// Every record up to this offset on this partition finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handled {
     pub partition: i32,
@@ -38,30 +42,76 @@ pub type HandleFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 /// Handles one record; `false` when it gave up without handling it.
 pub type Handler<R> = Arc<dyn Fn(R) -> HandleFuture + Send + Sync>;
 
+/// The lane a record waits in: its key, or its partition for a record without one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Key(Vec<u8>),
+    Unkeyed(i32),
+}
+
+impl Lane {
+    pub fn of(partition: i32, key: Option<&[u8]>) -> Self {
+        key.map_or(Self::Unkeyed(partition), |k| Self::Key(k.to_vec()))
+    }
+}
+
+struct Record<R> {
+    partition: i32,
+    offset: i64,
+    record: R,
+}
+
+/// A partition's progress.
+#[derive(Default)]
+struct Progress {
+    /// Received and not yet finished.
+    unfinished: BTreeSet<i64>,
+    /// The first and the last offset received.
+    first: Option<i64>,
+    last: Option<i64>,
+    /// The last watermark reported.
+    reported: Option<i64>,
+    /// A record here was given up or its handler failed: nothing after it is reported.
+    blocked: bool,
+}
+
+impl Progress {
+    /// The offset up to which every received record finished (none before the first
+    /// received one finished).
+    fn watermark(&self) -> Option<i64> {
+        let mark = match self.unfinished.first() {
+            Some(lowest) => lowest - 1,
+            None => self.last?,
+        };
+        (mark >= self.first?).then_some(mark)
+    }
+}
+
 pub struct Lanes<R> {
     handler: Handler<R>,
     stop: CancellationToken,
     cap: usize,
     in_flight: usize,
-    lanes: HashMap<i32, mpsc::UnboundedSender<(i64, R)>>,
-    tasks: JoinSet<()>,
-    handled_tx: mpsc::UnboundedSender<Handled>,
-    handled_rx: mpsc::UnboundedReceiver<Handled>,
+    /// A lane is here while one of its records runs; the records queued behind it wait here.
+    lanes: HashMap<Lane, VecDeque<Record<R>>>,
+    running: JoinSet<bool>,
+    /// What each running task handles.
+    tasks: HashMap<Id, (Lane, i32, i64)>,
+    partitions: HashMap<i32, Progress>,
 }
 
 impl<R: Send + 'static> Lanes<R> {
-    /// `cap` records at most in flight; after `stop` no lane starts a record.
+    /// `cap` records at most in flight; after `stop` no record starts.
     pub fn new(cap: NonZeroUsize, stop: CancellationToken, handler: Handler<R>) -> Self {
-        let (handled_tx, handled_rx) = mpsc::unbounded_channel();
         Self {
             handler,
             stop,
             cap: cap.get(),
             in_flight: 0,
             lanes: HashMap::new(),
-            tasks: JoinSet::new(),
-            handled_tx,
-            handled_rx,
+            running: JoinSet::new(),
+            tasks: HashMap::new(),
+            partitions: HashMap::new(),
         }
     }
 
@@ -70,89 +120,147 @@ impl<R: Send + 'static> Lanes<R> {
         self.in_flight < self.cap
     }
 
-    /// Records received and not yet handled.
+    /// Records received and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    /// Queues a record on its partition's lane (starting the lane on its first record).
-    pub fn dispatch(&mut self, partition: i32, offset: i64, record: R) {
-        let lane = self.lanes.entry(partition).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.tasks.spawn(run_lane(
-                partition,
-                rx,
-                self.handler.clone(),
-                self.stop.clone(),
-                self.handled_tx.clone(),
-            ));
-            tx
-        });
-        if lane.send((offset, record)).is_err() {
-            // The lane stopped (its handler gave up at shutdown): the record is left unhandled,
-            // like the ones queued behind the record it gave up on.
-            tracing::debug!(
-                partition,
-                offset,
-                "lane stopped; record left for redelivery"
-            );
-            return;
-        }
+    /// Starts a record, or queues it behind the running record of its lane. Offsets must grow
+    /// per partition (the order the consumer delivers them in).
+    pub fn dispatch(&mut self, lane: Lane, partition: i32, offset: i64, record: R) {
+        let progress = self.partitions.entry(partition).or_default();
+        progress.unfinished.insert(offset);
+        progress.first.get_or_insert(offset);
+        progress.last = Some(offset);
         self.in_flight += 1;
-    }
-
-    /// The next handled record, or the failure of a lane. Pending forever while nothing is in
-    /// flight.
-    pub async fn handled(&mut self) -> Result<Handled, tokio::task::JoinError> {
-        if self.in_flight == 0 {
-            return std::future::pending().await;
-        }
-        loop {
-            tokio::select! {
-                // The sender in `self` keeps the channel open, so `recv` never yields `None`.
-                handled = self.handled_rx.recv() => {
-                    self.in_flight -= 1;
-                    return Ok(handled.expect("Lanes holds a sender"));
-                }
-                Some(joined) = self.tasks.join_next() => {
-                    // A lane ends on its own only when its handler gave up at shutdown.
-                    joined?;
-                }
+        let record = Record {
+            partition,
+            offset,
+            record,
+        };
+        match self.lanes.get_mut(&lane) {
+            Some(queue) => queue.push_back(record),
+            None => {
+                self.lanes.insert(lane.clone(), VecDeque::new());
+                self.start(lane, record);
             }
         }
     }
 
-    /// Closes every lane and waits until each has finished the records it holds (or gave up);
-    /// returns what was handled, in order per partition. Lanes start afresh on the next
-    /// [`Lanes::dispatch`].
-    pub async fn drain(&mut self) -> Vec<Handled> {
-        self.lanes.clear();
-        while let Some(joined) = self.tasks.join_next().await {
-            if let Err(e) = joined {
-                tracing::error!(error = %e, "a partition lane failed; its records will be seen again");
-            }
-        }
-        let mut handled = Vec::new();
-        while let Ok(h) = self.handled_rx.try_recv() {
-            handled.push(h);
-        }
-        self.in_flight = 0;
-        handled
-    }
-}
-
-async fn run_lane<R>(
-    partition: i32,
-    mut records: mpsc::UnboundedReceiver<(i64, R)>,
-    handler: Handler<R>,
-    stop: CancellationToken,
-    handled: mpsc::UnboundedSender<Handled>,
-) {
-    while let Some((offset, record)) = records.recv().await {
-        if stop.is_cancelled() || !handler(record).await {
+    fn start(&mut self, lane: Lane, record: Record<R>) {
+        if self.stop.is_cancelled() {
+            // Left, with the records behind it, for whoever reads the partition next.
+            self.in_flight -= 1;
+            self.stop_lane(&lane, record.partition);
             return;
         }
-        let _ = handled.send(Handled { partition, offset });
+        let handler = self.handler.clone();
+        let task = self.running.spawn(handler(record.record));
+        self.tasks
+            .insert(task.id(), (lane, record.partition, record.offset));
+    }
+
+    /// Drops a lane's queued records without starting them: their offsets stay unfinished, and
+    /// nothing more is reported for their partition.
+    fn stop_lane(&mut self, lane: &Lane, partition: i32) {
+        let dropped = self.lanes.remove(lane).map_or(0, |q| q.len());
+        self.in_flight -= dropped;
+        self.partitions.entry(partition).or_default().blocked = true;
+    }
+
+    /// Bookkeeping after a record's task ended; the partition's new watermark if it moved.
+    fn finished(&mut self, id: Id, handled: bool) -> Option<Handled> {
+        let (lane, partition, offset) = self.tasks.remove(&id)?;
+        self.in_flight -= 1;
+        if !handled {
+            // The offset stays unfinished; the lane stops.
+            self.stop_lane(&lane, partition);
+            return None;
+        }
+        let moved = self.record_finished(partition, offset);
+        let next = self.lanes.get_mut(&lane).and_then(VecDeque::pop_front);
+        match next {
+            Some(record) => self.start(lane, record),
+            None => {
+                self.lanes.remove(&lane);
+            }
+        }
+        moved
+    }
+
+    /// Marks `offset` finished; the partition's watermark if it moved.
+    fn record_finished(&mut self, partition: i32, offset: i64) -> Option<Handled> {
+        let progress = self.partitions.get_mut(&partition)?;
+        progress.unfinished.remove(&offset);
+        if progress.blocked {
+            return None;
+        }
+        let watermark = progress.watermark()?;
+        if progress.reported.is_some_and(|r| r >= watermark) {
+            return None;
+        }
+        progress.reported = Some(watermark);
+        Some(Handled {
+            partition,
+            offset: watermark,
+        })
+    }
+
+    /// The next time a partition's watermark moves, or a handler's failure. Pending forever
+    /// while nothing runs.
+    pub async fn handled(&mut self) -> Result<Handled, tokio::task::JoinError> {
+        loop {
+            let Some(joined) = self.running.join_next_with_id().await else {
+                return std::future::pending().await;
+            };
+            match joined {
+                Ok((id, handled)) => {
+                    if let Some(h) = self.finished(id, handled) {
+                        return Ok(h);
+                    }
+                }
+                Err(e) => {
+                    // The record stays unfinished, so no offset at or after it is reported.
+                    if let Some((lane, partition, _)) = self.tasks.remove(&e.id()) {
+                        self.in_flight -= 1;
+                        self.stop_lane(&lane, partition);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits until every record received was handled (or given up, or left after `stop`) and
+    /// returns each partition's last watermark that moved. Everything starts afresh after it.
+    pub async fn drain(&mut self) -> Vec<Handled> {
+        let mut moved: HashMap<i32, i64> = HashMap::new();
+        while let Some(joined) = self.running.join_next_with_id().await {
+            match joined {
+                Ok((id, handled)) => {
+                    if let Some(h) = self.finished(id, handled) {
+                        moved.insert(h.partition, h.offset);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a mail handler failed; its record will be seen again");
+                    if let Some((lane, partition, _)) = self.tasks.remove(&e.id()) {
+                        self.in_flight -= 1;
+                        self.stop_lane(&lane, partition);
+                    }
+                }
+            }
+        }
+        self.lanes.clear();
+        self.tasks.clear();
+        self.partitions.clear();
+        self.in_flight = 0;
+        let mut handled: Vec<Handled> = moved
+            .into_iter()
+            .map(|(partition, offset)| Handled { partition, offset })
+            .collect();
+        handled.sort_by_key(|h| h.partition);
+        handled
     }
 }
 
@@ -164,6 +272,14 @@ mod tests {
 
     fn cap(n: usize) -> NonZeroUsize {
         NonZeroUsize::new(n).expect("a test's cap is positive")
+    }
+
+    fn user(name: &str) -> Lane {
+        Lane::Key(name.as_bytes().to_vec())
+    }
+
+    fn at(partition: i32, offset: i64) -> Handled {
+        Handled { partition, offset }
     }
 
     /// A handler that logs each record when it starts and waits for the test to release it.
@@ -210,7 +326,7 @@ mod tests {
             }
         }
 
-        /// Lets the lanes' tasks run until they wait again (for asserting what did not start).
+        /// Lets the tasks run until they wait again (for asserting what did not start).
         async fn settle(&self) {
             for _ in 0..100 {
                 tokio::task::yield_now().await;
@@ -219,35 +335,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partitions_run_side_by_side_and_each_keeps_its_order() {
+    async fn users_of_one_partition_run_side_by_side_and_each_keeps_its_order() {
         let (held, handler) = held();
         let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
-        lanes.dispatch(0, 10, "p0-a");
-        lanes.dispatch(0, 11, "p0-b");
-        lanes.dispatch(1, 5, "p1-a");
-        // p1's record finishes while p0's first record is still in hand.
-        held.finish("p1-a", true).await;
-        assert_eq!(
-            lanes.handled().await.unwrap(),
-            Handled {
-                partition: 1,
-                offset: 5
-            }
-        );
+        lanes.dispatch(user("ann"), 0, 10, "ann-1");
+        lanes.dispatch(user("ann"), 0, 11, "ann-2");
+        lanes.dispatch(user("bob"), 0, 12, "bob-1");
+        // Bob's record finishes while Ann's first is still in hand; nothing before it is done,
+        // so no offset is reported yet.
+        held.finish("bob-1", true).await;
         held.settle().await;
-        assert!(!held.started().contains(&"p0-b"), "p0-b waits for p0-a");
+        assert!(!held.started().contains(&"ann-2"), "ann-2 waits for ann-1");
 
-        held.finish("p0-a", true).await;
-        assert_eq!(lanes.handled().await.unwrap().offset, 10);
-        held.finish("p0-b", true).await;
-        assert_eq!(lanes.handled().await.unwrap().offset, 11);
-        let p0: Vec<_> = held
+        held.finish("ann-1", true).await;
+        assert_eq!(lanes.handled().await.unwrap(), at(0, 10));
+        held.finish("ann-2", true).await;
+        // 11 and 12 are done: the watermark jumps to the last received.
+        assert_eq!(lanes.handled().await.unwrap(), at(0, 12));
+        let ann: Vec<_> = held
             .started()
             .into_iter()
-            .filter(|n| n.starts_with("p0"))
+            .filter(|n| n.starts_with("ann"))
             .collect();
-        assert_eq!(p0, ["p0-a", "p0-b"]);
+        assert_eq!(ann, ["ann-1", "ann-2"]);
         assert_eq!(lanes.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_watermark_stays_below_the_lowest_unfinished_record() {
+        let (held, handler) = held();
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
+        lanes.dispatch(user("a"), 3, 1, "a");
+        lanes.dispatch(user("b"), 3, 2, "b");
+        lanes.dispatch(user("c"), 3, 3, "c");
+        held.finish("a", true).await;
+        assert_eq!(lanes.handled().await.unwrap(), at(3, 1));
+        held.finish("c", true).await;
+        held.settle().await;
+        held.finish("b", true).await;
+        assert_eq!(lanes.handled().await.unwrap(), at(3, 3));
     }
 
     #[tokio::test]
@@ -255,8 +381,8 @@ mod tests {
         let (held, handler) = held();
         let mut lanes = Lanes::new(cap(2), CancellationToken::new(), handler);
         assert!(lanes.has_room());
-        lanes.dispatch(0, 1, "a");
-        lanes.dispatch(1, 1, "b");
+        lanes.dispatch(user("a"), 0, 1, "a");
+        lanes.dispatch(user("b"), 1, 1, "b");
         assert!(!lanes.has_room());
         held.finish("b", true).await;
         lanes.handled().await.unwrap();
@@ -264,40 +390,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lane_that_panics_is_reported_not_left_in_flight() {
-        let handler: Handler<&'static str> =
-            Arc::new(|_| -> HandleFuture { Box::pin(async { panic!("a bug in a handler") }) });
+    async fn a_handler_that_panics_is_reported_and_its_offset_never_is() {
+        let handler: Handler<&'static str> = Arc::new(|name| -> HandleFuture {
+            Box::pin(async move {
+                if name == "boom" {
+                    panic!("a bug in a handler")
+                }
+                true
+            })
+        });
         let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
-        lanes.dispatch(0, 1, "boom");
+        lanes.dispatch(user("a"), 0, 1, "boom");
         let failed = lanes.handled().await.unwrap_err();
         assert!(failed.is_panic());
+        lanes.dispatch(user("b"), 0, 2, "fine");
+        assert!(lanes.drain().await.is_empty());
     }
 
     #[tokio::test]
-    async fn a_cap_of_one_handles_one_record_at_a_time() {
-        let (_held, handler) = held();
-        let mut lanes = Lanes::new(cap(1), CancellationToken::new(), handler);
-        lanes.dispatch(0, 1, "a");
-        assert!(!lanes.has_room());
-    }
-
-    #[tokio::test]
-    async fn a_record_given_up_stops_its_lane_and_nothing_behind_it_is_reported() {
+    async fn a_record_given_up_stops_its_lane_and_nothing_after_it_is_reported() {
         let (held, handler) = held();
         let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
-        lanes.dispatch(0, 1, "first");
-        lanes.dispatch(0, 2, "behind");
-        lanes.dispatch(1, 7, "other");
+        lanes.dispatch(user("ann"), 0, 1, "first");
+        lanes.dispatch(user("ann"), 0, 2, "behind");
+        lanes.dispatch(user("bob"), 0, 3, "same partition");
+        lanes.dispatch(user("cid"), 1, 7, "other");
         held.finish("first", false).await;
+        held.finish("same partition", true).await;
         held.finish("other", true).await;
         let handled = lanes.drain().await;
-        assert_eq!(
-            handled,
-            [Handled {
-                partition: 1,
-                offset: 7
-            }]
-        );
+        assert_eq!(handled, [at(1, 7)]);
         assert!(
             !held.started().contains(&"behind"),
             "`behind` never started"
@@ -306,42 +428,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_stop_each_lane_finishes_the_record_in_hand_and_starts_no_other() {
+    async fn after_stop_the_records_in_hand_finish_and_no_other_starts() {
         let (held, handler) = held();
         let stop = CancellationToken::new();
         let mut lanes = Lanes::new(cap(8), stop.clone(), handler);
-        lanes.dispatch(0, 1, "in hand");
-        lanes.dispatch(0, 2, "queued");
+        lanes.dispatch(user("ann"), 0, 1, "in hand");
+        lanes.dispatch(user("ann"), 0, 2, "queued");
         held.wait_started("in hand").await;
         stop.cancel();
         held.finish("in hand", true).await;
         let handled = lanes.drain().await;
-        assert_eq!(
-            handled,
-            [Handled {
-                partition: 0,
-                offset: 1
-            }]
-        );
+        assert_eq!(handled, [at(0, 1)]);
         assert_eq!(held.started(), ["in hand"]);
     }
 
     #[tokio::test]
-    async fn drain_waits_for_every_record_in_hand_and_reports_them_in_order() {
+    async fn drain_waits_for_every_record_and_reports_each_partitions_watermark() {
         let (held, handler) = held();
         let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
-        lanes.dispatch(3, 1, "a");
-        lanes.dispatch(3, 2, "b");
+        lanes.dispatch(user("ann"), 3, 1, "a");
+        lanes.dispatch(user("ann"), 3, 2, "b");
+        lanes.dispatch(Lane::of(4, None), 4, 9, "unkeyed");
         let releaser = async {
             held.finish("a", true).await;
             held.finish("b", true).await;
+            held.finish("unkeyed", true).await;
         };
         let (handled, ()) = tokio::join!(lanes.drain(), releaser);
-        let offsets: Vec<i64> = handled.iter().map(|h| h.offset).collect();
-        assert_eq!(offsets, [1, 2]);
-        // A lane starts afresh after a drain.
-        lanes.dispatch(3, 3, "c");
+        assert_eq!(handled, [at(3, 2), at(4, 9)]);
+        // Everything starts afresh after a drain.
+        lanes.dispatch(user("ann"), 3, 3, "c");
         held.finish("c", true).await;
-        assert_eq!(lanes.handled().await.unwrap().offset, 3);
+        assert_eq!(lanes.handled().await.unwrap(), at(3, 3));
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::{Delivery, Outcome};
 use crate::HandleError;
 
-/// Handles one record; shared by the lanes of every partition.
+/// Handles one record; shared by every lane.
 pub(crate) struct RecordHandler {
     delivery: Delivery,
     dead_letters: FutureProducer,
@@ -38,7 +38,7 @@ impl RecordHandler {
     }
 
     /// Handles a record, retrying through a database outage until its outcome is recorded (its
-    /// lane, and so its partition, waits meanwhile; other partitions go on). False when
+    /// lane, and so its user, waits meanwhile; other users go on). False when
     /// `shutdown` came first: the record is left for redelivery.
     pub(crate) async fn handle_until_recorded(
         &self,
