@@ -1,0 +1,854 @@
+//! The engine's figures, measured against a running `onboard serve` (release build) that
+//! tests/bench/run started with PostgreSQL, tansu and smtp-sink:
+//! 1. invitations over `POST /api/v1/users` from many concurrent clients, each a new user;
+//! 2. the same through one bulk file, and through the Kafka intake;
+//! 3. meanwhile, the mails smtp-sink accepts, sampled five times a second: the sustained rate
+//!    is taken while the backlog lasts (until 98 % of those invitations were mailed);
+//! 4. the time from invitation to mail at half the lower of the HTTP and mail rates;
+//! 5. `GET /confirm` page views from many clients, and password submissions;
+//! 6. every invitation mailed (from PostgreSQL's log and smtp-sink's count), every password
+//!    set; the only checks that fail the run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::memory::{Process, Sampler};
+use crate::report;
+use crate::sink::Sink;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The gateway, e.g. http://127.0.0.1:14080.
+    #[arg(long)]
+    base_url: String,
+    /// An admin token the engine accepts.
+    #[arg(long)]
+    admin_token: String,
+    /// The engine's database.
+    #[arg(long)]
+    database_url: String,
+    #[arg(long)]
+    brokers: String,
+    /// The public event topic.
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    requests_topic: String,
+    #[arg(long)]
+    outcomes_topic: String,
+    /// smtp-sink's counter log.
+    #[arg(long)]
+    sink_log: PathBuf,
+    /// The engine's code key `k1` (base64), to mint the links its mails carry.
+    #[arg(long)]
+    code_key: String,
+    /// Invitations in all.
+    #[arg(long, default_value_t = 100_000)]
+    invitations: usize,
+    /// Processes whose memory is sampled, as NAME=PID (`postgres` counts its backends too).
+    #[arg(long = "process")]
+    processes: Vec<String>,
+    /// Where the limit measurements are (pgbench.json, argon2.json, smtp.json, kafka.json).
+    #[arg(long)]
+    limits_dir: PathBuf,
+    /// Where the results go.
+    #[arg(long)]
+    out: PathBuf,
+    /// A short run (tests/run): shorter timed phases.
+    #[arg(long)]
+    quick: bool,
+}
+
+struct Bench {
+    args: Args,
+    http: reqwest::Client,
+    db: PgPool,
+    sink: Sink,
+    /// Mails smtp-sink accepted, sampled: (seconds since the start, count).
+    mails: Arc<Mutex<Vec<(f64, u64)>>>,
+    started: Instant,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let processes = args
+        .processes
+        .iter()
+        .map(|p| {
+            let (name, pid) = p.split_once('=').context("--process takes NAME=PID")?;
+            Ok(Process {
+                name: name.to_owned(),
+                pid: pid.parse().context("--process takes NAME=PID")?,
+                with_children: name == "postgres",
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let memory = Sampler::start(processes);
+    let limits = report::Limits::read(&args.limits_dir)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let db = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&args.database_url)
+        .await
+        .context("connecting to the engine's database")?;
+    let bench = Bench {
+        sink: Sink::new(&args.sink_log),
+        args,
+        http,
+        db,
+        mails: Arc::default(),
+        started: Instant::now(),
+    };
+    let watch = bench.watch_mails();
+    let n = bench.args.invitations;
+    let (n_http, n_bulk) = (n * 3 / 10, n * 3 / 10);
+    let n_kafka = n.saturating_sub(n_http + n_bulk) * 3 / 4;
+    let n_latency_max = n - n_http - n_bulk - n_kafka;
+
+    let mails_before = bench.sink.accepted()?;
+    let xacts_before = bench.xacts().await?;
+    let records_before = bench.topic_records(&bench.args.topic)?;
+    let intake_started = bench.now();
+
+    let mut phases: Vec<(&str, f64)> = vec![("http", bench.now())];
+    println!("--- engine: {n_http} invitations over POST /api/v1/users, 64 clients");
+    let over_http = bench.invite_over_http(n_http, 64).await?;
+    println!("    {:.0}/s", over_http);
+    // Memory is compared from here (every path has run once by then) to the end.
+    let warmed_up = bench.now();
+    phases.push(("bulk", bench.now()));
+    println!("--- engine: {n_bulk} invitations in one bulk file");
+    let bulk = bench.invite_in_bulk(n_bulk).await?;
+    println!("    {:.0}/s", bulk);
+    phases.push(("kafka_intake", bench.now()));
+    println!("--- engine: {n_kafka} invitations through the Kafka intake");
+    let intake = bench.invite_through_kafka(n_kafka).await?;
+    println!("    {:.0}/s", intake);
+
+    let backlog = (n_http + n_bulk + n_kafka) as u64;
+    phases.push(("mail_backlog", bench.now()));
+    println!("--- engine: waiting until all {backlog} invitations were mailed");
+    bench.wait_for_mails(mails_before + backlog).await?;
+    let mailed = bench.sustained_mail_rate(mails_before, backlog, intake_started);
+    println!(
+        "    {:.0} mails/s over {:.0} s",
+        mailed.rate, mailed.window_seconds
+    );
+    // Each invitation's own transactions and records: everything the engine did meanwhile.
+    let xacts = bench.xacts().await? - xacts_before;
+    let records = bench.topic_records(&bench.args.topic)? - records_before;
+
+    let latency_rate = (0.5 * mailed.rate.min(over_http)).max(1.0);
+    let latency_seconds = if bench.args.quick { 5.0 } else { 30.0 };
+    let n_latency = ((latency_rate * latency_seconds) as usize).clamp(1, n_latency_max.max(1));
+    println!(
+        "--- engine: {n_latency} invitations at {latency_rate:.0}/s (half the lower of the HTTP and mail rates)"
+    );
+    phases.push(("latency", bench.now()));
+    let latency = bench.latency(n_latency, latency_rate).await?;
+    println!(
+        "    invitation to mail: p50 {:.1} ms, p99 {:.1} ms",
+        latency.p50_ms, latency.p99_ms
+    );
+
+    let tokens = bench.links(2_000).await?;
+    let views_seconds = if bench.args.quick { 3.0 } else { 10.0 };
+    println!("--- engine: GET /confirm for {views_seconds} s, 64 clients");
+    phases.push(("confirm_views", bench.now()));
+    let views = bench
+        .confirm_views(&tokens[..tokens.len() / 2], views_seconds, 64)
+        .await?;
+    println!("    {views:.0}/s");
+    // About 15 s of hashing at the machine's argon2 rate (20 in a quick run).
+    let argon2_rate = limits.json["argon2"]["hashes_per_second"]
+        .as_f64()
+        .unwrap_or(10.0);
+    let n_passwords = if bench.args.quick {
+        20
+    } else {
+        ((argon2_rate * 15.0) as usize).clamp(20, 800)
+    }
+    .min(tokens.len() / 2);
+    println!("--- engine: {n_passwords} password submissions, 8 clients");
+    phases.push(("passwords", bench.now()));
+    let passwords = bench
+        .submit_passwords(&tokens[tokens.len() / 2..][..n_passwords], 8)
+        .await?;
+    println!("    {passwords:.1}/s");
+
+    phases.push(("end", bench.now()));
+    let invited = backlog + n_latency as u64;
+    println!("--- engine: checking that every invitation was mailed");
+    let checked = bench
+        .check_all_mailed(
+            invited,
+            mails_before,
+            &tokens[tokens.len() / 2..][..n_passwords],
+        )
+        .await?;
+    watch.abort();
+    let series = memory.series();
+    let memory = memory.summary(warmed_up);
+    let mails = bench.mails.lock().expect("mail samples").clone();
+
+    let results = json!({
+        "invitations": invited,
+        "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "limits": limits.json,
+        "engine": {
+            "invitations_per_second_http": over_http,
+            "invitations_per_second_bulk": bulk,
+            "invitations_per_second_kafka_intake": intake,
+            "mails_per_second_sustained": mailed.rate,
+            "mail_window_seconds": mailed.window_seconds,
+            "latency": {"rate_per_second": latency_rate, "invitations": n_latency,
+                        "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "max_ms": latency.max_ms},
+            "confirm_views_per_second": views,
+            "password_submissions_per_second": passwords,
+            "transactions_per_invitation": xacts as f64 / backlog as f64,
+            "event_records_per_invitation": records as f64 / backlog as f64,
+        },
+        "checks": checked,
+        "memory": memory,
+        "phases_started_at_seconds": phases.iter().map(|(p, t)| json!([p, t])).collect::<Vec<_>>(),
+        "series": {"memory_kib": series, "smtp_sink_accepted": mails},
+    });
+    report::print(&results);
+    std::fs::write(&bench.args.out, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", bench.args.out.display()))?;
+    println!("results written to {}", bench.args.out.display());
+    Ok(())
+}
+
+struct Mailed {
+    rate: f64,
+    window_seconds: f64,
+}
+
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// A user's link, minted as the worker mints it for the mail.
+struct Link {
+    user_id: Uuid,
+    token: String,
+}
+
+impl Bench {
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.args.base_url)
+    }
+
+    fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.bearer_auth(&self.args.admin_token)
+    }
+
+    /// Samples smtp-sink's count five times a second.
+    fn watch_mails(&self) -> tokio::task::JoinHandle<()> {
+        let (mails, sink, started) = (
+            self.mails.clone(),
+            Sink::new(&self.args.sink_log),
+            self.started,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if let Ok(n) = sink.accepted() {
+                    mails
+                        .lock()
+                        .expect("mail samples")
+                        .push((started.elapsed().as_secs_f64(), n));
+                }
+            }
+        })
+    }
+
+    async fn xacts(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&self.db)
+        .await?)
+    }
+
+    /// Records on every partition of `topic` (the sum of the high watermarks).
+    fn topic_records(&self, topic: &str) -> anyhow::Result<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.args.brokers)
+            .set("group.id", "onboarding-bench-watermarks")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        let mut total = 0;
+        for p in 0..partitions {
+            let (low, high) =
+                consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10))?;
+            total += high - low.min(high);
+        }
+        Ok(total)
+    }
+
+    fn unique(&self) -> String {
+        Uuid::new_v4().simple().to_string()[..10].to_owned()
+    }
+
+    /// `n` invitations from `clients` concurrent clients; invitations a second.
+    async fn invite_over_http(&self, n: usize, clients: usize) -> anyhow::Result<f64> {
+        let tag = self.unique();
+        let next = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (http, url, token) = (
+                    self.http.clone(),
+                    self.url("/api/v1/users"),
+                    self.args.admin_token.clone(),
+                );
+                let (next, failed, tag) = (next.clone(), failed.clone(), tag.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                        let r = http
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .json(&json!({"username": format!("h{i}x{tag}"), "email": format!("h{i}.{tag}@pickup.example")}))
+                            .send()
+                            .await?;
+                        if r.status() != 201 {
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_default();
+                            if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("an invitation was refused: {status} {body}");
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        let failed = failed.load(Ordering::Relaxed);
+        ensure!(
+            failed == 0,
+            "{failed} of {n} invitations over HTTP were refused"
+        );
+        Ok(rate)
+    }
+
+    /// One CSV file of `n` rows, from the upload until the job is done; rows a second.
+    async fn invite_in_bulk(&self, n: usize) -> anyhow::Result<f64> {
+        let tag = self.unique();
+        let mut csv = String::from("username,email\n");
+        for i in 0..n {
+            csv.push_str(&format!("b{i}x{tag},b{i}.{tag}@pickup.example\n"));
+        }
+        let started = Instant::now();
+        let r = self
+            .admin(self.http.post(self.url("/api/v1/bulk-invites")))
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await?;
+        let status = r.status();
+        let accepted: Value = r.json().await?;
+        ensure!(
+            status == 202,
+            "the bulk file was refused: {status} {accepted}"
+        );
+        let job = accepted["job_id"]
+            .as_str()
+            .context("the bulk answer has no job_id")?;
+        loop {
+            let j: Value = self
+                .admin(
+                    self.http
+                        .get(self.url(&format!("/api/v1/bulk-invites/{job}"))),
+                )
+                .send()
+                .await?
+                .json()
+                .await?;
+            if j["status"] == "done" {
+                ensure!(
+                    j["totals"]["created"] == n,
+                    "the bulk job did not create every row: {}",
+                    j["totals"]
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// `n` invitation requests on the intake's topic, until the last one's outcome arrived;
+    /// invitations a second.
+    async fn invite_through_kafka(&self, n: usize) -> anyhow::Result<f64> {
+        let tag = self.unique();
+        let outcomes: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.args.brokers)
+            .set("group.id", format!("onboarding-bench-outcomes-{tag}"))
+            .set("auto.offset.reset", "latest")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        outcomes.subscribe(&[&self.args.outcomes_topic])?;
+        // Joined before the first request goes out, so no outcome is missed.
+        wait_for_assignment(&outcomes).await?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.args.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        let source = format!("bench-{tag}");
+        let started = Instant::now();
+        let requests_topic = self.args.requests_topic.clone();
+        let produce = async {
+            use futures::StreamExt;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            for i in 0..n {
+                let payload = json!({
+                    "specversion": "1.0",
+                    "id": format!("{i}"),
+                    "source": source,
+                    "type": "com.pickup.hr.user.invitation.requested",
+                    "datacontenttype": "application/json",
+                    "data": {"username": format!("k{i}x{tag}"), "email": format!("k{i}.{tag}@pickup.example")},
+                })
+                .to_string();
+                let key = format!("{source}/{i}");
+                let producer = &producer;
+                let topic = &requests_topic;
+                in_flight.push(async move {
+                    producer
+                        .send(
+                            FutureRecord::to(topic).key(&key).payload(&payload).headers(
+                                OwnedHeaders::new().insert(Header {
+                                    key: "content-type",
+                                    value: Some("application/cloudevents+json"),
+                                }),
+                            ),
+                            Duration::from_secs(60),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                });
+                if in_flight.len() >= 1000 {
+                    if let Some(r) = in_flight.next().await {
+                        r.context("an invitation request was not acknowledged")?;
+                    }
+                }
+            }
+            while let Some(r) = in_flight.next().await {
+                r.context("an invitation request was not acknowledged")?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let count = async {
+            let (mut accepted, mut other) = (0usize, 0usize);
+            while accepted + other < n {
+                let m = tokio::time::timeout(Duration::from_secs(120), outcomes.recv())
+                    .await
+                    .with_context(|| {
+                        format!("no intake outcome for 120 s ({accepted} accepted of {n})")
+                    })??;
+                // The bench is the only producer of requests: every outcome is one of ours.
+                let kind = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if kind.ends_with("accepted.v1") {
+                    accepted += 1;
+                } else {
+                    other += 1;
+                    if other == 1 {
+                        eprintln!(
+                            "an intake request was not accepted: {kind} {}",
+                            String::from_utf8_lossy(m.payload().unwrap_or_default())
+                        );
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((accepted, other))
+        };
+        let (produced, counted) = tokio::join!(produce, count);
+        produced?;
+        let (accepted, other) = counted?;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        ensure!(
+            other == 0 && accepted == n,
+            "{other} of {n} intake requests were not accepted"
+        );
+        Ok(rate)
+    }
+
+    /// Waits until smtp-sink counted `total` mails; fails when the count stands still for
+    /// two minutes.
+    async fn wait_for_mails(&self, total: u64) -> anyhow::Result<()> {
+        let mut last = (self.sink.accepted()?, Instant::now());
+        loop {
+            let now = self.sink.accepted()?;
+            if now >= total {
+                return Ok(());
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(120) {
+                bail!("smtp-sink accepted no mail for two minutes: its count is {now}, {total} expected");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The mail rate from the first mail after `from` until 98 % of `backlog` was mailed.
+    fn sustained_mail_rate(&self, before: u64, backlog: u64, from: f64) -> Mailed {
+        let samples = self.mails.lock().expect("mail samples");
+        let start = samples
+            .iter()
+            .find(|(t, n)| *t >= from && *n > before)
+            .copied();
+        let end = samples
+            .iter()
+            .find(|(_, n)| *n >= before + backlog * 98 / 100)
+            .copied();
+        match (start, end) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => Mailed {
+                rate: (n1 - n0) as f64 / (t1 - t0),
+                window_seconds: t1 - t0,
+            },
+            _ => Mailed {
+                rate: 0.0,
+                window_seconds: 0.0,
+            },
+        }
+    }
+
+    /// `n` invitations sent at `rate` a second (open loop); from each request's start to its
+    /// `InvitationMailSent` in the log (recorded right after the SMTP server accepted the
+    /// mail).
+    async fn latency(&self, n: usize, rate: f64) -> anyhow::Result<Latency> {
+        let tag = self.unique();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            tick.tick().await;
+            let http = self.http.clone();
+            let url = self.url("/api/v1/users");
+            let token = self.args.admin_token.clone();
+            let tag = tag.clone();
+            tasks.push(tokio::spawn(async move {
+                let sent_at = Utc::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"username": format!("l{i}x{tag}"), "email": format!("l{i}.{tag}@pickup.example")}))
+                    .send()
+                    .await?;
+                let status = r.status();
+                let body: Value = r.json().await?;
+                ensure!(status == 201, "an invitation was refused: {status} {body}");
+                let id = body["id"].as_str().context("no id")?.to_owned();
+                Ok::<_, anyhow::Error>((id, sent_at))
+            }));
+        }
+        let mut sent: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for t in tasks {
+            let (id, at) = t.await??;
+            sent.insert(id, at);
+        }
+        let ids: Vec<String> = sent.keys().cloned().collect();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let rows = loop {
+            let rows = sqlx::query(
+                "SELECT aggregate_id, min(recorded_at) AS at FROM events \
+                 WHERE event_type = 'InvitationMailSent' AND aggregate_id = ANY($1) GROUP BY aggregate_id",
+            )
+            .bind(&ids)
+            .fetch_all(&self.db)
+            .await?;
+            if rows.len() == ids.len() {
+                break rows;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "only {} of {} latency invitations were mailed after 5 minutes",
+                rows.len(),
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let mut ms: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                let id: String = r.get("aggregate_id");
+                let at: DateTime<Utc> = r.get("at");
+                (at - sent[&id]).num_microseconds().unwrap_or(0) as f64 / 1000.0
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        Ok(Latency {
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            max_ms: pick(1.0),
+        })
+    }
+
+    /// Up to `n` users' links, minted from their `CodeIssued` events with the engine's key,
+    /// exactly as the worker mints them for their mails.
+    async fn links(&self, n: i64) -> anyhow::Result<Vec<Link>> {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(&self.args.code_key)
+            .context("--code-key is not base64")?;
+        let keyring = CodeKeyring::new("k1", [("k1".to_owned(), key)])
+            .map_err(|e| anyhow::anyhow!("the code key: {e:?}"))?;
+        let rows = sqlx::query(
+            "SELECT aggregate_id, payload FROM events WHERE event_type = 'CodeIssued' \
+             ORDER BY global_position LIMIT $1",
+        )
+        .bind(n)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let user_id: String = r.get("aggregate_id");
+                let payload: Value = r.get("payload");
+                let issued = payload
+                    .get("CodeIssued")
+                    .with_context(|| format!("an unexpected CodeIssued payload: {payload}"))?;
+                let code_id: Uuid = serde_json::from_value(issued["code_id"].clone())?;
+                let expires_at: DateTime<Utc> =
+                    serde_json::from_value(issued["expires_at"].clone())?;
+                let key_id = issued["key_id"].as_str().unwrap_or("k1");
+                let user_id: Uuid = user_id.parse()?;
+                let binding = CodeBinding {
+                    user_id,
+                    code_id: CodeId::from_random_bytes(*code_id.as_bytes()),
+                    expires_at,
+                };
+                let token = keyring
+                    .mint(key_id, &binding)
+                    .context("the code's key is not the engine's")?;
+                Ok(Link {
+                    user_id,
+                    token: token.expose().to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// `GET /confirm` from `clients` clients for `seconds`, over `links`; pages a second.
+    async fn confirm_views(
+        &self,
+        links: &[Link],
+        seconds: f64,
+        clients: usize,
+    ) -> anyhow::Result<f64> {
+        ensure!(!links.is_empty(), "no links to open");
+        let urls: Arc<Vec<String>> = Arc::new(
+            links
+                .iter()
+                .map(|l| self.url(&format!("/confirm?code={}", urlencoding::encode(&l.token))))
+                .collect(),
+        );
+        let until = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (http, urls) = (self.http.clone(), urls.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut i) = (0u64, c);
+                    while Instant::now() < until {
+                        let r = http.get(&urls[i % urls.len()]).send().await?;
+                        let status = r.status();
+                        let page = r.text().await?;
+                        ensure!(
+                            status == 200 && page.contains("name=\"csrf\""),
+                            "GET /confirm did not show the form: {status}"
+                        );
+                        ok += 1;
+                        i += clients;
+                    }
+                    Ok::<_, anyhow::Error>(ok)
+                })
+            })
+            .collect();
+        let mut pages = 0;
+        for t in tasks {
+            pages += t.await??;
+        }
+        Ok(pages as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Each link's form opened and a password submitted, by `clients` clients; submissions a
+    /// second (the form's `GET` included, as a user's browser does it).
+    async fn submit_passwords(&self, links: &[Link], clients: usize) -> anyhow::Result<f64> {
+        let forms: Arc<Vec<String>> = Arc::new(links.iter().map(|l| l.token.clone()).collect());
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (http, forms, next) = (self.http.clone(), forms.clone(), next.clone());
+                let base = self.args.base_url.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(code) = forms.get(i) else {
+                            return Ok::<_, anyhow::Error>(());
+                        };
+                        let page = http
+                            .get(format!("{base}/confirm?code={}", urlencoding::encode(code)))
+                            .send()
+                            .await?
+                            .text()
+                            .await?;
+                        let csrf = page
+                            .split("name=\"csrf\" value=\"")
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next())
+                            .context("the form has no csrf field")?
+                            .to_owned();
+                        let password = format!("Bench-{}-pass", Uuid::new_v4().simple());
+                        let r = http
+                            .post(format!("{base}/confirm"))
+                            .form(&[
+                                ("code", code.as_str()),
+                                ("csrf", csrf.as_str()),
+                                ("password", password.as_str()),
+                                ("password_confirm", password.as_str()),
+                            ])
+                            .send()
+                            .await?;
+                        let status = r.status();
+                        ensure!(
+                            status.is_success(),
+                            "a password submission was refused: {status} {}",
+                            r.text().await.unwrap_or_default()
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        Ok(links.len() as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Every invitation mailed once (the log), smtp-sink's count at least that, every password
+    /// set.
+    async fn check_all_mailed(
+        &self,
+        invited: u64,
+        mails_before: u64,
+        passwords: &[Link],
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let (accounts, mailed) = loop {
+            let row = sqlx::query(
+                "SELECT (SELECT count(*) FROM events WHERE event_type = 'UserInvited') AS accounts, \
+                        (SELECT count(DISTINCT aggregate_id) FROM events \
+                          WHERE event_type = 'InvitationMailSent') AS mailed",
+            )
+            .fetch_one(&self.db)
+            .await?;
+            let (accounts, mailed): (i64, i64) = (row.get("accounts"), row.get("mailed"));
+            if mailed >= accounts || Instant::now() > deadline {
+                break (accounts, mailed);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let failed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE event_type IN ('InvitationMailFailed', 'InvitationMailAbandoned')",
+        )
+        .fetch_one(&self.db)
+        .await?;
+        let ids: Vec<String> = passwords.iter().map(|l| l.user_id.to_string()).collect();
+        let set: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT aggregate_id) FROM events WHERE event_type = 'PasswordSet' AND aggregate_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_one(&self.db)
+        .await?;
+        let sunk = self.sink.accepted()? - mails_before;
+        println!(
+            "    {accounts} accounts, {mailed} mailed (the log), {sunk} mails accepted by smtp-sink, {failed} failed attempts, {set} of {} passwords set",
+            passwords.len()
+        );
+        ensure!(
+            accounts as u64 == invited,
+            "{invited} invitations were accepted but {accounts} accounts exist"
+        );
+        ensure!(
+            mailed == accounts,
+            "{} of {accounts} invitations were never mailed",
+            accounts - mailed
+        );
+        ensure!(
+            sunk >= invited,
+            "smtp-sink accepted {sunk} mails for {invited} invitations"
+        );
+        ensure!(
+            set as usize == passwords.len(),
+            "{set} of {} passwords were set",
+            passwords.len()
+        );
+        Ok(
+            json!({"accounts": accounts, "mailed": mailed, "smtp_sink_accepted": sunk,
+                  "failed_attempts": failed, "passwords_set": set}),
+        )
+    }
+}
+
+async fn wait_for_assignment(consumer: &StreamConsumer) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Polling drives the group join; nobody writes outcomes yet.
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+        if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the outcome reader got no partitions within 60 s"
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The table: each figure beside the limit that bounds it, with the ratio.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+/// The machine's limits measured in the same run.
+pub struct Limits {
+    pub json: Value,
+}
+
+impl Limits {
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let read = |name: &str| -> anyhow::Result<Value> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(serde_json::from_str(&text)?)
+        };
+        Ok(Self {
+            json: json!({
+                "pgbench": read("pgbench.json")?,
+                "argon2": read("argon2.json")?,
+                "smtp_sink": read("smtp.json")?,
+                "kafka": read("kafka.json")?,
+                "mailer": read("mailer.json")?,
+            }),
+        })
+    }
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn ratio(figure: f64, limit: f64) -> String {
+    if limit > 0.0 {
+        format!("{:.0} %", figure / limit * 100.0)
+    } else {
+        "–".into()
+    }
+}
+
+/// Prints the table (Markdown, so docs/performance.md can keep it as printed).
+pub fn print(r: &Value) {
+    let l = &r["limits"];
+    let e = &r["engine"];
+    let pg = |clients: &str| num(&l["pgbench"][clients]);
+    let argon = num(&l["argon2"]["hashes_per_second"]);
+    let smtp = num(&l["smtp_sink"]["mails_per_second"]);
+    let kafka_one = num(&l["kafka"]["records_per_second_one_per_batch"]);
+    let kafka_batched = num(&l["kafka"]["records_per_second_batched"]);
+    let tx = num(&e["transactions_per_invitation"]);
+    let records = num(&e["event_records_per_invitation"]);
+    let http = num(&e["invitations_per_second_http"]);
+    let bulk = num(&e["invitations_per_second_bulk"]);
+    let intake = num(&e["invitations_per_second_kafka_intake"]);
+    let mailed = num(&e["mails_per_second_sustained"]);
+    let window = num(&e["mail_window_seconds"]);
+    let views = num(&e["confirm_views_per_second"]);
+    let passwords = num(&e["password_submissions_per_second"]);
+    let lat = &e["latency"];
+
+    println!();
+    println!(
+        "Machine: {} cores. {} invitations. Per invitation (intake to mail): {tx:.1} PostgreSQL transactions, {records:.1} Kafka records on the event topic.",
+        r["machine"]["cores"], r["invitations"]
+    );
+    println!();
+    println!("| Figure | Engine | Bounded by | Limit | Ratio |");
+    println!("|---|---|---|---|---|");
+    let row = |figure: &str, value: String, bound: &str, limit: String, ratio: String| {
+        println!("| {figure} | {value} | {bound} | {limit} | {ratio} |");
+    };
+    row(
+        "Invitations accepted, POST /api/v1/users (64 clients)",
+        format!("{http:.0}/s"),
+        "pgbench append, 32 clients",
+        format!("{:.0}/s", pg("clients_32")),
+        ratio(http, pg("clients_32")),
+    );
+    row(
+        "Invitations accepted, one bulk file",
+        format!("{bulk:.0}/s"),
+        "pgbench append, 8 clients (bulk concurrency 8)",
+        format!("{:.0}/s", pg("clients_8")),
+        ratio(bulk, pg("clients_8")),
+    );
+    row(
+        "Invitations accepted, Kafka intake",
+        format!("{intake:.0}/s"),
+        "pgbench append, 1 client (one record at a time per partition)",
+        format!("{:.0}/s", pg("clients_1")),
+        ratio(intake, pg("clients_1")),
+    );
+    row(
+        &format!("Invitations mailed, sustained over {window:.0} s"),
+        format!("{mailed:.0}/s"),
+        "smtp-sink, one sequential client",
+        format!("{smtp:.0}/s"),
+        ratio(mailed, smtp),
+    );
+    let m = &l["mailer"];
+    for senders in ["1", "32"] {
+        let engine = num(&m[format!("engine_mails_per_second_{senders}")]);
+        let lettre = num(&m[format!("lettre_pool_mails_per_second_{senders}")]);
+        row(
+            &format!("SMTP alone: the engine's Mailer, {senders} sender(s) (lettre's pool before: {lettre:.0}/s)"),
+            format!("{engine:.0}/s"),
+            "smtp-sink, one sequential client",
+            format!("{smtp:.0}/s"),
+            ratio(engine, smtp),
+        );
+    }
+    row(
+        "Invitations mailed (goal)",
+        format!("{mailed:.0}/s"),
+        "the goal",
+        "2000/s".into(),
+        ratio(mailed, 2000.0),
+    );
+    row(
+        &format!(
+            "Invitation to mail at {:.0}/s: p50 / p99",
+            num(&lat["rate_per_second"])
+        ),
+        format!(
+            "{:.0} ms / {:.0} ms",
+            num(&lat["p50_ms"]),
+            num(&lat["p99_ms"])
+        ),
+        "the goal: p99",
+        "100 ms".into(),
+        ratio(num(&lat["p99_ms"]), 100.0),
+    );
+    row(
+        "Password submissions (form and POST)",
+        format!("{passwords:.1}/s"),
+        "argon2id on every core",
+        format!("{argon:.1}/s"),
+        ratio(passwords, argon),
+    );
+    row(
+        "GET /confirm (64 clients)",
+        format!("{views:.0}/s"),
+        "the goal",
+        "5000/s".into(),
+        ratio(views, 5000.0),
+    );
+    row(
+        "Relay's producer settings (one record per batch)",
+        format!("{:.1} records/invitation", records),
+        "tansu from rdkafka, one record per batch / batched",
+        format!("{kafka_one:.0}/s / {kafka_batched:.0}/s"),
+        ratio(mailed * records, kafka_one),
+    );
+    println!();
+    println!("| Process | after warm-up | max | last | growth |");
+    println!("|---|---|---|---|---|");
+    if let Some(memory) = r["memory"].as_object() {
+        for (name, m) in memory {
+            println!(
+                "| {name} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:+.1} % |",
+                num(&m["after_warm_up_kib"]) / 1024.0,
+                num(&m["max_kib"]) / 1024.0,
+                num(&m["last_kib"]) / 1024.0,
+                num(&m["growth_percent"])
+            );
+        }
+    }
+    println!();
+}
