@@ -239,7 +239,10 @@ async fn while_the_broker_is_down_the_gateway_stays_ready_and_the_outbox_backlog
     .await;
     let relay = start_with_relay_endpoint(&stack).await;
     // One invitation through the whole way, so the relay knows what the broker holds.
-    stack.invite_mailed("BeforeOutage").await;
+    let (id, _, _) = stack.invite_mailed("BeforeOutage").await;
+    // The mail's record is appended after the SMTP server accepted it: wait for it too, or it
+    // lands in the outbox during the outage.
+    stack.wait_for_delivery(&id, "sent").await;
     wait_for_gauge(&stack, &relay, "onboard_outbox_backlog", 0.0).await;
 
     broker.stop();
