@@ -1,7 +1,7 @@
 //! The receive loop: one consumer in the email workers' group receives records, hands each to
 //! its user's lane ([`crate::lanes`]) and stores each partition's offset as the lanes report
 //! every record up to it handled; it rejoins the group when the broker came back empty or the
-//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0021).
+//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0022).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! One lane per user: a user's records are handled one after another, in offset order, while
-//! the records of other users run beside them, up to a cap (docs/adr/0021).
+//! the records of other users run beside them, up to a cap (docs/adr/0022).
 //!
 //! A record's lane is its Kafka key (the user id; a record without a key gets its partition's
 //! lane). The offsets of a partition finish out of order, so each partition keeps the offsets

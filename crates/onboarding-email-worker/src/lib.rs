@@ -15,7 +15,7 @@
 //! - In order per user, users side by side: each user's records are handled one after another
 //!   in the user's lane ([`lanes`]); up to `kafka.email_worker_concurrency` records are in
 //!   flight at once, and a partition's offset is stored only once every record up to it on the
-//!   partition was handled (docs/adr/0021).
+//!   partition was handled (docs/adr/0022).
 //! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
 //!   (docs/adr/0004).
 //! - The welcome mail after activation is best effort: it is sent once (the aggregate refuses a

@@ -1,5 +1,5 @@
 //! The SMTP connections: a pool of lettre connections over sockets of our own, with Nagle's
-//! algorithm off (docs/adr/0021).
+//! algorithm off (docs/adr/0022).
 //!
 //! lettre's pooled transport opens its sockets itself and leaves `TCP_NODELAY` unset. Its
 //! connection writes a message's body and the closing `.` in two writes; with Nagle on, the

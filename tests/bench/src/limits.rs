@@ -172,7 +172,7 @@ async fn produce(
 }
 
 /// The engine's SMTP client against lettre's pooled transport (what the worker used before ADR
-/// 0021), the same invitation mail to the same server; one sender and 32 at once, each with as
+/// 0022), the same invitation mail to the same server; one sender and 32 at once, each with as
 /// many connections as senders.
 pub async fn mailer(host: &str, port: u16, seconds: f64, out: &Path) -> anyhow::Result<()> {
     use std::num::NonZeroU32;

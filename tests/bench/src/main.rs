@@ -46,7 +46,7 @@ enum Command {
         out: PathBuf,
     },
     /// Mails a second through the engine's SMTP client (`Mailer`) and, for comparison, through
-    /// lettre's pooled transport as the worker used it before ADR 0021; one sender, then 32.
+    /// lettre's pooled transport as the worker used it before ADR 0022; one sender, then 32.
     Mailer {
         #[arg(long)]
         host: String,
