@@ -14,6 +14,7 @@
 mod text;
 
 mod accounts;
+mod append;
 pub mod bulk;
 pub mod credentials;
 mod hasher;
@@ -36,7 +37,7 @@ use onboarding_domain::password::{CommonPasswords, PasswordPolicy};
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
 };
-use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use postgres_es::PostgresEventRepository;
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -371,11 +372,15 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unexpected(Box::new(MigrationFailed(e))))
 }
 
+/// cqrs-es over the group-committing repository (`append.rs`).
+type Cqrs =
+    cqrs_es::CqrsFramework<Onboarding, PersistedEventStore<append::GroupCommit, Onboarding>>;
+
 /// The event-sourced store of `Onboarding` aggregates.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    cqrs: Arc<PostgresCqrs<Onboarding>>,
+    cqrs: Arc<Cqrs>,
     events: Arc<PersistedEventStore<PostgresEventRepository, Onboarding>>,
     services: OnboardingServices,
 }
@@ -385,10 +390,11 @@ impl Store {
         &self.pool
     }
 
+    /// Opens the store and starts its appender (group commit, `append.rs`) on the current tokio
+    /// runtime.
     pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
-        let store =
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
-                .with_upcasters(upcasters());
+        let store = PersistedEventStore::new_event_store(append::GroupCommit::start(pool.clone()))
+            .with_upcasters(upcasters());
         let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
         let events =
             PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))

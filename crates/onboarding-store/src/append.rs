@@ -1,0 +1,318 @@
+//! Group commit: the events of many commands in one transaction, one fsync (docs/adr/0017).
+//!
+//! Appends are serialised by the `events_append` trigger's advisory lock, held through the
+//! commit (migration 0008, docs/adr/0007), so one command per transaction meant one fsync per
+//! command, one after another. [`GroupCommit`] is cqrs-es' event repository with `persist`
+//! handed to one appender task per process: it takes every command that is waiting (up to
+//! [`MAX_COMMANDS`]), writes all their events in one transaction, and answers each caller after
+//! the commit. The lock, the trigger and the log's layout are unchanged, so everything they
+//! guarantee still holds: position order is commit order, the hash chain has its predecessor,
+//! outbox ids are commit-ordered. Reads go straight to postgres-es' repository.
+//!
+//! Each command keeps its own outcome. The batch is first written as one `INSERT`; when that
+//! fails for a reason that belongs to one command (its sequence was taken: a lost race; the
+//! username is held; a value PostgreSQL refuses as data), the batch is written again command by
+//! command, each in a savepoint, so that only the commands that fail are refused. A failure of
+//! the connection or of the commit is every caller's failure, as it was when each command had
+//! its own transaction.
+
+use std::sync::Arc;
+
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most commands in one transaction. Each command of a batch that is written again one by
+/// one gets a savepoint, and PostgreSQL keeps up to 64 subtransactions per backend in shared
+/// memory; more would make every other session's snapshots consult `pg_subtrans`.
+pub(crate) const MAX_COMMANDS: usize = 64;
+
+/// Commands waiting for the appender; senders wait when it is full.
+const QUEUE: usize = 1024;
+
+const INSERT: &str = "INSERT INTO events \
+     (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT t, a, s, e, v, p, m FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], \
+     $5::text[], $6::jsonb[], $7::jsonb[]) WITH ORDINALITY AS r(t, a, s, e, v, p, m, n) \
+     ORDER BY n";
+
+/// One command's events on their way to the appender, and where its outcome goes.
+struct Append {
+    aggregate_type: &'static str,
+    events: Vec<SerializedEvent>,
+    done: oneshot::Sender<Result<(), PersistenceError>>,
+}
+
+/// cqrs-es' event repository for the store: postgres-es reads, group-committed appends.
+pub(crate) struct GroupCommit {
+    reads: PostgresEventRepository,
+    appender: mpsc::Sender<Append>,
+}
+
+impl GroupCommit {
+    /// Starts this repository's appender task on the current tokio runtime. The task ends when
+    /// the repository is dropped, after writing what was already handed to it.
+    pub(crate) fn start(pool: PgPool) -> Self {
+        let (appender, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(run(pool.clone(), queue));
+        Self {
+            reads: PostgresEventRepository::new(pool),
+            appender,
+        }
+    }
+}
+
+impl PersistedEventRepository for GroupCommit {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.reads.get_events::<A>(aggregate_id).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.reads
+            .get_last_events::<A>(aggregate_id, last_sequence)
+            .await
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        self.reads.get_snapshot::<A>(aggregate_id).await
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        if snapshot_update.is_some() {
+            // The store keeps no snapshots; should it ever, postgres-es writes them with the
+            // events in a transaction of their own, as before.
+            return self.reads.persist::<A>(events, snapshot_update).await;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (done, outcome) = oneshot::channel();
+        let append = Append {
+            aggregate_type: A::TYPE,
+            events: events.to_vec(),
+            done,
+        };
+        self.appender
+            .send(append)
+            .await
+            .map_err(|_| AppenderGone.into_persistence())?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(AppenderGone.into_persistence()))
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        self.reads.stream_events::<A>(aggregate_id).await
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        self.reads.stream_all_events::<A>().await
+    }
+}
+
+/// The appender stopped (the runtime is shutting down); nothing was written for this command.
+#[derive(Debug, thiserror::Error)]
+#[error("the event appender has stopped")]
+struct AppenderGone;
+
+impl AppenderGone {
+    fn into_persistence(self) -> PersistenceError {
+        PersistenceError::UnknownError(Box::new(self))
+    }
+}
+
+/// A database failure that several commands share (the connection, the commit): each caller
+/// gets one of these, all naming the same sqlx error, which stays reachable as the source so
+/// that the store's classification (`is_unavailable`, data exceptions) finds it.
+#[derive(Debug)]
+struct Shared(Arc<sqlx::Error>);
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// As postgres-es reports an append's failure: a unique violation (the sequence is taken, or a
+/// uniqueness trigger fired) is an optimistic-lock error, which cqrs-es reports as a conflict;
+/// an I/O or TLS failure is a connection error; the rest are unknown errors (the store looks
+/// at their cause).
+fn persistence_error(e: &Arc<sqlx::Error>) -> PersistenceError {
+    match &**e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            PersistenceError::OptimisticLockError
+        }
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            PersistenceError::ConnectionError(Box::new(Shared(e.clone())))
+        }
+        _ => PersistenceError::UnknownError(Box::new(Shared(e.clone()))),
+    }
+}
+
+/// Whether a failed `INSERT` says something about the rows it was given (a constraint, a value
+/// PostgreSQL refuses, a check or a trigger's refusal), rather than about the connection or the
+/// session: only then is the batch worth writing again command by command.
+fn belongs_to_the_rows(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("P0")
+        }),
+        _ => false,
+    }
+}
+
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Append>) {
+    let mut batch = Vec::with_capacity(MAX_COMMANDS);
+    while queue.recv_many(&mut batch, MAX_COMMANDS).await > 0 {
+        // A caller that stopped waiting (its request timed out) gets nothing written, as when
+        // it dropped its own transaction before the commit.
+        batch.retain(|a| !a.done.is_closed());
+        if !batch.is_empty() {
+            metrics::counter!("onboard_append_batches_total").increment(1);
+            metrics::counter!("onboard_append_commands_total").increment(batch.len() as u64);
+            write(&pool, std::mem::take(&mut batch)).await;
+        }
+    }
+}
+
+/// Writes one batch and answers every caller in it.
+async fn write(pool: &PgPool, batch: Vec<Append>) {
+    let all: Vec<&Append> = batch.iter().collect();
+    match together(pool, &all).await {
+        Ok(()) => answer(batch, |_| Ok(())),
+        Err(Failed::Rows(_)) if batch.len() > 1 => one_by_one(pool, batch).await,
+        Err(Failed::Rows(e) | Failed::Transaction(e)) => {
+            let e = Arc::new(e);
+            answer(batch, |_| Err(persistence_error(&e)))
+        }
+    }
+}
+
+fn answer(batch: Vec<Append>, outcome: impl Fn(usize) -> Result<(), PersistenceError>) {
+    for (i, append) in batch.into_iter().enumerate() {
+        // A caller that stopped waiting is not told.
+        let _ = append.done.send(outcome(i));
+    }
+}
+
+enum Failed {
+    /// The `INSERT` was refused for something in its rows.
+    Rows(sqlx::Error),
+    /// Anything else: the connection, the session, the commit.
+    Transaction(sqlx::Error),
+}
+
+/// Every command's events in one `INSERT`, one transaction.
+async fn together(pool: &PgPool, batch: &[&Append]) -> Result<(), Failed> {
+    let mut tx = pool.begin().await.map_err(Failed::Transaction)?;
+    insert(&mut tx, batch).await.map_err(|e| {
+        if belongs_to_the_rows(&e) {
+            Failed::Rows(e)
+        } else {
+            Failed::Transaction(e)
+        }
+    })?;
+    tx.commit().await.map_err(Failed::Transaction)
+}
+
+/// The batch again, each command in a savepoint: a command whose rows are refused is rolled back
+/// alone and gets its own error; the others commit together.
+async fn one_by_one(pool: &PgPool, batch: Vec<Append>) {
+    let mut outcomes: Vec<Option<Arc<sqlx::Error>>> = vec![None; batch.len()];
+    let result: Result<(), sqlx::Error> = async {
+        let mut tx = pool.begin().await?;
+        for (i, append) in batch.iter().enumerate() {
+            sqlx::query("SAVEPOINT command").execute(&mut *tx).await?;
+            match insert(&mut tx, &[append]).await {
+                Ok(()) => {}
+                Err(e) if belongs_to_the_rows(&e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT command")
+                        .execute(&mut *tx)
+                        .await?;
+                    outcomes[i] = Some(Arc::new(e));
+                }
+                Err(e) => return Err(e),
+            }
+            sqlx::query("RELEASE SAVEPOINT command")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    match result {
+        Ok(()) => answer(batch, |i| match &outcomes[i] {
+            None => Ok(()),
+            Some(e) => Err(persistence_error(e)),
+        }),
+        // Nothing was committed: every command gets the transaction's failure, even one whose
+        // rows were refused (the refusal may have come from a command before it in this batch,
+        // which is not stored either).
+        Err(e) => {
+            let e = Arc::new(e);
+            answer(batch, |_| Err(persistence_error(&e)))
+        }
+    }
+}
+
+/// The events of `batch`, in order (command by command, each command's in sequence order).
+async fn insert(conn: &mut PgConnection, batch: &[&Append]) -> Result<(), sqlx::Error> {
+    let rows = batch.iter().map(|a| a.events.len()).sum();
+    let mut types = Vec::with_capacity(rows);
+    let mut ids = Vec::with_capacity(rows);
+    let mut sequences = Vec::with_capacity(rows);
+    let mut event_types = Vec::with_capacity(rows);
+    let mut versions = Vec::with_capacity(rows);
+    let mut payloads = Vec::with_capacity(rows);
+    let mut metadata = Vec::with_capacity(rows);
+    for append in batch {
+        for event in &append.events {
+            types.push(append.aggregate_type);
+            ids.push(event.aggregate_id.as_str());
+            sequences.push(event.sequence as i64);
+            event_types.push(event.event_type.as_str());
+            versions.push(event.event_version.as_str());
+            payloads.push(&event.payload);
+            metadata.push(&event.metadata);
+        }
+    }
+    sqlx::query(INSERT)
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .bind(event_types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadata)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
