@@ -315,6 +315,97 @@ async fn a_reader_never_skips_an_event_that_commits_late() {
     assert!(o.status.success(), "{}", out(&o));
 }
 
+/// `POST /api/v1/users` for `username`: the status.
+async fn invite_status(stack: &Stack, username: &str, email: &str) -> u16 {
+    stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&serde_json::json!({"username": username, "email": email, "domain": "PRIMARY"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn commands_committed_together_keep_their_own_outcomes_and_the_chain_holds() {
+    let stack = Stack::start("audit_group", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let tag = unique("g");
+
+    // Someone else holds the append lock, so the gateway's commands pile up behind it and are
+    // written together once it is released (docs/adr/0017): among them five names asked for
+    // twice at once, whose second invitation must be refused on its own.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(8029185077895312386)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("group{}", i % 25)).collect();
+    let requests = futures::future::join_all(names.iter().enumerate().map(|(i, name)| {
+        let stack = &stack;
+        let email = format!("{name}.{i}.{tag}@pickup.example");
+        async move { (name.clone(), invite_status(stack, name, &email).await) }
+    }));
+    let release = async {
+        // Until the appender waits on the lock; then a moment for the others to queue.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sqlx::query("SELECT pg_advisory_unlock(8029185077895312386)")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+    };
+    let (outcomes, ()) = tokio::join!(requests, release);
+
+    for i in 0..25 {
+        let name = format!("group{i}");
+        let mut statuses: Vec<u16> = outcomes
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
+            .collect();
+        statuses.sort_unstable();
+        let expected = if i < 5 { vec![201, 409] } else { vec![201] };
+        assert_eq!(statuses, expected, "{name}: {outcomes:?}");
+    }
+    let invited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'UserInvited' \
+         AND payload -> 'UserInvited' ->> 'username' LIKE 'group%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        invited, 25,
+        "one invitation per name, none of a refused one"
+    );
+    // Every account's events are whole: an invitation and its code, nothing of a loser.
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e WHERE e.event_type = 'CodeIssued' AND NOT EXISTS \
+         (SELECT 1 FROM events i WHERE i.aggregate_id = e.aggregate_id AND i.event_type = 'UserInvited')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0);
+    let o = stack.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", out(&o));
+}
+
 #[tokio::test]
 async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_exports_the_log() {
     let stack = Stack::start("audit_history", Options::default()).await;
