@@ -316,3 +316,44 @@ async fn insert(conn: &mut PgConnection, batch: &[&Append]) -> Result<(), sqlx::
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::AggregateError;
+    use onboarding_domain::OnboardingError;
+
+    use super::*;
+    use crate::StoreError;
+
+    /// What a caller of the store sees for a failure the appender reports.
+    fn seen(e: sqlx::Error) -> StoreError {
+        let e = Arc::new(e);
+        StoreError::from(AggregateError::<OnboardingError>::from(persistence_error(
+            &e,
+        )))
+    }
+
+    #[test]
+    fn a_failure_shared_by_a_batch_reaches_each_caller_as_it_would_alone() {
+        let refused =
+            || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(seen(refused()), StoreError::Unavailable(_)));
+        // Found through the shared wrapper, as the cause of the cause.
+        assert!(matches!(
+            seen(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        let e = seen(sqlx::Error::RowNotFound);
+        assert!(matches!(e, StoreError::Unexpected(_)), "{e:?}");
+        assert!(e.to_string().contains("no rows returned"), "{e}");
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_rows_sends_a_batch_back_command_by_command() {
+        assert!(!belongs_to_the_rows(&sqlx::Error::PoolTimedOut));
+        assert!(!belongs_to_the_rows(&sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe)
+        )));
+        assert!(!belongs_to_the_rows(&sqlx::Error::RowNotFound));
+    }
+}
