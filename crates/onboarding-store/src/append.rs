@@ -1,4 +1,4 @@
-//! Group commit: the events of many commands in one transaction, one fsync (docs/adr/0017).
+//! Group commit: the events of many commands in one transaction, one fsync (docs/adr/0023).
 //!
 //! Appends are serialised by the `events_append` trigger's advisory lock, held through the
 //! commit (migration 0008, docs/adr/0007), so one command per transaction meant one fsync per

@@ -334,7 +334,7 @@ async fn commands_committed_together_keep_their_own_outcomes_and_the_chain_holds
     let tag = unique("g");
 
     // Someone else holds the append lock, so the gateway's commands pile up behind it and are
-    // written together once it is released (docs/adr/0017): among them five names asked for
+    // written together once it is released (docs/adr/0023): among them five names asked for
     // twice at once, whose second invitation must be refused on its own.
     let mut holder = pool.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock(8029185077895312386)")
