@@ -305,3 +305,108 @@ start_maildev() {
   await maildev "$pidfile" "$log" port_open 127.0.0.1 "$smtp"
   say "maildev: started (pid $(pidfile_pid "$pidfile"), smtp 127.0.0.1:$smtp, web http://127.0.0.1:$web)"
 }
+
+# ---------------------------------------------------------------- OpenLDAP (slapd)
+
+# Debian's OpenLDAP 2.5: slapd, its argon2 password module (/usr/lib/ldap/argon2.so) and the
+# command-line clients (ldapwhoami, ldapsearch). Only the packages: no system instance is used.
+SLAPD=${SLAPD:-/usr/sbin/slapd}
+SLAPADD=${SLAPADD:-/usr/sbin/slapadd}
+ensure_slapd() {
+  if [[ ! -x $SLAPD || ! -x /usr/lib/ldap/argon2.so && ! -f /usr/lib/ldap/argon2.so ]] ||
+    ! command -v ldapwhoami >/dev/null; then
+    say "slapd: installing slapd and ldap-utils (apt-get)"
+    apt_install slapd ldap-utils
+  fi
+  [[ -x $SLAPD ]] || die "slapd: install did not produce $SLAPD"
+  [[ -f /usr/lib/ldap/argon2.so ]] ||
+    die "slapd: /usr/lib/ldap/argon2.so is missing; OpenLDAP 2.5 or later with its argon2 module is needed"
+}
+
+# DN of the base entry for a DNS-like suffix list: ldap_base_dn pickup.example -> dc=pickup,dc=example
+ldap_base_dn() {
+  local IFS=. part out=()
+  for part in $1; do out+=("dc=$part"); done
+  (IFS=,; printf '%s\n' "${out[*]}")
+}
+
+# start_slapd DIR PORT [BASE_DN]: a private OpenLDAP instance in DIR on 127.0.0.1:PORT, from a
+# plain slapd.conf (no cn=config), with the argon2 module loaded so that `{ARGON2}` password
+# hashes bind. The base entry and `ou=Users` under it are made on first start (slapadd, before
+# the server runs). The administrator is `cn=admin,BASE_DN`, its password generated once into
+# DIR/admin-password (mode 600). Users bind to their own entries; nobody reads a userPassword.
+# Sets LDAP_URL, LDAP_BASE_DN, LDAP_USERS_DN, LDAP_ADMIN_DN, LDAP_ADMIN_PASSWORD_FILE.
+start_slapd() {
+  local dir port=$2 base=${3:-dc=pickup,dc=example} pid org
+  mkdir -p "$1"
+  dir=$(cd "$1" && pwd)
+  LDAP_URL=ldap://127.0.0.1:$port
+  LDAP_BASE_DN=$base
+  LDAP_USERS_DN=ou=Users,$base
+  LDAP_ADMIN_DN=cn=admin,$base
+  LDAP_ADMIN_PASSWORD_FILE=$dir/admin-password
+  local pidfile=$dir/slapd.pid log=$dir/slapd.log conf=$dir/slapd.conf
+  if pid=$(pidfile_pid "$pidfile"); then
+    say "slapd: already running (pid $pid, $LDAP_URL, base $base)"
+    return 0
+  fi
+  mkdir -p "$dir/data"
+  if [[ ! -s $LDAP_ADMIN_PASSWORD_FILE ]]; then
+    (umask 077 && openssl rand -base64 24 | tr -d '\n' >"$LDAP_ADMIN_PASSWORD_FILE")
+  fi
+  local admin_hash
+  admin_hash=$(/usr/sbin/slappasswd -h '{SSHA}' -T "$LDAP_ADMIN_PASSWORD_FILE") ||
+    die "slapd: slappasswd could not hash the administrator's password"
+  # slapd writes the PID itself too; ours (start_bg) also records the start time.
+  cat >"$conf" <<CONF
+# Written by deploy/lib/services.sh (start_slapd) on every start.
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile $dir/slapd.run.pid
+argsfile $dir/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload argon2
+database mdb
+maxsize 104857600
+suffix "$base"
+rootdn "$LDAP_ADMIN_DN"
+rootpw $admin_hash
+directory $dir/data
+index objectClass eq
+index uid eq
+# A user binds with her password and reads her own entry; the hashes are for binding only.
+access to attrs=userPassword
+  by self write
+  by anonymous auth
+  by * none
+access to *
+  by self read
+  by users read
+  by * none
+CONF
+  if [[ ! -s $dir/data/data.mdb ]]; then
+    org=${base#dc=}
+    org=${org%%,*}
+    "$SLAPADD" -q -f "$conf" >>"$log" 2>&1 <<LDIF || die_with_log "slapd: slapadd of the base entries failed" "$log"
+dn: $base
+objectClass: dcObject
+objectClass: organization
+dc: $org
+o: $org
+
+dn: $LDAP_USERS_DN
+objectClass: organizationalUnit
+ou: Users
+LDIF
+  fi
+  require_free_port slapd "$port"
+  # -d 0: stay in the foreground (stopped by our PID), log only start-up failures.
+  start_bg "$pidfile" "$log" "$SLAPD" -d 0 -f "$conf" -h "$LDAP_URL/"
+  await slapd "$pidfile" "$log" port_open 127.0.0.1 "$port"
+  say "slapd: started (pid $(pidfile_pid "$pidfile"), $LDAP_URL, base $base)"
+}
+
+# stop_slapd DIR
+stop_slapd() { stop_pidfile "$1/slapd.pid" slapd; }
