@@ -29,6 +29,7 @@ mod password;
 #[cfg(test)]
 mod properties;
 mod public_base_url;
+mod user_store;
 
 use std::path::Path;
 
@@ -50,6 +51,7 @@ pub use onboarding::{IdentityMgt, InvitationsDisabled, UserOnboarding};
 pub use organisation::OrganisationSettings;
 pub use password::{PasswordHashingSettings, PasswordPolicySettings};
 pub use public_base_url::{NotHttp, PublicBaseUrl};
+pub use user_store::{LdapUrl, UserStoreProperties, UserStoreSettings, UserStoreType};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +71,9 @@ pub struct Settings {
     pub bulk: BulkSettings,
     #[serde(default)]
     pub intake: IntakeSettings,
+    /// The directory active accounts are provisioned into; none, nothing is provisioned.
+    #[serde(default)]
+    pub user_store: Option<UserStoreSettings>,
 }
 
 /// The first layer: every section's built-in defaults. Sections with keys that have no default
@@ -119,6 +124,9 @@ impl Settings {
             .extract()
             .map_err(|e| ConfigError::Invalid(error::describe(e)))?;
         settings.kafka.resolve()?;
+        if let Some(store) = &mut settings.user_store {
+            store.resolve()?;
+        }
         settings.validate()?;
         Ok(settings)
     }
