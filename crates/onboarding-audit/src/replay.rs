@@ -74,6 +74,8 @@ pub struct AccountRow {
     pub email: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub delivery: Option<&'static str>,
+    /// `pending` from activation, then `provisioned` or `failed` (migration 0014).
+    pub provisioning: Option<&'static str>,
     pub last_sequence: i64,
     invited: bool,
 }
@@ -126,7 +128,12 @@ impl AccountRow {
             PublicEvent::CodeLocked(_) => state("Locked", None),
             PublicEvent::InvitationRevoked(_) => state("Revoked", None),
             PublicEvent::PasswordSet(_) => state("PasswordSet", None),
-            PublicEvent::UserActivated(_) => state("Active", None),
+            PublicEvent::UserActivated(_) => {
+                state("Active", None);
+                self.provisioning = Some("pending");
+            }
+            PublicEvent::UserProvisioned(_) => self.provisioning = Some("provisioned"),
+            PublicEvent::ProvisioningFailed(_) => self.provisioning = Some("failed"),
             PublicEvent::InvitationMailSent(_) => self.delivery = Some("sent"),
             PublicEvent::InvitationMailFailed(_) => self.delivery = Some("failed"),
             PublicEvent::InvitationMailAbandoned(_) => self.delivery = Some("abandoned"),
@@ -166,7 +173,7 @@ impl Scratch {
             format!(
                 "CREATE TABLE {schema}.account_states (user_id uuid PRIMARY KEY, state text, \
                  state_since timestamptz, code_expires_at timestamptz, username text, domain text, \
-                 email text, created_at timestamptz, delivery text)"
+                 email text, created_at timestamptz, delivery text, provisioning text)"
             ),
             format!(
                 "CREATE TABLE {schema}.usernames (domain text NOT NULL, username_key text NOT NULL, \
@@ -222,7 +229,7 @@ async fn insert_rows(
     sqlx::query(&format!(
         "INSERT INTO {schema}.account_states SELECT * FROM UNNEST($1::uuid[], $2::text[], \
          $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], \
-         $8::timestamptz[], $9::text[])"
+         $8::timestamptz[], $9::text[], $10::text[])"
     ))
     .bind(&ids)
     .bind(col(|r| r.state.map(str::to_owned)))
@@ -233,6 +240,7 @@ async fn insert_rows(
     .bind(col(|r| r.email.clone()))
     .bind(time(|r| r.created_at))
     .bind(col(|r| r.delivery.map(str::to_owned)))
+    .bind(col(|r| r.provisioning.map(str::to_owned)))
     .execute(&mut *tx)
     .await?;
     let names: Vec<(String, String, Uuid)> =
@@ -319,7 +327,8 @@ async fn copy_live(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(), Re
 const PROJECTIONS: [(&str, &str); 2] = [
     (
         "account_states",
-        "user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery",
+        "user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery, \
+         provisioning",
     ),
     ("usernames", "domain, username_key, user_id"),
 ];

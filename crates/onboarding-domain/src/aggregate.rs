@@ -273,6 +273,28 @@ pub enum OnboardingCommand {
         /// When the worker gave up.
         now: DateTime<Utc>,
     },
+    /// The provisioner wrote the active account's entry to the user store.
+    RecordProvisioned {
+        /// The kind of user store (`read_write_ldap_unique_id`).
+        user_store: String,
+        /// How many attempts it took.
+        attempts: u32,
+        /// When the user store accepted the entry.
+        now: DateTime<Utc>,
+    },
+    /// An attempt to write the active account's entry to the user store failed.
+    RecordProvisioningFailed {
+        /// The kind of user store (`read_write_ldap_unique_id`).
+        user_store: String,
+        /// What went wrong (no personal data).
+        reason: String,
+        /// Whether retrying cannot help.
+        permanent: bool,
+        /// Which attempt failed (1 for the first).
+        attempt: u32,
+        /// When the attempt failed.
+        now: DateTime<Utc>,
+    },
 }
 
 /// Every refusal, named. Messages say what to do next; none carries a secret.
@@ -342,6 +364,51 @@ pub enum OnboardingError {
     /// The hasher failed; nothing was stored and the user may simply try again.
     #[error("the password could not be stored; please try again in a moment")]
     HashingFailed,
+    /// The account's entry is already recorded as provisioned: it is provisioned once, and a
+    /// provisioner that wrote it again (a redelivered record) has nothing more to record.
+    #[error("the account is already provisioned into the user store")]
+    AlreadyProvisioned,
+}
+
+/// Where the active account's entry in the user store stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Provisioning {
+    /// Active, not yet in the user store: the provisioner writes it when it reads the activation
+    /// (with no `[user_store]` configured, nothing does).
+    Pending,
+    /// The user store holds the entry.
+    Provisioned {
+        /// When the user store accepted it.
+        at: DateTime<Utc>,
+        /// The kind of user store.
+        user_store: String,
+        /// How many attempts it took.
+        attempts: u32,
+    },
+    /// The last attempt failed; a transient failure is being retried, a permanent one waits for
+    /// an operator.
+    Failed {
+        /// When the attempt failed.
+        at: DateTime<Utc>,
+        /// What went wrong.
+        reason: String,
+        /// Whether retrying cannot help.
+        permanent: bool,
+        /// Which attempt failed.
+        attempt: u32,
+    },
+}
+
+impl Provisioning {
+    /// The status's name, as `account_states.provisioning` stores it and the API filters by it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Provisioned { .. } => "provisioned",
+            Self::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// One code issued to the account; the last one is the live one.
@@ -443,6 +510,9 @@ pub struct Onboarding {
     pub activated_at: Option<DateTime<Utc>>,
     /// When the welcome mail went out; its presence stops a second one.
     pub welcome_sent_at: Option<DateTime<Utc>>,
+    /// Where the account's entry in the user store stands; `None` until the account is active.
+    #[serde(default)]
+    pub provisioning: Option<Provisioning>,
 }
 
 impl Onboarding {
@@ -626,6 +696,20 @@ impl Onboarding {
         Ok(())
     }
 
+    /// A provisioning outcome can be recorded only for an active account whose entry is not
+    /// recorded as provisioned yet: a revoked, expired or unfinished invitation is never
+    /// provisioned, and an account is provisioned once.
+    fn may_record_provisioning(&self) -> Result<(), OnboardingError> {
+        match self.state {
+            OnboardingState::Uninvited => Err(OnboardingError::NotInvited),
+            OnboardingState::Active => match self.provisioning {
+                Some(Provisioning::Provisioned { .. }) => Err(OnboardingError::AlreadyProvisioned),
+                _ => Ok(()),
+            },
+            _ => Err(OnboardingError::NotActive),
+        }
+    }
+
     /// The revocation, if the account may still be revoked.
     fn revoke(
         &self,
@@ -679,7 +763,9 @@ impl OnboardingCommand {
             | C::SubmitPassword { now, .. }
             | C::RecordMailSent { now, .. }
             | C::RecordWelcomeMailSent { now, .. }
-            | C::RecordMailAbandoned { now, .. } => now,
+            | C::RecordMailAbandoned { now, .. }
+            | C::RecordProvisioned { now, .. }
+            | C::RecordProvisioningFailed { now, .. } => now,
         };
         *now = at_log_precision(*now);
         self
@@ -903,6 +989,42 @@ impl Aggregate for Onboarding {
                 )
                 .await;
             }
+            OnboardingCommand::RecordProvisioned {
+                user_store,
+                attempts,
+                now,
+            } => {
+                self.may_record_provisioning()?;
+                sink.write(
+                    OnboardingEvent::UserProvisioned {
+                        user_store,
+                        attempts,
+                        provisioned_at: now,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OnboardingCommand::RecordProvisioningFailed {
+                user_store,
+                reason,
+                permanent,
+                attempt,
+                now,
+            } => {
+                self.may_record_provisioning()?;
+                sink.write(
+                    OnboardingEvent::ProvisioningFailed {
+                        user_store,
+                        reason,
+                        permanent,
+                        attempt,
+                        failed_at: now,
+                    },
+                    self,
+                )
+                .await;
+            }
         }
         Ok(())
     }
@@ -965,6 +1087,32 @@ impl Aggregate for Onboarding {
             OnboardingEvent::UserActivated { activated_at } => {
                 self.state = OnboardingState::Active;
                 self.activated_at = Some(activated_at);
+                self.provisioning = Some(Provisioning::Pending);
+            }
+            OnboardingEvent::UserProvisioned {
+                user_store,
+                attempts,
+                provisioned_at,
+            } => {
+                self.provisioning = Some(Provisioning::Provisioned {
+                    at: provisioned_at,
+                    user_store,
+                    attempts,
+                });
+            }
+            OnboardingEvent::ProvisioningFailed {
+                reason,
+                permanent,
+                attempt,
+                failed_at,
+                ..
+            } => {
+                self.provisioning = Some(Provisioning::Failed {
+                    at: failed_at,
+                    reason,
+                    permanent,
+                    attempt,
+                });
             }
             OnboardingEvent::InvitationMailSent {
                 code_id,

@@ -198,6 +198,31 @@ pub enum OnboardingEvent {
         /// When the worker gave up.
         abandoned_at: DateTime<Utc>,
     },
+    /// The active account's entry was written to the user store (added, or brought up to date
+    /// with what the engine holds). Recorded once per account.
+    UserProvisioned {
+        /// The kind of user store (`read_write_ldap_unique_id`).
+        user_store: String,
+        /// How many attempts it took (1 when the first one succeeded).
+        attempts: u32,
+        /// When the user store accepted the entry.
+        provisioned_at: DateTime<Utc>,
+    },
+    /// An attempt to write the active account's entry to the user store failed. A transient
+    /// failure (the directory is down) is retried until it succeeds; a permanent one (the
+    /// directory refuses the entry) waits for an operator.
+    ProvisioningFailed {
+        /// The kind of user store (`read_write_ldap_unique_id`).
+        user_store: String,
+        /// What went wrong, as the directory or the connection reported it (no personal data).
+        reason: String,
+        /// Whether retrying cannot help (the directory refused the entry itself).
+        permanent: bool,
+        /// Which attempt failed (1 for the first).
+        attempt: u32,
+        /// When the attempt failed.
+        failed_at: DateTime<Utc>,
+    },
 }
 
 impl OnboardingEvent {
@@ -236,6 +261,8 @@ impl OnboardingEvent {
             Self::CodeLocked { .. } => "CodeLocked",
             Self::CodeExpired { .. } => "CodeExpired",
             Self::InvitationRevoked { .. } => "InvitationRevoked",
+            Self::UserProvisioned { .. } => "UserProvisioned",
+            Self::ProvisioningFailed { .. } => "ProvisioningFailed",
         }
     }
 }

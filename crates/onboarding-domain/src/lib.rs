@@ -16,6 +16,6 @@ pub mod value;
 pub use aggregate::{
     at_log_precision, EmailDelivery, HashingFailed, InviteUser, IssuedCode, NewCode, Onboarding,
     OnboardingCommand, OnboardingError, OnboardingServices, OnboardingState, PasswordHasher,
-    ResendLimits, RevokedBy,
+    Provisioning, ResendLimits, RevokedBy,
 };
 pub use event::{CodeIssueReason, OnboardingEvent, TemplateRef};

@@ -990,3 +990,153 @@ async fn the_welcome_mail_is_recorded_once_and_only_for_an_active_account() {
         .await
         .then_expect_error(OnboardingError::WelcomeAlreadySent);
 }
+
+fn provisioned(attempts: u32) -> OnboardingEvent {
+    OnboardingEvent::UserProvisioned {
+        user_store: "read_write_ldap_unique_id".into(),
+        attempts,
+        provisioned_at: t0(),
+    }
+}
+
+fn record_provisioned(attempts: u32) -> OnboardingCommand {
+    OnboardingCommand::RecordProvisioned {
+        user_store: "read_write_ldap_unique_id".into(),
+        attempts,
+        now: t0(),
+    }
+}
+
+fn record_provisioning_failed(attempt: u32, permanent: bool) -> OnboardingCommand {
+    OnboardingCommand::RecordProvisioningFailed {
+        user_store: "read_write_ldap_unique_id".into(),
+        reason: "the directory is unavailable: connection refused".into(),
+        permanent,
+        attempt,
+        now: t0(),
+    }
+}
+
+fn active() -> Vec<OnboardingEvent> {
+    let mut events = live();
+    events.extend(activated_events(t0()));
+    events
+}
+
+#[tokio::test]
+async fn an_active_account_is_provisioned_once() {
+    framework()
+        .given(active())
+        .when_async(record_provisioned(1))
+        .await
+        .then_expect_events(vec![provisioned(1)]);
+    let mut done = active();
+    done.push(provisioned(1));
+    // A provisioner that wrote the entry again (a redelivered record, a crash before the
+    // event) has nothing more to record.
+    framework()
+        .given(done.clone())
+        .when_async(record_provisioned(1))
+        .await
+        .then_expect_error(OnboardingError::AlreadyProvisioned);
+    framework()
+        .given(done)
+        .when_async(record_provisioning_failed(2, false))
+        .await
+        .then_expect_error(OnboardingError::AlreadyProvisioned);
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_recorded_and_a_later_success_still_counts() {
+    framework()
+        .given(active())
+        .when_async(record_provisioning_failed(1, false))
+        .await
+        .then_expect_events(vec![OnboardingEvent::ProvisioningFailed {
+            user_store: "read_write_ldap_unique_id".into(),
+            reason: "the directory is unavailable: connection refused".into(),
+            permanent: false,
+            attempt: 1,
+            failed_at: t0(),
+        }]);
+    let mut failed = active();
+    failed.push(OnboardingEvent::ProvisioningFailed {
+        user_store: "read_write_ldap_unique_id".into(),
+        reason: "the directory is unavailable: connection refused".into(),
+        permanent: false,
+        attempt: 1,
+        failed_at: t0(),
+    });
+    framework()
+        .given(failed)
+        .when_async(record_provisioned(4))
+        .await
+        .then_expect_events(vec![provisioned(4)]);
+}
+
+#[tokio::test]
+async fn an_account_that_is_not_active_is_never_provisioned() {
+    let mut revoked = live();
+    revoked.push(OnboardingEvent::InvitationRevoked {
+        by: RevokedBy::Admin,
+        reason: None,
+        revoked_at: t0(),
+    });
+    let mut expired = live();
+    expired.push(OnboardingEvent::CodeExpired {
+        code_id: code_id(1),
+        expired_at: t0() + Duration::minutes(60),
+    });
+    for given in [live(), revoked, expired] {
+        framework()
+            .given(given.clone())
+            .when_async(record_provisioned(1))
+            .await
+            .then_expect_error(OnboardingError::NotActive);
+        framework()
+            .given(given)
+            .when_async(record_provisioning_failed(1, true))
+            .await
+            .then_expect_error(OnboardingError::NotActive);
+    }
+    framework()
+        .given_no_previous_events()
+        .when_async(record_provisioned(1))
+        .await
+        .then_expect_error(OnboardingError::NotInvited);
+}
+
+#[test]
+fn activation_makes_provisioning_pending_and_the_outcomes_show_in_the_account() {
+    use cqrs_es::Aggregate;
+    use onboarding_domain::Provisioning;
+    let mut account = Onboarding::default();
+    for e in live() {
+        account.apply(e);
+    }
+    assert_eq!(account.provisioning, None);
+    for e in activated_events(t0()) {
+        account.apply(e);
+    }
+    assert_eq!(account.provisioning, Some(Provisioning::Pending));
+    account.apply(OnboardingEvent::ProvisioningFailed {
+        user_store: "read_write_ldap_unique_id".into(),
+        reason: "down".into(),
+        permanent: false,
+        attempt: 1,
+        failed_at: t0(),
+    });
+    assert_eq!(
+        account.provisioning.as_ref().map(Provisioning::as_str),
+        Some("failed")
+    );
+    account.apply(provisioned(2));
+    assert_eq!(
+        account.provisioning,
+        Some(Provisioning::Provisioned {
+            at: t0(),
+            user_store: "read_write_ldap_unique_id".into(),
+            attempts: 2,
+        })
+    );
+}

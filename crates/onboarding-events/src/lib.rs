@@ -75,6 +75,44 @@ pub struct CodeIssuedV1 {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The active account's entry was written to the user store (an LDAP directory): the user can
+/// bind there with her password. Published once per account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserProvisionedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// The kind of user store (`read_write_ldap_unique_id`).
+    pub user_store: String,
+    /// How many attempts it took (1 when the first one succeeded).
+    pub attempts: u32,
+    /// When the user store accepted the entry.
+    pub provisioned_at: DateTime<Utc>,
+}
+
+/// An attempt to write the active account's entry to the user store failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProvisioningFailedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// The kind of user store (`read_write_ldap_unique_id`).
+    pub user_store: String,
+    /// What went wrong, as the directory or the connection reported it.
+    pub reason: String,
+    /// Whether retrying cannot help (the directory refused the entry); otherwise the provisioner
+    /// keeps trying.
+    pub permanent: bool,
+    /// Which attempt failed (1 for the first).
+    pub attempt: u32,
+    /// When the attempt failed.
+    pub failed_at: DateTime<Utc>,
+}
+
 /// Why a code was issued: with the invitation, or again on someone's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -331,6 +369,10 @@ pub enum PublicEvent {
     InvitationRevoked(InvitationRevokedV1),
     /// `onboard.user.welcome_mail_sent.v1`.
     WelcomeMailSent(WelcomeMailSentV1),
+    /// `onboard.user.provisioned.v1`
+    UserProvisioned(UserProvisionedV1),
+    /// `onboard.user.provisioning_failed.v1`
+    ProvisioningFailed(ProvisioningFailedV1),
 }
 
 /// A record that does not fit the contract, named so that a consumer can log and skip it.
@@ -377,6 +419,8 @@ types! {
     CodeExpiredV1 => "onboard.user.code_expired.v1",
     InvitationRevokedV1 => "onboard.user.invitation_revoked.v1",
     WelcomeMailSentV1 => "onboard.user.welcome_mail_sent.v1",
+    UserProvisionedV1 => "onboard.user.provisioned.v1",
+    ProvisioningFailedV1 => "onboard.user.provisioning_failed.v1",
 }
 
 impl PublicEvent {
@@ -543,6 +587,32 @@ impl PublicEvent {
                 reason,
                 revoked_at,
             }),
+            OnboardingEvent::UserProvisioned {
+                user_store,
+                attempts,
+                provisioned_at,
+            } => Self::UserProvisioned(UserProvisionedV1 {
+                user_id,
+                sequence,
+                user_store,
+                attempts,
+                provisioned_at,
+            }),
+            OnboardingEvent::ProvisioningFailed {
+                user_store,
+                reason,
+                permanent,
+                attempt,
+                failed_at,
+            } => Self::ProvisioningFailed(ProvisioningFailedV1 {
+                user_id,
+                sequence,
+                user_store,
+                reason,
+                permanent,
+                attempt,
+                failed_at,
+            }),
         }
     }
 
@@ -562,6 +632,8 @@ impl PublicEvent {
             Self::CodeExpired(_) => CodeExpiredV1::TYPE,
             Self::InvitationRevoked(_) => InvitationRevokedV1::TYPE,
             Self::WelcomeMailSent(_) => WelcomeMailSentV1::TYPE,
+            Self::UserProvisioned(_) => UserProvisionedV1::TYPE,
+            Self::ProvisioningFailed(_) => ProvisioningFailedV1::TYPE,
         }
     }
 
@@ -581,6 +653,8 @@ impl PublicEvent {
             Self::CodeExpired(e) => e.user_id,
             Self::InvitationRevoked(e) => e.user_id,
             Self::WelcomeMailSent(e) => e.user_id,
+            Self::UserProvisioned(e) => e.user_id,
+            Self::ProvisioningFailed(e) => e.user_id,
         }
     }
 
@@ -600,6 +674,8 @@ impl PublicEvent {
             Self::CodeExpired(e) => e.sequence,
             Self::InvitationRevoked(e) => e.sequence,
             Self::WelcomeMailSent(e) => e.sequence,
+            Self::UserProvisioned(e) => e.sequence,
+            Self::ProvisioningFailed(e) => e.sequence,
         }
     }
 
@@ -624,6 +700,8 @@ impl PublicEvent {
             Self::CodeExpired(e) => serde_json::to_vec(e),
             Self::InvitationRevoked(e) => serde_json::to_vec(e),
             Self::WelcomeMailSent(e) => serde_json::to_vec(e),
+            Self::UserProvisioned(e) => serde_json::to_vec(e),
+            Self::ProvisioningFailed(e) => serde_json::to_vec(e),
         };
         value.expect("public events always serialise")
     }
@@ -650,6 +728,8 @@ impl PublicEvent {
             CodeExpiredV1::TYPE => Self::CodeExpired(de(ce_type, value)?),
             InvitationRevokedV1::TYPE => Self::InvitationRevoked(de(ce_type, value)?),
             WelcomeMailSentV1::TYPE => Self::WelcomeMailSent(de(ce_type, value)?),
+            UserProvisionedV1::TYPE => Self::UserProvisioned(de(ce_type, value)?),
+            ProvisioningFailedV1::TYPE => Self::ProvisioningFailed(de(ce_type, value)?),
             other => return Err(ContractError::UnknownType(other.to_owned())),
         })
     }
@@ -685,6 +765,8 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<CodeExpiredV1>(CodeExpiredV1::TYPE),
         one::<InvitationRevokedV1>(InvitationRevokedV1::TYPE),
         one::<WelcomeMailSentV1>(WelcomeMailSentV1::TYPE),
+        one::<UserProvisionedV1>(UserProvisionedV1::TYPE),
+        one::<ProvisioningFailedV1>(ProvisioningFailedV1::TYPE),
     ]
 }
 

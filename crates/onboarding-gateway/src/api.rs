@@ -14,7 +14,9 @@ use onboarding_domain::value::{
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
 };
-use onboarding_store::{Actor, Idempotency, InvitationFields, InviteError, StoreError};
+use onboarding_store::{
+    AccountFilter, Actor, Idempotency, InvitationFields, InviteError, StoreError,
+};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -45,6 +47,7 @@ pub fn user_view(account: &Onboarding, now: DateTime<Utc>) -> Value {
         "password_set_at": account.password_set_at,
         "activated_at": account.activated_at,
         "email_delivery": account.delivery,
+        "provisioning": account.provisioning,
         "links_opened": account.links_opened,
         "failed_code_checks": account.failed_checks,
         "revoked_by": account.revoked.map(|(by, _)| by),
@@ -559,6 +562,17 @@ pub async fn list(
         }
         None => None,
     };
+    let provisioning = match query.get("provisioning").map(String::as_str) {
+        Some(p @ ("pending" | "provisioned" | "failed")) => Some(p),
+        Some(_) => {
+            problems.insert(
+                "provisioning".to_owned(),
+                "must be one of pending, provisioned, failed".to_owned(),
+            );
+            None
+        }
+        None => None,
+    };
     let after = match query.get("after").map(|a| Uuid::parse_str(a)) {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
@@ -579,10 +593,10 @@ pub async fn list(
         None => 100,
     };
     for key in query.keys() {
-        if !["state", "delivery", "after", "limit"].contains(&key.as_str()) {
+        if !["state", "delivery", "provisioning", "after", "limit"].contains(&key.as_str()) {
             problems.insert(
                 key.clone(),
-                "unknown parameter; use state, delivery, after, limit".to_owned(),
+                "unknown parameter; use state, delivery, provisioning, after, limit".to_owned(),
             );
         }
     }
@@ -591,7 +605,15 @@ pub async fn list(
     }
     let items = state
         .store
-        .list_accounts(wanted, delivery, after, limit)
+        .list_accounts(
+            AccountFilter {
+                state: wanted,
+                delivery,
+                provisioning,
+            },
+            after,
+            limit,
+        )
         .await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.user_id))

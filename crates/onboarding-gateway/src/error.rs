@@ -140,9 +140,10 @@ impl ApiError {
                 E::CodeLocked => ("code_locked", StatusCode::GONE),
                 E::InvitationRevoked => ("invitation_revoked", StatusCode::GONE),
                 E::ResendLimited { .. } => ("resend_limited", StatusCode::TOO_MANY_REQUESTS),
-                E::CodeNotExpired | E::WelcomeAlreadySent | E::NotActive => {
-                    ("conflict", StatusCode::CONFLICT)
-                }
+                E::CodeNotExpired
+                | E::WelcomeAlreadySent
+                | E::NotActive
+                | E::AlreadyProvisioned => ("conflict", StatusCode::CONFLICT),
             },
         }
     }

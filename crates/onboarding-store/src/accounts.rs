@@ -22,10 +22,21 @@ pub struct AccountSummary {
     pub created_at: DateTime<Utc>,
     /// The latest code's invitation mail: `queued`, `sent` or `failed`.
     pub delivery: Option<String>,
+    /// The active account's entry in the user store: `pending`, `provisioned` or `failed`.
+    pub provisioning: Option<String>,
+}
+
+/// What the admins' list is filtered by; `None` takes every value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccountFilter<'a> {
+    pub state: Option<&'a str>,
+    pub delivery: Option<&'a str>,
+    pub provisioning: Option<&'a str>,
 }
 
 impl Store {
-    /// Invitations, oldest first, optionally in one state, `limit` at a time after `after`.
+    /// Invitations in user id order, filtered by state, delivery and provisioning, `limit` at a
+    /// time after `after`.
     ///
     /// A live code past its expiry lists as `Expired` (since its expiry, with no
     /// `code_expires_at`) and is found by `state=Expired`, not `CodeIssued`, before the
@@ -33,8 +44,7 @@ impl Store {
     /// (`Onboarding::state_at`).
     pub async fn list_accounts(
         &self,
-        state: Option<&str>,
-        delivery: Option<&str>,
+        filter: AccountFilter<'_>,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<AccountSummary>, StoreError> {
@@ -45,19 +55,21 @@ impl Store {
                     CASE WHEN state = 'CodeIssued' AND code_expires_at <= $5 THEN 'Expired' ELSE state END AS state, \
                     CASE WHEN state = 'CodeIssued' AND code_expires_at <= $5 THEN code_expires_at ELSE state_since END AS state_since, \
                     CASE WHEN state = 'CodeIssued' AND code_expires_at <= $5 THEN NULL ELSE code_expires_at END AS code_expires_at, \
-                    username, domain, email, created_at, delivery \
+                    username, domain, email, created_at, delivery, provisioning \
              FROM account_states \
              WHERE ($1::text IS NULL \
                     OR (state = $1 AND NOT (state = 'CodeIssued' AND code_expires_at <= $5)) \
                     OR ($1 = 'Expired' AND state = 'CodeIssued' AND code_expires_at <= $5)) \
              AND ($2::text IS NULL OR delivery = $2) \
+             AND ($6::text IS NULL OR provisioning = $6) \
              AND ($3::uuid IS NULL OR user_id > $3) ORDER BY user_id LIMIT $4",
         )
-        .bind(state)
-        .bind(delivery)
+        .bind(filter.state)
+        .bind(filter.delivery)
         .bind(after)
         .bind(limit)
         .bind(Utc::now())
+        .bind(filter.provisioning)
         .fetch_all(&self.pool)
         .await
         .map_err(db)

@@ -44,7 +44,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-pub use accounts::{run_scheduler, AccountSummary};
+pub use accounts::{run_scheduler, AccountFilter, AccountSummary};
 pub use credentials::{Credential, Credentials};
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
