@@ -53,7 +53,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every component in one process: gateway, relay, email worker, scheduler and intake (the default on one machine).
+    /// Run every component in one process: gateway, relay, email worker, scheduler, intake, and the provisioner when [user_store] is configured (the default on one machine).
     Serve,
     /// Run only the HTTP gateway (admin API, password page, health, metrics).
     Gateway,
@@ -65,6 +65,8 @@ enum Command {
     Scheduler,
     /// Run only the intake: invitation requests from upstream services on Kafka.
     Intake,
+    /// Run only the provisioner, which writes each activated account into the [user_store] directory.
+    Provisioner,
     /// Create or upgrade the database schema and create the Kafka topic. Safe to run again.
     Migrate(migrate::Args),
     /// Invite a user: records the invitation and lets the engine mail the link. With --file,
@@ -155,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::EmailWorker => serve::run(settings, Components::WORKER).await,
         Command::Scheduler => serve::run(settings, Components::SCHEDULER).await,
         Command::Intake => serve::run(settings, Components::INTAKE).await,
+        Command::Provisioner => serve::run(settings, Components::PROVISIONER).await,
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Invite(args) => invite::run(&settings, args).await,
         Command::User { command } => user::run(&settings, command).await,

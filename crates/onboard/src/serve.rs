@@ -1,5 +1,6 @@
-//! `onboard serve`, and `gateway`, `relay`, `email-worker`, `scheduler`, `intake` on their own:
-//! the long-running components, stopped together on SIGTERM or Ctrl-C.
+//! `onboard serve`, and `gateway`, `relay`, `email-worker`, `scheduler`, `intake`, `provisioner`
+//! on their own: the long-running components, stopped together on SIGTERM or Ctrl-C. `serve`
+//! runs the provisioner when `[user_store]` is configured.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
 use onboarding_email_worker::EmailWorker;
-use onboarding_gateway::{AppState, Readiness, Role};
+use onboarding_gateway::{AppState, DirectoryCheck, Readiness, Role};
+use onboarding_provisioner::{LdapUserStore, Provisioner, UserStore};
 use onboarding_relay::Relay;
 use onboarding_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,8 @@ pub struct Components {
     worker: bool,
     scheduler: bool,
     intake: bool,
+    /// Only with `[user_store]`: `serve` leaves it out without one.
+    provisioner: bool,
 }
 
 impl Components {
@@ -30,6 +34,7 @@ impl Components {
         worker: true,
         scheduler: true,
         intake: true,
+        provisioner: true,
     };
     const NONE: Self = Self {
         gateway: false,
@@ -37,6 +42,7 @@ impl Components {
         worker: false,
         scheduler: false,
         intake: false,
+        provisioner: false,
     };
     pub const GATEWAY: Self = Self {
         gateway: true,
@@ -58,6 +64,10 @@ impl Components {
         intake: true,
         ..Self::NONE
     };
+    pub const PROVISIONER: Self = Self {
+        provisioner: true,
+        ..Self::NONE
+    };
 }
 
 impl Components {
@@ -69,6 +79,7 @@ impl Components {
             (self.worker, Role::EmailWorker),
             (self.scheduler, Role::Scheduler),
             (self.intake, Role::Intake),
+            (self.provisioner, Role::Provisioner),
         ]
         .into_iter()
         .filter_map(|(runs, role)| runs.then_some(role))
@@ -91,18 +102,43 @@ fn metrics() -> Result<PrometheusHandle> {
 }
 
 /// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.
-pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
+pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
+    // `serve` without a `[user_store]` runs no provisioner; `onboard provisioner` refuses to start.
+    if run.provisioner && settings.user_store.is_none() {
+        if run.gateway {
+            run.provisioner = false;
+        } else {
+            anyhow::bail!(
+                "no [user_store] is configured: the provisioner has nothing to provision into \
+                 (see docs/configuration.md)"
+            );
+        }
+    }
+    let user_store: Option<Arc<dyn UserStore>> = match (&settings.user_store, run.provisioner) {
+        (Some(config), true) => Some(Arc::new(LdapUserStore::new(config).context("user_store")?)),
+        _ => None,
+    };
     let Components {
         gateway,
         relay,
         worker,
         scheduler,
         intake,
+        provisioner,
     } = run;
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
     let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
-    let readiness = Arc::new(Readiness::new(run.roles(), store.clone(), &settings.kafka)?);
+    let mut readiness = Readiness::new(run.roles(), store.clone(), &settings.kafka)?;
+    if let Some(user_store) = &user_store {
+        let user_store = user_store.clone();
+        let check: DirectoryCheck = Arc::new(move || {
+            let user_store = user_store.clone();
+            Box::pin(async move { user_store.check().await.map_err(|e| e.to_string()) })
+        });
+        readiness = readiness.with_directory(check);
+    }
+    let readiness = Arc::new(readiness);
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -134,6 +170,11 @@ pub async fn run(settings: Arc<Settings>, run: Components) -> Result<()> {
         let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
         let token = shutdown.clone();
         tasks.spawn(async move { intake.run(token).await.context("intake") });
+    }
+    if let (true, Some(user_store)) = (provisioner, user_store) {
+        let provisioner = Provisioner::new(&settings, store.clone(), user_store)?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { provisioner.run(token).await.context("provisioner") });
     }
     if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
         let (handle, readiness, token) = (handle.clone(), readiness.clone(), shutdown.clone());

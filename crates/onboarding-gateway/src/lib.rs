@@ -49,7 +49,7 @@ pub use api::user_view;
 pub use connections::Limits;
 pub use error::ApiError;
 pub use health::serve_metrics;
-pub use readiness::{Dependency, Readiness, Role};
+pub use readiness::{Dependency, DirectoryCheck, Readiness, Role};
 pub use routes::routes;
 pub use state::{check_settings, AppState, GatewayError};
 

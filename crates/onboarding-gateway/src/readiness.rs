@@ -1,12 +1,16 @@
 //! Readiness: whether each role a process runs can do its job, and what it misses.
 //!
 //! The gateway needs PostgreSQL only (events wait in the outbox while Kafka is down); the
-//! scheduler too; the relay, the email worker and the intake need PostgreSQL and Kafka. In a
+//! scheduler too; the relay, the email worker and the intake need PostgreSQL and Kafka; the
+//! provisioner needs them and the user store (the LDAP directory) besides. In a
 //! process that runs the gateway, the gateway's readiness is the answer's status (it is the role
 //! that takes traffic), and the others' are reported beside it (docs/adr/0016).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
+
+use futures::future::BoxFuture;
 
 use onboarding_config::KafkaSettings;
 use onboarding_kafka::KafkaProbe;
@@ -26,6 +30,7 @@ pub enum Role {
     EmailWorker,
     Scheduler,
     Intake,
+    Provisioner,
 }
 
 impl Role {
@@ -36,6 +41,7 @@ impl Role {
             Self::EmailWorker => "email-worker",
             Self::Scheduler => "scheduler",
             Self::Intake => "intake",
+            Self::Provisioner => "provisioner",
         }
     }
 
@@ -46,6 +52,11 @@ impl Role {
             Self::Relay | Self::EmailWorker | Self::Intake => {
                 &[Dependency::Postgres, Dependency::Kafka]
             }
+            Self::Provisioner => &[
+                Dependency::Postgres,
+                Dependency::Kafka,
+                Dependency::Directory,
+            ],
         }
     }
 }
@@ -56,7 +67,12 @@ impl Role {
 pub enum Dependency {
     Postgres,
     Kafka,
+    /// The user store the provisioner writes to (`[user_store]`).
+    Directory,
 }
+
+/// Checks the user store: connects and binds as the engine (the provisioner's `UserStore`).
+pub type DirectoryCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Answers `/readyz` for the roles of one process: checks what they need, and only that.
 pub struct Readiness {
@@ -64,6 +80,8 @@ pub struct Readiness {
     store: Store,
     /// Only when a role needs Kafka: a `gateway` process has no Kafka client.
     kafka: Option<KafkaProbe>,
+    /// Only in a process that runs the provisioner.
+    directory: Option<DirectoryCheck>,
 }
 
 impl Readiness {
@@ -82,7 +100,14 @@ impl Readiness {
             roles,
             store,
             kafka: probe,
+            directory: None,
         })
+    }
+
+    /// Checks the user store too (a process that runs the provisioner).
+    pub fn with_directory(mut self, check: DirectoryCheck) -> Self {
+        self.directory = Some(check);
+        self
     }
 
     /// Checks every dependency the roles need, in parallel.
@@ -94,11 +119,20 @@ impl Readiness {
                 None => None,
             }
         };
-        let (postgres, kafka) = tokio::join!(self.store.ping(), kafka);
+        let directory = async {
+            match &self.directory {
+                Some(check) => Some(check().await),
+                None => None,
+            }
+        };
+        let (postgres, kafka, directory) = tokio::join!(self.store.ping(), kafka, directory);
         let mut checks = BTreeMap::new();
         checks.insert(Dependency::Postgres, postgres.map_err(|e| e.to_string()));
         if let Some(kafka) = kafka {
             checks.insert(Dependency::Kafka, kafka);
+        }
+        if let Some(directory) = directory {
+            checks.insert(Dependency::Directory, directory);
         }
         Report::of(&self.roles, checks, started.elapsed().as_millis() as u64)
     }
@@ -215,6 +249,26 @@ mod tests {
         }
         let r = report(&[Role::Scheduler], true, Some(false));
         assert_eq!(r.code, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_provisioner_needs_the_directory_and_serve_stays_up_without_it() {
+        let mut checks = BTreeMap::from([
+            (Dependency::Postgres, Ok(())),
+            (Dependency::Kafka, Ok(())),
+            (Dependency::Directory, Err("connection refused".to_owned())),
+        ]);
+        let r = Report::of(&[Role::Provisioner], checks.clone(), 0);
+        assert_eq!(
+            (r.code, r.status),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert_eq!(r.roles["provisioner"].missing, [Dependency::Directory]);
+        let r = Report::of(&[Role::Gateway, Role::Provisioner], checks.clone(), 0);
+        assert_eq!((r.code, r.status), (StatusCode::OK, "degraded"));
+        checks.insert(Dependency::Directory, Ok(()));
+        let r = Report::of(&[Role::Provisioner], checks, 0);
+        assert_eq!((r.code, r.status), (StatusCode::OK, "ready"));
     }
 
     #[test]

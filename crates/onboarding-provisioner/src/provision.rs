@@ -1,0 +1,258 @@
+//! One account: decide, write it to the user store, record the outcome on the aggregate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use onboarding_domain::password::PasswordHash;
+use onboarding_domain::value::UserDomain;
+use onboarding_domain::{OnboardingCommand, OnboardingError, OnboardingState, Provisioning};
+use onboarding_store::{Actor, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::user_store::{UserRecord, UserStore, UserStoreError};
+
+/// What became of one activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written and recorded (`UserProvisioned`).
+    Provisioned,
+    /// Already recorded as provisioned: a record delivered again, or another provisioner.
+    AlreadyProvisioned,
+    /// The account is not active (or unknown): nothing is provisioned.
+    NotActive,
+    /// The store refused the entry; `ProvisioningFailed { permanent: true }` is recorded.
+    Refused,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Provisioned => "provisioned",
+            Self::AlreadyProvisioned => "already_provisioned",
+            Self::NotActive => "not_active",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// An attempt that must be made again later: the directory or PostgreSQL is unavailable.
+#[derive(Debug)]
+pub struct TryAgain(pub String);
+
+/// Backoff between attempts while the directory (or PostgreSQL) is unavailable.
+const FIRST_DELAY: Duration = Duration::from_millis(500);
+const MAX_DELAY: Duration = Duration::from_secs(15);
+
+/// Provisions accounts into one user store and records the outcomes.
+#[derive(Clone)]
+pub struct Provision {
+    store: Store,
+    user_store: Arc<dyn UserStore>,
+}
+
+impl Provision {
+    pub fn new(store: Store, user_store: Arc<dyn UserStore>) -> Self {
+        Self { store, user_store }
+    }
+
+    pub fn user_store(&self) -> &Arc<dyn UserStore> {
+        &self.user_store
+    }
+
+    /// Provisions the account, trying again with backoff while the directory or the database
+    /// is unavailable, until it is done or `shutdown` comes (then `None`: the record is left for
+    /// redelivery, and nothing is lost). Records the first failure of a run of failures, and each
+    /// one whose reason differs from the previous, as `ProvisioningFailed`.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn until_done(&self, user_id: Uuid, shutdown: &CancellationToken) -> Option<Outcome> {
+        let started = Instant::now();
+        let mut delay = FIRST_DELAY;
+        let mut recorded: Option<String> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.attempt(user_id, attempt).await {
+                Ok(outcome) => {
+                    metrics::counter!("onboard_provisioning_total", "outcome" => outcome.label())
+                        .increment(1);
+                    if outcome == Outcome::Provisioned {
+                        metrics::histogram!("onboard_provisioning_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    tracing::info!(
+                        outcome = outcome.label(),
+                        attempts = attempt,
+                        "activation handled"
+                    );
+                    return Some(outcome);
+                }
+                Err(TryAgain(reason)) => {
+                    tracing::warn!(%reason, attempt, retry_in_ms = delay.as_millis() as u64, "provisioning failed; will try again");
+                    if recorded.as_deref() != Some(reason.as_str()) {
+                        let record = self.record_failure(user_id, &reason, false, attempt).await;
+                        if record.is_ok() {
+                            recorded = Some(reason);
+                        }
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_DELAY);
+                }
+            }
+        }
+    }
+
+    /// One attempt. `Err` when it should be made again later.
+    pub async fn attempt(&self, user_id: Uuid, attempt: u32) -> Result<Outcome, TryAgain> {
+        let account = self.store.load(user_id).await.map_err(unavailable)?;
+        let Some(account) = account else {
+            return Ok(Outcome::NotActive);
+        };
+        // Never a revoked, expired or unfinished invitation: only an active account.
+        if account.state != OnboardingState::Active {
+            return Ok(Outcome::NotActive);
+        }
+        if matches!(account.provisioning, Some(Provisioning::Provisioned { .. })) {
+            return Ok(Outcome::AlreadyProvisioned);
+        }
+        let result = match self.record_of(user_id, &account).await? {
+            Ok(user) => self.user_store.upsert(&user).await,
+            Err(refused) => Err(refused),
+        };
+        match result {
+            Ok(upserted) => {
+                metrics::counter!("onboard_provisioning_attempts_total", "result" => upserted.label())
+                    .increment(1);
+                let kind = self.user_store.kind().to_owned();
+                let recorded = self
+                    .store
+                    .execute_retrying(
+                        user_id,
+                        || OnboardingCommand::RecordProvisioned {
+                            user_store: kind.clone(),
+                            attempts: attempt,
+                            now: Utc::now(),
+                        },
+                        &Actor::system("provisioner"),
+                    )
+                    .await;
+                match recorded {
+                    Ok(()) => Ok(Outcome::Provisioned),
+                    Err(StoreError::Refused(OnboardingError::AlreadyProvisioned)) => {
+                        Ok(Outcome::AlreadyProvisioned)
+                    }
+                    Err(StoreError::Refused(_)) => Ok(Outcome::NotActive),
+                    // The entry is written; the next attempt writes the same again and records.
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            Err(e @ UserStoreError::Unavailable(_)) => {
+                metrics::counter!("onboard_provisioning_attempts_total", "result" => "unavailable")
+                    .increment(1);
+                Err(TryAgain(e.reason()))
+            }
+            Err(e @ UserStoreError::Refused(_)) => {
+                metrics::counter!("onboard_provisioning_attempts_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(reason = %e, "the user store refused the entry; an operator must act");
+                self.record_failure(user_id, &e.reason(), true, attempt)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Outcome::Refused)
+            }
+        }
+    }
+
+    /// What the user store receives, or the refusal that no store could accept it.
+    async fn record_of(
+        &self,
+        user_id: Uuid,
+        account: &onboarding_domain::Onboarding,
+    ) -> Result<Result<UserRecord, UserStoreError>, TryAgain> {
+        let (Some(username), Some(email), Some(domain)) =
+            (&account.username, &account.email, &account.domain)
+        else {
+            return Ok(Err(UserStoreError::Refused(
+                "the account has no username, address or domain".into(),
+            )));
+        };
+        // One `[user_store]`, WSO2's primary one: accounts of other user store domains would
+        // collide with the primary's names in it.
+        if domain.as_str() != UserDomain::PRIMARY {
+            return Ok(Err(UserStoreError::Refused(format!(
+                "the account belongs to the user store domain {}, and only {} accounts are \
+                 provisioned into [user_store]",
+                domain.as_str(),
+                UserDomain::PRIMARY
+            ))));
+        }
+        let Some(password_hash) = current_password_hash(&self.store, user_id)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(Err(UserStoreError::Refused(
+                "no password hash is stored for this account".into(),
+            )));
+        };
+        Ok(Ok(UserRecord {
+            user_id,
+            username: username.clone(),
+            email: email.clone(),
+            claims: account.claims.clone(),
+            password_hash,
+        }))
+    }
+
+    async fn record_failure(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        permanent: bool,
+        attempt: u32,
+    ) -> Result<(), StoreError> {
+        let kind = self.user_store.kind().to_owned();
+        let result = self
+            .store
+            .execute_retrying(
+                user_id,
+                || OnboardingCommand::RecordProvisioningFailed {
+                    user_store: kind.clone(),
+                    reason: reason.to_owned(),
+                    permanent,
+                    attempt,
+                    now: Utc::now(),
+                },
+                &Actor::system("provisioner"),
+            )
+            .await;
+        match result {
+            // Provisioned meanwhile, or no longer active: nothing to record.
+            Err(StoreError::Refused(_)) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The account's current password hash (argon2id PHC string).
+///
+/// Read from the account's last `PasswordSet` event: the one place to change when the hash
+/// moves to the credential table (`onboarding_store::credentials::current`).
+pub async fn current_password_hash(
+    store: &Store,
+    user_id: Uuid,
+) -> Result<Option<PasswordHash>, StoreError> {
+    let events = store.events_of(user_id).await?;
+    Ok(events
+        .iter()
+        .rev()
+        .find_map(|e| e.payload.pointer("/PasswordSet/password_hash")?.as_str())
+        .map(|phc| PasswordHash::from_phc(phc.to_owned())))
+}
+
+fn unavailable(e: StoreError) -> TryAgain {
+    TryAgain(format!("the database is unavailable: {e}"))
+}
