@@ -25,6 +25,8 @@ pub struct Options {
     pub smtp_port: Option<u16>,
     /// More lines for the `[kafka]` section (e.g. `security_protocol = "ssl"`).
     pub kafka_settings: String,
+    /// A `[user_store]` section (e.g. [`crate::Slapd::user_store_toml`]): provisioning is on.
+    pub user_store: Option<String>,
 }
 
 impl Default for Options {
@@ -41,6 +43,7 @@ impl Default for Options {
             expiry_scan_seconds: 1,
             smtp_port: None,
             kafka_settings: String::new(),
+            user_store: None,
         }
     }
 }
@@ -148,6 +151,7 @@ common_passwords_file = "{common_passwords}"
 
 [organisation]
 name = "Pickup"
+{user_store}
 "#,
         validity = options.validity_minutes,
         smtp_host = services.smtp_host,
@@ -164,6 +168,7 @@ name = "Pickup"
         revoked_hash = sha256_hex(stack.revoked_token),
         key = base64::engine::general_purpose::STANDARD.encode(stack.code_key),
         common_passwords = COMMON_PASSWORDS,
+        user_store = options.user_store.as_deref().unwrap_or_default(),
     )
 }
 

@@ -7,7 +7,8 @@
 //! One module per real part: [`services`] (what `tests/run` started), [`stack`] (one test's
 //! engine and its processes), [`configuration`] (its `onboard.toml`), [`gateway`] (requests to
 //! it), [`maildev`] (the mail it sent), [`topic`] (the records it published), and the parts a
-//! test starts for itself: [`broker`], [`postgres`], [`smtp_gate`], [`certificates`].
+//! test starts for itself: [`broker`], [`postgres`], [`smtp_gate`], [`certificates`], and the
+//! LDAP directory accounts are provisioned into, [`ldap`].
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod certificates;
 pub mod configuration;
 pub mod gateway;
+pub mod ldap;
 pub mod maildev;
 pub mod postgres;
 pub mod services;
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 pub use broker::{Broker, BrokerOptions};
 pub use certificates::make_certificates;
 pub use configuration::Options;
+pub use ldap::Slapd;
 pub use maildev::Mail;
 pub use postgres::Postgres;
 pub use services::Services;

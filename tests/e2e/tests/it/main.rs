@@ -16,6 +16,7 @@ mod kafka_security;
 mod links;
 mod openapi;
 mod outage;
+mod provisioning;
 mod rate_limits;
 mod restart;
 mod scim;
