@@ -197,7 +197,7 @@ impl LdapUserStore {
                         e.attrs
                             .iter()
                             .find(|(a, _)| a.eq_ignore_ascii_case(&self.id_attribute))
-                            .is_some_and(|(_, values)| values.iter().any(|v| *v == id))
+                            .is_some_and(|(_, values)| values.contains(&id))
                     });
                     if !ours {
                         return Err(UserStoreError::Refused(format!(
