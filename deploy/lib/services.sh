@@ -335,7 +335,10 @@ ldap_base_dn() {
 # hashes bind. The base entry and `ou=Users` under it are made on first start (slapadd, before
 # the server runs). The administrator is `cn=admin,BASE_DN`, its password generated once into
 # DIR/admin-password (mode 600). Users bind to their own entries; nobody reads a userPassword.
-# Sets LDAP_URL, LDAP_BASE_DN, LDAP_USERS_DN, LDAP_ADMIN_DN, LDAP_ADMIN_PASSWORD_FILE.
+# With SLAPD_TLS_CERT and SLAPD_TLS_KEY (PEM files) set, the ldap:// port offers StartTLS, and
+# with SLAPD_LDAPS_PORT as well, ldaps:// listens on that port too.
+# Sets LDAP_URL, LDAP_BASE_DN, LDAP_USERS_DN, LDAP_ADMIN_DN, LDAP_ADMIN_PASSWORD_FILE (and
+# LDAPS_URL with SLAPD_LDAPS_PORT).
 start_slapd() {
   local dir port=$2 base=${3:-dc=pickup,dc=example} pid org
   mkdir -p "$1"
@@ -345,7 +348,16 @@ start_slapd() {
   LDAP_USERS_DN=ou=Users,$base
   LDAP_ADMIN_DN=cn=admin,$base
   LDAP_ADMIN_PASSWORD_FILE=$dir/admin-password
-  local pidfile=$dir/slapd.pid log=$dir/slapd.log conf=$dir/slapd.conf
+  local pidfile=$dir/slapd.pid log=$dir/slapd.log conf=$dir/slapd.conf tls= urls
+  urls=$LDAP_URL/
+  if [[ -n ${SLAPD_TLS_CERT:-} && -n ${SLAPD_TLS_KEY:-} ]]; then
+    tls="TLSCertificateFile $SLAPD_TLS_CERT
+TLSCertificateKeyFile $SLAPD_TLS_KEY"
+    if [[ -n ${SLAPD_LDAPS_PORT:-} ]]; then
+      LDAPS_URL=ldaps://127.0.0.1:$SLAPD_LDAPS_PORT
+      urls="$urls $LDAPS_URL/"
+    fi
+  fi
   if pid=$(pidfile_pid "$pidfile"); then
     say "slapd: already running (pid $pid, $LDAP_URL, base $base)"
     return 0
@@ -365,6 +377,7 @@ include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 pidfile $dir/slapd.run.pid
 argsfile $dir/slapd.args
+$tls
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload argon2
@@ -403,9 +416,9 @@ LDIF
   fi
   require_free_port slapd "$port"
   # -d 0: stay in the foreground (stopped by our PID), log only start-up failures.
-  start_bg "$pidfile" "$log" "$SLAPD" -d 0 -f "$conf" -h "$LDAP_URL/"
+  start_bg "$pidfile" "$log" "$SLAPD" -d 0 -f "$conf" -h "$urls"
   await slapd "$pidfile" "$log" port_open 127.0.0.1 "$port"
-  say "slapd: started (pid $(pidfile_pid "$pidfile"), $LDAP_URL, base $base)"
+  say "slapd: started (pid $(pidfile_pid "$pidfile"), $urls, base $base)"
 }
 
 # stop_slapd DIR

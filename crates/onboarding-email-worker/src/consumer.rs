@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_kafka::group_consumer_config;
+use onboarding_kafka::{group_consumer_config, Watchdog};
 use onboarding_store::Store;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -23,7 +23,6 @@ use crate::delivery::Delivery;
 use crate::lanes::{HandleFuture, Handled, Lane, Lanes};
 use crate::records::RecordHandler;
 use crate::retry;
-use crate::watchdog::Watchdog;
 use crate::WorkerError;
 
 /// Consumes the public event topic and mails what its records ask for (see the crate's
@@ -65,6 +64,7 @@ impl EmailWorker {
             watchdog: Watchdog::new(
                 &settings.kafka.topic,
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
+                "onboard_consumer_lag",
             ),
             rebalances_seen: 0,
             // A u32 always fits a usize on the platforms the engine builds for.

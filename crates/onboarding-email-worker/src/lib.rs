@@ -39,7 +39,6 @@ mod records;
 pub mod retry;
 pub mod smtp;
 pub mod templates;
-pub mod watchdog;
 
 use onboarding_store::StoreError;
 

@@ -8,6 +8,8 @@
 //! - [`dead_letters`]: copying a record that cannot be processed to a dead-letter topic.
 //! - [`probe`]: the readiness check that says why the brokers cannot be used.
 //! - [`redaction`]: librdkafka errors without the property values they repeat.
+//! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
+//!   and the provisioner's).
 //!
 //! Architecture invariant: no secret of `[kafka]` (a SASL password, a key password) ever reaches
 //! an error message or a log line; configuration errors name the property, never its value.
@@ -19,12 +21,14 @@ pub mod dead_letters;
 pub mod probe;
 pub mod redaction;
 pub mod topics;
+pub mod watchdog;
 
 pub use clients::{base_config, check_config, group_consumer_config, producer, subscribe};
 pub use dead_letters::{dead_letter, dead_letter_topic, DLQ_REASON_HEADER};
 pub use probe::{KafkaProbe, ProbeError};
 pub use redaction::{redact, ClientError};
 pub use topics::{create_event_topics, create_topics, SetupError, TopicSpec};
+pub use watchdog::{PartitionLag, Watchdog};
 
 #[cfg(test)]
 pub(crate) mod test_settings {

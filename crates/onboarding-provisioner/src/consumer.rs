@@ -4,13 +4,16 @@
 //!
 //! Records are handled one at a time, in order: while the directory is down the loop waits on
 //! the record in hand (retrying with backoff) instead of reading on, so nothing is skipped and
-//! nothing is lost; the directory being down holds up every account alike.
+//! nothing is lost; the directory being down holds up every account alike. While idle, the
+//! group's watchdog (`onboarding_kafka::Watchdog`, docs/adr/0004) rejoins the group when records
+//! wait on a partition nobody reads (a provisioner killed and restarted within its session).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
 use onboarding_events::{PublicEvent, UserActivatedV1};
+use onboarding_kafka::Watchdog;
 use onboarding_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -30,6 +33,9 @@ pub enum ProvisionerError {
 }
 
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// An idle provisioner that sees records wait this long behind a committed offset that does not
+/// move rejoins its group (the provisioner is never idle while it works on a record).
+const STALL: Duration = Duration::from_secs(20);
 
 /// Consumes the public event topic and provisions each activated account.
 pub struct Provisioner {
@@ -37,6 +43,7 @@ pub struct Provisioner {
     consumer: StreamConsumer,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
+    watchdog: Watchdog,
 }
 
 impl Provisioner {
@@ -58,6 +65,7 @@ impl Provisioner {
             consumer,
             consumer_config,
             topic: settings.kafka.topic.clone(),
+            watchdog: Watchdog::new(&settings.kafka.topic, STALL, "onboard_provisioner_lag"),
         })
     }
 
@@ -101,10 +109,11 @@ impl Provisioner {
                         tracing::warn!(
                             "no records since the broker came back; rejoining the consumer group"
                         );
-                        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-                        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+                        self.rejoin()?;
                         disrupted = false;
                         quiet = Duration::ZERO;
+                    } else if self.stalled() {
+                        self.rejoin()?;
                     }
                 }
             }
@@ -113,6 +122,36 @@ impl Provisioner {
             tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
         }
         tracing::info!("provisioner stopped");
+        Ok(())
+    }
+
+    /// Measures the group's lag now and then; true when records wait on a partition whose
+    /// committed offset has not moved for [`STALL`] (this provisioner is idle, so nobody reads it).
+    fn stalled(&mut self) -> bool {
+        if !self.watchdog.due() {
+            return false;
+        }
+        let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
+        let lags = match measured {
+            Ok(lags) => lags,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure the provisioner's lag");
+                return false;
+            }
+        };
+        let stalled = self.watchdog.stalled(&lags, Instant::now());
+        if stalled.is_empty() {
+            return false;
+        }
+        tracing::warn!(partitions = ?stalled, "records wait on partitions nobody reads; rejoining the consumer group");
+        true
+    }
+
+    /// Leaves the consumer group (committing what was handled) and joins it again.
+    fn rejoin(&mut self) -> Result<(), ProvisionerError> {
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+        self.watchdog.reset();
         Ok(())
     }
 

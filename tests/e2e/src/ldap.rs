@@ -19,13 +19,30 @@ pub struct Slapd {
     pub users_dn: String,
     pub admin_dn: String,
     pub admin_password_file: PathBuf,
+    /// `ldaps://127.0.0.1:<port>`, with [`Slapd::start_with_tls`].
+    pub ldaps_url: Option<String>,
     dir: PathBuf,
     port: u16,
+    /// Certificate, key and ldaps port, with [`Slapd::start_with_tls`].
+    tls: Option<(PathBuf, PathBuf, u16)>,
 }
 
 impl Slapd {
     /// Makes a directory in a fresh folder and starts it on a free port.
     pub fn start(name: &str) -> Self {
+        Self::make(name, None)
+    }
+
+    /// As [`Slapd::start`], with TLS: StartTLS on the `ldap://` port and `ldaps://` on another
+    /// free port, with this certificate and key (PEM).
+    pub fn start_with_tls(name: &str, certificate: &Path, key: &Path) -> Self {
+        Self::make(
+            name,
+            Some((certificate.to_owned(), key.to_owned(), free_port())),
+        )
+    }
+
+    fn make(name: &str, tls: Option<(PathBuf, PathBuf, u16)>) -> Self {
         let dir = scratch_dir().join(unique(name));
         std::fs::create_dir_all(&dir).unwrap();
         let base_dn = "dc=pickup,dc=example".to_owned();
@@ -36,8 +53,12 @@ impl Slapd {
             admin_dn: format!("cn=admin,{base_dn}"),
             admin_password_file: dir.join("admin-password"),
             base_dn,
+            ldaps_url: tls
+                .as_ref()
+                .map(|(_, _, port)| format!("ldaps://127.0.0.1:{port}")),
             port,
             dir,
+            tls,
         };
         slapd.resume();
         slapd
@@ -165,14 +186,17 @@ LDAPConnectionTimeout = 2000
 
     fn script(&self, command: &str) {
         let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/lib/services.sh");
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -euo pipefail; source {}; {command}",
-                quote(&services)
-            ))
-            .output()
-            .expect("run bash");
+        let mut bash = Command::new("bash");
+        bash.arg("-c").arg(format!(
+            "set -euo pipefail; source {}; {command}",
+            quote(&services)
+        ));
+        if let Some((certificate, key, port)) = &self.tls {
+            bash.env("SLAPD_TLS_CERT", certificate)
+                .env("SLAPD_TLS_KEY", key)
+                .env("SLAPD_LDAPS_PORT", port.to_string());
+        }
+        let out = bash.output().expect("run bash");
         assert!(
             out.status.success(),
             "`{command}` failed: {}{}",

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use onboarding_e2e::{free_port, unique, Options, Slapd, Stack};
+use onboarding_e2e::{free_port, make_certificates, unique, Options, Slapd, Stack};
 use serde_json::{json, Value};
 
 const JANES_PASSWORD: &str = "Pickup rides at dawn 42";
@@ -152,10 +152,26 @@ async fn after_her_onboarding_jane_binds_to_ldap_with_her_password_and_a_wrong_o
         "sn: Doe".to_owned(),
         "givenName: Jane".to_owned(),
         format!("employeeNumber: {id}"),
-        "userPassword: {ARGON2}$argon2id$".to_owned(),
     ] {
         assert!(entry.contains(&line), "`{line}` missing from:\n{entry}");
     }
+    // ldapsearch writes the value in base64 (`::`): it is not a plain LDIF string.
+    let password = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("userPassword:: "))
+        .map(|b64| {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        })
+        .unwrap_or_else(|| panic!("no userPassword in:\n{entry}"));
+    assert!(
+        password.starts_with("{ARGON2}$argon2id$v=19$m="),
+        "{}",
+        &password[..20]
+    );
     assert!(entry.contains("mail: jane."), "{entry}");
 
     // The topic carries the outcome, checked against its schema, without the hash.
@@ -325,4 +341,46 @@ async fn a_revoked_invitation_is_never_provisioned() {
         slapd.entries("(objectClass=inetOrgPerson)"),
         [slapd.dn_of("Jane")]
     );
+}
+
+#[tokio::test]
+async fn the_directory_is_reached_over_starttls_and_over_ldaps_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(unique("onboard-e2e-ldap-tls-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, certificate, key) = make_certificates(&dir);
+    let slapd = Slapd::start_with_tls("ldap-tls", &certificate, &key);
+    let ldaps = slapd.ldaps_url.clone().unwrap();
+    for (name, url, start_tls) in [
+        ("ldap_starttls", slapd.url.clone(), true),
+        ("ldap_ldaps", ldaps, false),
+    ] {
+        // The section as Slapd writes it, with TLS: the private CA, and StartTLS or ldaps://.
+        let toml = slapd
+            .user_store_toml(&unique("e2e-provisioner-"))
+            .replace(
+                &format!("connection_url = \"{}\"", slapd.url),
+                &format!("connection_url = \"{url}\"\nca_file = \"{}\"", ca.display()),
+            )
+            .replace(
+                "[user_store.properties]",
+                &format!("[user_store.properties]\nStartTLSEnabled = {start_tls}"),
+            );
+        let options = Options {
+            user_store: Some(toml),
+            ..Options::default()
+        };
+        let stack = Stack::start(name, options).await;
+        stack.spawn("provisioner");
+        let username = if start_tls { "Jane" } else { "June" };
+        let (id, code) = invite_and_read_mail(&stack, username).await;
+        set_password(&stack, &code).await;
+        wait_for_provisioning(&stack, &id, "provisioned").await;
+        let ok = slapd.whoami(&slapd.dn_of(username), JANES_PASSWORD);
+        assert!(
+            ok.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

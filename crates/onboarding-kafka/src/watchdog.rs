@@ -1,12 +1,12 @@
-//! Keeps the consumer group moving: measures each partition's lag and notices a partition whose
-//! records wait while nobody reads them.
+//! Keeps a consumer group moving: measures each partition's lag and notices a partition whose
+//! records wait while nobody reads them. The email worker and the provisioner each run one over
+//! their own group (docs/adr/0004).
 //!
 //! A consumer group can leave a partition with unread records and no reader, without an error on
 //! any side: tansu's coordinator handed a restarted worker an empty assignment while the killed
-//! worker it replaced still held every partition, and did not reassign them when that member's
-//! session expired. librdkafka cannot tell; the group's committed offsets can. An idle worker
-//! that sees a partition behind its high watermark whose committed offset has not moved for
-//! `email_worker_stall_seconds` rejoins the group, and the group reassigns the partitions.
+//! session expired. librdkafka cannot tell; the group's committed offsets can. An idle consumer
+//! that sees a partition behind its high watermark whose committed offset has not moved for the
+//! stall time rejoins the group, and the group reassigns the partitions.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,17 +22,22 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// One partition as the watchdog last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLag {
+    /// The partition's number.
     pub partition: i32,
     /// The group's committed offset (the low watermark when nothing was committed yet).
     pub committed: i64,
+    /// The offset the next record written to the partition gets.
     pub high_watermark: i64,
     /// Records not yet handled: high watermark minus this worker's position for a partition it
     /// holds, minus the group's committed offset for the others.
     pub lag: i64,
 }
 
+/// Measures one topic's partitions for one consumer group and tells which ones stall.
 pub struct Watchdog {
     topic: String,
+    /// The gauge the lag is published as (`onboard_consumer_lag` for the email worker).
+    gauge: &'static str,
     stall: Duration,
     /// Per partition: the committed offset and since when it has not moved.
     since: HashMap<i32, (i64, Instant)>,
@@ -40,15 +45,19 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    pub fn new(topic: &str, stall: Duration) -> Self {
+    /// A watchdog of `topic` that calls a partition stalled after `stall` without progress and
+    /// publishes each partition's lag as the gauge `gauge`.
+    pub fn new(topic: &str, stall: Duration, gauge: &'static str) -> Self {
         Self {
             topic: topic.to_owned(),
+            gauge,
             stall,
             since: HashMap::new(),
             last_check: None,
         }
     }
 
+    /// Whether the last measurement is older than [`CHECK_EVERY`].
     pub fn due(&self) -> bool {
         self.last_check.is_none_or(|t| t.elapsed() >= CHECK_EVERY)
     }
@@ -91,7 +100,7 @@ impl Watchdog {
             let committed = offset_of(&committed).unwrap_or(low).max(low);
             let read_up_to = offset_of(&position).unwrap_or(committed).max(committed);
             let lag = (high - read_up_to).max(0);
-            metrics::gauge!("onboard_consumer_lag", "partition" => p.to_string()).set(lag as f64);
+            metrics::gauge!(self.gauge, "partition" => p.to_string()).set(lag as f64);
             out.push(PartitionLag {
                 partition: p,
                 committed,
@@ -134,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_partition_is_stalled_only_when_its_records_wait_and_its_offset_stands_still() {
-        let mut w = Watchdog::new("t", Duration::from_secs(30));
+        let mut w = Watchdog::new("t", Duration::from_secs(30), "test_lag");
         let t0 = Instant::now();
         assert!(w.stalled(&[lag(0, 5, 9), lag(1, 3, 3)], t0).is_empty());
         let t1 = t0 + Duration::from_secs(31);
