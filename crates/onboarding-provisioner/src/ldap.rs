@@ -436,9 +436,10 @@ mod tests {
             username: Username::parse("Jane").unwrap(),
             email: EmailAddress::parse("jane@pickup.example").unwrap(),
             claims: serde_json::from_value(claims).unwrap(),
-            password_hash: PasswordHash::from_phc(
-                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
-            ),
+            password_hash: PasswordHash::parse(
+                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g".into(),
+            )
+            .unwrap(),
         }
     }
 
@@ -481,7 +482,7 @@ mod tests {
         );
         assert_eq!(
             attr(&attrs, "userPassword"),
-            ["{ARGON2}$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"]
+            ["{ARGON2}$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"]
         );
         assert!(attrs.iter().all(|(a, _)| a != "unmapped"));
     }

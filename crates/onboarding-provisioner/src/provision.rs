@@ -8,6 +8,7 @@ use onboarding_domain::password::PasswordHash;
 use onboarding_domain::value::UserDomain;
 use onboarding_domain::{OnboardingCommand, OnboardingError, OnboardingState, Provisioning};
 use onboarding_store::{Actor, Store, StoreError};
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -237,20 +238,19 @@ impl Provision {
     }
 }
 
-/// The account's current password hash (argon2id PHC string).
-///
-/// Read from the account's last `PasswordSet` event: the one place to change when the hash
-/// moves to the credential table (`onboarding_store::credentials::current`).
+/// The account's current password hash (argon2id PHC string), from the credential table
+/// (`onboarding_store::Credentials`, docs/adr/0018); `None` when it has none.
 pub async fn current_password_hash(
     store: &Store,
     user_id: Uuid,
 ) -> Result<Option<PasswordHash>, StoreError> {
-    let events = store.events_of(user_id).await?;
-    Ok(events
-        .iter()
-        .rev()
-        .find_map(|e| e.payload.pointer("/PasswordSet/password_hash")?.as_str())
-        .map(|phc| PasswordHash::from_phc(phc.to_owned())))
+    store
+        .credentials()
+        .current(user_id)
+        .await?
+        .map(|c| PasswordHash::parse(c.phc.expose_secret().to_owned()))
+        .transpose()
+        .map_err(|e| StoreError::Unexpected(Box::new(e)))
 }
 
 fn unavailable(e: StoreError) -> TryAgain {
