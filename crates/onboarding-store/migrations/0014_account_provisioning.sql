@@ -2,7 +2,7 @@
 -- account's entry stands, written by the projection trigger from the same events the aggregate
 -- folds (`UserActivated` makes it `pending`, then `UserProvisioned` `provisioned` and
 -- `ProvisioningFailed` `failed`), so admins list accounts by it (`?provisioning=`) and
--- `onboard audit replay` rebuilds it from the log (docs/adr/0022).
+-- `onboard audit replay` rebuilds it from the log (docs/adr/0024).
 
 ALTER TABLE account_states ADD COLUMN provisioning text
     CHECK (provisioning IN ('pending', 'provisioned', 'failed'));
