@@ -10,6 +10,10 @@
 //!   deduplicate. Nothing committed is ever skipped.
 //! - A row that cannot be mapped to a public event moves to `outbox_dead_letter`; it never
 //!   blocks the rows behind it.
+//! - After the broker lost records, the log is republished in chunks (`relay_republish`), with
+//!   its progress committed after each acknowledged chunk. Meanwhile an outbox row waits only if
+//!   its user has events still to be republished, so each user's events stay in order and new
+//!   users' events do not wait for the republish (docs/adr/0025).
 #![forbid(unsafe_code)]
 
 pub mod backlog;
@@ -34,6 +38,8 @@ const RELAY_LOCK: i64 = 0x6f6e_626f_6172_6401;
 const NOTIFY_CHANNEL: &str = "onboard_outbox";
 /// How often the relay compares the broker's high watermarks with what it published.
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Events of the log still to republish after the broker lost records.
+pub const REPUBLISH_REMAINING: &str = "onboard_relay_republish_remaining";
 /// How often the relay measures the outbox backlog ([`backlog`]).
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -69,6 +75,10 @@ pub struct Relay {
     source: String,
     batch_size: i64,
 }
+
+/// A row that does not map to a public event: position or outbox id, user id, sequence, event
+/// type, payload and why.
+type Unmapped = (i64, String, i64, String, serde_json::Value, String);
 
 /// One outbox row on its way to Kafka.
 struct Pending {
@@ -113,7 +123,16 @@ impl Relay {
                     tracing::warn!(error = %e, "cannot compare the broker with the log; will retry");
                 }
             }
-            match self.relay_batch().await {
+            // New events first, then a chunk of a republish in progress, so that neither waits
+            // for the other to finish.
+            let step = match self.relay_batch().await {
+                Ok(relayed) => self
+                    .republish_chunk()
+                    .await
+                    .map(|republished| relayed + republished),
+                Err(e) => Err(e),
+            };
+            match step {
                 Ok(n) if n > 0 => {
                     failures = 0;
                     backoff = Duration::from_millis(200);
@@ -164,8 +183,9 @@ impl Relay {
 
     /// Compares each partition's high watermark with what the relay knows it published. When the
     /// broker holds less (it restarted empty, or the topic was deleted), recreates the topic and
-    /// requeues the whole log: PostgreSQL is the source of truth, and consumers deduplicate on
-    /// `ce_id`. Returns how many events were requeued.
+    /// records a republish of the whole log, which [`Relay::republish_chunk`] then sends:
+    /// PostgreSQL is the source of truth, and consumers deduplicate on `ce_id`. Returns how many
+    /// events are to be republished.
     pub async fn recover_lost_records(&mut self) -> Result<u64, RelayError> {
         let expected: Vec<(i32, i64)> =
             sqlx::query_as("SELECT partition, next_offset FROM relay_offsets WHERE topic = $1")
@@ -227,25 +247,121 @@ impl Relay {
         if still == 0 {
             return Ok(0);
         }
-        // Rows still pending are part of the log: drop them so each user's events go out once, in order.
-        sqlx::query("DELETE FROM outbox").execute(&mut *tx).await?;
-        let requeued = sqlx::query(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-             payload, metadata, global_position, recorded_at) \
-             SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-             metadata, global_position, recorded_at FROM events ORDER BY global_position",
+        // Everything up to the newest committed position is republished from the log, in chunks
+        // (`republish_chunk`); rows still waiting in the outbox are part of that range.
+        let up_to: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM outbox WHERE global_position <= $1")
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO relay_republish (topic, after_position, up_to_position) VALUES ($1, 0, $2) \
+             ON CONFLICT (topic) DO UPDATE SET after_position = 0, \
+             up_to_position = GREATEST(relay_republish.up_to_position, EXCLUDED.up_to_position), \
+             republished = 0, started_at = now()",
         )
+        .bind(&self.topic)
+        .bind(up_to)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .await?;
         sqlx::query("DELETE FROM relay_offsets WHERE topic = $1")
             .bind(&self.topic)
             .execute(&mut *tx)
             .await?;
+        let events: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE global_position <= $1")
+                .bind(up_to)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
-        metrics::counter!("onboard_relay_republished_total").increment(requeued);
-        tracing::warn!(requeued, "log requeued for publishing");
-        Ok(requeued)
+        metrics::gauge!(REPUBLISH_REMAINING).set(events as f64);
+        tracing::warn!(
+            events,
+            up_to_position = up_to,
+            chunk = self.batch_size,
+            "republishing the log in chunks; new events go out meanwhile, a user's after her history"
+        );
+        Ok(events as u64)
+    }
+
+    /// Publishes the next chunk of a republish in progress, if there is one, and records how far
+    /// it got. Returns how many events it published.
+    pub async fn republish_chunk(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !leader {
+            return Ok(0);
+        }
+        let job: Option<(i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT after_position, up_to_position, republished, started_at \
+             FROM relay_republish WHERE topic = $1",
+        )
+        .bind(&self.topic)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((after, up_to, done, started_at)) = job else {
+            return Ok(0);
+        };
+        let rows = sqlx::query(
+            "SELECT global_position AS id, aggregate_id, sequence, event_type, event_version, \
+             payload, recorded_at FROM events \
+             WHERE global_position > $1 AND global_position <= $2 \
+             ORDER BY global_position LIMIT $3",
+        )
+        .bind(after)
+        .bind(up_to)
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        let last = match rows.last() {
+            Some(row) => row.try_get::<i64, _>("id")?,
+            None => up_to,
+        };
+        let (pending, unreadable) = self.map_rows(rows)?;
+        for (position, aggregate_id, sequence, event_type, _, error) in &unreadable {
+            // The outbox set this row aside when it was first published; it stays there.
+            tracing::error!(global_position = position, %aggregate_id, sequence, %event_type, %error, "event cannot be republished; skipped");
+        }
+        let offsets = self.send_all(&pending).await?;
+        self.record_offsets(&mut tx, &offsets).await?;
+        let republished = done + pending.len() as i64;
+        if last >= up_to {
+            sqlx::query("DELETE FROM relay_republish WHERE topic = $1")
+                .bind(&self.topic)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE relay_republish SET after_position = $2, republished = $3 WHERE topic = $1",
+            )
+            .bind(&self.topic)
+            .bind(last)
+            .bind(republished)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE global_position > $1 AND global_position <= $2",
+        )
+        .bind(last)
+        .bind(up_to)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("onboard_relay_republished_total").increment(pending.len() as u64);
+        metrics::gauge!(REPUBLISH_REMAINING).set(remaining as f64);
+        if last >= up_to {
+            let seconds = (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0;
+            tracing::warn!(republished, seconds, "the log is republished");
+        } else {
+            tracing::debug!(republished, remaining, "republished a chunk");
+        }
+        Ok(pending.len())
     }
 
     /// Publishes up to one batch. Returns how many rows left the outbox.
@@ -258,17 +374,70 @@ impl Relay {
         if !leader {
             return Ok(0);
         }
+        // While the log is republished, a user's new events wait until her history is out, so
+        // that her events stay in order on the topic; everybody else's go out at once.
         let rows = sqlx::query(
-            "SELECT id, aggregate_id, sequence, event_type, event_version, payload, recorded_at \
-             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT o.id, o.aggregate_id, o.sequence, o.event_type, o.event_version, o.payload, \
+             o.recorded_at FROM outbox o \
+             LEFT JOIN relay_republish r ON r.topic = $2 \
+             WHERE r.topic IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM events e WHERE e.aggregate_type = o.aggregate_type \
+               AND e.aggregate_id = o.aggregate_id \
+               AND e.global_position > r.after_position AND e.global_position <= r.up_to_position) \
+             ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
         )
         .bind(self.batch_size)
+        .bind(&self.topic)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
+        let (pending, dead) = self.map_rows(rows)?;
+        let next_offsets = self.send_all(&pending).await?;
+        self.record_offsets(&mut tx, &next_offsets).await?;
 
+        for (id, aggregate_id, sequence, event_type, payload, error) in &dead {
+            tracing::error!(outbox_id = id, %aggregate_id, sequence, %event_type, %error, "outbox row cannot be published; moved to outbox_dead_letter");
+            sqlx::query(
+                "INSERT INTO outbox_dead_letter (id, aggregate_id, sequence, event_type, payload, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(aggregate_id)
+            .bind(sequence)
+            .bind(event_type)
+            .bind(payload)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let ids: Vec<i64> = pending
+            .iter()
+            .map(|p| p.id)
+            .chain(dead.iter().map(|d| d.0))
+            .collect();
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("onboard_relay_published_total").increment(pending.len() as u64);
+        metrics::counter!("onboard_relay_dead_lettered_total").increment(dead.len() as u64);
+        tracing::debug!(
+            published = pending.len(),
+            dead = dead.len(),
+            "relayed batch"
+        );
+        Ok(ids.len())
+    }
+    /// Maps rows of the outbox or the log (`id`, `aggregate_id`, `sequence`, `event_type`,
+    /// `event_version`, `payload`, `recorded_at`) to records, setting aside the ones that do not
+    /// map to a public event.
+    fn map_rows(
+        &self,
+        rows: Vec<sqlx::postgres::PgRow>,
+    ) -> Result<(Vec<Pending>, Vec<Unmapped>), RelayError> {
         let mut pending = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
         for row in rows {
@@ -302,7 +471,12 @@ impl Relay {
                 }
             }
         }
+        Ok((pending, dead))
+    }
 
+    /// Sends the records and waits for every acknowledgement. Returns, per partition, a lower
+    /// bound of the offset the partition must hold from now on.
+    async fn send_all(&self, pending: &[Pending]) -> Result<HashMap<i32, i64>, RelayError> {
         let sends = pending.iter().map(|p| {
             let time = p.time.to_rfc3339_opts(SecondsFormat::Micros, true);
             let ce_id = p.ce_id.to_string();
@@ -357,7 +531,16 @@ impl Relay {
                 Err((e, _)) => return Err(e.into()),
             }
         }
-        for (partition, next) in &next_offsets {
+        Ok(next_offsets)
+    }
+
+    /// Raises what the relay expects each partition to hold (`relay_offsets`).
+    async fn record_offsets(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        next_offsets: &HashMap<i32, i64>,
+    ) -> Result<(), RelayError> {
+        for (partition, next) in next_offsets {
             sqlx::query(
                 "INSERT INTO relay_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
                  ON CONFLICT (topic, partition) DO UPDATE \
@@ -366,42 +549,9 @@ impl Relay {
             .bind(&self.topic)
             .bind(partition)
             .bind(next)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-
-        for (id, aggregate_id, sequence, event_type, payload, error) in &dead {
-            tracing::error!(outbox_id = id, %aggregate_id, sequence, %event_type, %error, "outbox row cannot be published; moved to outbox_dead_letter");
-            sqlx::query(
-                "INSERT INTO outbox_dead_letter (id, aggregate_id, sequence, event_type, payload, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(aggregate_id)
-            .bind(sequence)
-            .bind(event_type)
-            .bind(payload)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let ids: Vec<i64> = pending
-            .iter()
-            .map(|p| p.id)
-            .chain(dead.iter().map(|d| d.0))
-            .collect();
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        metrics::counter!("onboard_relay_published_total").increment(pending.len() as u64);
-        metrics::counter!("onboard_relay_dead_lettered_total").increment(dead.len() as u64);
-        tracing::debug!(
-            published = pending.len(),
-            dead = dead.len(),
-            "relayed batch"
-        );
-        Ok(ids.len())
+        Ok(())
     }
 }

@@ -64,6 +64,26 @@ impl Stack {
             .collect()
     }
 
+    /// How many mails MailDev holds for each recipient whose address ends with `suffix`.
+    pub async fn mail_counts(&self, suffix: &str) -> std::collections::HashMap<String, usize> {
+        let all: Vec<Value> = self
+            .http
+            .get(format!("{}/api/email", self.services.maildev))
+            .send()
+            .await
+            .expect("MailDev answers")
+            .json()
+            .await
+            .expect("MailDev returns JSON");
+        let mut counts = std::collections::HashMap::new();
+        for to in all.iter().filter_map(|m| m["to"].as_array()).flatten() {
+            if let Some(address) = to["address"].as_str().filter(|a| a.ends_with(suffix)) {
+                *counts.entry(address.to_owned()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Waits until `count` mails reached this recipient (up to 60 s) and returns them.
     pub async fn wait_for_mails(&self, address: &str, count: usize) -> Vec<Mail> {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -387,7 +387,7 @@ async fn a_job_interrupted_by_a_killed_gateway_resumes_and_every_created_user_is
     );
 }
 
-async fn invitations_sent(stack: &Stack) -> usize {
+pub(crate) async fn invitations_sent(stack: &Stack) -> usize {
     let mut count = 0;
     let mut after = String::new();
     loop {

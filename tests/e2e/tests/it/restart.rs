@@ -1,7 +1,7 @@
 //! Restarting the relay and the email worker in the middle of a burst loses no mail and doubles none.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use onboarding_e2e::{unique, Broker, Options, Stack};
 
@@ -107,4 +107,96 @@ async fn a_broker_that_restarts_empty_gets_the_whole_log_again_and_nobody_is_mai
         "the first user must not be mailed again"
     );
     assert_eq!(stack.mails_to(&after).await.len(), 1);
+}
+
+#[tokio::test]
+async fn after_a_broker_loss_the_log_is_republished_in_chunks_while_new_invitations_go_out() {
+    let mut broker = Broker::start("broker-chunks");
+    let stack = Stack::start(
+        "chunked",
+        Options {
+            kafka: Some(broker.addr.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    // A log of several relay chunks (500 events each): 400 invitations, three events each once
+    // mailed.
+    let tag = unique("");
+    let domain = format!(".{tag}@pickup.example");
+    let csv: String = std::iter::once("username,email\n".to_owned())
+        .chain((0..400).map(|i| format!("old{i}x{tag},old{i}{domain}\n")))
+        .collect();
+    let (status, accepted) = crate::bulk::upload(&stack, &stack.admin_token, "text/csv", csv).await;
+    assert_eq!(status, 202, "{accepted}");
+    let job = accepted["job_id"].as_str().unwrap().to_owned();
+    crate::bulk::finished(&stack, &job, Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while crate::bulk::invitations_sent(&stack).await < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "the 400 invitations were not all mailed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    broker.restart_empty();
+    stack.signal("email-worker", "KILL");
+    stack.spawn("email-worker");
+    // Invited while the relay republishes the log: it is mailed without waiting for the 1,200
+    // events before it (the time is printed, not judged).
+    let fresh = format!("fresh{domain}");
+    let asked = Instant::now();
+    let fresh_id = stack.invite(&format!("fresh{tag}"), &fresh).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.wait_for_mail(&fresh).await;
+    println!("mailed {:?} after the invitation", asked.elapsed());
+
+    // The whole log is on the topic again; with duplicates set aside (consumers deduplicate on
+    // ce_id), every user's events are in order.
+    let records = stack
+        .read_topic(|rs| {
+            rs.iter()
+                .filter(|r| r.headers["ce_type"] == "onboard.user.invitation_mail_sent.v1")
+                .map(|r| &r.key)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= 401
+        })
+        .await;
+    let mut seen = std::collections::HashSet::new();
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for r in &records {
+        if !seen.insert(r.headers["ce_id"].clone()) {
+            continue;
+        }
+        let sequence = r.value["sequence"].as_i64().unwrap();
+        let before = last.insert(r.key.as_str(), sequence).unwrap_or(0);
+        assert!(
+            sequence > before,
+            "{}: sequence {sequence} after {before} on the topic",
+            r.key
+        );
+    }
+    assert!(last.contains_key(fresh_id.as_str()));
+    assert_eq!(
+        last.len(),
+        401,
+        "every user's events are on the topic again"
+    );
+
+    // Nobody was mailed twice, and the relay says the republish is done.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counts = stack.mail_counts(&domain).await;
+    assert_eq!(counts.len(), 401);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "mailed more than once: {twice:?}");
+    let relay_log = stack.logs_of("relay");
+    assert!(
+        relay_log.contains("republishing the log in chunks")
+            && relay_log.contains("the log is republished"),
+        "{relay_log}"
+    );
 }
