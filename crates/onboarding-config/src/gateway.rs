@@ -36,6 +36,15 @@ pub struct GatewaySettings {
     /// `public_rate_limit_per_minute` instead.
     #[serde(deserialize_with = "admin_rate_limit")]
     pub admin_rate_limit_per_minute: NonZeroU32,
+    /// Password verifications (`POST /api/v1/credentials/verify`) per minute for one client: the
+    /// TCP peer, or the address a trusted proxy names (the end user, when the login service is
+    /// one of `trusted_proxies`).
+    #[serde(deserialize_with = "verify_client_rate_limit")]
+    pub verify_client_rate_limit_per_minute: NonZeroU32,
+    /// Password verifications per minute for one username (in its domain), whoever asks: every
+    /// attempt counts, so guesses at one account are bounded wherever they come from.
+    #[serde(deserialize_with = "verify_username_rate_limit")]
+    pub verify_username_rate_limit_per_minute: NonZeroU32,
     /// Reverse proxies (`10.0.0.5`) or their networks (`10.0.0.0/8`) whose `X-Forwarded-For`
     /// names the client; an address is a network of one. Empty (the default): the TCP peer is
     /// the client and the header is ignored.
@@ -104,6 +113,14 @@ fn admin_rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Er
     positive(d, "gateway.admin_rate_limit_per_minute")
 }
 
+fn verify_client_rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
+    positive(d, "gateway.verify_client_rate_limit_per_minute")
+}
+
+fn verify_username_rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
+    positive(d, "gateway.verify_username_rate_limit_per_minute")
+}
+
 /// A budget that must allow at least one request: 0 would shut the routes it guards.
 fn positive<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<NonZeroU32, D::Error> {
     NonZeroU32::new(u32::deserialize(d)?).ok_or_else(|| {
@@ -140,10 +157,16 @@ pub enum Scope {
     Read,
     /// Revoke invitations.
     Revoke,
+    /// Verify a user's password (`POST /api/v1/credentials/verify`): for a login service. Not
+    /// among a token's scopes unless named.
+    Verify,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Invite, Scope::Read, Scope::Revoke];
+    pub const ALL: [Scope; 4] = [Scope::Invite, Scope::Read, Scope::Revoke, Scope::Verify];
+    /// A token's scopes when the file does not name them: the administrator's, not `verify`,
+    /// which answers whether a password is right and belongs to a login service's token alone.
+    pub const DEFAULT: [Scope; 3] = [Scope::Invite, Scope::Read, Scope::Revoke];
 
     /// The scope's name in `gateway.admin_tokens[].scopes` and in error messages.
     pub fn as_str(self) -> &'static str {
@@ -151,6 +174,7 @@ impl Scope {
             Scope::Invite => "invite",
             Scope::Read => "read",
             Scope::Revoke => "revoke",
+            Scope::Verify => "verify",
         }
     }
 }
@@ -167,7 +191,7 @@ impl fmt::Display for Scope {
 pub struct AdminToken {
     pub id: String,
     pub sha256: String,
-    /// What the token may do; all scopes when the file does not say.
+    /// What the token may do; [`Scope::DEFAULT`] when the file does not say.
     pub scopes: Vec<Scope>,
     /// A revoked token is refused (401) without being removed from the file.
     pub revoked: bool,
@@ -179,7 +203,7 @@ pub struct AdminToken {
 struct AdminTokenFile {
     id: String,
     sha256: String,
-    /// `invite` (create, resend), `read` (show, list), `revoke`.
+    /// `invite` (create, resend), `read` (show, list), `revoke`, `verify` (passwords).
     #[serde(default)]
     scopes: Option<Vec<String>>,
     #[serde(default)]
@@ -191,7 +215,7 @@ impl TryFrom<AdminTokenFile> for AdminToken {
 
     fn try_from(file: AdminTokenFile) -> Result<Self, String> {
         let scopes = match file.scopes {
-            None => Scope::ALL.to_vec(),
+            None => Scope::DEFAULT.to_vec(),
             Some(names) => names
                 .iter()
                 .map(|name| {
@@ -200,7 +224,7 @@ impl TryFrom<AdminTokenFile> for AdminToken {
                         .find(|s| s.as_str() == name)
                         .ok_or_else(|| {
                             format!(
-                                "gateway.admin_tokens `{}`: unknown scope `{name}`; use invite, read or revoke",
+                                "gateway.admin_tokens `{}`: unknown scope `{name}`; use invite, read, revoke or verify",
                                 file.id
                             )
                         })
@@ -229,6 +253,8 @@ pub(crate) struct GatewayDefaults {
     shutdown_timeout_seconds: u64,
     page_rate_limit_per_minute: NonZeroU32,
     admin_rate_limit_per_minute: NonZeroU32,
+    verify_client_rate_limit_per_minute: NonZeroU32,
+    verify_username_rate_limit_per_minute: NonZeroU32,
 }
 
 impl Default for GatewayDefaults {
@@ -248,13 +274,55 @@ impl Default for GatewayDefaults {
             // A hundred a second per token, sustained: above what one IdP's SCIM sync or an HR
             // system sends (bulk files are one request each).
             admin_rate_limit_per_minute: limits::nonzero_u32(6000),
+            // One sign-in a second from one end user's address, sustained (a shared NAT's users
+            // included); a login service that is not a trusted proxy is one client for all.
+            verify_client_rate_limit_per_minute: limits::nonzero_u32(60),
+            // Ten guesses at one account, then one every six seconds: far above what a person
+            // signing in needs, far below what guessing a password needs.
+            verify_username_rate_limit_per_minute: limits::nonzero_u32(10),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Scope;
     use crate::test_support::*;
+
+    #[test]
+    fn verify_is_a_scope_only_when_named_and_its_budgets_have_defaults() {
+        let toml = format!(
+            "{MINIMAL}\n[[gateway.admin_tokens]]\nid = \"ops\"\nsha256 = \"{h}\"\n\
+             [[gateway.admin_tokens]]\nid = \"login\"\nsha256 = \"{h}\"\nscopes = [\"verify\"]\n",
+            h = "ab".repeat(32)
+        );
+        let s = load(&toml).unwrap();
+        let tokens = &s.gateway.admin_tokens;
+        assert_eq!(tokens[0].scopes, Scope::DEFAULT);
+        assert!(!tokens[0].scopes.contains(&Scope::Verify));
+        assert_eq!(tokens[1].scopes, [Scope::Verify]);
+        assert_eq!(s.gateway.verify_client_rate_limit_per_minute.get(), 60);
+        assert_eq!(s.gateway.verify_username_rate_limit_per_minute.get(), 10);
+
+        let err = load(&toml.replace("[\"verify\"]", "[\"login\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown scope `login`; use invite, read, revoke or verify"),
+            "{err}"
+        );
+        let err = load(&MINIMAL.replacen(
+            "[gateway]",
+            "[gateway]\nverify_username_rate_limit_per_minute = 0",
+            1,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gateway.verify_username_rate_limit_per_minute must be at least 1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_named() {

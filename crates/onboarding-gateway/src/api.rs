@@ -55,7 +55,7 @@ pub fn user_view(account: &Onboarding, now: DateTime<Utc>) -> Value {
     })
 }
 
-fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::MalformedJson(NotJson::NotAnObject)),
@@ -73,13 +73,13 @@ fn parse_optional_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Collects per-field problems so one answer names every bad field.
-struct Fields {
+pub(crate) struct Fields {
     map: Map<String, Value>,
     problems: BTreeMap<String, String>,
 }
 
 impl Fields {
-    fn new(map: Map<String, Value>, allowed: &[&str]) -> Self {
+    pub(crate) fn new(map: Map<String, Value>, allowed: &[&str]) -> Self {
         let mut problems = BTreeMap::new();
         for key in map.keys() {
             if !allowed.contains(&key.as_str()) {
@@ -92,7 +92,7 @@ impl Fields {
         Self { map, problems }
     }
 
-    fn string(&mut self, name: &str, required: bool) -> Option<String> {
+    pub(crate) fn string(&mut self, name: &str, required: bool) -> Option<String> {
         match self.map.get(name) {
             None | Some(Value::Null) if required => {
                 self.problems.insert(name.into(), "is required".into());
@@ -133,7 +133,7 @@ impl Fields {
         }
     }
 
-    fn problem(&mut self, name: &str, message: String) {
+    pub(crate) fn problem(&mut self, name: &str, message: String) {
         self.problems.insert(name.into(), message);
     }
 
@@ -141,7 +141,7 @@ impl Fields {
         self.problems.entry(name.into()).or_insert(message);
     }
 
-    fn finish(self) -> Result<(), ApiError> {
+    pub(crate) fn finish(self) -> Result<(), ApiError> {
         if self.problems.is_empty() {
             Ok(())
         } else {

@@ -65,6 +65,7 @@ pub(crate) const USER_RESEND: Endpoint = endpoint("/api/v1/users/{id}/resend", &
 pub(crate) const USER_REVOKE: Endpoint = endpoint("/api/v1/users/{id}/revoke", &[Post]);
 pub(crate) const BULK_UPLOAD: Endpoint = endpoint("/api/v1/bulk-invites", &[Post]);
 pub(crate) const BULK_JOB: Endpoint = endpoint("/api/v1/bulk-invites/{job_id}", &[Get]);
+pub(crate) const CREDENTIALS_VERIFY: Endpoint = endpoint("/api/v1/credentials/verify", &[Post]);
 // The password API and the pages behind the links.
 pub(crate) const PASSWORD_SUBMISSIONS: Endpoint = endpoint("/api/v1/password-submissions", &[Post]);
 pub(crate) const CONFIRM_PAGE: Endpoint = endpoint("/confirm", &[Get, Head]);
@@ -88,6 +89,7 @@ pub(crate) const ROUTED: &[&Endpoint] = &[
     &USER_REVOKE,
     &BULK_UPLOAD,
     &BULK_JOB,
+    &CREDENTIALS_VERIFY,
     &PASSWORD_SUBMISSIONS,
     &CONFIRM_PAGE,
     &CONFIRM_FORM,

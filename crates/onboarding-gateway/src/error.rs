@@ -58,6 +58,11 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("too many requests with this admin token; retry in {0} seconds (gateway.admin_rate_limit_per_minute)")]
     TokenRateLimited(u64),
+    #[error("too many sign-in attempts for this username; retry in {0} seconds")]
+    UsernameRateLimited(u64),
+    /// One answer for a wrong password, an unknown username and an account that is not active.
+    #[error("the username or password is wrong")]
+    InvalidCredentials,
     #[error("this admin token lacks the `{0}` scope; use a token that has it")]
     Forbidden(&'static str),
     #[error("this Idempotency-Key was already used for a different request; use a new key for a new request")]
@@ -117,9 +122,10 @@ impl ApiError {
             Self::Unstorable { .. } => ("unstorable_value", StatusCode::BAD_REQUEST),
             Self::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
-            Self::RateLimited(_) | Self::TokenRateLimited(_) => {
+            Self::RateLimited(_) | Self::TokenRateLimited(_) | Self::UsernameRateLimited(_) => {
                 ("rate_limited", StatusCode::TOO_MANY_REQUESTS)
             }
+            Self::InvalidCredentials => ("invalid_credentials", StatusCode::UNAUTHORIZED),
             Self::Forbidden(_) => ("insufficient_scope", StatusCode::FORBIDDEN),
             Self::IdempotencyMismatch => {
                 ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY)
@@ -207,7 +213,9 @@ impl ApiError {
     /// Seconds after which a refused request may succeed, for `Retry-After`.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited(s) | Self::TokenRateLimited(s) => Some(*s),
+            Self::RateLimited(s) | Self::TokenRateLimited(s) | Self::UsernameRateLimited(s) => {
+                Some(*s)
+            }
             Self::Unavailable(_) | Self::Refused(OnboardingError::HashingFailed) => {
                 Some(UNAVAILABLE_RETRY_AFTER_SECONDS)
             }

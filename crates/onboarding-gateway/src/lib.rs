@@ -38,6 +38,7 @@ mod routes;
 mod scim;
 mod state;
 mod throttle;
+mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

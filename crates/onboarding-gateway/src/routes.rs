@@ -21,7 +21,7 @@ use crate::error::{recover, respond, ApiError, Refusal};
 use crate::request_id::{echo_request_id, x_request_id};
 use crate::state::with_state;
 use crate::throttle::RouteGroup;
-use crate::{api, bulk, health, pages, scim, AppState};
+use crate::{api, bulk, health, pages, scim, verify, AppState};
 
 /// Every route of the gateway: each answer repeats the caller's `X-Request-Id` and is counted in
 /// the HTTP metrics; a `405` lists the methods the path takes in `Allow`.
@@ -55,10 +55,12 @@ pub fn routes(
         }))
 }
 
-/// `/api/v1/users` and `/api/v1/bulk-invites`: each admitted by [`admin`] after its body was
-/// read (an oversized body is answered 413 first), except bulk uploads.
+/// `/api/v1/users`, `/api/v1/bulk-invites` and `/api/v1/credentials/verify`: each admitted by
+/// [`admin`] after its body was read (an oversized body is answered 413 first), except bulk
+/// uploads.
 fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let json_body = limited_body(state.settings.gateway.max_body_bytes);
+    let json_body_for_verify = json_body.clone();
     let idempotency_key = warp::header::optional::<String>("idempotency-key");
     let create = at(&endpoints::USERS_CREATE)
         .and(idempotency_key)
@@ -98,8 +100,13 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         ))
         .then(bulk::upload);
     let bulk_show = at_with_id(&endpoints::BULK_JOB)
-        .and(admin(state, RouteGroup::Bulk))
+        .and(admin(state.clone(), RouteGroup::Bulk))
         .then(|id, state, grant| bulk::show(state, grant, id));
+    let verify = at(&endpoints::CREDENTIALS_VERIFY)
+        .and(json_body_for_verify)
+        .and(admin(state.clone(), RouteGroup::Verify))
+        .and(client(state))
+        .then(|body, state, grant, client| verify::verify(state, grant, client, body));
     create
         .or(list)
         .unify()
@@ -112,6 +119,8 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(bulk_upload)
         .unify()
         .or(bulk_show)
+        .unify()
+        .or(verify)
         .unify()
         .map(respond)
         .boxed()

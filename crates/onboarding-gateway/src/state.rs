@@ -19,6 +19,7 @@ use crate::i18n::TextsError;
 use crate::pages::Pages;
 use crate::readiness::Readiness;
 use crate::throttle::Throttles;
+use crate::verify::Verifier;
 
 /// The gateway's state, shared by every request.
 pub struct AppState {
@@ -35,6 +36,8 @@ pub struct AppState {
     pub(crate) health: Health,
     /// Wakes the bulk invitation runner when a job was recorded (`bulk`).
     pub(crate) bulk: BulkWake,
+    /// Verifies passwords for `POST /api/v1/credentials/verify` (`password_hashing`).
+    pub(crate) verifier: Verifier,
 }
 
 /// Why the gateway could not be built or could not start.
@@ -57,6 +60,8 @@ pub enum GatewayError {
     Config(#[from] onboarding_config::ConfigError),
     #[error("page texts: {0}")]
     Texts(#[from] TextsError),
+    #[error("password_hashing: {0}")]
+    Hashing(String),
 }
 
 impl AppState {
@@ -73,6 +78,7 @@ impl AppState {
             pages: Pages::new(&settings.organisation)?,
             health: Health::new(readiness, metrics),
             bulk: BulkWake::new(&settings.bulk),
+            verifier: Verifier::new(&settings.password_hashing)?,
             store,
             settings,
         })

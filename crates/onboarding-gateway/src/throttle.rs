@@ -60,6 +60,8 @@ pub(crate) enum RouteGroup {
     Bulk,
     /// `/scim2/…`.
     Scim,
+    /// `POST /api/v1/credentials/verify`: the token's budget, the client's and the username's.
+    Verify,
 }
 
 impl RouteGroup {
@@ -70,8 +72,23 @@ impl RouteGroup {
             Self::Api => "api",
             Self::Bulk => "bulk",
             Self::Scim => "scim",
+            Self::Verify => "verify",
         }
     }
+}
+
+/// Requests per minute of each budget.
+struct Budgets {
+    /// The posts, per client (and admin routes without a valid token).
+    public: NonZeroU32,
+    /// The pages, per client.
+    pages: NonZeroU32,
+    /// The admin routes, per admin token.
+    admin: NonZeroU32,
+    /// Password verifications, per client.
+    verify_client: NonZeroU32,
+    /// Password verifications, per username.
+    verify_username: NonZeroU32,
 }
 
 pub(crate) struct Throttles {
@@ -86,6 +103,11 @@ pub(crate) struct Throttles {
     unauthenticated: DefaultKeyedRateLimiter<ClientKey>,
     /// Bounds how many link openings one client can add to the log.
     openings: DefaultKeyedRateLimiter<ClientKey>,
+    /// Password verifications, per client (`gateway.verify_client_rate_limit_per_minute`).
+    verify_clients: DefaultKeyedRateLimiter<ClientKey>,
+    /// Password verifications, per domain and username key
+    /// (`gateway.verify_username_rate_limit_per_minute`).
+    verify_usernames: DefaultKeyedRateLimiter<(String, String)>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`gateway.trusted_proxies`).
     trusted_proxies: Vec<IpNet>,
 }
@@ -93,27 +115,26 @@ pub(crate) struct Throttles {
 impl Throttles {
     pub(crate) fn new(gateway: &GatewaySettings) -> Self {
         Self::with_budgets(
-            gateway.public_rate_limit_per_minute,
-            gateway.page_rate_limit_per_minute,
-            gateway.admin_rate_limit_per_minute,
+            Budgets {
+                public: gateway.public_rate_limit_per_minute,
+                pages: gateway.page_rate_limit_per_minute,
+                admin: gateway.admin_rate_limit_per_minute,
+                verify_client: gateway.verify_client_rate_limit_per_minute,
+                verify_username: gateway.verify_username_rate_limit_per_minute,
+            },
             gateway.trusted_proxies.clone(),
         )
     }
 
-    /// Budgets per minute: `public` for the posts (and for admin routes without a valid
-    /// token), `pages` for the pages, `admin` per admin token.
-    fn with_budgets(
-        public: NonZeroU32,
-        pages: NonZeroU32,
-        admin: NonZeroU32,
-        trusted_proxies: Vec<IpNet>,
-    ) -> Self {
+    fn with_budgets(budgets: Budgets, trusted_proxies: Vec<IpNet>) -> Self {
         Self {
-            forms: per_minute(public),
-            pages: per_minute(pages),
-            tokens: per_minute(admin),
-            unauthenticated: per_minute(public),
+            forms: per_minute(budgets.public),
+            pages: per_minute(budgets.pages),
+            tokens: per_minute(budgets.admin),
+            unauthenticated: per_minute(budgets.public),
             openings: per_minute(OPENINGS_RECORDED_PER_MINUTE),
+            verify_clients: per_minute(budgets.verify_client),
+            verify_usernames: per_minute(budgets.verify_username),
             trusted_proxies,
         }
     }
@@ -155,6 +176,24 @@ impl Throttles {
         check(&self.unauthenticated, &client, group).map_err(ApiError::RateLimited)
     }
 
+    /// Counts one password verification from `client` for `username_key` in `domain`: first
+    /// against the client's budget, then (if that allowed it) against the username's, so that a
+    /// client refused for its own excess does not use up the username's budget.
+    pub(crate) fn verify(
+        &self,
+        client: Option<ClientKey>,
+        domain: &str,
+        username_key: &str,
+    ) -> Result<(), ApiError> {
+        if let Some(client) = client {
+            check(&self.verify_clients, &client, RouteGroup::Verify)
+                .map_err(ApiError::RateLimited)?;
+        }
+        let username = (domain.to_owned(), username_key.to_owned());
+        check(&self.verify_usernames, &username, RouteGroup::Verify)
+            .map_err(ApiError::UsernameRateLimited)
+    }
+
     /// Whether an opening of a link by `client` should still be recorded (at most 10 a minute per
     /// client, so a reload loop cannot flood the log).
     pub(crate) fn record_open(&self, client: Option<ClientKey>) -> bool {
@@ -168,6 +207,8 @@ impl Throttles {
         self.tokens.retain_recent();
         self.unauthenticated.retain_recent();
         self.openings.retain_recent();
+        self.verify_clients.retain_recent();
+        self.verify_usernames.retain_recent();
     }
 }
 
@@ -228,7 +269,16 @@ mod tests {
     #[test]
     fn each_budget_counts_on_its_own_and_says_how_long_to_wait() {
         let n = |n| NonZeroU32::new(n).unwrap();
-        let throttles = Throttles::with_budgets(n(1), n(2), n(1), Vec::new());
+        let throttles = Throttles::with_budgets(
+            Budgets {
+                public: n(1),
+                pages: n(2),
+                admin: n(1),
+                verify_client: n(2),
+                verify_username: n(1),
+            },
+            Vec::new(),
+        );
         let jane = Some(key("2001:db8:1:2::10"));
         let her_other_address = Some(key("2001:db8:1:2::11"));
         let sam = Some(key("198.51.100.7"));
@@ -254,5 +304,18 @@ mod tests {
         assert!(throttles.admin("ops-admin", RouteGroup::Bulk).is_ok());
         // A request without a known client (no peer address) is not counted.
         assert!(throttles.form(None).is_ok() && throttles.form(None).is_ok());
+        // Password checks: the client's budget (2), then the username's (1), in its domain.
+        assert!(throttles.verify(sam, "PRIMARY", "jane").is_ok());
+        assert!(matches!(
+            throttles.verify(jane, "PRIMARY", "jane"),
+            Err(ApiError::UsernameRateLimited(s)) if (1..=60).contains(&s)
+        ));
+        assert!(throttles.verify(sam, "EMPLOYEES", "jane").is_ok());
+        // Sam's two are spent: refused as a client, before Max's budget is touched.
+        assert!(matches!(
+            throttles.verify(sam, "PRIMARY", "max"),
+            Err(ApiError::RateLimited(_))
+        ));
+        assert!(throttles.verify(jane, "PRIMARY", "max").is_ok());
     }
 }

@@ -41,8 +41,8 @@ pub(crate) struct Verifier {
 impl Verifier {
     /// Makes the dummy hash: one hash at the configured cost, when the gateway starts.
     pub(crate) fn new(settings: &PasswordHashingSettings) -> Result<Self, GatewayError> {
-        let hasher = Argon2Hasher::configured(settings)
-            .map_err(|e| GatewayError::Hashing(e.to_string()))?;
+        let hasher =
+            Argon2Hasher::configured(settings).map_err(|e| GatewayError::Hashing(e.to_string()))?;
         let dummy = hasher
             .dummy()
             .map_err(|e| GatewayError::Hashing(e.to_string()))?;

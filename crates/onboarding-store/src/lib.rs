@@ -303,15 +303,9 @@ pub fn services(settings: &Settings) -> Result<OnboardingServices, ServicesError
         None => CommonPasswords::default(),
     };
     Ok(OnboardingServices {
-        hasher: Arc::new(Argon2Hasher::with_params(
-            argon2::Params::new(
-                settings.password_hashing.memory_kib,
-                settings.password_hashing.iterations,
-                settings.password_hashing.parallelism,
-                None,
-            )
-            .map_err(ServicesError::Hashing)?,
-        )),
+        hasher: Arc::new(
+            Argon2Hasher::configured(&settings.password_hashing).map_err(ServicesError::Hashing)?,
+        ),
         keyring: Arc::new(keyring(settings)?),
         policy: PasswordPolicy {
             min_length: policy.min_length,
