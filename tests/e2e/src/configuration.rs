@@ -18,6 +18,10 @@ pub struct Options {
     pub page_rate_limit_per_minute: u32,
     /// `gateway.admin_rate_limit_per_minute`: per admin token, over the API, bulk and SCIM.
     pub admin_rate_limit_per_minute: u32,
+    /// `gateway.verify_client_rate_limit_per_minute`: password checks per client.
+    pub verify_client_rate_limit_per_minute: u32,
+    /// `gateway.verify_username_rate_limit_per_minute`: password checks per username.
+    pub verify_username_rate_limit_per_minute: u32,
     pub resend_cooldown_seconds: i64,
     /// `identity_mgt.user_onboarding.expiry_scan_seconds`: 1, so tests see the scheduler soon.
     pub expiry_scan_seconds: u64,
@@ -39,6 +43,8 @@ impl Default for Options {
             public_rate_limit_per_minute: 600,
             page_rate_limit_per_minute: 600,
             admin_rate_limit_per_minute: 6000,
+            verify_client_rate_limit_per_minute: 600,
+            verify_username_rate_limit_per_minute: 600,
             resend_cooldown_seconds: 0,
             expiry_scan_seconds: 1,
             smtp_port: None,
@@ -63,11 +69,13 @@ pub(crate) struct Stack<'a> {
     pub admin_token: &'a str,
     pub reader_token: &'a str,
     pub revoked_token: &'a str,
+    pub verifier_token: &'a str,
     pub code_key: &'a [u8; 32],
 }
 
 /// The stack's `onboard.toml`: short code validity and scan interval, three attempts per mail,
-/// an admin token, a read-only one and a revoked one.
+/// an admin token (the default scopes), a read-only one, a revoked one and a login service's
+/// (`verify` only).
 pub(crate) fn onboard_toml(stack: &Stack, options: &Options) -> String {
     let Stack {
         name,
@@ -125,6 +133,8 @@ max_body_bytes = {max_body}
 public_rate_limit_per_minute = {rate}
 page_rate_limit_per_minute = {page_rate}
 admin_rate_limit_per_minute = {admin_rate}
+verify_client_rate_limit_per_minute = {verify_client_rate}
+verify_username_rate_limit_per_minute = {verify_username_rate}
 
 [[gateway.admin_tokens]]
 id = "e2e-admin"
@@ -139,6 +149,11 @@ scopes = ["read"]
 id = "e2e-revoked"
 sha256 = "{revoked_hash}"
 revoked = true
+
+[[gateway.admin_tokens]]
+id = "e2e-login-service"
+sha256 = "{verifier_hash}"
+scopes = ["verify"]
 
 [codes]
 active_key = "k1"
@@ -160,12 +175,15 @@ name = "Pickup"
         rate = options.public_rate_limit_per_minute,
         page_rate = options.page_rate_limit_per_minute,
         admin_rate = options.admin_rate_limit_per_minute,
+        verify_client_rate = options.verify_client_rate_limit_per_minute,
+        verify_username_rate = options.verify_username_rate_limit_per_minute,
         cooldown = options.resend_cooldown_seconds,
         expiry_scan = options.expiry_scan_seconds,
         kafka_settings = options.kafka_settings,
         token_hash = sha256_hex(stack.admin_token),
         reader_hash = sha256_hex(stack.reader_token),
         revoked_hash = sha256_hex(stack.revoked_token),
+        verifier_hash = sha256_hex(stack.verifier_token),
         key = base64::engine::general_purpose::STANDARD.encode(stack.code_key),
         common_passwords = COMMON_PASSWORDS,
         user_store = options.user_store.as_deref().unwrap_or_default(),

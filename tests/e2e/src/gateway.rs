@@ -91,6 +91,25 @@ impl Stack {
         .unwrap()
     }
 
+    /// `POST /api/v1/credentials/verify` with `token`: the status, the JSON answer and its
+    /// `Retry-After`.
+    pub async fn verify(&self, token: &str, body: Value) -> (u16, Value, Option<String>) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/credentials/verify"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, r.json().await.unwrap(), retry_after)
+    }
+
     /// `POST /api/v1/password-submissions`: the status and the JSON answer.
     pub async fn submit_password(&self, code: &str, password: &str) -> (u16, Value) {
         let r = self

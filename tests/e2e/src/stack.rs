@@ -25,6 +25,8 @@ pub struct Stack {
     /// A token with only the `read` scope, and one that is revoked.
     pub reader_token: String,
     pub revoked_token: String,
+    /// A login service's token: the `verify` scope only.
+    pub verifier_token: String,
     pub topic: String,
     pub http: reqwest::Client,
     procs: Mutex<HashMap<String, Child>>,
@@ -101,6 +103,7 @@ impl Stack {
         let admin_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
         let reader_token = unique("reader-");
         let revoked_token = unique("revoked-");
+        let verifier_token = unique("verifier-");
         let mut code_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut code_key);
         let topic = format!("e2e.{name}.{id}");
@@ -122,6 +125,7 @@ impl Stack {
                 admin_token: &admin_token,
                 reader_token: &reader_token,
                 revoked_token: &revoked_token,
+                verifier_token: &verifier_token,
                 code_key: &code_key,
             },
             &options,
@@ -137,6 +141,7 @@ impl Stack {
             admin_token,
             reader_token,
             revoked_token,
+            verifier_token,
             topic,
 
             http: reqwest::Client::builder()

@@ -1,8 +1,9 @@
 //! The password credential: after activation the argon2id hash is in `credentials` and in no
 //! event payload, outbox row, dead letter or Kafka record; a log written before the hash left it
 //! still verifies, replays and loads, and its hashes move into `credentials` (docs/adr/0018).
+//! A login service checks passwords with `POST /api/v1/credentials/verify` (docs/adr/0019).
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 
 use onboarding_e2e::{Options, Stack};
@@ -287,5 +288,268 @@ async fn a_log_written_before_the_hash_left_it_still_verifies_replays_and_loads_
         .await;
     for r in &records {
         assert!(!r.raw_value.contains(&secret), "{}", r.raw_value);
+    }
+
+    // The moved hash opens her account: a login service verifies the old password.
+    stack.spawn("gateway");
+    stack.wait_ready().await;
+    let (status, body, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Olga", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str());
+}
+
+// ---- The engine as a password authority: POST /api/v1/credentials/verify ----
+
+/// Invites `username` through the API, opens the mailed code and sets `PASSWORD`: the user id.
+async fn activated(stack: &Stack, username: &str) -> String {
+    let (id, _, mail) = stack.invite_mailed(username).await;
+    let (status, body) = stack.submit_password(&mail.code(), PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    id
+}
+
+#[tokio::test]
+async fn a_login_service_verifies_janes_password_and_learns_nothing_from_a_refusal() {
+    let stack = Stack::start("credentials_verify", Options::default()).await;
+    let jane = activated(&stack, "Jane").await;
+    let (pending, _, _) = stack.invite_mailed("Pending").await;
+
+    // The right password: 200 with Jane's id, whatever the case of her name.
+    for username in ["Jane", "jane"] {
+        let (status, body, _) = stack
+            .verify(
+                &stack.verifier_token,
+                json!({"username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["id"], jane.as_str());
+        assert_eq!(body["username"], "Jane");
+        assert_eq!(body["domain"], "PRIMARY");
+    }
+    let (status, body, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Jane", "password": PASSWORD, "domain": "primary"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A wrong password, a username nobody holds, an account that is not active, a domain where
+    // she has no account: one answer, byte for byte.
+    let refused =
+        json!({"error": "invalid_credentials", "message": "the username or password is wrong"});
+    for attempt in [
+        json!({"username": "Jane", "password": "Pickup rides at dusk 42"}),
+        json!({"username": "Nobody", "password": PASSWORD}),
+        json!({"username": "Pending", "password": PASSWORD}),
+        json!({"username": "Jane", "password": PASSWORD, "domain": "EMPLOYEES"}),
+        json!({"username": "Jane", "password": ""}),
+    ] {
+        let (status, body, _) = stack.verify(&stack.verifier_token, attempt.clone()).await;
+        assert_eq!((status, &body), (401, &refused), "{attempt}");
+    }
+    assert_eq!(stack.user(&pending).await["state"], "CodeIssued");
+
+    // The token must carry the `verify` scope; the default scopes do not include it.
+    let (status, body, _) = stack
+        .verify(
+            &stack.admin_token,
+            json!({"username": "Jane", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "insufficient_scope");
+    assert!(
+        body["message"].as_str().unwrap().contains("`verify`"),
+        "{body}"
+    );
+    let (status, body, _) = stack
+        .verify(
+            "not-a-token",
+            json!({"username": "Jane", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+
+    // Bad requests name the field, never echo the password.
+    let (status, body, _) = stack
+        .verify(&stack.verifier_token, json!({"username": "Jane"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["fields"]["password"], "is required");
+    let (status, body, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Jane", "password": PASSWORD, "remember": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains(PASSWORD), "{body}");
+
+    // No process logged the password.
+    for process in ["gateway", "relay", "email-worker", "scheduler"] {
+        assert!(
+            !stack.logs_of(process).contains(PASSWORD),
+            "{process} logged the password"
+        );
+    }
+}
+
+#[tokio::test]
+async fn verification_is_throttled_per_username_and_per_client_with_retry_after() {
+    let stack = Stack::start(
+        "credentials_throttle",
+        Options {
+            verify_client_rate_limit_per_minute: 6,
+            verify_username_rate_limit_per_minute: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    activated(&stack, "Jane").await;
+    activated(&stack, "Max").await;
+    let wrong = json!({"username": "Jane", "password": "not her password at all"});
+    let right = json!({"username": "Jane", "password": PASSWORD});
+
+    // Three failed attempts use up Jane's budget: the fourth is refused before any hash, even
+    // with the right password.
+    for _ in 0..3 {
+        let (status, body, _) = stack.verify(&stack.verifier_token, wrong.clone()).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, body, retry_after) = stack.verify(&stack.verifier_token, right.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too many sign-in attempts for this username"),
+        "{body}"
+    );
+    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&seconds), "{seconds}");
+
+    // Another username has its own budget, until the client's (six) runs out.
+    for _ in 0..2 {
+        let (status, body, _) = stack
+            .verify(
+                &stack.verifier_token,
+                json!({"username": "Max", "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body, retry_after) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Max", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too many requests from this client"),
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("onboard_rate_limited_total{group=\"verify\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("onboard_credential_verifications_total{outcome=\"rejected\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn after_the_cost_is_raised_a_correct_password_is_rehashed_and_still_verifies() {
+    let stack = Stack::start("credentials_rehash", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let jane = activated(&stack, "Jane").await;
+    let (before, scheme) = credential(&pool, &jane).await.unwrap();
+    assert_eq!(scheme, ("argon2id".to_owned(), 19, 19456, 2, 1));
+    let events_before = stack.cli(&["events", &jane]).stdout.len();
+
+    // The operator raises the cost and restarts the gateway.
+    let mut config = std::fs::read_to_string(&stack.config).unwrap();
+    config.push_str("\n[password_hashing]\nmemory_kib = 24576\niterations = 3\nparallelism = 1\n");
+    std::fs::write(&stack.config, config).unwrap();
+    stack.signal("gateway", "TERM");
+    stack.spawn("gateway");
+    stack.wait_ready().await;
+
+    // A wrong password changes nothing.
+    let (status, _, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Jane", "password": "wrong wrong wrong"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(credential(&pool, &jane).await.unwrap().0, before);
+
+    // Her password verifies, and her credential is now at the raised cost.
+    let (status, body, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Jane", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (after, scheme) = credential(&pool, &jane).await.unwrap();
+    assert_ne!(after, before);
+    assert!(after.starts_with("$argon2id$v=19$m=24576,t=3,p=1$"));
+    assert_eq!(scheme, ("argon2id".to_owned(), 19, 24576, 3, 1));
+    assert!(stack
+        .logs_of("gateway")
+        .contains("password rehashed at the configured cost"));
+
+    // The new hash verifies the same password, and is not made again.
+    let (status, body, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Jane", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(credential(&pool, &jane).await.unwrap().0, after);
+    let (status, _, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": "Jane", "password": "wrong wrong wrong"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // A rehash records no event: the log is as it was.
+    assert_eq!(stack.cli(&["events", &jane]).stdout.len(), events_before);
+    for table in ["events", "outbox", "outbox_dead_letter"] {
+        assert_eq!(
+            rows_containing(&pool, table, hash_part(&after)).await,
+            0,
+            "{table}"
+        );
     }
 }
