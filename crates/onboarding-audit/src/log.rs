@@ -12,8 +12,8 @@ use uuid::Uuid;
 const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, recorded_at, prev_hash, hash";
 
-/// One event as an auditor reads it: everything stored, hashes in hex, the password hash
-/// redacted (it never leaves the event store).
+/// One event as an auditor reads it: everything stored, hashes in hex, and the password hash of a
+/// `PasswordSet` 1.0 row redacted (later rows hold none: it is in `credentials`, docs/adr/0018).
 #[derive(Debug, Clone, Serialize)]
 pub struct LogEvent {
     pub global_position: i64,

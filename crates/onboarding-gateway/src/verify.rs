@@ -19,7 +19,7 @@ use onboarding_config::{PasswordHashingSettings, Scope};
 use onboarding_domain::password::Password;
 use onboarding_domain::value::{UserDomain, Username};
 use onboarding_domain::PasswordHasher as _;
-use onboarding_store::{Argon2Hasher, Credential};
+use onboarding_store::{ActiveCredential, Argon2Hasher, Credential};
 use secrecy::SecretString;
 use serde_json::json;
 use warp::reply::Response;
@@ -84,19 +84,19 @@ pub(crate) async fn verify(
         .verify(client, domain.as_str(), &key)
         .inspect_err(|_| outcome("rate_limited"))?;
 
-    let credential = state
+    let found = state
         .store
         .credentials()
         .of_active_user(domain.as_str(), &key)
         .await
         .inspect_err(|_| outcome("error"))?;
     let verifier = &state.verifier;
+    let credential = found.as_ref().map(|f| &f.credential);
     // The password once more, for a rehash, only when one will be due.
     let rehash_with = credential
-        .as_ref()
         .filter(|c| c.scheme.is_weaker_than(&verifier.hasher.scheme()))
         .map(|_| Password::new(password.expose()));
-    let against = match &credential {
+    let against = match credential {
         Some(c) => c.phc.clone(),
         None => verifier.dummy.clone(),
     };
@@ -108,8 +108,11 @@ pub(crate) async fn verify(
             outcome("error");
             ApiError::Internal(Box::new(e))
         })?;
-    let credential = match credential {
-        Some(c) if right => c,
+    let ActiveCredential {
+        credential,
+        username,
+    } = match found {
+        Some(found) if right => found,
         _ => {
             outcome("rejected");
             return Err(ApiError::InvalidCredentials);
@@ -122,7 +125,7 @@ pub(crate) async fn verify(
     }
     Ok(warp::reply::json(&json!({
         "id": credential.user_id,
-        "username": username.as_str(),
+        "username": username,
         "domain": domain.as_str(),
     }))
     .into_response())

@@ -33,6 +33,16 @@ pub struct Credential {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An active account's credential, with its username as invited (`Jane`, whatever case the
+/// caller used to find it).
+#[derive(Debug, Clone)]
+pub struct ActiveCredential {
+    /// The credential.
+    pub credential: Credential,
+    /// The account's username as it was invited.
+    pub username: String,
+}
+
 /// The `credentials` table.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -60,6 +70,20 @@ type Row = (
     DateTime<Utc>,
 );
 
+/// A [`Row`] and the account's username.
+type ActiveRow = (
+    Uuid,
+    String,
+    String,
+    i32,
+    i32,
+    i32,
+    i32,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<String>,
+);
+
 impl Credentials {
     /// The table, on this pool.
     pub fn new(pool: PgPool) -> Self {
@@ -80,23 +104,39 @@ impl Credentials {
     }
 
     /// The credential of the account holding `username_key` (as `Username::key` spells it) in
-    /// `domain`, if that account is active: what a sign-in checks a password against. `None`
-    /// alike for a name nobody holds, an account not yet (or no longer) active, and an account
-    /// without a credential, so that the caller cannot tell them apart.
+    /// `domain`, if that account is active, with its username as invited: what a sign-in checks
+    /// a password against. `None` alike for a name nobody holds, an account not yet (or no
+    /// longer) active, and an account without a credential, so that the caller cannot tell them
+    /// apart.
     pub async fn of_active_user(
         &self,
         domain: &str,
         username_key: &str,
-    ) -> Result<Option<Credential>, StoreError> {
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT c.user_id, c.phc, c.algorithm, c.version, c.memory_kib, c.iterations,              c.parallelism, c.created_at, c.updated_at              FROM usernames u              JOIN account_states a ON a.user_id = u.user_id AND a.state = 'Active'              JOIN credentials c ON c.user_id = u.user_id              WHERE u.domain = $1 AND u.username_key = $2",
+    ) -> Result<Option<ActiveCredential>, StoreError> {
+        let row: Option<(Row, Option<String>)> = sqlx::query_as::<_, ActiveRow>(
+            "SELECT c.user_id, c.phc, c.algorithm, c.version, c.memory_kib, c.iterations, \
+             c.parallelism, c.created_at, c.updated_at, a.username \
+             FROM usernames u \
+             JOIN account_states a ON a.user_id = u.user_id AND a.state = 'Active' \
+             JOIN credentials c ON c.user_id = u.user_id \
+             WHERE u.domain = $1 AND u.username_key = $2",
         )
         .bind(domain)
         .bind(username_key)
         .fetch_optional(&self.pool)
         .await
-        .map_err(db)?;
-        row.map(credential).transpose()
+        .map_err(db)?
+        .map(|(id, phc, alg, v, m, t, p, created, updated, username)| {
+            ((id, phc, alg, v, m, t, p, created, updated), username)
+        });
+        let Some((row, username)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ActiveCredential {
+            credential: credential(row)?,
+            // Every invited account has its username in `account_states`.
+            username: username.unwrap_or_default(),
+        }))
     }
 
     /// Replaces the credential `old` (as [`Credentials::current`] returned it) with `new`, if

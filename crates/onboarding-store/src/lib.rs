@@ -45,7 +45,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 pub use accounts::{run_scheduler, AccountFilter, AccountSummary};
-pub use credentials::{Credential, Credentials};
+pub use credentials::{ActiveCredential, Credential, Credentials};
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
