@@ -490,6 +490,10 @@ async fn after_the_cost_is_raised_a_correct_password_is_rehashed_and_still_verif
     let jane = activated(&stack, "Jane").await;
     let (before, scheme) = credential(&pool, &jane).await.unwrap();
     assert_eq!(scheme, ("argon2id".to_owned(), 19, 19456, 2, 1));
+    // The welcome mail's record is the last event the activation causes: count after it.
+    stack
+        .user_records(&jane, &["onboard.user.welcome_mail_sent.v1"])
+        .await;
     let events_before = stack.cli(&["events", &jane]).stdout.len();
 
     // The operator raises the cost and restarts the gateway.
