@@ -1,5 +1,5 @@
 //! `POST /api/v1/credentials/verify`: the engine as a password authority for a login service
-//! (docs/adr/0024). The caller's admin token needs the `verify` scope; the answer is `200` with
+//! (docs/adr/0026). The caller's admin token needs the `verify` scope; the answer is `200` with
 //! the account's id, or one `401 invalid_credentials` for a wrong password, an unknown username
 //! and an account that is not active alike.
 //!
@@ -9,7 +9,7 @@
 //! - Throttled per client and per username (`throttle.rs`), before any hash work; every
 //!   attempt, failed or not, counts against the username's budget.
 //! - A correct password whose hash was made at a lower cost than `[password_hashing]` now asks
-//!   for is hashed again and its credential replaced (no event: docs/adr/0024).
+//!   for is hashed again and its credential replaced (no event: docs/adr/0026).
 //! - The password is in no log line and no answer; it leaves this module only into the hasher.
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The password credential: after activation the argon2id hash is in `credentials` and in no
 //! event payload, outbox row, dead letter or Kafka record; a log written before the hash left it
 //! still verifies, replays and loads, and its hashes move into `credentials` (docs/adr/0018).
-//! A login service checks passwords with `POST /api/v1/credentials/verify` (docs/adr/0024).
+//! A login service checks passwords with `POST /api/v1/credentials/verify` (docs/adr/0026).
 
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
