@@ -11,9 +11,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// The levels without `ONBOARD_LOG`. warp's own lines about each request are left out: the
+/// gateway writes one `request answered` line per request itself, in the request's span.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,rdkafka=warn,warp::filters::trace=off";
+
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ONBOARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

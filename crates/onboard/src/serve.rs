@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use onboarding_config::Settings;
 use onboarding_email_worker::EmailWorker;
 use onboarding_gateway::{AppState, DirectoryCheck, Readiness, Role};
@@ -89,6 +89,11 @@ impl Components {
 
 fn metrics() -> Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(onboarding_gateway::TIME_TO_ACTIVATE.to_owned()),
+            &onboarding_gateway::TIME_TO_ACTIVATE_BUCKETS,
+        )
+        .context("the buckets of onboard_time_to_activate_seconds")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let upkeep = handle.clone();

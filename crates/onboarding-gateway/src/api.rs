@@ -440,6 +440,27 @@ pub(crate) fn note_wrong_code(route: WrongCodeRoute, code: impl Into<PresentedCo
     );
 }
 
+/// The histogram of the time from an invitation to its account's activation, in seconds,
+/// observed by the gateway that activates the account (its buckets: [`TIME_TO_ACTIVATE_BUCKETS`]).
+pub const TIME_TO_ACTIVATE: &str = "onboard_time_to_activate_seconds";
+
+/// The buckets of [`TIME_TO_ACTIVATE`]: a minute, 5 and 15 minutes, an hour, 3, 6 and 12 hours,
+/// then 1, 2, 3, 7 and 14 days.
+pub const TIME_TO_ACTIVATE_BUCKETS: [f64; 12] = [
+    60.0,
+    300.0,
+    900.0,
+    3_600.0,
+    10_800.0,
+    21_600.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    259_200.0,
+    604_800.0,
+    1_209_600.0,
+];
+
 /// Runs a password submission through the aggregate. Shared by the API and the page.
 pub async fn submit_password(
     state: &AppState,
@@ -471,6 +492,10 @@ pub async fn submit_password(
     result?;
     tracing::info!(%user_id, "password set; account active");
     let account = load(state, user_id).await?;
+    if let (Some(invited), Some(activated)) = (account.created_at, account.activated_at) {
+        metrics::histogram!(TIME_TO_ACTIVATE)
+            .record((activated - invited).num_milliseconds().max(0) as f64 / 1000.0);
+    }
     Ok((user_id, account.activated_at.unwrap_or_else(Utc::now)))
 }
 

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::Grant;
-pub use api::user_view;
+pub use api::{user_view, TIME_TO_ACTIVATE, TIME_TO_ACTIVATE_BUCKETS};
 pub use connections::Limits;
 pub use error::ApiError;
 pub use health::serve_metrics;

@@ -1,5 +1,6 @@
 //! The caller's `X-Request-Id`: kept as the correlation id of the events an admin request
-//! records, and repeated on every answer.
+//! records, repeated on every answer, and a field of the span every log line of the request is
+//! written in (a fresh UUID when the caller sent none that can be kept).
 
 use std::convert::Infallible;
 
@@ -46,6 +47,25 @@ pub(crate) fn x_request_id(
         // warp refuses a header value that is not text.
         .or(warp::any().map(|| Err(())))
         .unify()
+}
+
+/// The span of one request: every log line written while the gateway handles it carries its
+/// `request_id` (the caller's `X-Request-Id`, or a fresh UUID when there is none that can be
+/// kept), `method` and `path` (never the query, which holds the codes of the links).
+pub(crate) fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
+    let request_id = info
+        .request_headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| acceptable_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %info.method(),
+        path = %info.path(),
+    )
 }
 
 /// Repeats the caller's `X-Request-Id` on the answer, so that the caller's log and ours meet.

@@ -18,13 +18,15 @@ use crate::body::{limited_body, limited_body_as};
 use crate::client::client;
 use crate::endpoints::{self, at, at_with_id};
 use crate::error::{recover, respond, ApiError, Refusal};
-use crate::request_id::{echo_request_id, x_request_id};
+use crate::request_id::{echo_request_id, request_span, x_request_id};
 use crate::state::with_state;
 use crate::throttle::RouteGroup;
 use crate::{api, bulk, health, pages, scim, verify, AppState};
 
-/// Every route of the gateway: each answer repeats the caller's `X-Request-Id` and is counted in
-/// the HTTP metrics; a `405` lists the methods the path takes in `Allow`.
+/// Every route of the gateway: each answer repeats the caller's `X-Request-Id`, is counted in
+/// the HTTP metrics and logged (`request answered`; at debug for health and metrics, which
+/// probes and scrapers call all the time); a `405` lists the methods the path takes in `Allow`.
+/// Everything the request logs is written in its span ([`request_span`]), with its request id.
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
@@ -52,7 +54,15 @@ pub fn routes(
             .increment(1);
             metrics::histogram!("onboard_http_request_seconds")
                 .record(info.elapsed().as_secs_f64());
+            let status = info.status().as_u16();
+            let elapsed_ms = info.elapsed().as_millis() as u64;
+            if matches!(info.path(), "/healthz" | "/readyz" | "/metrics") {
+                tracing::debug!(status, elapsed_ms, "request answered");
+            } else {
+                tracing::info!(status, elapsed_ms, "request answered");
+            }
         }))
+        .with(warp::trace(request_span))
 }
 
 /// `/api/v1/users`, `/api/v1/bulk-invites` and `/api/v1/credentials/verify`: each admitted by

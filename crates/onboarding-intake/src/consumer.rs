@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use onboarding_config::Settings;
-use onboarding_kafka::{group_consumer_config, producer, subscribe, ClientError};
+use onboarding_kafka::{group_consumer_config, producer, subscribe, ClientError, Watchdog};
 use onboarding_store::{Store, StoreError};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -41,6 +41,9 @@ pub struct Intake {
     consumer: StreamConsumer,
     consumer_config: rdkafka::ClientConfig,
     producer: FutureProducer,
+    /// Measures each partition's lag (gauge `onboard_intake_lag`); the intake does not rejoin on
+    /// a stall, it only reports.
+    watchdog: Watchdog,
 }
 
 impl Intake {
@@ -54,6 +57,11 @@ impl Intake {
         )?;
         Ok(Self {
             producer: producer(&settings.kafka)?,
+            watchdog: Watchdog::new(
+                &settings.intake.requests_topic,
+                Duration::MAX,
+                "onboard_intake_lag",
+            ),
             store,
             settings,
             consumer,
@@ -66,6 +74,7 @@ impl Intake {
         tracing::info!(topic = %self.settings.intake.requests_topic, "intake started");
         let mut disrupted = false;
         loop {
+            self.measure_lag();
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = tokio::time::timeout(Duration::from_secs(10), self.consumer.recv()) => m,
@@ -114,6 +123,17 @@ impl Intake {
             self.consumer.store_offset_from_message(&msg)?;
         }
         self.close()
+    }
+
+    /// Measures each partition's lag when the last measurement is older than
+    /// [`onboarding_kafka::watchdog::CHECK_EVERY`] (blocking calls to the broker).
+    fn measure_lag(&mut self) {
+        if !self.watchdog.due() {
+            return;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer)) {
+            tracing::debug!(error = %e, "cannot measure the intake's lag");
+        }
     }
 
     fn close(self) -> Result<(), IntakeError> {

@@ -1,6 +1,6 @@
 //! Keeps a consumer group moving: measures each partition's lag and notices a partition whose
 //! records wait while nobody reads them. The email worker and the provisioner each run one over
-//! their own group (docs/adr/0004).
+//! their own group (docs/adr/0004); the intake only measures its lag.
 //!
 //! A consumer group can leave a partition with unread records and no reader, without an error on
 //! any side: tansu's coordinator handed a restarted worker an empty assignment while the killed
@@ -36,7 +36,8 @@ pub struct PartitionLag {
 /// Measures one topic's partitions for one consumer group and tells which ones stall.
 pub struct Watchdog {
     topic: String,
-    /// The gauge the lag is published as (`onboard_consumer_lag` for the email worker).
+    /// The gauge the lag is published as: `onboard_consumer_lag` (the email worker),
+    /// `onboard_provisioner_lag`, `onboard_intake_lag`.
     gauge: &'static str,
     stall: Duration,
     /// Per partition: the committed offset and since when it has not moved.

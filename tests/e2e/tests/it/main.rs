@@ -14,6 +14,7 @@ mod flow;
 mod intake;
 mod kafka_security;
 mod links;
+mod observability;
 mod openapi;
 mod outage;
 mod provisioning;

@@ -1,0 +1,307 @@
+//! What an operator reads: the gateway's JSON log, in which every line written while it handles
+//! a request carries that request's id (the caller's `X-Request-Id`, or one the gateway made);
+//! the time-to-activate histogram on the gateway's `/metrics`; the intake's consumer lag on its
+//! own `/metrics`. Real processes, real PostgreSQL, broker and MailDev.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use onboarding_e2e::{free_port, unique, Options, Stack};
+
+const PASSWORD: &str = "Pickup rides at dawn 42";
+
+/// The gateway's log, each line parsed; fails the test on a line that is not one JSON object.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}"));
+            assert!(v.is_object(), "a log line is not a JSON object: {l}");
+            v
+        })
+        .collect()
+}
+
+/// The request id of the request a line was written in, if any.
+fn request_id_of(line: &Value) -> Option<&str> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "request")
+        .map(|s| {
+            s["request_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a line in a request's span without its id: {line}"))
+        })
+}
+
+fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or_default()
+}
+
+/// The lines written in the request with id `id`.
+fn lines_of<'a>(lines: &'a [Value], id: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| request_id_of(l) == Some(id))
+        .collect()
+}
+
+/// One sample of `name` (with its labels, as written) from a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn page(stack: &Stack, url: &str) -> String {
+    stack
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_line_of_a_request_in_the_json_log_carries_its_request_id() {
+    let stack = Stack::new("json_logs", Options::default()).await;
+    let intake = format!("127.0.0.1:{}", free_port());
+    stack.spawn_with_env(
+        "gateway",
+        &[("ONBOARD_LOG_FORMAT", "json"), ("ONBOARD_LOG", "info")],
+    );
+    stack.spawn("relay");
+    stack.spawn("email-worker");
+    stack.spawn_with_env(
+        "intake",
+        &[("ONBOARD__OBSERVABILITY__METRICS_BIND", &intake)],
+    );
+    stack.wait_ready().await;
+
+    // Sam invites Jane, with his request id.
+    let email = format!("{}@pickup.example", unique("jane."));
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .header("X-Request-Id", "sam-4711")
+        .json(&json!({"username": "Jane", "email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let jane = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mail = stack.wait_for_mail(&email).await;
+
+    // Jane sets her password through the API (her request carries no id: the gateway makes one).
+    let (status, body) = stack.submit_password(&mail.code(), PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    // A refused request is logged in its span too.
+    let r = stack
+        .admin(stack.http.get(stack.url("/api/v1/users/not-a-uuid")))
+        .header("X-Request-Id", "sam-4712")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The lines are written when the answer has gone; wait for the last request's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = json_lines(&stack.logs_of("gateway"));
+        if !lines_of(&lines, "sam-4712").is_empty() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line of request sam-4712 after 30 s; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for line in &lines {
+        for key in ["timestamp", "level", "target"] {
+            assert!(line[key].is_string(), "no {key} in {line}");
+        }
+        assert!(!message(line).is_empty(), "no message in {line}");
+    }
+
+    // The invitation: the handler's line and the answer's, both with Sam's id, method and path.
+    let invitation = lines_of(&lines, "sam-4711");
+    let messages: BTreeSet<&str> = invitation.iter().map(|l| message(l)).collect();
+    assert!(messages.contains("user invited"), "{invitation:#?}");
+    assert!(messages.contains("request answered"), "{invitation:#?}");
+    for line in &invitation {
+        assert_eq!(line["span"]["request_id"], "sam-4711", "{line}");
+        assert_eq!(line["span"]["method"], "POST", "{line}");
+        assert_eq!(line["span"]["path"], "/api/v1/users", "{line}");
+    }
+    let answered = invitation
+        .iter()
+        .find(|l| message(l) == "request answered")
+        .unwrap();
+    assert_eq!(answered["fields"]["status"], 201, "{answered}");
+    assert!(answered["level"] == "INFO", "{answered}");
+    assert!(
+        invitation
+            .iter()
+            .any(|l| l["fields"]["user_id"] == jane.as_str()),
+        "the invitation's lines name Jane's user id: {invitation:#?}"
+    );
+
+    // Jane's activation: every line of her request carries the one id the gateway made for it.
+    let activation: Vec<&Value> = lines
+        .iter()
+        .filter(|l| message(l) == "password set; account active")
+        .collect();
+    assert_eq!(activation.len(), 1, "{activation:#?}");
+    let made = request_id_of(activation[0]).expect("the activation line is in a request's span");
+    assert!(
+        uuid::Uuid::parse_str(made).is_ok(),
+        "the gateway's own request id is a UUID: {made}"
+    );
+    let hers = lines_of(&lines, made);
+    assert!(
+        hers.iter().any(|l| message(l) == "request answered"
+            && l["fields"]["status"] == 200
+            && l["span"]["path"] == "/api/v1/password-submissions"),
+        "{hers:#?}"
+    );
+    // Ids are not shared between requests.
+    assert!(lines_of(&lines, made)
+        .iter()
+        .all(|l| request_id_of(l) != Some("sam-4711")));
+
+    // The refused request.
+    let refused = lines_of(&lines, "sam-4712");
+    assert!(
+        refused
+            .iter()
+            .any(|l| message(l) == "request answered" && l["fields"]["status"] == 404),
+        "{refused:#?}"
+    );
+
+    // No secret and no address in the log: not the link's code, not the password, not Jane's
+    // address.
+    let raw = stack.logs_of("gateway");
+    assert!(!raw.contains(&mail.code()), "the log holds Jane's code");
+    assert!(!raw.contains(PASSWORD), "the log holds Jane's password");
+    assert!(!raw.contains(&email), "the log holds Jane's address");
+
+    // The time from her invitation to her activation, in the histogram's buckets: under a minute.
+    let metrics = page(&stack, &stack.url("/metrics")).await;
+    assert_eq!(
+        sample(&metrics, "onboard_time_to_activate_seconds_count"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "onboard_time_to_activate_seconds_bucket{le=\"60\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "onboard_time_to_activate_seconds_bucket{le=\"+Inf\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // The intake reports each partition's lag of its requests topic: nothing waits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = page(&stack, &format!("http://{intake}/metrics")).await;
+        if sample(&metrics, "onboard_intake_lag{partition=\"0\"}") == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no onboard_intake_lag of 0 for partition 0 after 60 s: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The names of Kafka headers and a PostgreSQL channel that look like metrics but are not.
+const NOT_METRICS: [&str; 6] = [
+    "onboard_dlq_reason",
+    "onboard_dlq_detail",
+    "onboard_dlq_topic",
+    "onboard_dlq_partition",
+    "onboard_dlq_offset",
+    "onboard_outbox",
+];
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every `"onboard_…"` string in the crates' sources.
+fn metric_names_in_code() -> BTreeSet<String> {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates");
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(&crates).unwrap().flatten() {
+        let src = krate.path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    let mut names = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (at, _) in text.match_indices("\"onboard_") {
+            let name: String = text[at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if text[at + 1 + name.len()..].starts_with('"') && !NOT_METRICS.contains(&&*name) {
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_code_exports_is_documented_and_every_documented_one_exists() {
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md"),
+    )
+    .unwrap();
+    let documented: BTreeSet<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `onboard_"))
+        .map(|rest| format!("onboard_{}", rest.split('`').next().unwrap()))
+        .collect();
+    let code = metric_names_in_code();
+    assert!(code.len() >= 30, "{code:?}");
+    let undocumented: Vec<_> = code.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&code).collect();
+    assert!(
+        undocumented.is_empty(),
+        "metrics the code exports that docs/operations.md does not describe: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "metrics docs/operations.md describes that the code does not export: {missing:?}"
+    );
+}
