@@ -76,8 +76,19 @@ pub struct AccountRow {
     pub delivery: Option<&'static str>,
     /// `pending` from activation, then `provisioned` or `failed` (migration 0014).
     pub provisioning: Option<&'static str>,
+    pub external_id: Option<String>,
     pub last_sequence: i64,
     invited: bool,
+}
+
+/// The `external_id` claim as the projection trigger reads it (`claims ->> 'external_id'`): a
+/// string as it is, JSON `null` or no claim as none, any other value as its JSON text.
+fn external_id(claims: &std::collections::BTreeMap<String, serde_json::Value>) -> Option<String> {
+    match claims.get("external_id")? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 /// The instant PostgreSQL stores when it reads `t` from an event's JSON text, as the projection
@@ -118,8 +129,13 @@ impl AccountRow {
                     self.domain = Some(e.domain.clone());
                     self.email = Some(e.email.clone());
                     self.created_at = Some(at);
+                    self.external_id = external_id(&e.claims);
                 }
             }
+            PublicEvent::EmailChanged(e) => self.email = Some(e.email.clone()),
+            PublicEvent::ClaimsUpdated(e) => self.external_id = external_id(&e.claims),
+            PublicEvent::AccountDisabled(_) => state("Disabled", None),
+            PublicEvent::AccountEnabled(_) => state("Active", None),
             PublicEvent::CodeIssued(e) => {
                 state("CodeIssued", Some(e.expires_at));
                 self.delivery = Some("queued");
@@ -173,7 +189,7 @@ impl Scratch {
             format!(
                 "CREATE TABLE {schema}.account_states (user_id uuid PRIMARY KEY, state text, \
                  state_since timestamptz, code_expires_at timestamptz, username text, domain text, \
-                 email text, created_at timestamptz, delivery text, provisioning text)"
+                 email text, created_at timestamptz, delivery text, provisioning text, external_id text)"
             ),
             format!(
                 "CREATE TABLE {schema}.usernames (domain text NOT NULL, username_key text NOT NULL, \
@@ -229,7 +245,7 @@ async fn insert_rows(
     sqlx::query(&format!(
         "INSERT INTO {schema}.account_states SELECT * FROM UNNEST($1::uuid[], $2::text[], \
          $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], \
-         $8::timestamptz[], $9::text[], $10::text[])"
+         $8::timestamptz[], $9::text[], $10::text[], $11::text[])"
     ))
     .bind(&ids)
     .bind(col(|r| r.state.map(str::to_owned)))
@@ -241,6 +257,7 @@ async fn insert_rows(
     .bind(time(|r| r.created_at))
     .bind(col(|r| r.delivery.map(str::to_owned)))
     .bind(col(|r| r.provisioning.map(str::to_owned)))
+    .bind(col(|r| r.external_id.clone()))
     .execute(&mut *tx)
     .await?;
     let names: Vec<(String, String, Uuid)> =
@@ -328,7 +345,7 @@ const PROJECTIONS: [(&str, &str); 2] = [
     (
         "account_states",
         "user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery, \
-         provisioning",
+         provisioning, external_id",
     ),
     ("usernames", "domain, username_key, user_id"),
 ];
@@ -411,6 +428,10 @@ const PROJECTED: &[&str] = &[
     "InvitationMailSent",
     "InvitationMailFailed",
     "InvitationMailAbandoned",
+    "AccountDisabled",
+    "AccountEnabled",
+    "EmailChanged",
+    "ClaimsUpdated",
 ];
 
 /// Replays the topic from offset 0 of every partition (a fresh consumer, nothing committed)

@@ -36,13 +36,17 @@ pub enum OnboardingState {
     Revoked,
     /// The password was stored. Passing only: `UserActivated` is written in the same command.
     PasswordSet,
-    /// The account is ready: downstream services may let the user in. Final.
+    /// The account is ready: downstream services may let the user in.
     Active,
+    /// An active account that an administrator or an upstream system (SCIM `active: false`)
+    /// switched off: downstream services must not let the user in. `EnableAccount` makes it
+    /// active again.
+    Disabled,
 }
 
 impl OnboardingState {
     /// Every state, in lifecycle order, so that [`OnboardingState::parse`] knows them all.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Uninvited,
         Self::Invited,
         Self::CodeIssued,
@@ -51,6 +55,7 @@ impl OnboardingState {
         Self::Revoked,
         Self::PasswordSet,
         Self::Active,
+        Self::Disabled,
     ];
 
     /// Reads a state name as a client writes it (the API's `?state=` filter), ignoring case;
@@ -72,6 +77,7 @@ impl OnboardingState {
             Self::Revoked => "Revoked",
             Self::PasswordSet => "PasswordSet",
             Self::Active => "Active",
+            Self::Disabled => "Disabled",
         }
     }
 }
@@ -225,6 +231,36 @@ pub enum OnboardingCommand {
         /// When it was submitted; decides whether the code has expired.
         now: DateTime<Utc>,
     },
+    /// Switch an active account off (SCIM `active: false`): downstream services must not let
+    /// the user in until it is enabled again.
+    DisableAccount {
+        /// When it was disabled.
+        now: DateTime<Utc>,
+    },
+    /// Switch a disabled account on again (SCIM `active: true`).
+    EnableAccount {
+        /// When it was enabled.
+        now: DateTime<Utc>,
+    },
+    /// Mails go to another address from now on. For an invitation that is still open (a live,
+    /// expired or locked code), the code is issued again, to the new address: the link mailed to
+    /// the old address stops working. The same address again changes nothing.
+    ChangeEmail {
+        /// The new address.
+        email: EmailAddress,
+        /// The code that replaces the open invitation's code; unused for an active account.
+        code: NewCode,
+        /// When the address was changed.
+        now: DateTime<Utc>,
+    },
+    /// Replace the account's claims (the name parts, the display name, the externalId) as a
+    /// whole. The same claims again change nothing.
+    UpdateClaims {
+        /// The account's claims from now on.
+        claims: BTreeMap<String, serde_json::Value>,
+        /// When they were replaced.
+        now: DateTime<Utc>,
+    },
     /// The SMTP server accepted the invitation mail for a code (recorded by the email worker).
     RecordMailSent {
         /// The code whose link the mail carried.
@@ -361,6 +397,12 @@ pub enum OnboardingError {
     /// A mail outcome named a code this account was not issued.
     #[error("code {0} was never issued to this user")]
     UnknownCode(CodeId),
+    /// The account is disabled: it must be enabled before anything else is asked of it.
+    #[error("the account is disabled; an administrator can enable it again")]
+    AccountDisabled,
+    /// `EnableAccount` for an account that is not disabled.
+    #[error("the account is not disabled")]
+    NotDisabled,
     /// The hasher failed; nothing was stored and the user may simply try again.
     #[error("the password could not be stored; please try again in a moment")]
     HashingFailed,
@@ -513,6 +555,9 @@ pub struct Onboarding {
     /// Where the account's entry in the user store stands; `None` until the account is active.
     #[serde(default)]
     pub provisioning: Option<Provisioning>,
+    /// When the account was disabled, while it is.
+    #[serde(default)]
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 impl Onboarding {
@@ -627,7 +672,8 @@ impl Onboarding {
         }
         let issued = self.authenticate(presented, keyring)?;
         match self.state {
-            OnboardingState::PasswordSet | OnboardingState::Active => {
+            // A disabled account's password was set with one of its codes: the link is spent.
+            OnboardingState::PasswordSet | OnboardingState::Active | OnboardingState::Disabled => {
                 return Err(OnboardingError::AlreadyActive)
             }
             OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
@@ -658,7 +704,7 @@ impl Onboarding {
     ) -> Result<(), OnboardingError> {
         match self.state {
             OnboardingState::Uninvited => return Err(OnboardingError::NotInvited),
-            OnboardingState::PasswordSet | OnboardingState::Active => {
+            OnboardingState::PasswordSet | OnboardingState::Active | OnboardingState::Disabled => {
                 return Err(OnboardingError::AlreadyActive)
             }
             OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
@@ -719,7 +765,7 @@ impl Onboarding {
     ) -> Result<OnboardingEvent, OnboardingError> {
         match self.state {
             OnboardingState::Uninvited => Err(OnboardingError::NotInvited),
-            OnboardingState::PasswordSet | OnboardingState::Active => {
+            OnboardingState::PasswordSet | OnboardingState::Active | OnboardingState::Disabled => {
                 Err(OnboardingError::AlreadyActive)
             }
             OnboardingState::Revoked => Err(OnboardingError::InvitationRevoked),
@@ -729,6 +775,29 @@ impl Onboarding {
                 revoked_at: now,
             }),
         }
+    }
+}
+
+impl Onboarding {
+    /// Whether the account's address and claims may still change: not before the invitation,
+    /// not after a revocation.
+    fn may_change(&self) -> Result<(), OnboardingError> {
+        match self.state {
+            OnboardingState::Uninvited => Err(OnboardingError::NotInvited),
+            OnboardingState::Revoked => Err(OnboardingError::InvitationRevoked),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the invitation is still open: a code was issued and no password set yet.
+    fn is_open_invitation(&self) -> bool {
+        matches!(
+            self.state,
+            OnboardingState::Invited
+                | OnboardingState::CodeIssued
+                | OnboardingState::Expired
+                | OnboardingState::Locked
+        )
     }
 }
 
@@ -765,7 +834,11 @@ impl OnboardingCommand {
             | C::RecordWelcomeMailSent { now, .. }
             | C::RecordMailAbandoned { now, .. }
             | C::RecordProvisioned { now, .. }
-            | C::RecordProvisioningFailed { now, .. } => now,
+            | C::RecordProvisioningFailed { now, .. }
+            | C::DisableAccount { now }
+            | C::EnableAccount { now }
+            | C::ChangeEmail { now, .. }
+            | C::UpdateClaims { now, .. } => now,
         };
         *now = at_log_precision(*now);
         self
@@ -907,6 +980,62 @@ impl Aggregate for Onboarding {
                 .await;
                 sink.write(OnboardingEvent::UserActivated { activated_at: now }, self)
                     .await;
+            }
+            OnboardingCommand::DisableAccount { now } => match self.state {
+                OnboardingState::Active => {
+                    sink.write(OnboardingEvent::AccountDisabled { disabled_at: now }, self)
+                        .await;
+                }
+                OnboardingState::Disabled => return Err(OnboardingError::AccountDisabled),
+                OnboardingState::Uninvited => return Err(OnboardingError::NotInvited),
+                OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
+                _ => return Err(OnboardingError::NotActive),
+            },
+            OnboardingCommand::EnableAccount { now } => match self.state {
+                OnboardingState::Disabled => {
+                    sink.write(OnboardingEvent::AccountEnabled { enabled_at: now }, self)
+                        .await;
+                }
+                OnboardingState::Uninvited => return Err(OnboardingError::NotInvited),
+                OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
+                _ => return Err(OnboardingError::NotDisabled),
+            },
+            OnboardingCommand::ChangeEmail { email, code, now } => {
+                self.may_change()?;
+                if self.email.as_ref() == Some(&email) {
+                    return Ok(());
+                }
+                // Checked before anything is written: a refused code writes nothing.
+                let reissue = if self.is_open_invitation() {
+                    Some(self.issue(code, now, CodeIssueReason::Resend)?)
+                } else {
+                    None
+                };
+                sink.write(
+                    OnboardingEvent::EmailChanged {
+                        email,
+                        changed_at: now,
+                    },
+                    self,
+                )
+                .await;
+                if let Some(issued) = reissue {
+                    sink.write(issued, self).await;
+                }
+            }
+            OnboardingCommand::UpdateClaims { claims, now } => {
+                self.may_change()?;
+                if self.claims == claims {
+                    return Ok(());
+                }
+                sink.write(
+                    OnboardingEvent::ClaimsUpdated {
+                        claims,
+                        updated_at: now,
+                    },
+                    self,
+                )
+                .await;
             }
             OnboardingCommand::RecordWelcomeMailSent {
                 message_id,
@@ -1114,6 +1243,16 @@ impl Aggregate for Onboarding {
                     attempt,
                 });
             }
+            OnboardingEvent::AccountDisabled { disabled_at } => {
+                self.state = OnboardingState::Disabled;
+                self.disabled_at = Some(disabled_at);
+            }
+            OnboardingEvent::AccountEnabled { .. } => {
+                self.state = OnboardingState::Active;
+                self.disabled_at = None;
+            }
+            OnboardingEvent::EmailChanged { email, .. } => self.email = Some(email),
+            OnboardingEvent::ClaimsUpdated { claims, .. } => self.claims = claims,
             OnboardingEvent::InvitationMailSent {
                 code_id,
                 message_id,

@@ -145,6 +145,33 @@ pub enum OnboardingEvent {
         /// When it was withdrawn.
         revoked_at: DateTime<Utc>,
     },
+    /// An active account was switched off (SCIM `active: false`): downstream services must not
+    /// let the user in.
+    AccountDisabled {
+        /// When it was disabled.
+        disabled_at: DateTime<Utc>,
+    },
+    /// A disabled account was switched on again: it is active.
+    AccountEnabled {
+        /// When it was enabled.
+        enabled_at: DateTime<Utc>,
+    },
+    /// Mails go to another address from now on. For an open invitation a `CodeIssued` follows
+    /// in the same command, so the new address gets a new link and the old link is dead.
+    EmailChanged {
+        /// The new address.
+        email: EmailAddress,
+        /// When it was changed.
+        changed_at: DateTime<Utc>,
+    },
+    /// The account's claims were replaced as a whole (the name parts, the display name, the
+    /// externalId).
+    ClaimsUpdated {
+        /// The claims from now on.
+        claims: BTreeMap<String, serde_json::Value>,
+        /// When they were replaced.
+        updated_at: DateTime<Utc>,
+    },
     /// The SMTP server accepted the invitation mail for a code.
     InvitationMailSent {
         /// The code whose link the mail carried.
@@ -263,6 +290,10 @@ impl OnboardingEvent {
             Self::InvitationRevoked { .. } => "InvitationRevoked",
             Self::UserProvisioned { .. } => "UserProvisioned",
             Self::ProvisioningFailed { .. } => "ProvisioningFailed",
+            Self::AccountDisabled { .. } => "AccountDisabled",
+            Self::AccountEnabled { .. } => "AccountEnabled",
+            Self::EmailChanged { .. } => "EmailChanged",
+            Self::ClaimsUpdated { .. } => "ClaimsUpdated",
         }
     }
 }

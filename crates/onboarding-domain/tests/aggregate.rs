@@ -1140,3 +1140,237 @@ fn activation_makes_provisioning_pending_and_the_outcomes_show_in_the_account() 
         })
     );
 }
+
+fn disabled() -> Vec<OnboardingEvent> {
+    let mut events = active();
+    events.push(OnboardingEvent::AccountDisabled {
+        disabled_at: t0() + Duration::days(1),
+    });
+    events
+}
+
+fn revoked() -> Vec<OnboardingEvent> {
+    let mut events = live();
+    events.push(OnboardingEvent::InvitationRevoked {
+        by: RevokedBy::Admin,
+        reason: None,
+        revoked_at: t0(),
+    });
+    events
+}
+
+#[tokio::test]
+async fn an_active_account_is_disabled_and_enabled_again() {
+    let later = t0() + Duration::days(1);
+    framework()
+        .given(active())
+        .when_async(OnboardingCommand::DisableAccount { now: later })
+        .await
+        .then_expect_events(vec![OnboardingEvent::AccountDisabled {
+            disabled_at: later,
+        }]);
+    framework()
+        .given(disabled())
+        .when_async(OnboardingCommand::EnableAccount { now: later })
+        .await
+        .then_expect_events(vec![OnboardingEvent::AccountEnabled { enabled_at: later }]);
+}
+
+#[tokio::test]
+async fn only_an_active_account_is_disabled_and_only_a_disabled_one_enabled() {
+    let now = t0() + Duration::days(2);
+    for (given, error) in [
+        (disabled(), OnboardingError::AccountDisabled),
+        (live(), OnboardingError::NotActive),
+        (revoked(), OnboardingError::InvitationRevoked),
+        (vec![], OnboardingError::NotInvited),
+    ] {
+        framework()
+            .given(given)
+            .when_async(OnboardingCommand::DisableAccount { now })
+            .await
+            .then_expect_error(error);
+    }
+    for (given, error) in [
+        (active(), OnboardingError::NotDisabled),
+        (live(), OnboardingError::NotDisabled),
+        (revoked(), OnboardingError::InvitationRevoked),
+    ] {
+        framework()
+            .given(given)
+            .when_async(OnboardingCommand::EnableAccount { now })
+            .await
+            .then_expect_error(error);
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_account_takes_no_code_no_resend_and_no_revocation() {
+    let now = t0() + Duration::days(2);
+    framework()
+        .given(disabled())
+        .when_async(submit(1, "correct horse battery staple", t0()))
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+    framework()
+        .given(disabled())
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            limits: LIMITS,
+            now,
+        })
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+    framework()
+        .given(disabled())
+        .when_async(OnboardingCommand::RevokeInvitation {
+            by: RevokedBy::Admin,
+            reason: None,
+            now,
+        })
+        .await
+        .then_expect_error(OnboardingError::AlreadyActive);
+}
+
+fn new_address() -> EmailAddress {
+    EmailAddress::parse("jane.doe@pickup.example").unwrap()
+}
+
+#[tokio::test]
+async fn a_new_address_for_an_open_invitation_reissues_the_code_to_it() {
+    let now = t0() + Duration::minutes(5);
+    // Within the resend cooldown: an address change is not a resend the limits hold back.
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::ChangeEmail {
+            email: new_address(),
+            code: new_code(2),
+            now,
+        })
+        .await
+        .then_expect_events(vec![
+            OnboardingEvent::EmailChanged {
+                email: new_address(),
+                changed_at: now,
+            },
+            issued(2, now, CodeIssueReason::Resend),
+        ]);
+    // An expired invitation is revived at the new address.
+    let mut expired = live();
+    expired.push(OnboardingEvent::CodeExpired {
+        code_id: code_id(1),
+        expired_at: t0() + Duration::minutes(60),
+    });
+    let later = t0() + Duration::hours(3);
+    framework()
+        .given(expired)
+        .when_async(OnboardingCommand::ChangeEmail {
+            email: new_address(),
+            code: new_code(2),
+            now: later,
+        })
+        .await
+        .then_expect_events(vec![
+            OnboardingEvent::EmailChanged {
+                email: new_address(),
+                changed_at: later,
+            },
+            issued(2, later, CodeIssueReason::Resend),
+        ]);
+}
+
+#[tokio::test]
+async fn the_old_link_dies_when_the_address_changes() {
+    let now = t0() + Duration::minutes(5);
+    let mut changed = live();
+    changed.push(OnboardingEvent::EmailChanged {
+        email: new_address(),
+        changed_at: now,
+    });
+    changed.push(issued(2, now, CodeIssueReason::Resend));
+    framework()
+        .given(changed)
+        .when_async(submit(1, "correct horse battery staple", now))
+        .await
+        .then_expect_error(OnboardingError::CodeSuperseded);
+}
+
+#[tokio::test]
+async fn an_active_or_disabled_account_changes_its_address_without_a_code() {
+    let now = t0() + Duration::days(3);
+    for given in [active(), disabled()] {
+        framework()
+            .given(given)
+            .when_async(OnboardingCommand::ChangeEmail {
+                email: new_address(),
+                code: new_code(2),
+                now,
+            })
+            .await
+            .then_expect_events(vec![OnboardingEvent::EmailChanged {
+                email: new_address(),
+                changed_at: now,
+            }]);
+    }
+}
+
+#[tokio::test]
+async fn the_same_address_or_claims_again_change_nothing() {
+    let now = t0() + Duration::minutes(5);
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::ChangeEmail {
+            email: EmailAddress::parse("jane@pickup.example").unwrap(),
+            code: new_code(2),
+            now,
+        })
+        .await
+        .then_expect_events(vec![]);
+    framework()
+        .given(live())
+        .when_async(OnboardingCommand::UpdateClaims {
+            claims: BTreeMap::new(),
+            now,
+        })
+        .await
+        .then_expect_events(vec![]);
+}
+
+#[tokio::test]
+async fn claims_are_replaced_as_a_whole_until_the_invitation_is_revoked() {
+    let now = t0() + Duration::minutes(5);
+    let claims = BTreeMap::from([
+        ("external_id".to_owned(), serde_json::json!("hr-7")),
+        ("family_name".to_owned(), serde_json::json!("Doe")),
+    ]);
+    for given in [live(), active(), disabled()] {
+        framework()
+            .given(given)
+            .when_async(OnboardingCommand::UpdateClaims {
+                claims: claims.clone(),
+                now,
+            })
+            .await
+            .then_expect_events(vec![OnboardingEvent::ClaimsUpdated {
+                claims: claims.clone(),
+                updated_at: now,
+            }]);
+    }
+    framework()
+        .given(revoked())
+        .when_async(OnboardingCommand::UpdateClaims {
+            claims: claims.clone(),
+            now,
+        })
+        .await
+        .then_expect_error(OnboardingError::InvitationRevoked);
+    framework()
+        .given(revoked())
+        .when_async(OnboardingCommand::ChangeEmail {
+            email: new_address(),
+            code: new_code(2),
+            now,
+        })
+        .await
+        .then_expect_error(OnboardingError::InvitationRevoked);
+}

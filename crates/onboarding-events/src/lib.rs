@@ -329,6 +329,62 @@ pub struct InvitationRevokedV1 {
     pub revoked_at: DateTime<Utc>,
 }
 
+/// An active account was switched off (an upstream system's SCIM `active: false`): downstream
+/// services must not let the user in until `onboard.user.enabled.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountDisabledV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// When it was disabled.
+    pub disabled_at: DateTime<Utc>,
+}
+
+/// A disabled account was switched on again: it is active.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountEnabledV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// When it was enabled.
+    pub enabled_at: DateTime<Utc>,
+}
+
+/// The account's mails go to another address from now on. For an invitation that was still
+/// open, an `onboard.user.code_issued.v1` follows: the new address gets a new link, and the link
+/// mailed to the old address is dead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmailChangedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// The new address.
+    pub email: String,
+    /// When it was changed.
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The account's claims were replaced as a whole (`name`, `given_name`, `family_name`,
+/// `display_name`, `external_id`, …); a claim absent here is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimsUpdatedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// The claims from now on.
+    pub claims: BTreeMap<String, serde_json::Value>,
+    /// When they were replaced.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Who withdrew an invitation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -373,6 +429,14 @@ pub enum PublicEvent {
     UserProvisioned(UserProvisionedV1),
     /// `onboard.user.provisioning_failed.v1`
     ProvisioningFailed(ProvisioningFailedV1),
+    /// `onboard.user.disabled.v1`.
+    AccountDisabled(AccountDisabledV1),
+    /// `onboard.user.enabled.v1`.
+    AccountEnabled(AccountEnabledV1),
+    /// `onboard.user.email_changed.v1`.
+    EmailChanged(EmailChangedV1),
+    /// `onboard.user.claims_updated.v1`.
+    ClaimsUpdated(ClaimsUpdatedV1),
 }
 
 /// A record that does not fit the contract, named so that a consumer can log and skip it.
@@ -421,6 +485,10 @@ types! {
     WelcomeMailSentV1 => "onboard.user.welcome_mail_sent.v1",
     UserProvisionedV1 => "onboard.user.provisioned.v1",
     ProvisioningFailedV1 => "onboard.user.provisioning_failed.v1",
+    AccountDisabledV1 => "onboard.user.disabled.v1",
+    AccountEnabledV1 => "onboard.user.enabled.v1",
+    EmailChangedV1 => "onboard.user.email_changed.v1",
+    ClaimsUpdatedV1 => "onboard.user.claims_updated.v1",
 }
 
 impl PublicEvent {
@@ -613,6 +681,36 @@ impl PublicEvent {
                 attempt,
                 failed_at,
             }),
+            OnboardingEvent::AccountDisabled { disabled_at } => {
+                Self::AccountDisabled(AccountDisabledV1 {
+                    user_id,
+                    sequence,
+                    disabled_at,
+                })
+            }
+            OnboardingEvent::AccountEnabled { enabled_at } => {
+                Self::AccountEnabled(AccountEnabledV1 {
+                    user_id,
+                    sequence,
+                    enabled_at,
+                })
+            }
+            OnboardingEvent::EmailChanged { email, changed_at } => {
+                Self::EmailChanged(EmailChangedV1 {
+                    user_id,
+                    sequence,
+                    email: email.as_str().to_owned(),
+                    changed_at,
+                })
+            }
+            OnboardingEvent::ClaimsUpdated { claims, updated_at } => {
+                Self::ClaimsUpdated(ClaimsUpdatedV1 {
+                    user_id,
+                    sequence,
+                    claims,
+                    updated_at,
+                })
+            }
         }
     }
 
@@ -634,6 +732,10 @@ impl PublicEvent {
             Self::WelcomeMailSent(_) => WelcomeMailSentV1::TYPE,
             Self::UserProvisioned(_) => UserProvisionedV1::TYPE,
             Self::ProvisioningFailed(_) => ProvisioningFailedV1::TYPE,
+            Self::AccountDisabled(_) => AccountDisabledV1::TYPE,
+            Self::AccountEnabled(_) => AccountEnabledV1::TYPE,
+            Self::EmailChanged(_) => EmailChangedV1::TYPE,
+            Self::ClaimsUpdated(_) => ClaimsUpdatedV1::TYPE,
         }
     }
 
@@ -655,6 +757,10 @@ impl PublicEvent {
             Self::WelcomeMailSent(e) => e.user_id,
             Self::UserProvisioned(e) => e.user_id,
             Self::ProvisioningFailed(e) => e.user_id,
+            Self::AccountDisabled(e) => e.user_id,
+            Self::AccountEnabled(e) => e.user_id,
+            Self::EmailChanged(e) => e.user_id,
+            Self::ClaimsUpdated(e) => e.user_id,
         }
     }
 
@@ -676,6 +782,10 @@ impl PublicEvent {
             Self::WelcomeMailSent(e) => e.sequence,
             Self::UserProvisioned(e) => e.sequence,
             Self::ProvisioningFailed(e) => e.sequence,
+            Self::AccountDisabled(e) => e.sequence,
+            Self::AccountEnabled(e) => e.sequence,
+            Self::EmailChanged(e) => e.sequence,
+            Self::ClaimsUpdated(e) => e.sequence,
         }
     }
 
@@ -702,6 +812,10 @@ impl PublicEvent {
             Self::WelcomeMailSent(e) => serde_json::to_vec(e),
             Self::UserProvisioned(e) => serde_json::to_vec(e),
             Self::ProvisioningFailed(e) => serde_json::to_vec(e),
+            Self::AccountDisabled(e) => serde_json::to_vec(e),
+            Self::AccountEnabled(e) => serde_json::to_vec(e),
+            Self::EmailChanged(e) => serde_json::to_vec(e),
+            Self::ClaimsUpdated(e) => serde_json::to_vec(e),
         };
         value.expect("public events always serialise")
     }
@@ -730,6 +844,10 @@ impl PublicEvent {
             WelcomeMailSentV1::TYPE => Self::WelcomeMailSent(de(ce_type, value)?),
             UserProvisionedV1::TYPE => Self::UserProvisioned(de(ce_type, value)?),
             ProvisioningFailedV1::TYPE => Self::ProvisioningFailed(de(ce_type, value)?),
+            AccountDisabledV1::TYPE => Self::AccountDisabled(de(ce_type, value)?),
+            AccountEnabledV1::TYPE => Self::AccountEnabled(de(ce_type, value)?),
+            EmailChangedV1::TYPE => Self::EmailChanged(de(ce_type, value)?),
+            ClaimsUpdatedV1::TYPE => Self::ClaimsUpdated(de(ce_type, value)?),
             other => return Err(ContractError::UnknownType(other.to_owned())),
         })
     }
@@ -767,6 +885,10 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<WelcomeMailSentV1>(WelcomeMailSentV1::TYPE),
         one::<UserProvisionedV1>(UserProvisionedV1::TYPE),
         one::<ProvisioningFailedV1>(ProvisioningFailedV1::TYPE),
+        one::<AccountDisabledV1>(AccountDisabledV1::TYPE),
+        one::<AccountEnabledV1>(AccountEnabledV1::TYPE),
+        one::<EmailChangedV1>(EmailChangedV1::TYPE),
+        one::<ClaimsUpdatedV1>(ClaimsUpdatedV1::TYPE),
     ]
 }
 

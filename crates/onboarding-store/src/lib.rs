@@ -17,6 +17,7 @@ mod accounts;
 mod append;
 pub mod bulk;
 pub mod credentials;
+mod directory;
 mod hasher;
 mod idempotency;
 mod invitation;
@@ -29,8 +30,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
 use onboarding_domain::password::{CommonPasswords, PasswordPolicy};
@@ -46,6 +48,7 @@ use uuid::Uuid;
 
 pub use accounts::{run_scheduler, AccountFilter, AccountSummary};
 pub use credentials::{ActiveCredential, Credential, Credentials};
+pub use directory::{AccountField, AccountOrder, Comparison, DirectoryFilter};
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
@@ -111,6 +114,17 @@ pub(crate) fn data_exception(e: &(dyn std::error::Error + 'static)) -> Option<St
         next = e.source();
     }
     None
+}
+
+/// Why [`Store::execute_all`] did not apply its commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// The account is no longer at the sequence the caller read (SCIM's `If-Match`).
+    #[error("the account is at version {current}, not {expected}: read it again")]
+    Stale { expected: i64, current: i64 },
+    /// A command was refused, or the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl From<AggregateError<OnboardingError>> for StoreError {
@@ -439,6 +453,60 @@ impl Store {
         }
     }
 
+    /// Runs `commands` on one account, one after another on the same loaded state, and appends
+    /// all their events in one transaction: every command takes effect or none does (a SCIM
+    /// `PATCH` of several operations). With `expected`, only while the account's newest
+    /// sequence is still `expected` (SCIM's `If-Match`); a concurrent append after the check
+    /// still fails the append as a [`StoreError::Conflict`]. Answers how many events were
+    /// appended (none when every command found nothing to change).
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, actor = %actor.kind))]
+    pub async fn execute_all(
+        &self,
+        user_id: Uuid,
+        expected: Option<i64>,
+        commands: Vec<OnboardingCommand>,
+        actor: &Actor,
+    ) -> Result<usize, ExecuteError> {
+        let mut context = self
+            .events
+            .load_aggregate(&user_id.to_string())
+            .await
+            .map_err(StoreError::from)?;
+        let current = i64::try_from(context.current_sequence).unwrap_or(i64::MAX);
+        if let Some(expected) = expected.filter(|e| *e != current) {
+            return Err(ExecuteError::Stale { expected, current });
+        }
+        let sink = EventSink::default();
+        for command in commands {
+            context
+                .aggregate()
+                .handle(command, &self.services, &sink)
+                .await
+                .map_err(StoreError::Refused)?;
+        }
+        let events = sink.collect().await;
+        let appended = events.len();
+        if appended > 0 {
+            self.events
+                .commit(events, context, actor.metadata())
+                .await
+                .map_err(StoreError::from)?;
+        }
+        Ok(appended)
+    }
+
+    /// The account's current state and its newest sequence (0 for an id nobody invited), read
+    /// together: the version a later [`Store::execute_all`] can expect.
+    pub async fn load_at(&self, user_id: Uuid) -> Result<(Onboarding, i64), StoreError> {
+        let mut context = self
+            .events
+            .load_aggregate(&user_id.to_string())
+            .await
+            .map_err(StoreError::from)?;
+        let sequence = i64::try_from(context.current_sequence).unwrap_or(i64::MAX);
+        Ok((context.aggregate().clone(), sequence))
+    }
+
     /// The account's current state, or `None` when nobody invited this id.
     pub async fn load(&self, user_id: Uuid) -> Result<Option<Onboarding>, StoreError> {
         let mut ctx = self
@@ -608,26 +676,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)
-    }
-
-    /// One page of account ids in creation order (SCIM's `startIndex`/`count`) and the total.
-    pub async fn account_page(
-        &self,
-        offset: i64,
-        limit: i64,
-    ) -> Result<(i64, Vec<Uuid>), StoreError> {
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM usernames")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)?;
-        let ids =
-            sqlx::query_scalar("SELECT user_id FROM usernames ORDER BY user_id OFFSET $1 LIMIT $2")
-                .bind(offset)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
-        Ok((total, ids))
     }
 }
 
