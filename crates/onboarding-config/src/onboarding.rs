@@ -35,6 +35,10 @@ pub struct UserOnboarding {
     /// Seconds between two passes of the scheduler that marks expired codes (0 counts as 1).
     #[serde(deserialize_with = "limits::u64_zero_as_one")]
     pub expiry_scan_seconds: NonZeroU64,
+    /// When true, a SCIM create must carry WSO2's `askPassword: true` (the enterprise
+    /// extension); when false (the default), a create without a password is an invitation, as
+    /// Entra ID and Okta send it.
+    pub scim_require_ask_password: bool,
 }
 
 impl Default for UserOnboarding {
@@ -49,6 +53,7 @@ impl Default for UserOnboarding {
             resend_cooldown_seconds: 60,
             resend_daily_cap: 5,
             expiry_scan_seconds: limits::nonzero_u64(30),
+            scim_require_ask_password: false,
         }
     }
 }

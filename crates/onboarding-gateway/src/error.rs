@@ -149,7 +149,9 @@ impl ApiError {
                 E::CodeNotExpired
                 | E::WelcomeAlreadySent
                 | E::NotActive
-                | E::AlreadyProvisioned => ("conflict", StatusCode::CONFLICT),
+                | E::AlreadyProvisioned
+                | E::AccountDisabled
+                | E::NotDisabled => ("conflict", StatusCode::CONFLICT),
             },
         }
     }

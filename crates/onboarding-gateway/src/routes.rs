@@ -144,6 +144,7 @@ fn scim_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(warp::method())
         .and(admission(state.clone(), RouteGroup::Scim))
         .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::optional::<String>("if-match"))
         .and(limited_body(state.settings.gateway.max_body_bytes))
         .then(
             |tail: warp::path::Tail,
@@ -151,8 +152,16 @@ fn scim_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
              state: Arc<AppState>,
              grant: Result<Grant, ApiError>,
              query,
+             if_match,
              body: Bytes| {
-                scim::handle(state, grant, method, tail.as_str().to_owned(), query, body)
+                let request = scim::ScimRequest {
+                    method,
+                    tail: tail.as_str().to_owned(),
+                    query,
+                    if_match,
+                    body,
+                };
+                scim::handle(state, grant, request)
             },
         )
         .boxed()

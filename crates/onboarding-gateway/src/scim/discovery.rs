@@ -11,16 +11,16 @@ pub(super) fn service_provider_config(base: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "documentationUri": "https://github.com/onboard/onboard/blob/main/docs/api.md#scim-20",
-        "patch": {"supported": false},
+        "patch": {"supported": true},
         "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
         "filter": {"supported": true, "maxResults": MAX_RESULTS},
+        "sort": {"supported": true},
         "changePassword": {"supported": false},
-        "sort": {"supported": false},
         "etag": {"supported": true},
         "authenticationSchemes": [{
             "type": "oauthbearertoken",
             "name": "Admin token",
-            "description": "Authorization: Bearer <admin token>, the same tokens and scopes as /api/v1 (invite to create, read to read)",
+            "description": "Authorization: Bearer <admin token>, the same tokens and scopes as /api/v1 (invite to create and change, read to read, revoke to delete or deprovision)",
             "primary": true,
         }],
         "meta": {
@@ -67,8 +67,8 @@ pub(super) fn schemas(base: &str) -> Vec<Value> {
     let mut user_name = attr(
         "userName",
         "string",
-        "Unique name of the user in its domain; `DOMAIN/name` for a domain other than PRIMARY",
-        "readWrite",
+        "Unique name of the user in its domain; `DOMAIN/name` for a domain other than PRIMARY. Set at creation",
+        "immutable",
         "always",
     );
     user_name["required"] = json!(true);
@@ -94,7 +94,7 @@ pub(super) fn schemas(base: &str) -> Vec<Value> {
     let mut emails = attr(
         "emails",
         "complex",
-        "Email addresses; the invitation goes to the primary one",
+        "Email addresses; the invitation goes to the primary one. A new address for an open invitation re-issues its link to that address",
         "readWrite",
         "default",
     );
@@ -126,16 +126,16 @@ pub(super) fn schemas(base: &str) -> Vec<Value> {
             name,
             attr("displayName", "string", "Name shown to others", "readWrite", "default"),
             emails,
-            attr("locale", "string", "Language of the user's mails, e.g. en or de-AT", "readWrite", "default"),
-            attr("timezone", "string", "IANA time zone, e.g. Europe/Berlin; the mail states the link's expiry in it", "readWrite", "default"),
-            attr("active", "boolean", "false until the user set a password from the mailed link", "readOnly", "default"),
+            attr("locale", "string", "Language of the user's mails, e.g. en or de-AT; set at creation", "immutable", "default"),
+            attr("timezone", "string", "IANA time zone, e.g. Europe/Berlin; the mail states the link's expiry in it; set at creation", "immutable", "default"),
+            attr("active", "boolean", "false until the user set a password from the mailed link; set false to deprovision (an open invitation is revoked, an active account disabled), true to enable a disabled account", "readWrite", "default"),
         ],
         "meta": {"resourceType": "Schema", "location": format!("{base}/Schemas/{USER}")},
     });
     let mut ask = attr(
         "askPassword",
         "boolean",
-        "Must be true: the user is mailed a link to choose a password",
+        "WSO2's switch: the user is mailed a link to choose a password. Optional (a create without a password always invites), unless the service requires it",
         "writeOnly",
         "never",
     );
@@ -154,7 +154,7 @@ pub(super) fn schemas(base: &str) -> Vec<Value> {
         "name": "Onboarding",
         "description": "Where the user's invitation stands",
         "attributes": [
-            attr("state", "string", "Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet or Active", "readOnly", "default"),
+            attr("state", "string", "Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet, Active or Disabled", "readOnly", "default"),
             attr("codeExpiresAt", "dateTime", "When the mailed link expires", "readOnly", "default"),
             attr("emailDelivery", "string", "The invitation mail: queued, sent or failed", "readOnly", "default"),
         ],

@@ -8,90 +8,160 @@ use std::sync::Arc;
 use bytes::Bytes;
 use onboarding_config::Scope;
 use onboarding_domain::value::RevokeReason;
-use onboarding_domain::{OnboardingCommand, OnboardingError, OnboardingState, RevokedBy};
-use onboarding_store::{Actor, InviteError, StoreError};
+use onboarding_domain::{
+    Onboarding, OnboardingCommand, OnboardingError, OnboardingState, RevokedBy,
+};
+use onboarding_store::{Actor, ExecuteError, InviteError, StoreError};
 use uuid::Uuid;
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
+use super::attributes::Selection;
 use super::error::ScimError;
 use super::filter::Search;
-use super::user::{etag, parse_user_name, NewUser, UserResource};
+use super::update::Update;
+use super::user::{etag, NewUser, UserResource};
 use super::{discovery, reply, ListResponse};
 use crate::{ApiError, AppState, Grant};
 
 /// Namespace of the user ids derived from a SCIM `externalId` (with the admin token's id).
 const SCIM_NAMESPACE: Uuid = Uuid::from_u128(0x6f6e_626f_6172_642d_7363_696d_2d65_7874);
 
+/// One SCIM request, as the route hands it over.
+pub struct ScimRequest {
+    pub method: Method,
+    /// The path after `/scim2/`.
+    pub tail: String,
+    pub query: HashMap<String, String>,
+    /// The `If-Match` header, if sent.
+    pub if_match: Option<String>,
+    pub body: Bytes,
+}
+
 /// Routes one SCIM request (`/scim2/<tail>`) to its handler.
 pub async fn handle(
     state: Arc<AppState>,
     grant: Result<Grant, ApiError>,
-    method: Method,
-    tail: String,
-    query: HashMap<String, String>,
-    body: Bytes,
+    request: ScimRequest,
 ) -> Response {
-    route(&state, grant, method, tail, &query, &body)
+    route(&state, grant, &request)
         .await
         .unwrap_or_else(Reply::into_response)
+}
+
+/// The endpoints under `/scim2` (RFC 7644 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Users,
+    User(&'a str),
+    Search,
+    ServiceProviderConfig,
+    Schemas,
+    Schema(&'a str),
+    ResourceTypes,
+    ResourceType,
+}
+
+impl<'a> Endpoint<'a> {
+    /// The endpoint a path names; `None` for a path that names none (answered `404`).
+    fn of(segments: &[&'a str]) -> Option<Self> {
+        Some(match segments {
+            ["Users"] => Self::Users,
+            ["Users", ".search"] => Self::Search,
+            ["Users", id] => Self::User(id),
+            ["ServiceProviderConfig"] => Self::ServiceProviderConfig,
+            ["Schemas"] => Self::Schemas,
+            ["Schemas", id] => Self::Schema(id),
+            ["ResourceTypes"] => Self::ResourceTypes,
+            ["ResourceTypes", "User"] => Self::ResourceType,
+            _ => return None,
+        })
+    }
+
+    /// The methods the endpoint takes, as an `Allow` header lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::Users => "GET, POST",
+            Self::User(_) => "GET, PUT, PATCH, DELETE",
+            Self::Search => "POST",
+            _ => "GET",
+        }
+    }
 }
 
 async fn route(
     state: &AppState,
     grant: Result<Grant, ApiError>,
-    method: Method,
-    tail: String,
-    query: &HashMap<String, String>,
-    body: &Bytes,
+    request: &ScimRequest,
 ) -> Result<Response, ScimError> {
     let grant = grant?;
-    let segments: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
-    match (method.as_str(), segments.as_slice()) {
-        ("POST", ["Users"]) => {
+    let segments: Vec<&str> = request.tail.split('/').filter(|s| !s.is_empty()).collect();
+    // RFC 7644 §3.12: an unknown resource type or path is 404, whatever the method.
+    let endpoint = Endpoint::of(&segments).ok_or(ScimError::NoSuchEndpoint)?;
+    let (query, body, if_match) = (&request.query, &request.body, request.if_match.as_deref());
+    match (request.method.as_str(), endpoint) {
+        ("POST", Endpoint::Users) => {
             grant.require(Scope::Invite)?;
             create(state, &grant, body).await
         }
-        ("GET", ["Users"]) => {
+        ("GET", Endpoint::Users) => {
             grant.require(Scope::Read)?;
-            search(state, query).await
+            search(state, Search::from_query(query)?).await
         }
-        // `/Users/.search` is an endpoint of its own, not a User id: it takes POST only.
-        ("POST", ["Users", ".search"]) => Err(ScimError::SearchByPost),
-        (_, ["Users", ".search"]) => Err(ScimError::MethodNotAllowed { method, path: tail }),
-        ("GET", ["Users", id]) => {
+        ("POST", Endpoint::Search) => {
             grant.require(Scope::Read)?;
-            get(state, id).await
+            search(state, Search::from_body(body)?).await
         }
-        ("DELETE", ["Users", id]) => {
+        ("GET", Endpoint::User(id)) => {
+            grant.require(Scope::Read)?;
+            let selection = Selection::parse(
+                query.get("attributes").map(String::as_str),
+                query.get("excludedAttributes").map(String::as_str),
+            )?;
+            get(state, id, &selection).await
+        }
+        ("PUT", Endpoint::User(id)) => {
+            grant.require(Scope::Invite)?;
+            // Read once before the account, so that a bad body is refused as such.
+            Update::from_put(body)?;
+            change(state, &grant, id, if_match, |_| Update::from_put(body)).await
+        }
+        ("PATCH", Endpoint::User(id)) => {
+            grant.require(Scope::Invite)?;
+            change(state, &grant, id, if_match, |account| {
+                Update::from_patch(body, account)
+            })
+            .await
+        }
+        ("DELETE", Endpoint::User(id)) => {
             grant.require(Scope::Revoke)?;
-            delete(state, &grant, id).await
+            delete(state, &grant, id, if_match).await
         }
-        ("PUT" | "PATCH", ["Users", _]) => Err(ScimError::UsersAreNotChanged),
-        ("GET", ["ServiceProviderConfig"]) => Ok(reply(
+        ("GET", Endpoint::ServiceProviderConfig) => Ok(reply(
             StatusCode::OK,
             &discovery::service_provider_config(&base(state)),
         )),
-        ("GET", ["Schemas"]) => Ok(reply(
+        ("GET", Endpoint::Schemas) => Ok(reply(
             StatusCode::OK,
             &ListResponse::all(discovery::schemas(&base(state))),
         )),
-        ("GET", ["Schemas", id]) => discovery::schema(&base(state), id)
+        ("GET", Endpoint::Schema(id)) => discovery::schema(&base(state), id)
             .map(|s| reply(StatusCode::OK, &s))
             .ok_or(ScimError::SchemaNotFound),
-        ("GET", ["ResourceTypes"]) => Ok(reply(
+        ("GET", Endpoint::ResourceTypes) => Ok(reply(
             StatusCode::OK,
             &ListResponse::all(vec![discovery::resource_type(&base(state))]),
         )),
-        ("GET", ["ResourceTypes", "User"]) => Ok(reply(
+        ("GET", Endpoint::ResourceType) => Ok(reply(
             StatusCode::OK,
             &discovery::resource_type(&base(state)),
         )),
-        (_, [] | ["Users" | "ServiceProviderConfig" | "Schemas" | "ResourceTypes", ..]) => {
-            Err(ScimError::MethodNotAllowed { method, path: tail })
-        }
-        _ => Err(ScimError::NoSuchEndpoint),
+        (_, endpoint) => Err(ScimError::MethodNotAllowed {
+            method: request.method.clone(),
+            path: request.tail.clone(),
+            allow: endpoint.allow(),
+        }),
     }
 }
 
@@ -127,68 +197,168 @@ async fn load_resource(
     else {
         return Ok(None);
     };
-    let version = state.store.version_of(user_id).await?;
-    Ok(Some((
-        UserResource::new(&base(state), &account, version),
-        version.map_or(0, |(v, _)| v),
-    )))
+    Ok(Some(resource_of(state, &account).await?))
 }
 
-/// A User as the answer, with its version as the `ETag`.
-fn user_reply(status: StatusCode, resource: &UserResource, version: i64) -> Response {
-    let mut r = reply(status, resource);
+/// `account` as a User, with its version.
+async fn resource_of(
+    state: &AppState,
+    account: &Onboarding,
+) -> Result<(UserResource, i64), ScimError> {
+    let user_id = account.user_id.unwrap_or_default();
+    let version = state.store.version_of(user_id).await?;
+    Ok((
+        UserResource::new(&base(state), account, version),
+        version.map_or(0, |(v, _)| v),
+    ))
+}
+
+/// A User as the answer, with its version as the `ETag`, and only the attributes `selection`
+/// keeps.
+fn user_reply(
+    status: StatusCode,
+    resource: &UserResource,
+    version: i64,
+    selection: &Selection,
+) -> Response {
+    let value = serde_json::to_value(resource).unwrap_or_default();
+    let mut r = reply(status, &selection.apply(value));
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
         r.headers_mut().insert("etag", v);
     }
     r
 }
 
-async fn get(state: &AppState, id: &str) -> Result<Response, ScimError> {
+async fn get(state: &AppState, id: &str, selection: &Selection) -> Result<Response, ScimError> {
     let (resource, version) = load_resource(state, parse_id(id)?)
         .await?
         .ok_or_else(|| ScimError::UserNotFound(id.to_owned()))?;
-    Ok(user_reply(StatusCode::OK, &resource, version))
+    Ok(user_reply(StatusCode::OK, &resource, version, selection))
 }
 
-async fn search(state: &AppState, query: &HashMap<String, String>) -> Result<Response, ScimError> {
+async fn search(state: &AppState, search: Search) -> Result<Response, ScimError> {
     let Search {
-        user_name,
+        filter,
+        order,
         start,
         count,
-    } = Search::parse(query)?;
-    let (total, ids) = match user_name {
-        Some(name) => {
-            let found = match parse_user_name(&name) {
-                Ok((domain, username)) => {
-                    state
-                        .store
-                        .user_id_by_username(domain.as_str(), &username.key())
-                        .await?
-                }
-                // A name that cannot exist matches nobody.
-                Err(_) => None,
-            };
-            let ids: Vec<Uuid> = found.into_iter().collect();
-            let total = ids.len() as i64;
-            let page = ids
-                .into_iter()
-                .skip((start - 1) as usize)
-                .take(count as usize)
-                .collect();
-            (total, page)
-        }
-        None => state.store.account_page(start - 1, count).await?,
-    };
+        selection,
+    } = search;
+    let (total, ids) = state
+        .store
+        .search_accounts(filter.as_ref(), order, start - 1, count)
+        .await?;
     let mut resources = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some((r, _)) = load_resource(state, id).await? {
-            resources.push(r);
+            resources.push(selection.apply(serde_json::to_value(r).unwrap_or_default()));
         }
     }
     Ok(reply(
         StatusCode::OK,
         &ListResponse::page(resources, total, start),
     ))
+}
+
+/// Whether `If-Match` (RFC 7644 §3.14, RFC 9110 §13.1.1) admits the User at `version`: absent
+/// or `*` admits any; otherwise one of its entity tags must name that version (weak or strong
+/// alike, as SCIM's versions are weak).
+fn admits(if_match: Option<&str>, version: i64) -> bool {
+    let Some(header) = if_match else {
+        return true;
+    };
+    header.split(',').map(str::trim).any(|tag| {
+        tag == "*"
+            || tag
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .parse::<i64>()
+                .is_ok_and(|v| v == version)
+    })
+}
+
+/// `PUT` or `PATCH /Users/{id}`: `read` reads the request against the account as it is, and its
+/// commands are appended at once, only if the account has not changed in between (and, with
+/// `If-Match`, only at the version the caller read). A change that deprovisions
+/// (`active: false`) needs the token's `revoke` scope too.
+async fn change(
+    state: &AppState,
+    grant: &Grant,
+    id: &str,
+    if_match: Option<&str>,
+    read: impl Fn(&Onboarding) -> Result<Update, ScimError>,
+) -> Result<Response, ScimError> {
+    let user_id = parse_id(id)?;
+    let actor = actor(grant, || format!("scim:update:{user_id}"));
+    let validity = state
+        .settings
+        .identity_mgt
+        .user_onboarding
+        .ask_password_email_validity;
+    // A concurrent change between the read and the append is decided again on the account as
+    // it then is; with If-Match it is the caller's to decide.
+    let mut attempt = 1;
+    loop {
+        let (account, version) = state.store.load_at(user_id).await?;
+        if account.user_id.is_none() || account.state == OnboardingState::Revoked {
+            return Err(ScimError::UserNotFound(id.to_owned()));
+        }
+        if !admits(if_match, version) {
+            return Err(ScimError::PreconditionFailed { current: version });
+        }
+        let update = read(&account)?;
+        if update.active == Some(false) {
+            grant.require(Scope::Revoke)?;
+        }
+        let commands = update.commands(&account, || state.new_code(validity))?;
+        let kinds: Vec<&'static str> = commands.iter().map(command_name).collect();
+        match state
+            .store
+            .execute_all(user_id, Some(version), commands, &actor)
+            .await
+        {
+            Ok(appended) => {
+                if appended > 0 {
+                    tracing::info!(%user_id, changes = ?kinds, "user changed through SCIM");
+                }
+                break;
+            }
+            Err(ExecuteError::Stale { .. } | ExecuteError::Store(StoreError::Conflict))
+                if if_match.is_none() && attempt < 4 =>
+            {
+                attempt += 1;
+            }
+            Err(ExecuteError::Stale { current, .. }) => {
+                return Err(ScimError::PreconditionFailed { current })
+            }
+            Err(ExecuteError::Store(e)) => return Err(e.into()),
+        }
+    }
+    // The User as it now is; a deprovisioned invitation is shown once more, revoked.
+    let account = state
+        .store
+        .load(user_id)
+        .await?
+        .ok_or_else(|| ScimError::UserNotFound(id.to_owned()))?;
+    let (resource, version) = resource_of(state, &account).await?;
+    Ok(user_reply(
+        StatusCode::OK,
+        &resource,
+        version,
+        &Selection::default(),
+    ))
+}
+
+/// The command's name, for the log.
+fn command_name(command: &OnboardingCommand) -> &'static str {
+    match command {
+        OnboardingCommand::EnableAccount { .. } => "enable",
+        OnboardingCommand::ChangeEmail { .. } => "email",
+        OnboardingCommand::UpdateClaims { .. } => "claims",
+        OnboardingCommand::RevokeInvitation { .. } => "revoke",
+        OnboardingCommand::DisableAccount { .. } => "disable",
+        _ => "other",
+    }
 }
 
 async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Response, ScimError> {
@@ -233,7 +403,12 @@ async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Respons
     let (resource, version) = load_resource(state, user_id)
         .await?
         .ok_or_else(|| ApiError::Internal("the invitation was not stored".into()))?;
-    let mut r = user_reply(StatusCode::CREATED, &resource, version);
+    let mut r = user_reply(
+        StatusCode::CREATED,
+        &resource,
+        version,
+        &Selection::default(),
+    );
     if let Ok(location) = HeaderValue::from_str(resource.location()) {
         r.headers_mut().insert("location", location);
     }
@@ -242,8 +417,14 @@ async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Respons
 
 /// `DELETE /Users/{id}`: an upstream deprovisions a user who has not set a password yet. The
 /// invitation is revoked: its links stop working, its username is free again, and the User is
-/// gone for SCIM (`404`). An active account is refused with `409`: its history stays for audit.
-async fn delete(state: &AppState, grant: &Grant, id: &str) -> Result<Response, ScimError> {
+/// gone for SCIM (`404`). An active or disabled account is refused with `409`: its history stays
+/// for audit (`PATCH` with `active: false` disables it). With `If-Match`, only at that version.
+async fn delete(
+    state: &AppState,
+    grant: &Grant,
+    id: &str,
+    if_match: Option<&str>,
+) -> Result<Response, ScimError> {
     let user_id = parse_id(id)?;
     let actor = actor(grant, || format!("scim:delete:{user_id}"));
     let revoke = || OnboardingCommand::RevokeInvitation {
@@ -251,18 +432,34 @@ async fn delete(state: &AppState, grant: &Grant, id: &str) -> Result<Response, S
         reason: RevokeReason::parse("deleted through SCIM").ok(),
         now: chrono::Utc::now(),
     };
-    if state.store.load(user_id).await?.is_none() {
+    let (account, version) = state.store.load_at(user_id).await?;
+    if account.user_id.is_none() || account.state == OnboardingState::Revoked {
         return Err(ScimError::UserNotFound(id.to_owned()));
     }
-    match state.store.execute_retrying(user_id, revoke, &actor).await {
+    if !admits(if_match, version) {
+        return Err(ScimError::PreconditionFailed { current: version });
+    }
+    let result = match if_match {
+        Some(_) => state
+            .store
+            .execute_all(user_id, Some(version), vec![revoke()], &actor)
+            .await
+            .map(|_| ()),
+        None => state
+            .store
+            .execute_retrying(user_id, revoke, &actor)
+            .await
+            .map_err(ExecuteError::from),
+    };
+    match result {
         Ok(()) => {
             tracing::info!(%user_id, "invitation revoked through SCIM DELETE");
             Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
         }
-        Err(StoreError::Refused(OnboardingError::InvitationRevoked)) => {
+        Err(ExecuteError::Store(StoreError::Refused(OnboardingError::InvitationRevoked))) => {
             Err(ScimError::UserNotFound(id.to_owned()))
         }
-        Err(StoreError::Refused(OnboardingError::AlreadyActive)) => {
+        Err(ExecuteError::Store(StoreError::Refused(OnboardingError::AlreadyActive))) => {
             Err(ScimError::ActiveNotDeleted)
         }
         Err(e) => Err(e.into()),

@@ -1,7 +1,7 @@
 //! Every failure of a SCIM request, and the one place that gives each its status, its `scimType`
 //! and its SCIM Error message (RFC 7644 §3.12).
 
-use onboarding_store::StoreError;
+use onboarding_store::{ExecuteError, StoreError};
 use serde::Serialize;
 use uuid::Uuid;
 use warp::http::{Method, StatusCode};
@@ -28,14 +28,15 @@ pub enum ScimError {
     #[error("`schemas` must list {USER}")]
     NotAUser,
     #[error(
-        "this service never accepts a password chosen by an administrator: remove `password` and \
-         send \"{ENTERPRISE}\": {{\"askPassword\": true}}; the user chooses a password from the \
-         mailed link"
+        "this service never accepts a password from a provisioning client: the user chooses one \
+         from the link mailed with the invitation. Remove `password` from the request (in Okta, \
+         turn off \"Sync Password\" for this application) and send the User without it"
     )]
     PasswordGiven,
     #[error(
-        "this service only creates users who set their own password: send \"{ENTERPRISE}\": \
-         {{\"askPassword\": true}} (and list that schema in `schemas`)"
+        "this service is set to create only users sent with WSO2's askPassword: send \
+         \"{ENTERPRISE}\": {{\"askPassword\": true}} (and list that schema in `schemas`), or \
+         set identity_mgt.user_onboarding.scim_require_ask_password = false"
     )]
     NoAskPassword,
     #[error("userName is required")]
@@ -43,12 +44,31 @@ pub enum ScimError {
     /// An attribute that must be a string is not (named as the body spelled it, case-folded).
     #[error("{0} must be a string")]
     NotAString(&'static str),
+    #[error("{0} must be an object")]
+    NotAnObjectAttribute(&'static str),
     #[error("emails must be an array of {{\"value\", \"type\", \"primary\"}}")]
     EmailsNotAnArray,
     #[error(
         "emails: at least one address is required (the invitation is mailed to the primary one)"
     )]
     NoEmailAddress,
+    #[error(
+        "emails cannot be removed: every account keeps one address, where its mails go; replace \
+         it with another address instead"
+    )]
+    EmailsNotRemoved,
+    #[error("active must be true or false")]
+    ActiveNotABoolean,
+    #[error(
+        "active cannot be removed: replace it with false to deprovision the user, or true to \
+         enable a disabled account"
+    )]
+    ActiveNotRemoved,
+    #[error(
+        "userName cannot change: this service keeps the name an account was invited with. \
+         Send the User's current userName, or deprovision it (active: false) and create a new one"
+    )]
+    UserNameImmutable,
     #[error("{0} must be at most 255 characters")]
     TooLong(&'static str),
     /// The invitation's fields were refused: `attribute: problem; …` with SCIM's names.
@@ -56,36 +76,67 @@ pub enum ScimError {
     InvalidFields(String),
     #[error("{name} must be an integer, got `{}`", clip(.value, 20))]
     NotAnInteger { name: &'static str, value: String },
-    #[error("sorting is not supported")]
-    SortingUnsupported,
-    #[error("attribute selection is not supported; every User is returned whole")]
-    AttributeSelectionUnsupported,
-    #[error("unknown query parameter `{}`; use filter, startIndex, count", clip(.0, 40))]
-    UnknownParameter(String),
+    #[error("sortOrder must be ascending or descending, got `{}`", clip(.0, 20))]
+    BadSortOrder(String),
     #[error(
-        "unsupported filter `{}`; this service supports only: userName eq \"<name>\"",
-        clip(.0, 200)
+        "cannot sort by `{}`; sortBy may be userName, emails, externalId or meta.created",
+        clip(.0, 64)
     )]
-    UnsupportedFilter(String),
+    UnsupportedSortBy(String),
+    #[error("attributes and excludedAttributes cannot be used together (RFC 7644 §3.9)")]
+    BothSelections,
+    #[error(
+        "unknown query parameter `{}`; use filter, startIndex, count, sortBy, sortOrder, \
+         attributes or excludedAttributes",
+        clip(.0, 40)
+    )]
+    UnknownParameter(String),
+    #[error("the filter is not valid SCIM filter syntax (RFC 7644 §3.4.2.2): {}", clip(.0, 200))]
+    InvalidFilter(String),
+    #[error(
+        "cannot filter on `{}`; filters may name userName, emails (value, type, primary), \
+         externalId, id and active",
+        clip(.0, 64)
+    )]
+    UnsupportedFilterAttribute(String),
+    #[error("the operator `{0}` is not supported here; use eq, ne, sw, ew, co or pr")]
+    UnsupportedFilterOperator(String),
+    #[error("the filter compares with {}, which must be a string in double quotes", clip(.0, 40))]
+    FilterValueNotAString(String),
+    #[error("the filter compares with {}, which must be true or false", clip(.0, 40))]
+    FilterValueNotABoolean(String),
+    #[error(
+        "the filter is too complex: at most {} comparisons nested at most {} deep (and, or, \
+         not, parentheses, […]); split the search",
+        super::filter::MAX_TERMS,
+        super::filter::MAX_DEPTH
+    )]
+    FilterTooComplex,
+    #[error("the body is not a SCIM SearchRequest: {}", clip(.0, 200))]
+    NotASearchRequest(String),
+    #[error("the body is not a SCIM PatchOp (RFC 7644 §3.5.2): {}", clip(.0, 200))]
+    NotAPatch(String),
     #[error("no User with id `{}`", clip(.0, 64))]
     UserNotFound(String),
     #[error("no such schema")]
     SchemaNotFound,
     #[error(
-        "no such SCIM endpoint; this service has /Users, /ServiceProviderConfig, /Schemas and \
-         /ResourceTypes"
+        "no such SCIM endpoint; this service has /Users (with /Users/{{id}} and \
+         /Users/.search), /ServiceProviderConfig, /Schemas and /ResourceTypes"
     )]
     NoSuchEndpoint,
-    #[error("{method} is not supported on /scim2/{path}")]
-    MethodNotAllowed { method: Method, path: String },
+    #[error("{method} is not supported on /scim2/{path}; it takes {allow}")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: &'static str,
+    },
+    /// `If-Match` named another version (RFC 7644 §3.14).
     #[error(
-        "this service creates, reads and deletes Users but does not change them (see \
-         /scim2/ServiceProviderConfig); to send an invitation to another address, DELETE the \
-         User and create it again"
+        "the User changed since the version you sent in If-Match: it is now at W/\"{current}\"; \
+         read it again and repeat the change if it still applies"
     )]
-    UsersAreNotChanged,
-    #[error("searching with POST is not supported; use GET /scim2/Users?filter=userName eq \"…\"")]
-    SearchByPost,
+    PreconditionFailed { current: i64 },
     #[error("the userName `{username}` already exists in domain {domain}")]
     UserNameTaken { username: String, domain: String },
     /// The externalId already created another user (with another userName).
@@ -96,7 +147,7 @@ pub enum ScimError {
     ExternalIdTaken { external_id: String, user_id: Uuid },
     #[error(
         "this User has set a password and is active; this service does not delete active \
-         accounts, whose history it keeps for audit"
+         accounts, whose history it keeps for audit: deprovision it with PATCH active: false"
     )]
     ActiveNotDeleted,
     /// A failure the JSON API shares: the token, its scopes, the configuration, the store.
@@ -115,35 +166,28 @@ fn clip(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
+impl From<ExecuteError> for ScimError {
+    fn from(e: ExecuteError) -> Self {
+        match e {
+            ExecuteError::Stale { current, .. } => Self::PreconditionFailed { current },
+            ExecuteError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl ScimError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_)
-            | Self::NotAnObject
-            | Self::DuplicateAttribute(_)
-            | Self::NotAUser
-            | Self::PasswordGiven
-            | Self::NoAskPassword
-            | Self::NoUserName
-            | Self::NotAString(_)
-            | Self::EmailsNotAnArray
-            | Self::NoEmailAddress
-            | Self::TooLong(_)
-            | Self::InvalidFields(_)
-            | Self::NotAnInteger { .. }
-            | Self::SortingUnsupported
-            | Self::AttributeSelectionUnsupported
-            | Self::UnknownParameter(_)
-            | Self::UnsupportedFilter(_) => StatusCode::BAD_REQUEST,
             Self::UserNotFound(_) | Self::SchemaNotFound | Self::NoSuchEndpoint => {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UsersAreNotChanged | Self::SearchByPost => StatusCode::NOT_IMPLEMENTED,
+            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::UserNameTaken { .. } | Self::ExternalIdTaken { .. } | Self::ActiveNotDeleted => {
                 StatusCode::CONFLICT
             }
             Self::Api(e) => e.code_and_status().1,
+            _ => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -153,20 +197,33 @@ impl ScimError {
             Self::MalformedJson(_)
             | Self::NotAnObject
             | Self::DuplicateAttribute(_)
-            | Self::NotAUser => Some("invalidSyntax"),
+            | Self::NotAUser
+            | Self::NotASearchRequest(_)
+            | Self::NotAPatch(_) => Some("invalidSyntax"),
             Self::PasswordGiven
             | Self::NoAskPassword
             | Self::NoUserName
             | Self::NotAString(_)
+            | Self::NotAnObjectAttribute(_)
             | Self::EmailsNotAnArray
             | Self::NoEmailAddress
+            | Self::ActiveNotABoolean
             | Self::TooLong(_)
             | Self::InvalidFields(_)
             | Self::NotAnInteger { .. }
-            | Self::SortingUnsupported
-            | Self::AttributeSelectionUnsupported
+            | Self::BadSortOrder(_)
+            | Self::UnsupportedSortBy(_)
+            | Self::BothSelections
             | Self::UnknownParameter(_) => Some("invalidValue"),
-            Self::UnsupportedFilter(_) => Some("invalidFilter"),
+            Self::EmailsNotRemoved | Self::ActiveNotRemoved | Self::UserNameImmutable => {
+                Some("mutability")
+            }
+            Self::InvalidFilter(_)
+            | Self::UnsupportedFilterAttribute(_)
+            | Self::UnsupportedFilterOperator(_)
+            | Self::FilterValueNotAString(_)
+            | Self::FilterValueNotABoolean(_) => Some("invalidFilter"),
+            Self::FilterTooComplex => Some("tooMany"),
             Self::UserNameTaken { .. } | Self::ExternalIdTaken { .. } => Some("uniqueness"),
             Self::Api(ApiError::UsernameTaken { .. }) => Some("uniqueness"),
             Self::Api(ApiError::InvalidFields { .. } | ApiError::Unstorable { .. }) => {
@@ -177,8 +234,7 @@ impl ScimError {
             | Self::SchemaNotFound
             | Self::NoSuchEndpoint
             | Self::MethodNotAllowed { .. }
-            | Self::UsersAreNotChanged
-            | Self::SearchByPost
+            | Self::PreconditionFailed { .. }
             | Self::ActiveNotDeleted
             | Self::Api(_) => None,
         }
@@ -213,6 +269,11 @@ impl Reply for ScimError {
                 detail: self.to_string(),
             },
         );
+        if let Self::MethodNotAllowed { allow, .. } = &self {
+            response
+                .headers_mut()
+                .insert("allow", warp::http::HeaderValue::from_static(allow));
+        }
         // A database outage or a rate limit: when to try again, as the JSON API says it.
         if let Some(seconds) = match &self {
             Self::Api(e) => e.retry_after(),

@@ -1,32 +1,41 @@
-//! SCIM 2.0 (RFC 7643/7644) for upstream identity systems, as WSO2 Identity Server provisions a
-//! user with `askPassword`: `POST /scim2/Users` with the enterprise extension's
-//! `"askPassword": true` invites the user (the one invitation path, `Store::invite_as`), and the
-//! user resource shows `active: false` until the user set a password from the mailed link.
+//! SCIM 2.0 (RFC 7643/7644) for upstream identity systems: Entra ID, Okta, WSO2 Identity Server
+//! and any generic SCIM client. `POST /scim2/Users` without a password invites the user (the one
+//! invitation path, `Store::invite_as`; WSO2's `"askPassword": true` is accepted and, with
+//! `identity_mgt.user_onboarding.scim_require_ask_password`, required), and the User shows
+//! `active: false` until the user set a password from the mailed link. A `password` is refused:
+//! this engine never accepts one from a provisioning client.
 //!
-//! Supported: `POST /Users`, `GET /Users/{id}`, `DELETE /Users/{id}` (of a user who has not set
-//! a password), `GET /Users` with `filter=userName eq "…"` (case-insensitive, as userName is
-//! `caseExact: false`), `startIndex`/`count`, and the discovery endpoints. Not supported
-//! (answered with a SCIM error): PUT, PATCH, other filters, sorting, bulk, and any
-//! administrator-chosen `password` (this engine never accepts one).
-//! Every answer is `application/scim+json`; every error is a SCIM Error message.
+//! Supported: `POST /Users`; `GET /Users/{id}`; `PUT` and `PATCH /Users/{id}` (the address, the
+//! name, `displayName`, `externalId`, and `active`: `false` revokes an open invitation or
+//! disables an active account, `true` enables it again); `DELETE /Users/{id}` (of a user who
+//! has not set a password); `GET /Users` and `POST /Users/.search` with filters (`eq`, `ne`,
+//! `sw`, `ew`, `co`, `pr`, `and`, `or`, `not`, parentheses, `emails[…]`) on userName, emails,
+//! externalId, id and active, `sortBy`/`sortOrder`, `startIndex`/`count`, `attributes` and
+//! `excludedAttributes`; ETags (`meta.version` = the account's newest sequence) with `If-Match`
+//! on `PUT`, `PATCH` and `DELETE`; the discovery endpoints. Every answer is
+//! `application/scim+json`; every error is a SCIM Error message; an unknown path is `404`.
 //!
 //! One module per job: [`dispatch`] routes a request and runs it against the store, [`user`] is
-//! the User resource (what a `POST` may send, case-folded and read by serde, and what a read
-//! answers), [`filter`] reads the search query, [`discovery`] builds the documents that describe
-//! the service, and [`error`] gives every failure its status and SCIM Error message.
+//! the User resource (what a `POST` or `PUT` may send, case-folded and read by serde, and what a
+//! read answers), [`update`] what a `PUT` or `PATCH` changes and the commands that change it,
+//! [`filter`] the search (filters parsed by `scim_v2`, docs/adr/0017), [`attributes`] attribute
+//! selection, [`discovery`] the documents that describe the service, and [`error`] every
+//! failure's status and SCIM Error message.
 
 use serde::Serialize;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
+mod attributes;
 mod discovery;
 mod dispatch;
 mod error;
 mod filter;
+mod update;
 mod user;
 
-pub use dispatch::handle;
+pub use dispatch::{handle, ScimRequest};
 
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";

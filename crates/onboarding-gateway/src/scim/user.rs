@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ScimError;
+use super::update::{flag, Update, SCIM_CLAIMS};
 use super::{ONBOARDING, USER};
 
 /// Folds every object key to lower case, at every depth. Two keys that fold to the same name
@@ -131,6 +132,9 @@ struct UserRequest {
     name: Field<Object<Name>>,
     #[serde(rename = "displayname")]
     display_name: Field<String>,
+    /// Read by `PUT` only (a create's `active` is ignored: an invitation is inactive until
+    /// the user sets a password).
+    active: Field<Value>,
 }
 
 /// The enterprise extension, as far as this service reads it.
@@ -181,9 +185,70 @@ impl NewUser {
 }
 
 /// The most characters a name or the externalId may have.
-const MAX_CLAIM_CHARS: usize = 255;
+pub(super) const MAX_CLAIM_CHARS: usize = 255;
+
+impl Update {
+    /// Reads a `PUT /Users/{id}` body: the User as it should be from now on. `name`,
+    /// `displayName` and `externalId` are replaced (absent means removed); `emails` and
+    /// `active` change only when given; `userName` must name the account.
+    pub(super) fn from_put(body: &[u8]) -> Result<Self, ScimError> {
+        let value = serde_json::from_slice::<Value>(body).map_err(ScimError::MalformedJson)?;
+        if !value.is_object() {
+            return Err(ScimError::NotAnObject);
+        }
+        UserRequest::deserialize(fold_keys(value)?)
+            .map_err(|_| ScimError::NotAnObject)?
+            .into_update()
+    }
+}
 
 impl UserRequest {
+    fn into_update(self) -> Result<Update, ScimError> {
+        let schemas = self.schemas.given().unwrap_or_default();
+        if !schemas
+            .into_iter()
+            .filter_map(Field::given)
+            .any(|s| s.eq_ignore_ascii_case(USER))
+        {
+            return Err(ScimError::NotAUser);
+        }
+        if self.password.is_some() {
+            return Err(ScimError::PasswordGiven);
+        }
+        let email = match self.emails {
+            Field::Missing => None,
+            Field::Given(emails) => {
+                let emails: Vec<Email> = emails
+                    .into_iter()
+                    .filter_map(|e| e.given().map(|Object(e)| e))
+                    .collect();
+                Some(primary_address(emails).ok_or(ScimError::EmailsNotRemoved)?)
+            }
+            Field::Wrong => return Err(ScimError::EmailsNotAnArray),
+        };
+        let active = match self.active {
+            Field::Missing => None,
+            Field::Given(v) => Some(flag(&v)?),
+            Field::Wrong => return Err(ScimError::ActiveNotABoolean),
+        };
+        let user_name = self.user_name.text("username")?;
+        let external_id = self.external_id.text("externalid")?;
+        let given = claims(self.name, self.display_name, external_id.as_deref())?;
+        let claims = SCIM_CLAIMS
+            .iter()
+            .map(|(claim, _)| {
+                let value = given.get(*claim).and_then(Value::as_str).map(str::to_owned);
+                (*claim, value)
+            })
+            .collect();
+        Ok(Update {
+            user_name,
+            email,
+            claims,
+            active,
+        })
+    }
+
     fn into_new_user(self, rules: &UserOnboarding) -> Result<NewUser, ScimError> {
         let schemas = self.schemas.given().unwrap_or_default();
         if !schemas
@@ -196,10 +261,13 @@ impl UserRequest {
         if self.password.is_some() {
             return Err(ScimError::PasswordGiven);
         }
-        if !self
-            .enterprise
-            .given()
-            .is_some_and(|Object(e)| e.ask_password.0)
+        // Entra ID and Okta never send WSO2's askPassword: without a password, a create is an
+        // invitation, unless the operator wants askPassword as WSO2 does.
+        if rules.scim_require_ask_password
+            && !self
+                .enterprise
+                .given()
+                .is_some_and(|Object(e)| e.ask_password.0)
         {
             return Err(ScimError::NoAskPassword);
         }
@@ -315,6 +383,18 @@ fn claim_attribute(claim: &str) -> &str {
         "external_id" => "externalId",
         other => other,
     }
+}
+
+/// The address `emails` (as a PATCH gives them) names: see [`primary_address`]; `None` when
+/// no element has a value.
+pub(super) fn chosen_address(items: &[Value]) -> Option<String> {
+    let emails: Vec<Email> = items
+        .iter()
+        .filter_map(|item| fold_keys(item.clone()).ok())
+        .filter_map(|item| Object::<Email>::deserialize(item).ok())
+        .map(|Object(e)| e)
+        .collect();
+    primary_address(emails)
 }
 
 /// The address the invitation goes to: the primary one, else the first `work` one, else the
@@ -680,15 +760,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(user.invitation.email.as_str(), "jane@pickup.example");
-        // A non-object enterprise extension has no askPassword; a non-array `schemas` lists nothing.
-        let e = with(ENTERPRISE, json!([true])).unwrap_err();
-        assert!(e.to_string().contains("only creates users"), "{e}");
+        // A non-object enterprise extension has no askPassword, which only a service that
+        // requires it refuses; a non-array `schemas` lists nothing.
+        assert!(with(ENTERPRISE, json!([true])).is_ok());
+        let mut body = base();
+        body[ENTERPRISE] = json!([true]);
+        let e = NewUser::parse(body.to_string().as_bytes(), &requiring()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("only users sent with WSO2's askPassword"),
+            "{e}"
+        );
         let e = with("schemas", json!(USER)).unwrap_err();
         assert_eq!(e.scim_type(), Some("invalidSyntax"));
         // Even `"password": false` is a password sent; `null` is none.
         assert!(with("password", json!(null)).is_ok());
         let e = with("password", json!(false)).unwrap_err();
         assert!(e.to_string().contains("never accepts a password"), "{e}");
+    }
+
+    /// The rules of a service that requires WSO2's askPassword.
+    fn requiring() -> UserOnboarding {
+        UserOnboarding {
+            scim_require_ask_password: true,
+            ..UserOnboarding::default()
+        }
+    }
+
+    #[test]
+    fn a_create_without_a_password_is_an_invitation_as_entra_and_okta_send_it() {
+        // Entra ID's documented create (no askPassword, `active: true`, roles), see
+        // https://learn.microsoft.com/en-us/entra/identity/app-provisioning/use-scim-to-provision-users-and-groups
+        let entra = json!({
+            "schemas": [USER, ENTERPRISE],
+            "externalId": "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef",
+            "userName": "Test_User_ab6490ee-1e48-479e-a20b-2d77186b5dd1@testuser.com",
+            "active": true,
+            "emails": [{"primary": true, "type": "work", "value": "Test_User_fd0ea13b-3c7e-4d5c-a8cf-4a7b8a0bbd63@testuser.com"}],
+            "meta": {"resourceType": "User"},
+            "name": {"formatted": "givenName familyName", "familyName": "familyName", "givenName": "givenName"},
+            "roles": [],
+        });
+        let user = parse(entra.clone()).unwrap();
+        assert_eq!(
+            user.external_id.as_deref(),
+            Some("0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef")
+        );
+        assert_eq!(
+            user.invitation.email.as_str(),
+            "Test_User_fd0ea13b-3c7e-4d5c-a8cf-4a7b8a0bbd63@testuser.com"
+        );
+        // A service that requires askPassword refuses it, saying how to send it.
+        let e = NewUser::parse(entra.to_string().as_bytes(), &requiring()).unwrap_err();
+        assert_eq!(e.scim_type(), Some("invalidValue"));
+        assert!(e.to_string().contains("askPassword"), "{e}");
     }
 
     #[test]
@@ -702,9 +827,14 @@ mod tests {
         let detail = e.to_string();
         assert!(detail.contains("never accepts a password"), "{detail}");
         assert!(!detail.contains("Secret123"));
-        let e = parse(json!({
-            "schemas": [USER], "userName": "jane", "emails": [{"value": "jane@pickup.example"}],
-        }))
+        let e = NewUser::parse(
+            json!({
+                "schemas": [USER], "userName": "jane", "emails": [{"value": "jane@pickup.example"}],
+            })
+            .to_string()
+            .as_bytes(),
+            &requiring(),
+        )
         .unwrap_err();
         assert!(e.to_string().contains("askPassword"), "{e}");
         let e = parse(json!({
