@@ -1,5 +1,7 @@
-"""An upstream identity system provisioning a user over SCIM 2.0, as WSO2 Identity Server does
-with askPassword, driven by the scim2-client library (python-scim2 project) against the gateway.
+"""An upstream identity system provisioning a user over SCIM 2.0 as any generic SCIM client does
+(no password, no WSO2 askPassword), driven by the scim2-client library (python-scim2 project)
+against the gateway: create, read, filter, search (POST /.search), PATCH, PUT (with the ETag it
+read as If-Match).
 
 Run by tests/e2e (scim.rs) through tests/run, which installs scim2-client into a venv
 (tests/lib/test-services.sh: ensure_scim_client). Prints one JSON line: what the upstream saw.
@@ -16,9 +18,8 @@ import sys
 
 from httpx2 import Client
 from scim2_client.engines.httpx2 import SyncSCIMClient
-from scim2_models import ListResponse, SCIMException
+from scim2_models import ListResponse, PatchOp, SCIMException, SearchRequest
 
-ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
@@ -47,13 +48,12 @@ def main() -> int:
         "filter_supported": bool(scim.provider.config.filter.supported),
     }
 
-    # WSO2's askPassword request: no password, the enterprise extension's askPassword.
+    # A generic create: no password and no WSO2 extension; it is an invitation.
     payload = {
-        "schemas": [USER, ENTERPRISE],
+        "schemas": [USER],
         "userName": args.user_name,
         "name": {"givenName": "Jane", "familyName": "Doe"},
         "emails": [{"value": args.email, "primary": True, "type": "work"}],
-        ENTERPRISE: {"askPassword": True},
     }
     created = scim.create(user_model.model_validate(payload))
     saw["created"] = created.model_dump(mode="json")
@@ -68,6 +68,32 @@ def main() -> int:
     assert isinstance(found, ListResponse), found
     saw["filter_total"] = found.total_results
     saw["filter_ids"] = [r.id for r in found.resources or []]
+
+    # POST /Users/.search: a filter the library checks against the model, sorted.
+    searched = scim.search(
+        user_model,
+        SearchRequest[user_model](
+            filter=f'emails.value ew "{args.email.split("@")[1]}" and userName pr',
+            sort_by="userName",
+        ),
+    )
+    saw["search_ids"] = [r.id for r in searched.resources or []]
+
+    # PATCH: Jane's family name changes.
+    modified = scim.modify(
+        user_model,
+        created.id,
+        PatchOp[user_model](
+            operations=[{"op": "replace", "path": "name.familyName", "value": "Doe-Smith"}]
+        ),
+    )
+    saw["modified"] = modified.model_dump(mode="json")
+
+    # PUT: the whole User again, with a display name.
+    current = scim.query(user_model, created.id)
+    current.display_name = "Jane D."
+    replaced = scim.replace(current)
+    saw["replaced"] = replaced.model_dump(mode="json")
 
     # The same userName again: the server must refuse it as a uniqueness violation.
     try:

@@ -21,6 +21,7 @@ mod provisioning;
 mod rate_limits;
 mod restart;
 mod scim;
+mod scim_idps;
 mod slow_clients;
 mod smtp_tls;
 mod workers;

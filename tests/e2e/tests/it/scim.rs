@@ -1,8 +1,10 @@
 //! SCIM 2.0 as an upstream identity system speaks it: scim2-client (the python-scim2 project's
-//! client library, installed from PyPI by `tests/run`) discovers the service, provisions Jane the
-//! way WSO2 does with `askPassword`, reads her back by id and by `userName` filter and meets the
-//! uniqueness error; Jane gets her invitation mail. Hand-made requests cover what the library
-//! refuses to send (WSO2's `"askPassword": "true"`, a password, junk).
+//! client library, installed from PyPI by `tests/run`) discovers the service, provisions Jane as
+//! any generic client does (no password, no askPassword), reads her back by id, by `userName`
+//! filter and by `POST /.search`, changes her with PATCH and PUT, and meets the uniqueness
+//! error; Jane gets her invitation mail. Hand-made requests cover what the library refuses to
+//! send (WSO2's `"askPassword": "true"`, a password, junk), the filters, attribute selection,
+//! sorting and the errors. Entra ID's and Okta's own request shapes are in `scim_idps.rs`.
 
 use std::path::Path;
 use std::process::Command;
@@ -77,6 +79,11 @@ async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_ma
     assert_eq!(saw["fetched"]["active"], false);
     assert_eq!(saw["filter_total"], 1, "{saw}");
     assert_eq!(saw["filter_ids"], json!([id]));
+    assert_eq!(saw["search_ids"], json!([id]), "{saw}");
+    // PATCH and PUT, as the library sends them (PUT with the ETag it read as If-Match).
+    assert_eq!(saw["modified"]["name"]["familyName"], "Doe-Smith", "{saw}");
+    assert_eq!(saw["replaced"]["displayName"], "Jane D.", "{saw}");
+    assert_eq!(saw["replaced"]["name"]["familyName"], "Doe-Smith", "{saw}");
     // The same userName again: 409 uniqueness. An unknown id: 404.
     assert_eq!(saw["duplicate"]["status"], 409, "{saw}");
     assert_eq!(saw["duplicate"]["scim_type"], "uniqueness");
@@ -85,7 +92,8 @@ async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_ma
     // The one invitation path: the API shows the same account, and Jane got her link.
     let view = stack.user(&id).await;
     assert_eq!(view["state"], "CodeIssued", "{view}");
-    assert_eq!(view["claims"]["name"], "Jane Doe");
+    assert_eq!(view["claims"]["name"], "Jane Doe-Smith");
+    assert_eq!(view["claims"]["display_name"], "Jane D.");
     let mail = stack.wait_for_mail(&email).await;
     assert!(mail.link().starts_with(&stack.url("/confirm?code=")));
     let listed = stack.list("state=CodeIssued").await;
@@ -110,7 +118,7 @@ async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_ma
     );
 }
 
-async fn scim(
+pub(crate) async fn scim(
     stack: &Stack,
     method: reqwest::Method,
     path: &str,
@@ -134,7 +142,7 @@ async fn scim(
     (status, headers, body)
 }
 
-fn assert_scim_error(status: u16, body: &Value, want: u16, scim_type: Option<&str>) {
+pub(crate) fn assert_scim_error(status: u16, body: &Value, want: u16, scim_type: Option<&str>) {
     assert_eq!(status, want, "{body}");
     assert_eq!(body["schemas"], json!([ERROR]), "{body}");
     assert_eq!(body["status"], want.to_string(), "{body}");
@@ -213,15 +221,19 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     }))
     .await;
     assert_scim_error(status, &body, 400, Some("invalidValue"));
-    assert!(body["detail"].as_str().unwrap().contains("askPassword"));
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("never accepts a password from a provisioning client"));
     assert!(!body.to_string().contains("Hunter2"), "{body}");
-    // Without askPassword there is nothing this service can do.
+    // Without askPassword (and without a password) it is an invitation too.
+    let plain = format!("{}@pickup.example", unique("plain."));
     let (status, _, body) = post(json!({
-        "schemas": [USER], "userName": unique("n"), "emails": [{"value": "n@pickup.example"}],
+        "schemas": [USER], "userName": unique("n"), "emails": [{"value": plain}],
     }))
     .await;
-    assert_scim_error(status, &body, 400, Some("invalidValue"));
-    assert!(body["detail"].as_str().unwrap().contains("askPassword"));
+    assert_eq!(status, 201, "{body}");
+    stack.wait_for_mail(&plain).await;
     let (status, _, body) = post(json!({"schemas": [USER, ENTERPRISE], "userName": unique("e"), ENTERPRISE: {"askPassword": true}})).await;
     assert_scim_error(status, &body, 400, Some("invalidValue"));
     let (status, _, body) = scim(
@@ -253,7 +265,7 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     let (status, _, body) = get(
         format!(
             "/scim2/Users?filter={}",
-            urlencoding::encode("emails co \"x\"")
+            urlencoding::encode("title eq \"x\"")
         ),
         t.clone(),
     )
@@ -266,7 +278,7 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     .await;
     let (status, _, body) = get("/scim2/Users?startIndex=2&count=1".into(), t.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["totalResults"], 2, "{body}");
+    assert_eq!(body["totalResults"], 3, "{body}");
     assert_eq!(body["startIndex"], 2);
     assert_eq!(body["itemsPerPage"], 1);
     assert_eq!(body["Resources"].as_array().unwrap().len(), 1);
@@ -293,7 +305,7 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
     assert_scim_error(status, &body, 403, None);
     let (status, _, body) = get("/scim2/Schemas".into(), Some(stack.revoked_token.clone())).await;
     assert_scim_error(status, &body, 401, None);
-    // What this service does not do is said, in SCIM's format: changing a User ...
+    // A PATCH without operations is not a PatchOp; a PATCH by a reader is refused.
     let (status, _, body) = scim(
         &stack,
         reqwest::Method::PATCH,
@@ -304,8 +316,8 @@ async fn wso2s_request_shape_is_accepted_and_passwords_and_junk_get_scim_errors(
         ),
     )
     .await;
-    assert_scim_error(status, &body, 501, None);
-    // ... and deleting a User who has set a password: the account and its history stay.
+    assert_scim_error(status, &body, 400, Some("invalidSyntax"));
+    // Deleting a User who has set a password is refused: the account and its history stay.
     let code = stack.wait_for_mail(&email).await.code();
     let (status, answer) = stack
         .submit_password(&code, "Violet harbour lanterns at nine")
@@ -382,4 +394,192 @@ async fn a_nul_byte_in_a_scim_user_is_an_invalid_value_that_names_the_attribute(
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["name"]["givenName"], "Sam", "{created}");
     assert_eq!(stack.list("").await["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn filters_sorting_selection_etags_and_unknown_paths_answer_as_rfc_7644_says() {
+    let stack = Stack::start("scim_search", Options::default()).await;
+    let token = stack.admin_token.clone();
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let (stack, token) = (&stack, token.clone());
+        async move { scim(stack, method, &path, Some(&token), body).await }
+    };
+    let tag = unique("");
+    // Three users, each with an externalId, two at one domain.
+    let mut ids = Vec::new();
+    for (name, domain, ext) in [
+        ("ann", "alpha.example", "hr-1"),
+        ("bob", "alpha.example", "hr-2"),
+        ("cy", "beta.example", "HR-3"),
+    ] {
+        let (status, _, created) = call(
+            reqwest::Method::POST,
+            "/scim2/Users".into(),
+            Some(json!({
+                "schemas": [USER], "userName": format!("{name}.{tag}"),
+                "externalId": format!("{ext}-{tag}"),
+                "emails": [{"value": format!("{name}.{tag}@{domain}"), "type": "work"}],
+            })),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let search = |filter: String, extra: &'static str| {
+        let call = &call;
+        async move {
+            let (status, _, body) = call(
+                reqwest::Method::GET,
+                format!(
+                    "/scim2/Users?filter={}{extra}",
+                    urlencoding::encode(&filter)
+                ),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{filter}: {body}");
+            let found: Vec<String> = body["Resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+            (body, found)
+        }
+    };
+    let (ann, bob, cy) = (&ids[0], &ids[1], &ids[2]);
+    // eq ignores the case of userName but not of externalId; sw, co, ew, pr, and, or, not.
+    let (_, found) = search(format!("userName eq \"ANN.{tag}\""), "").await;
+    assert_eq!(found, [ann.clone()]);
+    let (_, found) = search(format!("externalId eq \"hr-3-{tag}\""), "").await;
+    assert!(found.is_empty(), "externalId is case-exact: {found:?}");
+    let (_, found) = search(
+        format!("emails.value ew \"@alpha.example\" and userName co \"{tag}\""),
+        "&sortBy=userName&sortOrder=descending",
+    )
+    .await;
+    assert_eq!(found, [bob.clone(), ann.clone()]);
+    let (_, found) = search(
+        format!("(userName sw \"ann.{tag}\" or emails[value co \"beta\"]) and externalId pr"),
+        "&sortBy=userName",
+    )
+    .await;
+    assert_eq!(found, [ann.clone(), cy.clone()]);
+    let (_, found) = search(
+        format!("userName co \"{tag}\" and not (emails co \"alpha\")"),
+        "",
+    )
+    .await;
+    assert_eq!(found, [cy.clone()]);
+    // A page of the sorted result, and only the attributes asked for.
+    let (body, found) = search(
+        format!("userName co \"{tag}\""),
+        "&sortBy=userName&startIndex=2&count=1&attributes=userName,emails.value",
+    )
+    .await;
+    assert_eq!(found, [bob.clone()]);
+    assert_eq!(body["totalResults"], 3);
+    assert_eq!(
+        body["Resources"][0],
+        json!({
+            "schemas": [USER, "urn:onboard:params:scim:schemas:extension:onboarding:2.0:User"],
+            "id": bob, "userName": format!("bob.{tag}"),
+            "emails": [{"value": format!("bob.{tag}@alpha.example")}],
+        })
+    );
+    // POST /Users/.search says the same.
+    let (status, _, body) = call(
+        reqwest::Method::POST,
+        "/scim2/Users/.search".into(),
+        Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": format!("emails.value ew \"@alpha.example\" and userName co \"{tag}\""),
+            "sortBy": "userName", "excludedAttributes": ["emails", "meta"], "count": 10,
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalResults"], 2);
+    assert_eq!(body["Resources"][0]["id"], ann.as_str());
+    assert!(body["Resources"][0].get("emails").is_none(), "{body}");
+    assert!(body["Resources"][0]["userName"].is_string());
+    // Too complex a filter is tooMany; a bad one invalidFilter.
+    let many = (0..13)
+        .map(|i| format!("userName eq \"u{i}\""))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let (status, _, body) = call(
+        reqwest::Method::GET,
+        format!("/scim2/Users?filter={}", urlencoding::encode(&many)),
+        None,
+    )
+    .await;
+    assert_scim_error(status, &body, 400, Some("tooMany"));
+    let (status, _, body) = call(
+        reqwest::Method::GET,
+        format!("/scim2/Users?filter={}", urlencoding::encode("userName eq")),
+        None,
+    )
+    .await;
+    assert_scim_error(status, &body, 400, Some("invalidFilter"));
+
+    // ETags: the version of GET is the one If-Match must name; DELETE with an old one is 412.
+    let (status, headers, body) =
+        call(reqwest::Method::GET, format!("/scim2/Users/{cy}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(body["meta"]["version"], etag.as_str());
+    let patch = |if_match: &str| {
+        let (stack, token, cy, if_match) = (&stack, token.clone(), cy.clone(), if_match.to_owned());
+        async move {
+            let r = stack
+                .http
+                .patch(stack.url(&format!("/scim2/Users/{cy}")))
+                .bearer_auth(token)
+                .header("if-match", if_match)
+                .body(
+                    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "replace", "path": "displayName", "value": "Cy"}]})
+                    .to_string(),
+                )
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = patch(&etag).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = patch(&etag).await;
+    assert_scim_error(status, &body, 412, None);
+    let r = stack
+        .http
+        .delete(stack.url(&format!("/scim2/Users/{cy}")))
+        .bearer_auth(&token)
+        .header("if-match", etag.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 412);
+    assert_eq!(stack.user(cy).await["state"], "CodeIssued");
+
+    // Unknown resource types and paths are SCIM 404s, whatever the method; a known path with
+    // a method it does not take is 405 with Allow.
+    for (method, path) in [
+        (reqwest::Method::GET, "/scim2/Groups"),
+        (reqwest::Method::POST, "/scim2/Groups"),
+        (reqwest::Method::GET, "/scim2/Users/x/y"),
+        (reqwest::Method::PATCH, "/scim2/"),
+        (reqwest::Method::GET, "/scim2/ResourceTypes/Group"),
+    ] {
+        let (status, headers, body) = call(method.clone(), path.into(), None).await;
+        assert_scim_error(status, &body, 404, None);
+        assert_eq!(
+            headers["content-type"], "application/scim+json",
+            "{method} {path}"
+        );
+    }
+    let (status, headers, body) = call(reqwest::Method::DELETE, "/scim2/Users".into(), None).await;
+    assert_scim_error(status, &body, 405, None);
+    assert_eq!(headers["allow"], "GET, POST");
 }
