@@ -569,7 +569,7 @@ pub async fn list(
         Some(Err(())) => {
             problems.insert(
                 "state".to_owned(),
-                "must be one of Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet, Active"
+                "must be one of Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet, Active, Disabled"
                     .to_owned(),
             );
             None

@@ -450,7 +450,7 @@ async fn filters_sorting_selection_etags_and_unknown_paths_answer_as_rfc_7644_sa
     let (ann, bob, cy) = (&ids[0], &ids[1], &ids[2]);
     // eq ignores the case of userName but not of externalId; sw, co, ew, pr, and, or, not.
     let (_, found) = search(format!("userName eq \"ANN.{tag}\""), "").await;
-    assert_eq!(found, [ann.clone()]);
+    assert_eq!(found, [ann.as_str()]);
     let (_, found) = search(format!("externalId eq \"hr-3-{tag}\""), "").await;
     assert!(found.is_empty(), "externalId is case-exact: {found:?}");
     let (_, found) = search(
@@ -470,14 +470,14 @@ async fn filters_sorting_selection_etags_and_unknown_paths_answer_as_rfc_7644_sa
         "",
     )
     .await;
-    assert_eq!(found, [cy.clone()]);
+    assert_eq!(found, [cy.as_str()]);
     // A page of the sorted result, and only the attributes asked for.
     let (body, found) = search(
         format!("userName co \"{tag}\""),
         "&sortBy=userName&startIndex=2&count=1&attributes=userName,emails.value",
     )
     .await;
-    assert_eq!(found, [bob.clone()]);
+    assert_eq!(found, [bob.as_str()]);
     assert_eq!(body["totalResults"], 3);
     assert_eq!(
         body["Resources"][0],
