@@ -15,12 +15,14 @@ usage: provision.py --base-url URL --token TOKEN --user-name NAME --email ADDRES
 import argparse
 import json
 import sys
+import time
 
 from httpx2 import Client
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_models import ListResponse, PatchOp, SCIMException, SearchRequest
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+ONBOARDING = "urn:onboard:params:scim:schemas:extension:onboarding:2.0:User"
 
 
 def main() -> int:
@@ -89,8 +91,17 @@ def main() -> int:
     )
     saw["modified"] = modified.model_dump(mode="json")
 
-    # PUT: the whole User again, with a display name.
-    current = scim.query(user_model, created.id)
+    # PUT: the whole User again, with a display name, and the ETag it was read with as
+    # If-Match. Read once the invitation mail is recorded: that changes the User's version.
+    deadline = time.monotonic() + 60
+    while True:
+        current = scim.query(user_model, created.id)
+        onboarding = current.model_dump(mode="json").get(ONBOARDING, {})
+        if onboarding.get("emailDelivery") == "sent":
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the invitation mail was not recorded as sent: {onboarding}")
+        time.sleep(0.25)
     current.display_name = "Jane D."
     replaced = scim.replace(current)
     saw["replaced"] = replaced.model_dump(mode="json")

@@ -279,8 +279,8 @@ fn admits(if_match: Option<&str>, version: i64) -> bool {
 
 /// `PUT` or `PATCH /Users/{id}`: `read` reads the request against the account as it is, and its
 /// commands are appended at once, only if the account has not changed in between (and, with
-/// `If-Match`, only at the version the caller read). A change that deprovisions
-/// (`active: false`) needs the token's `revoke` scope too.
+/// `If-Match`, only at the version the caller read). A change that deprovisions (revokes or
+/// disables) needs the token's `revoke` scope too.
 async fn change(
     state: &AppState,
     grant: &Grant,
@@ -307,11 +307,11 @@ async fn change(
             return Err(ScimError::PreconditionFailed { current: version });
         }
         let update = read(&account)?;
-        if update.active == Some(false) {
-            grant.require(Scope::Revoke)?;
-        }
         let commands = update.commands(&account, || state.new_code(validity))?;
         let kinds: Vec<&'static str> = commands.iter().map(command_name).collect();
+        if kinds.iter().any(|k| matches!(*k, "revoke" | "disable")) {
+            grant.require(Scope::Revoke)?;
+        }
         match state
             .store
             .execute_all(user_id, Some(version), commands, &actor)

@@ -42,6 +42,10 @@ pub(super) struct Update {
     pub claims: BTreeMap<&'static str, Option<String>>,
     /// `active`: `false` deprovisions, `true` enables a disabled account.
     pub active: Option<bool>,
+    /// The request is the whole User (`PUT`): its `active: false` for an open invitation is
+    /// the User as read (inactive until the password is set), not a deprovisioning; a client
+    /// that reads a User and writes it back must not revoke the invitation.
+    pub whole: bool,
 }
 
 /// Why a SCIM request revokes an invitation.
@@ -90,17 +94,19 @@ impl Update {
                 OnboardingState::Invited
                 | OnboardingState::CodeIssued
                 | OnboardingState::Expired
-                | OnboardingState::Locked => commands.push(OnboardingCommand::RevokeInvitation {
-                    by: RevokedBy::Admin,
-                    reason: RevokeReason::parse(DEPROVISIONED).ok(),
-                    now,
-                }),
+                | OnboardingState::Locked
+                    if !self.whole =>
+                {
+                    commands.push(OnboardingCommand::RevokeInvitation {
+                        by: RevokedBy::Admin,
+                        reason: RevokeReason::parse(DEPROVISIONED).ok(),
+                        now,
+                    })
+                }
                 OnboardingState::Active | OnboardingState::PasswordSet => {
                     commands.push(OnboardingCommand::DisableAccount { now })
                 }
-                OnboardingState::Disabled
-                | OnboardingState::Revoked
-                | OnboardingState::Uninvited => {}
+                _ => {}
             }
         }
         Ok(commands)
@@ -544,6 +550,38 @@ mod tests {
         assert_eq!(claims["family_name"], "updatedFamilyName");
         assert_eq!(claims["name"], "Jane updatedFamilyName");
         assert_eq!(claims["nickname"], "JJ");
+    }
+
+    #[test]
+    fn a_put_that_writes_back_an_invitation_as_read_does_not_revoke_it() {
+        let open = account(OnboardingState::CodeIssued);
+        let update = Update {
+            active: Some(false),
+            whole: true,
+            ..Update::default()
+        };
+        assert!(update.commands(&open, code).unwrap().is_empty());
+        // The same PUT disables an active account.
+        let active = account(OnboardingState::Active);
+        let update = Update {
+            active: Some(false),
+            whole: true,
+            claims: SCIM_CLAIMS
+                .iter()
+                .map(|(c, _)| {
+                    (
+                        *c,
+                        active
+                            .claims
+                            .get(*c)
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    )
+                })
+                .collect(),
+            ..Update::default()
+        };
+        assert_eq!(names(&update.commands(&active, code).unwrap()), ["disable"]);
     }
 
     #[test]

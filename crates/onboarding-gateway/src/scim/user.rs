@@ -246,6 +246,7 @@ impl UserRequest {
             email,
             claims,
             active,
+            whole: true,
         })
     }
 

@@ -524,6 +524,8 @@ async fn filters_sorting_selection_etags_and_unknown_paths_answer_as_rfc_7644_sa
     assert_scim_error(status, &body, 400, Some("invalidFilter"));
 
     // ETags: the version of GET is the one If-Match must name; DELETE with an old one is 412.
+    // (Read once Cy's mail is recorded, which is a new version of her.)
+    stack.wait_for_delivery(cy, "sent").await;
     let (status, headers, body) =
         call(reqwest::Method::GET, format!("/scim2/Users/{cy}"), None).await;
     assert_eq!(status, 200, "{body}");

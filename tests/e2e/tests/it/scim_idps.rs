@@ -332,7 +332,7 @@ async fn okta_provisions_replaces_and_deactivates_as_its_documentation_shows() {
     )
     .await;
     assert_eq!((status, &body["totalResults"]), (200, &json!(0)), "{body}");
-    let (status, headers, created) = call(
+    let (status, _, created) = call(
         Method::POST,
         "/scim2/Users".into(),
         Some(okta_create(&user_name, &external_id, false)),
@@ -340,9 +340,19 @@ async fn okta_provisions_replaces_and_deactivates_as_its_documentation_shows() {
     .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let etag = headers["etag"].to_str().unwrap().to_owned();
     assert_eq!(created["displayName"], "Test User");
-    stack.wait_for_mail(&user_name).await;
+    let view = stack.wait_for_delivery(&id, "sent").await;
+    assert_eq!(view["state"], "CodeIssued");
+    // Read before the write: the mail's delivery changed the User (and its ETag) since the
+    // create, so the ETag of the create's answer would be refused.
+    let (status, headers, _) = call(Method::GET, format!("/scim2/Users/{id}"), None).await;
+    assert_eq!(status, 200);
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert_ne!(
+        Some(etag.as_str()),
+        created["meta"]["version"].as_str(),
+        "the recorded delivery is a new version"
+    );
 
     // PUT: the whole User, as Okta sends its updates; the ETag it read as If-Match.
     let mut put = okta_create(&user_name, &external_id, false);
