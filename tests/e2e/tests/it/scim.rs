@@ -27,7 +27,7 @@ fn scim_python() -> String {
 }
 
 #[tokio::test]
-async fn an_upstream_scim_client_provisions_jane_with_ask_password_and_she_is_mailed() {
+async fn a_generic_scim_client_provisions_searches_and_changes_jane_and_she_is_mailed() {
     let stack = Stack::start("scim_client", Options::default()).await;
     let email = format!("{}@pickup.example", unique("jane."));
     let user_name = unique("Jane.");
