@@ -262,6 +262,18 @@ async fn entra_id_provisions_updates_and_deprovisions_as_its_documentation_shows
         "{types:?}"
     );
     assert_eq!(stack.mails_to(&email).await.len(), 2);
+
+    // The projections the triggers keep (state, address, externalId) are what the log says,
+    // rebuilt from PostgreSQL and from the topic.
+    for source in ["postgres", "kafka"] {
+        let o = stack.cli(&["audit", "replay", "--from", source]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains("projections match the log"),
+            "replay from {source}: {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
 
 /// Okta's create request, as documented (with "Sync Password" on, it carries `password`).
