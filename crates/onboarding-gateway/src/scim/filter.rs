@@ -1,11 +1,11 @@
 //! The question of `GET /Users` (query parameters) and `POST /Users/.search` (a SearchRequest
 //! body), read once into a [`Search`]: the filter, parsed by `scim_v2`'s RFC 7644 grammar and
-//! turned into the store's [`AccountFilter`] within [`MAX_TERMS`] and [`MAX_DEPTH`]; the order;
+//! turned into the store's [`DirectoryFilter`] within [`MAX_TERMS`] and [`MAX_DEPTH`]; the order;
 //! the page; the attributes to return.
 
 use std::collections::HashMap;
 
-use onboarding_store::{AccountField, AccountFilter, AccountOrder, Comparison};
+use onboarding_store::{AccountField, AccountOrder, Comparison, DirectoryFilter};
 use scim_v2::filter::{AttrExp, AttrPath, CompValue, CompareOp, Filter, MaybeFilter, ValFilter};
 use scim_v2::models::others::{SearchRequest, SortOrder};
 
@@ -24,7 +24,7 @@ pub(super) const MAX_DEPTH: usize = 4;
 #[derive(Debug, PartialEq)]
 pub(super) struct Search {
     /// The accounts to keep; `None` lists every User.
-    pub filter: Option<AccountFilter>,
+    pub filter: Option<DirectoryFilter>,
     /// The order, and whether it is descending.
     pub order: Option<(AccountOrder, bool)>,
     /// 1-based index of the first User of the page.
@@ -219,7 +219,11 @@ fn constant(actual: &str, comparison: Comparison, value: &str) -> bool {
     }
 }
 
-fn compare(target: Target, op: &CompareOp, value: &CompValue) -> Result<AccountFilter, ScimError> {
+fn compare(
+    target: Target,
+    op: &CompareOp,
+    value: &CompValue,
+) -> Result<DirectoryFilter, ScimError> {
     let comparison = comparison(op)?;
     let text = |value: &CompValue| match value {
         CompValue::Str(s) => Ok(s.clone()),
@@ -232,25 +236,25 @@ fn compare(target: Target, op: &CompareOp, value: &CompValue) -> Result<AccountF
         CompValue::Str(s) if s.eq_ignore_ascii_case("false") => Ok(false),
         other => Err(ScimError::FilterValueNotABoolean(other.to_string())),
     };
-    let boolean = |actual: bool, value: &CompValue| -> Result<AccountFilter, ScimError> {
+    let boolean = |actual: bool, value: &CompValue| -> Result<DirectoryFilter, ScimError> {
         let wanted = flag(value)?;
         match comparison {
-            Comparison::Equal => Ok(AccountFilter::Always(actual == wanted)),
-            Comparison::NotEqual => Ok(AccountFilter::Always(actual != wanted)),
+            Comparison::Equal => Ok(DirectoryFilter::Always(actual == wanted)),
+            Comparison::NotEqual => Ok(DirectoryFilter::Always(actual != wanted)),
             _ => Err(ScimError::UnsupportedFilterOperator(op.to_string())),
         }
     };
     match target {
-        Target::Field(field) => Ok(AccountFilter::Compare(field, comparison, text(value)?)),
-        Target::EmailType => Ok(AccountFilter::Always(constant(
+        Target::Field(field) => Ok(DirectoryFilter::Compare(field, comparison, text(value)?)),
+        Target::EmailType => Ok(DirectoryFilter::Always(constant(
             "work",
             comparison,
             &text(value)?,
         ))),
         Target::EmailPrimary => boolean(true, value),
         Target::Active => match comparison {
-            Comparison::Equal => Ok(AccountFilter::Active(flag(value)?)),
-            Comparison::NotEqual => Ok(AccountFilter::Active(!flag(value)?)),
+            Comparison::Equal => Ok(DirectoryFilter::Active(flag(value)?)),
+            Comparison::NotEqual => Ok(DirectoryFilter::Active(!flag(value)?)),
             _ => Err(ScimError::UnsupportedFilterOperator(op.to_string())),
         },
     }
@@ -260,16 +264,16 @@ fn attribute(
     exp: &AttrExp,
     parent: Option<&str>,
     terms: &mut usize,
-) -> Result<AccountFilter, ScimError> {
+) -> Result<DirectoryFilter, ScimError> {
     *terms += 1;
     if *terms > MAX_TERMS {
         return Err(ScimError::FilterTooComplex);
     }
     match exp {
         AttrExp::Present(path) => Ok(match target(path, parent)? {
-            Target::Field(field) => AccountFilter::Present(field),
+            Target::Field(field) => DirectoryFilter::Present(field),
             Target::Active | Target::EmailType | Target::EmailPrimary => {
-                AccountFilter::Always(true)
+                DirectoryFilter::Always(true)
             }
         }),
         AttrExp::Comparison(path, op, value) => compare(target(path, parent)?, op, value),
@@ -285,7 +289,11 @@ fn deeper(depth: usize) -> Result<usize, ScimError> {
 }
 
 /// The store's filter for `filter`, at nesting `depth`, counting comparisons in `terms`.
-fn translate(filter: &Filter, depth: usize, terms: &mut usize) -> Result<AccountFilter, ScimError> {
+fn translate(
+    filter: &Filter,
+    depth: usize,
+    terms: &mut usize,
+) -> Result<DirectoryFilter, ScimError> {
     Ok(match filter {
         Filter::Attr(exp) => attribute(exp, None, terms)?,
         Filter::ValuePath(vp) => {
@@ -302,14 +310,14 @@ fn translate(filter: &Filter, depth: usize, terms: &mut usize) -> Result<Account
             translate_value(&vp.filter, deeper(depth)?, terms)?
         }
         Filter::Not(inner) => {
-            AccountFilter::Not(Box::new(translate(inner, deeper(depth)?, terms)?))
+            DirectoryFilter::Not(Box::new(translate(inner, deeper(depth)?, terms)?))
         }
-        Filter::And(all) => AccountFilter::And(
+        Filter::And(all) => DirectoryFilter::And(
             all.iter()
                 .map(|f| translate(f, deeper(depth)?, terms))
                 .collect::<Result<_, _>>()?,
         ),
-        Filter::Or(all) => AccountFilter::Or(
+        Filter::Or(all) => DirectoryFilter::Or(
             all.iter()
                 .map(|f| translate(f, deeper(depth)?, terms))
                 .collect::<Result<_, _>>()?,
@@ -322,18 +330,18 @@ fn translate_value(
     filter: &ValFilter,
     depth: usize,
     terms: &mut usize,
-) -> Result<AccountFilter, ScimError> {
+) -> Result<DirectoryFilter, ScimError> {
     Ok(match filter {
         ValFilter::Attr(exp) => attribute(exp, Some("emails"), terms)?,
         ValFilter::Not(inner) => {
-            AccountFilter::Not(Box::new(translate_value(inner, deeper(depth)?, terms)?))
+            DirectoryFilter::Not(Box::new(translate_value(inner, deeper(depth)?, terms)?))
         }
-        ValFilter::And(all) => AccountFilter::And(
+        ValFilter::And(all) => DirectoryFilter::And(
             all.iter()
                 .map(|f| translate_value(f, deeper(depth)?, terms))
                 .collect::<Result<_, _>>()?,
         ),
-        ValFilter::Or(all) => AccountFilter::Or(
+        ValFilter::Or(all) => DirectoryFilter::Or(
             all.iter()
                 .map(|f| translate_value(f, deeper(depth)?, terms))
                 .collect::<Result<_, _>>()?,
@@ -370,12 +378,12 @@ mod tests {
             .collect()
     }
 
-    fn filter(f: &str) -> Result<Option<AccountFilter>, ScimError> {
+    fn filter(f: &str) -> Result<Option<DirectoryFilter>, ScimError> {
         Search::from_query(&query(&[("filter", f)])).map(|s| s.filter)
     }
 
-    fn cmp(field: AccountField, c: Comparison, v: &str) -> AccountFilter {
-        AccountFilter::Compare(field, c, v.into())
+    fn cmp(field: AccountField, c: Comparison, v: &str) -> DirectoryFilter {
+        DirectoryFilter::Compare(field, c, v.into())
     }
 
     #[test]
@@ -403,8 +411,8 @@ mod tests {
         );
         assert_eq!(
             filter(r#"emails[type eq "work" and value co "@pickup"]"#).unwrap(),
-            Some(AccountFilter::And(vec![
-                AccountFilter::Always(true),
+            Some(DirectoryFilter::And(vec![
+                DirectoryFilter::Always(true),
                 cmp(Email, Comparison::Contains, "@pickup"),
             ]))
         );
@@ -416,17 +424,17 @@ mod tests {
         assert_eq!(
             filter(r#"(userName sw "j" or emails.value ew "@a.example") and not (externalId pr)"#)
                 .unwrap(),
-            Some(AccountFilter::And(vec![
-                AccountFilter::Or(vec![
+            Some(DirectoryFilter::And(vec![
+                DirectoryFilter::Or(vec![
                     cmp(UserName, Comparison::StartsWith, "j"),
                     cmp(Email, Comparison::EndsWith, "@a.example"),
                 ]),
-                AccountFilter::Not(Box::new(AccountFilter::Present(ExternalId))),
+                DirectoryFilter::Not(Box::new(DirectoryFilter::Present(ExternalId))),
             ]))
         );
         assert_eq!(
             filter("active eq true").unwrap(),
-            Some(AccountFilter::Active(true))
+            Some(DirectoryFilter::Active(true))
         );
     }
 
@@ -568,7 +576,7 @@ mod properties {
             let query = HashMap::from([("filter".to_owned(), format!("{attr} {op} {quoted}"))]);
             prop_assert_eq!(
                 Search::from_query(&query).unwrap().filter,
-                Some(AccountFilter::Compare(AccountField::UserName, Comparison::Equal, name))
+                Some(DirectoryFilter::Compare(AccountField::UserName, Comparison::Equal, name))
             );
         }
 

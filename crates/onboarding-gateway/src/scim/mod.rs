@@ -18,7 +18,7 @@
 //! One module per job: [`dispatch`] routes a request and runs it against the store, [`user`] is
 //! the User resource (what a `POST` or `PUT` may send, case-folded and read by serde, and what a
 //! read answers), [`update`] what a `PUT` or `PATCH` changes and the commands that change it,
-//! [`filter`] the search (filters parsed by `scim_v2`, docs/adr/0022), [`attributes`] attribute
+//! [`filter`] the search (filters parsed by `scim_v2`, docs/adr/0027), [`attributes`] attribute
 //! selection, [`discovery`] the documents that describe the service, and [`error`] every
 //! failure's status and SCIM Error message.
 
