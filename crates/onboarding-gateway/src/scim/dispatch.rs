@@ -129,6 +129,9 @@ async fn route(
         }
         ("PATCH", Endpoint::User(id)) => {
             grant.require(Scope::Invite)?;
+            // Read once before the account, so that a bad body is refused as such, also when
+            // If-Match no longer holds.
+            Update::parse_patch(body)?;
             change(state, &grant, id, if_match, |account| {
                 Update::from_patch(body, account)
             })

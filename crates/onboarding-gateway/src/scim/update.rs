@@ -161,13 +161,20 @@ impl Update {
 
     /// Reads a `PATCH` body (RFC 7644 §3.5.2) against `account`: the operations as Entra ID and
     /// Okta send them (`"Replace"`, a path or an object of attributes, `"False"` as a string).
-    pub(super) fn from_patch(body: &[u8], account: &Onboarding) -> Result<Self, ScimError> {
+    /// Reads a `PATCH` body as a PatchOp, without the account: a body that is no PatchOp is
+    /// refused as such before any version is compared.
+    pub(super) fn parse_patch(body: &[u8]) -> Result<PatchOp, ScimError> {
         let value = serde_json::from_slice::<Value>(body).map_err(ScimError::MalformedJson)?;
         let patch: PatchOp = scim_v2::case_insensitive::from_value(value)
             .map_err(|e| ScimError::NotAPatch(e.to_string()))?;
         patch
             .validate()
             .map_err(|e| ScimError::NotAPatch(e.to_string()))?;
+        Ok(patch)
+    }
+
+    pub(super) fn from_patch(body: &[u8], account: &Onboarding) -> Result<Self, ScimError> {
+        let patch = Self::parse_patch(body)?;
         let mut update = Self::default();
         for operation in patch.operations {
             match operation {
