@@ -105,6 +105,20 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
             for finding in &report.findings {
                 println!("{finding}");
             }
+            // The console's overview shows the last result. Recording it is best effort: an
+            // auditor may verify through a role that can only read.
+            let run = onboarding_store::NewAuditVerification {
+                events: i64::try_from(report.events).unwrap_or(i64::MAX),
+                head: report.head.as_ref().map(|h| h.digest()),
+                findings: report.findings.len(),
+                expected_head_missing: matches!(
+                    (&expect, report.expected_found),
+                    (Some(_), Some(false))
+                ),
+            };
+            if let Err(e) = onboarding_store::record_audit_verification(&pool, &run).await {
+                eprintln!("note: this result was not recorded for the console ({e})");
+            }
             println!("events: {}", report.events);
             match &report.head {
                 Some(head) => println!("head: {}", head.digest()),

@@ -32,6 +32,8 @@ pub struct AccountFilter<'a> {
     pub state: Option<&'a str>,
     pub delivery: Option<&'a str>,
     pub provisioning: Option<&'a str>,
+    /// Part of the username or the email address, any case (the console's search box).
+    pub search: Option<&'a str>,
 }
 
 impl Store {
@@ -62,6 +64,7 @@ impl Store {
                     OR ($1 = 'Expired' AND state = 'CodeIssued' AND code_expires_at <= $5)) \
              AND ($2::text IS NULL OR delivery = $2) \
              AND ($6::text IS NULL OR provisioning = $6) \
+             AND ($7::text IS NULL OR username ILIKE $7 ESCAPE '\\' OR email ILIKE $7 ESCAPE '\\') \
              AND ($3::uuid IS NULL OR user_id > $3) ORDER BY user_id LIMIT $4",
         )
         .bind(filter.state)
@@ -70,9 +73,31 @@ impl Store {
         .bind(limit)
         .bind(Utc::now())
         .bind(filter.provisioning)
+        .bind(filter.search.map(like_pattern))
         .fetch_all(&self.pool)
         .await
         .map_err(db)
+    }
+
+    /// Which of `ids` had a link of theirs opened (`LinkOpened`), for the console's list: one
+    /// look-up by the events' primary key per account.
+    pub async fn links_opened(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let opened: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = 'Onboarding' \
+             AND aggregate_id = ANY($1) AND event_type = 'LinkOpened'",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(opened
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
     }
 
     /// Accounts whose live code is past its expiry but not yet marked `Expired`.
@@ -120,6 +145,19 @@ impl Store {
     }
 }
 
+/// `ILIKE` pattern that finds `text` anywhere, its `%`, `_` and `\` taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// The scheduler: marks expired codes every `every`, until `shutdown`.
 pub async fn run_scheduler(
     store: Store,
@@ -139,4 +177,15 @@ pub async fn run_scheduler(
         }
     }
     tracing::info!("scheduler stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn a_search_takes_like_metacharacters_literally() {
+        assert_eq!(like_pattern("jane"), "%jane%");
+        assert_eq!(like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
 }

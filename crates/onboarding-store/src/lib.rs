@@ -16,6 +16,7 @@ mod text;
 mod accounts;
 mod append;
 pub mod bulk;
+mod console;
 pub mod credentials;
 mod directory;
 mod hasher;
@@ -47,6 +48,10 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 pub use accounts::{run_scheduler, AccountFilter, AccountSummary};
+pub use console::{
+    record_audit_verification, AdminSession, AuditVerification, NewAuditVerification, Overview,
+    RecentJob,
+};
 pub use credentials::{ActiveCredential, Credential, Credentials};
 pub use directory::{AccountField, AccountOrder, Comparison, DirectoryFilter};
 pub use hasher::Argon2Hasher;
