@@ -64,6 +64,15 @@ impl Tokens {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
+        self.presented(token)
+    }
+
+    /// The grant of a token as presented in the text itself (the console's sign-in form).
+    pub(crate) fn presented(&self, token: &str) -> Result<Grant, ApiError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ApiError::Unauthorized);
+        }
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare with every token, in constant time, so timing tells nothing about which matched.
         let mut found = None;
@@ -83,6 +92,18 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// The grant of the configured, unrevoked token with this id: a console session names its
+    /// token by id, and its scopes are read here on every request, so a token revoked or
+    /// narrowed in the configuration takes effect at the next request.
+    pub(crate) fn by_id(&self, id: &str) -> Option<Grant> {
+        self.known
+            .iter()
+            .find(|k| k.grant.id == id && !k.revoked)
+            .map(|k| k.grant.clone())
+    }
+}
+
 /// What an admin token may do, and the request it came with.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -97,6 +118,16 @@ impl Grant {
     /// correlation id (without one, each command's events get a fresh one).
     pub fn actor(&self) -> Actor {
         Actor::admin(&self.id).with_correlation(self.request_id.clone())
+    }
+
+    /// This grant for a request with this `X-Request-Id`.
+    pub(crate) fn with_request_id(self, request_id: Option<String>) -> Self {
+        Self { request_id, ..self }
+    }
+
+    /// Whether the token has `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
     }
 
     pub fn require(&self, scope: Scope) -> Result<&str, ApiError> {

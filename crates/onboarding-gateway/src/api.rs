@@ -635,6 +635,7 @@ pub async fn list(
                 state: wanted,
                 delivery,
                 provisioning,
+                search: None,
             },
             after,
             limit,

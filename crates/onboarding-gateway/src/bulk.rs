@@ -53,7 +53,7 @@ impl BulkWake {
     }
 
     /// Wakes the runner: a job was recorded.
-    fn ring(&self) {
+    pub(crate) fn ring(&self) {
         self.wake.notify_one();
     }
 }

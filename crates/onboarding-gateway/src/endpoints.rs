@@ -74,6 +74,22 @@ pub(crate) const NEW_LINK: Endpoint = endpoint("/confirm/new-link", &[Post]);
 pub(crate) const REVOKE_PAGE: Endpoint = endpoint("/revoke", &[Get, Head]);
 pub(crate) const REVOKE_FORM: Endpoint = endpoint("/revoke", &[Post]);
 pub(crate) const STYLE_SHEET: Endpoint = endpoint("/assets/onboard.css", &[Get, Head]);
+// The admin console (`console/`).
+pub(crate) const CONSOLE_SIGN_IN_PAGE: Endpoint = endpoint("/admin/sign-in", &[Get]);
+pub(crate) const CONSOLE_SIGN_IN: Endpoint = endpoint("/admin/sign-in", &[Post]);
+pub(crate) const CONSOLE_SIGN_OUT: Endpoint = endpoint("/admin/sign-out", &[Post]);
+pub(crate) const CONSOLE_OVERVIEW: Endpoint = endpoint("/admin", &[Get]);
+pub(crate) const CONSOLE_INVITATIONS: Endpoint = endpoint("/admin/invitations", &[Get]);
+pub(crate) const CONSOLE_USER: Endpoint = endpoint("/admin/users/{id}", &[Get]);
+pub(crate) const CONSOLE_RESEND_PAGE: Endpoint = endpoint("/admin/users/{id}/resend", &[Get]);
+pub(crate) const CONSOLE_RESEND: Endpoint = endpoint("/admin/users/{id}/resend", &[Post]);
+pub(crate) const CONSOLE_REVOKE_PAGE: Endpoint = endpoint("/admin/users/{id}/revoke", &[Get]);
+pub(crate) const CONSOLE_REVOKE: Endpoint = endpoint("/admin/users/{id}/revoke", &[Post]);
+pub(crate) const CONSOLE_BULK_PAGE: Endpoint = endpoint("/admin/bulk", &[Get]);
+pub(crate) const CONSOLE_BULK_UPLOAD: Endpoint = endpoint("/admin/bulk", &[Post]);
+pub(crate) const CONSOLE_BULK_JOB: Endpoint = endpoint("/admin/bulk/{job_id}", &[Get]);
+pub(crate) const CONSOLE_BULK_FAILED_ROWS: Endpoint =
+    endpoint("/admin/bulk/{job_id}/failed.csv", &[Get]);
 // Operations.
 pub(crate) const HEALTHZ: Endpoint = endpoint("/healthz", &[Get]);
 pub(crate) const READYZ: Endpoint = endpoint("/readyz", &[Get]);
@@ -97,6 +113,20 @@ pub(crate) const ROUTED: &[&Endpoint] = &[
     &REVOKE_PAGE,
     &REVOKE_FORM,
     &STYLE_SHEET,
+    &CONSOLE_SIGN_IN_PAGE,
+    &CONSOLE_SIGN_IN,
+    &CONSOLE_SIGN_OUT,
+    &CONSOLE_OVERVIEW,
+    &CONSOLE_INVITATIONS,
+    &CONSOLE_USER,
+    &CONSOLE_RESEND_PAGE,
+    &CONSOLE_RESEND,
+    &CONSOLE_REVOKE_PAGE,
+    &CONSOLE_REVOKE,
+    &CONSOLE_BULK_PAGE,
+    &CONSOLE_BULK_UPLOAD,
+    &CONSOLE_BULK_JOB,
+    &CONSOLE_BULK_FAILED_ROWS,
     &HEALTHZ,
     &READYZ,
     &METRICS,

@@ -28,6 +28,11 @@ impl Health {
     pub(crate) fn new(readiness: Arc<Readiness>, metrics: Option<PrometheusHandle>) -> Self {
         Self { readiness, metrics }
     }
+
+    /// The process's metrics in Prometheus' text format (`None` without a recorder).
+    pub(crate) fn metrics_text(&self) -> Option<String> {
+        self.metrics.as_ref().map(PrometheusHandle::render)
+    }
 }
 
 /// `/healthz`, `/readyz`, `/metrics` and `/api/v1/openapi.json` of the gateway.

@@ -26,6 +26,7 @@ mod body;
 mod bulk;
 mod client;
 mod connections;
+mod console;
 mod endpoints;
 mod error;
 mod health;

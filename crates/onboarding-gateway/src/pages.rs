@@ -26,10 +26,10 @@ pub const CSS: &str = include_str!("../assets/onboard.css");
 /// What the pages are made of: their templates, their texts in every language they are
 /// written in, and the organisation they speak for.
 pub(crate) struct Pages {
-    templates: Environment<'static>,
+    pub(crate) templates: Environment<'static>,
     pub(crate) texts: Texts,
     /// `organisation.name`, shown on every page.
-    organisation: String,
+    pub(crate) organisation: String,
 }
 
 impl Pages {
@@ -39,7 +39,10 @@ impl Pages {
             ("base.html", include_str!("../templates/base.html")),
             ("confirm.html", include_str!("../templates/confirm.html")),
             ("result.html", include_str!("../templates/result.html")),
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::console::TEMPLATES.iter().copied())
+        {
             templates
                 .add_template(name, source)
                 .expect("page templates are valid");
@@ -215,7 +218,7 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    fn allowed(&self, public_base_url: &PublicBaseUrl) -> bool {
+    pub(crate) fn allowed(&self, public_base_url: &PublicBaseUrl) -> bool {
         // The origin is scheme, host and port: the base URL may carry a path.
         let ours = public_base_url.origin();
         // `Origin: null` is what browsers send from a page with `Referrer-Policy: no-referrer`

@@ -21,7 +21,7 @@ use crate::error::{recover, respond, ApiError, Refusal};
 use crate::request_id::{echo_request_id, request_span, x_request_id};
 use crate::state::with_state;
 use crate::throttle::RouteGroup;
-use crate::{api, bulk, health, pages, scim, verify, AppState};
+use crate::{api, bulk, console, health, pages, scim, verify, AppState};
 
 /// Every route of the gateway: each answer repeats the caller's `X-Request-Id`, is counted in
 /// the HTTP metrics and logged (`request answered`; at debug for health and metrics, which
@@ -34,6 +34,8 @@ pub fn routes(
         .or(scim_api(state.clone()))
         .unify()
         .or(public(state.clone()))
+        .unify()
+        .or(console::routes(state.clone()))
         .unify()
         .or(health::routes(state))
         .unify()

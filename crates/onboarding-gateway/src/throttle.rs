@@ -62,6 +62,9 @@ pub(crate) enum RouteGroup {
     Scim,
     /// `POST /api/v1/credentials/verify`: the token's budget, the client's and the username's.
     Verify,
+    /// The admin console, `/admin…`: the signed-in token's budget (a sign-in attempt or a
+    /// request without a session, the client's).
+    Console,
 }
 
 impl RouteGroup {
@@ -73,6 +76,7 @@ impl RouteGroup {
             Self::Bulk => "bulk",
             Self::Scim => "scim",
             Self::Verify => "verify",
+            Self::Console => "console",
         }
     }
 }
