@@ -9,6 +9,7 @@
 
 PLAYWRIGHT_VERSION=1.64.1 # drives Chromium 156, the version Debian 12 ships
 PLAYWRIGHT_DIR=${PLAYWRIGHT_DIR:-$ONBOARDING_CACHE/playwright}
+AXE_CORE_VERSION=4.14.1 # the accessibility checker the console's browser test runs
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 SCIM_CLIENT_VERSION=0.13.2 # scim2-client (python-scim2), the SCIM client the e2e tests drive
 SCIM_MODELS_VERSION=0.12.3
@@ -64,20 +65,23 @@ ensure_chromium() {
   [[ -x $CHROMIUM ]] || die "chromium: install did not produce $CHROMIUM"
 }
 
-# playwright-core only (no browser download) into $PLAYWRIGHT_DIR; sets PLAYWRIGHT_NODE_PATH
-# to its node_modules, for NODE_PATH.
+# playwright-core only (no browser download) and axe-core into $PLAYWRIGHT_DIR; sets
+# PLAYWRIGHT_NODE_PATH to its node_modules, for NODE_PATH.
 ensure_playwright() {
   PLAYWRIGHT_NODE_PATH=$PLAYWRIGHT_DIR/node_modules
   local installed=$PLAYWRIGHT_NODE_PATH/playwright-core/package.json
-  if [[ -f $installed ]] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$installed"; then
+  local axe=$PLAYWRIGHT_NODE_PATH/axe-core/package.json
+  if [[ -f $installed ]] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$installed" &&
+    [[ -f $axe ]] && grep -q "\"version\": \"$AXE_CORE_VERSION\"" "$axe"; then
     return 0
   fi
   ensure_npm
-  say "playwright: installing playwright-core@$PLAYWRIGHT_VERSION into $PLAYWRIGHT_DIR"
+  say "playwright: installing playwright-core@$PLAYWRIGHT_VERSION and axe-core@$AXE_CORE_VERSION into $PLAYWRIGHT_DIR"
   mkdir -p "$PLAYWRIGHT_DIR"
   npm install --prefix "$PLAYWRIGHT_DIR" --no-audit --no-fund --loglevel=error \
-    "playwright-core@$PLAYWRIGHT_VERSION"
+    "playwright-core@$PLAYWRIGHT_VERSION" "axe-core@$AXE_CORE_VERSION"
   [[ -f $installed ]] || die "playwright: install did not produce $installed"
+  [[ -f $axe ]] || die "axe-core: install did not produce $axe"
 }
 
 # ---------------------------------------------------------------- SCIM client test

@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod bulk;
 mod codes;
+mod console;
 mod credentials;
 mod delivery;
 mod deploy;
