@@ -139,7 +139,7 @@ async function main() {
     await shot(page, '02-overview.png');
 
     step = 'finding Jane in the invitations';
-    await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Invitations' }).click();
+    await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Invitations', exact: true }).click();
     await page.getByLabel('Username or email contains', { exact: true }).fill(opts.jane);
     await page.getByLabel('State', { exact: true }).selectOption('CodeIssued');
     await page.getByRole('button', { name: 'Show', exact: true }).click();
@@ -213,7 +213,7 @@ async function main() {
     await shot(page, '08-revoked.png');
 
     step = 'uploading a bulk file';
-    await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Bulk invitations' }).click();
+    await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Bulk invitations', exact: true }).click();
     await axe(page, 'bulk');
     await page.getByLabel('File to upload (CSV or JSON lines)', { exact: true }).setInputFiles(opts.bulkFile);
     await page.getByRole('button', { name: 'Upload and invite', exact: true }).click();

@@ -248,3 +248,72 @@ fn a_token_without_invite_and_revoke_gets_no_buttons() {
     assert!(admin.contains("Resend the link") && admin.contains("Revoke the invitation"));
     assert!(!reader.contains("Resend the link") && !reader.contains("Revoke the invitation"));
 }
+
+#[test]
+fn every_console_template_renders_in_both_languages() {
+    let pages = Pages::new(&OrganisationSettings::default()).unwrap();
+    let admin = context! { token_id => "e2e-admin", can_invite => true, can_revoke => true, csrf => "k1.x" };
+    let cases = [
+        (
+            "console/sign_in.html",
+            context! { csrf => "k1.x", error => "wrong" },
+        ),
+        (
+            "console/message.html",
+            context! { heading => "h", line => "l", admin },
+        ),
+        (
+            "console/overview.html",
+            context! {
+                admin,
+                by_state => vec![json!({"state": "Active", "count": 2})],
+                invitations => 3, active => 2, activation_rate => "66.7 %",
+                median_to_activate => "2 min", mails_queued => 1, mails_waiting => 0,
+                mails_abandoned => 0, outbox_backlog => 4, outbox_oldest_age => "3 s",
+                outbox_dead_letters => 0, consumer_lag => None::<i64>,
+                verification => json!({"ran_at": "now", "ran_at_iso": "x", "events": 9, "head": "9:ab", "findings": 0, "intact": true, "expected_head_missing": false}),
+            },
+        ),
+        (
+            "console/invitations.html",
+            context! {
+                admin, problems => vec!["bad"],
+                filters => json!({"state": "Active", "delivery": null, "provisioning": null, "q": "ja ne&x"}),
+                choices => json!({"states": ["Active"], "deliveries": ["sent"], "provisionings": ["pending"]}),
+                rows => vec![json!({"id": "u1", "username": "jane", "email": "j@x", "state": "Active", "invited": "now", "invited_iso": "x", "since_invitation": "2 d", "link_opened": true})],
+                next_after => "u1", first_page => false,
+            },
+        ),
+        (
+            "console/confirm.html",
+            context! { admin, action => "revoke", id => "u1", username => "jane", email => "j@x" },
+        ),
+        (
+            "console/bulk.html",
+            context! { admin, jobs => vec![json!({"id": "j1", "actor": "a", "status": "done", "rows": 3, "created": "now", "created_iso": "x"})], error => None::<&str>, max_bytes => 1024 },
+        ),
+        (
+            "console/job.html",
+            context! {
+                admin, job_id => "j1", running => true, status => "running", format => "csv", created => "now",
+                totals => json!({"rows": 4, "pending": 1, "created": 1, "duplicate": 1, "invalid": 1, "failed": 0}),
+                applied => 3, percent => "75.0 %",
+                failed_rows => vec![json!({"line": 4, "status": "invalid", "username": "broken", "reason": "email: not an address"})],
+            },
+        ),
+    ];
+    for lang in [Lang::En, Lang::De] {
+        for (name, values) in &cases {
+            let html = pages
+                .templates
+                .get_template(name)
+                .unwrap()
+                .render(context! { organisation => "Pickup", lang => lang.tag(), t => pages.texts.for_templates(lang), ..values.clone() })
+                .unwrap_or_else(|e| panic!("{name} ({}): {e:#}", lang.tag()));
+            assert!(
+                !html.contains("console_"),
+                "{name}: a text key is missing: {html}"
+            );
+        }
+    }
+}
