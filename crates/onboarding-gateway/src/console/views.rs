@@ -667,18 +667,32 @@ pub(crate) async fn bulk_upload(ctx: Ctx, form: warp::multipart::FormData) -> Re
     let lang = ctx.lang;
     let mut csrf = None;
     let mut file: Option<(Option<String>, Option<String>, Vec<u8>)> = None;
-    let parts: Result<Vec<warp::multipart::Part>, _> = form.try_collect().await;
-    let Ok(parts) = parts else {
-        return bulk_form(
-            &ctx,
-            Vec::new(),
-            Some(texts.get(lang, "console_bulk_unreadable", &[])),
-            StatusCode::BAD_REQUEST,
-        );
-    };
-    for mut part in parts {
+    // Each part's data must be read before the next part is asked for.
+    let mut form = form;
+    loop {
+        let mut part = match form.try_next().await {
+            Ok(Some(part)) => part,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(error = %e, "console upload not readable");
+                return bulk_form(
+                    &ctx,
+                    Vec::new(),
+                    Some(texts.get(lang, "console_bulk_unreadable", &[])),
+                    StatusCode::BAD_REQUEST,
+                );
+            }
+        };
         let mut data = Vec::new();
-        while let Some(Ok(mut chunk)) = part.data().await {
+        while let Some(chunk) = part.data().await {
+            let Ok(mut chunk) = chunk else {
+                return bulk_form(
+                    &ctx,
+                    Vec::new(),
+                    Some(texts.get(lang, "console_bulk_unreadable", &[])),
+                    StatusCode::BAD_REQUEST,
+                );
+            };
             while chunk.has_remaining() {
                 let bytes = chunk.chunk();
                 data.extend_from_slice(bytes);
