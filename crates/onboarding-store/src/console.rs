@@ -182,7 +182,7 @@ impl Store {
                     count(*) FILTER (WHERE state = 'CodeIssued' AND code_expires_at > $1 \
                                      AND delivery = 'queued'), \
                     count(*) FILTER (WHERE delivery = 'abandoned' \
-                                     AND state NOT IN ('Active', 'PasswordSet', 'Revoked')) \
+                                     AND state IN ('Invited', 'CodeIssued', 'Expired', 'Locked')) \
              FROM account_states",
         )
         .bind(now)

@@ -253,7 +253,7 @@ pub(crate) async fn overview(ctx: Ctx) -> Response {
     )
 }
 
-const STATES: [&str; 7] = [
+const STATES: [&str; 8] = [
     "Invited",
     "CodeIssued",
     "Expired",
@@ -261,6 +261,7 @@ const STATES: [&str; 7] = [
     "Revoked",
     "PasswordSet",
     "Active",
+    "Disabled",
 ];
 const DELIVERIES: [&str; 4] = ["queued", "sent", "failed", "abandoned"];
 const PROVISIONINGS: [&str; 3] = ["pending", "provisioned", "failed"];
@@ -459,9 +460,13 @@ pub(crate) async fn user(ctx: Ctx, id: String, query: HashMap<String, String>) -
         })
         .collect();
     let current = account.state_at(now);
-    let pending = !matches!(
+    // Resend and revoke apply to an invitation not yet accepted.
+    let pending = matches!(
         current,
-        OnboardingState::Active | OnboardingState::PasswordSet | OnboardingState::Revoked
+        OnboardingState::Invited
+            | OnboardingState::CodeIssued
+            | OnboardingState::Expired
+            | OnboardingState::Locked
     );
     let times = json!({
         "created_at": at(&view["created_at"]),
