@@ -194,6 +194,8 @@ fn whatever_an_account_holds_is_html_escaped_on_its_page() {
                 "state": "CodeIssued",
                 "links_opened": 0,
                 "revoked_by": null,
+                "email_delivery": {"status": "failed", "reason": "550 <b>no</b>", "at": "x"},
+                "provisioning": {"status": "pending"},
             }),
             times => json!({"since_invitation": "<i>2 d</i>"}),
             claims => serde_json::to_string_pretty(&json!({"title": "<img src=x onerror=alert(1)>"})).unwrap(),
@@ -219,6 +221,14 @@ fn whatever_an_account_holds_is_html_escaped_on_its_page() {
         "{html}"
     );
     assert!(html.contains("&lt;m@x&gt;"));
+    assert!(
+        html.contains("<dd id=\"view-delivery\">failed: 550 &lt;b&gt;no&lt;&#x2f;b&gt;</dd>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<dd id=\"view-provisioning\">pending</dd>"),
+        "{html}"
+    );
     assert!(html.contains("href=\"/admin/users/0193a9b0-0000-7000-8000-000000000000/resend\""));
 }
 
