@@ -111,6 +111,17 @@ impl Intake {
                 match self.process(&msg).await {
                     Ok(()) => break,
                     Err(e) => {
+                        if matches!(e, ProcessError::Kafka(_)) {
+                            // A broker that lost its state refuses an idempotent producer's id
+                            // for good (UNKNOWN_PRODUCER_ID, seen as a timeout); a fresh producer
+                            // starts with a new one. Each failure took a message timeout already.
+                            match producer(&self.settings.kafka) {
+                                Ok(p) => self.producer = p,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot recreate the Kafka producer")
+                                }
+                            }
+                        }
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the request's outcome; retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => return self.close(),

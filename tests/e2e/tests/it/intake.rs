@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 
-use onboarding_e2e::{headers_of, unique, Options, Stack};
+use onboarding_e2e::{headers_of, unique, Broker, Options, Stack};
 
 const HR: &str = "urn:pickup:hr";
 
@@ -310,4 +310,58 @@ async fn a_nul_byte_in_a_request_is_refused_and_the_requests_behind_it_are_handl
     );
     // Only the good request invited anybody.
     assert_eq!(stack.list("").await["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn after_the_broker_restarted_empty_the_intake_publishes_outcomes_again() {
+    let mut broker = Broker::start("intake-brokerloss");
+    let stack = Stack::start(
+        "intake_brokerloss",
+        Options {
+            kafka: Some(broker.addr.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    stack.spawn("intake");
+    let tag = unique("");
+    let first = format!("hr-first-{tag}");
+    publish(
+        &stack,
+        &first,
+        &request(
+            &first,
+            &format!("First{tag}"),
+            &format!("first.{tag}@pickup.example"),
+        ),
+    )
+    .await;
+    let before = read(&stack, "outcomes", 1).await;
+    assert_eq!(json_of(&before[0])["status"], "accepted");
+
+    // The in-memory broker comes back empty: it forgot the topics and every producer id. The
+    // operator makes the topics again (`onboard migrate`); the intake's idempotent producer,
+    // refused as unknown, must start over with a new one instead of retrying forever.
+    broker.restart_empty();
+    let out = stack.cli(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "onboard migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = format!("hr-second-{tag}");
+    publish(
+        &stack,
+        &second,
+        &request(
+            &second,
+            &format!("Second{tag}"),
+            &format!("second.{tag}@pickup.example"),
+        ),
+    )
+    .await;
+    let after = read(&stack, "outcomes", 1).await;
+    let outcome = json_of(&after[0]);
+    assert_eq!(outcome["request_id"], second.as_str(), "{outcome}");
+    assert_eq!(outcome["status"], "accepted", "{outcome}");
 }
