@@ -16,6 +16,17 @@ their local part:
 Accepted mail goes on to MailDev, except for quoted local parts ("john doe"@...), which MailDev
 refuses with 501: the gate keeps those itself and prints "STORED <recipient> <Message-ID>".
 
+With FORWARD_PORT 0 the gate is a mail sink of its own: it keeps every accepted mail and prints
+"DELIVERED <EHLO name> <recipient> <Message-ID> <link>" for each recipient, the link being the
+first /confirm link of the mail's text (or "-"). The fault campaign (tests/chaos) reads these
+lines as the users' mailboxes.
+
+GATE_MODE_FILE names a file whose content changes how the gate answers, read at every mail:
+  accept (or no file)  as above
+  refuse               451 4.3.2 to every MAIL FROM (a server refusing mail for now)
+  slow SECONDS         DATA answered only after SECONDS (the mail is kept, even when the
+                       client gave up waiting for the answer)
+
 Optionally, like a submission server, it requires STARTTLS and AUTH:
   GATE_TLS_CERT, GATE_TLS_KEY   offer STARTTLS with this certificate and require it before mail
   GATE_AUTH_USER, GATE_AUTH_PASSWORD
@@ -24,19 +35,47 @@ Optionally, like a submission server, it requires STARTTLS and AUTH:
 Each login is printed as "AUTH <mechanism> <login> ok|refused", and each MAIL FROM as
 "MAIL tls=yes|no auth=yes|no".
 
-Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT [RELEASE_DIR]
+Usage: gate.py LISTEN_PORT FORWARD_HOST FORWARD_PORT [RELEASE_DIR]  (FORWARD_PORT 0: keep the mail)
 """
 
 import asyncio
 import collections
 import email
 import os
+import re
 import smtplib
 import ssl
 import sys
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+CONFIRM_LINK = re.compile(r"https?://\S+/confirm\?code=[A-Za-z0-9_.~%-]+")
+
+
+def mode():
+    """What GATE_MODE_FILE says: ("accept"|"refuse"|"slow", seconds)."""
+    path = os.environ.get("GATE_MODE_FILE")
+    try:
+        words = open(path).read().split() if path else []
+    except OSError:
+        words = []
+    if not words:
+        return ("accept", 0.0)
+    return (words[0], float(words[1]) if len(words) > 1 else 0.0)
+
+
+def confirm_link(content):
+    """The first /confirm link in the mail's text part, or "-"."""
+    message = email.message_from_bytes(content)
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+            found = CONFIRM_LINK.search(text)
+            if found:
+                return found.group(0)
+    return "-"
 
 
 class Gate:
@@ -46,6 +85,8 @@ class Gate:
         self.seen = collections.Counter()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if mode()[0] == "refuse":
+            return "451 4.3.2 <%s>: not accepting mail now, try again later" % address
         print(
             "MAIL tls=%s auth=%s"
             % ("yes" if session.ssl else "no", "yes" if session.authenticated else "no"),
@@ -81,6 +122,15 @@ class Gate:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        how, seconds = mode()
+        if how == "slow":
+            await asyncio.sleep(seconds)
+        if self.forward[1] == 0:
+            message_id = email.message_from_bytes(envelope.original_content).get("Message-ID", "")
+            link = confirm_link(envelope.original_content)
+            for r in envelope.rcpt_tos:
+                print("DELIVERED %s %s %s %s" % (session.host_name, r, message_id, link), flush=True)
+            return "250 2.0.0 OK: kept by the gate"
         kept = [r for r in envelope.rcpt_tos if r.startswith('"')]
         passed = [r for r in envelope.rcpt_tos if not r.startswith('"')]
         message_id = email.message_from_bytes(envelope.original_content).get("Message-ID", "")
