@@ -2,11 +2,13 @@
 //! (or dead-letters the record), and only then stores the record's offset.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use onboarding_config::Settings;
-use onboarding_kafka::{group_consumer_config, producer, subscribe, ClientError, Watchdog};
+use onboarding_kafka::{
+    group_consumer_config, producer, subscribe, ClientError, PartitionLag, Watchdog,
+};
 use onboarding_store::{Store, StoreError};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -41,10 +43,15 @@ pub struct Intake {
     consumer: StreamConsumer,
     consumer_config: rdkafka::ClientConfig,
     producer: FutureProducer,
-    /// Measures each partition's lag (gauge `onboard_intake_lag`); the intake does not rejoin on
-    /// a stall, it only reports.
+    /// Measures each partition's lag (gauge `onboard_intake_lag`); an idle intake rejoins its
+    /// group when requests wait on a partition nobody reads.
     watchdog: Watchdog,
 }
+
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// An idle intake that sees requests wait this long behind a committed offset that does not
+/// move rejoins its group (the intake is never idle while it works on a request).
+const STALL: Duration = Duration::from_secs(20);
 
 impl Intake {
     /// Joins `intake.group` on `intake.requests_topic`.
@@ -57,11 +64,7 @@ impl Intake {
         )?;
         Ok(Self {
             producer: producer(&settings.kafka)?,
-            watchdog: Watchdog::new(
-                &settings.intake.requests_topic,
-                Duration::MAX,
-                "onboard_intake_lag",
-            ),
+            watchdog: Watchdog::new(&settings.intake.requests_topic, STALL, "onboard_intake_lag"),
             store,
             settings,
             consumer,
@@ -72,16 +75,22 @@ impl Intake {
     /// Consumes until `shutdown`; commits the stored offsets on the way out.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), IntakeError> {
         tracing::info!(topic = %self.settings.intake.requests_topic, "intake started");
+        // After a receive error, a broker that came back without the group leaves the consumer
+        // waiting: after a quiet spell a fresh consumer joins again. While idle, the watchdog
+        // rejoins when requests wait on a partition nobody reads (another intake was killed and
+        // the rebalance left its partitions to nobody, as the email worker's watchdog does).
         let mut disrupted = false;
+        let mut quiet = Duration::ZERO;
         loop {
-            self.measure_lag();
+            let lags = self.measure_lag();
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = tokio::time::timeout(Duration::from_secs(10), self.consumer.recv()) => m,
+                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()) => m,
             };
             let msg = match msg {
                 Ok(Ok(m)) => {
                     disrupted = false;
+                    quiet = Duration::ZERO;
                     m
                 }
                 Ok(Err(e)) => {
@@ -90,21 +99,20 @@ impl Intake {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                Err(_quiet) if disrupted => {
-                    // A broker that came back without our group leaves the consumer waiting.
-                    tracing::warn!(
-                        "no records since the broker came back; rejoining the consumer group"
-                    );
-                    let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-                    self.consumer = subscribe(
-                        &self.consumer_config,
-                        &self.settings.intake.requests_topic,
-                        DefaultConsumerContext,
-                    )?;
-                    disrupted = false;
+                Err(_idle) => {
+                    quiet += IDLE_TICK;
+                    if disrupted && quiet >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "no records since the broker came back; rejoining the consumer group"
+                        );
+                        self.rejoin()?;
+                        disrupted = false;
+                        quiet = Duration::ZERO;
+                    } else if lags.is_some_and(|lags| self.stalled(&lags)) {
+                        self.rejoin()?;
+                    }
                     continue;
                 }
-                Err(_quiet) => continue,
             };
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -138,13 +146,40 @@ impl Intake {
 
     /// Measures each partition's lag when the last measurement is older than
     /// [`onboarding_kafka::watchdog::CHECK_EVERY`] (blocking calls to the broker).
-    fn measure_lag(&mut self) {
+    fn measure_lag(&mut self) -> Option<Vec<PartitionLag>> {
         if !self.watchdog.due() {
-            return;
+            return None;
         }
-        if let Err(e) = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer)) {
-            tracing::debug!(error = %e, "cannot measure the intake's lag");
+        match tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer)) {
+            Ok(lags) => Some(lags),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure the intake's lag");
+                None
+            }
         }
+    }
+
+    /// True when requests wait on a partition whose committed offset has not moved for
+    /// [`STALL`] while this intake is idle, so nobody reads it.
+    fn stalled(&mut self, lags: &[PartitionLag]) -> bool {
+        let stalled = self.watchdog.stalled(lags, Instant::now());
+        if stalled.is_empty() {
+            return false;
+        }
+        tracing::warn!(partitions = ?stalled, "requests wait on partitions nobody reads; rejoining the consumer group");
+        true
+    }
+
+    /// Leaves the consumer group (committing what was handled) and joins it again.
+    fn rejoin(&mut self) -> Result<(), IntakeError> {
+        let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.consumer = subscribe(
+            &self.consumer_config,
+            &self.settings.intake.requests_topic,
+            DefaultConsumerContext,
+        )?;
+        self.watchdog.reset();
+        Ok(())
     }
 
     fn close(self) -> Result<(), IntakeError> {
