@@ -472,7 +472,7 @@ impl Checker {
                 json!({"mails_by_worker": per_worker}),
             ),
             Invariant::new(
-                "one relay publishes; when it is killed another takes over",
+                "the relays take turns, one batch at a time; when one is killed the other goes on",
                 leader_before && survivor_after,
                 json!({"killed": killed_at.map(|(n, at)| json!({"relay": n, "at_seconds": at.round()})),
                        "published_by_relay": relays.json(),

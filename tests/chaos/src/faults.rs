@@ -68,6 +68,8 @@ pub struct Campaign {
     intake_topics: Vec<String>,
     intake_partitions: i32,
     started: Instant,
+    /// Leave the email workers and intakes running through a broker loss.
+    consumers_survive_broker_loss: bool,
 }
 
 impl Campaign {
@@ -84,6 +86,7 @@ impl Campaign {
             ],
             intake_partitions: args.intake_partitions,
             started,
+            consumers_survive_broker_loss: args.consumers_survive_broker_loss,
         }
     }
 
@@ -187,12 +190,36 @@ impl Campaign {
             Kind::BrokerRestart => {
                 service(&self.service, "broker-stop").await?;
                 let down = Duration::from_millis(rng.gen_range(1000..4000));
+                // As docs/operations.md tells operators: the Kafka consumers are restarted after
+                // a broker lost its data. Killed while it is down (they cannot commit their
+                // old offsets into the new broker's groups), started once it is back.
+                let mut restarted = Vec::new();
+                if !self.consumers_survive_broker_loss {
+                    for role in [Role::EmailWorker, Role::Intake] {
+                        for name in self.supervisor.running(role) {
+                            if let Some(s) = self
+                                .supervisor
+                                .kill(&name, Some(down + Duration::from_secs(2)))
+                            {
+                                restarted.push(s.name);
+                            }
+                        }
+                    }
+                }
                 tokio::time::sleep(down).await;
                 service(&self.service, "broker-start").await?;
                 self.recreate_intake_topics().await?;
                 injected(
                     "tansu".to_owned(),
-                    format!("down {:.1} s, every topic lost", down.as_secs_f64()),
+                    format!(
+                        "down {:.1} s, every topic lost; {}",
+                        down.as_secs_f64(),
+                        if restarted.is_empty() {
+                            "the consumers kept running".to_owned()
+                        } else {
+                            format!("{} restarted meanwhile", restarted.join(", "))
+                        }
+                    ),
                 )
             }
             Kind::SmtpTrouble => {

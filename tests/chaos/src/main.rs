@@ -87,6 +87,11 @@ pub struct Args {
     /// Where the results go (JSON).
     #[arg(long)]
     pub out: PathBuf,
+    /// Leave the email workers and intakes running through a broker restart, instead of
+    /// restarting them as docs/operations.md tells operators (they then may skip records: see
+    /// "When the broker loses data").
+    #[arg(long)]
+    pub consumers_survive_broker_loss: bool,
     /// The random seed (printed, so that a run's fault sequence can be repeated).
     #[arg(long)]
     pub seed: Option<u64>,
