@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -196,7 +197,12 @@ impl Checker {
         supervisor: &Supervisor,
         settled: Settled,
     ) -> anyhow::Result<Vec<Invariant>> {
-        let history = History::read(&self.db).await?;
+        let mut history = History::read(&self.db).await?;
+        // The intake's outcomes since the last broker restart, read once the faults are over (a
+        // consumer that lives through a broker restart can crash inside librdkafka).
+        let (brokers, topic) = (self.args.brokers.clone(), self.args.outcomes_topic.clone());
+        history.intake_accepted =
+            tokio::task::spawn_blocking(move || read_accepted_outcomes(&brokers, &topic)).await??;
         let mail = Mailboxes::read_all(&self.args.gate_log)?;
         let mut out = vec![
             self.http_invitations(ledger, &history),
@@ -280,7 +286,7 @@ impl Checker {
     /// account; every request the broker acknowledged after its last restart was invited.
     fn intake_requests(&self, ledger: &Ledger, injected: &[Injected], h: &History) -> Invariant {
         let requests = ledger.intake.lock().expect("intake");
-        let accepted = ledger.intake_accepted.lock().expect("accepted");
+        let accepted = &h.intake_accepted;
         let last_restart_end = injected
             .iter()
             .filter(|f| f.kind == Kind::BrokerRestart)
@@ -304,7 +310,7 @@ impl Checker {
         }
         let outcome_without_account = accepted
             .iter()
-            .filter(|id| !h.users.contains_key(&id.to_string()))
+            .filter(|id| !h.users.contains_key(*id))
             .count();
         Invariant::new(
             "every intake request is invited at most once, none acknowledged since the last broker restart is lost",
@@ -508,6 +514,8 @@ struct History {
     welcomed: HashMap<String, Vec<String>>,
     /// user id → UserActivated and PasswordSet events.
     activations: HashMap<String, (u32, u32)>,
+    /// User ids named by the accepted outcomes on the intake's outcome topic.
+    intake_accepted: Vec<String>,
 }
 
 impl History {
@@ -614,6 +622,7 @@ impl History {
             mailed,
             welcomed,
             activations,
+            intake_accepted: Vec::new(),
         })
     }
 
@@ -838,8 +847,51 @@ async fn group_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i6
     .await?
 }
 
-/// Every record of the topic, partition by partition in offset order: (user id, sequence).
+/// Every record of the event topic, partition by partition in offset order: (user id, sequence).
 fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    read_records(brokers, topic, |m| {
+        let user = m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let sequence = m
+            .payload()
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+            .and_then(|v| v["sequence"].as_i64())
+            .unwrap_or(-1);
+        out.push((user, sequence));
+    })?;
+    Ok(out)
+}
+
+/// The user ids of the accepted outcomes on the intake's outcome topic.
+fn read_accepted_outcomes(brokers: &str, topic: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    read_records(brokers, topic, |m| {
+        let accepted = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
+            .and_then(|h| h.value)
+            .is_some_and(|v| v.ends_with(b"accepted.v1"));
+        let user = m
+            .payload()
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+            .and_then(|v| v["user_id"].as_str().map(str::to_owned));
+        if let (true, Some(user)) = (accepted, user) {
+            out.push(user);
+        }
+    })?;
+    Ok(out)
+}
+
+/// Reads every record of `topic` once, partition by partition from the low to the high
+/// watermark, without a consumer group.
+fn read_records(
+    brokers: &str,
+    topic: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
@@ -855,7 +907,6 @@ fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<(String, i64)>> 
         .topics()
         .first()
         .map_or(0, |t| t.partitions().len());
-    let mut out = Vec::new();
     for p in 0..partitions as i32 {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
         if high <= low {
@@ -871,16 +922,7 @@ fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<(String, i64)>> 
                 Some(Ok(m)) => {
                     idle = Instant::now();
                     next = m.offset() + 1;
-                    let user = m
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default();
-                    let sequence = m
-                        .payload()
-                        .and_then(|v| serde_json::from_slice::<Value>(v).ok())
-                        .and_then(|v| v["sequence"].as_i64())
-                        .unwrap_or(-1);
-                    out.push((user, sequence));
+                    each(&m);
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => bail!("reading partition {p} of {topic}: {e}"),
@@ -893,5 +935,5 @@ fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<(String, i64)>> 
             }
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! The load, as users and upstream services make it, recorded in a `Ledger` that the checker
 //! holds the history against:
 //! - invitations over `POST /api/v1/users` from two clients;
-//! - invitation requests on the intake's Kafka topic, and the outcomes read back;
+//! - invitation requests on the intake's Kafka topic (the checker reads the outcomes);
 //! - a bulk file every 15 s;
 //! - the users: they read their mail (the gate's DELIVERED lines), open links, and set
 //!   passwords through the form as a browser does;
@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -70,8 +69,6 @@ pub struct PasswordSubmission {
 pub struct Ledger {
     pub invites: Mutex<Vec<Invite>>,
     pub intake: Mutex<Vec<IntakeRequest>>,
-    /// User ids named by accepted outcomes read back.
-    pub intake_accepted: Mutex<Vec<Uuid>>,
     pub bulk: Mutex<Vec<BulkUpload>>,
     /// Submissions the page answered `200` (the account is active, it said).
     pub passwords: Mutex<Vec<PasswordSubmission>>,
@@ -105,7 +102,6 @@ impl Ledger {
             "http_invitations_created": invites.iter().filter(|i| i.created.is_some()).count(),
             "intake_requests": intake.len(),
             "intake_requests_acknowledged": intake.iter().filter(|r| r.acked_at.is_some()).count(),
-            "intake_accepted_outcomes_read": self.intake_accepted.lock().expect("accepted").len(),
             "bulk_files": bulk.len(),
             "bulk_files_accepted": bulk.iter().filter(|b| b.job.is_some()).count(),
             "links_read": self.links.lock().expect("links").len(),
@@ -198,11 +194,6 @@ impl Load {
             ctx.clone(),
             args.brokers.clone(),
             args.requests_topic.clone(),
-        )));
-        tasks.push(tokio::spawn(read_outcomes(
-            ctx.clone(),
-            args.brokers.clone(),
-            args.outcomes_topic.clone(),
         )));
         tasks.push(tokio::spawn(upload_bulk_files(ctx.clone())));
         tasks.push(tokio::spawn(read_mail(ctx.clone(), args.gate_log.clone())));
@@ -324,51 +315,6 @@ async fn request_through_intake(ctx: Ctx, brokers: String, topic: String) {
             .expect("intake")
             .push(IntakeRequest { username, acked_at });
         ctx.pause(250).await;
-    }
-}
-
-/// The intake's outcomes, read back: the user ids of accepted requests.
-async fn read_outcomes(ctx: Ctx, brokers: String, topic: String) {
-    let consumer: StreamConsumer = match ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("chaos-outcomes-{}", ctx.tag))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            println!("    the outcome reader could not be made: {e}");
-            return;
-        }
-    };
-    if let Err(e) = consumer.subscribe(&[&topic]) {
-        println!("    the outcome reader could not subscribe: {e}");
-        return;
-    }
-    while ctx.running() {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
-        else {
-            continue;
-        };
-        let accepted = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
-            .and_then(|h| h.value)
-            .is_some_and(|v| v.ends_with(b"accepted.v1"));
-        let body: Value = m
-            .payload()
-            .and_then(|p| serde_json::from_slice(p).ok())
-            .unwrap_or(Value::Null);
-        if accepted {
-            if let Some(id) = body["user_id"].as_str().and_then(|s| s.parse().ok()) {
-                ctx.ledger
-                    .intake_accepted
-                    .lock()
-                    .expect("accepted")
-                    .push(id);
-            }
-        }
     }
 }
 
