@@ -47,8 +47,23 @@ pub fn group_consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
+    // A fetch that finds nothing new waits at most this long for a record. librdkafka's default
+    // is 500 ms; tansu holds a fetch for that whole time even when a record arrives meanwhile,
+    // so every mail waited up to half a second for its record (the benchmark's invitation-to-mail
+    // p50 was 494 ms with 500, 44 ms with 20; docs/performance.md). An idle consumer then
+    // fetches about 50 times a second per broker; `kafka.properties` can set another value.
+    if !kafka
+        .client_properties()
+        .iter()
+        .any(|(key, _)| *key == "fetch.wait.max.ms")
+    {
+        c.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+    }
     c
 }
+
+/// The group consumers' `fetch.wait.max.ms` unless `kafka.properties` sets it.
+pub const FETCH_WAIT_MAX_MS: &str = "20";
 
 /// A consumer created from `config` with `context` and subscribed to `topic`: how a group
 /// consumer starts, and how it joins its group again after the broker came back without it.
@@ -101,6 +116,17 @@ mod tests {
         .to_string();
         assert!(err.contains("`socket.timeout.ms`"), "{err}");
         assert!(!err.contains("kafka-secret"), "{err}");
+    }
+
+    #[test]
+    fn consumers_wait_briefly_for_records_unless_told_otherwise() {
+        let config = group_consumer_config(&kafka(""), "g");
+        assert_eq!(config.get("fetch.wait.max.ms"), Some(FETCH_WAIT_MAX_MS));
+        let config = group_consumer_config(
+            &kafka("[kafka.properties]\n\"fetch.wait.max.ms\" = \"250\""),
+            "g",
+        );
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("250"));
     }
 
     #[test]
