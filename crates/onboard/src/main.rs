@@ -17,6 +17,8 @@ mod email;
 mod invite;
 mod logging;
 mod migrate;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod serve;
 mod user;
 
@@ -123,7 +125,6 @@ fn one_of<E: ValueEnum + Clone + Send + Sync + 'static>(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,6 +149,33 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let settings = Arc::new(Settings::load(&cli.config)?);
+    let telemetry = logging::init(
+        cli.log_format,
+        &settings.observability,
+        cli.command.service_name(),
+    )?;
+    let result = dispatch(cli, settings).await;
+    telemetry.shutdown();
+    result
+}
+
+impl Command {
+    /// The name the process's spans carry (`service.name`): the role it runs.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Serve => "onboard",
+            Command::Gateway => "onboard-gateway",
+            Command::Relay => "onboard-relay",
+            Command::EmailWorker => "onboard-email-worker",
+            Command::Scheduler => "onboard-scheduler",
+            Command::Intake => "onboard-intake",
+            Command::Provisioner => "onboard-provisioner",
+            _ => "onboard-cli",
+        }
+    }
+}
+
+async fn dispatch(cli: Cli, settings: Arc<Settings>) -> Result<()> {
     // A misspelt or invalid librdkafka property is named at start, without its value.
     onboarding_kafka::check_config(&settings.kafka).map_err(anyhow::Error::msg)?;
     match cli.command {

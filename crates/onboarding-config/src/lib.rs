@@ -46,7 +46,7 @@ pub use error::ConfigError;
 pub use gateway::{AdminToken, GatewaySettings, Scope};
 pub use intake::IntakeSettings;
 pub use kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
-pub use observability::ObservabilitySettings;
+pub use observability::{ObservabilitySettings, OtlpEndpoint};
 pub use onboarding::{IdentityMgt, InvitationsDisabled, UserOnboarding};
 pub use organisation::OrganisationSettings;
 pub use password::{PasswordHashingSettings, PasswordPolicySettings};

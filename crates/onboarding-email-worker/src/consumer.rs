@@ -18,6 +18,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::Delivery;
 use crate::lanes::{HandleFuture, Handled, Lane, Lanes};
@@ -103,7 +104,19 @@ impl EmailWorker {
             shutdown.clone(),
             Arc::new(move |msg| -> HandleFuture {
                 let (records, stop) = (records.clone(), stop.clone());
-                Box::pin(async move { records.handle_until_recorded(&msg, &stop).await })
+                // The record's span, in the trace its headers carry (docs/adr/0029).
+                let span = onboarding_kafka::trace_context::follow(
+                    msg.headers(),
+                    tracing::info_span!(
+                        "email worker record",
+                        partition = msg.partition(),
+                        offset = msg.offset()
+                    ),
+                );
+                Box::pin(
+                    async move { records.handle_until_recorded(&msg, &stop).await }
+                        .instrument(span),
+                )
             }),
         );
         // Set when the broker became unreachable; cleared by the next record. A broker that comes

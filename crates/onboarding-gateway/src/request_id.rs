@@ -51,7 +51,9 @@ pub(crate) fn x_request_id(
 
 /// The span of one request: every log line written while the gateway handles it carries its
 /// `request_id` (the caller's `X-Request-Id`, or a fresh UUID when there is none that can be
-/// kept), `method` and `path` (never the query, which holds the codes of the links).
+/// kept), `method` and `path` (never the query, which holds the codes of the links). With an
+/// OpenTelemetry exporter it is also the request's span in the trace the caller's
+/// `traceparent` names (or a new trace).
 pub(crate) fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
     let request_id = info
         .request_headers()
@@ -60,12 +62,32 @@ pub(crate) fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
         .filter(|id| acceptable_request_id(id))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %info.method(),
         path = %info.path(),
-    )
+    );
+    // A caller's `traceparent` makes the request part of its trace (docs/adr/0029).
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&RequestHeaders(info.request_headers()))
+    });
+    // Fails only when no OpenTelemetry layer runs, where there is no trace to join.
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    span
+}
+
+/// A request's headers as the trace context propagator reads them.
+struct RequestHeaders<'a>(&'a warp::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for RequestHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 /// Repeats the caller's `X-Request-Id` on the answer, so that the caller's log and ours meet.

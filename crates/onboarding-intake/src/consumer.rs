@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::invite::invite;
@@ -116,7 +117,16 @@ impl Intake {
             };
             let mut backoff = Duration::from_millis(200);
             loop {
-                match self.process(&msg).await {
+                // The request's span, in the trace its headers carry (docs/adr/0029).
+                let span = onboarding_kafka::trace_context::follow(
+                    msg.headers(),
+                    tracing::info_span!(
+                        "intake record",
+                        partition = msg.partition(),
+                        offset = msg.offset()
+                    ),
+                );
+                match self.process(&msg).instrument(span).await {
                     Ok(()) => break,
                     Err(e) => {
                         if matches!(e, ProcessError::Kafka(_)) {

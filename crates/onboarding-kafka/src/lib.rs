@@ -9,7 +9,8 @@
 //! - [`probe`]: the readiness check that says why the brokers cannot be used.
 //! - [`redaction`]: librdkafka errors without the property values they repeat.
 //! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
-//!   and the provisioner's).
+//!   and the provisioner's; the intake only measures).
+//! - [`trace_context`]: the W3C trace context in record headers.
 //!
 //! Architecture invariant: no secret of `[kafka]` (a SASL password, a key password) ever reaches
 //! an error message or a log line; configuration errors name the property, never its value.
@@ -21,6 +22,7 @@ pub mod dead_letters;
 pub mod probe;
 pub mod redaction;
 pub mod topics;
+pub mod trace_context;
 pub mod watchdog;
 
 pub use clients::{base_config, check_config, group_consumer_config, producer, subscribe};

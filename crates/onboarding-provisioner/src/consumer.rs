@@ -19,6 +19,7 @@ use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamCons
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::provision::Provision;
 use crate::user_store::UserStore;
@@ -91,7 +92,12 @@ impl Provisioner {
                     disrupted = false;
                     quiet = Duration::ZERO;
                     let (partition, offset) = (m.partition(), m.offset());
-                    if !self.handle(&m, &shutdown).await {
+                    // The record's span, in the trace its headers carry (docs/adr/0029).
+                    let span = onboarding_kafka::trace_context::follow(
+                        m.headers(),
+                        tracing::info_span!("provisioner record", partition, offset),
+                    );
+                    if !self.handle(&m, &shutdown).instrument(span).await {
                         break;
                     }
                     if let Err(e) = self.consumer.store_offset(&self.topic, partition, offset) {

@@ -31,6 +31,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 /// Arbitrary but fixed: the advisory lock that elects the active relay.
@@ -88,6 +90,9 @@ struct Pending {
     ce_id: Uuid,
     ce_type: &'static str,
     time: DateTime<Utc>,
+    /// The trace context the event was recorded in (`traceparent`, `tracestate` of its
+    /// metadata), empty when it has none.
+    trace: HashMap<String, String>,
 }
 
 impl Relay {
@@ -309,7 +314,7 @@ impl Relay {
         };
         let rows = sqlx::query(
             "SELECT global_position AS id, aggregate_id, sequence, event_type, event_version, \
-             payload, recorded_at FROM events \
+             payload, metadata, recorded_at FROM events \
              WHERE global_position > $1 AND global_position <= $2 \
              ORDER BY global_position LIMIT $3",
         )
@@ -378,7 +383,7 @@ impl Relay {
         // that her events stay in order on the topic; everybody else's go out at once.
         let rows = sqlx::query(
             "SELECT o.id, o.aggregate_id, o.sequence, o.event_type, o.event_version, o.payload, \
-             o.recorded_at FROM outbox o \
+             o.metadata, o.recorded_at FROM outbox o \
              LEFT JOIN relay_republish r ON r.topic = $2 \
              WHERE r.topic IS NULL OR NOT EXISTS ( \
                SELECT 1 FROM events e WHERE e.aggregate_type = o.aggregate_type \
@@ -448,6 +453,7 @@ impl Relay {
             let event_version: String = row.try_get("event_version")?;
             let payload: serde_json::Value = row.try_get("payload")?;
             let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+            let metadata: serde_json::Value = row.try_get("metadata")?;
             let mapped = Uuid::parse_str(&aggregate_id)
                 .map_err(|e| format!("aggregate id is not a UUID: {e}"))
                 .and_then(|user_id| {
@@ -464,6 +470,7 @@ impl Relay {
                     ce_id: event.ce_id(),
                     ce_type: event.ce_type(),
                     time: recorded_at,
+                    trace: trace_of(&metadata),
                 }),
                 Err(error) => {
                     let event_type: String = row.try_get("event_type")?;
@@ -478,6 +485,17 @@ impl Relay {
     /// bound of the offset the partition must hold from now on.
     async fn send_all(&self, pending: &[Pending]) -> Result<HashMap<i32, i64>, RelayError> {
         let sends = pending.iter().map(|p| {
+            // A span per record, in the trace its event was recorded in; its context goes in the
+            // record's headers, so the consumers' spans follow it (docs/adr/0029).
+            let span = tracing::info_span!(
+                "relay publish",
+                user_id = %p.key,
+                ce_type = p.ce_type,
+            );
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&p.trace)
+            });
+            let _ = span.set_parent(parent);
             let time = p.time.to_rfc3339_opts(SecondsFormat::Micros, true);
             let ce_id = p.ce_id.to_string();
             let headers = OwnedHeaders::new_with_capacity(7)
@@ -509,11 +527,14 @@ impl Relay {
                     key: "content-type",
                     value: Some(CONTENT_TYPE),
                 });
+            let headers = onboarding_kafka::trace_context::carry(&span, headers);
             let record = FutureRecord::to(&self.topic)
                 .key(&p.key)
                 .payload(&p.value)
                 .headers(headers);
-            self.producer.send(record, Duration::from_secs(10))
+            self.producer
+                .send(record, Duration::from_secs(10))
+                .instrument(span)
         });
         let results = futures::future::join_all(sends).await;
         let mut next_offsets: HashMap<i32, i64> = HashMap::new();
@@ -554,4 +575,12 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// The trace context keys of an event's metadata (`traceparent`, `tracestate`).
+fn trace_of(metadata: &serde_json::Value) -> HashMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|key| Some((key.to_owned(), metadata.get(key)?.as_str()?.to_owned())))
+        .collect()
 }

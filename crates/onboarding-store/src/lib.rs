@@ -242,6 +242,14 @@ impl Actor {
             .clone()
             .unwrap_or_else(|| Uuid::now_v7().to_string());
         m.insert("correlation_id".to_owned(), correlation);
+        // The trace the command belongs to (`traceparent`, `tracestate`): the relay carries it to
+        // Kafka. Nothing without an OpenTelemetry propagator (docs/adr/0029).
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(
+                &tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()),
+                &mut m,
+            )
+        });
         m
     }
 }

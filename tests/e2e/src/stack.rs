@@ -196,11 +196,23 @@ impl Stack {
     /// Starts a component under a name of its own (for `signal` and its log file), so that
     /// several processes of one component can run side by side (e.g. two email workers).
     pub fn spawn_named(&self, name: &str, component: &str, env: &[(&str, &str)]) {
+        self.spawn_program(name, &self.services.onboard, component, env);
+    }
+
+    /// Starts a component of another build of `onboard` (e.g. one with the `otlp` feature)
+    /// under a name of its own.
+    pub fn spawn_program(
+        &self,
+        name: &str,
+        program: &std::path::Path,
+        component: &str,
+        env: &[(&str, &str)],
+    ) {
         // Numbered in start order, so a restarted process never overwrites an earlier log.
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = File::create(self.dir.join(format!("{name}-{n}.log"))).unwrap();
-        let child = Command::new(&self.services.onboard)
+        let child = Command::new(program)
             .arg("--config")
             .arg(&self.config)
             .arg(component)

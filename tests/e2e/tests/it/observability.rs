@@ -305,3 +305,266 @@ fn every_metric_the_code_exports_is_documented_and_every_documented_one_exists()
         "metrics docs/operations.md describes that the code does not export: {missing:?}"
     );
 }
+
+/// The OTLP receiver of tests/e2e/otlp/receiver.py on a free port: what it printed, one JSON
+/// line per span received. Stopped (by its PID) when dropped.
+struct OtlpReceiver {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    url: String,
+}
+
+impl OtlpReceiver {
+    fn start(dir: &std::path::Path) -> Self {
+        let python = std::env::var("TEST_OTLP_PYTHON")
+            .expect("TEST_OTLP_PYTHON is not set: run the tests with `tests/run`");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp/receiver.py");
+        let port = free_port();
+        let out = dir.join("otlp-receiver.out");
+        let file = std::fs::File::create(&out).unwrap();
+        let child = std::process::Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start the OTLP receiver");
+        let receiver = Self {
+            child,
+            out,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !receiver.text().contains("LISTENING") {
+            assert!(
+                Instant::now() < deadline,
+                "the OTLP receiver did not start: {}",
+                receiver.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        receiver
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// The spans received so far.
+    fn spans(&self) -> Vec<Value> {
+        let text = self.text();
+        assert!(
+            !text.contains("REFUSED"),
+            "the receiver refused an export: {text}"
+        );
+        text.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The one span of `service` named `name` in trace `trace` that `accept` takes, waiting up to
+/// 60 s for it to arrive (the exporters send in batches, every few seconds).
+fn span_of(
+    receiver: &OtlpReceiver,
+    trace: &str,
+    service: &str,
+    name: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found: Vec<Value> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| {
+                s["trace_id"] == trace && s["service"] == service && s["name"] == name && accept(s)
+            })
+            .collect();
+        if found.len() == 1 {
+            return found.into_iter().next().unwrap();
+        }
+        assert!(
+            found.len() < 2,
+            "more than one {service} span `{name}`: {found:#?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no {service} span `{name}` in trace {trace} after 60 s: {}",
+            receiver.text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The spans between `span` and its ancestor `ancestor` (both left out), waiting up to 60 s for
+/// the spans in between to arrive; fails when `ancestor` is not an ancestor of `span`.
+fn wait_for_ancestor(receiver: &OtlpReceiver, span: &Value, ancestor: &Value) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spans = receiver.spans();
+        let mut between = Vec::new();
+        let mut parent = span["parent_span_id"].clone();
+        let mut complete = false;
+        while let Some(next) = spans
+            .iter()
+            .find(|s| s["span_id"] == parent && s["trace_id"] == span["trace_id"])
+        {
+            if next["span_id"] == ancestor["span_id"] {
+                complete = true;
+                break;
+            }
+            between.push(next.clone());
+            parent = next["parent_span_id"].clone();
+        }
+        if complete {
+            return between;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} is not below {} after 60 s: {}",
+            span,
+            ancestor,
+            receiver.text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The span id of a `traceparent` header (`00-<trace id>-<span id>-<flags>`) of trace `trace`.
+fn span_in(traceparent: &str, trace: &str) -> String {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1], trace, "{traceparent}");
+    parts[2].to_owned()
+}
+
+#[tokio::test]
+async fn with_the_otlp_build_one_invitation_is_one_trace_from_the_callers_request_to_the_mail() {
+    let program = std::path::PathBuf::from(
+        std::env::var("ONBOARD_OTLP_BIN")
+            .expect("ONBOARD_OTLP_BIN is not set: run the tests with `tests/run`"),
+    );
+    let stack = Stack::new("otlp", Options::default()).await;
+    let receiver = OtlpReceiver::start(&stack.dir);
+    let env = [(
+        "ONBOARD__OBSERVABILITY__OTLP_ENDPOINT",
+        receiver.url.as_str(),
+    )];
+    stack.spawn_program("gateway", &program, "gateway", &env);
+    stack.spawn_program("relay", &program, "relay", &env);
+    stack.spawn_program("email-worker", &program, "email-worker", &env);
+    stack.wait_ready().await;
+
+    // Sam's HR system calls within a trace of its own.
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let callers_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let email = format!("{}@pickup.example", unique("jane."));
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .header("traceparent", format!("00-{trace}-{callers_span}-01"))
+        .header("X-Request-Id", "hr-trace-1")
+        .json(&json!({"username": "Jane", "email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let jane = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.wait_for_mail(&email).await;
+    stack.wait_for_delivery(&jane, "sent").await;
+
+    // The gateway's request span is a child of the caller's.
+    let request = span_of(&receiver, &trace, "onboard-gateway", "request", |_| true);
+    assert_eq!(request["parent_span_id"], callers_span, "{request}");
+    assert_eq!(
+        request["attributes"]["request_id"], "hr-trace-1",
+        "{request}"
+    );
+    assert_eq!(request["attributes"]["path"], "/api/v1/users", "{request}");
+
+    // The relay published Jane's code in that trace, below the request (the store's `execute`
+    // span recorded the event), and the record on the topic carries the relay's span in its
+    // traceparent header.
+    let code_issued = "onboard.user.code_issued.v1";
+    let publish = span_of(&receiver, &trace, "onboard-relay", "relay publish", |s| {
+        s["attributes"]["ce_type"] == code_issued
+    });
+    assert_eq!(publish["attributes"]["user_id"], jane.as_str(), "{publish}");
+    let above = wait_for_ancestor(&receiver, &publish, &request);
+    assert!(
+        above.iter().all(|s| s["service"] == "onboard-gateway"),
+        "between the request and the relay's span only the gateway's: {above:#?}"
+    );
+    let records = stack
+        .user_records(
+            &jane,
+            &[code_issued, "onboard.user.invitation_mail_sent.v1"],
+        )
+        .await;
+    let record = records
+        .iter()
+        .find(|r| r.headers["ce_type"] == code_issued)
+        .unwrap();
+    let header = record
+        .headers
+        .get("traceparent")
+        .unwrap_or_else(|| panic!("no traceparent on the record: {:?}", record.headers));
+    assert_eq!(
+        span_in(header, &trace),
+        publish["span_id"].as_str().unwrap()
+    );
+
+    // The email worker handled the record in the same trace, as a child of the relay's span.
+    let worker = span_of(
+        &receiver,
+        &trace,
+        "onboard-email-worker",
+        "email worker record",
+        |s| s["parent_span_id"] == publish["span_id"],
+    );
+    // And the mail it recorded went out in the trace too, below the worker's span.
+    let sent = records
+        .iter()
+        .find(|r| r.headers["ce_type"] == "onboard.user.invitation_mail_sent.v1")
+        .unwrap();
+    let sent_publish = span_of(&receiver, &trace, "onboard-relay", "relay publish", |s| {
+        s["attributes"]["ce_type"] == "onboard.user.invitation_mail_sent.v1"
+    });
+    let above = wait_for_ancestor(&receiver, &sent_publish, &worker);
+    assert!(
+        above.iter().all(|s| s["service"] == "onboard-email-worker"),
+        "between the worker's span and the relay's only the worker's: {above:#?}"
+    );
+    assert_eq!(
+        span_in(&sent.headers["traceparent"], &trace),
+        sent_publish["span_id"].as_str().unwrap()
+    );
+    // Log lines inside the spans become span events, never attributes holding secrets.
+    assert!(
+        !receiver.text().contains(&email),
+        "a span holds Jane's address"
+    );
+
+    // The default build refuses the endpoint instead of ignoring it, and says what to do.
+    let refused = stack.cli_with_env(
+        &["config", "check"],
+        &[(
+            "ONBOARD__OBSERVABILITY__OTLP_ENDPOINT",
+            receiver.url.as_str(),
+        )],
+    );
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--features otlp"), "{said}");
+}
