@@ -234,16 +234,6 @@ async fn every_line_of_a_request_in_the_json_log_carries_its_request_id() {
     }
 }
 
-/// The names of Kafka headers and a PostgreSQL channel that look like metrics but are not.
-const NOT_METRICS: [&str; 6] = [
-    "onboard_dlq_reason",
-    "onboard_dlq_detail",
-    "onboard_dlq_topic",
-    "onboard_dlq_partition",
-    "onboard_dlq_offset",
-    "onboard_outbox",
-];
-
 fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -255,7 +245,21 @@ fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// Every `"onboard_…"` string in the crates' sources.
+/// The `"onboard_…"` string literal at the start of `text`, if there is one.
+fn literal_at(text: &str) -> Option<String> {
+    let name: String = text
+        .strip_prefix("\"onboard_")?
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    text[9 + name.len()..]
+        .starts_with('"')
+        .then(|| format!("onboard_{name}"))
+}
+
+/// The name of every metric the crates record: the first argument of each `counter!`, `gauge!`
+/// and `histogram!` (a literal, or a `const` holding one), and the gauge names handed to
+/// `Watchdog::new`.
 fn metric_names_in_code() -> BTreeSet<String> {
     let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates");
     let mut files = Vec::new();
@@ -265,16 +269,52 @@ fn metric_names_in_code() -> BTreeSet<String> {
             rust_files(&src, &mut files);
         }
     }
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    // `const NAME: &str = "onboard_…";`
+    let mut consts = std::collections::HashMap::new();
+    for text in &texts {
+        for (at, _) in text.match_indices("const ") {
+            let rest = &text[at + 6..];
+            let Some((ident, value)) = rest.split_once(": &str = ") else {
+                continue;
+            };
+            if ident.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                if let Some(name) = literal_at(value) {
+                    consts.insert(ident.to_owned(), name);
+                }
+            }
+        }
+    }
     let mut names = BTreeSet::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (at, _) in text.match_indices("\"onboard_") {
-            let name: String = text[at + 1..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if text[at + 1 + name.len()..].starts_with('"') && !NOT_METRICS.contains(&&*name) {
-                names.insert(name);
+    for text in &texts {
+        for mac in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(mac) {
+                let rest = text[at + mac.len()..].trim_start();
+                if let Some(name) = literal_at(rest) {
+                    names.insert(name);
+                } else {
+                    let path: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || "_:.".contains(*c))
+                        .collect();
+                    let ident = path.rsplit([':', '.']).next().unwrap_or_default();
+                    if let Some(name) = consts.get(ident) {
+                        names.insert(name.clone());
+                    }
+                }
+            }
+        }
+        for (at, _) in text.match_indices("Watchdog::new(") {
+            let end = text[at..]
+                .char_indices()
+                .nth(300)
+                .map_or(text.len(), |(i, _)| at + i);
+            let call = &text[at..end];
+            for (quote, _) in call.match_indices("\"onboard_") {
+                names.extend(literal_at(&call[quote..]));
             }
         }
     }
