@@ -9,7 +9,7 @@
 //! - [`probe`]: the readiness check that says why the brokers cannot be used.
 //! - [`redaction`]: librdkafka errors without the property values they repeat.
 //! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
-//!   and the provisioner's; the intake only measures).
+//!   the provisioner's and the intake's).
 //! - [`trace_context`]: the W3C trace context in record headers.
 //!
 //! Architecture invariant: no secret of `[kafka]` (a SASL password, a key password) ever reaches

@@ -1,6 +1,6 @@
 //! Keeps a consumer group moving: measures each partition's lag and notices a partition whose
 //! records wait while nobody reads them. The email worker and the provisioner each run one over
-//! their own group (docs/adr/0004); the intake only measures its lag.
+//! their own group (docs/adr/0004), and so does the intake.
 //!
 //! A consumer group can leave a partition with unread records and no reader, without an error on
 //! any side: tansu's coordinator handed a restarted worker an empty assignment while the killed
