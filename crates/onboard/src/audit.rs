@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use onboarding_audit::{chain, log, replay};
 use onboarding_config::Settings;
 use onboarding_domain::value::UserDomain;
+use onboarding_store::PersonalKeys;
 use onboarding_store::Store;
 
 /// The command ran, and what it found makes the exit status this code (the findings are
@@ -144,7 +145,14 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
         AuditCommand::Replay { from, keep } => {
             let mut scratch = replay::Scratch::create(&pool).await?;
             let replayed = match from {
-                Source::Postgres => replay::from_postgres(&pool, &mut scratch).await,
+                Source::Postgres => {
+                    replay::from_postgres(
+                        &pool,
+                        &PersonalKeys::from_settings(settings)?,
+                        &mut scratch,
+                    )
+                    .await
+                }
                 Source::Kafka => {
                     let pending = replay::unpublished(&pool).await?;
                     if pending > 0 {
@@ -180,9 +188,13 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::History { user, domain, json } => {
-            let store = Store::new(pool.clone(), onboarding_store::services(settings)?);
+            let store = Store::new(
+                pool.clone(),
+                onboarding_store::services(settings)?,
+                PersonalKeys::from_settings(settings)?,
+            );
             let id = crate::user::resolve(&store, &user, &domain).await?;
-            let events = log::history(&pool, id).await?;
+            let events = log::history(&pool, store.personal_keys(), id).await?;
             anyhow::ensure!(!events.is_empty(), "no user with id {id}");
             for e in &events {
                 if json {
@@ -199,14 +211,20 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
             domain,
         } => {
             let at = instant("INSTANT", &at)?;
-            let store = Store::new(pool.clone(), onboarding_store::services(settings)?);
+            let store = Store::new(
+                pool.clone(),
+                onboarding_store::services(settings)?,
+                PersonalKeys::from_settings(settings)?,
+            );
             let id = crate::user::resolve(&store, &user, &domain).await?;
-            let (account, position) = log::as_of(&pool, id, at).await?.with_context(|| {
-                format!(
-                    "user {id} did not exist at {}",
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                )
-            })?;
+            let (account, position) = log::as_of(&pool, store.personal_keys(), id, at)
+                .await?
+                .with_context(|| {
+                    format!(
+                        "user {id} did not exist at {}",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    )
+                })?;
             let mut view = onboarding_gateway::user_view(&account, at);
             view["as_of"] = serde_json::json!(at);
             view["last_position"] = serde_json::json!(position);

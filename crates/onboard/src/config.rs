@@ -14,7 +14,7 @@ use onboarding_email_worker::Mailer;
 pub enum ConfigCommand {
     /// Check the file and the ONBOARD__ variables as every role checks them at start: the keys
     /// and values, the Kafka client properties, the password hashing and policy (and its common
-    /// passwords file), the code keys, the admin tokens, the page texts and the mail templates.
+    /// passwords file), the code keys, the key-encryption key, the admin tokens, the page texts and the mail templates.
     /// Connects to nothing. Exit status 0 when the configuration is valid.
     Check,
 }
@@ -24,6 +24,8 @@ pub fn run(settings: &Settings, path: &Path, command: ConfigCommand) -> Result<(
         ConfigCommand::Check => {
             // Loading the file and the Kafka properties were checked before any command ran.
             onboarding_store::services(settings).context("the store's settings")?;
+            onboarding_store::PersonalKeys::from_settings(settings)
+                .context("the personal data settings")?;
             onboarding_gateway::check_settings(settings).context("the gateway's settings")?;
             Mailer::new(
                 &settings.output_adapter.email,

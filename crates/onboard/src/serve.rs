@@ -133,7 +133,11 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
     } = run;
     let handle = metrics()?;
     let pool = onboarding_store::connect(&settings).await?;
-    let store = Store::new(pool.clone(), onboarding_store::services(&settings)?);
+    let store = Store::new(
+        pool.clone(),
+        onboarding_store::services(&settings)?,
+        onboarding_store::PersonalKeys::from_settings(&settings)?,
+    );
     let mut readiness = Readiness::new(run.roles(), store.clone(), &settings.kafka)?;
     if let Some(user_store) = &user_store {
         let user_store = user_store.clone();
@@ -148,7 +152,7 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if relay {
-        let relay = Relay::new(pool.clone(), &settings.kafka)?;
+        let relay = Relay::new(pool.clone(), &settings.kafka, store.personal_keys().clone())?;
         let token = shutdown.clone();
         tasks.spawn(async move { relay.run(token).await.context("relay") });
     }

@@ -1,5 +1,5 @@
-//! `onboard user show` and `onboard events`: one user, found by id or by name; the store that
-//! the other commands open as well.
+//! `onboard user show|erase|export` and `onboard events`: one user, found by id or by name; the
+//! store that the other commands open as well.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -12,6 +12,22 @@ use uuid::Uuid;
 pub enum UserCommand {
     /// Show a user's state as JSON (never a secret).
     Show {
+        /// User id, or username (with --domain).
+        user: String,
+        #[arg(long, default_value = UserDomain::PRIMARY)]
+        domain: String,
+    },
+    /// Erase a user's personal data (GDPR Art. 17): destroys her data key, her credential and the
+    /// projections' personal columns, records UserErased; the provisioner removes her user store
+    /// entry. Cannot be undone.
+    Erase {
+        /// User id, or username (with --domain).
+        user: String,
+        #[arg(long, default_value = UserDomain::PRIMARY)]
+        domain: String,
+    },
+    /// Write everything the engine holds about a user as JSON (GDPR Art. 15), to stdout.
+    Export {
         /// User id, or username (with --domain).
         user: String,
         #[arg(long, default_value = UserDomain::PRIMARY)]
@@ -45,6 +61,46 @@ pub async fn run(settings: &Settings, command: UserCommand) -> Result<()> {
             );
             Ok(())
         }
+        UserCommand::Erase { user, domain } => {
+            let store = store(settings).await?;
+            let id = resolve(&store, &user, &domain).await?;
+            let erasure = store
+                .erase(id, &onboarding_store::Actor::system("cli"))
+                .await
+                .with_context(|| format!("cannot erase user {id}"))?;
+            if erasure.events_in_clear > 0 {
+                eprintln!(
+                    "note: {} of her events were written before personal data was sealed and \
+                     keep it in clear in the append-only log (docs/adr/0028)",
+                    erasure.events_in_clear
+                );
+            }
+            let account = store
+                .load(id)
+                .await?
+                .with_context(|| format!("no user with id {id}"))?;
+            let mut view = onboarding_gateway::user_view(&account, chrono::Utc::now());
+            view["events_in_clear"] = serde_json::json!(erasure.events_in_clear);
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            Ok(())
+        }
+        UserCommand::Export { user, domain } => {
+            let store = store(settings).await?;
+            let id = resolve(&store, &user, &domain).await?;
+            let account = store
+                .load(id)
+                .await?
+                .with_context(|| format!("no user with id {id}"))?;
+            let mut export = store
+                .export_of(id)
+                .await?
+                .with_context(|| format!("no user with id {id}"))?;
+            export["user_id"] = serde_json::json!(id);
+            export["exported_at"] = serde_json::json!(chrono::Utc::now());
+            export["account"] = onboarding_gateway::user_view(&account, chrono::Utc::now());
+            println!("{}", serde_json::to_string_pretty(&export)?);
+            Ok(())
+        }
     }
 }
 
@@ -65,7 +121,8 @@ pub async fn events(settings: &Settings, EventsArgs { user, domain }: EventsArgs
 pub async fn store(settings: &Settings) -> Result<Store> {
     let pool = onboarding_store::connect(settings).await?;
     let services = onboarding_store::services(settings)?;
-    Ok(Store::new(pool, services))
+    let keys = onboarding_store::PersonalKeys::from_settings(settings)?;
+    Ok(Store::new(pool, services, keys))
 }
 
 /// A user named on the command line: a user id, or a username in `domain`.

@@ -224,9 +224,13 @@ async fn main() {
             .await
             .unwrap();
         let started = Instant::now();
-        onboarding_audit::replay::from_postgres(&pool, &mut scratch)
-            .await
-            .unwrap();
+        onboarding_audit::replay::from_postgres(
+            &pool,
+            &onboarding_store::PersonalKeys::default(),
+            &mut scratch,
+        )
+        .await
+        .unwrap();
         let rebuilt = started.elapsed().as_secs_f64();
         let n = scratch.events;
         let differences = onboarding_audit::replay::compare(&pool, &scratch)

@@ -5,6 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt};
 use onboarding_domain::Onboarding;
+use onboarding_store::personal::ToOpen;
+use onboarding_store::{Erased, PersonalDataError, PersonalKeys};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -59,18 +61,44 @@ fn log_event(row: sqlx::postgres::PgRow) -> Result<LogEvent, sqlx::Error> {
     })
 }
 
-/// Every event of one account, oldest first.
-pub async fn history(pool: &PgPool, user_id: Uuid) -> Result<Vec<LogEvent>, sqlx::Error> {
-    sqlx::query(&format!(
+/// Why an account's events could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    PersonalData(#[from] PersonalDataError),
+}
+
+/// Every event of one account, oldest first, its personal fields opened: in clear while her data
+/// key exists, `<erased>` once she was erased (docs/adr/0028). The hashes are over the stored,
+/// sealed payloads, which `export` prints.
+pub async fn history(
+    pool: &PgPool,
+    keys: &PersonalKeys,
+    user_id: Uuid,
+) -> Result<Vec<LogEvent>, HistoryError> {
+    let mut conn = pool.acquire().await?;
+    let mut events = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM events WHERE aggregate_type = 'Onboarding' AND aggregate_id = $1 \
          ORDER BY sequence"
     ))
     .bind(user_id.to_string())
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .map(log_event)
-    .collect()
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut rows: Vec<ToOpen<'_>> = events
+        .iter_mut()
+        .map(|e| ToOpen {
+            aggregate_id: &e.aggregate_id,
+            event_type: &e.event_type,
+            payload: &mut e.payload,
+        })
+        .collect();
+    keys.open(&mut conn, &mut rows, Erased::Text).await?;
+    Ok(events)
 }
 
 /// One line of `onboard audit history`.
@@ -98,38 +126,78 @@ pub enum AsOfError {
     Database(#[from] sqlx::Error),
     #[error("event {position} does not deserialise: {reason}")]
     Corrupt { position: i64, reason: String },
+    #[error(transparent)]
+    PersonalData(#[from] PersonalDataError),
 }
 
-/// The account as it was at `instant`: its events recorded at or before it, upcast and applied
-/// in order. `None` when the account did not exist yet. Also returns the last position applied.
+/// The account as it was at `instant`: its events recorded at or before it, opened, upcast and
+/// applied in order. `None` when the account did not exist yet. Also returns the last position
+/// applied. After her erasure her personal fields read as erased whatever the instant: the key
+/// that opened them is gone (docs/adr/0028).
 pub async fn as_of(
     pool: &PgPool,
+    keys: &PersonalKeys,
     user_id: Uuid,
     instant: DateTime<Utc>,
 ) -> Result<Option<(Onboarding, i64)>, AsOfError> {
+    let mut conn = pool.acquire().await?;
     let rows = sqlx::query(
         "SELECT global_position, event_type, event_version, payload FROM events \
          WHERE aggregate_type = 'Onboarding' AND aggregate_id = $1 AND recorded_at <= $2 ORDER BY sequence",
     )
     .bind(user_id.to_string())
     .bind(instant)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
+    let aggregate_id = user_id.to_string();
+    let mut read = Vec::with_capacity(rows.len());
+    for row in &rows {
+        read.push((
+            row.try_get::<i64, _>("global_position")?,
+            row.try_get::<String, _>("event_type")?,
+            row.try_get::<String, _>("event_version")?,
+            row.try_get::<serde_json::Value, _>("payload")?,
+        ));
+    }
+    // Sealed fields whose key is gone are read as stand-ins: the account shows them as erased,
+    // whatever the instant.
+    let sealed = read.iter().any(|(_, event_type, _, payload)| {
+        onboarding_store::personal::is_sealed(event_type, payload)
+    });
+    let mut opened: Vec<ToOpen<'_>> = read
+        .iter_mut()
+        .map(|(_, event_type, _, payload)| ToOpen {
+            aggregate_id: &aggregate_id,
+            event_type,
+            payload,
+        })
+        .collect();
+    keys.open(&mut conn, &mut opened, Erased::StandIn).await?;
+    drop(opened);
+    let erased = sealed
+        && !sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM personal_data_keys WHERE user_id = $1)",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await?;
     let mut account = Onboarding::default();
     let mut last = None;
-    for row in rows {
-        let position: i64 = row.try_get("global_position")?;
-        let event = onboarding_store::upcast(
-            row.try_get::<&str, _>("event_type")?,
-            row.try_get::<&str, _>("event_version")?,
-            row.try_get("payload")?,
-        )
-        .map_err(|e| AsOfError::Corrupt {
-            position,
-            reason: e.to_string(),
-        })?;
+    for (position, event_type, event_version, payload) in read {
+        let event =
+            onboarding_store::upcast(&event_type, &event_version, payload).map_err(|e| {
+                AsOfError::Corrupt {
+                    position,
+                    reason: e.to_string(),
+                }
+            })?;
         account.apply(event);
         last = Some(position);
+    }
+    if erased {
+        account.username = None;
+        account.email = None;
+        account.claims.clear();
     }
     Ok(last.map(|p| (account, p)))
 }

@@ -13,6 +13,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
 use onboarding_events::PublicEvent;
 use onboarding_kafka::ClientError;
+use onboarding_store::personal::ToOpen;
+use onboarding_store::{Erased, PersonalKeys};
 use rand::Rng;
 use rdkafka::error::KafkaError;
 use serde_json::Value;
@@ -148,6 +150,15 @@ impl AccountRow {
                 state("Active", None);
                 self.provisioning = Some("pending");
             }
+            PublicEvent::UserErased(_) => {
+                // As the `erase_personal_data` trigger leaves the row (migration 0017).
+                state("Erased", None);
+                self.username = None;
+                self.email = None;
+                self.external_id = None;
+                self.delivery = None;
+                self.provisioning = None;
+            }
             PublicEvent::UserProvisioned(_) => self.provisioning = Some("provisioned"),
             PublicEvent::ProvisioningFailed(_) => self.provisioning = Some("failed"),
             PublicEvent::InvitationMailSent(_) => self.delivery = Some("sent"),
@@ -162,7 +173,7 @@ impl AccountRow {
     /// `usernames`' row for this account: (domain, key, user id), the key as `Username::key`.
     /// A revoked invitation holds no name (migration 0012).
     fn username_row(&self) -> Option<(String, String, Uuid)> {
-        if self.state == Some("Revoked") {
+        if matches!(self.state, Some("Revoked" | "Erased")) {
             return None;
         }
         Some((
@@ -276,7 +287,11 @@ async fn insert_rows(
 
 /// Replays `events` from PostgreSQL, one account at a time in (account, sequence) order, so
 /// memory holds one account and one batch of rows whatever the size of the log.
-pub async fn from_postgres(pool: &PgPool, scratch: &mut Scratch) -> Result<(), ReplayError> {
+pub async fn from_postgres(
+    pool: &PgPool,
+    keys: &PersonalKeys,
+    scratch: &mut Scratch,
+) -> Result<(), ReplayError> {
     // Batches are written by a task of their own while the next ones are folded; at most two
     // wait in the channel, so memory stays flat.
     let (batches, mut receiver) = tokio::sync::mpsc::channel::<Vec<AccountRow>>(2);
@@ -308,7 +323,7 @@ pub async fn from_postgres(pool: &PgPool, scratch: &mut Scratch) -> Result<(), R
     let schema = scratch.schema.clone();
     let (copied, folded) = tokio::join!(
         copy_live(&mut live, &schema),
-        fold_postgres(&mut read, scratch, &batches)
+        fold_postgres(&mut read, keys, scratch, &batches)
     );
     drop(batches);
     let folded = folded.and(copied);
@@ -352,6 +367,7 @@ const PROJECTIONS: [(&str, &str); 2] = [
 
 async fn fold_postgres(
     conn: &mut sqlx::PgConnection,
+    keys: &PersonalKeys,
     scratch: &mut Scratch,
     batches: &tokio::sync::mpsc::Sender<Vec<AccountRow>>,
 ) -> Result<(), ReplayError> {
@@ -363,8 +379,10 @@ async fn fold_postgres(
         (batch.len() >= BATCH).then(|| std::mem::replace(batch, Vec::with_capacity(BATCH)))
     };
     let mut rows = sqlx::query(
-        "SELECT aggregate_id, sequence, event_type, event_version, payload::text AS payload, recorded_at \
-         FROM events WHERE aggregate_type = 'Onboarding' ORDER BY aggregate_id, sequence",
+        "SELECT e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+         e.payload::text AS payload, e.recorded_at, k.data_key, k.wrapped_by \
+         FROM events e LEFT JOIN personal_data_keys k ON k.user_id::text = e.aggregate_id \
+         WHERE e.aggregate_type = 'Onboarding' ORDER BY e.aggregate_id, e.sequence",
     )
     .fetch(&mut *conn);
     let mut current: Option<(String, AccountRow)> = None;
@@ -395,11 +413,34 @@ async fn fold_postgres(
             continue;
         }
         let sequence: i64 = row.try_get("sequence")?;
-        let event = onboarding_store::upcast_str(
-            event_type,
-            row.try_get("event_version")?,
-            row.try_get("payload")?,
-        )
+        let payload: &str = row.try_get("payload")?;
+        let event = if payload.contains(SEALED_MARK) {
+            // Sealed personal fields: opened with the account's key, or stand-ins that the
+            // account's `UserErased` drops again (docs/adr/0028).
+            let mut value: Value =
+                serde_json::from_str(payload).map_err(|e| ReplayError::Corrupt {
+                    at: format!("aggregate {aggregate_id} sequence {sequence}"),
+                    reason: e.into(),
+                })?;
+            let key: Option<Vec<u8>> = row.try_get("data_key")?;
+            let wrapped_by: Option<String> = row.try_get("wrapped_by")?;
+            keys.open_with_key(
+                &mut ToOpen {
+                    aggregate_id,
+                    event_type,
+                    payload: &mut value,
+                },
+                key.as_deref().zip(wrapped_by.as_deref()),
+                Erased::StandIn,
+            )
+            .map_err(|e| ReplayError::Corrupt {
+                at: format!("aggregate {aggregate_id} sequence {sequence}"),
+                reason: e.into(),
+            })?;
+            onboarding_store::upcast(event_type, row.try_get("event_version")?, value)
+        } else {
+            onboarding_store::upcast_str(event_type, row.try_get("event_version")?, payload)
+        }
         .map_err(|e| ReplayError::Corrupt {
             at: format!("aggregate {aggregate_id} sequence {sequence}"),
             reason: e.into(),
@@ -416,9 +457,14 @@ async fn fold_postgres(
     Ok(())
 }
 
+/// How a payload that may hold sealed personal fields is told from one in clear without parsing
+/// it (a claim that quotes the word only costs a parse).
+const SEALED_MARK: &str = "\"sealed\"";
+
 /// The event types that change a projection; the others are read but not decoded.
 const PROJECTED: &[&str] = &[
     "UserInvited",
+    "UserErased",
     "CodeIssued",
     "CodeExpired",
     "CodeLocked",

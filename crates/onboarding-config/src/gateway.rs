@@ -160,12 +160,22 @@ pub enum Scope {
     /// Verify a user's password (`POST /api/v1/credentials/verify`): for a login service. Not
     /// among a token's scopes unless named.
     Verify,
+    /// Erase a user's personal data (`DELETE /api/v1/users/{id}?erase=true`), which cannot be
+    /// undone. Not among a token's scopes unless named.
+    Erase,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Invite, Scope::Read, Scope::Revoke, Scope::Verify];
+    pub const ALL: [Scope; 5] = [
+        Scope::Invite,
+        Scope::Read,
+        Scope::Revoke,
+        Scope::Verify,
+        Scope::Erase,
+    ];
     /// A token's scopes when the file does not name them: the administrator's, not `verify`,
-    /// which answers whether a password is right and belongs to a login service's token alone.
+    /// which answers whether a password is right and belongs to a login service's token alone,
+    /// nor `erase`, which destroys what cannot be restored and is granted by name.
     pub const DEFAULT: [Scope; 3] = [Scope::Invite, Scope::Read, Scope::Revoke];
 
     /// The scope's name in `gateway.admin_tokens[].scopes` and in error messages.
@@ -175,6 +185,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Revoke => "revoke",
             Scope::Verify => "verify",
+            Scope::Erase => "erase",
         }
     }
 }
@@ -224,7 +235,7 @@ impl TryFrom<AdminTokenFile> for AdminToken {
                         .find(|s| s.as_str() == name)
                         .ok_or_else(|| {
                             format!(
-                                "gateway.admin_tokens `{}`: unknown scope `{name}`; use invite, read, revoke or verify",
+                                "gateway.admin_tokens `{}`: unknown scope `{name}`; use invite, read, revoke, verify or erase",
                                 file.id
                             )
                         })
@@ -308,7 +319,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("unknown scope `login`; use invite, read, revoke or verify"),
+            err.contains("unknown scope `login`; use invite, read, revoke, verify or erase"),
             "{err}"
         );
         let err = load(&MINIMAL.replacen(

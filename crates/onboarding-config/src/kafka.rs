@@ -18,6 +18,11 @@ pub struct KafkaSettings {
     pub topic: String,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// How long the brokers keep the events topic's records (its `retention.ms`, set when
+    /// `onboard migrate` or the relay creates it), in hours; 0 keeps them for good. The records
+    /// carry personal data in clear (docs/kafka.md, "Personal data"): an erased user's records
+    /// are gone from the topic once they are older than this (docs/adr/0028).
+    pub retention_hours: u32,
     pub email_worker_group: String,
     /// An idle email worker that sees a partition with unread records whose committed offset has
     /// not moved for this long rejoins the consumer group, which makes the group reassign the
@@ -226,6 +231,14 @@ impl KafkaSettings {
         Ok(())
     }
 
+    /// The events topic's `retention.ms`: `-1` (for good) for 0 hours.
+    pub fn retention_ms(&self) -> i64 {
+        match self.retention_hours {
+            0 => -1,
+            hours => i64::from(hours) * 3_600_000,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.email_worker_stall_seconds < 5 {
             return Err(ConfigError::Invalid(format!(
@@ -252,6 +265,7 @@ pub(crate) struct KafkaDefaults {
     topic: &'static str,
     partitions: i32,
     replication_factor: i32,
+    retention_hours: u32,
     email_worker_group: &'static str,
     email_worker_stall_seconds: u64,
     email_worker_concurrency: NonZeroU32,
@@ -264,6 +278,7 @@ impl Default for KafkaDefaults {
             topic: "onboarding.events",
             partitions: 4,
             replication_factor: 1,
+            retention_hours: 30 * 24,
             email_worker_group: "onboarding-email-worker",
             email_worker_stall_seconds: 60,
             email_worker_concurrency: limits::nonzero_u32(32),

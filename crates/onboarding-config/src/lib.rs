@@ -26,6 +26,7 @@ mod observability;
 mod onboarding;
 mod organisation;
 mod password;
+mod personal_data;
 #[cfg(test)]
 mod properties;
 mod public_base_url;
@@ -50,6 +51,7 @@ pub use observability::{ObservabilitySettings, OtlpEndpoint};
 pub use onboarding::{IdentityMgt, InvitationsDisabled, UserOnboarding};
 pub use organisation::OrganisationSettings;
 pub use password::{PasswordHashingSettings, PasswordPolicySettings};
+pub use personal_data::PersonalDataSettings;
 pub use public_base_url::{NotHttp, PublicBaseUrl};
 pub use user_store::{LdapUrl, UserStoreProperties, UserStoreSettings, UserStoreType};
 
@@ -74,6 +76,9 @@ pub struct Settings {
     /// The directory active accounts are provisioned into; none, nothing is provisioned.
     #[serde(default)]
     pub user_store: Option<UserStoreSettings>,
+    /// How personal data in the event log is sealed.
+    #[serde(default)]
+    pub personal_data: PersonalDataSettings,
 }
 
 /// The first layer: every section's built-in defaults. Sections with keys that have no default

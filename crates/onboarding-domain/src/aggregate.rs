@@ -42,6 +42,12 @@ pub enum OnboardingState {
     /// switched off: downstream services must not let the user in. `EnableAccount` makes it
     /// active again.
     Disabled,
+    /// The account is ready: downstream services may let the user in. Final but for erasure.
+    Active,
+    /// The user's personal data was erased (crypto-shredded, docs/adr/0028): her data key, her
+    /// credential, her user store entry and the projections' personal columns are gone. Final;
+    /// every command is refused.
+    Erased,
 }
 
 impl OnboardingState {
@@ -56,6 +62,7 @@ impl OnboardingState {
         Self::PasswordSet,
         Self::Active,
         Self::Disabled,
+        Self::Erased,
     ];
 
     /// Reads a state name as a client writes it (the API's `?state=` filter), ignoring case;
@@ -78,6 +85,7 @@ impl OnboardingState {
             Self::PasswordSet => "PasswordSet",
             Self::Active => "Active",
             Self::Disabled => "Disabled",
+            Self::Erased => "Erased",
         }
     }
 }
@@ -318,6 +326,14 @@ pub enum OnboardingCommand {
         /// When the user store accepted the entry.
         now: DateTime<Utc>,
     },
+    /// Erase the user's personal data (GDPR Art. 17): the store destroys her data key, her
+    /// credential and the projections' personal columns in the same transaction, and the
+    /// provisioner removes her user store entry. Allowed in every state but `Uninvited` and
+    /// `Erased`.
+    EraseUser {
+        /// When the erasure was asked for.
+        now: DateTime<Utc>,
+    },
     /// An attempt to write the active account's entry to the user store failed.
     RecordProvisioningFailed {
         /// The kind of user store (`read_write_ldap_unique_id`).
@@ -410,6 +426,9 @@ pub enum OnboardingError {
     /// provisioner that wrote it again (a redelivered record) has nothing more to record.
     #[error("the account is already provisioned into the user store")]
     AlreadyProvisioned,
+    /// The account's personal data was erased: nothing is kept that a command could act on.
+    #[error("this account was erased; nothing more can happen to it")]
+    Erased,
 }
 
 /// Where the active account's entry in the user store stands.
@@ -558,6 +577,9 @@ pub struct Onboarding {
     /// When the account was disabled, while it is.
     #[serde(default)]
     pub disabled_at: Option<DateTime<Utc>>,
+    /// When the user's personal data was erased.
+    #[serde(default)]
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 impl Onboarding {
@@ -677,6 +699,7 @@ impl Onboarding {
                 return Err(OnboardingError::AlreadyActive)
             }
             OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
+            OnboardingState::Erased => return Err(OnboardingError::Erased),
             OnboardingState::Uninvited | OnboardingState::Invited => {
                 return Err(OnboardingError::InvalidCode)
             }
@@ -708,6 +731,7 @@ impl Onboarding {
                 return Err(OnboardingError::AlreadyActive)
             }
             OnboardingState::Revoked => return Err(OnboardingError::InvitationRevoked),
+            OnboardingState::Erased => return Err(OnboardingError::Erased),
             OnboardingState::Invited
             | OnboardingState::CodeIssued
             | OnboardingState::Expired
@@ -839,6 +863,7 @@ impl OnboardingCommand {
             | C::EnableAccount { now }
             | C::ChangeEmail { now, .. }
             | C::UpdateClaims { now, .. } => now,
+            C::EraseUser { now } => now,
         };
         *now = at_log_precision(*now);
         self
@@ -858,7 +883,17 @@ impl Aggregate for Onboarding {
         services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
+        if self.state == OnboardingState::Erased {
+            return Err(OnboardingError::Erased);
+        }
         match command.at_log_precision() {
+            OnboardingCommand::EraseUser { now } => {
+                if self.state == OnboardingState::Uninvited {
+                    return Err(OnboardingError::NotInvited);
+                }
+                sink.write(OnboardingEvent::UserErased { erased_at: now }, self)
+                    .await;
+            }
             OnboardingCommand::InviteUser(invite) => {
                 if self.state != OnboardingState::Uninvited {
                     return Err(OnboardingError::AlreadyInvited);
@@ -1199,6 +1234,17 @@ impl Aggregate for Onboarding {
                 self.delivery = Some(EmailDelivery::Queued);
             }
             OnboardingEvent::LinkOpened { .. } => self.links_opened += 1,
+            OnboardingEvent::UserErased { erased_at } => {
+                // What the log still says about her is sealed with a key that no longer exists;
+                // what was read from it before the erasure goes too.
+                self.state = OnboardingState::Erased;
+                self.erased_at = Some(erased_at);
+                self.username = None;
+                self.email = None;
+                self.claims.clear();
+                self.delivery = None;
+                self.provisioning = None;
+            }
             OnboardingEvent::WelcomeMailSent { sent_at, .. } => {
                 self.welcome_sent_at = Some(sent_at)
             }

@@ -235,6 +235,13 @@ pub enum OnboardingEvent {
         /// When the user store accepted the entry.
         provisioned_at: DateTime<Utc>,
     },
+    /// The user's personal data was erased (docs/adr/0028): her data key is destroyed, so the
+    /// personal fields sealed in her earlier events can no longer be read; her credential, her
+    /// user store entry and the projections' personal columns are gone. Final.
+    UserErased {
+        /// When the erasure was recorded.
+        erased_at: DateTime<Utc>,
+    },
     /// An attempt to write the active account's entry to the user store failed. A transient
     /// failure (the directory is down) is retried until it succeeds; a permanent one (the
     /// directory refuses the entry) waits for an operator.
@@ -272,6 +279,26 @@ impl OnboardingEvent {
         }
     }
 
+    /// The fields of an event type that name or describe a person, or may quote such a field
+    /// (an SMTP answer or a directory's refusal can echo the address or the DN). The store seals
+    /// them with the user's data key before the event is stored and opens them when it is read;
+    /// once her key is destroyed they stay sealed for good (docs/adr/0028). Kafka carries the
+    /// public forms of the same fields in clear (docs/kafka.md, "Personal data").
+    pub fn personal_fields(event_type: &str) -> &'static [&'static str] {
+        match event_type {
+            "UserInvited" => &["username", "email", "claims"],
+            // SCIM's changes of an invited user's address and attributes.
+            "EmailChanged" => &["email"],
+            "ClaimsUpdated" => &["claims"],
+            "InvitationRevoked" => &["reason"],
+            "InvitationMailSent" => &["smtp_response"],
+            "InvitationMailFailed" | "InvitationMailAbandoned" | "ProvisioningFailed" => {
+                &["reason"]
+            }
+            _ => &[],
+        }
+    }
+
     /// The event's type name, stored as `events.event_type` and used to pick its version.
     pub fn name(&self) -> &'static str {
         match self {
@@ -294,6 +321,7 @@ impl OnboardingEvent {
             Self::AccountEnabled { .. } => "AccountEnabled",
             Self::EmailChanged { .. } => "EmailChanged",
             Self::ClaimsUpdated { .. } => "ClaimsUpdated",
+            Self::UserErased { .. } => "UserErased",
         }
     }
 }

@@ -1201,6 +1201,26 @@ async fn only_an_active_account_is_disabled_and_only_a_disabled_one_enabled() {
             .when_async(OnboardingCommand::EnableAccount { now })
             .await
             .then_expect_error(error);
+fn erased() -> OnboardingEvent {
+    OnboardingEvent::UserErased { erased_at: t0() }
+}
+
+#[tokio::test]
+async fn an_account_in_any_state_can_be_erased() {
+    let mut revoked = live();
+    revoked.push(OnboardingEvent::InvitationRevoked {
+        by: RevokedBy::Admin,
+        reason: Some("wrong address".into()),
+        revoked_at: t0(),
+    });
+    let mut provisioned_account = active();
+    provisioned_account.push(provisioned(1));
+    for given in [live(), active(), revoked, provisioned_account] {
+        framework()
+            .given(given)
+            .when_async(OnboardingCommand::EraseUser { now: t0() })
+            .await
+            .then_expect_events(vec![erased()]);
     }
 }
 
@@ -1373,4 +1393,73 @@ async fn claims_are_replaced_as_a_whole_until_the_invitation_is_revoked() {
         })
         .await
         .then_expect_error(OnboardingError::InvitationRevoked);
+async fn nobody_invited_cannot_be_erased() {
+    framework()
+        .given_no_previous_events()
+        .when_async(OnboardingCommand::EraseUser { now: t0() })
+        .await
+        .then_expect_error(OnboardingError::NotInvited);
+}
+
+#[tokio::test]
+async fn an_erased_account_refuses_every_command_even_a_second_erasure() {
+    let mut gone = active();
+    gone.push(erased());
+    framework()
+        .given(gone.clone())
+        .when_async(OnboardingCommand::EraseUser { now: t0() })
+        .await
+        .then_expect_error(OnboardingError::Erased);
+    framework()
+        .given(gone.clone())
+        .when_async(record_provisioned(1))
+        .await
+        .then_expect_error(OnboardingError::Erased);
+    let mut gone_before_activation = live();
+    gone_before_activation.push(erased());
+    framework()
+        .given(gone_before_activation.clone())
+        .when_async(OnboardingCommand::ResendCode {
+            code: new_code(2),
+            limits: LIMITS,
+            now: t0() + Duration::hours(2),
+        })
+        .await
+        .then_expect_error(OnboardingError::Erased);
+    framework()
+        .given(gone_before_activation)
+        .when_async(OnboardingCommand::SubmitPassword {
+            code: token(1, t0()),
+            password: Password::new("correct horse battery staple"),
+            now: t0() + Duration::minutes(1),
+        })
+        .await
+        .then_expect_error(OnboardingError::Erased);
+}
+
+#[test]
+fn erasure_drops_what_the_account_held_about_her() {
+    use cqrs_es::Aggregate;
+    use onboarding_domain::OnboardingState;
+    let mut account = Onboarding::default();
+    let mut events = active();
+    events.push(provisioned(1));
+    for e in events {
+        account.apply(e);
+    }
+    assert!(account.email.is_some() && account.username.is_some());
+    account.apply(erased());
+    assert_eq!(account.state, OnboardingState::Erased);
+    assert_eq!(account.erased_at, Some(t0()));
+    assert_eq!(account.username, None);
+    assert_eq!(account.email, None);
+    assert!(account.claims.is_empty());
+    assert_eq!(account.provisioning, None);
+    assert_eq!(account.delivery, None);
+    // The id stays: the log and the views still name the account.
+    assert_eq!(account.user_id, Some(USER));
+    assert_eq!(
+        OnboardingState::parse("erased"),
+        Some(OnboardingState::Erased)
+    );
 }

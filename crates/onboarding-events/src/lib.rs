@@ -151,6 +151,20 @@ pub struct UserActivatedV1 {
     pub activated_at: DateTime<Utc>,
 }
 
+/// The user's personal data was erased (docs/adr/0028). Consumers that keep personal data from
+/// her earlier records (`onboard.user.invited.v1`'s username, email and claims, the reasons and
+/// SMTP answers of the mail and provisioning records) must delete it now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserErasedV1 {
+    /// The account's id, also the record's key: one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The event's position in the account's log (1 for the first): consumers order and
+    /// deduplicate one user's events by it.
+    pub sequence: i64,
+    /// When the erasure was recorded.
+    pub erased_at: DateTime<Utc>,
+}
+
 /// The SMTP server accepted the invitation mail for a code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InvitationMailSentV1 {
@@ -437,6 +451,8 @@ pub enum PublicEvent {
     EmailChanged(EmailChangedV1),
     /// `onboard.user.claims_updated.v1`.
     ClaimsUpdated(ClaimsUpdatedV1),
+    /// `onboard.user.erased.v1`
+    UserErased(UserErasedV1),
 }
 
 /// A record that does not fit the contract, named so that a consumer can log and skip it.
@@ -489,6 +505,7 @@ types! {
     AccountEnabledV1 => "onboard.user.enabled.v1",
     EmailChangedV1 => "onboard.user.email_changed.v1",
     ClaimsUpdatedV1 => "onboard.user.claims_updated.v1",
+    UserErasedV1 => "onboard.user.erased.v1",
 }
 
 impl PublicEvent {
@@ -540,6 +557,11 @@ impl PublicEvent {
                 sequence,
                 code_id: code_id.as_uuid(),
                 set_at,
+            }),
+            OnboardingEvent::UserErased { erased_at } => Self::UserErased(UserErasedV1 {
+                user_id,
+                sequence,
+                erased_at,
             }),
             OnboardingEvent::UserActivated { activated_at } => {
                 Self::UserActivated(UserActivatedV1 {
@@ -736,6 +758,7 @@ impl PublicEvent {
             Self::AccountEnabled(_) => AccountEnabledV1::TYPE,
             Self::EmailChanged(_) => EmailChangedV1::TYPE,
             Self::ClaimsUpdated(_) => ClaimsUpdatedV1::TYPE,
+            Self::UserErased(_) => UserErasedV1::TYPE,
         }
     }
 
@@ -761,6 +784,7 @@ impl PublicEvent {
             Self::AccountEnabled(e) => e.user_id,
             Self::EmailChanged(e) => e.user_id,
             Self::ClaimsUpdated(e) => e.user_id,
+            Self::UserErased(e) => e.user_id,
         }
     }
 
@@ -786,6 +810,7 @@ impl PublicEvent {
             Self::AccountEnabled(e) => e.sequence,
             Self::EmailChanged(e) => e.sequence,
             Self::ClaimsUpdated(e) => e.sequence,
+            Self::UserErased(e) => e.sequence,
         }
     }
 
@@ -816,6 +841,7 @@ impl PublicEvent {
             Self::AccountEnabled(e) => serde_json::to_vec(e),
             Self::EmailChanged(e) => serde_json::to_vec(e),
             Self::ClaimsUpdated(e) => serde_json::to_vec(e),
+            Self::UserErased(e) => serde_json::to_vec(e),
         };
         value.expect("public events always serialise")
     }
@@ -848,6 +874,7 @@ impl PublicEvent {
             AccountEnabledV1::TYPE => Self::AccountEnabled(de(ce_type, value)?),
             EmailChangedV1::TYPE => Self::EmailChanged(de(ce_type, value)?),
             ClaimsUpdatedV1::TYPE => Self::ClaimsUpdated(de(ce_type, value)?),
+            UserErasedV1::TYPE => Self::UserErased(de(ce_type, value)?),
             other => return Err(ContractError::UnknownType(other.to_owned())),
         })
     }
@@ -889,6 +916,7 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<AccountEnabledV1>(AccountEnabledV1::TYPE),
         one::<EmailChangedV1>(EmailChangedV1::TYPE),
         one::<ClaimsUpdatedV1>(ClaimsUpdatedV1::TYPE),
+        one::<UserErasedV1>(UserErasedV1::TYPE),
     ]
 }
 
@@ -976,6 +1004,7 @@ pub fn stored_schemas() -> Vec<(String, serde_json::Value)> {
                     .next()?
                     .clone();
                 let version = version(&name);
+                seal_in_schema(&mut variant, &name);
                 let obj = variant.as_object_mut()?;
                 obj.insert(
                     "$schema".into(),
@@ -992,6 +1021,39 @@ pub fn stored_schemas() -> Vec<(String, serde_json::Value)> {
                 Some((format!("{name}.{version}.json"), variant))
             })
             .collect()
+    }
+    /// A stored payload holds an event's personal fields in clear (written before
+    /// docs/adr/0028) or sealed: without them, and with `sealed`, the ciphertext that holds them.
+    fn seal_in_schema(variant: &mut serde_json::Value, name: &str) {
+        let personal = OnboardingEvent::personal_fields(name);
+        let Some(fields) = variant
+            .pointer_mut(&format!("/properties/{name}"))
+            .and_then(|f| f.as_object_mut())
+        else {
+            return;
+        };
+        if personal.is_empty() {
+            return;
+        }
+        if let Some(required) = fields.get_mut("required").and_then(|r| r.as_array_mut()) {
+            required.retain(|r| !personal.iter().any(|p| r == p));
+        }
+        if let Some(properties) = fields.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            properties.insert(
+                "sealed".into(),
+                serde_json::json!({
+                    "description": format!(
+                        "The personal fields ({}) as one JSON object, sealed with the user's data \
+                         key: base64 of a 12-byte nonce and the AES-256-GCM ciphertext \
+                         (docs/adr/0028). Absent in events written before sealing, which hold \
+                         the fields in clear.",
+                        personal.join(", ")
+                    ),
+                    "type": "string",
+                    "contentEncoding": "base64"
+                }),
+            );
+        }
     }
     let current =
         serde_json::to_value(schemars::schema_for!(OnboardingEvent)).expect("schema serialises");

@@ -52,6 +52,7 @@ pub fn user_view(account: &Onboarding, now: DateTime<Utc>) -> Value {
         "failed_code_checks": account.failed_checks,
         "revoked_by": account.revoked.map(|(by, _)| by),
         "revoked_at": account.revoked.map(|(_, at)| at),
+        "erased_at": account.erased_at,
     })
 }
 
@@ -552,6 +553,39 @@ pub async fn revoke(
     Ok(warp::reply::json(&user_view(&account, Utc::now())).into_response())
 }
 
+/// `DELETE /api/v1/users/{id}?erase=true`: erases the user's personal data (docs/adr/0028). The
+/// query must say `erase=true`, so that no client erases by a DELETE meant for something else.
+pub async fn erase(
+    state: Arc<AppState>,
+    grant: Grant,
+    id: String,
+    query: std::collections::HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    grant.require(Scope::Erase)?;
+    let user_id = parse_id(&id)?;
+    let mut problems = BTreeMap::new();
+    if query.get("erase").map(String::as_str) != Some("true") {
+        problems.insert(
+            "erase".to_owned(),
+            "must be true: DELETE erases the user's personal data for good; to withdraw an \
+             invitation, POST to /api/v1/users/{id}/revoke"
+                .to_owned(),
+        );
+    }
+    for key in query.keys().filter(|k| k.as_str() != "erase") {
+        problems.insert(key.clone(), "unknown parameter; use erase=true".to_owned());
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    load(&state, user_id).await?;
+    let erasure = state.store.erase(user_id, &grant.actor()).await?;
+    let account = load(&state, user_id).await?;
+    let mut view = user_view(&account, Utc::now());
+    view["events_in_clear"] = json!(erasure.events_in_clear);
+    Ok(warp::reply::json(&view).into_response())
+}
+
 pub async fn list(
     state: Arc<AppState>,
     grant: Grant,
@@ -569,7 +603,7 @@ pub async fn list(
         Some(Err(())) => {
             problems.insert(
                 "state".to_owned(),
-                "must be one of Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet, Active, Disabled"
+                "must be one of Invited, CodeIssued, Expired, Locked, Revoked, PasswordSet, Active, Disabled, Erased"
                     .to_owned(),
             );
             None

@@ -61,6 +61,7 @@ const fn endpoint(path: &'static str, verbs: &'static [Verb]) -> Endpoint {
 pub(crate) const USERS_CREATE: Endpoint = endpoint("/api/v1/users", &[Post]);
 pub(crate) const USERS_LIST: Endpoint = endpoint("/api/v1/users", &[Get]);
 pub(crate) const USER: Endpoint = endpoint("/api/v1/users/{id}", &[Get]);
+pub(crate) const USER_ERASE: Endpoint = endpoint("/api/v1/users/{id}", &[Delete]);
 pub(crate) const USER_RESEND: Endpoint = endpoint("/api/v1/users/{id}/resend", &[Post]);
 pub(crate) const USER_REVOKE: Endpoint = endpoint("/api/v1/users/{id}/revoke", &[Post]);
 pub(crate) const BULK_UPLOAD: Endpoint = endpoint("/api/v1/bulk-invites", &[Post]);
@@ -101,6 +102,7 @@ pub(crate) const ROUTED: &[&Endpoint] = &[
     &USERS_CREATE,
     &USERS_LIST,
     &USER,
+    &USER_ERASE,
     &USER_RESEND,
     &USER_REVOKE,
     &BULK_UPLOAD,

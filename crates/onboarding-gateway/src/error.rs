@@ -145,6 +145,7 @@ impl ApiError {
                 E::HashingFailed => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
                 E::CodeLocked => ("code_locked", StatusCode::GONE),
                 E::InvitationRevoked => ("invitation_revoked", StatusCode::GONE),
+                E::Erased => ("erased", StatusCode::GONE),
                 E::ResendLimited { .. } => ("resend_limited", StatusCode::TOO_MANY_REQUESTS),
                 E::CodeNotExpired
                 | E::WelcomeAlreadySent

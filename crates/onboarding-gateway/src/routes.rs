@@ -91,6 +91,10 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(json_body.clone())
         .and(admin(state.clone(), RouteGroup::Api))
         .then(|id, key, body, state, grant| api::resend(state, grant, key, id, body));
+    let erase = at_with_id(&endpoints::USER_ERASE)
+        .and(warp::query::<HashMap<String, String>>())
+        .and(admin(state.clone(), RouteGroup::Api))
+        .then(|id, query, state, grant| api::erase(state, grant, id, query));
     let revoke = at_with_id(&endpoints::USER_REVOKE)
         .and(json_body)
         .and(admin(state.clone(), RouteGroup::Api))
@@ -127,6 +131,8 @@ fn admin_api(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(resend)
         .unify()
         .or(revoke)
+        .unify()
+        .or(erase)
         .unify()
         .or(bulk_upload)
         .unify()

@@ -39,7 +39,7 @@ use onboarding_config::Settings;
 use onboarding_kafka::{SetupError, TopicSpec};
 
 /// Creates the requests, outcomes and dead-letter topics if they do not exist
-/// (`intake.partitions` each).
+/// (`intake.partitions` each, kept `kafka.retention_hours`: requests name people).
 pub async fn create_topics(settings: &Settings) -> Result<(), SetupError> {
     let i = &settings.intake;
     let topics: Vec<TopicSpec> = [&i.requests_topic, &i.outcomes_topic, &i.dead_letter_topic]
@@ -47,6 +47,7 @@ pub async fn create_topics(settings: &Settings) -> Result<(), SetupError> {
         .map(|name| TopicSpec {
             name: name.clone(),
             partitions: i.partitions,
+            retention_ms: Some(settings.kafka.retention_ms()),
         })
         .collect();
     onboarding_kafka::create_topics(&settings.kafka, &topics).await

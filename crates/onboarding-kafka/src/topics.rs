@@ -22,6 +22,9 @@ pub struct TopicSpec {
     pub name: String,
     /// Partitions the topic is created with; an existing topic keeps its own.
     pub partitions: i32,
+    /// The `retention.ms` the topic is created with; `None`, the brokers' default. An existing
+    /// topic keeps its own.
+    pub retention_ms: Option<i64>,
 }
 
 /// Why topics could not be created.
@@ -39,16 +42,19 @@ pub enum SetupError {
 }
 
 /// The topics of the event log: the events topic (`kafka.topic`, `kafka.partitions`) and the
-/// email workers' dead-letter topic (one partition).
+/// email workers' dead-letter topic (one partition), both kept `kafka.retention_hours`: their
+/// records carry personal data in clear (docs/adr/0028).
 pub fn event_topics(kafka: &KafkaSettings) -> [TopicSpec; 2] {
     [
         TopicSpec {
             name: kafka.topic.clone(),
             partitions: kafka.partitions,
+            retention_ms: Some(kafka.retention_ms()),
         },
         TopicSpec {
             name: dead_letter_topic(kafka),
             partitions: 1,
+            retention_ms: Some(kafka.retention_ms()),
         },
     ]
 }
@@ -68,22 +74,33 @@ pub async fn create_topics(kafka: &KafkaSettings, topics: &[TopicSpec]) -> Resul
         .reachable(Duration::from_secs(20))
         .await?;
     let admin: AdminClient<DefaultClientContext> = base_config(kafka).create()?;
+    let retention: Vec<Option<String>> = topics
+        .iter()
+        .map(|t| t.retention_ms.map(|ms| ms.to_string()))
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| {
-            NewTopic::new(
+        .zip(&retention)
+        .map(|(t, retention)| {
+            let topic = NewTopic::new(
                 &t.name,
                 t.partitions,
                 TopicReplication::Fixed(kafka.replication_factor),
-            )
+            );
+            match retention {
+                Some(ms) => topic.set("retention.ms", ms),
+                None => topic,
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&new_topics, &opts).await? {
         match result {
             Ok(name) => {
-                let partitions = topics.iter().find(|t| t.name == name).map(|t| t.partitions);
-                tracing::info!(topic = %name, partitions, "topic created")
+                let spec = topics.iter().find(|t| t.name == name);
+                let partitions = spec.map(|t| t.partitions);
+                let retention_ms = spec.and_then(|t| t.retention_ms);
+                tracing::info!(topic = %name, partitions, retention_ms, "topic created")
             }
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::info!(topic = %name, "topic exists")

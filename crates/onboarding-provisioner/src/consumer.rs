@@ -1,5 +1,5 @@
 //! The receive loop: the provisioner's consumer group reads the event topic; each `activated`
-//! record is provisioned before its offset is stored (auto-commit on, automatic offset storing
+//! record is provisioned, and each `erased` record's entry removed, before its offset is stored (auto-commit on, automatic offset storing
 //! off: at least once, as the email worker does).
 //!
 //! Records are handled one at a time, in order: while the directory is down the loop waits on
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_events::{PublicEvent, UserActivatedV1};
+use onboarding_events::{PublicEvent, UserActivatedV1, UserErasedV1};
 use onboarding_kafka::Watchdog;
 use onboarding_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
@@ -168,6 +168,20 @@ impl Provisioner {
             .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok());
+        if ce_type == Some(UserErasedV1::TYPE) {
+            return match PublicEvent::parse(UserErasedV1::TYPE, msg.payload().unwrap_or_default()) {
+                Ok(PublicEvent::UserErased(e)) => self
+                    .provision
+                    .remove_until_done(e.user_id, shutdown)
+                    .await
+                    .is_some(),
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable erasure record skipped");
+                    true
+                }
+            };
+        }
         if ce_type != Some(UserActivatedV1::TYPE) {
             return true;
         }

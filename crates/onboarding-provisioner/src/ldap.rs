@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use ldap3::{dn_escape, Ldap, LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry};
 use onboarding_config::UserStoreSettings;
 use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
 
-use crate::user_store::{Upserted, UserRecord, UserStore, UserStoreError};
+use crate::user_store::{Deleted, Upserted, UserRecord, UserStore, UserStoreError};
 
 /// Result codes (RFC 4511) that mean "not now": busy, unavailable, unwilling to perform, loop
 /// detected, other; and the engine's own bind refused (a wrong or expired service password that
@@ -228,6 +229,51 @@ impl LdapUserStore {
     }
 }
 
+impl LdapUserStore {
+    /// Removes every entry under the users' base whose `UserIDAttribute` is the account's id: the
+    /// entries this engine made for it (a rename never happens, so there is one).
+    async fn delete_with(&self, ldap: &mut Ldap, user_id: Uuid) -> Result<Deleted, UserStoreError> {
+        let filter = format!(
+            "({}={})",
+            self.id_attribute,
+            ldap3::ldap_escape(user_id.to_string())
+        );
+        let found = ldap
+            .with_timeout(self.read_timeout)
+            .search(&self.users_dn, Scope::Subtree, &filter, vec!["1.1"])
+            .await
+            .map_err(|e| classify(&e, None))?;
+        match found.1.rc {
+            0 => {}
+            // No users' base: no entry of hers either.
+            NO_SUCH_OBJECT => return Ok(Deleted::Absent),
+            _ => return Err(classify(&LdapError::from(found.1), None)),
+        }
+        let dns: Vec<String> = found
+            .0
+            .into_iter()
+            .map(|e| SearchEntry::construct(e).dn)
+            .collect();
+        if dns.is_empty() {
+            return Ok(Deleted::Absent);
+        }
+        for dn in &dns {
+            // The DN holds her username: the directory's text is not repeated with it.
+            let redact = Redact { dn, username: "" };
+            let done = ldap
+                .with_timeout(self.read_timeout)
+                .delete(dn)
+                .await
+                .map_err(|e| classify(&e, Some(&redact)))?;
+            // Removed meanwhile (another provisioner, a redelivered record): as good as done.
+            if done.rc != 0 && done.rc != NO_SUCH_OBJECT {
+                return Err(classify(&LdapError::from(done), Some(&redact)));
+            }
+        }
+        Ok(Deleted::Removed)
+    }
+}
+
 #[async_trait]
 impl UserStore for LdapUserStore {
     fn kind(&self) -> &'static str {
@@ -237,6 +283,13 @@ impl UserStore for LdapUserStore {
     async fn upsert(&self, user: &UserRecord) -> Result<Upserted, UserStoreError> {
         let mut ldap = self.connect().await?;
         let result = self.upsert_with(&mut ldap, user).await;
+        let _ = ldap.unbind().await;
+        result
+    }
+
+    async fn delete(&self, user_id: Uuid) -> Result<Deleted, UserStoreError> {
+        let mut ldap = self.connect().await?;
+        let result = self.delete_with(&mut ldap, user_id).await;
         let _ = ldap.unbind().await;
         result
     }

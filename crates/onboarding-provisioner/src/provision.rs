@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::user_store::{UserRecord, UserStore, UserStoreError};
+use crate::user_store::{Deleted, UserRecord, UserStore, UserStoreError};
 
 /// What became of one activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +206,57 @@ impl Provision {
             claims: account.claims.clone(),
             password_hash,
         }))
+    }
+
+    /// Removes an erased user's entry from the user store (docs/adr/0028), trying again with
+    /// backoff while the store or the database is unavailable, until it is done or `shutdown`
+    /// comes (`None`: the record is left for redelivery). An account that is not erased keeps
+    /// its entry (`Ok(None)` inside); a store that refuses the delete is reported, for an
+    /// operator.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn remove_until_done(
+        &self,
+        user_id: Uuid,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Option<Deleted>, UserStoreError>> {
+        let mut delay = FIRST_DELAY;
+        loop {
+            let attempt = match self.store.load(user_id).await {
+                Ok(Some(account)) if account.state == OnboardingState::Erased => {
+                    self.user_store.delete(user_id).await.map(Some)
+                }
+                Ok(_) => Ok(None),
+                Err(e) => Err(UserStoreError::Unavailable(unavailable(e).0)),
+            };
+            match attempt {
+                Err(UserStoreError::Unavailable(reason)) => {
+                    metrics::counter!("onboard_deprovisioning_total", "outcome" => "unavailable")
+                        .increment(1);
+                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "removing the erased user's entry failed; will try again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_DELAY);
+                }
+                done => {
+                    let outcome = match &done {
+                        Ok(Some(deleted)) => deleted.label(),
+                        Ok(None) => "not_erased",
+                        Err(_) => "refused",
+                    };
+                    metrics::counter!("onboard_deprovisioning_total", "outcome" => outcome)
+                        .increment(1);
+                    match &done {
+                        Err(e) => {
+                            tracing::error!(reason = %e, "the user store refused to remove the erased user's entry; an operator must remove it")
+                        }
+                        Ok(_) => tracing::info!(outcome, "erasure handled in the user store"),
+                    }
+                    return Some(done);
+                }
+            }
+        }
     }
 
     async fn record_failure(

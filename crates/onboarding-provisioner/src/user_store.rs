@@ -78,6 +78,29 @@ pub trait UserStore: Send + Sync {
     /// before its outcome was recorded can simply be made again.
     async fn upsert(&self, user: &UserRecord) -> Result<Upserted, UserStoreError>;
 
+    /// Removes the entry this engine made for the account, found by the account's id (her
+    /// username is erased by then), when the user was erased (docs/adr/0028). Idempotent: an
+    /// account without an entry is done.
+    async fn delete(&self, user_id: Uuid) -> Result<Deleted, UserStoreError>;
+
     /// Whether the store can be reached and the engine's credentials are accepted (readiness).
     async fn check(&self) -> Result<(), UserStoreError>;
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The account's entry was removed.
+    Removed,
+    /// The store held no entry for the account (never provisioned, or removed before).
+    Absent,
+}
+
+impl Deleted {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::Absent => "absent",
+        }
+    }
 }

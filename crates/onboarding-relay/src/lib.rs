@@ -25,6 +25,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use onboarding_config::KafkaSettings;
 use onboarding_events::{PublicEvent, CONTENT_TYPE, SPEC_VERSION};
 use onboarding_kafka::{ClientError, SetupError};
+use onboarding_store::personal::ToOpen;
+use onboarding_store::{Erased, PersonalKeys};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -76,6 +78,7 @@ pub struct Relay {
     topic: String,
     source: String,
     batch_size: i64,
+    keys: PersonalKeys,
 }
 
 /// A row that does not map to a public event: position or outbox id, user id, sequence, event
@@ -96,8 +99,15 @@ struct Pending {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, kafka: &KafkaSettings) -> Result<Self, RelayError> {
+    /// A relay over `pool`'s outbox; `keys` open the sealed personal fields of what it publishes
+    /// (docs/adr/0028).
+    pub fn new(
+        pool: PgPool,
+        kafka: &KafkaSettings,
+        keys: PersonalKeys,
+    ) -> Result<Self, RelayError> {
         Ok(Self {
+            keys,
             pool,
             kafka: kafka.clone(),
             producer: onboarding_kafka::producer(kafka)?,
@@ -327,7 +337,7 @@ impl Relay {
             Some(row) => row.try_get::<i64, _>("id")?,
             None => up_to,
         };
-        let (pending, unreadable) = self.map_rows(rows)?;
+        let (pending, unreadable) = self.map_rows(&mut tx, rows).await?;
         for (position, aggregate_id, sequence, event_type, _, error) in &unreadable {
             // The outbox set this row aside when it was first published; it stays there.
             tracing::error!(global_position = position, %aggregate_id, sequence, %event_type, %error, "event cannot be republished; skipped");
@@ -398,7 +408,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (pending, dead) = self.map_rows(rows)?;
+        let (pending, dead) = self.map_rows(&mut tx, rows).await?;
         let next_offsets = self.send_all(&pending).await?;
         self.record_offsets(&mut tx, &next_offsets).await?;
 
@@ -439,26 +449,88 @@ impl Relay {
     /// Maps rows of the outbox or the log (`id`, `aggregate_id`, `sequence`, `event_type`,
     /// `event_version`, `payload`, `recorded_at`) to records, setting aside the ones that do not
     /// map to a public event.
-    fn map_rows(
+    ///
+    /// Sealed personal fields are opened first (in clear, or stand-ins for an erased user); the
+    /// public event carries them in clear. A row whose fields cannot be opened is set aside with
+    /// its stored, sealed payload.
+    async fn map_rows(
         &self,
+        conn: &mut sqlx::PgConnection,
         rows: Vec<sqlx::postgres::PgRow>,
     ) -> Result<(Vec<Pending>, Vec<Unmapped>), RelayError> {
         let mut pending = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
+        let mut read = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let aggregate_id: String = row.try_get("aggregate_id")?;
-            let sequence: i64 = row.try_get("sequence")?;
-            let event_type: String = row.try_get("event_type")?;
-            let event_version: String = row.try_get("event_version")?;
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-            let metadata: serde_json::Value = row.try_get("metadata")?;
+            let stored: serde_json::Value = row.try_get("payload")?;
+            read.push((
+                row.try_get::<i64, _>("id")?,
+                row.try_get::<String, _>("aggregate_id")?,
+                row.try_get::<i64, _>("sequence")?,
+                row.try_get::<String, _>("event_type")?,
+                row.try_get::<String, _>("event_version")?,
+                row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+                row.try_get::<serde_json::Value, _>("metadata")?,
+                stored.clone(),
+                Ok::<_, String>(stored),
+            ));
+        }
+        let mut all: Vec<ToOpen<'_>> = read
+            .iter_mut()
+            .filter_map(|(_, aggregate_id, _, event_type, _, _, _, _, opened)| {
+                Some(ToOpen {
+                    aggregate_id,
+                    event_type,
+                    payload: opened.as_mut().ok()?,
+                })
+            })
+            .collect();
+        if let Err(e) = self.keys.open(conn, &mut all, Erased::StandIn).await {
+            drop(all);
+            if let onboarding_store::PersonalDataError::Database(e) = e {
+                return Err(e.into());
+            }
+            // One account's key or ciphertext is damaged: open row by row, so only its rows are
+            // set aside.
+            for (_, aggregate_id, _, event_type, _, _, _, stored, opened) in read.iter_mut() {
+                let mut one = stored.clone();
+                let result = self
+                    .keys
+                    .open(
+                        conn,
+                        &mut [ToOpen {
+                            aggregate_id,
+                            event_type,
+                            payload: &mut one,
+                        }],
+                        Erased::StandIn,
+                    )
+                    .await;
+                *opened = match result {
+                    Ok(()) => Ok(one),
+                    Err(onboarding_store::PersonalDataError::Database(e)) => return Err(e.into()),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+        }
+        for (
+            id,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            recorded_at,
+            metadata,
+            payload,
+            opened,
+        ) in read
+        {
             let mapped = Uuid::parse_str(&aggregate_id)
                 .map_err(|e| format!("aggregate id is not a UUID: {e}"))
-                .and_then(|user_id| {
+                .and_then(|user_id| Ok((user_id, opened?)))
+                .and_then(|(user_id, opened)| {
                     // Rows written in an older shape are brought to the current one first.
-                    onboarding_store::upcast(&event_type, &event_version, payload.clone())
+                    onboarding_store::upcast(&event_type, &event_version, opened)
                         .map(|ev| PublicEvent::from_domain(user_id, sequence, ev))
                         .map_err(|e| format!("payload does not deserialise: {e}"))
                 });
@@ -473,7 +545,6 @@ impl Relay {
                     trace: trace_of(&metadata),
                 }),
                 Err(error) => {
-                    let event_type: String = row.try_get("event_type")?;
                     dead.push((id, aggregate_id, sequence, event_type, payload, error));
                 }
             }

@@ -22,10 +22,13 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
-use postgres_es::PostgresEventRepository;
-use serde_json::Value;
+use onboarding_domain::value::Username;
+use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::personal::{PersonalKeys, ToSeal};
+use crate::reads::OpenedReads;
 
 /// The most commands in one transaction. Each command of a batch that is written again one by
 /// one gets a savepoint, and PostgreSQL keeps up to 64 subtransactions per backend in shared
@@ -48,20 +51,21 @@ struct Append {
     done: oneshot::Sender<Result<(), PersistenceError>>,
 }
 
-/// cqrs-es' event repository for the store: postgres-es reads, group-committed appends.
+/// cqrs-es' event repository for the store: postgres-es reads (opened, `reads.rs`),
+/// group-committed appends (sealed, docs/adr/0028).
 pub(crate) struct GroupCommit {
-    reads: PostgresEventRepository,
+    reads: OpenedReads,
     appender: mpsc::Sender<Append>,
 }
 
 impl GroupCommit {
     /// Starts this repository's appender task on the current tokio runtime. The task ends when
     /// the repository is dropped, after writing what was already handed to it.
-    pub(crate) fn start(pool: PgPool) -> Self {
+    pub(crate) fn start(pool: PgPool, keys: PersonalKeys) -> Self {
         let (appender, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool.clone(), queue));
+        tokio::spawn(run(pool.clone(), keys.clone(), queue));
         Self {
-            reads: PostgresEventRepository::new(pool),
+            reads: OpenedReads::new(pool, keys),
             appender,
         }
     }
@@ -189,7 +193,7 @@ fn belongs_to_the_rows(e: &sqlx::Error) -> bool {
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Append>) {
+async fn run(pool: PgPool, keys: PersonalKeys, mut queue: mpsc::Receiver<Append>) {
     let mut batch = Vec::with_capacity(MAX_COMMANDS);
     while queue.recv_many(&mut batch, MAX_COMMANDS).await > 0 {
         // A caller that stopped waiting (its request timed out) gets nothing written, as when
@@ -198,17 +202,17 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Append>) {
         if !batch.is_empty() {
             metrics::counter!("onboard_append_batches_total").increment(1);
             metrics::counter!("onboard_append_commands_total").increment(batch.len() as u64);
-            write(&pool, std::mem::take(&mut batch)).await;
+            write(&pool, &keys, std::mem::take(&mut batch)).await;
         }
     }
 }
 
 /// Writes one batch and answers every caller in it.
-async fn write(pool: &PgPool, batch: Vec<Append>) {
+async fn write(pool: &PgPool, keys: &PersonalKeys, batch: Vec<Append>) {
     let all: Vec<&Append> = batch.iter().collect();
-    match together(pool, &all).await {
+    match together(pool, keys, &all).await {
         Ok(()) => answer(batch, |_| Ok(())),
-        Err(Failed::Rows(_)) if batch.len() > 1 => one_by_one(pool, batch).await,
+        Err(Failed::Rows(_)) if batch.len() > 1 => one_by_one(pool, keys, batch).await,
         Err(Failed::Rows(e) | Failed::Transaction(e)) => {
             let e = Arc::new(e);
             answer(batch, |_| Err(persistence_error(&e)))
@@ -231,9 +235,9 @@ enum Failed {
 }
 
 /// Every command's events in one `INSERT`, one transaction.
-async fn together(pool: &PgPool, batch: &[&Append]) -> Result<(), Failed> {
+async fn together(pool: &PgPool, keys: &PersonalKeys, batch: &[&Append]) -> Result<(), Failed> {
     let mut tx = pool.begin().await.map_err(Failed::Transaction)?;
-    insert(&mut tx, batch).await.map_err(|e| {
+    insert(&mut tx, keys, batch).await.map_err(|e| {
         if belongs_to_the_rows(&e) {
             Failed::Rows(e)
         } else {
@@ -245,13 +249,13 @@ async fn together(pool: &PgPool, batch: &[&Append]) -> Result<(), Failed> {
 
 /// The batch again, each command in a savepoint: a command whose rows are refused is rolled back
 /// alone and gets its own error; the others commit together.
-async fn one_by_one(pool: &PgPool, batch: Vec<Append>) {
+async fn one_by_one(pool: &PgPool, keys: &PersonalKeys, batch: Vec<Append>) {
     let mut outcomes: Vec<Option<Arc<sqlx::Error>>> = vec![None; batch.len()];
     let result: Result<(), sqlx::Error> = async {
         let mut tx = pool.begin().await?;
         for (i, append) in batch.iter().enumerate() {
             sqlx::query("SAVEPOINT command").execute(&mut *tx).await?;
-            match insert(&mut tx, &[append]).await {
+            match insert(&mut tx, keys, &[append]).await {
                 Ok(()) => {}
                 Err(e) if belongs_to_the_rows(&e) => {
                     sqlx::query("ROLLBACK TO SAVEPOINT command")
@@ -283,8 +287,32 @@ async fn one_by_one(pool: &PgPool, batch: Vec<Append>) {
     }
 }
 
-/// The events of `batch`, in order (command by command, each command's in sequence order).
-async fn insert(conn: &mut PgConnection, batch: &[&Append]) -> Result<(), sqlx::Error> {
+/// The events of `batch`, in order (command by command, each command's in sequence order), their
+/// personal fields sealed, and what the projections keep of those fields in clear.
+async fn insert(
+    conn: &mut PgConnection,
+    keys: &PersonalKeys,
+    batch: &[&Append],
+) -> Result<(), sqlx::Error> {
+    let mut sealed: Vec<Value> = batch
+        .iter()
+        .flat_map(|a| a.events.iter().map(|e| e.payload.clone()))
+        .collect();
+    let mut to_seal: Vec<ToSeal<'_>> = batch
+        .iter()
+        .flat_map(|a| a.events.iter())
+        .zip(sealed.iter_mut())
+        .map(|(e, payload)| ToSeal {
+            aggregate_id: &e.aggregate_id,
+            event_type: &e.event_type,
+            payload,
+        })
+        .collect();
+    let clear = keys.seal(conn, &mut to_seal).await.map_err(|e| match e {
+        crate::personal::PersonalDataError::Database(e) => e,
+        other => sqlx::Error::Encode(Box::new(other)),
+    })?;
+    drop(to_seal);
     let rows = batch.iter().map(|a| a.events.len()).sum();
     let mut types = Vec::with_capacity(rows);
     let mut ids = Vec::with_capacity(rows);
@@ -293,6 +321,7 @@ async fn insert(conn: &mut PgConnection, batch: &[&Append]) -> Result<(), sqlx::
     let mut versions = Vec::with_capacity(rows);
     let mut payloads = Vec::with_capacity(rows);
     let mut metadata = Vec::with_capacity(rows);
+    let mut next = sealed.iter();
     for append in batch {
         for event in &append.events {
             types.push(append.aggregate_type);
@@ -300,7 +329,7 @@ async fn insert(conn: &mut PgConnection, batch: &[&Append]) -> Result<(), sqlx::
             sequences.push(event.sequence as i64);
             event_types.push(event.event_type.as_str());
             versions.push(event.event_version.as_str());
-            payloads.push(&event.payload);
+            payloads.push(next.next().expect("one sealed payload per event"));
             metadata.push(&event.metadata);
         }
     }
@@ -312,8 +341,113 @@ async fn insert(conn: &mut PgConnection, batch: &[&Append]) -> Result<(), sqlx::
         .bind(versions)
         .bind(payloads)
         .bind(metadata)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    let events = batch.iter().flat_map(|a| a.events.iter());
+    project_in_clear(conn, events.zip(clear)).await
+}
+
+/// What the projections keep in clear of the fields just sealed, until the user is erased: an
+/// invitation's username, address and `external_id` claim in `account_states` and its name in
+/// the registry (whose unique key refuses a name that is held, as the trigger did for payloads
+/// in clear), and what SCIM's `EmailChanged` and `ClaimsUpdated` change. The projection trigger
+/// reads none of these from a sealed payload.
+async fn project_in_clear<'a>(
+    conn: &mut PgConnection,
+    events: impl Iterator<Item = (&'a SerializedEvent, Option<Map<String, Value>>)>,
+) -> Result<(), sqlx::Error> {
+    /// One account's clear values after the batch's events, in order.
+    #[derive(Default)]
+    struct Clear {
+        username: Option<String>,
+        email: Option<String>,
+        claims: Option<Value>,
+    }
+    let mut accounts: std::collections::BTreeMap<uuid::Uuid, Clear> = Default::default();
+    let (mut domains, mut keys, mut invited) = (Vec::new(), Vec::new(), Vec::new());
+    for (event, clear) in events {
+        let Some(mut clear) = clear else { continue };
+        let Ok(user_id) = uuid::Uuid::parse_str(&event.aggregate_id) else {
+            continue;
+        };
+        let mut text = |f: &str| match clear.remove(f) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        match event.event_type.as_str() {
+            "UserInvited" => {
+                let username = text("username");
+                let email = text("email");
+                let domain = event
+                    .payload
+                    .pointer("/UserInvited/domain")
+                    .and_then(Value::as_str);
+                if let (Some(username), Some(domain)) = (&username, domain) {
+                    keys.push(
+                        Username::parse(username)
+                            .map(|u| u.key())
+                            .unwrap_or_else(|_| username.to_lowercase()),
+                    );
+                    domains.push(domain.to_owned());
+                    invited.push(user_id);
+                }
+                let claims = clear.remove("claims").unwrap_or(Value::Object(Map::new()));
+                let row = accounts.entry(user_id).or_default();
+                row.username = username.or(row.username.take());
+                row.email = email.or(row.email.take());
+                row.claims = Some(claims);
+            }
+            "EmailChanged" => {
+                let email = text("email");
+                let row = accounts.entry(user_id).or_default();
+                row.email = email.or(row.email.take());
+            }
+            "ClaimsUpdated" => {
+                if let Some(claims) = clear.remove("claims") {
+                    accounts.entry(user_id).or_default().claims = Some(claims);
+                }
+            }
+            _ => {}
+        }
+    }
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(accounts.len());
+    let (mut names, mut emails, mut claims) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, row) in accounts {
+        ids.push(id);
+        names.push(row.username);
+        emails.push(row.email);
+        claims.push(row.claims);
+    }
+    // `->> 'external_id'` as the projection trigger reads it from a payload in clear.
+    sqlx::query(
+        "UPDATE account_states a SET username = coalesce(c.username, a.username), \
+         email = coalesce(c.email, a.email), \
+         external_id = CASE WHEN c.claims IS NULL THEN a.external_id \
+                            ELSE c.claims ->> 'external_id' END \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) \
+              AS c(user_id, username, email, claims) \
+         WHERE a.user_id = c.user_id",
+    )
+    .bind(&ids)
+    .bind(&names)
+    .bind(&emails)
+    .bind(&claims)
+    .execute(&mut *conn)
+    .await?;
+    if !keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO usernames (domain, username_key, user_id) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])",
+        )
+        .bind(&domains)
+        .bind(&keys)
+        .bind(&invited)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

@@ -19,9 +19,12 @@ pub mod bulk;
 mod console;
 pub mod credentials;
 mod directory;
+mod erasure;
 mod hasher;
 mod idempotency;
 mod invitation;
+pub mod personal;
+mod reads;
 mod retries;
 mod upcast;
 
@@ -40,7 +43,6 @@ use onboarding_domain::password::{CommonPasswords, PasswordPolicy};
 use onboarding_domain::{
     NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
 };
-use postgres_es::PostgresEventRepository;
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -54,9 +56,11 @@ pub use console::{
 };
 pub use credentials::{ActiveCredential, Credential, Credentials};
 pub use directory::{AccountField, AccountOrder, Comparison, DirectoryFilter};
+pub use erasure::Erasure;
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
+pub use personal::{Erased, PersonalDataError, PersonalKeys};
 pub use retries::{MailRetry, RetriedMail};
 pub use text::UnknownValue;
 pub use upcast::{upcast, upcast_str, upcasters};
@@ -402,8 +406,9 @@ type Cqrs =
 pub struct Store {
     pool: PgPool,
     cqrs: Arc<Cqrs>,
-    events: Arc<PersistedEventStore<PostgresEventRepository, Onboarding>>,
+    events: Arc<PersistedEventStore<reads::OpenedReads, Onboarding>>,
     services: OnboardingServices,
+    keys: PersonalKeys,
 }
 
 impl Store {
@@ -412,20 +417,32 @@ impl Store {
     }
 
     /// Opens the store and starts its appender (group commit, `append.rs`) on the current tokio
-    /// runtime.
-    pub fn new(pool: PgPool, services: OnboardingServices) -> Self {
-        let store = PersistedEventStore::new_event_store(append::GroupCommit::start(pool.clone()))
-            .with_upcasters(upcasters());
+    /// runtime. `keys` seal the personal fields of what it appends and open what it reads
+    /// (docs/adr/0028).
+    pub fn new(pool: PgPool, services: OnboardingServices, keys: PersonalKeys) -> Self {
+        let store = PersistedEventStore::new_event_store(append::GroupCommit::start(
+            pool.clone(),
+            keys.clone(),
+        ))
+        .with_upcasters(upcasters());
         let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
-        let events =
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
-                .with_upcasters(upcasters());
+        let events = PersistedEventStore::new_event_store(reads::OpenedReads::new(
+            pool.clone(),
+            keys.clone(),
+        ))
+        .with_upcasters(upcasters());
         Self {
             pool,
             cqrs: Arc::new(cqrs),
             events: Arc::new(events),
             services,
+            keys,
         }
+    }
+
+    /// The keys that seal and open personal data.
+    pub fn personal_keys(&self) -> &PersonalKeys {
+        &self.keys
     }
 
     pub fn services(&self) -> &OnboardingServices {
@@ -563,18 +580,36 @@ impl Store {
             .map_err(db)
     }
 
-    /// Every event of one account, oldest first.
+    /// Every event of one account, oldest first, its personal fields opened (`<erased>` once
+    /// the user was erased).
     pub async fn events_of(&self, user_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
         let rows = sqlx::query(
             "SELECT global_position, aggregate_id, sequence, event_type, event_version, payload, \
              metadata, recorded_at FROM events WHERE aggregate_type = 'Onboarding' AND aggregate_id = $1 \
              ORDER BY sequence",
         )
         .bind(user_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-        rows.into_iter().map(stored_event).collect()
+        let mut events = rows
+            .into_iter()
+            .map(stored_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut opened: Vec<personal::ToOpen<'_>> = events
+            .iter_mut()
+            .map(|e| personal::ToOpen {
+                aggregate_id: &e.aggregate_id,
+                event_type: &e.event_type,
+                payload: &mut e.payload,
+            })
+            .collect();
+        self.keys
+            .open(&mut conn, &mut opened, Erased::Text)
+            .await
+            .map_err(|e| StoreError::Unexpected(Box::new(e)))?;
+        Ok(events)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

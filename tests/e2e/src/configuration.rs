@@ -71,10 +71,11 @@ pub(crate) struct Stack<'a> {
     pub revoked_token: &'a str,
     pub verifier_token: &'a str,
     pub code_key: &'a [u8; 32],
+    pub kek_file: &'a std::path::Path,
 }
 
 /// The stack's `onboard.toml`: short code validity and scan interval, three attempts per mail,
-/// an admin token (the default scopes), a read-only one, a revoked one and a login service's
+/// an admin token (the default scopes and `erase`), a read-only one, a revoked one and a login service's
 /// (`verify` only).
 pub(crate) fn onboard_toml(stack: &Stack, options: &Options) -> String {
     let Stack {
@@ -139,6 +140,7 @@ verify_username_rate_limit_per_minute = {verify_username_rate}
 [[gateway.admin_tokens]]
 id = "e2e-admin"
 sha256 = "{token_hash}"
+scopes = ["invite", "read", "revoke", "erase"]
 
 [[gateway.admin_tokens]]
 id = "e2e-reader"
@@ -166,6 +168,9 @@ common_passwords_file = "{common_passwords}"
 
 [organisation]
 name = "Pickup"
+
+[personal_data]
+key_encryption_key_file = "{kek_file}"
 {user_store}
 "#,
         validity = options.validity_minutes,
@@ -187,6 +192,7 @@ name = "Pickup"
         key = base64::engine::general_purpose::STANDARD.encode(stack.code_key),
         common_passwords = COMMON_PASSWORDS,
         user_store = options.user_store.as_deref().unwrap_or_default(),
+        kek_file = stack.kek_file.display(),
     )
 }
 

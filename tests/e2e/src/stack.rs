@@ -107,6 +107,15 @@ impl Stack {
         let mut code_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut code_key);
         let topic = format!("e2e.{name}.{id}");
+        // The key-encryption key that wraps the users' data keys, as a deployment mounts it.
+        let kek_file = dir.join("personal-data.kek");
+        let mut kek = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut kek);
+        std::fs::write(
+            &kek_file,
+            base64::engine::general_purpose::STANDARD.encode(kek) + "\n",
+        )
+        .unwrap();
         let config = dir.join("onboard.toml");
         let kafka = options
             .kafka
@@ -127,6 +136,7 @@ impl Stack {
                 revoked_token: &revoked_token,
                 verifier_token: &verifier_token,
                 code_key: &code_key,
+                kek_file: &kek_file,
             },
             &options,
         );

@@ -11,6 +11,7 @@ mod console;
 mod credentials;
 mod delivery;
 mod deploy;
+mod erasure;
 mod flow;
 mod intake;
 mod kafka_security;
