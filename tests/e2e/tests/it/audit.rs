@@ -383,8 +383,8 @@ async fn commands_committed_together_keep_their_own_outcomes_and_the_chain_holds
         assert_eq!(statuses, expected, "{name}: {outcomes:?}");
     }
     let invited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'UserInvited' \
-         AND payload -> 'UserInvited' ->> 'username' LIKE 'group%'",
+        "SELECT count(*) FROM events e JOIN account_states a ON a.user_id::text = e.aggregate_id \
+         WHERE e.event_type = 'UserInvited' AND a.username LIKE 'group%'",
     )
     .fetch_one(&pool)
     .await
