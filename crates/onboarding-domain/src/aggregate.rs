@@ -42,8 +42,6 @@ pub enum OnboardingState {
     /// switched off: downstream services must not let the user in. `EnableAccount` makes it
     /// active again.
     Disabled,
-    /// The account is ready: downstream services may let the user in. Final but for erasure.
-    Active,
     /// The user's personal data was erased (crypto-shredded, docs/adr/0028): her data key, her
     /// credential, her user store entry and the projections' personal columns are gone. Final;
     /// every command is refused.
@@ -52,7 +50,7 @@ pub enum OnboardingState {
 
 impl OnboardingState {
     /// Every state, in lifecycle order, so that [`OnboardingState::parse`] knows them all.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Uninvited,
         Self::Invited,
         Self::CodeIssued,
