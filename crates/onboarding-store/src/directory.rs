@@ -1,7 +1,7 @@
 //! Searching accounts as a directory (SCIM's `GET /Users?filter=…` and `/.search`): a small
 //! filter language over the attributes `account_states` keeps ([`DirectoryFilter`]), turned into
-//! one SQL condition with every value bound, never spliced. Revoked invitations are not in the
-//! directory (for SCIM they are deleted Users).
+//! one SQL condition with every value bound, never spliced. Revoked invitations and erased users
+//! are not in the directory (for SCIM they are deleted Users).
 
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -196,10 +196,11 @@ impl AccountOrder {
     }
 }
 
-/// Where a search starts the condition: the directory holds every account but revoked ones.
+/// Where a search starts the condition: the directory holds every account but revoked and
+/// erased ones.
 fn base(select: &str) -> QueryBuilder<'static, Postgres> {
     QueryBuilder::new(format!(
-        "SELECT {select} FROM account_states WHERE state <> 'Revoked' AND "
+        "SELECT {select} FROM account_states WHERE state NOT IN ('Revoked', 'Erased') AND "
     ))
 }
 
@@ -273,7 +274,7 @@ mod tests {
         let sql = sql(&f);
         assert!(!sql.contains("DROP"), "{sql}");
         assert!(sql.contains("$1") && sql.contains("$2"), "{sql}");
-        assert!(sql.contains("state <> 'Revoked'"), "{sql}");
+        assert!(sql.contains("state NOT IN ('Revoked', 'Erased')"), "{sql}");
         // externalId is case-exact, userName is not.
         assert!(sql.contains("external_id = $2::text"), "{sql}");
         assert!(sql.contains("lower((CASE"), "{sql}");

@@ -196,7 +196,7 @@ async fn load_resource(
         .store
         .load(user_id)
         .await?
-        .filter(|a| a.state != OnboardingState::Revoked)
+        .filter(|a| !matches!(a.state, OnboardingState::Revoked | OnboardingState::Erased))
     else {
         return Ok(None);
     };
@@ -303,7 +303,12 @@ async fn change(
     let mut attempt = 1;
     loop {
         let (account, version) = state.store.load_at(user_id).await?;
-        if account.user_id.is_none() || account.state == OnboardingState::Revoked {
+        if account.user_id.is_none()
+            || matches!(
+                account.state,
+                OnboardingState::Revoked | OnboardingState::Erased
+            )
+        {
             return Err(ScimError::UserNotFound(id.to_owned()));
         }
         if !admits(if_match, version) {
@@ -420,7 +425,7 @@ async fn create(state: &AppState, grant: &Grant, body: &Bytes) -> Result<Respons
 
 /// `DELETE /Users/{id}`: an upstream deprovisions a user who has not set a password yet. The
 /// invitation is revoked: its links stop working, its username is free again, and the User is
-/// gone for SCIM (`404`). An active or disabled account is refused with `409`: its history stays
+/// gone for SCIM (`404`, as an erased one is). An active or disabled account is refused with `409`: its history stays
 /// for audit (`PATCH` with `active: false` disables it). With `If-Match`, only at that version.
 async fn delete(
     state: &AppState,
@@ -436,7 +441,12 @@ async fn delete(
         now: chrono::Utc::now(),
     };
     let (account, version) = state.store.load_at(user_id).await?;
-    if account.user_id.is_none() || account.state == OnboardingState::Revoked {
+    if account.user_id.is_none()
+        || matches!(
+            account.state,
+            OnboardingState::Revoked | OnboardingState::Erased
+        )
+    {
         return Err(ScimError::UserNotFound(id.to_owned()));
     }
     if !admits(if_match, version) {
@@ -459,9 +469,9 @@ async fn delete(
             tracing::info!(%user_id, "invitation revoked through SCIM DELETE");
             Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
         }
-        Err(ExecuteError::Store(StoreError::Refused(OnboardingError::InvitationRevoked))) => {
-            Err(ScimError::UserNotFound(id.to_owned()))
-        }
+        Err(ExecuteError::Store(StoreError::Refused(
+            OnboardingError::InvitationRevoked | OnboardingError::Erased,
+        ))) => Err(ScimError::UserNotFound(id.to_owned())),
         Err(ExecuteError::Store(StoreError::Refused(OnboardingError::AlreadyActive))) => {
             Err(ScimError::ActiveNotDeleted)
         }
