@@ -151,7 +151,7 @@ impl AccountRow {
                 self.provisioning = Some("pending");
             }
             PublicEvent::UserErased(_) => {
-                // As the `erase_personal_data` trigger leaves the row (migration 0017).
+                // As the `erase_personal_data` trigger leaves the row (migration 0018).
                 state("Erased", None);
                 self.username = None;
                 self.email = None;
@@ -416,7 +416,7 @@ async fn fold_postgres(
         let payload: &str = row.try_get("payload")?;
         let event = if payload.contains(SEALED_MARK) {
             // Sealed personal fields: opened with the account's key, or stand-ins that the
-            // account's `UserErased` drops again (docs/adr/0028).
+            // account's `UserErased` drops again (docs/adr/0029).
             let mut value: Value =
                 serde_json::from_str(payload).map_err(|e| ReplayError::Corrupt {
                     at: format!("aggregate {aggregate_id} sequence {sequence}"),

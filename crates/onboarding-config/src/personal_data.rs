@@ -1,4 +1,4 @@
-//! `[personal_data]`: how personal data in the event log is sealed (docs/adr/0028).
+//! `[personal_data]`: how personal data in the event log is sealed (docs/adr/0029).
 
 use std::path::PathBuf;
 

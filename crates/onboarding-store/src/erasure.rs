@@ -1,7 +1,7 @@
-//! Erasure (GDPR Art. 17) and export (Art. 15) of one user's personal data (docs/adr/0028).
+//! Erasure (GDPR Art. 17) and export (Art. 15) of one user's personal data (docs/adr/0029).
 //!
 //! Erasing records `UserErased` through the aggregate; in the same transaction the
-//! `erase_personal_data` trigger (migration 0017) deletes her data key (so the personal fields
+//! `erase_personal_data` trigger (migration 0018) deletes her data key (so the personal fields
 //! sealed in her events can never be opened again), her credential, her name in the registry,
 //! the projection's personal columns and the copies outside the log (bulk rows, mail retries,
 //! stored idempotent answers). The provisioner removes her user store entry when it reads the
@@ -20,8 +20,8 @@ use crate::{db, Actor, Store, StoreError, StoredEvent};
 pub struct Erasure {
     /// The erased account.
     pub user_id: Uuid,
-    /// Her events written before personal fields were sealed (migration 0017): they hold those
-    /// fields in clear, and the append-only, hash-chained log keeps them (docs/adr/0028).
+    /// Her events written before personal fields were sealed (migration 0018): they hold those
+    /// fields in clear, and the append-only, hash-chained log keeps them (docs/adr/0029).
     pub events_in_clear: i64,
 }
 

@@ -1,10 +1,10 @@
-//! Personal data in event payloads, sealed with a data key of each user's own (docs/adr/0028).
+//! Personal data in event payloads, sealed with a data key of each user's own (docs/adr/0029).
 //!
 //! The log is append-only and hash-chained, so nothing in it can be deleted. What names a person
 //! (`OnboardingEvent::personal_fields`) is therefore stored sealed: the appender moves those
 //! fields of each event into one JSON object, encrypts it with AES-256-GCM under the user's data
 //! key and stores the ciphertext as the event's `sealed` field. The key is a row of
-//! `personal_data_keys` (migration 0017), wrapped by the configured key-encryption key when
+//! `personal_data_keys` (migration 0018), wrapped by the configured key-encryption key when
 //! there is one. Erasing the user deletes that row: her sealed fields can never be read again,
 //! while the chain, which covers the ciphertext, still verifies.
 //!

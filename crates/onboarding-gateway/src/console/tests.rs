@@ -45,7 +45,7 @@ fn state() -> Arc<AppState> {
         .connect_lazy(NO_DATABASE)
         .expect("a lazy pool");
     let services = onboarding_store::services(&settings).expect("services");
-    let store = onboarding_store::Store::new(pool, services);
+    let store = onboarding_store::Store::new(pool, services, Default::default());
     let readiness =
         Readiness::new(vec![Role::Gateway], store.clone(), &settings.kafka).expect("readiness");
     Arc::new(AppState::new(Arc::new(settings), store, None, Arc::new(readiness)).unwrap())
