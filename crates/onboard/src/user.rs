@@ -71,7 +71,7 @@ pub async fn run(settings: &Settings, command: UserCommand) -> Result<()> {
             if erasure.events_in_clear > 0 {
                 eprintln!(
                     "note: {} of her events were written before personal data was sealed and \
-                     keep it in clear in the append-only log (docs/adr/0029)",
+                     keep it in clear in the append-only log (docs/adr/0030)",
                     erasure.events_in_clear
                 );
             }

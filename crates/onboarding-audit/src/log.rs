@@ -71,7 +71,7 @@ pub enum HistoryError {
 }
 
 /// Every event of one account, oldest first, its personal fields opened: in clear while her data
-/// key exists, `<erased>` once she was erased (docs/adr/0029). The hashes are over the stored,
+/// key exists, `<erased>` once she was erased (docs/adr/0030). The hashes are over the stored,
 /// sealed payloads, which `export` prints.
 pub async fn history(
     pool: &PgPool,
@@ -133,7 +133,7 @@ pub enum AsOfError {
 /// The account as it was at `instant`: its events recorded at or before it, opened, upcast and
 /// applied in order. `None` when the account did not exist yet. Also returns the last position
 /// applied. After her erasure her personal fields read as erased whatever the instant: the key
-/// that opened them is gone (docs/adr/0029).
+/// that opened them is gone (docs/adr/0030).
 pub async fn as_of(
     pool: &PgPool,
     keys: &PersonalKeys,

@@ -416,7 +416,7 @@ async fn fold_postgres(
         let payload: &str = row.try_get("payload")?;
         let event = if payload.contains(SEALED_MARK) {
             // Sealed personal fields: opened with the account's key, or stand-ins that the
-            // account's `UserErased` drops again (docs/adr/0029).
+            // account's `UserErased` drops again (docs/adr/0030).
             let mut value: Value =
                 serde_json::from_str(payload).map_err(|e| ReplayError::Corrupt {
                     at: format!("aggregate {aggregate_id} sequence {sequence}"),

@@ -21,7 +21,7 @@ pub struct KafkaSettings {
     /// How long the brokers keep the events topic's records (its `retention.ms`, set when
     /// `onboard migrate` or the relay creates it), in hours; 0 keeps them for good. The records
     /// carry personal data in clear (docs/kafka.md, "Personal data"): an erased user's records
-    /// are gone from the topic once they are older than this (docs/adr/0029).
+    /// are gone from the topic once they are older than this (docs/adr/0030).
     pub retention_hours: u32,
     pub email_worker_group: String,
     /// An idle email worker that sees a partition with unread records whose committed offset has

@@ -1,4 +1,4 @@
-//! `[personal_data]`: how personal data in the event log is sealed (docs/adr/0029).
+//! `[personal_data]`: how personal data in the event log is sealed (docs/adr/0030).
 
 use std::path::PathBuf;
 

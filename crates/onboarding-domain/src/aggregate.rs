@@ -42,7 +42,7 @@ pub enum OnboardingState {
     /// switched off: downstream services must not let the user in. `EnableAccount` makes it
     /// active again.
     Disabled,
-    /// The user's personal data was erased (crypto-shredded, docs/adr/0029): her data key, her
+    /// The user's personal data was erased (crypto-shredded, docs/adr/0030): her data key, her
     /// credential, her user store entry and the projections' personal columns are gone. Final;
     /// every command is refused.
     Erased,

@@ -235,7 +235,7 @@ pub enum OnboardingEvent {
         /// When the user store accepted the entry.
         provisioned_at: DateTime<Utc>,
     },
-    /// The user's personal data was erased (docs/adr/0029): her data key is destroyed, so the
+    /// The user's personal data was erased (docs/adr/0030): her data key is destroyed, so the
     /// personal fields sealed in her earlier events can no longer be read; her credential, her
     /// user store entry and the projections' personal columns are gone. Final.
     UserErased {
@@ -282,7 +282,7 @@ impl OnboardingEvent {
     /// The fields of an event type that name or describe a person, or may quote such a field
     /// (an SMTP answer or a directory's refusal can echo the address or the DN). The store seals
     /// them with the user's data key before the event is stored and opens them when it is read;
-    /// once her key is destroyed they stay sealed for good (docs/adr/0029). Kafka carries the
+    /// once her key is destroyed they stay sealed for good (docs/adr/0030). Kafka carries the
     /// public forms of the same fields in clear (docs/kafka.md, "Personal data").
     pub fn personal_fields(event_type: &str) -> &'static [&'static str] {
         match event_type {

@@ -151,7 +151,7 @@ pub struct UserActivatedV1 {
     pub activated_at: DateTime<Utc>,
 }
 
-/// The user's personal data was erased (docs/adr/0029). Consumers that keep personal data from
+/// The user's personal data was erased (docs/adr/0030). Consumers that keep personal data from
 /// her earlier records (`onboard.user.invited.v1`'s username, email and claims, the reasons and
 /// SMTP answers of the mail and provisioning records) must delete it now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1023,7 +1023,7 @@ pub fn stored_schemas() -> Vec<(String, serde_json::Value)> {
             .collect()
     }
     /// A stored payload holds an event's personal fields in clear (written before
-    /// docs/adr/0029) or sealed: without them, and with `sealed`, the ciphertext that holds them.
+    /// docs/adr/0030) or sealed: without them, and with `sealed`, the ciphertext that holds them.
     fn seal_in_schema(variant: &mut serde_json::Value, name: &str) {
         let personal = OnboardingEvent::personal_fields(name);
         let Some(fields) = variant
@@ -1045,7 +1045,7 @@ pub fn stored_schemas() -> Vec<(String, serde_json::Value)> {
                     "description": format!(
                         "The personal fields ({}) as one JSON object, sealed with the user's data \
                          key: base64 of a 12-byte nonce and the AES-256-GCM ciphertext \
-                         (docs/adr/0029). Absent in events written before sealing, which hold \
+                         (docs/adr/0030). Absent in events written before sealing, which hold \
                          the fields in clear.",
                         personal.join(", ")
                     ),

@@ -553,7 +553,7 @@ pub async fn revoke(
     Ok(warp::reply::json(&user_view(&account, Utc::now())).into_response())
 }
 
-/// `DELETE /api/v1/users/{id}?erase=true`: erases the user's personal data (docs/adr/0029). The
+/// `DELETE /api/v1/users/{id}?erase=true`: erases the user's personal data (docs/adr/0030). The
 /// query must say `erase=true`, so that no client erases by a DELETE meant for something else.
 pub async fn erase(
     state: Arc<AppState>,

@@ -43,7 +43,7 @@ pub enum SetupError {
 
 /// The topics of the event log: the events topic (`kafka.topic`, `kafka.partitions`) and the
 /// email workers' dead-letter topic (one partition), both kept `kafka.retention_hours`: their
-/// records carry personal data in clear (docs/adr/0029).
+/// records carry personal data in clear (docs/adr/0030).
 pub fn event_topics(kafka: &KafkaSettings) -> [TopicSpec; 2] {
     [
         TopicSpec {

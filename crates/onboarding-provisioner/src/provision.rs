@@ -208,7 +208,7 @@ impl Provision {
         }))
     }
 
-    /// Removes an erased user's entry from the user store (docs/adr/0029), trying again with
+    /// Removes an erased user's entry from the user store (docs/adr/0030), trying again with
     /// backoff while the store or the database is unavailable, until it is done or `shutdown`
     /// comes (`None`: the record is left for redelivery). An account that is not erased keeps
     /// its entry (`Ok(None)` inside); a store that refuses the delete is reported, for an

@@ -79,7 +79,7 @@ pub trait UserStore: Send + Sync {
     async fn upsert(&self, user: &UserRecord) -> Result<Upserted, UserStoreError>;
 
     /// Removes the entry this engine made for the account, found by the account's id (her
-    /// username is erased by then), when the user was erased (docs/adr/0029). Idempotent: an
+    /// username is erased by then), when the user was erased (docs/adr/0030). Idempotent: an
     /// account without an entry is done.
     async fn delete(&self, user_id: Uuid) -> Result<Deleted, UserStoreError>;
 

@@ -100,7 +100,7 @@ struct Pending {
 
 impl Relay {
     /// A relay over `pool`'s outbox; `keys` open the sealed personal fields of what it publishes
-    /// (docs/adr/0029).
+    /// (docs/adr/0030).
     pub fn new(
         pool: PgPool,
         kafka: &KafkaSettings,

@@ -1,4 +1,4 @@
--- Personal data leaves the immutable log by crypto-shredding (docs/adr/0029).
+-- Personal data leaves the immutable log by crypto-shredding (docs/adr/0030).
 --
 -- From now on the store seals the personal fields of each event (`OnboardingEvent::personal_fields`:
 -- the invitation's username, email and claims, the reasons and SMTP answers that may quote them)

@@ -52,7 +52,7 @@ struct Append {
 }
 
 /// cqrs-es' event repository for the store: postgres-es reads (opened, `reads.rs`),
-/// group-committed appends (sealed, docs/adr/0029).
+/// group-committed appends (sealed, docs/adr/0030).
 pub(crate) struct GroupCommit {
     reads: OpenedReads,
     appender: mpsc::Sender<Append>,

@@ -1,4 +1,4 @@
-//! Erasure (GDPR Art. 17) and export (Art. 15) of one user's personal data (docs/adr/0029).
+//! Erasure (GDPR Art. 17) and export (Art. 15) of one user's personal data (docs/adr/0030).
 //!
 //! Erasing records `UserErased` through the aggregate; in the same transaction the
 //! `erase_personal_data` trigger (migration 0018) deletes her data key (so the personal fields
@@ -21,7 +21,7 @@ pub struct Erasure {
     /// The erased account.
     pub user_id: Uuid,
     /// Her events written before personal fields were sealed (migration 0018): they hold those
-    /// fields in clear, and the append-only, hash-chained log keeps them (docs/adr/0029).
+    /// fields in clear, and the append-only, hash-chained log keeps them (docs/adr/0030).
     pub events_in_clear: i64,
 }
 

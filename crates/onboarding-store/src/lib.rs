@@ -418,7 +418,7 @@ impl Store {
 
     /// Opens the store and starts its appender (group commit, `append.rs`) on the current tokio
     /// runtime. `keys` seal the personal fields of what it appends and open what it reads
-    /// (docs/adr/0029).
+    /// (docs/adr/0030).
     pub fn new(pool: PgPool, services: OnboardingServices, keys: PersonalKeys) -> Self {
         let store = PersistedEventStore::new_event_store(append::GroupCommit::start(
             pool.clone(),

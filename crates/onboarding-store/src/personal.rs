@@ -1,4 +1,4 @@
-//! Personal data in event payloads, sealed with a data key of each user's own (docs/adr/0029).
+//! Personal data in event payloads, sealed with a data key of each user's own (docs/adr/0030).
 //!
 //! The log is append-only and hash-chained, so nothing in it can be deleted. What names a person
 //! (`OnboardingEvent::personal_fields`) is therefore stored sealed: the appender moves those

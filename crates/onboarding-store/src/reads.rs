@@ -1,4 +1,4 @@
-//! cqrs-es' reads of the log, with the personal fields opened (docs/adr/0029): what the
+//! cqrs-es' reads of the log, with the personal fields opened (docs/adr/0030): what the
 //! aggregate folds holds the values that were sealed, or stand-ins once the user was erased.
 
 use cqrs_es::persist::{

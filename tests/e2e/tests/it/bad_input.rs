@@ -386,7 +386,7 @@ async fn admin_tokens_are_scoped_and_revocable() {
 /// whose username contains `marker` (lower case). It stands in for a value that the engine's
 /// checks let through but the database cannot store, to show that each channel refuses such a
 /// request instead of failing or retrying it forever. The username reaches the database in clear
-/// only in the registry (the event holds it sealed, docs/adr/0029), which the append writes in
+/// only in the registry (the event holds it sealed, docs/adr/0030), which the append writes in
 /// the invitation's transaction: the refusal is the append's.
 pub(crate) async fn refuse_as_data(stack: &Stack, marker: &str) {
     assert!(marker

@@ -1,4 +1,4 @@
-//! Erasure by crypto-shredding (docs/adr/0029) against a real PostgreSQL, tansu, MailDev and
+//! Erasure by crypto-shredding (docs/adr/0030) against a real PostgreSQL, tansu, MailDev and
 //! slapd: the log never holds Jane's address in clear; after `DELETE …?erase=true` nothing in
 //! the database (a `pg_dump` of it) and nothing in the directory names her, while the chain
 //! verifies and both replays match. `onboard user export` writes what the engine holds of her.
@@ -333,7 +333,7 @@ async fn an_account_logged_before_sealing_loads_and_its_erasure_names_what_stays
     assert_eq!(erased["state"], "Erased");
     assert_eq!(erased["events_in_clear"], 1);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("docs/adr/0029"),
+        String::from_utf8_lossy(&o.stderr).contains("docs/adr/0030"),
         "{}",
         out(&o)
     );
