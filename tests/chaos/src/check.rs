@@ -525,14 +525,18 @@ impl History {
             .await?;
         let mut by_username: HashMap<String, Vec<String>> = HashMap::new();
         for r in sqlx::query(
-            "SELECT aggregate_id, payload->'UserInvited'->>'username' AS username FROM events \
-             WHERE event_type = 'UserInvited'",
+            // The username is sealed in the event (docs/adr/0030); the view keeps it in clear
+            // until an erasure, which the campaign never makes. An invitation with no row in
+            // the view counts under no username, and so is missing.
+            "SELECT e.aggregate_id, a.username FROM events e \
+             JOIN account_states a ON a.user_id = e.aggregate_id::uuid \
+             WHERE e.event_type = 'UserInvited' AND e.aggregate_type = 'Onboarding'",
         )
         .fetch_all(db)
         .await?
         {
             by_username
-                .entry(r.get("username"))
+                .entry(r.get::<Option<String>, _>("username").unwrap_or_default())
                 .or_default()
                 .push(r.get("aggregate_id"));
         }
