@@ -1,11 +1,5 @@
-//! argon2id password hashing and verification, run on a pool of one thread per core so that a
-//! burst of submissions or sign-ins cannot exhaust memory (each hash holds `m_cost` KiB).
-//!
-//! The pool's threads are the only ones that hash. Hashing on tokio's blocking pool, whose
-//! threads come and go, left `onboard` 200 to 300 MiB larger after the benchmark's 20 password
-//! submissions (42 MiB before them): the allocator keeps freed memory per thread (glibc's
-//! arenas), so each thread that ever hashed could keep a 19 MiB block. On these threads the
-//! same run ends at 45 MiB (docs/performance.md).
+//! argon2id password hashing and verification, run on the blocking pool and bounded so a burst
+//! of submissions or sign-ins cannot exhaust memory (each hash holds `m_cost` KiB).
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,38 +10,18 @@ use onboarding_config::PasswordHashingSettings;
 use onboarding_domain::password::{HashAlgorithm, HashScheme, Password, PasswordHash};
 use onboarding_domain::{HashingFailed, PasswordHasher};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
 
-/// The process's argon2 threads: one hash or verification per core at a time, shared by every
-/// `Argon2Hasher` of the process (the aggregate's, the verify endpoint's); the others wait in
-/// its queue.
-fn pool() -> Arc<rayon::ThreadPool> {
-    static POOL: OnceLock<Arc<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(cpus)
-                .thread_name(|i| format!("argon2-{i}"))
-                .build()
-                .expect("the argon2 threads start"),
-        )
-    })
-    .clone()
-}
-
-/// Runs `work` on the argon2 threads and waits for its answer without blocking the runtime.
-async fn on_pool<T: Send + 'static>(
-    pool: &rayon::ThreadPool,
-    work: impl FnOnce() -> Result<T, HashingFailed> + Send + 'static,
-) -> Result<T, HashingFailed> {
-    let (answer, answered) = tokio::sync::oneshot::channel();
-    pool.spawn(move || {
-        // The caller may have gone (its request was cancelled); the hash is then dropped.
-        let _ = answer.send(work());
-    });
-    answered
-        .await
-        .map_err(|_| HashingFailed("the argon2 thread stopped".into()))?
+/// The process's bound on argon2 work: one hash or verification per core at a time, shared by
+/// every `Argon2Hasher` of the process (the aggregate's, the verify endpoint's).
+fn permits() -> Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS
+        .get_or_init(|| {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Arc::new(Semaphore::new(cpus))
+        })
+        .clone()
 }
 
 /// argon2id with OWASP's minimum parameters (m = 19 MiB, t = 2, p = 1) unless told otherwise.
@@ -55,7 +29,7 @@ async fn on_pool<T: Send + 'static>(
 #[derive(Clone)]
 pub struct Argon2Hasher {
     params: Params,
-    pool: Arc<rayon::ThreadPool>,
+    permits: Arc<Semaphore>,
 }
 
 impl Argon2Hasher {
@@ -77,7 +51,7 @@ impl Argon2Hasher {
     pub fn with_params(params: Params) -> Self {
         Self {
             params,
-            pool: pool(),
+            permits: permits(),
         }
     }
 
@@ -94,14 +68,19 @@ impl Argon2Hasher {
     }
 
     /// Whether `password` is the one `phc` was made from, computed with the hash's own
-    /// parameters on the argon2 threads, within the process's bound. The comparison is the argon2
+    /// parameters on the blocking pool, within the process's bound. The comparison is the argon2
     /// crate's, in constant time. A PHC string that cannot be read is an error, not a "no".
     pub async fn verify(
         &self,
         password: Password,
         phc: SecretString,
     ) -> Result<bool, HashingFailed> {
-        on_pool(&self.pool, move || {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashingFailed("hasher closed".into()))?;
+        tokio::task::spawn_blocking(move || {
             let hash = argon2::password_hash::PasswordHash::new(phc.expose_secret())
                 .map_err(|e| HashingFailed(format!("unreadable stored hash: {e}")))?;
             match Argon2::default().verify_password(password.expose().as_bytes(), &hash) {
@@ -111,6 +90,7 @@ impl Argon2Hasher {
             }
         })
         .await
+        .map_err(|e| HashingFailed(e.to_string()))?
     }
 
     /// A hash of a random password at this hasher's cost, made once at start: an unknown user's
@@ -136,8 +116,13 @@ impl Default for Argon2Hasher {
 #[async_trait]
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: Password) -> Result<PasswordHash, HashingFailed> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashingFailed("hasher closed".into()))?;
         let params = self.params.clone();
-        on_pool(&self.pool, move || {
+        tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
                 .hash_password(password.expose().as_bytes(), &salt)
@@ -147,6 +132,7 @@ impl PasswordHasher for Argon2Hasher {
                 })
         })
         .await
+        .map_err(|e| HashingFailed(e.to_string()))?
     }
 }
 
