@@ -20,7 +20,7 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// How long the brokers keep the events topic's records (its `retention.ms`, set when
     /// `onboard migrate` or the relay creates it), in hours; 0 keeps them for good. The records
-    /// carry personal data in clear (docs/kafka.md, "Personal data"): an erased user's records
+    /// carry personal data in clear (docs/api.md, "Personal data on the topic"): an erased user's records
     /// are gone from the topic once they are older than this (docs/adr/0030).
     pub retention_hours: u32,
     pub email_worker_group: String,
@@ -28,8 +28,8 @@ pub struct KafkaSettings {
     /// not moved for this long rejoins the consumer group, which makes the group reassign the
     /// partitions (a holder that died or went silent loses them).
     pub email_worker_stall_seconds: u64,
-    /// Records one email worker has in hand at once (received, not yet handled). Records of
-    /// different partitions are handled side by side, a partition's one after another, in order.
+    /// Records one email worker has in hand at once (received, not yet handled). Each user's
+    /// records are handled one after another, in order; different users' side by side (ADR 0022).
     /// 1 handles one record at a time.
     #[serde(deserialize_with = "email_worker_concurrency")]
     pub email_worker_concurrency: NonZeroU32,
