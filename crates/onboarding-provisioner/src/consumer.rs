@@ -1,6 +1,8 @@
 //! The receive loop: the provisioner's consumer group reads the event topic; each `activated`
-//! record is provisioned, and each `erased` record's entry removed, before its offset is stored (auto-commit on, automatic offset storing
-//! off: at least once, as the email worker does).
+//! record is provisioned, each `disabled`, `enabled`, `email_changed` and `claims_updated` record
+//! makes the entry follow the account (locked without her password while she is disabled), and
+//! each `erased` record's entry is removed, before its offset is stored (auto-commit on,
+//! automatic offset storing off: at least once, as the email worker does).
 //!
 //! Records are handled one at a time, in order: while the directory is down the loop waits on
 //! the record in hand (retrying with backoff) instead of reading on, so nothing is skipped and
@@ -12,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_events::{PublicEvent, UserActivatedV1, UserErasedV1};
+use onboarding_events::{
+    AccountDisabledV1, AccountEnabledV1, ClaimsUpdatedV1, EmailChangedV1, PublicEvent,
+    UserActivatedV1, UserErasedV1,
+};
 use onboarding_kafka::Watchdog;
 use onboarding_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
@@ -21,7 +26,7 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::provision::Provision;
+use crate::provision::{Provision, Trigger};
 use crate::user_store::UserStore;
 
 /// Why the provisioner cannot run.
@@ -182,26 +187,31 @@ impl Provisioner {
                 }
             };
         }
-        if ce_type != Some(UserActivatedV1::TYPE) {
-            return true;
-        }
-        let event = match PublicEvent::parse(
-            UserActivatedV1::TYPE,
-            msg.payload().unwrap_or_default(),
-        ) {
-            Ok(PublicEvent::UserActivated(e)) => e,
-            Ok(_) => return true,
+        // The activation provisions her; a later change of the account (disabled, enabled, a new
+        // address, new claims) makes her entry follow it (docs/adr/0032).
+        let (ce_type, trigger) = match ce_type {
+            Some(t @ UserActivatedV1::TYPE) => (t, Trigger::Activation),
+            Some(
+                t @ (AccountDisabledV1::TYPE
+                | AccountEnabledV1::TYPE
+                | EmailChangedV1::TYPE
+                | ClaimsUpdatedV1::TYPE),
+            ) => (t, Trigger::Change),
+            _ => return true,
+        };
+        let user_id = match PublicEvent::parse(ce_type, msg.payload().unwrap_or_default()) {
+            Ok(event) => event.user_id(),
             Err(e) => {
                 // The email worker sets such records aside on the dead-letter topic; here there
                 // is nothing to provision from it.
-                tracing::error!(error = %e, partition = msg.partition(), offset = msg.offset(), "unreadable activation record skipped");
+                tracing::error!(error = %e, ce_type, partition = msg.partition(), offset = msg.offset(), "unreadable record skipped");
                 metrics::counter!("onboard_provisioning_total", "outcome" => "unreadable")
                     .increment(1);
                 return true;
             }
         };
         self.provision
-            .until_done(event.user_id, shutdown)
+            .until_done(user_id, trigger, shutdown)
             .await
             .is_some()
     }

@@ -21,7 +21,7 @@ use onboarding_config::UserStoreSettings;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use crate::user_store::{Deleted, Upserted, UserRecord, UserStore, UserStoreError};
+use crate::user_store::{Deleted, Locked, Upserted, UserRecord, UserStore, UserStoreError};
 
 /// Result codes (RFC 4511) that mean "not now": busy, unavailable, unwilling to perform, loop
 /// detected, other; and the engine's own bind refused (a wrong or expired service password that
@@ -193,21 +193,7 @@ impl LdapUserStore {
                     }
                 }
                 0 => {
-                    let entry = found.0.into_iter().next().map(SearchEntry::construct);
-                    let ours = entry.as_ref().is_some_and(|e| {
-                        e.attrs
-                            .iter()
-                            .find(|(a, _)| a.eq_ignore_ascii_case(&self.id_attribute))
-                            .is_some_and(|(_, values)| values.contains(&id))
-                    });
-                    if !ours {
-                        return Err(UserStoreError::Refused(format!(
-                            "an entry with this username exists in {} and its {} is not this \
-                             account's id: it was not made by this engine for this account, so it \
-                             is left alone; remove or rename it, or set {} on it to the account's id",
-                            self.users_dn, self.id_attribute, self.id_attribute
-                        )));
-                    }
+                    self.ours(found.0, &id)?;
                     let mods = attrs
                         .iter()
                         .filter(|(a, _)| !a.eq_ignore_ascii_case(&self.name_attribute))
@@ -230,6 +216,80 @@ impl LdapUserStore {
 }
 
 impl LdapUserStore {
+    /// Refuses an entry found under the account's DN that does not carry the account's id in
+    /// `UserIDAttribute`: it was not made by this engine for this account, and is left alone.
+    fn ours(&self, found: Vec<ldap3::ResultEntry>, id: &str) -> Result<(), UserStoreError> {
+        let entry = found.into_iter().next().map(SearchEntry::construct);
+        let ours = entry.as_ref().is_some_and(|e| {
+            e.attrs
+                .iter()
+                .find(|(a, _)| a.eq_ignore_ascii_case(&self.id_attribute))
+                .is_some_and(|(_, values)| values.iter().any(|v| v == id))
+        });
+        if ours {
+            return Ok(());
+        }
+        Err(UserStoreError::Refused(format!(
+            "an entry with this username exists in {} and its {} is not this account's id: it \
+             was not made by this engine for this account, so it is left alone; remove or rename \
+             it, or set {} on it to the account's id",
+            self.users_dn, self.id_attribute, self.id_attribute
+        )))
+    }
+
+    /// Removes `userPassword` from the account's entry (a replace with no values: RFC 4511 §4.6,
+    /// no error when there is none) and brings her other attributes up to date.
+    async fn lock_with(
+        &self,
+        ldap: &mut Ldap,
+        user: &UserRecord,
+    ) -> Result<Locked, UserStoreError> {
+        let dn = self.dn_of(user.username.as_str());
+        let redact = Redact {
+            dn: &dn,
+            username: user.username.as_str(),
+        };
+        let found = ldap
+            .with_timeout(self.read_timeout)
+            .search(
+                &dn,
+                Scope::Base,
+                "(objectClass=*)",
+                vec![self.id_attribute.as_str()],
+            )
+            .await
+            .map_err(|e| classify(&e, Some(&redact)))?;
+        match found.1.rc {
+            0 => {}
+            NO_SUCH_OBJECT => return Ok(Locked::Absent),
+            _ => return Err(classify(&LdapError::from(found.1), Some(&redact))),
+        }
+        self.ours(found.0, &user.user_id.to_string())?;
+        let mods = self
+            .attributes(user)?
+            .into_iter()
+            .filter(|(a, _)| !a.eq_ignore_ascii_case(&self.name_attribute))
+            .map(|(a, v)| {
+                if a.eq_ignore_ascii_case("userPassword") {
+                    Mod::Replace(a, HashSet::new())
+                } else {
+                    Mod::Replace(a, v)
+                }
+            })
+            .collect();
+        let done = ldap
+            .with_timeout(self.read_timeout)
+            .modify(&dn, mods)
+            .await
+            .map_err(|e| classify(&e, Some(&redact)))?;
+        match done.rc {
+            0 => Ok(Locked::Locked),
+            // Removed meanwhile (by an operator): nothing binds as her.
+            NO_SUCH_OBJECT => Ok(Locked::Absent),
+            _ => Err(classify(&LdapError::from(done), Some(&redact))),
+        }
+    }
+
     /// Removes every entry under the users' base whose `UserIDAttribute` is the account's id: the
     /// entries this engine made for it (a rename never happens, so there is one).
     async fn delete_with(&self, ldap: &mut Ldap, user_id: Uuid) -> Result<Deleted, UserStoreError> {
@@ -283,6 +343,13 @@ impl UserStore for LdapUserStore {
     async fn upsert(&self, user: &UserRecord) -> Result<Upserted, UserStoreError> {
         let mut ldap = self.connect().await?;
         let result = self.upsert_with(&mut ldap, user).await;
+        let _ = ldap.unbind().await;
+        result
+    }
+
+    async fn lock(&self, user: &UserRecord) -> Result<Locked, UserStoreError> {
+        let mut ldap = self.connect().await?;
+        let result = self.lock_with(&mut ldap, user).await;
         let _ = ldap.unbind().await;
         result
     }

@@ -28,5 +28,5 @@ pub mod user_store;
 
 pub use consumer::{Provisioner, ProvisionerError};
 pub use ldap::{LdapSetupError, LdapUserStore};
-pub use provision::{current_password_hash, Outcome, Provision};
-pub use user_store::{Upserted, UserRecord, UserStore, UserStoreError};
+pub use provision::{current_password_hash, Outcome, Provision, Trigger};
+pub use user_store::{Deleted, Locked, Upserted, UserRecord, UserStore, UserStoreError};

@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::user_store::{Deleted, UserRecord, UserStore, UserStoreError};
+use crate::user_store::{Deleted, Locked, UserRecord, UserStore, UserStoreError};
 
 /// What became of one activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,13 @@ pub enum Outcome {
     Provisioned,
     /// Already recorded as provisioned: a record delivered again, or another provisioner.
     AlreadyProvisioned,
+    /// The entry of a provisioned account was brought up to date (enabled again: her password is
+    /// back; a new address or new claims).
+    Updated,
+    /// The account is disabled: her entry holds no password (docs/adr/0032).
+    Locked,
+    /// The account is disabled and the store holds no entry for her: nothing binds as her.
+    LockedAbsent,
     /// The account is not active (or unknown): nothing is provisioned.
     NotActive,
     /// The store refused the entry; `ProvisioningFailed { permanent: true }` is recorded.
@@ -32,10 +39,25 @@ impl Outcome {
         match self {
             Self::Provisioned => "provisioned",
             Self::AlreadyProvisioned => "already_provisioned",
+            Self::Updated => "updated",
+            Self::Locked => "locked",
+            Self::LockedAbsent => "locked_absent",
             Self::NotActive => "not_active",
             Self::Refused => "refused",
         }
     }
+}
+
+/// Why the provisioner looks at an account: its activation, or a later change that the
+/// directory must follow (disabled, enabled, a new address, new claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The `activated` record: an account recorded as provisioned is left as it is (a record
+    /// delivered again writes nothing).
+    Activation,
+    /// A change of the account: the directory is made to match the account as it is now, however
+    /// often this runs (docs/adr/0032).
+    Change,
 }
 
 /// An attempt that must be made again later: the directory or PostgreSQL is unavailable.
@@ -62,19 +84,26 @@ impl Provision {
         &self.user_store
     }
 
-    /// Provisions the account, trying again with backoff while the directory or the database
-    /// is unavailable, until it is done or `shutdown` comes (then `None`: the record is left for
-    /// redelivery, and nothing is lost). Records the first failure of a run of failures, and each
-    /// one whose reason differs from the previous, as `ProvisioningFailed`.
-    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-    pub async fn until_done(&self, user_id: Uuid, shutdown: &CancellationToken) -> Option<Outcome> {
+    /// Makes the user store match the account as it is now (active: her entry with her password;
+    /// disabled: her entry without one), trying again with backoff while the directory or the
+    /// database is unavailable, until it is done or `shutdown` comes (then `None`: the record is
+    /// left for redelivery, and nothing is lost). Records the first failure of a run of failures,
+    /// and each one whose reason differs from the previous, as `ProvisioningFailed` (while the
+    /// account is active and not yet provisioned; the aggregate refuses it otherwise).
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, trigger = ?trigger))]
+    pub async fn until_done(
+        &self,
+        user_id: Uuid,
+        trigger: Trigger,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
         let started = Instant::now();
         let mut delay = FIRST_DELAY;
         let mut recorded: Option<String> = None;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self.attempt(user_id, attempt).await {
+            match self.attempt(user_id, trigger, attempt).await {
                 Ok(outcome) => {
                     metrics::counter!("onboard_provisioning_total", "outcome" => outcome.label())
                         .increment(1);
@@ -85,7 +114,7 @@ impl Provision {
                     tracing::info!(
                         outcome = outcome.label(),
                         attempts = attempt,
-                        "activation handled"
+                        "record handled"
                     );
                     return Some(outcome);
                 }
@@ -108,16 +137,30 @@ impl Provision {
     }
 
     /// One attempt. `Err` when it should be made again later.
-    pub async fn attempt(&self, user_id: Uuid, attempt: u32) -> Result<Outcome, TryAgain> {
+    ///
+    /// It reads the account as it is now, whatever the record that brought it here said: records
+    /// of one user come in order, each after the change it tells of was committed, so the last
+    /// record handled leaves the directory as the account is after the last change, and handling
+    /// a record again (after a crash before its offset was stored) writes the same again.
+    pub async fn attempt(
+        &self,
+        user_id: Uuid,
+        trigger: Trigger,
+        attempt: u32,
+    ) -> Result<Outcome, TryAgain> {
         let account = self.store.load(user_id).await.map_err(unavailable)?;
         let Some(account) = account else {
             return Ok(Outcome::NotActive);
         };
-        // Never a revoked, expired or unfinished invitation: only an active account.
-        if account.state != OnboardingState::Active {
-            return Ok(Outcome::NotActive);
+        match account.state {
+            OnboardingState::Active => {}
+            // A disabled account keeps her entry, without her password.
+            OnboardingState::Disabled => return self.lock(user_id, &account).await,
+            // Never a revoked, expired or unfinished invitation: only an active account.
+            _ => return Ok(Outcome::NotActive),
         }
-        if matches!(account.provisioning, Some(Provisioning::Provisioned { .. })) {
+        let provisioned = matches!(account.provisioning, Some(Provisioning::Provisioned { .. }));
+        if provisioned && trigger == Trigger::Activation {
             return Ok(Outcome::AlreadyProvisioned);
         }
         let result = match self.record_of(user_id, &account).await? {
@@ -128,6 +171,10 @@ impl Provision {
             Ok(upserted) => {
                 metrics::counter!("onboard_provisioning_attempts_total", "result" => upserted.label())
                     .increment(1);
+                if provisioned {
+                    // Recorded before: the entry follows the account, nothing more to record.
+                    return Ok(Outcome::Updated);
+                }
                 let kind = self.user_store.kind().to_owned();
                 let recorded = self
                     .store
@@ -163,6 +210,42 @@ impl Provision {
                 self.record_failure(user_id, &e.reason(), true, attempt)
                     .await
                     .map_err(unavailable)?;
+                Ok(Outcome::Refused)
+            }
+        }
+    }
+
+    /// A disabled account: her entry stays, without her password. Only a failure to reach the
+    /// store or the database is tried again; a refusal is for an operator (there is no failure
+    /// event for a disabled account: the log line and the metric say it).
+    async fn lock(
+        &self,
+        user_id: Uuid,
+        account: &onboarding_domain::Onboarding,
+    ) -> Result<Outcome, TryAgain> {
+        let result = match self.record_of(user_id, account).await? {
+            Ok(user) => self.user_store.lock(&user).await,
+            // Never provisioned (another user store domain, no hash): no entry binds as her.
+            Err(_) => return Ok(Outcome::LockedAbsent),
+        };
+        match result {
+            Ok(locked) => {
+                metrics::counter!("onboard_provisioning_attempts_total", "result" => locked.label())
+                    .increment(1);
+                Ok(match locked {
+                    Locked::Locked => Outcome::Locked,
+                    Locked::Absent => Outcome::LockedAbsent,
+                })
+            }
+            Err(e @ UserStoreError::Unavailable(_)) => {
+                metrics::counter!("onboard_provisioning_attempts_total", "result" => "unavailable")
+                    .increment(1);
+                Err(TryAgain(e.reason()))
+            }
+            Err(e @ UserStoreError::Refused(_)) => {
+                metrics::counter!("onboard_provisioning_attempts_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(reason = %e, "the user store refused to lock the disabled account's entry; an operator must remove its password or the entry");
                 Ok(Outcome::Refused)
             }
         }

@@ -78,6 +78,13 @@ pub trait UserStore: Send + Sync {
     /// before its outcome was recorded can simply be made again.
     async fn upsert(&self, user: &UserRecord) -> Result<Upserted, UserStoreError>;
 
+    /// Makes the entry this engine made for a disabled account unusable for a bind: her password
+    /// is removed from it and her other attributes are brought up to date; the entry itself stays
+    /// (its DN, its place in groups, and the `entryUUID` by which other systems know it), so that
+    /// [`UserStore::upsert`] restores the password when she is enabled (docs/adr/0032).
+    /// Idempotent; an account without an entry is done (nothing can bind as her).
+    async fn lock(&self, user: &UserRecord) -> Result<Locked, UserStoreError>;
+
     /// Removes the entry this engine made for the account, found by the account's id (her
     /// username is erased by then), when the user was erased (docs/adr/0030). Idempotent: an
     /// account without an entry is done.
@@ -85,6 +92,24 @@ pub trait UserStore: Send + Sync {
 
     /// Whether the store can be reached and the engine's credentials are accepted (readiness).
     async fn check(&self) -> Result<(), UserStoreError>;
+}
+
+/// What a lock did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locked {
+    /// The account's entry holds no password now.
+    Locked,
+    /// The store holds no entry for the account (never provisioned): nothing binds as her.
+    Absent,
+}
+
+impl Locked {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Locked => "locked",
+            Self::Absent => "absent",
+        }
+    }
 }
 
 /// What a delete did.

@@ -1,6 +1,7 @@
 //! Provisioning into a real OpenLDAP directory: after her onboarding Jane binds with her
 //! password; a directory that was down provisions her later, exactly once; a revoked invitation
-//! is never provisioned.
+//! is never provisioned; a disabled account cannot bind until she is enabled, and her entry
+//! follows her new address and names.
 
 use std::time::{Duration, Instant};
 
@@ -383,4 +384,153 @@ async fn the_directory_is_reached_over_starttls_and_over_ldaps_with_a_private_ca
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A SCIM PATCH of Jane's account, as an identity provider sends it; the response's status.
+async fn scim_patch(stack: &Stack, id: &str, operations: Value) {
+    let r = stack
+        .http
+        .patch(stack.url(&format!("/scim2/Users/{id}")))
+        .bearer_auth(&stack.admin_token)
+        .header("content-type", "application/scim+json")
+        .body(
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                   "Operations": operations})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Waits until `ldapwhoami` as `dn` with Jane's password succeeds (`binds`) or is refused with
+/// invalidCredentials; the last answer.
+async fn wait_for_bind(stack: &Stack, slapd: &Slapd, dn: &str, binds: bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = slapd.whoami(dn, JANES_PASSWORD);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let refused = stderr.contains("Invalid credentials (49)");
+        if (binds && out.status.success()) || (!binds && refused) {
+            return format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ldapwhoami as {dn} never {}: {stderr}\n{}",
+            if binds { "succeeded" } else { "was refused" },
+            stack.logs_of("provisioner")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until her entry, read as the administrator, shows `line`.
+async fn wait_for_entry_line(stack: &Stack, slapd: &Slapd, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let entry = slapd.search("(uid=Jane)", &["mail", "sn", "userPassword"]);
+        if entry.lines().any(|l| l == line) {
+            return entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{line}` never showed in:\n{entry}\n{}",
+            stack.logs_of("provisioner")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_account_cannot_bind_until_enabled_and_her_entry_follows_her_changes() {
+    let slapd = Slapd::start("ldap-disable");
+    let (stack, _) = stack_with("ldap_disable", &slapd).await;
+    let (id, code) = invite_and_read_mail(&stack, "Jane").await;
+    set_password(&stack, &code).await;
+    wait_for_provisioning(&stack, &id, "provisioned").await;
+    let dn = slapd.dn_of("Jane");
+    wait_for_bind(&stack, &slapd, &dn, true).await;
+
+    // Her identity provider disables her while the directory is down, and the provisioner
+    // crashes while it waits: once the directory is back, a new provisioner locks her entry.
+    slapd.stop();
+    scim_patch(
+        &stack,
+        &id,
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
+    assert_eq!(stack.user(&id).await["state"], "Disabled");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stack.logs_of("provisioner").contains("will try again") {
+        assert!(
+            Instant::now() < deadline,
+            "the provisioner never tried to lock her entry: {}",
+            stack.logs_of("provisioner")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stack.signal("provisioner", "KILL");
+    slapd.resume();
+    stack.spawn("provisioner");
+    wait_for_bind(&stack, &slapd, &dn, false).await;
+    // The entry stays (its DN and entryUUID, which other systems know it by), without a password.
+    assert_eq!(slapd.entries("(uid=Jane)"), std::slice::from_ref(&dn));
+    let entry = slapd.search("(uid=Jane)", &["userPassword", "employeeNumber"]);
+    assert!(!entry.contains("userPassword"), "{entry}");
+    assert!(entry.contains(&format!("employeeNumber: {id}")), "{entry}");
+
+    // Enabled again, she binds with the password she chose.
+    scim_patch(
+        &stack,
+        &id,
+        json!([{"op": "replace", "value": {"active": true}}]),
+    )
+    .await;
+    assert_eq!(stack.user(&id).await["state"], "Active");
+    wait_for_bind(&stack, &slapd, &dn, true).await;
+
+    // A new address and a new family name reach her entry.
+    let new_email = format!("{}@pickup.example", unique("jane.roe."));
+    scim_patch(
+        &stack,
+        &id,
+        json!([
+            {"op": "replace", "path": "emails[type eq \"work\"].value", "value": new_email},
+            {"op": "replace", "path": "name.familyName", "value": "Roe"}
+        ]),
+    )
+    .await;
+    let entry = wait_for_entry_line(&stack, &slapd, &format!("mail: {new_email}")).await;
+    assert!(entry.lines().any(|l| l == "sn: Roe"), "{entry}");
+    wait_for_bind(&stack, &slapd, &dn, true).await;
+
+    // A change while she is disabled reaches her entry too, and still no password.
+    scim_patch(
+        &stack,
+        &id,
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .await;
+    wait_for_bind(&stack, &slapd, &dn, false).await;
+    scim_patch(
+        &stack,
+        &id,
+        json!([{"op": "replace", "path": "name.familyName", "value": "Poe"}]),
+    )
+    .await;
+    let entry = wait_for_entry_line(&stack, &slapd, "sn: Poe").await;
+    assert!(!entry.contains("userPassword"), "{entry}");
+    assert!(!slapd.whoami(&dn, JANES_PASSWORD).status.success());
+
+    // Provisioned once, whatever came after.
+    assert_eq!(provisioned_events(&stack, &id), 1);
+    let logs = stack.log_tail();
+    assert!(
+        !logs.contains(JANES_PASSWORD) && !logs.contains("$argon2id$"),
+        "{logs}"
+    );
 }
