@@ -318,6 +318,32 @@ fn secret_value(key: &str) -> &'static str {
     }
 }
 
+/// Where a workload's container finds the file of the Secret `onboard-secrets`'s `key`: the
+/// mount path of the volume that projects it, and the item's path; `None` when it does not.
+fn secret_file(workload: &Value, key: &str) -> Option<String> {
+    let volumes = workload["spec"]["template"]["spec"]["volumes"].as_array()?;
+    let (volume, path) = volumes.iter().find_map(|v| {
+        let secret = &v["secret"];
+        if secret["secretName"] != "onboard-secrets" {
+            return None;
+        }
+        let item = secret["items"]
+            .as_array()?
+            .iter()
+            .find(|i| i["key"] == key)?;
+        Some((v["name"].as_str()?, item["path"].as_str()?))
+    })?;
+    let mount = container(workload)["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == volume)?;
+    assert_eq!(mount["readOnly"], true, "{volume}");
+    Some(format!(
+        "{}/{path}",
+        mount["mountPath"].as_str()?.trim_end_matches('/')
+    ))
+}
+
 /// The variables a workload's container sets: values as written, Secret references as
 /// [`secret_value`].
 fn container_env(workload: &Value) -> BTreeMap<String, String> {
@@ -371,11 +397,32 @@ fn the_config_map_is_a_configuration_onboard_accepts_with_each_roles_variables()
     let dir = scratch("config");
     let config = dir.join("onboard.toml");
     std::fs::write(&config, &toml).unwrap();
+    // The key-encryption key: a file of the Secret's, where every workload mounts it (checked
+    // below); here, a key of the test's own, as `head -c 32 /dev/urandom | base64` makes one.
+    let kek_path = toml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key_encryption_key_file = "))
+        .expect("the ConfigMap sets personal_data.key_encryption_key_file")
+        .trim_matches('"')
+        .to_owned();
+    let kek = dir.join("personal-data-kek");
+    std::fs::write(&kek, "S2V5RW5jcnlwdGlvbktleUZvclRoZURlcGxveVRlc3Q=\n").unwrap();
     let mut workloads = of_kind(&documents, "Deployment");
     workloads.extend(of_kind(&documents, "Job"));
     for workload in workloads {
         let name = workload["metadata"]["name"].as_str().unwrap();
-        let output = config_check(&config, &container_env(workload));
+        assert_eq!(
+            secret_file(workload, "personal-data-kek").as_deref(),
+            Some(kek_path.as_str()),
+            "{name} does not mount the Secret key personal-data-kek at the ConfigMap's \
+             key_encryption_key_file"
+        );
+        let mut env = container_env(workload);
+        env.insert(
+            "ONBOARD__PERSONAL_DATA__KEY_ENCRYPTION_KEY_FILE".into(),
+            kek.display().to_string(),
+        );
+        let output = config_check(&config, &env);
         let said = text(&output);
         assert!(output.status.success(), "{name}: {said}");
         assert!(said.contains("is valid"), "{name}: {said}");
@@ -402,7 +449,11 @@ fn the_config_map_is_a_configuration_onboard_accepts_with_each_roles_variables()
 
     // The check can fail: a misspelt key, and a variable that names no key.
     let gateway = named(&documents, "Deployment", "onboard-gateway");
-    let env = container_env(gateway);
+    let mut env = container_env(gateway);
+    env.insert(
+        "ONBOARD__PERSONAL_DATA__KEY_ENCRYPTION_KEY_FILE".into(),
+        kek.display().to_string(),
+    );
     let broken = dir.join("broken.toml");
     std::fs::write(
         &broken,
@@ -420,6 +471,16 @@ fn the_config_map_is_a_configuration_onboard_accepts_with_each_roles_variables()
     env_typo.insert("ONBOARD__DATABASE__UR".into(), "x".into());
     let output = config_check(&config, &env_typo);
     assert!(!output.status.success(), "{}", text(&output));
+    // A key-encryption key that is not mounted is named.
+    let mut unmounted = env.clone();
+    unmounted.remove("ONBOARD__PERSONAL_DATA__KEY_ENCRYPTION_KEY_FILE");
+    let output = config_check(&config, &unmounted);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains(&format!("personal_data.key_encryption_key_file {kek_path}")),
+        "{}",
+        text(&output)
+    );
     // And a role without a secret it needs.
     let mut missing = env;
     missing.remove("ONBOARD__DATABASE__URL");
