@@ -494,7 +494,7 @@ pub async fn from_kafka(
 
     // The brokers and security settings (TLS, SASL, `kafka.properties`) of every client of the
     // engine; a group of its own that commits nothing and reports each partition's end.
-    let consumer: StreamConsumer = onboarding_kafka::base_config(kafka)
+    let consumer: StreamConsumer<ReplayContext> = onboarding_kafka::base_config(kafka)
         .set(
             "group.id",
             format!("onboard-audit-replay-{}", Uuid::new_v4()),
@@ -502,7 +502,7 @@ pub async fn from_kafka(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create_with_context(ReplayContext)?;
     let mut live = pool.begin().await?;
     copy_live(&mut live, &scratch.schema).await?;
     live.commit().await?;
@@ -589,6 +589,26 @@ pub async fn from_kafka(
     }
     scratch.flush(pool).await
 }
+
+/// The replay consumer's context. librdkafka reports each partition's end, which the replay
+/// waits for, also as a client-wide error once the replay stopped reading a partition; that end
+/// is expected, so it is logged at DEBUG. Every other error is logged at ERROR, as by default.
+struct ReplayContext;
+
+impl rdkafka::client::ClientContext for ReplayContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // As a client-wide error it comes as `Global(PartitionEOF)`.
+        let end = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if end {
+            tracing::debug!(%reason, "end of a partition");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReplayContext {}
 
 /// A row that is in one side and not the other.
 #[derive(Debug, Clone)]
