@@ -4,7 +4,7 @@
 // page she sees passes axe-core's checks. A reader signs in with the keyboard alone and sees no
 // button; forged posts are refused.
 //
-// Usage: node console.mjs --base URL --jane NAME --revokee NAME --bulk-file PATH --artifacts DIR
+// Usage: node console.mjs --base URL --jane NAME --revokee NAME --erased ID --bulk-file PATH --artifacts DIR
 // The tokens come from the environment: ADMIN_TOKEN, READER_TOKEN. CHROMIUM names the browser
 // (default /usr/bin/chromium). playwright-core and axe-core are found through NODE_PATH
 // (tests/run installs them and sets TEST_BROWSER_NODE_MODULES).
@@ -43,6 +43,7 @@ function options() {
       base: { type: 'string' },
       jane: { type: 'string' },
       revokee: { type: 'string' },
+      erased: { type: 'string' },
       'bulk-file': { type: 'string' },
       artifacts: { type: 'string' },
     },
@@ -55,6 +56,7 @@ function options() {
     base: pick(values.base, '--base').replace(/\/+$/, ''),
     jane: pick(values.jane, '--jane'),
     revokee: pick(values.revokee, '--revokee'),
+    erased: pick(values.erased, '--erased'),
     bulkFile: pick(values['bulk-file'], '--bulk-file'),
     artifacts: pick(values.artifacts, '--artifacts'),
     adminToken: pick(process.env.ADMIN_TOKEN, 'ADMIN_TOKEN'),
@@ -80,7 +82,7 @@ async function main() {
   const { chromium } = load('playwright-core').module;
   const axeSource = readFileSync(load('axe-core').resolve('axe-core/axe.min.js'), 'utf8');
   mkdirSync(opts.artifacts, { recursive: true });
-  const saw = { pages: {}, axe: {}, forged: {}, reader: {}, bulk: {}, screenshots: [] };
+  const saw = { pages: {}, axe: {}, forged: {}, reader: {}, bulk: {}, erased: {}, screenshots: [] };
   let current = null;
   let step = 'launching Chromium';
 
@@ -211,6 +213,28 @@ async function main() {
     saw.pages.revoked = (await page.locator('#done').innerText()).trim();
     saw.pages.revoked_state = (await page.locator('#view-state').innerText()).trim();
     await shot(page, '08-revoked.png');
+
+    step = 'listing the erased users';
+    await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Invitations', exact: true }).click();
+    await page.getByLabel('State', { exact: true }).selectOption('Erased');
+    await page.getByRole('button', { name: 'Show', exact: true }).click();
+    await page.waitForURL(/\/admin\/invitations\?/);
+    saw.erased.rows = (await page.locator('#invitations tbody tr').allInnerTexts()).map((r) => r.replace(/\s+/g, ' ').trim());
+    await axe(page, 'invitations-erased');
+    await shot(page, '08a-erased-list.png');
+    step = "opening the erased user's page";
+    // Her username is erased: the row links her by her id.
+    await page.locator('#invitations').getByRole('link', { name: opts.erased, exact: true }).click();
+    await page.waitForURL(/\/admin\/users\/[0-9a-f-]+$/);
+    saw.erased.heading = await heading(page);
+    saw.erased.state = (await page.locator('#view-state').innerText()).trim();
+    saw.erased.note = (await page.locator('#erased').innerText()).trim();
+    saw.erased.username = (await page.locator('#view-username').innerText()).trim();
+    saw.erased.email = (await page.locator('#view-email').innerText()).trim();
+    saw.erased.claims = (await page.locator('#view-claims').innerText()).trim();
+    saw.erased.text = await page.locator('body').innerText();
+    await axe(page, 'erased-user');
+    await shot(page, '08b-erased-user.png');
 
     step = 'uploading a bulk file';
     await page.getByRole('navigation', { name: 'Console' }).getByRole('link', { name: 'Bulk invitations', exact: true }).click();

@@ -327,3 +327,76 @@ fn every_console_template_renders_in_both_languages() {
         }
     }
 }
+
+#[test]
+fn an_erased_users_page_says_so_in_both_languages_and_the_list_offers_the_state() {
+    let pages = Pages::new(&OrganisationSettings::default()).unwrap();
+    for (lang, note, label) in [
+        (
+            Lang::En,
+            "This user&#x27;s personal data was erased (7 Dec 2026)",
+            "Erased",
+        ),
+        (
+            Lang::De,
+            "Die personenbezogenen Daten dieser Person wurden gelöscht (7 Dec 2026)",
+            "Gelöscht",
+        ),
+    ] {
+        let render = |name: &str, values: minijinja::Value| {
+            pages
+                .templates
+                .get_template(name)
+                .unwrap()
+                .render(context! { organisation => "Pickup", lang => lang.tag(), t => pages.texts.for_templates(lang), ..values })
+                .unwrap()
+        };
+        let admin = context! { token_id => "reader", can_invite => false, can_revoke => false, csrf => "k1.x" };
+        let html = render(
+            "console/user.html",
+            context! {
+                admin,
+                user => json!({"id": "u1", "username": null, "email": null, "state": "Erased", "links_opened": 0, "erased_at": "x"}),
+                times => json!({"erased_at": "7 Dec 2026"}),
+                claims => "{}",
+                timeline => Vec::<()>::new(),
+                mails => Vec::<()>::new(),
+                pending => false,
+            },
+        );
+        assert!(html.contains(note), "{html}");
+        assert!(
+            html.contains(&format!("<dd id=\"view-state\">{label}</dd>")),
+            "{html}"
+        );
+        assert!(html.contains("<dd id=\"view-email\"></dd>"), "{html}");
+        let active = render(
+            "console/user.html",
+            context! {
+                admin,
+                user => json!({"id": "u1", "username": "jane", "state": "Active", "links_opened": 0}),
+                times => json!({}), claims => "{}", timeline => Vec::<()>::new(),
+                mails => Vec::<()>::new(), pending => false,
+            },
+        );
+        assert!(!active.contains("id=\"erased\""), "{active}");
+        let list = render(
+            "console/invitations.html",
+            context! {
+                admin, problems => Vec::<String>::new(),
+                filters => json!({"state": "Erased", "delivery": null, "provisioning": null, "q": null}),
+                choices => json!({"states": super::views::STATES, "deliveries": [], "provisionings": []}),
+                rows => vec![json!({"id": "u1", "username": null, "email": null, "state": "Erased", "invited": "now", "invited_iso": "x", "since_invitation": "2 d", "link_opened": false})],
+                next_after => None::<&str>, first_page => true,
+            },
+        );
+        assert!(
+            list.contains(&format!(
+                "<option value=\"Erased\" selected>{label}</option>"
+            )),
+            "{list}"
+        );
+        assert!(list.contains(&format!("<td>{label}</td>")), "{list}");
+        assert!(!list.contains("console_"), "{list}");
+    }
+}

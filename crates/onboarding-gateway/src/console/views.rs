@@ -253,7 +253,9 @@ pub(crate) async fn overview(ctx: Ctx) -> Response {
     )
 }
 
-const STATES: [&str; 8] = [
+/// The states an admin can filter by, as the API names them (each with a label of its own in
+/// both languages, `console_state_<State>`).
+pub(super) const STATES: [&str; 9] = [
     "Invited",
     "CodeIssued",
     "Expired",
@@ -262,6 +264,7 @@ const STATES: [&str; 8] = [
     "PasswordSet",
     "Active",
     "Disabled",
+    "Erased",
 ];
 const DELIVERIES: [&str; 4] = ["queued", "sent", "failed", "abandoned"];
 const PROVISIONINGS: [&str; 3] = ["pending", "provisioned", "failed"];
@@ -473,6 +476,7 @@ pub(crate) async fn user(ctx: Ctx, id: String, query: HashMap<String, String>) -
         "code_expires_at": at(&view["code_expires_at"]),
         "activated_at": at(&view["activated_at"]),
         "revoked_at": at(&view["revoked_at"]),
+        "erased_at": at(&view["erased_at"]),
         "since_invitation": account.created_at.map(|c| duration(&state.pages.texts, lang, (now - c).num_seconds())),
     });
     let claims = serde_json::to_string_pretty(&view["claims"]).unwrap_or_default();

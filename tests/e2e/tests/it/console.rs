@@ -46,6 +46,20 @@ async fn an_admin_runs_the_console_in_a_real_browser_and_a_reader_sees_no_button
     let (jane_id, jane_email, _) = stack.invite_mailed(&jane).await;
     stack.wait_for_delivery(&jane_id, "sent").await;
     let (robert_id, _, _) = stack.invite_mailed(&robert).await;
+    // Eve was invited and mailed, then erased: the console lists her as erased, by her id.
+    let eve = unique("eve.");
+    let (eve_id, eve_email, _) = stack.invite_mailed(&eve).await;
+    stack.wait_for_delivery(&eve_id, "sent").await;
+    let r = stack
+        .admin(
+            stack
+                .http
+                .delete(stack.url(&format!("/api/v1/users/{eve_id}?erase=true"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     // The overview shows the last `onboard audit verify`.
     let verified = stack.cli(&["audit", "verify"]);
     assert!(verified.status.success(), "{verified:?}");
@@ -69,6 +83,7 @@ async fn an_admin_runs_the_console_in_a_real_browser_and_a_reader_sees_no_button
         .args(["--base", &stack.base_url])
         .args(["--jane", &jane])
         .args(["--revokee", &robert])
+        .args(["--erased", &eve_id])
         .arg("--bulk-file")
         .arg(&bulk_file)
         .arg("--artifacts")
@@ -161,6 +176,33 @@ async fn an_admin_runs_the_console_in_a_real_browser_and_a_reader_sees_no_button
     let robert_view = stack.user(&robert_id).await;
     assert_eq!(robert_view["state"], "Revoked", "{robert_view}");
     assert_eq!(robert_view["revoked_by"], "admin", "{robert_view}");
+    // Eve: the only erased user, listed by her id, her page says so and shows nothing of her.
+    let erased_rows = saw["erased"]["rows"].as_array().unwrap();
+    assert_eq!(erased_rows.len(), 1, "{erased_rows:?}");
+    let row = erased_rows[0].as_str().unwrap();
+    assert!(row.starts_with(&eve_id) && row.contains("Erased"), "{row}");
+    assert_eq!(saw["erased"]["heading"], eve_id.as_str());
+    assert_eq!(saw["erased"]["state"], "Erased");
+    assert!(
+        saw["erased"]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("This user's personal data was erased ("),
+        "{}",
+        saw["erased"]["note"]
+    );
+    assert_eq!(saw["erased"]["username"], "");
+    assert_eq!(saw["erased"]["email"], "");
+    assert_eq!(saw["erased"]["claims"], "{}");
+    let page_text = saw["erased"]["text"].as_str().unwrap();
+    assert!(page_text.contains("UserErased"), "{page_text}");
+    for personal in [eve.as_str(), eve_email.as_str()] {
+        assert!(
+            !page_text.contains(personal),
+            "{personal} on her page: {page_text}"
+        );
+        assert!(!row.contains(personal), "{personal} in her row: {row}");
+    }
     // The bulk job: two invited, the broken row and Jane's listed with reasons, downloadable.
     assert_eq!(saw["bulk"]["progress"], "4 of 4 rows applied", "{report}");
     let failed = saw["bulk"]["failed_rows"].as_array().unwrap();
@@ -205,6 +247,8 @@ async fn an_admin_runs_the_console_in_a_real_browser_and_a_reader_sees_no_button
         "user",
         "resend-confirmation",
         "revoke-confirmation",
+        "invitations-erased",
+        "erased-user",
         "bulk",
         "bulk-job",
     ] {
