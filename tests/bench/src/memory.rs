@@ -1,6 +1,7 @@
-//! Resident memory of each process, sampled once a second across the run. PostgreSQL is a
-//! postmaster and its backends sharing memory: it is counted as the sum of their PSS
-//! (proportional set size, shared pages split among their users); the others as their RSS.
+//! Resident memory of each process, sampled once a second across the run and once after the
+//! last phase. PostgreSQL is a postmaster and its backends sharing memory: it is counted as the
+//! sum of their PSS (proportional set size, shared pages split among their users); the others
+//! as their RSS.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,8 @@ struct Samples {
 
 pub struct Sampler {
     samples: Arc<Mutex<Samples>>,
+    processes: Arc<Vec<Process>>,
+    started: Instant,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,31 +44,28 @@ pub struct Summary {
 impl Sampler {
     pub fn start(processes: Vec<Process>) -> Self {
         let samples = Arc::new(Mutex::new(Samples::default()));
+        let processes = Arc::new(processes);
         let started = Instant::now();
-        let into = samples.clone();
+        let (into, of) = (samples.clone(), processes.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let t = started.elapsed().as_secs_f64();
-                for p in &processes {
-                    let kib = if p.with_children {
-                        tree_pss_kib(p.pid)
-                    } else {
-                        rss_kib(p.pid)
-                    };
-                    if let Some(kib) = kib {
-                        into.lock()
-                            .expect("sampler lock")
-                            .series
-                            .entry(p.name.clone())
-                            .or_default()
-                            .push((t, kib));
-                    }
-                }
+                sample(&of, started, &into);
             }
         });
-        Self { samples, task }
+        Self {
+            samples,
+            processes,
+            started,
+            task,
+        }
+    }
+
+    /// Takes a sample now, beside the ones taken every second: after the last phase, so that a
+    /// phase shorter than a second cannot end between two samples unseen.
+    pub fn sample_now(&self) {
+        sample(&self.processes, self.started, &self.samples);
     }
 
     /// Every sample: per process, (seconds since the start, KiB).
@@ -96,6 +96,26 @@ impl Sampler {
                 ))
             })
             .collect()
+    }
+}
+
+/// One sample of every process's memory.
+fn sample(processes: &[Process], started: Instant, into: &Mutex<Samples>) {
+    let t = started.elapsed().as_secs_f64();
+    for p in processes {
+        let kib = if p.with_children {
+            tree_pss_kib(p.pid)
+        } else {
+            rss_kib(p.pid)
+        };
+        if let Some(kib) = kib {
+            into.lock()
+                .expect("sampler lock")
+                .series
+                .entry(p.name.clone())
+                .or_default()
+                .push((t, kib));
+        }
     }
 }
 
