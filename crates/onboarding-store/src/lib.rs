@@ -60,7 +60,7 @@ pub use erasure::Erasure;
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
-pub use personal::{Erased, PersonalDataError, PersonalKeys};
+pub use personal::{DrawnKey, Erased, PersonalDataError, PersonalKeys};
 pub use retries::{MailRetry, RetriedMail};
 pub use text::UnknownValue;
 pub use upcast::{upcast, upcast_str, upcasters};

@@ -128,6 +128,32 @@ impl std::fmt::Debug for PersonalKeys {
 /// An account's data key, unwrapped.
 struct DataKey(Aes256Gcm);
 
+/// A data key drawn for an account, as the appender draws one for her first sealed event: the
+/// stored (wrapped) form and the key itself. Public so that the benchmark measures sealing with
+/// the store's own code (`onboarding-bench limits seal`, docs/performance.md).
+pub struct DrawnKey {
+    stored: Vec<u8>,
+    key: DataKey,
+}
+
+impl DrawnKey {
+    /// The key as `personal_data_keys.data_key` holds it (wrapped by the KEK, if one is set).
+    pub fn stored(&self) -> &[u8] {
+        &self.stored
+    }
+
+    /// The personal fields of one event sealed with this key, as the payload's `sealed` field
+    /// holds them (base64 of nonce and ciphertext, bound to the account and the event type).
+    pub fn seal(
+        &self,
+        aggregate_id: &str,
+        event_type: &str,
+        fields: &Map<String, Value>,
+    ) -> String {
+        seal_with(&self.key, aggregate_id, event_type, fields)
+    }
+}
+
 impl PersonalKeys {
     /// The keys of `[personal_data]`: reads `key_encryption_key_file` if it is set.
     pub fn from_settings(settings: &Settings) -> Result<Self, PersonalDataError> {
@@ -212,6 +238,16 @@ impl PersonalKeys {
         Ok(DataKey(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))))
     }
 
+    /// Draws a data key for `user_id` and wraps it as it is stored.
+    pub fn draw(&self, user_id: Uuid) -> DrawnKey {
+        let mut raw = zeroize::Zeroizing::new([0u8; KEY]);
+        rand::rngs::OsRng.fill_bytes(raw.as_mut());
+        DrawnKey {
+            stored: self.wrap(user_id, &raw),
+            key: DataKey(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(raw.as_ref()))),
+        }
+    }
+
     /// The data keys of these accounts that still have one.
     async fn keys_of(
         &self,
@@ -264,30 +300,25 @@ impl PersonalKeys {
             let key = match keys.entry(user_id) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(none) => {
-                    let mut raw = zeroize::Zeroizing::new([0u8; KEY]);
-                    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+                    let drawn = self.draw(user_id);
                     sqlx::query(
                         "INSERT INTO personal_data_keys (user_id, data_key, wrapped_by) \
                          VALUES ($1, $2, $3)",
                     )
                     .bind(user_id)
-                    .bind(self.wrap(user_id, &raw))
+                    .bind(&drawn.stored)
                     .bind(self.wrapped_by())
                     .execute(&mut *conn)
                     .await?;
-                    none.insert(DataKey(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(
-                        raw.as_ref(),
-                    ))))
+                    none.insert(drawn.key)
                 }
             };
-            let plain = serde_json::to_vec(&Value::Object(fields.clone()))
-                .expect("JSON values always serialise");
-            let sealed = seal_bytes(
-                &key.0,
-                &plain,
-                aad(event.aggregate_id, event.event_type).as_bytes(),
-            );
-            event.set_sealed(base64::engine::general_purpose::STANDARD.encode(sealed));
+            event.set_sealed(seal_with(
+                key,
+                event.aggregate_id,
+                event.event_type,
+                &fields,
+            ));
             cleared.push(Some(fields));
         }
         Ok(cleared)
@@ -396,6 +427,18 @@ pub fn is_sealed(event_type: &str, payload: &Value) -> bool {
 /// account's event, or into another type of event, does not open.
 fn aad(aggregate_id: &str, event_type: &str) -> String {
     format!("onboard-personal-v1\n{aggregate_id}\n{event_type}")
+}
+
+/// `fields` as JSON, sealed under `key` for this account and event type, in base64.
+fn seal_with(
+    key: &DataKey,
+    aggregate_id: &str,
+    event_type: &str,
+    fields: &Map<String, Value>,
+) -> String {
+    let plain = serde_json::to_vec(fields).expect("JSON values always serialise");
+    let sealed = seal_bytes(&key.0, &plain, aad(aggregate_id, event_type).as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sealed)
 }
 
 /// A 12-byte random nonce followed by the AES-256-GCM ciphertext of `plain`.

@@ -52,6 +52,90 @@ pub fn argon2(seconds: f64, out: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// Counts how often `op` runs in `seconds` (checking the clock every 64 runs); runs a second.
+fn rate(seconds: f64, mut op: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        for _ in 0..64 {
+            op();
+        }
+        n += 64;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Sealing personal data with the store's code (`onboarding_store::PersonalKeys`, docs/adr/0030),
+/// on one thread, without a key-encryption key and with one: drawing an account's data key (once
+/// per account, at her first sealed event: 32 random bytes, wrapped by the KEK when there is
+/// one), sealing a `UserInvited`'s personal fields (JSON, AES-256-GCM, base64), and opening them
+/// as a streaming reader does (the key unwrapped, the fields opened back into the payload). CPU
+/// only: the key row's INSERT in the append's transaction and the key's lookup are not in it.
+pub fn seal(seconds: f64, out: &Path) -> anyhow::Result<()> {
+    use onboarding_store::personal::ToOpen;
+    use onboarding_store::{Erased, PersonalKeys};
+    let fields = match json!({
+        "username": "jane.doe",
+        "email": "jane.doe@pickup.example",
+        "claims": {"given_name": "Jane", "family_name": "Doe", "name": "Jane Doe"}
+    }) {
+        serde_json::Value::Object(fields) => fields,
+        _ => unreachable!("an object literal"),
+    };
+    let mut kek = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut kek);
+    let each = seconds / 6.0;
+    let mut results = serde_json::Map::new();
+    for (mode, keys) in [
+        ("no_kek", PersonalKeys::default()),
+        (
+            "kek",
+            PersonalKeys::with_kek(&kek).context("a 32-byte key-encryption key")?,
+        ),
+    ] {
+        let draws = rate(each, || {
+            std::hint::black_box(keys.draw(uuid::Uuid::new_v4()));
+        });
+        let user_id = uuid::Uuid::new_v4();
+        let aggregate_id = user_id.to_string();
+        let key = keys.draw(user_id);
+        let seals = rate(each, || {
+            std::hint::black_box(key.seal(&aggregate_id, "UserInvited", &fields));
+        });
+        let sealed = key.seal(&aggregate_id, "UserInvited", &fields);
+        let stored = (key.stored(), keys.wrapped_by());
+        let mut failed = None;
+        let opens = rate(each, || {
+            let mut payload = json!({"UserInvited": {"domain": "PRIMARY", "sealed": sealed}});
+            let mut row = ToOpen {
+                aggregate_id: &aggregate_id,
+                event_type: "UserInvited",
+                payload: &mut payload,
+            };
+            if let Err(e) = keys.open_with_key(&mut row, Some(stored), Erased::Text) {
+                failed = Some(e.to_string());
+            } else if payload["UserInvited"]["email"] != "jane.doe@pickup.example" {
+                failed = Some("the opened payload does not hold the address sealed".into());
+            }
+        });
+        if let Some(e) = failed {
+            bail!("opening what was sealed failed ({mode}): {e}");
+        }
+        let micros = |per_second: f64| 1e6 / per_second;
+        results.insert(
+            mode.into(),
+            json!({
+                "draws_per_second": draws, "draw_us": micros(draws),
+                "seals_per_second": seals, "seal_us": micros(seals),
+                "opens_per_second": opens, "open_us": micros(opens),
+            }),
+        );
+    }
+    results.insert("seconds".into(), json!(seconds));
+    write(out, serde_json::Value::Object(results))
+}
+
 /// One plain, sequential SMTP client (`TCP_NODELAY`, one command at a time, no pipelining) on
 /// one connection, sending mails of an invitation's size; counted by smtp-sink itself.
 pub fn smtp(addr: &str, seconds: f64, sink_log: &Path, out: &Path) -> anyhow::Result<()> {

@@ -68,6 +68,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// What sealing personal data costs (the store's own code, CPU only), without a
+    /// key-encryption key and with one.
+    Seal {
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Drives the engine, prints the table and writes every result.
     Engine(engine::Args),
 }
@@ -77,6 +85,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Argon2 { seconds, out } => limits::argon2(seconds, &out),
+        Command::Seal { seconds, out } => limits::seal(seconds, &out),
         Command::Smtp {
             addr,
             seconds,

@@ -25,6 +25,7 @@ impl Limits {
                 "smtp_sink": read("smtp.json")?,
                 "kafka": read("kafka.json")?,
                 "mailer": read("mailer.json")?,
+                "seal": read("seal.json")?,
             }),
         })
     }
@@ -179,6 +180,23 @@ pub fn print(r: &Value) {
             num(&replay["select_events_per_second"]),
         ),
     );
+    // Sealing personal data: CPU beside each append, one thread (the store's own code).
+    println!();
+    println!("| Sealing a UserInvited's personal fields, one thread | seal | open (as a reader) | a new account's key |");
+    println!("|---|---|---|---|");
+    let seal = &l["seal"];
+    for (mode, label) in [
+        ("no_kek", "no key-encryption key"),
+        ("kek", "with a key-encryption key"),
+    ] {
+        let s = &seal[mode];
+        println!(
+            "| {label} | {:.1} µs | {:.1} µs | {:.1} µs |",
+            num(&s["seal_us"]),
+            num(&s["open_us"]),
+            num(&s["draw_us"])
+        );
+    }
     println!();
     println!("| Process | after warm-up | max | last | growth |");
     println!("|---|---|---|---|---|");
