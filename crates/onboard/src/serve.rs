@@ -85,6 +85,32 @@ impl Components {
         .filter_map(|(runs, role)| runs.then_some(role))
         .collect()
     }
+
+    /// The roles by name, for a log line ("the gateway, the relay").
+    fn names(self) -> String {
+        [
+            (self.gateway, "the gateway"),
+            (self.relay, "the relay"),
+            (self.worker, "the email worker"),
+            (self.scheduler, "the scheduler"),
+            (self.intake, "the intake"),
+            (self.provisioner, "the provisioner"),
+        ]
+        .into_iter()
+        .filter_map(|(runs, name)| runs.then_some(name))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping"),
+    }
 }
 
 fn metrics() -> Result<PrometheusHandle> {
@@ -132,7 +158,9 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
         provisioner,
     } = run;
     let handle = metrics()?;
-    let pool = onboarding_store::connect(&settings).await?;
+    // Connections are made when needed: a process started while PostgreSQL is down serves its
+    // endpoints (not ready) and waits for it below before its roles start.
+    let pool = onboarding_store::connect_lazy(&settings)?;
     let store = Store::new(
         pool.clone(),
         onboarding_store::services(&settings)?,
@@ -151,40 +179,6 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    if relay {
-        let relay = Relay::new(pool.clone(), &settings.kafka, store.personal_keys().clone())?;
-        let token = shutdown.clone();
-        tasks.spawn(async move { relay.run(token).await.context("relay") });
-    }
-    if worker {
-        let worker = EmailWorker::new(&settings, store.clone())?;
-        let token = shutdown.clone();
-        tasks.spawn(async move { worker.run(token).await.context("email worker") });
-    }
-    if scheduler {
-        let every = Duration::from_secs(
-            settings
-                .identity_mgt
-                .user_onboarding
-                .expiry_scan_seconds
-                .get(),
-        );
-        let (store, token) = (store.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            onboarding_store::run_scheduler(store, every, token).await;
-            Ok(())
-        });
-    }
-    if intake {
-        let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
-        let token = shutdown.clone();
-        tasks.spawn(async move { intake.run(token).await.context("intake") });
-    }
-    if let (true, Some(user_store)) = (provisioner, user_store) {
-        let provisioner = Provisioner::new(&settings, store.clone(), user_store)?;
-        let token = shutdown.clone();
-        tasks.spawn(async move { provisioner.run(token).await.context("provisioner") });
-    }
     if let (false, Some(addr)) = (gateway, settings.observability.metrics_bind) {
         let (handle, readiness, token) = (handle.clone(), readiness.clone(), shutdown.clone());
         let limits = onboarding_gateway::Limits::of(&settings.gateway);
@@ -194,6 +188,7 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
                 .context("metrics endpoint")
         });
     }
+    let mut bulk_runner = None;
     if gateway {
         let state = Arc::new(AppState::new(
             settings.clone(),
@@ -201,12 +196,7 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
             Some(handle),
             readiness,
         )?);
-        let (runner, wake) = state.bulk_runner();
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            runner.run(wake, token).await;
-            Ok(())
-        });
+        bulk_runner = Some(state.bulk_runner());
         let token = shutdown.clone();
         tasks.spawn(async move {
             onboarding_gateway::serve(state, token, None)
@@ -215,26 +205,74 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
         });
     }
 
-    let signal = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping"),
+    // The endpoints answer (not ready) while the roles wait for PostgreSQL.
+    let signal = stop_signal();
+    tokio::pin!(signal);
+    let mut failure = None;
+    let (database, names) = (onboarding_store::database_address(&settings), run.names());
+    let up = tokio::select! {
+        up = onboarding_store::wait_for_database(&pool, &names, &database, std::future::pending::<()>()) => match up {
+            Ok(up) => up,
+            Err(e) => {
+                failure = Some(anyhow::Error::new(e).context("cannot use the database"));
+                false
+            }
+        },
+        _ = &mut signal => false,
+        Some(done) = tasks.join_next() => {
+            failure = Some(stopped(done));
+            false
         }
     };
-    let mut failure = None;
-    tokio::select! {
-        _ = signal => {}
-        Some(done) = tasks.join_next() => {
-            // A component stopped on its own: that is a failure; stop the others too.
-            failure = Some(match done {
-                Ok(Ok(())) => anyhow::anyhow!("a component stopped unexpectedly"),
-                Ok(Err(e)) => e,
-                Err(e) => anyhow::anyhow!("a component panicked: {e}"),
+    if up {
+        if let Some((runner, wake)) = bulk_runner {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                runner.run(wake, token).await;
+                Ok(())
             });
         }
+        if relay {
+            let relay = Relay::new(pool.clone(), &settings.kafka, store.personal_keys().clone())?;
+            let token = shutdown.clone();
+            tasks.spawn(async move { relay.run(token).await.context("relay") });
+        }
+        if worker {
+            let worker = EmailWorker::new(&settings, store.clone())?;
+            let token = shutdown.clone();
+            tasks.spawn(async move { worker.run(token).await.context("email worker") });
+        }
+        if scheduler {
+            let every = Duration::from_secs(
+                settings
+                    .identity_mgt
+                    .user_onboarding
+                    .expiry_scan_seconds
+                    .get(),
+            );
+            let (store, token) = (store.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                onboarding_store::run_scheduler(store, every, token).await;
+                Ok(())
+            });
+        }
+        if intake {
+            let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
+            let token = shutdown.clone();
+            tasks.spawn(async move { intake.run(token).await.context("intake") });
+        }
+        if let (true, Some(user_store)) = (provisioner, user_store) {
+            let provisioner = Provisioner::new(&settings, store.clone(), user_store)?;
+            let token = shutdown.clone();
+            tasks.spawn(async move { provisioner.run(token).await.context("provisioner") });
+        }
+
+        tokio::select! {
+            _ = &mut signal => {}
+            Some(done) = tasks.join_next() => failure = Some(stopped(done)),
+        }
     }
+
     shutdown.cancel();
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
@@ -244,5 +282,14 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// A component stopped on its own: that is a failure; the others are stopped too.
+fn stopped(done: Result<Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match done {
+        Ok(Ok(())) => anyhow::anyhow!("a component stopped unexpectedly"),
+        Ok(Err(e)) => e,
+        Err(e) => anyhow::anyhow!("a component panicked: {e}"),
     }
 }

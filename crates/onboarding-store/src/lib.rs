@@ -367,6 +367,66 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
     pool(settings, options).await
 }
 
+/// The pool of a serving process that does not connect yet: every connection is made when it
+/// is needed, so a process can start while PostgreSQL is down and wait for it
+/// ([`wait_for_database`]); otherwise as [`connect`].
+pub fn connect_lazy(settings: &Settings) -> Result<PgPool, StoreError> {
+    let options = connect_options(settings)?.options(settings.database.session_timeouts());
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(settings.database.acquire_timeout())
+        .connect_lazy_with(options))
+}
+
+/// Where `[database]` points, for a log line: host, port and database name, never the user's
+/// password.
+pub fn database_address(settings: &Settings) -> String {
+    match connect_options(settings) {
+        Ok(o) => format!(
+            "{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or_default()
+        ),
+        Err(_) => "(database.url cannot be read)".to_owned(),
+    }
+}
+
+/// Waits until PostgreSQL answers on `pool`, trying again with a backoff from 1 s up to 30 s and
+/// logging each wait at WARN with what waits (`waiting`, e.g. "the relay, the intake") and where
+/// (`database`: host, port and name, never the password). Returns `Ok(false)` when `stop`
+/// resolved first; an error that waiting does not cure (a refused password, a database that does
+/// not exist) is returned at once.
+pub async fn wait_for_database(
+    pool: &PgPool,
+    waiting: &str,
+    database: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<bool, StoreError> {
+    let mut backoff = std::time::Duration::from_secs(1);
+    tokio::pin!(stop);
+    loop {
+        let tried = sqlx::query("SELECT 1").execute(pool).await.map_err(db);
+        match tried {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(
+                    %database,
+                    error = %e,
+                    retry_in_s = backoff.as_secs(),
+                    "PostgreSQL does not answer; {waiting} will start once it does, not ready meanwhile"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(false),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 /// The pool of `onboard migrate` and `onboard audit`, whose statements may rightly run for
 /// long (a migration over the whole log, a replay that streams it): without the session
 /// timeouts, whatever the server or role sets.

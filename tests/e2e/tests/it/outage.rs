@@ -317,3 +317,70 @@ async fn a_writer_stalled_inside_its_transaction_does_not_hold_every_append_fore
     let r = invite(&stack, "BehindStalled", &email).await;
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
 }
+
+#[tokio::test]
+async fn roles_started_while_postgresql_is_down_wait_for_it_and_then_work() {
+    let postgres = Postgres::start("late-pg-");
+    let stack = Stack::new(
+        "latepg",
+        Options {
+            database: Some(postgres.url.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    postgres.stop();
+
+    // Every role starts while PostgreSQL is down; none of them exits.
+    let relay = format!("127.0.0.1:{}", free_port());
+    let relay = {
+        stack.spawn("gateway");
+        stack.spawn_with_env("relay", &[("ONBOARD__OBSERVABILITY__METRICS_BIND", &relay)]);
+        stack.spawn("email-worker");
+        stack.spawn("scheduler");
+        format!("http://{relay}")
+    };
+
+    // Meanwhile they say that they are not ready, and why.
+    for base in [stack.base_url.as_str(), relay.as_str()] {
+        let (status, body) = readiness_until(
+            &stack,
+            base,
+            |_, body| missing(body).contains(&"postgres"),
+            "that postgres is missing",
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+    }
+    // And each says at WARN what it waits for.
+    for role in ["gateway", "relay", "email-worker", "scheduler"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = stack.logs_of(role);
+            if log.contains("WARN") && log.contains("PostgreSQL does not answer") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {role} did not say that it waits for PostgreSQL within 60 s: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    // PostgreSQL starts: every role becomes ready and does its job.
+    postgres.resume();
+    stack.wait_ready().await;
+    readiness_until(&stack, &relay, |status, _| status == 200, "ready").await;
+    let (id, _, _) = stack.invite_mailed("AfterLateStart").await;
+    stack.wait_for_delivery(&id, "sent").await;
+    // None of them stopped on the way (the supervisor-less test would have no relay or worker
+    // left to mail otherwise; the logs say so too).
+    for role in ["gateway", "relay", "email-worker", "scheduler"] {
+        let log = stack.logs_of(role);
+        assert!(
+            !log.contains("cannot connect to PostgreSQL") && !log.contains("stopped unexpectedly"),
+            "the {role} failed: {log}"
+        );
+    }
+}
