@@ -38,6 +38,8 @@ pub struct EmailWorker {
     rebalances_seen: u64,
     /// Records in flight at most (`kafka.email_worker_concurrency`).
     concurrency: NonZeroUsize,
+    /// How old a dead worker's claim on a mail must be before this one takes it over.
+    takeover_after: chrono::Duration,
 }
 
 /// How long the worker waits for a record before it counts as idle.
@@ -68,6 +70,7 @@ impl EmailWorker {
                 "onboard_consumer_lag",
             ),
             rebalances_seen: 0,
+            takeover_after: retry::takeover_after(settings.output_adapter.email.timeout_seconds),
             // A u32 always fits a usize on the platforms the engine builds for.
             concurrency: NonZeroUsize::new(concurrency.get() as usize).unwrap_or(NonZeroUsize::MIN),
         })
@@ -86,6 +89,7 @@ impl EmailWorker {
         let stop_retries = shutdown.child_token();
         let retries = tokio::spawn(retry::run(
             self.records.delivery().clone(),
+            self.takeover_after,
             stop_retries.clone(),
         ));
         let result = self.consume(shutdown).await;

@@ -125,13 +125,45 @@ impl RetryPolicy {
     }
 }
 
-/// Tries due mails from the delayed store until `shutdown`; finishes the attempt in hand.
-pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
+/// How long a claim holds when PostgreSQL lost the claiming session but not the worker (the
+/// database restarted): the worker's attempt has this long to finish before another worker may
+/// take the mail over.
+pub const LEASE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// How old the claim of a worker whose PostgreSQL session ended must be before another worker
+/// takes the mail over: longer than an attempt can last (`output_adapter.email.timeout_seconds`
+/// for the SMTP exchange, plus 30 s to record its outcome), and at least a minute. A worker that
+/// died has ended its session; one that lives through a restart of PostgreSQL lost it too, and
+/// has finished its attempt by then.
+pub fn takeover_after(smtp_timeout_seconds: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(smtp_timeout_seconds).unwrap_or(i64::MAX / 2000) + 30)
+        .max(chrono::Duration::seconds(60))
+}
+
+/// Tries due mails from the delayed store until `shutdown`; finishes the attempt in hand. Claims
+/// from a PostgreSQL session of its own (`MailClaimer`), so that its claims end with the worker
+/// (docs/adr/0034).
+pub async fn run(
+    delivery: Delivery,
+    takeover_after: chrono::Duration,
+    shutdown: CancellationToken,
+) {
     let store = delivery.store();
+    let mut claimer: Option<onboarding_store::MailClaimer> = None;
     loop {
-        let claimed = store
-            .claim_due_mail_retry(Utc::now(), Utc::now() + chrono::Duration::minutes(5))
-            .await;
+        let claimer_in_hand = match claimer.as_mut() {
+            Some(c) => Ok(c),
+            None => store.mail_claimer().await.map(|c| claimer.insert(c)),
+        };
+        let now = Utc::now();
+        let claimed = match claimer_in_hand {
+            Ok(c) => c.claim(now, now + LEASE, now - takeover_after).await,
+            Err(e) => Err(e),
+        };
+        if claimed.is_err() {
+            // A broken session is opened again at the next round.
+            claimer = None;
+        }
         let pause = match claimed {
             Ok(Some(retry)) => {
                 let kind = retry.mail.kind();
@@ -147,7 +179,7 @@ pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
                         tracing::info!(user_id = %retry.user_id, kind, attempt, outcome = outcome.label(), "mail retry handled");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "mail retry could not be recorded; it is tried again after its lease")
+                        tracing::warn!(error = %e, "mail retry could not be recorded; it is tried again after its lease, or sooner by another worker if this one stops")
                     }
                 }
                 Duration::ZERO
@@ -181,6 +213,14 @@ mod tests {
             initial: Duration::from_secs(30),
             max_age: chrono::Duration::hours(24),
         }
+    }
+
+    #[test]
+    fn a_dead_workers_mail_is_taken_over_after_its_longest_attempt_and_at_least_a_minute() {
+        assert_eq!(takeover_after(30), chrono::Duration::seconds(60));
+        assert_eq!(takeover_after(10), chrono::Duration::seconds(60));
+        assert_eq!(takeover_after(600), chrono::Duration::seconds(630));
+        assert!(takeover_after(u64::MAX) > chrono::Duration::days(365));
     }
 
     #[test]

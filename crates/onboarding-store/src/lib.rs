@@ -61,7 +61,7 @@ pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
 pub use personal::{DrawnKey, Erased, PersonalDataError, PersonalKeys};
-pub use retries::{MailRetry, RetriedMail};
+pub use retries::{MailClaimer, MailRetry, RetriedMail};
 pub use text::UnknownValue;
 pub use upcast::{upcast, upcast_str, upcasters};
 

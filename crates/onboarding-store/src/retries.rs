@@ -2,13 +2,18 @@
 //! (keyed by code id) and welcome mails (keyed by user id, migration 0010).
 //!
 //! A row is the email worker's schedule only; every attempt's outcome is an event on the account.
-//! A worker claims a due row by pushing its `next_attempt_at` out by a lease, so several workers
-//! never try the same mail at once, and a worker that dies mid-attempt leaves the row to be
-//! claimed again when the lease ends.
+//! A worker claims a due row from a PostgreSQL session of its own ([`MailClaimer`]) by pushing its
+//! `next_attempt_at` out by a lease and recording the session (`claimed_by`, migration 0019), so
+//! several workers never try the same mail at once. A worker that dies mid-attempt ends its
+//! session: another worker takes the mail over once the claim is older than a grace, without
+//! waiting for the lease; a live worker's session holds the claim however long its attempt takes
+//! (docs/adr/0034).
 
 use chrono::{DateTime, Utc};
 use onboarding_domain::code::CodeId;
 use uuid::Uuid;
+
+use sqlx::{Connection, PgConnection};
 
 use crate::text::text_enum;
 use crate::{db, Store, StoreError};
@@ -101,7 +106,7 @@ impl Store {
             "INSERT INTO mail_retries (user_id, code_id, attempts, first_failed_at, next_attempt_at, last_error, kind) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (code_id) DO UPDATE SET \
              attempts = EXCLUDED.attempts, next_attempt_at = EXCLUDED.next_attempt_at, \
-             last_error = EXCLUDED.last_error",
+             last_error = EXCLUDED.last_error, claimed_by = NULL, claimed_at = NULL",
         )
         .bind(retry.user_id)
         .bind(retry.mail.key())
@@ -116,25 +121,11 @@ impl Store {
         Ok(())
     }
 
-    /// Claims the most overdue mail, if any is due: its `next_attempt_at` moves to `lease_until`
-    /// so that no other worker takes it meanwhile. Returns the row as it was before the claim.
-    pub async fn claim_due_mail_retry(
-        &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Option<MailRetry>, StoreError> {
-        let row: Option<Row> = sqlx::query_as(
-            "WITH due AS (SELECT code_id, next_attempt_at FROM mail_retries WHERE next_attempt_at <= $1 \
-                          ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             UPDATE mail_retries r SET next_attempt_at = $2 FROM due WHERE r.code_id = due.code_id \
-             RETURNING r.kind, r.user_id, r.code_id, r.attempts, r.first_failed_at, due.next_attempt_at, r.last_error",
-        )
-        .bind(now)
-        .bind(lease_until)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db)?;
-        Ok(row.map(MailRetry::from))
+    /// A session of its own to claim mails from: the claims it makes last while it does.
+    pub async fn mail_claimer(&self) -> Result<MailClaimer, StoreError> {
+        let options = self.pool().connect_options();
+        let conn = PgConnection::connect_with(&options).await.map_err(db)?;
+        Ok(MailClaimer { conn })
     }
 
     /// Forgets a mail's scheduled attempt (sent, given up, or no longer needed).
@@ -162,5 +153,56 @@ impl Store {
             .fetch_one(self.pool())
             .await
             .map_err(db)
+    }
+}
+
+/// A row as claimed, and whether it was taken over from a worker that ended.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    row: Row,
+    taken_over: bool,
+}
+
+/// A PostgreSQL session of the worker's own, from which it claims mails (see the module's
+/// documentation). Dropped, or broken, it frees its claims for takeover.
+pub struct MailClaimer {
+    conn: PgConnection,
+}
+
+impl MailClaimer {
+    /// Claims the most overdue mail, if any is due, or a mail whose claim is older than
+    /// `taken_over_before` while the session that claimed it has ended (a worker that died):
+    /// its `next_attempt_at` moves to `lease_until` and the claim records this session. Returns
+    /// the row as it was before the claim.
+    pub async fn claim(
+        &mut self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        taken_over_before: DateTime<Utc>,
+    ) -> Result<Option<MailRetry>, StoreError> {
+        let row: Option<ClaimedRow> = sqlx::query_as(
+            "WITH due AS (SELECT m.code_id, m.next_attempt_at, m.claimed_by FROM mail_retries m \
+                          WHERE m.next_attempt_at <= $1 \
+                             OR (m.claimed_by IS NOT NULL AND m.claimed_at <= $3 \
+                                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.claimed_by)) \
+                          ORDER BY m.next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             UPDATE mail_retries r SET next_attempt_at = $2, claimed_by = pg_backend_pid(), claimed_at = $1 \
+             FROM due WHERE r.code_id = due.code_id \
+             RETURNING r.kind, r.user_id, r.code_id, r.attempts, r.first_failed_at, due.next_attempt_at, r.last_error, \
+                       (due.next_attempt_at > $1 AND due.claimed_by IS NOT NULL) AS taken_over",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(taken_over_before)
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|ClaimedRow { row, taken_over }| {
+            if taken_over {
+                tracing::warn!(user_id = %row.user_id, "took over a mail whose worker ended during its attempt (its PostgreSQL session is gone)");
+            }
+            MailRetry::from(row)
+        }))
     }
 }

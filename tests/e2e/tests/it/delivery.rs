@@ -404,3 +404,83 @@ async fn a_mail_the_smtp_server_holds_up_holds_up_only_its_own_user() {
         assert_eq!(stack.mails_to(&address(n)).await.len(), 1, "{}", address(n));
     }
 }
+
+#[tokio::test]
+async fn a_mail_claimed_by_a_worker_that_died_is_taken_over_by_another_without_waiting_for_its_lease(
+) {
+    // The gate refuses every mail at first, so the invitation mail waits in the delayed store;
+    // its retry is then held at RCPT by the gate (a `hold…` recipient) while worker A has it
+    // claimed, and A is killed then, a minute before its SMTP timeout would end the attempt.
+    let mode = std::env::temp_dir().join(unique("gate-mode-"));
+    std::fs::write(&mode, "refuse").unwrap();
+    let gate = SmtpGate::start_with(
+        &Services::from_env(),
+        &[("GATE_MODE_FILE", mode.to_str().unwrap())],
+    );
+    let stack = Stack::new(
+        "takeover",
+        Options {
+            smtp_port: Some(gate.port),
+            ..Options::default()
+        },
+    )
+    .await;
+    for c in ["gateway", "relay", "scheduler"] {
+        stack.spawn(c);
+    }
+    let worker = [
+        ("ONBOARD__OUTPUT_ADAPTER__EMAIL__TIMEOUT_SECONDS", "60"),
+        ("ONBOARD__OUTPUT_ADAPTER__EMAIL__RETRY_INITIAL_SECONDS", "1"),
+    ];
+    stack.spawn_named("worker-a", "email-worker", &worker);
+    stack.wait_ready().await;
+    let held = format!("hold.{}@pickup.example", unique(""));
+    let id = stack.invite("Taken", &held).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM mail_retries WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while waiting().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused mail did not wait in the delayed store; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&mode, "accept").unwrap();
+    gate.wait_until_held(&held).await;
+
+    // Worker A dies in the middle of its attempt, holding the claim; worker B takes the mail
+    // over since A's PostgreSQL session is gone, once the claim is older than the longest
+    // attempt (the SMTP timeout plus 30 s), not after the 5-minute lease.
+    stack.signal("worker-a", "KILL");
+    gate.release(&held);
+    stack.spawn_named("worker-b", "email-worker", &worker);
+    let deadline = std::time::Instant::now() + Duration::from_secs(280);
+    while !stack
+        .logs_of("worker-b")
+        .contains("took over a mail whose worker ended")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker B did not take the mail over; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack.wait_for_delivery(&id, "sent").await;
+    // A never got past RCPT: the user has the one mail B sent.
+    assert_eq!(stack.wait_for_mails(&held, 1).await.len(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.mails_to(&held).await.len(), 1);
+    let _ = std::fs::remove_file(&mode);
+}
