@@ -11,9 +11,14 @@ pub struct Args {
 }
 
 pub async fn run(settings: &Settings, Args { skip_kafka }: Args) -> Result<()> {
+    let keys = onboarding_store::PersonalKeys::from_settings(settings)?;
     let pool = onboarding_store::connect_for_maintenance(settings).await?;
     onboarding_store::migrate(&pool).await?;
     println!("database schema is up to date");
+    let keying = onboarding_store::key_the_registry(&pool, keys.registry())
+        .await
+        .context("cannot key the username registry")?;
+    report(&keying);
     if !skip_kafka {
         onboarding_kafka::create_event_topics(&settings.kafka)
             .await
@@ -40,4 +45,27 @@ pub async fn run(settings: &Settings, Args { skip_kafka }: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says how the username registry keeps names after `onboard migrate` keyed its rows written
+/// in clear (docs/adr/0035; safe while the engine runs).
+fn report(keying: &onboarding_store::RegistryKeying) {
+    match &keying.keyed_by {
+        None => println!(
+            "username registry: names in clear (no personal_data.key_encryption_key_file; \
+             docs/adr/0035)"
+        ),
+        Some(key) => println!(
+            "username registry: keyed by {key}; {} name(s) rewritten from clear",
+            keying.rewritten
+        ),
+    }
+    for twice in &keying.left_in_clear {
+        eprintln!(
+            "warning: accounts {} and {} hold the same name in domain {}; the row of {} stays \
+             in clear, and the name stays held: revoke or erase the account that should not \
+             have it, then run `onboard migrate` again",
+            twice.holder, twice.user_id, twice.domain, twice.user_id
+        );
+    }
 }

@@ -224,6 +224,24 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
             false
         }
     };
+    // Names are registered and looked up under the key the registry was keyed with: another
+    // key-encryption key (or none) stops the process here instead of making every name unknown
+    // (docs/adr/0035).
+    let up = up
+        && match onboarding_store::check_registry_key(&pool, store.username_registry()).await {
+            Ok(()) => true,
+            Err(e @ onboarding_store::RegistryKeyError::Store(_)) => {
+                failure = Some(anyhow::Error::new(e).context(
+                    "cannot read the username registry's key (has `onboard migrate` run for this \
+                     version?)",
+                ));
+                false
+            }
+            Err(e) => {
+                failure = Some(e.into());
+                false
+            }
+        };
     if up {
         if let Some((runner, wake)) = bulk_runner {
             let token = shutdown.clone();

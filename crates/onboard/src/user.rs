@@ -132,12 +132,18 @@ pub async fn resolve(store: &Store, user: &str, domain: &str) -> Result<Uuid> {
     }
     let username = Username::parse(user).map_err(|e| anyhow::anyhow!(e.0))?;
     let domain = UserDomain::parse(domain).map_err(|e| anyhow::anyhow!(e.0))?;
-    let key = username.key();
-    if let Some(id) = store.user_id_by_username(domain.as_str(), &key).await? {
+    if let Some(id) = store
+        .user_id_by_username(domain.as_str(), &username)
+        .await?
+    {
         return Ok(id);
     }
     // A revoked invitation gave its name back; it is still found by name while nobody holds it.
-    match store.revoked_under(domain.as_str(), &key).await?.as_slice() {
+    match store
+        .revoked_under(domain.as_str(), &username.key())
+        .await?
+        .as_slice()
+    {
         [] => bail!("no user `{username}` in domain {domain}"),
         [id] => Ok(*id),
         several => bail!(

@@ -220,7 +220,7 @@ async fn main() {
     select().await;
     let (select_s, select_n, select_mib) = measure(select()).await;
     let (replay_s, replay_n, replay_mib) = measure(async {
-        let mut scratch = onboarding_audit::replay::Scratch::create(&pool)
+        let mut scratch = onboarding_audit::replay::Scratch::create(&pool, Default::default())
             .await
             .unwrap();
         let started = Instant::now();

@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use onboarding_events::PublicEvent;
 use onboarding_kafka::ClientError;
 use onboarding_store::personal::ToOpen;
-use onboarding_store::{Erased, PersonalKeys};
+use onboarding_store::{Erased, PersonalKeys, UsernameRegistry};
 use rand::Rng;
 use rdkafka::error::KafkaError;
 use serde_json::Value;
@@ -170,29 +170,34 @@ impl AccountRow {
         }
     }
 
-    /// `usernames`' row for this account: (domain, key, user id), the key as `Username::key`.
-    /// A revoked invitation holds no name (migration 0012).
-    fn username_row(&self) -> Option<(String, String, Uuid)> {
+    /// `usernames`' row for this account: (domain, key, user id), the key as `registry`
+    /// stores the name's `Username::key` (keyed, or in clear; docs/adr/0035). A revoked or
+    /// erased account holds no name (migrations 0012 and 0018).
+    fn username_row(&self, registry: &UsernameRegistry) -> Option<(String, String, Uuid)> {
         if matches!(self.state, Some("Revoked" | "Erased")) {
             return None;
         }
-        Some((
-            self.domain.clone()?,
-            self.username.as_deref()?.to_lowercase(),
-            self.user_id,
-        ))
+        let domain = self.domain.clone()?;
+        let key = registry.stored_key(&domain, &self.username.as_deref()?.to_lowercase());
+        Some((domain, key, self.user_id))
     }
 }
 
 /// The scratch schema the replay writes into; dropped by [`Scratch::drop_schema`].
 pub struct Scratch {
     pub schema: String,
+    /// How the registry keys names: the replay rebuilds `usernames` in that form, and compares
+    /// the live rows still in clear in it too.
+    registry: UsernameRegistry,
     accounts: Vec<AccountRow>,
     pub events: u64,
+    /// Rows of the live registry that held a name in clear while names are keyed (written before
+    /// the registry was keyed, and not yet rewritten by `onboard migrate`).
+    pub names_in_clear: u64,
 }
 
 impl Scratch {
-    pub async fn create(pool: &PgPool) -> Result<Self, ReplayError> {
+    pub async fn create(pool: &PgPool, registry: UsernameRegistry) -> Result<Self, ReplayError> {
         let schema = format!("audit_replay_{:08x}", rand::thread_rng().gen::<u32>());
         let mut tx = pool.begin().await?;
         for ddl in [
@@ -212,8 +217,10 @@ impl Scratch {
         tx.commit().await?;
         Ok(Self {
             schema,
+            registry,
             accounts: Vec::with_capacity(BATCH),
             events: 0,
+            names_in_clear: 0,
         })
     }
 
@@ -229,7 +236,7 @@ impl Scratch {
 
     async fn flush(&mut self, pool: &PgPool) -> Result<(), ReplayError> {
         let rows = std::mem::take(&mut self.accounts);
-        insert_rows(pool, &self.schema, rows).await
+        insert_rows(pool, &self.schema, &self.registry, rows).await
     }
 
     pub async fn drop_schema(self, pool: &PgPool) -> Result<(), ReplayError> {
@@ -244,6 +251,7 @@ impl Scratch {
 async fn insert_rows(
     pool: &PgPool,
     schema: &str,
+    registry: &UsernameRegistry,
     rows: Vec<AccountRow>,
 ) -> Result<(), ReplayError> {
     if rows.is_empty() {
@@ -271,8 +279,10 @@ async fn insert_rows(
     .bind(col(|r| r.external_id.clone()))
     .execute(&mut *tx)
     .await?;
-    let names: Vec<(String, String, Uuid)> =
-        rows.iter().filter_map(AccountRow::username_row).collect();
+    let names: Vec<(String, String, Uuid)> = rows
+        .iter()
+        .filter_map(|r| r.username_row(registry))
+        .collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.usernames SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])"
     ))
@@ -297,9 +307,10 @@ pub async fn from_postgres(
     let (batches, mut receiver) = tokio::sync::mpsc::channel::<Vec<AccountRow>>(2);
     let writer = {
         let (pool, schema) = (pool.clone(), scratch.schema.clone());
+        let registry = scratch.registry.clone();
         tokio::spawn(async move {
             while let Some(rows) = receiver.recv().await {
-                insert_rows(&pool, &schema, rows).await?;
+                insert_rows(&pool, &schema, &registry, rows).await?;
             }
             Ok::<_, ReplayError>(())
         })
@@ -320,13 +331,19 @@ pub async fn from_postgres(
     sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
         .execute(&mut *read)
         .await?;
-    let schema = scratch.schema.clone();
+    let (schema, registry) = (scratch.schema.clone(), scratch.registry.clone());
     let (copied, folded) = tokio::join!(
-        copy_live(&mut live, &schema),
+        copy_live(&mut live, &schema, &registry),
         fold_postgres(&mut read, keys, scratch, &batches)
     );
     drop(batches);
-    let folded = folded.and(copied);
+    let folded = match (folded, copied) {
+        (Ok(()), Ok(in_clear)) => {
+            scratch.names_in_clear = in_clear;
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     let folded = match folded {
         Ok(()) => {
             live.commit().await?;
@@ -342,8 +359,14 @@ pub async fn from_postgres(
 }
 
 /// Copies the live projections into the scratch schema (`live_account_states`,
-/// `live_usernames`): `account_states` is a view over the whole log, read once.
-async fn copy_live(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(), ReplayError> {
+/// `live_usernames`): `account_states` is a view over the whole log, read once. When names are
+/// keyed, the copy's rows still in clear (written before the registry was keyed) are put in
+/// their keyed form, which means the same name: answers how many there were.
+async fn copy_live(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    registry: &UsernameRegistry,
+) -> Result<u64, ReplayError> {
     for (projection, columns) in PROJECTIONS {
         sqlx::query(&format!(
             "CREATE TABLE {schema}.live_{projection} AS SELECT {columns} FROM {projection}"
@@ -351,7 +374,30 @@ async fn copy_live(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(), Re
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    if registry.keyed_by().is_none() {
+        return Ok(0);
+    }
+    let in_clear: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT domain, username_key FROM {schema}.live_usernames \
+         WHERE strpos(username_key, '/') = 0"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let keyed: Vec<String> = in_clear
+        .iter()
+        .map(|(domain, key)| registry.stored_key(domain, key))
+        .collect();
+    sqlx::query(&format!(
+        "UPDATE {schema}.live_usernames u SET username_key = k.keyed \
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS k(domain, clear, keyed) \
+         WHERE u.domain = k.domain AND u.username_key = k.clear"
+    ))
+    .bind(in_clear.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(in_clear.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+    .bind(&keyed)
+    .execute(&mut *conn)
+    .await?;
+    Ok(in_clear.len() as u64)
 }
 
 /// The projections replayed: name (the live table or view, found through the search path, as
@@ -504,7 +550,7 @@ pub async fn from_kafka(
         .set("auto.offset.reset", "earliest")
         .create_with_context(ReplayContext)?;
     let mut live = pool.begin().await?;
-    copy_live(&mut live, &scratch.schema).await?;
+    scratch.names_in_clear = copy_live(&mut live, &scratch.schema, &scratch.registry).await?;
     live.commit().await?;
     let topic = kafka.topic.clone();
     let (consumer, ends) = tokio::task::spawn_blocking(move || {

@@ -87,7 +87,7 @@ pub(crate) async fn verify(
     let found = state
         .store
         .credentials()
-        .of_active_user(domain.as_str(), &key)
+        .of_active_user(domain.as_str(), &username)
         .await
         .inspect_err(|_| outcome("error"))?;
     let verifier = &state.verifier;

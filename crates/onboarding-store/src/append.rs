@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::personal::{PersonalKeys, ToSeal};
 use crate::reads::OpenedReads;
+use crate::registry::UsernameRegistry;
 
 /// The most commands in one transaction. Each command of a batch that is written again one by
 /// one gets a savepoint, and PostgreSQL keeps up to 64 subtransactions per backend in shared
@@ -344,16 +345,18 @@ async fn insert(
         .execute(&mut *conn)
         .await?;
     let events = batch.iter().flat_map(|a| a.events.iter());
-    project_in_clear(conn, events.zip(clear)).await
+    project_in_clear(conn, keys.registry(), events.zip(clear)).await
 }
 
-/// What the projections keep in clear of the fields just sealed, until the user is erased: an
-/// invitation's username, address and `external_id` claim in `account_states` and its name in
-/// the registry (whose unique key refuses a name that is held, as the trigger did for payloads
-/// in clear), and what SCIM's `EmailChanged` and `ClaimsUpdated` change. The projection trigger
-/// reads none of these from a sealed payload.
+/// What the projections keep of the fields just sealed, until the user is erased: an
+/// invitation's username, address and `external_id` claim in clear in `account_states`, and its
+/// name in the registry as `registry` stores it (keyed, or in clear without a key-encryption
+/// key; docs/adr/0035), whose unique key refuses a name that is held, as the trigger did for
+/// payloads in clear; and what SCIM's `EmailChanged` and `ClaimsUpdated` change. The projection
+/// trigger reads none of these from a sealed payload.
 async fn project_in_clear<'a>(
     conn: &mut PgConnection,
+    registry: &UsernameRegistry,
     events: impl Iterator<Item = (&'a SerializedEvent, Option<Map<String, Value>>)>,
 ) -> Result<(), sqlx::Error> {
     /// One account's clear values after the batch's events, in order.
@@ -365,6 +368,7 @@ async fn project_in_clear<'a>(
     }
     let mut accounts: std::collections::BTreeMap<uuid::Uuid, Clear> = Default::default();
     let (mut domains, mut keys, mut invited) = (Vec::new(), Vec::new(), Vec::new());
+    let mut clear_keys = Vec::new();
     for (event, clear) in events {
         let Some(mut clear) = clear else { continue };
         let Ok(user_id) = uuid::Uuid::parse_str(&event.aggregate_id) else {
@@ -383,11 +387,11 @@ async fn project_in_clear<'a>(
                     .pointer("/UserInvited/domain")
                     .and_then(Value::as_str);
                 if let (Some(username), Some(domain)) = (&username, domain) {
-                    keys.push(
-                        Username::parse(username)
-                            .map(|u| u.key())
-                            .unwrap_or_else(|_| username.to_lowercase()),
-                    );
+                    let name_key = Username::parse(username)
+                        .map(|u| u.key())
+                        .unwrap_or_else(|_| username.to_lowercase());
+                    keys.push(registry.stored_key(domain, &name_key));
+                    clear_keys.push(name_key);
                     domains.push(domain.to_owned());
                     invited.push(user_id);
                 }
@@ -447,6 +451,15 @@ async fn project_in_clear<'a>(
         .bind(&invited)
         .execute(&mut *conn)
         .await?;
+        if registry.keyed_by().is_some() {
+            // A row in clear, written before the registry was keyed and not yet rewritten by
+            // `onboard migrate`, holds the name as well as a keyed one would (migration 0020).
+            sqlx::query("SELECT refuse_names_held_in_clear($1::text[], $2::text[])")
+                .bind(&domains)
+                .bind(&clear_keys)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }

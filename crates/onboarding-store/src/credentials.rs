@@ -9,10 +9,12 @@
 
 use chrono::{DateTime, Utc};
 use onboarding_domain::password::{HashAlgorithm, HashScheme, PasswordHash};
+use onboarding_domain::value::Username;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::registry::UsernameRegistry;
 use crate::{db, Store, StoreError};
 
 /// One account's password credential. The PHC string is a secret: it is printed nowhere
@@ -43,10 +45,11 @@ pub struct ActiveCredential {
     pub username: String,
 }
 
-/// The `credentials` table.
+/// The `credentials` table, and the username registry to find an account's by name.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pool: PgPool,
+    registry: UsernameRegistry,
 }
 
 /// A stored row the engine cannot read (the table's `CHECK`s allow only argon2id and positive
@@ -85,9 +88,9 @@ type ActiveRow = (
 );
 
 impl Credentials {
-    /// The table, on this pool.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// The table, on this pool; names are found in the registry as `registry` keys them.
+    pub fn new(pool: PgPool, registry: UsernameRegistry) -> Self {
+        Self { pool, registry }
     }
 
     /// The account's credential, or `None` when it has none: no password set yet, or erased.
@@ -103,15 +106,15 @@ impl Credentials {
         row.map(credential).transpose()
     }
 
-    /// The credential of the account holding `username_key` (as `Username::key` spells it) in
-    /// `domain`, if that account is active, with its username as invited: what a sign-in checks
-    /// a password against. `None` alike for a name nobody holds, an account not yet (or no
-    /// longer) active, and an account without a credential, so that the caller cannot tell them
-    /// apart.
+    /// The credential of the account holding `username` (in any case) in `domain`, if that
+    /// account is active, with its username as invited: what a sign-in checks a password
+    /// against. `None` alike for a name nobody holds, an account not yet (or no longer) active,
+    /// and an account without a credential, so that the caller cannot tell them apart. The
+    /// registry's row is found in whichever form it holds the name (docs/adr/0035).
     pub async fn of_active_user(
         &self,
         domain: &str,
-        username_key: &str,
+        username: &Username,
     ) -> Result<Option<ActiveCredential>, StoreError> {
         let row: Option<(Row, Option<String>)> = sqlx::query_as::<_, ActiveRow>(
             "SELECT c.user_id, c.phc, c.algorithm, c.version, c.memory_kib, c.iterations, \
@@ -119,10 +122,10 @@ impl Credentials {
              FROM usernames u \
              JOIN account_states a ON a.user_id = u.user_id AND a.state = 'Active' \
              JOIN credentials c ON c.user_id = u.user_id \
-             WHERE u.domain = $1 AND u.username_key = $2",
+             WHERE u.domain = $1 AND u.username_key = ANY($2) LIMIT 1",
         )
         .bind(domain)
-        .bind(username_key)
+        .bind(self.registry.forms(domain, username))
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?
@@ -182,7 +185,7 @@ impl Credentials {
 impl Store {
     /// The credential table, on the store's pool.
     pub fn credentials(&self) -> Credentials {
-        Credentials::new(self.pool().clone())
+        Credentials::new(self.pool().clone(), self.username_registry().clone())
     }
 }
 

@@ -67,8 +67,8 @@ impl Store {
     }
 
     /// Everything the database holds about one user, besides her aggregate: her events (their
-    /// personal fields opened, `<erased>` once she was erased), her projection row, her name in
-    /// the registry, her credential's scheme and dates (never the hash), whether a data key
+    /// personal fields opened, `<erased>` once she was erased), her projection row, her name's
+    /// row in the registry (as stored: keyed, or in clear, and which), her credential's scheme and dates (never the hash), whether a data key
     /// exists (never the key), her bulk rows and her waiting mail retries. `None` for an id
     /// nobody invited.
     pub async fn export_of(&self, user_id: Uuid) -> Result<Option<Value>, StoreError> {
@@ -109,9 +109,17 @@ impl Store {
         .await
         .map_err(db)?
         .map(|r| -> Result<Value, sqlx::Error> {
+            let username_key = r.try_get::<String, _>("username_key")?;
+            let form = if crate::UsernameRegistry::is_keyed(&username_key) {
+                "keyed: an HMAC-SHA-256 of the domain and the lower-case name, under a key \
+                 derived from the key-encryption key (docs/adr/0035)"
+            } else {
+                "the lower-case name, in clear"
+            };
             Ok(json!({
                 "domain": r.try_get::<String, _>("domain")?,
-                "username_key": r.try_get::<String, _>("username_key")?,
+                "username_key": username_key,
+                "form": form,
                 "reserved_at": r.try_get::<DateTime<Utc>, _>("reserved_at")?,
             }))
         })

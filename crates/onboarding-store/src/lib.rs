@@ -3,8 +3,10 @@
 //! (argon2id hashing off the async threads).
 //!
 //! Architecture invariant: every change to an account goes through [`Store::execute`], i.e. through
-//! the aggregate; nothing writes `events`, `outbox` or `usernames` directly except the migrations'
-//! triggers and the relay (which deletes outbox rows after the broker acknowledged them).
+//! the aggregate; nothing writes `events`, `outbox` or `usernames` directly except the appender
+//! (`append.rs`, in the append's transaction), the migrations' triggers, the relay (which deletes
+//! outbox rows after the broker acknowledged them) and [`key_the_registry`] (`onboard migrate`,
+//! which rewrites the registry's rows in clear into their keyed form under the append lock).
 //!
 //! Here: the errors, `Actor`, the store and invitations. Beside it: `accounts` (reads by state,
 //! the expiry scheduler), [`bulk`] (bulk jobs), `idempotency` (`Idempotency-Key`s), `retries`
@@ -25,6 +27,7 @@ mod idempotency;
 mod invitation;
 pub mod personal;
 mod reads;
+pub mod registry;
 mod retries;
 mod upcast;
 
@@ -61,6 +64,10 @@ pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
 pub use personal::{DrawnKey, Erased, PersonalDataError, PersonalKeys};
+pub use registry::{
+    check_registry_key, key_the_registry, names_in_clear, HeldTwice, RegistryKeyError,
+    RegistryKeying, UsernameRegistry,
+};
 pub use retries::{MailClaimer, MailRetry, RetriedMail};
 pub use text::UnknownValue;
 pub use upcast::{upcast, upcast_str, upcasters};
@@ -626,20 +633,6 @@ impl Store {
         .map_err(db)
     }
 
-    /// The id of the account holding this username in this domain, if any.
-    pub async fn user_id_by_username(
-        &self,
-        domain: &str,
-        username_key: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
-        sqlx::query_scalar("SELECT user_id FROM usernames WHERE domain = $1 AND username_key = $2")
-            .bind(domain)
-            .bind(username_key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)
-    }
-
     /// Every event of one account, oldest first, its personal fields opened (`<erased>` once
     /// the user was erased).
     pub async fn events_of(&self, user_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
@@ -738,10 +731,8 @@ impl Store {
         invitation: Invitation,
         actor: &Actor,
     ) -> Result<Uuid, InviteError> {
-        let (domain, key) = (
-            invitation.domain.as_str().to_owned(),
-            invitation.username.key(),
-        );
+        let domain = invitation.domain.as_str().to_owned();
+        let name = invitation.username.clone();
         let username = invitation.username.as_str().to_owned();
         let command = OnboardingCommand::InviteUser(Box::new(onboarding_domain::InviteUser {
             user_id,
@@ -759,7 +750,7 @@ impl Store {
             // The registry's unique index fired (the name is held), or this id was invited
             // before (a retry that lost the race with its first attempt).
             Err(StoreError::Conflict | StoreError::Refused(OnboardingError::AlreadyInvited)) => {
-                let holder = self.user_id_by_username(&domain, &key).await?;
+                let holder = self.user_id_by_username(&domain, &name).await?;
                 Err(InviteError::UsernameTaken {
                     username,
                     domain,

@@ -30,6 +30,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::registry::UsernameRegistry;
+
 /// The field of a payload that holds its sealed personal fields.
 pub const SEALED: &str = "sealed";
 
@@ -111,16 +113,19 @@ struct Kek {
 }
 
 /// The keys that seal and open personal data: the configured key-encryption key, if any, over the
-/// data keys in `personal_data_keys`.
+/// data keys in `personal_data_keys`; and how the username registry keys names, with a key
+/// derived from the same key-encryption key (docs/adr/0035).
 #[derive(Clone, Default)]
 pub struct PersonalKeys {
     kek: Option<Arc<Kek>>,
+    registry: UsernameRegistry,
 }
 
 impl std::fmt::Debug for PersonalKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PersonalKeys")
             .field("kek", &self.kek.as_ref().map(|k| k.id.as_str()))
+            .field("registry", &self.registry.keyed_by())
             .finish()
     }
 }
@@ -191,7 +196,14 @@ impl PersonalKeys {
                 id,
                 cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(kek)),
             })),
+            registry: UsernameRegistry::keyed(kek),
         })
+    }
+
+    /// How the username registry keys names: keyed under this key-encryption key, or in clear
+    /// without one.
+    pub fn registry(&self) -> &UsernameRegistry {
+        &self.registry
     }
 
     /// Which key-encryption key new data keys are wrapped by (`none`, or `kek:<fingerprint>`).
@@ -652,5 +664,25 @@ mod tests {
             Err(PersonalDataError::DamagedKey { .. })
         ));
         assert!(PersonalKeys::with_kek(&[1u8; 16]).is_none());
+    }
+
+    #[test]
+    fn the_key_encryption_key_keys_the_username_registry_too_and_without_it_names_stay_in_clear() {
+        let keys = PersonalKeys::with_kek(&[1u8; 32]).unwrap();
+        let keyed_by = keys.registry().keyed_by().unwrap();
+        assert!(keyed_by.starts_with("hmac-sha256:"), "{keyed_by}");
+        // A key of its own (HKDF), not the key-encryption key: another fingerprint.
+        assert_ne!(
+            &keyed_by["hmac-sha256:".len()..],
+            &keys.wrapped_by()["kek:".len()..]
+        );
+        assert!(format!("{keys:?}").contains(keyed_by));
+        assert_eq!(PersonalKeys::default().registry().keyed_by(), None);
+        assert_eq!(
+            PersonalKeys::default()
+                .registry()
+                .stored_key("PRIMARY", "jane"),
+            "jane"
+        );
     }
 }

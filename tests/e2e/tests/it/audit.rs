@@ -620,20 +620,33 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
         .await
         .unwrap();
     assert_eq!(replayed, stored);
-    let holders: Vec<String> =
-        sqlx::query_scalar("SELECT user_id::text FROM usernames WHERE username_key = 'lou'")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let holders: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id::text FROM usernames WHERE user_id = ANY($1::uuid[]) ORDER BY user_id",
+    )
+    .bind([revoked.clone(), lou.clone()])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         holders,
         vec![lou.clone()],
         "the revoked invitation {revoked} gave the name back"
     );
 
-    // Someone edits the live username registry: the replay names both sides of the row.
-    sqlx::query("UPDATE usernames SET username_key = 'mallory' WHERE user_id = $1::uuid")
+    // Someone edits the live username registry: the replay names both sides of the row. (The
+    // registry keeps keyed hashes of the names, docs/adr/0035: the edit keeps the key id and
+    // changes the hash.)
+    let ida: String =
+        sqlx::query_scalar("SELECT username_key FROM usernames WHERE user_id = $1::uuid")
+            .bind(&invited)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (key_id, _) = ida.split_once('/').expect("a keyed name");
+    let mallory = format!("{key_id}/{}", "0".repeat(64));
+    sqlx::query("UPDATE usernames SET username_key = $2 WHERE user_id = $1::uuid")
         .bind(&invited)
+        .bind(&mallory)
         .execute(&pool)
         .await
         .unwrap();
@@ -641,12 +654,12 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
     assert_eq!(o.status.code(), Some(3), "{}", out(&o));
     let text = stdout(&o);
     assert!(
-        text.contains("usernames only in live") && text.contains("\"mallory\""),
+        text.contains("usernames only in live") && text.contains(&format!("\"{mallory}\"")),
         "{}",
         out(&o)
     );
     assert!(
-        text.contains("usernames only in replay") && text.contains("\"ida\""),
+        text.contains("usernames only in replay") && text.contains(&format!("\"{ida}\"")),
         "{}",
         out(&o)
     );

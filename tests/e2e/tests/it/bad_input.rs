@@ -383,11 +383,12 @@ async fn admin_tokens_are_scoped_and_revocable() {
 }
 
 /// Makes this test's PostgreSQL refuse, as a data exception (SQLSTATE 22023), every invitation
-/// whose username contains `marker` (lower case). It stands in for a value that the engine's
+/// whose username contains `marker` (in any case). It stands in for a value that the engine's
 /// checks let through but the database cannot store, to show that each channel refuses such a
 /// request instead of failing or retrying it forever. The username reaches the database in clear
-/// only in the registry (the event holds it sealed, docs/adr/0030), which the append writes in
-/// the invitation's transaction: the refusal is the append's.
+/// only in `account_states` (the event holds it sealed, docs/adr/0030; the registry a keyed hash
+/// of it, docs/adr/0035), which the append writes in the invitation's transaction: the refusal
+/// is the append's.
 pub(crate) async fn refuse_as_data(stack: &Stack, marker: &str) {
     assert!(marker
         .chars()
@@ -396,7 +397,7 @@ pub(crate) async fn refuse_as_data(stack: &Stack, marker: &str) {
     sqlx::query(&format!(
         "CREATE FUNCTION e2e_refuse_as_data() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN \
-           IF strpos(NEW.username_key, '{marker}') > 0 THEN \
+           IF strpos(lower(NEW.username), '{marker}') > 0 THEN \
              RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023'; \
            END IF; \
            RETURN NEW; \
@@ -406,7 +407,7 @@ pub(crate) async fn refuse_as_data(stack: &Stack, marker: &str) {
     .await
     .unwrap();
     sqlx::query(
-        "CREATE TRIGGER e2e_refuse_as_data BEFORE INSERT ON usernames \
+        "CREATE TRIGGER e2e_refuse_as_data BEFORE INSERT OR UPDATE ON account_states \
          FOR EACH ROW EXECUTE FUNCTION e2e_refuse_as_data()",
     )
     .execute(&pool)

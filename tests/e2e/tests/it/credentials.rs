@@ -140,7 +140,7 @@ async fn after_janes_activation_her_hash_is_in_the_credential_table_and_in_no_ev
 
 /// Events of an account activated by a release before migration 0013: `PasswordSet` 1.0 holds
 /// the hash.
-const LEGACY: [(&str, &str, &str); 4] = [
+pub(crate) const LEGACY: [(&str, &str, &str); 4] = [
     (
         "UserInvited",
         "2.0",
@@ -164,7 +164,7 @@ const LEGACY: [(&str, &str, &str); 4] = [
 ];
 
 /// What the release before migration 0013 stored for a password: argon2id at OWASP's cost.
-fn legacy_hash(password: &str) -> String {
+pub(crate) fn legacy_hash(password: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     argon2::Argon2::default()

@@ -28,7 +28,7 @@ fn cli_json(stack: &Stack, args: &[&str]) -> Value {
 }
 
 /// The whole test database as SQL text (`pg_dump` of the server's own version).
-fn pg_dump(stack: &Stack) -> String {
+pub(crate) fn pg_dump(stack: &Stack) -> String {
     let bin = std::path::PathBuf::from(std::env::var("TEST_PG_BIN").expect("TEST_PG_BIN"));
     let o = Command::new(bin.join("pg_dump"))
         .args(["--no-owner", "--dbname", &stack.database_url])
@@ -39,7 +39,7 @@ fn pg_dump(stack: &Stack) -> String {
 }
 
 /// The tables whose rows in `dump` hold `needle` (ignoring case), from its `COPY` blocks.
-fn tables_holding(dump: &str, needle: &str) -> std::collections::BTreeSet<String> {
+pub(crate) fn tables_holding(dump: &str, needle: &str) -> std::collections::BTreeSet<String> {
     let needle = needle.to_lowercase();
     let mut table = None;
     let mut found = std::collections::BTreeSet::new();
@@ -145,11 +145,26 @@ async fn an_erased_user_is_found_nowhere_and_the_log_still_verifies() {
     .await
     .unwrap();
     assert!(sealed.contains("\"sealed\""), "{sealed}");
+    let dump = pg_dump(&stack);
     assert_eq!(
-        tables_holding(&pg_dump(&stack), &email),
+        tables_holding(&dump, &email),
         ["public.account_states".to_owned()].into(),
         "only the views hold her address before erasure"
     );
+    // Her username too: the admin list, SCIM and the lookups by name read it in
+    // `account_states`; the registry keeps only a keyed hash of it (docs/adr/0035).
+    assert_eq!(
+        tables_holding(&dump, &username),
+        ["public.account_states".to_owned()].into(),
+        "only the views hold her username before erasure"
+    );
+    let key: String =
+        sqlx::query_scalar("SELECT username_key FROM usernames WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(key.starts_with("hmac-sha256:"), "{key}");
     // The user view and the public records still read her in clear.
     assert_eq!(stack.user(&id).await["email"], email.as_str());
     let invited = stack.user_records(&id, &["onboard.user.invited.v1"]).await;
@@ -165,7 +180,14 @@ async fn an_erased_user_is_found_nowhere_and_the_log_still_verifies() {
         email.as_str(),
         "{export}"
     );
-    assert_eq!(export["usernames"]["username_key"], username.to_lowercase());
+    assert_eq!(export["usernames"]["username_key"], key.as_str());
+    assert!(
+        export["usernames"]["form"]
+            .as_str()
+            .unwrap()
+            .starts_with("keyed: an HMAC-SHA-256"),
+        "{export}"
+    );
     assert_eq!(export["credential"]["scheme"]["algorithm"], "argon2id");
     assert!(export["personal_data_key"]["wrapped_by"]
         .as_str()

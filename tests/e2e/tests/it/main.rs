@@ -21,6 +21,7 @@ mod openapi;
 mod outage;
 mod provisioning;
 mod rate_limits;
+mod registry;
 mod restart;
 mod scim;
 mod scim_idps;

@@ -1,0 +1,337 @@
+//! The username registry keeps only what uniqueness needs, a keyed hash of each name
+//! (docs/adr/0035), against a real PostgreSQL, tansu and MailDev: names stay unique in any case,
+//! nothing but `account_states` holds a username in clear, and a database whose registry an
+//! older release wrote in clear is keyed by `onboard migrate` while the engine runs, its users
+//! still signing in and no name held twice before, during or after.
+
+use std::process::Command;
+
+use onboarding_e2e::{unique, Options, Stack};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::credentials::{legacy_hash, LEGACY};
+use crate::erasure::{pg_dump, tables_holding};
+
+const PASSWORD: &str = "Pickup rides at dawn 42";
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Invites `username` through the API, opens the mailed code and sets `PASSWORD`: the user id.
+async fn activated(stack: &Stack, username: &str) -> String {
+    let (id, _, mail) = stack.invite_mailed(username).await;
+    let (status, body) = stack.submit_password(&mail.code(), PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    id
+}
+
+/// `POST /api/v1/users` for `username` at a fresh address: the status and the answer.
+async fn invite(stack: &Stack, username: &str) -> (u16, Value) {
+    let email = format!("{}@pickup.example", unique("registry."));
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&json!({"username": username, "email": email}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The second invitation of a held name is refused as it always was.
+async fn refused_as_taken(stack: &Stack, username: &str) {
+    let (status, body) = invite(stack, username).await;
+    assert_eq!(status, 409, "{username}: {body}");
+    assert_eq!(body["error"], "username_taken", "{body}");
+    assert_eq!(
+        body["message"],
+        format!("the username `{username}` already exists in domain PRIMARY"),
+        "{body}"
+    );
+}
+
+async fn verifies(stack: &Stack, username: &str) -> Value {
+    let (status, body, _) = stack
+        .verify(
+            &stack.verifier_token,
+            json!({"username": username, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 200, "{username}: {body}");
+    body
+}
+
+async fn names_in_clear(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM usernames WHERE strpos(username_key, '/') = 0")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Writes the events of an account activated by a release before personal data was sealed
+/// (`UserInvited` in clear, `PasswordSet` 1.0 with its hash), as that release appended them:
+/// the `reserve_username` trigger reserves her name in clear. Answers the insert's outcome.
+async fn legacy_account(pool: &PgPool, username: &str) -> Result<String, sqlx::Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let code = uuid::Uuid::new_v4().to_string();
+    let phc = legacy_hash(PASSWORD);
+    let email = format!("{}@pickup.example", unique("legacy."));
+    let mut tx = pool.begin().await?;
+    for (seq, (event_type, version, payload)) in LEGACY.iter().enumerate() {
+        let payload = payload
+            .replace("USER", &id)
+            .replace("CODE", &code)
+            .replace("HASH", &phc)
+            .replace("\"Olga\"", &format!("\"{username}\""))
+            .replace("olga@pickup.example", &email);
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata) VALUES ('Onboarding', $1, $2, $3, $4, $5::jsonb, \
+             '{\"actor_kind\": \"admin\", \"actor_id\": \"cli\"}')",
+        )
+        .bind(&id)
+        .bind(seq as i64 + 1)
+        .bind(event_type)
+        .bind(version)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+#[tokio::test]
+async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_release_wrote_in_clear()
+{
+    let stack = Stack::start("registry", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+
+    // A new deployment keys every name: Jane signs in, JANE is refused as Jane was before.
+    let jane = unique("Jane");
+    let jane_id = activated(&stack, &jane).await;
+    let (ivan_id, _, _) = stack.invite_mailed(&unique("Ivan")).await;
+    let ivan: String = stack.user(&ivan_id).await["username"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    refused_as_taken(&stack, &jane.to_uppercase()).await;
+    assert_eq!(verifies(&stack, &jane.to_lowercase()).await["id"], jane_id);
+    assert_eq!(names_in_clear(&pool).await, 0);
+    let keyed_by: String = sqlx::query_scalar("SELECT keyed_by FROM username_registry_key")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let keys: Vec<String> = sqlx::query_scalar("SELECT username_key FROM usernames")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2);
+    for key in &keys {
+        assert!(key.starts_with(&format!("{keyed_by}/")), "{key}");
+    }
+    // Her username in clear is where the admin list, SCIM and sign-in read it, nowhere else.
+    assert_eq!(
+        tables_holding(&pg_dump(&stack), &jane),
+        ["public.account_states".to_owned()].into()
+    );
+
+    // The database as a release before the keyed registry left it after `onboard migrate`
+    // applied this schema: every name in clear (as `Username::key`, or migration 0009's
+    // `lower(… COLLATE "und-x-icu")`), no key recorded; and Olga, activated by a release before
+    // sealing, whose invitation the `reserve_username` trigger reserved in clear.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM username_registry_key")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE usernames u SET username_key = lower(a.username COLLATE \"und-x-icu\") \
+         FROM account_states a WHERE a.user_id = u.user_id",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let olga = unique("Olga");
+    let olga_id = legacy_account(&pool, &olga).await.unwrap();
+    assert_eq!(names_in_clear(&pool).await, 3);
+
+    // While the rows are in clear, the engine of this release finds them and refuses their
+    // names in any case; a new name is keyed.
+    assert_eq!(verifies(&stack, &jane).await["id"], jane_id);
+    assert_eq!(verifies(&stack, &olga.to_uppercase()).await["id"], olga_id);
+    refused_as_taken(&stack, &jane.to_uppercase()).await;
+    refused_as_taken(&stack, &olga.to_lowercase()).await;
+    let o = stack.cli(&["user", "show", &ivan.to_uppercase()]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&ivan_id));
+    let quinn = unique("Quinn");
+    let (status, body) = invite(&stack, &quinn).await;
+    assert_eq!(status, 201, "{body}");
+    let quinn_key: String =
+        sqlx::query_scalar("SELECT username_key FROM usernames WHERE user_id = $1::uuid")
+            .bind(body["id"].as_str().unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        quinn_key.starts_with(&format!("{keyed_by}/")),
+        "{quinn_key}"
+    );
+    // From now on the registry is keyed: an older release's invitation, reserved in clear by
+    // the trigger, is refused rather than registering a name that a keyed row may hold.
+    let refused = legacy_account(&pool, &unique("Rita")).await.unwrap_err();
+    assert!(
+        refused.to_string().contains(&format!(
+            "the username registry is keyed by {keyed_by}, but a name came in clear"
+        )),
+        "{refused}"
+    );
+    // The replay compares the rows in clear in their keyed form, and says how many are left.
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("3 name(s) in the username registry are still in clear"),
+        "{}",
+        out(&o)
+    );
+
+    // `onboard migrate` keys them while the engine runs; a second run finds nothing to do.
+    let o = stack.cli(&["migrate", "--skip-kafka"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            "username registry: keyed by {keyed_by}; 3 name(s) rewritten from clear"
+        )),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(names_in_clear(&pool).await, 0);
+    let o = stack.cli(&["migrate", "--skip-kafka"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("; 0 name(s) rewritten from clear"),
+        "{}",
+        out(&o)
+    );
+
+    // Everyone still signs in and every name is still held, in any case.
+    assert_eq!(verifies(&stack, &jane.to_uppercase()).await["id"], jane_id);
+    assert_eq!(verifies(&stack, &olga).await["id"], olga_id);
+    for held in [&jane, &olga, &ivan, &quinn] {
+        refused_as_taken(&stack, &held.to_lowercase()).await;
+    }
+    // The log written before verifies, and the projections replay.
+    let o = stack.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("projections match the log"),
+        "{}",
+        out(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("still in clear"));
+    // No username in clear in the registry: Jane's only in account_states, Olga's there and in
+    // her events of the older release (the append-only log keeps them, docs/adr/0030).
+    let dump = pg_dump(&stack);
+    assert_eq!(
+        tables_holding(&dump, &jane),
+        ["public.account_states".to_owned()].into()
+    );
+    assert!(!tables_holding(&dump, &olga).contains("public.usernames"));
+    // Her export shows the row as stored and what it is.
+    let o = stack.cli(&["user", "export", &jane_id]);
+    assert!(o.status.success(), "{}", out(&o));
+    let export: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        export["usernames"]["username_key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{keyed_by}/")),
+        "{export}"
+    );
+
+    // Revocation and erasure still give a keyed name back.
+    let r = stack
+        .admin(
+            stack
+                .http
+                .post(stack.url(&format!("/api/v1/users/{ivan_id}/revoke"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let o = stack.cli(&["user", "erase", &jane_id]);
+    assert!(o.status.success(), "{}", out(&o));
+    for freed in [&ivan, &jane] {
+        let (status, body) = invite(&stack, &freed.to_uppercase()).await;
+        assert_eq!(status, 201, "{freed}: {body}");
+    }
+
+    // A key-encryption key other than the registry's, or none, stops `migrate` and every role
+    // with a message that says which key to configure, instead of making every name unknown.
+    let other = stack.dir.join("other.kek");
+    std::fs::write(&other, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    let other = other.display().to_string();
+    let wrong = [(
+        "ONBOARD__PERSONAL_DATA__KEY_ENCRYPTION_KEY_FILE",
+        other.as_str(),
+    )];
+    let o = stack.cli_with_env(&["migrate", "--skip-kafka"], &wrong);
+    assert!(!o.status.success(), "{}", out(&o));
+    let told = format!(
+        "the username registry is keyed by {keyed_by}, but the configured key-encryption key gives hmac-sha256:"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&told),
+        "{}",
+        out(&o)
+    );
+    let o = Command::new("timeout")
+        .arg("60")
+        .arg(&stack.services.onboard)
+        .arg("--config")
+        .arg(&stack.config)
+        .arg("relay")
+        .envs(wrong)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&told),
+        "{}",
+        out(&o)
+    );
+    let without = stack.dir.join("without-kek.toml");
+    let config = std::fs::read_to_string(&stack.config).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("[personal_data]") && !l.starts_with("key_encryption_key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&without, config).unwrap();
+    let o = Command::new(&stack.services.onboard)
+        .arg("--config")
+        .arg(&without)
+        .args(["migrate", "--skip-kafka"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "the username registry is keyed by {keyed_by}, but no key-encryption key is configured"
+        )),
+        "{}",
+        out(&o)
+    );
+}
