@@ -31,6 +31,9 @@ pub struct Options {
     pub kafka_settings: String,
     /// A `[user_store]` section (e.g. [`crate::Slapd::user_store_toml`]): provisioning is on.
     pub user_store: Option<String>,
+    /// `[personal_data] key_encryption_key_file`, as a deployment mounts it; `false` leaves it
+    /// out (data keys unwrapped, names in the username registry in clear).
+    pub key_encryption_key: bool,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             smtp_port: None,
             kafka_settings: String::new(),
             user_store: None,
+            key_encryption_key: true,
         }
     }
 }
@@ -169,8 +173,7 @@ common_passwords_file = "{common_passwords}"
 [organisation]
 name = "Pickup"
 
-[personal_data]
-key_encryption_key_file = "{kek_file}"
+{personal_data}
 {user_store}
 "#,
         validity = options.validity_minutes,
@@ -192,7 +195,14 @@ key_encryption_key_file = "{kek_file}"
         key = base64::engine::general_purpose::STANDARD.encode(stack.code_key),
         common_passwords = COMMON_PASSWORDS,
         user_store = options.user_store.as_deref().unwrap_or_default(),
-        kek_file = stack.kek_file.display(),
+        personal_data = if options.key_encryption_key {
+            format!(
+                "[personal_data]\nkey_encryption_key_file = \"{}\"",
+                stack.kek_file.display()
+            )
+        } else {
+            String::new()
+        },
     )
 }
 

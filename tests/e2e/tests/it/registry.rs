@@ -335,3 +335,85 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
         out(&o)
     );
 }
+
+#[tokio::test]
+async fn without_a_key_encryption_key_names_stay_in_clear_until_one_is_configured() {
+    let stack = Stack::start(
+        "registry_clear",
+        Options {
+            key_encryption_key: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+
+    // Without a key-encryption key the registry keeps names in clear, as before, and says so.
+    let jane = unique("Jane");
+    let jane_id = activated(&stack, &jane).await;
+    refused_as_taken(&stack, &jane.to_uppercase()).await;
+    let keys: Vec<String> = sqlx::query_scalar("SELECT username_key FROM usernames")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![jane.to_lowercase()]);
+    let o = stack.cli(&["migrate", "--skip-kafka"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(
+            "username registry: names in clear (no personal_data.key_encryption_key_file"
+        ),
+        "{}",
+        out(&o)
+    );
+
+    // The operator configures one: `onboard migrate` keys the names while the engine runs.
+    let kek = stack.dir.join("personal-data.kek").display().to_string();
+    let with_key = [(
+        "ONBOARD__PERSONAL_DATA__KEY_ENCRYPTION_KEY_FILE",
+        kek.as_str(),
+    )];
+    let o = stack.cli_with_env(&["migrate", "--skip-kafka"], &with_key);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("; 1 name(s) rewritten from clear"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(names_in_clear(&pool).await, 0);
+    // A gateway still without the key is refused a new name rather than registering it in
+    // clear beside the keyed ones, and a role started without it stops, saying what to do.
+    let (status, body) = invite(&stack, &unique("Quinn")).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        stack
+            .logs_of("gateway")
+            .contains("but a name came in clear"),
+        "{}",
+        stack.logs_of("gateway")
+    );
+    let o = Command::new("timeout")
+        .arg("60")
+        .arg(&stack.services.onboard)
+        .arg("--config")
+        .arg(&stack.config)
+        .arg("relay")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("but no key-encryption key is configured"),
+        "{}",
+        out(&o)
+    );
+    // Restarted with the key, the gateway signs Jane in (her data key, stored unwrapped, opens
+    // as before), holds her name in any case and keys new ones.
+    stack.signal("gateway", "TERM");
+    stack.spawn_with_env("gateway", &with_key);
+    stack.wait_ready().await;
+    assert_eq!(verifies(&stack, &jane.to_uppercase()).await["id"], jane_id);
+    refused_as_taken(&stack, &jane.to_lowercase()).await;
+    let (status, body) = invite(&stack, &unique("Quinn")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(names_in_clear(&pool).await, 0);
+}
