@@ -13,12 +13,33 @@ pub struct Args {
 pub async fn run(settings: &Settings, Args { skip_kafka }: Args) -> Result<()> {
     let keys = onboarding_store::PersonalKeys::from_settings(settings)?;
     let pool = onboarding_store::connect_for_maintenance(settings).await?;
+    let keyed_registry_before = onboarding_store::keyed_registry_schema_applied(&pool).await?;
     onboarding_store::migrate(&pool).await?;
     println!("database schema is up to date");
-    let keying = onboarding_store::key_the_registry(&pool, keys.registry())
-        .await
-        .context("cannot key the username registry")?;
-    report(&keying);
+    match keys.registry().keyed_by() {
+        // This run brought the keyed registry: processes of the release before may still serve
+        // and look names up in clear only, so the names in clear are keyed by a later run.
+        Some(keyed_by) if !keyed_registry_before => {
+            onboarding_store::check_registry_key(&pool, keys.registry())
+                .await
+                .context("cannot key the username registry")?;
+            let left = onboarding_store::names_in_clear(&pool).await?;
+            if left > 0 {
+                println!(
+                    "username registry: keyed by {keyed_by}; {left} name(s) in clear left for \
+                     now: run `onboard migrate` again once every process runs this release, to \
+                     key them (docs/adr/0035)"
+                );
+            } else {
+                println!("username registry: keyed by {keyed_by}; 0 name(s) rewritten from clear");
+            }
+        }
+        _ => report(
+            &onboarding_store::key_the_registry(&pool, keys.registry())
+                .await
+                .context("cannot key the username registry")?,
+        ),
+    }
     if !skip_kafka {
         onboarding_kafka::create_event_topics(&settings.kafka)
             .await

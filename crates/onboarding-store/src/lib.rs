@@ -65,8 +65,8 @@ pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};
 pub use personal::{DrawnKey, Erased, PersonalDataError, PersonalKeys};
 pub use registry::{
-    check_registry_key, key_the_registry, names_in_clear, HeldTwice, RegistryKeyError,
-    RegistryKeying, UsernameRegistry,
+    check_registry_key, key_the_registry, keyed_registry_schema_applied, names_in_clear, HeldTwice,
+    RegistryKeyError, RegistryKeying, UsernameRegistry,
 };
 pub use retries::{MailClaimer, MailRetry, RetriedMail};
 pub use text::UnknownValue;

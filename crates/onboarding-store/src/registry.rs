@@ -298,6 +298,31 @@ pub async fn key_the_registry(
     Ok(done)
 }
 
+/// The migration that brings the keyed registry (`crates/onboarding-store/migrations/0020_*`).
+const KEYED_REGISTRY_MIGRATION: i64 = 20;
+
+/// Whether the keyed registry's schema (migration 0020) is applied. `onboard migrate` asks before
+/// it migrates: a run that applies it is the one before a release of this version rolls out,
+/// while processes of the release before, which look names up in clear only, may still serve;
+/// it leaves the rows in clear for a later run (docs/adr/0035).
+pub async fn keyed_registry_schema_applied(pool: &PgPool) -> Result<bool, StoreError> {
+    let migrations: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(pool)
+            .await
+            .map_err(db)?;
+    if migrations.is_none() {
+        return Ok(false);
+    }
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+    )
+    .bind(KEYED_REGISTRY_MIGRATION)
+    .fetch_one(pool)
+    .await
+    .map_err(db)
+}
+
 /// How many rows of the registry hold a name in clear.
 pub async fn names_in_clear(pool: &PgPool) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM usernames WHERE strpos(username_key, '/') = 0")

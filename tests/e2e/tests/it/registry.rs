@@ -417,3 +417,51 @@ async fn without_a_key_encryption_key_names_stay_in_clear_until_one_is_configure
     assert_eq!(status, 201, "{body}");
     assert_eq!(names_in_clear(&pool).await, 0);
 }
+
+#[tokio::test]
+async fn the_migrate_that_brings_the_keyed_registry_leaves_names_in_clear_for_the_next_one() {
+    // A database as the release before the keyed registry left it (migrations up to 0019), with
+    // Olga, whose invitation a release before sealing wrote and the trigger reserved in clear.
+    let stack = Stack::migrated_up_to("registry_upgrade", Options::default(), 19).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let olga = unique("Olga");
+    let olga_id = legacy_account(&pool, &olga).await.unwrap();
+
+    // The run before the rollout applies the schema and keys nothing: processes of the release
+    // before, which look names up in clear only, may still be serving.
+    let o = stack.cli(&["migrate"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(
+            "; 1 name(s) in clear left for now: run `onboard migrate` again once every process \
+             runs this release, to key them (docs/adr/0035)"
+        ),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(names_in_clear(&pool).await, 1);
+    // This release signs her in and holds her name meanwhile.
+    stack.spawn("gateway");
+    stack.wait_ready().await;
+    assert_eq!(verifies(&stack, &olga.to_uppercase()).await["id"], olga_id);
+    refused_as_taken(&stack, &olga.to_lowercase()).await;
+
+    // Once every process runs this release, the next run keys her name.
+    let o = stack.cli(&["migrate", "--skip-kafka"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("; 1 name(s) rewritten from clear"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(names_in_clear(&pool).await, 0);
+    assert_eq!(verifies(&stack, &olga).await["id"], olga_id);
+    refused_as_taken(&stack, &olga.to_uppercase()).await;
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "replay", "--from", "postgres"],
+    ] {
+        let o = stack.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", out(&o));
+    }
+}
