@@ -465,3 +465,58 @@ async fn the_migrate_that_brings_the_keyed_registry_leaves_names_in_clear_for_th
         assert!(o.status.success(), "{args:?}: {}", out(&o));
     }
 }
+
+#[tokio::test]
+async fn a_name_held_twice_by_rows_written_by_hand_stays_held_and_migrate_names_both_accounts() {
+    let stack = Stack::start("registry_twice", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    let jane = unique("Jane");
+    let (jane_id, _, _) = stack.invite_mailed(&jane).await;
+    let keyed: String =
+        sqlx::query_scalar("SELECT username_key FROM usernames WHERE user_id = $1::uuid")
+            .bind(&jane_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // By hand: Jane's row back in clear, as a release before wrote it, and a row of another
+    // account holding her keyed name.
+    let other = uuid::Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM username_registry_key")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE usernames SET username_key = $2 WHERE user_id = $1::uuid")
+        .bind(&jane_id)
+        .bind(jane.to_lowercase())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO usernames (domain, username_key, user_id) VALUES ('PRIMARY', $1, $2)")
+        .bind(&keyed)
+        .bind(other)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // `onboard migrate` does not fail on it: Jane's row stays in clear, her name stays held, and
+    // the warning names both accounts for an operator to decide.
+    let o = stack.cli(&["migrate", "--skip-kafka"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("; 0 name(s) rewritten from clear"),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "warning: accounts {other} and {jane_id} hold the same name in domain PRIMARY; the \
+             row of {jane_id} stays in clear"
+        )),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(names_in_clear(&pool).await, 1);
+    refused_as_taken(&stack, &jane.to_uppercase()).await;
+}
