@@ -520,3 +520,79 @@ async fn a_name_held_twice_by_rows_written_by_hand_stays_held_and_migrate_names_
     assert_eq!(names_in_clear(&pool).await, 1);
     refused_as_taken(&stack, &jane.to_uppercase()).await;
 }
+
+#[tokio::test]
+async fn invitations_while_migrate_keys_the_registry_never_hold_a_name_twice() {
+    let stack = Stack::start("registry_race", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    // 3,000 invitations of a release before sealing, their names reserved in clear by the
+    // trigger (three batches of the rewrite).
+    let tag = unique("");
+    let name = |i: usize| format!("n{i}x{tag}");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) \
+         SELECT 'Onboarding', id::text, 1, 'UserInvited', '2.0', \
+                jsonb_build_object('UserInvited', jsonb_build_object( \
+                    'user_id', id, 'username', 'n' || i || 'x' || $1, \
+                    'email', 'n' || i || 'x' || $1 || '@pickup.example', 'domain', 'PRIMARY', \
+                    'locale', NULL, 'time_zone', NULL, 'claims', '{}'::jsonb, \
+                    'invited_at', '2026-01-05T09:00:00Z')), \
+                '{\"actor_kind\": \"admin\", \"actor_id\": \"cli\"}' \
+         FROM (SELECT i, gen_random_uuid() AS id FROM generate_series(0, 2999) AS i) AS g",
+    )
+    .bind(&tag)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(names_in_clear(&pool).await, 3000);
+
+    // `onboard migrate` keys them while invitations of the same names, in another case, and of
+    // new names reach the gateway: whatever the order, every held name is refused and every new
+    // one registered once.
+    let migrate = {
+        let mut command = Command::new(&stack.services.onboard);
+        command
+            .arg("--config")
+            .arg(&stack.config)
+            .args(["migrate", "--skip-kafka"])
+            .env("ONBOARD_LOG", "warn");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let held: Vec<String> = (0..3000)
+        .step_by(25)
+        .map(|i| name(i).to_uppercase())
+        .collect();
+    let new: Vec<String> = (0..20).map(|i| unique(&format!("New{i}x"))).collect();
+    let answers = futures::future::join_all(
+        held.iter()
+            .chain(&new)
+            .map(|username| async { (username.clone(), invite(&stack, username).await) }),
+    )
+    .await;
+    for (username, (status, body)) in &answers {
+        if held.contains(username) {
+            assert_eq!(*status, 409, "{username}: {body}");
+            assert_eq!(body["error"], "username_taken", "{body}");
+        } else {
+            assert_eq!(*status, 201, "{username}: {body}");
+        }
+    }
+    let o = migrate.await.unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("; 3000 name(s) rewritten from clear"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(names_in_clear(&pool).await, 0);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usernames")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3000 + new.len() as i64);
+    // And afterwards too.
+    for username in held.iter().take(5).chain(new.iter().take(5)) {
+        refused_as_taken(&stack, &username.to_lowercase()).await;
+    }
+}
