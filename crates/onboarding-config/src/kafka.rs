@@ -33,6 +33,13 @@ pub struct KafkaSettings {
     /// 1 handles one record at a time.
     #[serde(deserialize_with = "email_worker_concurrency")]
     pub email_worker_concurrency: NonZeroU32,
+    /// Records the relay puts in one Kafka record batch at most (its producer's
+    /// `batch.num.messages`), and how far back from a committed offset every consumer of the
+    /// events topic starts reading, skipping what lies below the committed offset: tansu answers
+    /// a fetch that starts inside a batch with the next batch, and a batch of at most this many
+    /// records that holds the offset this far back ends before the committed one (ADR 0035).
+    /// One setting for both, so they cannot disagree. 1 writes one record per batch (ADR 0004).
+    pub relay_batch_records: u32,
     /// CloudEvents `source` attribute of every published event.
     pub source: String,
     /// How the clients reach the brokers: `plaintext` (the default), `ssl` (TLS), `sasl_plaintext`
@@ -116,13 +123,15 @@ impl SaslMechanism {
 }
 
 /// librdkafka properties the typed settings of `[kafka]` own.
-const TYPED_PROPERTIES: [(&str, &str); 6] = [
+const TYPED_PROPERTIES: [(&str, &str); 7] = [
     ("security.protocol", "security_protocol"),
     ("ssl.ca.location", "ssl_ca_file"),
     ("sasl.mechanism", "sasl_mechanism"),
     ("sasl.mechanisms", "sasl_mechanism"),
     ("sasl.username", "sasl_username"),
     ("sasl.password", "sasl_password"),
+    // The consumers read back as far as the relay's batches are long: one setting for both.
+    ("batch.num.messages", "relay_batch_records"),
 ];
 
 impl KafkaSettings {
@@ -246,9 +255,19 @@ impl KafkaSettings {
                 self.email_worker_stall_seconds
             )));
         }
+        if !(1..=MAX_RELAY_BATCH_RECORDS).contains(&self.relay_batch_records) {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.relay_batch_records ({}) must be between 1 and {MAX_RELAY_BATCH_RECORDS}; 1 writes one record per Kafka batch",
+                self.relay_batch_records
+            )));
+        }
         Ok(())
     }
 }
+
+/// The largest `kafka.relay_batch_records`: a consumer reads at most this many records again
+/// when it takes a partition over.
+pub const MAX_RELAY_BATCH_RECORDS: u32 = 10_000;
 
 fn email_worker_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
     let n = u32::deserialize(d)?;
@@ -269,6 +288,7 @@ pub(crate) struct KafkaDefaults {
     email_worker_group: &'static str,
     email_worker_stall_seconds: u64,
     email_worker_concurrency: NonZeroU32,
+    relay_batch_records: u32,
     source: &'static str,
 }
 
@@ -282,6 +302,7 @@ impl Default for KafkaDefaults {
             email_worker_group: "onboarding-email-worker",
             email_worker_stall_seconds: 60,
             email_worker_concurrency: limits::nonzero_u32(32),
+            relay_batch_records: 100,
             source: "urn:onboard:engine",
         }
     }
@@ -413,6 +434,38 @@ mod tests {
             assert!(!err.contains("kafka-secret"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_relay_batches_100_records_unless_told_and_owns_batch_num_messages() {
+        let s = load(MINIMAL).unwrap();
+        assert_eq!(s.kafka.relay_batch_records, 100);
+        assert_eq!(
+            load(&with_kafka("relay_batch_records = 1"))
+                .unwrap()
+                .kafka
+                .relay_batch_records,
+            1
+        );
+        for n in [0, 10_001] {
+            let err = load(&with_kafka(&format!("relay_batch_records = {n}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "kafka.relay_batch_records ({n}) must be between 1 and 10000"
+                )),
+                "{err}"
+            );
+        }
+        // The consumers' read-back comes from the same setting: the batch size cannot be set
+        // apart from it.
+        let err = load(&with_kafka(
+            "[kafka.properties]\n\"batch.num.messages\" = \"500\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set kafka.relay_batch_records instead"), "{err}");
     }
 
     #[test]

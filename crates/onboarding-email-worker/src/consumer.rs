@@ -1,19 +1,22 @@
 //! The receive loop: one consumer in the email workers' group receives records, hands each to
 //! its user's lane ([`crate::lanes`]) and stores each partition's offset as the lanes report
 //! every record up to it handled; it rejoins the group when the broker came back empty or the
-//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0022).
+//! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0022). Each partition
+//! it is given is read from `kafka.relay_batch_records` records before its committed offset, and
+//! the records below that offset are skipped: they were handled (docs/adr/0035).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_kafka::{group_consumer_config, Watchdog};
+use onboarding_kafka::{group_consumer_config, Rewind, Watchdog};
 use onboarding_store::Store;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
@@ -33,6 +36,8 @@ pub struct EmailWorker {
     consumer: WorkerConsumer,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
+    /// `kafka.relay_batch_records`: how far before a committed offset a partition is read.
+    relay_batch_records: u32,
     watchdog: Watchdog,
     /// The consumer's rebalance count when the watchdog last looked.
     rebalances_seen: u64,
@@ -54,7 +59,8 @@ impl EmailWorker {
             group_consumer_config(&settings.kafka, &settings.kafka.email_worker_group);
         // Notice a recreated topic (after a broker lost its data) within seconds.
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
-        let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
+        let relay_batch_records = settings.kafka.relay_batch_records;
+        let consumer = subscribe(&consumer_config, &settings.kafka.topic, relay_batch_records)?;
         Ok(Self {
             records: Arc::new(RecordHandler::new(
                 delivery,
@@ -64,6 +70,7 @@ impl EmailWorker {
             consumer,
             consumer_config,
             topic: settings.kafka.topic.clone(),
+            relay_batch_records,
             watchdog: Watchdog::new(
                 &settings.kafka.topic,
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
@@ -144,6 +151,14 @@ impl EmailWorker {
                 Ok(Ok(m)) => {
                     disrupted = false;
                     quiet = Duration::ZERO;
+                    // Read again from before the committed offset (a batch's start): handled.
+                    if self.consumer.context().rewind.already_handled(
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                    ) {
+                        continue;
+                    }
                     let lane = Lane::of(m.partition(), m.key());
                     lanes.dispatch(lane, m.partition(), m.offset(), m.detach());
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
@@ -256,7 +271,11 @@ impl EmailWorker {
     /// Leaves the consumer group (committing what was handled) and joins it again.
     fn rejoin(&mut self) -> Result<(), WorkerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+        self.consumer = subscribe(
+            &self.consumer_config,
+            &self.topic,
+            self.relay_batch_records,
+        )?;
         self.watchdog.reset();
         self.rebalances_seen = 0;
         Ok(())
@@ -271,15 +290,25 @@ impl EmailWorker {
     }
 }
 
-/// Logs the consumer group's decisions (which partitions this worker holds) and counts them.
-#[derive(Default)]
+/// Logs the consumer group's decisions (which partitions this worker holds) and counts them;
+/// starts each assigned partition before its committed offset ([`Rewind`]).
 pub struct WorkerContext {
     rebalances: std::sync::atomic::AtomicU64,
+    rewind: Rewind,
 }
 
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.rewind.rebalance(self, consumer, err, tpl);
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalances
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -304,10 +333,17 @@ impl ConsumerContext for WorkerContext {
 
 type WorkerConsumer = StreamConsumer<WorkerContext>;
 
-fn subscribe(config: &rdkafka::ClientConfig, topic: &str) -> Result<WorkerConsumer, WorkerError> {
+fn subscribe(
+    config: &rdkafka::ClientConfig,
+    topic: &str,
+    relay_batch_records: u32,
+) -> Result<WorkerConsumer, WorkerError> {
     Ok(onboarding_kafka::subscribe(
         config,
         topic,
-        WorkerContext::default(),
+        WorkerContext {
+            rebalances: Default::default(),
+            rewind: Rewind::records(relay_batch_records),
+        },
     )?)
 }

@@ -77,22 +77,40 @@ pub fn subscribe<C: ConsumerContext + 'static>(
     Ok(consumer)
 }
 
-/// The producer of every role that publishes (the relay, the intake's outcomes, dead letters).
+/// The producer of the records other systems read (the intake's outcomes, dead letters).
 /// Idempotent, `acks=all`: a retried send never duplicates or reorders within a partition.
 ///
 /// One record per batch: tansu answers a fetch that starts inside a batch with the batch after
-/// it, so a consumer resuming from a committed offset in the middle of a batch (after a
-/// rebalance or a restart) would skip the rest of that batch, or wait forever when it is the last
-/// one. With single-record batches every offset starts a batch (docs/adr/0004).
+/// it, so a reader resuming from a committed offset in the middle of a batch would skip the rest
+/// of that batch, or wait forever when it is the last one. With single-record batches every
+/// offset starts a batch (docs/adr/0004), whoever reads them. The relay's records are read by the
+/// engine's own consumers, which resume from before a batch: [`relay_producer`].
 pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    base_config(kafka)
-        .set("enable.idempotence", "true")
+    producer_config(kafka, 1).create()
+}
+
+/// The relay's producer: as [`producer`], with up to `kafka.relay_batch_records` records per
+/// batch. Every consumer of the events topic resumes that many records before its committed
+/// offset and skips what lies below it ([`crate::resume`], docs/adr/0035).
+pub fn relay_producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    relay_producer_config(kafka).create()
+}
+
+/// The relay producer's configuration.
+pub fn relay_producer_config(kafka: &KafkaSettings) -> ClientConfig {
+    producer_config(kafka, kafka.relay_batch_records)
+}
+
+fn producer_config(kafka: &KafkaSettings, records_per_batch: u32) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("batch.num.messages", "1")
+        .set("batch.num.messages", records_per_batch.max(1).to_string())
+        // A record waits this long for others to share its batch (librdkafka's default).
         .set("linger.ms", "5")
         .set("message.timeout.ms", "10000")
-        .set("compression.type", "none")
-        .create()
+        .set("compression.type", "none");
+    c
 }
 
 #[cfg(test)]
@@ -127,6 +145,19 @@ mod tests {
             "g",
         );
         assert_eq!(config.get("fetch.wait.max.ms"), Some("250"));
+    }
+
+    #[test]
+    fn the_relay_batches_as_many_records_as_the_consumers_read_back() {
+        let k = kafka("relay_batch_records = 250");
+        assert_eq!(
+            relay_producer_config(&k).get("batch.num.messages"),
+            Some("250")
+        );
+        assert_eq!(crate::Rewind::new(&k).start_for(1_000), 750);
+        // Others' readers know nothing of the read-back: one record per batch for them.
+        assert_eq!(producer_config(&k, 1).get("batch.num.messages"), Some("1"));
+        assert_eq!(relay_producer_config(&k).get("enable.idempotence"), Some("true"));
     }
 
     #[test]

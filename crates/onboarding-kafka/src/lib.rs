@@ -6,6 +6,8 @@
 //! - [`topics`]: explicit topic creation (`onboard migrate`, and the relay when the broker lost
 //!   the events topic).
 //! - [`dead_letters`]: copying a record that cannot be processed to a dead-letter topic.
+//! - [`resume`]: how the consumers of the events topic resume from a committed offset inside
+//!   one of the relay's record batches.
 //! - [`probe`]: the readiness check that says why the brokers cannot be used.
 //! - [`redaction`]: librdkafka errors without the property values they repeat.
 //! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
@@ -21,14 +23,18 @@ pub mod clients;
 pub mod dead_letters;
 pub mod probe;
 pub mod redaction;
+pub mod resume;
 pub mod topics;
 pub mod trace_context;
 pub mod watchdog;
 
-pub use clients::{base_config, check_config, group_consumer_config, producer, subscribe};
+pub use clients::{
+    base_config, check_config, group_consumer_config, producer, relay_producer, subscribe,
+};
 pub use dead_letters::{dead_letter, dead_letter_topic, DLQ_REASON_HEADER};
 pub use probe::{KafkaProbe, ProbeError};
 pub use redaction::{redact, ClientError};
+pub use resume::{Rewind, RewindContext};
 pub use topics::{create_event_topics, create_topics, SetupError, TopicSpec};
 pub use watchdog::{PartitionLag, Watchdog};
 

@@ -9,6 +9,9 @@
 //! nothing is lost; the directory being down holds up every account alike. While idle, the
 //! group's watchdog (`onboarding_kafka::Watchdog`, docs/adr/0004) rejoins the group when records
 //! wait on a partition nobody reads (a provisioner killed and restarted within its session).
+//! Each partition it is given is read from `kafka.relay_batch_records` records before its
+//! committed offset, and the records below that offset are skipped: they were handled
+//! (docs/adr/0035).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,9 +21,10 @@ use onboarding_events::{
     AccountDisabledV1, AccountEnabledV1, ClaimsUpdatedV1, EmailChangedV1, PublicEvent,
     UserActivatedV1, UserErasedV1,
 };
-use onboarding_kafka::Watchdog;
+use onboarding_kafka::{RewindContext, Watchdog};
 use onboarding_store::Store;
-use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use onboarding_config::KafkaSettings;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +50,9 @@ const STALL: Duration = Duration::from_secs(20);
 /// Consumes the public event topic and provisions each activated account.
 pub struct Provisioner {
     provision: Provision,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RewindContext>,
     consumer_config: rdkafka::ClientConfig,
+    kafka: KafkaSettings,
     topic: String,
     watchdog: Watchdog,
 }
@@ -65,11 +70,12 @@ impl Provisioner {
             .consumer_group;
         let mut consumer_config = onboarding_kafka::group_consumer_config(&settings.kafka, group);
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
-        let consumer = subscribe(&consumer_config, &settings.kafka.topic)?;
+        let consumer = subscribe(&consumer_config, &settings.kafka)?;
         Ok(Self {
             provision: Provision::new(store, user_store),
             consumer,
             consumer_config,
+            kafka: settings.kafka.clone(),
             topic: settings.kafka.topic.clone(),
             watchdog: Watchdog::new(&settings.kafka.topic, STALL, "onboard_provisioner_lag"),
         })
@@ -97,6 +103,15 @@ impl Provisioner {
                     disrupted = false;
                     quiet = Duration::ZERO;
                     let (partition, offset) = (m.partition(), m.offset());
+                    // Read again from before the committed offset (a batch's start): handled.
+                    if self
+                        .consumer
+                        .context()
+                        .rewind
+                        .already_handled(m.topic(), partition, offset)
+                    {
+                        continue;
+                    }
                     // The record's span, in the trace its headers carry (docs/adr/0029).
                     let span = onboarding_kafka::trace_context::follow(
                         m.headers(),
@@ -161,7 +176,7 @@ impl Provisioner {
     /// Leaves the consumer group (committing what was handled) and joins it again.
     fn rejoin(&mut self) -> Result<(), ProvisionerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(&self.consumer_config, &self.topic)?;
+        self.consumer = subscribe(&self.consumer_config, &self.kafka)?;
         self.watchdog.reset();
         Ok(())
     }
@@ -219,7 +234,7 @@ impl Provisioner {
 
 fn subscribe(
     config: &rdkafka::ClientConfig,
-    topic: &str,
-) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    onboarding_kafka::subscribe(config, topic, DefaultConsumerContext)
+    kafka: &KafkaSettings,
+) -> Result<StreamConsumer<RewindContext>, rdkafka::error::KafkaError> {
+    onboarding_kafka::subscribe(config, &kafka.topic, RewindContext::new(kafka))
 }

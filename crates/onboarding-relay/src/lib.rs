@@ -110,7 +110,7 @@ impl Relay {
             keys,
             pool,
             kafka: kafka.clone(),
-            producer: onboarding_kafka::producer(kafka)?,
+            producer: onboarding_kafka::relay_producer(kafka)?,
             topic: kafka.topic.clone(),
             source: kafka.source.clone(),
             batch_size: 500,
@@ -163,7 +163,7 @@ impl Relay {
                     if failures.is_multiple_of(3) {
                         // An idempotent producer can be fenced for good (e.g. a broker that lost
                         // its state); a fresh one starts a new producer id.
-                        match onboarding_kafka::producer(&self.kafka) {
+                        match onboarding_kafka::relay_producer(&self.kafka) {
                             Ok(p) => self.producer = p,
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot recreate the Kafka producer")
@@ -247,7 +247,7 @@ impl Relay {
         }
         tracing::warn!(topic = %self.topic, details = %lost.join("; "), "the broker lost records; recreating the topic and republishing the log");
         // The broker forgot this producer's id and sequence numbers too: start a new producer.
-        self.producer = onboarding_kafka::producer(&self.kafka)?;
+        self.producer = onboarding_kafka::relay_producer(&self.kafka)?;
         onboarding_kafka::create_event_topics(&self.kafka).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -165,48 +165,106 @@ async fn a_worker_killed_mid_burst_and_restarted_mails_everyone_once() {
     );
 }
 
+/// The partition and offset of the next record `consumer` reads, assigned `partition` at `offset`.
+async fn next(consumer: &StreamConsumer, partition: i32, offset: i64) -> (i32, i64) {
+    tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("nothing read from partition {partition} resuming at {offset} within 20 s")
+        })
+        .map(|m| (m.partition(), m.offset()))
+        .expect("a record")
+}
+
 /// The cause of "a worker goes silent after a rebalance": tansu answers a fetch that starts in the
 /// middle of a record batch with the next batch, so a consumer resuming from a committed offset
-/// inside a batch skipped the rest of it (or, in the last batch, waited forever). The relay
-/// therefore writes one record per batch; this reads from every offset of the topic and expects
-/// that very record first.
+/// inside a batch skipped the rest of it (or, in the last batch, waited forever). The relay writes
+/// up to `kafka.relay_batch_records` records per batch, and the engine's consumers resume that many
+/// records before a committed offset, skipping what lies below it (`onboarding_kafka::Rewind`,
+/// docs/adr/0035). With small batches (3 records, so that users' records share batches and
+/// batches split users), this resumes from every offset the relay wrote, as the email worker and
+/// the provisioner do, and expects every record of the partition from that offset on, in order.
 #[tokio::test]
 async fn a_consumer_can_resume_from_any_offset_the_relay_wrote() {
-    let stack = Stack::new("resume", Options::default()).await;
+    const BATCH: u32 = 3;
+    let stack = Stack::new(
+        "resume",
+        Options {
+            kafka_settings: format!("relay_batch_records = {BATCH}"),
+            ..Options::default()
+        },
+    )
+    .await;
     stack.spawn("gateway");
     stack.spawn("relay");
     stack.wait_ready().await;
-    let users = addresses(&unique("resume"), 12);
+    let users = addresses(&unique("resume"), 16);
     invite_all(&stack, &users).await;
-    // Each invitation writes UserInvited and CodeIssued in one transaction: the relay publishes
-    // them together, the case that used to share a batch.
+    // Each invitation writes UserInvited and CodeIssued in one transaction; the relay sends the
+    // whole outbox at once, so records share batches.
     let records = stack.read_topic(|rs| rs.len() >= 2 * users.len()).await;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka)
-        .set("group.id", unique("e2e-resume-"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("kafka consumer");
+    let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
+    for r in &records {
+        by_partition.entry(r.partition).or_default().push(r.offset);
+    }
+    let consumer = || -> StreamConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &stack.kafka)
+            .set("group.id", unique("e2e-resume-"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("kafka consumer")
+    };
+
+    // The premise: the relay wrote batches of several records, and a plain read from inside one
+    // starts after it (what made ADR 0004 write one record per batch).
+    let plain = consumer();
+    let mut skipped = 0;
     for r in &records {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&stack.topic, r.partition, Offset::Offset(r.offset))
             .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "nothing read from partition {} at offset {} within 20 s",
-                    r.partition, r.offset
-                )
-            })
-            .expect("a record");
+        plain.assign(&tpl).unwrap();
+        // Inside the partition's last batch nothing comes at all.
+        match tokio::time::timeout(Duration::from_secs(3), plain.recv()).await {
+            Ok(Ok(m)) if m.offset() == r.offset => {}
+            Ok(Ok(m)) => {
+                assert!(m.offset() > r.offset);
+                skipped += 1;
+            }
+            Ok(Err(e)) => panic!("reading partition {} at {}: {e}", r.partition, r.offset),
+            Err(_) => skipped += 1,
+        }
+    }
+    assert!(
+        skipped > 0,
+        "the relay must have written batches of several records: every plain read started at its offset"
+    );
+
+    // The engine's way: every record from the offset on, none lost, in order.
+    let rewind = onboarding_kafka::Rewind::records(BATCH);
+    let resuming = consumer();
+    for r in &records {
+        let expected: Vec<i64> = by_partition[&r.partition]
+            .iter()
+            .copied()
+            .filter(|o| *o >= r.offset)
+            .collect();
+        rewind
+            .assign_at(&resuming, &stack.topic, &[(r.partition, r.offset)])
+            .unwrap();
+        let mut read = Vec::new();
+        while read.len() < expected.len() {
+            let (partition, offset) = next(&resuming, r.partition, r.offset).await;
+            assert_eq!(partition, r.partition);
+            if !rewind.already_handled(&stack.topic, partition, offset) {
+                read.push(offset);
+            }
+        }
         assert_eq!(
-            (m.partition(), m.offset()),
-            (r.partition, r.offset),
-            "a read from partition {} at offset {} must start with that record",
-            r.partition,
-            r.offset
+            read, expected,
+            "resuming partition {} at offset {} must read every record from it on, in order",
+            r.partition, r.offset
         );
     }
 }
