@@ -465,7 +465,10 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("set kafka.relay_batch_records instead"), "{err}");
+        assert!(
+            err.contains("set kafka.relay_batch_records instead"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::OwnedMessage;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
@@ -271,11 +271,7 @@ impl EmailWorker {
     /// Leaves the consumer group (committing what was handled) and joins it again.
     fn rejoin(&mut self) -> Result<(), WorkerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(
-            &self.consumer_config,
-            &self.topic,
-            self.relay_batch_records,
-        )?;
+        self.consumer = subscribe(&self.consumer_config, &self.topic, self.relay_batch_records)?;
         self.watchdog.reset();
         self.rebalances_seen = 0;
         Ok(())

@@ -2,9 +2,11 @@
 //! `kafka.properties`) into every client, and the producer and group consumer built on it.
 
 use onboarding_config::KafkaSettings;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
 use rdkafka::ClientConfig;
 
 use crate::redaction::ClientError;
@@ -92,13 +94,36 @@ pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
 /// The relay's producer: as [`producer`], with up to `kafka.relay_batch_records` records per
 /// batch. Every consumer of the events topic resumes that many records before its committed
 /// offset and skips what lies below it ([`crate::resume`], docs/adr/0035).
-pub fn relay_producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    relay_producer_config(kafka).create()
+pub fn relay_producer(
+    kafka: &KafkaSettings,
+) -> Result<FutureProducer<RelayProducerContext>, KafkaError> {
+    relay_producer_config(kafka).create_with_context(RelayProducerContext)
 }
 
 /// The relay producer's configuration.
 pub fn relay_producer_config(kafka: &KafkaSettings) -> ClientConfig {
-    producer_config(kafka, kafka.relay_batch_records)
+    let mut c = producer_config(kafka, kafka.relay_batch_records);
+    // librdkafka's statistics, for the batches' sizes ([`RelayProducerContext`]).
+    c.set("statistics.interval.ms", "5000");
+    c
+}
+
+/// Counts the relay's record batches and the records in them, from librdkafka's statistics
+/// (`onboard_relay_kafka_batches_total`, `onboard_relay_kafka_batch_records_total`): their
+/// quotient is the records per batch the broker took.
+pub struct RelayProducerContext;
+
+impl ClientContext for RelayProducerContext {
+    fn stats(&self, statistics: Statistics) {
+        // The batch histograms are windows: librdkafka starts them afresh at every report.
+        let (batches, records) = statistics
+            .topics
+            .values()
+            .fold((0, 0), |(b, r), t| (b + t.batchcnt.cnt, r + t.batchcnt.sum));
+        metrics::counter!("onboard_relay_kafka_batches_total").increment(batches.max(0) as u64);
+        metrics::counter!("onboard_relay_kafka_batch_records_total")
+            .increment(records.max(0) as u64);
+    }
 }
 
 fn producer_config(kafka: &KafkaSettings, records_per_batch: u32) -> ClientConfig {
@@ -157,7 +182,10 @@ mod tests {
         assert_eq!(crate::Rewind::new(&k).start_for(1_000), 750);
         // Others' readers know nothing of the read-back: one record per batch for them.
         assert_eq!(producer_config(&k, 1).get("batch.num.messages"), Some("1"));
-        assert_eq!(relay_producer_config(&k).get("enable.idempotence"), Some("true"));
+        assert_eq!(
+            relay_producer_config(&k).get("enable.idempotence"),
+            Some("true")
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub mod trace_context;
 pub mod watchdog;
 
 pub use clients::{
-    base_config, check_config, group_consumer_config, producer, relay_producer, subscribe,
+    base_config, check_config, group_consumer_config, producer, relay_producer,
+    relay_producer_config, subscribe, RelayProducerContext,
 };
 pub use dead_letters::{dead_letter, dead_letter_topic, DLQ_REASON_HEADER};
 pub use probe::{KafkaProbe, ProbeError};

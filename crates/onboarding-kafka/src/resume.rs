@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use onboarding_config::KafkaSettings;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -159,7 +157,11 @@ impl Rewind {
                 let assignment = match self.rewind_assignment(consumer, tpl) {
                     Ok(resumed) => {
                         if !resumed.is_empty() {
-                            tracing::debug!(?resumed, back = self.back, "partitions resume before their committed offsets");
+                            tracing::debug!(
+                                ?resumed,
+                                back = self.back,
+                                "partitions resume before their committed offsets"
+                            );
                         }
                         tpl.clone()
                     }

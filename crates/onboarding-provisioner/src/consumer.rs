@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use onboarding_config::KafkaSettings;
 use onboarding_config::Settings;
 use onboarding_events::{
     AccountDisabledV1, AccountEnabledV1, ClaimsUpdatedV1, EmailChangedV1, PublicEvent,
@@ -23,7 +24,6 @@ use onboarding_events::{
 };
 use onboarding_kafka::{RewindContext, Watchdog};
 use onboarding_store::Store;
-use onboarding_config::KafkaSettings;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;

@@ -74,7 +74,7 @@ impl From<KafkaError> for RelayError {
 pub struct Relay {
     pool: PgPool,
     kafka: KafkaSettings,
-    producer: FutureProducer,
+    producer: FutureProducer<onboarding_kafka::RelayProducerContext>,
     topic: String,
     source: String,
     batch_size: i64,

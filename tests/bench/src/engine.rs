@@ -165,6 +165,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Each invitation's own transactions and records: everything the engine did meanwhile.
     let xacts = bench.xacts().await? - xacts_before;
     let records = bench.topic_records(&bench.args.topic)? - records_before;
+    // The relay's Kafka batches so far (librdkafka's statistics, reported every 5 s; an engine
+    // that does not count them reports none).
+    let (batches, batched) = bench.relay_batches().await;
+    if batches > 0.0 {
+        println!(
+            "    the relay sent {batched:.0} records in {batches:.0} Kafka batches ({:.1} records a batch)",
+            batched / batches
+        );
+    }
 
     let latency_rate = (0.5 * mailed.rate.min(over_http)).max(1.0);
     let latency_seconds = if bench.args.quick { 5.0 } else { 30.0 };
@@ -243,6 +252,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "password_submissions_per_second": passwords,
             "transactions_per_invitation": xacts as f64 / backlog as f64,
             "event_records_per_invitation": records as f64 / backlog as f64,
+            "relay_kafka_batches": batches,
+            "relay_kafka_batch_records": batched,
             "audit_replay": {"events": replay.events, "replay_seconds": replay.replay_seconds,
                              "replay_events_per_second": replay.replay_per_second,
                              "select_seconds": replay.select_seconds,
@@ -292,6 +303,26 @@ impl Bench {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.args.base_url)
+    }
+
+    /// The relay's Kafka batches and the records in them, from the engine's `/metrics`
+    /// (`onboard_relay_kafka_batches_total`, `onboard_relay_kafka_batch_records_total`); zeros
+    /// when it does not report them.
+    async fn relay_batches(&self) -> (f64, f64) {
+        let Ok(response) = self.http.get(self.url("/metrics")).send().await else {
+            return (0.0, 0.0);
+        };
+        let text = response.text().await.unwrap_or_default();
+        let value = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        (
+            value("onboard_relay_kafka_batches_total"),
+            value("onboard_relay_kafka_batch_records_total"),
+        )
     }
 
     fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
