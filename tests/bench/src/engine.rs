@@ -22,7 +22,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
@@ -133,7 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mails_before = bench.sink.accepted()?;
     let xacts_before = bench.xacts().await?;
-    let records_before = bench.topic_records(&bench.args.topic)?;
+    let records_before = bench.relay_published().await;
     let invitations_started = Utc::now();
 
     let mut phases: Vec<(&str, f64)> = vec![("http", bench.now())];
@@ -164,7 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     // Each invitation's own transactions and records: everything the engine did meanwhile.
     let xacts = bench.xacts().await? - xacts_before;
-    let records = bench.topic_records(&bench.args.topic)? - records_before;
+    let records = bench.relay_published().await - records_before;
     // The relay's Kafka batches so far (librdkafka's statistics, reported every 5 s; an engine
     // that does not count them reports none).
     let (batches, batched) = bench.relay_batches().await;
@@ -251,7 +251,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "confirm_views_per_second": views,
             "password_submissions_per_second": passwords,
             "transactions_per_invitation": xacts as f64 / backlog as f64,
-            "event_records_per_invitation": records as f64 / backlog as f64,
+            "event_records_per_invitation": records / backlog as f64,
             "relay_kafka_batches": batches,
             "relay_kafka_batch_records": batched,
             "audit_replay": {"events": replay.events, "replay_seconds": replay.replay_seconds,
@@ -305,23 +305,35 @@ impl Bench {
         format!("{}{path}", self.args.base_url)
     }
 
+    /// The records the relay published so far (`onboard_relay_published_total` of the engine's
+    /// `/metrics`). Not the topic's high watermarks: tansu reports the start of the last batch
+    /// (plus one) as a partition's high watermark, and the relay's batches hold many records.
+    async fn relay_published(&self) -> f64 {
+        self.metric("onboard_relay_published_total").await
+    }
+
+    /// The sum of a metric's series in the engine's `/metrics`; 0 when it is not there.
+    async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = self.http.get(self.url("/metrics")).send().await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The relay's Kafka batches and the records in them, from the engine's `/metrics`
     /// (`onboard_relay_kafka_batches_total`, `onboard_relay_kafka_batch_records_total`); zeros
     /// when it does not report them.
     async fn relay_batches(&self) -> (f64, f64) {
-        let Ok(response) = self.http.get(self.url("/metrics")).send().await else {
-            return (0.0, 0.0);
-        };
-        let text = response.text().await.unwrap_or_default();
-        let value = |name: &str| {
-            text.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
-        };
         (
-            value("onboard_relay_kafka_batches_total"),
-            value("onboard_relay_kafka_batch_records_total"),
+            self.metric("onboard_relay_kafka_batches_total").await,
+            self.metric("onboard_relay_kafka_batch_records_total").await,
         )
     }
 
@@ -356,26 +368,6 @@ impl Bench {
         )
         .fetch_one(&self.db)
         .await?)
-    }
-
-    /// Records on every partition of `topic` (the sum of the high watermarks).
-    fn topic_records(&self, topic: &str) -> anyhow::Result<i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.args.brokers)
-            .set("group.id", "onboarding-bench-watermarks")
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        let mut total = 0;
-        for p in 0..partitions {
-            let (low, high) =
-                consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10))?;
-            total += high - low.min(high);
-        }
-        Ok(total)
     }
 
     fn unique(&self) -> String {

@@ -889,8 +889,10 @@ fn read_accepted_outcomes(brokers: &str, topic: &str) -> anyhow::Result<Vec<Stri
     Ok(out)
 }
 
-/// Reads every record of `topic` once, partition by partition from the low to the high
-/// watermark, without a consumer group.
+/// Reads every record of `topic` once, partition by partition from the low watermark to the
+/// partition's end, without a consumer group. The end is librdkafka's end of partition, not the
+/// high watermark asked at the start: tansu reports the start of the last record batch (plus
+/// one) as the high watermark, and the relay writes batches of several records (ADR 0035).
 fn read_records(
     brokers: &str,
     topic: &str,
@@ -921,7 +923,7 @@ fn read_records(
         consumer.assign(&list)?;
         let mut next = low;
         let mut idle = Instant::now();
-        while next < high {
+        loop {
             match consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(m)) => {
                     idle = Instant::now();
