@@ -37,7 +37,7 @@ pub struct KafkaSettings {
     /// `batch.num.messages`), and how far back from a committed offset every consumer of the
     /// events topic starts reading, skipping what lies below the committed offset: tansu answers
     /// a fetch that starts inside a batch with the next batch, and a batch of at most this many
-    /// records that holds the offset this far back ends before the committed one (ADR 0035).
+    /// records that holds the offset this far back ends before the committed one (ADR 0036).
     /// One setting for both, so they cannot disagree. 1 writes one record per batch (ADR 0004).
     pub relay_batch_records: u32,
     /// CloudEvents `source` attribute of every published event.

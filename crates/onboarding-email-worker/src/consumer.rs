@@ -3,7 +3,7 @@
 //! every record up to it handled; it rejoins the group when the broker came back empty or the
 //! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0022). Each partition
 //! it is given is read from `kafka.relay_batch_records` records before its committed offset, and
-//! the records below that offset are skipped: they were handled (docs/adr/0035).
+//! the records below that offset are skipped: they were handled (docs/adr/0036).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

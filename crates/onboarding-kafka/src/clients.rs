@@ -93,7 +93,7 @@ pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
 
 /// The relay's producer: as [`producer`], with up to `kafka.relay_batch_records` records per
 /// batch. Every consumer of the events topic resumes that many records before its committed
-/// offset and skips what lies below it ([`crate::resume`], docs/adr/0035).
+/// offset and skips what lies below it ([`crate::resume`], docs/adr/0036).
 pub fn relay_producer(
     kafka: &KafkaSettings,
 ) -> Result<FutureProducer<RelayProducerContext>, KafkaError> {

@@ -3,7 +3,7 @@
 //! The relay writes up to `kafka.relay_batch_records` records per Kafka batch. tansu answers a
 //! fetch that starts inside a batch with the batch after it, so a consumer that resumed from a
 //! committed offset in the middle of a batch would silently skip the rest of that batch
-//! (docs/adr/0004, 0035). Every consumer of the events topic therefore starts each partition it
+//! (docs/adr/0004, 0036). Every consumer of the events topic therefore starts each partition it
 //! is given `relay_batch_records` records before the committed offset `X`, and skips what lies
 //! below `X`: the batch that holds `X - N` has at most `N` records, so it ends before `X`, and the
 //! batch the broker answers with starts at or before `X`. What lies below `X` was handled (the

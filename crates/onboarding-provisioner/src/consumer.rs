@@ -11,7 +11,7 @@
 //! wait on a partition nobody reads (a provisioner killed and restarted within its session).
 //! Each partition it is given is read from `kafka.relay_batch_records` records before its
 //! committed offset, and the records below that offset are skipped: they were handled
-//! (docs/adr/0035).
+//! (docs/adr/0036).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -892,7 +892,7 @@ fn read_accepted_outcomes(brokers: &str, topic: &str) -> anyhow::Result<Vec<Stri
 /// Reads every record of `topic` once, partition by partition from the low watermark to the
 /// partition's end, without a consumer group. The end is librdkafka's end of partition, not the
 /// high watermark asked at the start: tansu reports the start of the last record batch (plus
-/// one) as the high watermark, and the relay writes batches of several records (ADR 0035).
+/// one) as the high watermark, and the relay writes batches of several records (ADR 0036).
 fn read_records(
     brokers: &str,
     topic: &str,

@@ -181,7 +181,7 @@ async fn next(consumer: &StreamConsumer, partition: i32, offset: i64) -> (i32, i
 /// inside a batch skipped the rest of it (or, in the last batch, waited forever). The relay writes
 /// up to `kafka.relay_batch_records` records per batch, and the engine's consumers resume that many
 /// records before a committed offset, skipping what lies below it (`onboarding_kafka::Rewind`,
-/// docs/adr/0035). With small batches (3 records, so that users' records share batches and
+/// docs/adr/0036). With small batches (3 records, so that users' records share batches and
 /// batches split users), this resumes from every offset the relay wrote, as the email worker and
 /// the provisioner do, and expects every record of the partition from that offset on, in order.
 #[tokio::test]
