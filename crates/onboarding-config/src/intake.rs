@@ -1,6 +1,8 @@
 //! `[intake]`: invitation requests that upstream services publish on Kafka (`onboard intake`).
 
-use serde::Deserialize;
+use std::num::NonZeroUsize;
+
+use serde::{de, Deserialize, Deserializer};
 
 /// Invitation requests that upstream services publish on Kafka (`onboard intake`).
 #[derive(Debug, Clone, Deserialize)]
@@ -16,6 +18,21 @@ pub struct IntakeSettings {
     pub group: String,
     /// Partitions of the three topics when `onboard migrate` creates them.
     pub partitions: i32,
+    /// Requests handled at once by one intake process (1 to 256); requests for the same username
+    /// are handled one after another whatever this is.
+    #[serde(deserialize_with = "concurrency")]
+    pub concurrency: NonZeroUsize,
+}
+
+fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
+    let n = usize::deserialize(d)?;
+    NonZeroUsize::new(n)
+        .filter(|n| n.get() <= 256)
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+            "intake.concurrency ({n}) must be between 1 and 256; 1 handles one request at a time"
+        ))
+        })
 }
 
 impl Default for IntakeSettings {
@@ -26,6 +43,7 @@ impl Default for IntakeSettings {
             dead_letter_topic: "onboarding.requests.dlq".into(),
             group: "onboarding-intake".into(),
             partitions: 4,
+            concurrency: NonZeroUsize::new(16).expect("16 is not zero"),
         }
     }
 }

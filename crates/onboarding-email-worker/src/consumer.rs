@@ -1,5 +1,5 @@
 //! The receive loop: one consumer in the email workers' group receives records, hands each to
-//! its user's lane ([`crate::lanes`]) and stores each partition's offset as the lanes report
+//! its user's lane ([`onboarding_kafka::lanes`]) and stores each partition's offset as the lanes report
 //! every record up to it handled; it rejoins the group when the broker came back empty or the
 //! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0022). Each partition
 //! it is given is read from `kafka.relay_batch_records` records before its committed offset, and
@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::delivery::Delivery;
-use crate::lanes::{HandleFuture, Handled, Lane, Lanes};
 use crate::records::RecordHandler;
 use crate::retry;
 use crate::WorkerError;
+use onboarding_kafka::lanes::{HandleFuture, Handled, Lane, Lanes};
 
 /// Consumes the public event topic and mails what its records ask for (see the crate's
 /// invariants).

@@ -13,7 +13,7 @@
 //!   append of `InvitationMailSent` (milliseconds), documented in docs/ARCHITECTURE.md; a mail
 //!   sent again there carries the same Message-ID (`Mailer::message_id_for`).
 //! - In order per user, users side by side: each user's records are handled one after another
-//!   in the user's lane ([`lanes`]); up to `kafka.email_worker_concurrency` records are in
+//!   in the user's lane ([`onboarding_kafka::lanes`]); up to `kafka.email_worker_concurrency` records are in
 //!   flight at once, and a partition's offset is stored only once every record up to it on the
 //!   partition was handled (docs/adr/0022).
 //! - Never silent: the watchdog rejoins the group when records wait on a partition nobody reads
@@ -24,8 +24,8 @@
 //! - The link token is minted here from the event's public fields and the code key; it exists
 //!   only in the mail.
 //!
-//! Modules by job: [`consumer`] receives records, hands each to its user's lane ([`lanes`])
-//! and stores offsets; `records` reads one record (setting aside what cannot be read) and hands
+//! Modules by job: [`consumer`] receives records, hands each to its user's lane
+//! (`onboarding_kafka::lanes`) and stores offsets; `records` reads one record (setting aside what cannot be read) and hands
 //! it to [`delivery`], which decides, renders, sends and records one mail; [`retry`] decides when
 //! a failed mail is tried again and runs the task that tries the due ones; [`mail`] renders and
 //! sends a mail over [`smtp`]'s pooled connections.
@@ -33,7 +33,6 @@
 
 pub mod consumer;
 pub mod delivery;
-pub mod lanes;
 pub mod mail;
 mod records;
 pub mod retry;

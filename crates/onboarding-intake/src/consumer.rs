@@ -1,18 +1,20 @@
 //! The consumer of invitation requests: reads a record, invites once, publishes the outcome
 //! (or dead-letters the record), and only then stores the record's offset.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use onboarding_config::Settings;
+use onboarding_domain::value::{UserDomain, Username};
+use onboarding_kafka::lanes::{HandleFuture, Handled, Lane, Lanes};
 use onboarding_kafka::{
     group_consumer_config, producer, subscribe, ClientError, PartitionLag, Watchdog,
 };
 use onboarding_store::{Store, StoreError};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -39,20 +41,33 @@ impl From<KafkaError> for IntakeError {
 
 /// The consumer of invitation requests.
 pub struct Intake {
-    store: Store,
+    handling: Arc<Handling>,
     settings: Arc<Settings>,
     consumer: StreamConsumer,
     consumer_config: rdkafka::ClientConfig,
-    producer: FutureProducer,
     /// Measures each partition's lag (gauge `onboard_intake_lag`); an idle intake rejoins its
     /// group when requests wait on a partition nobody reads.
     watchdog: Watchdog,
+}
+
+/// What handling one record needs, shared by the records in flight.
+struct Handling {
+    store: Store,
+    settings: Arc<Settings>,
+    /// The producer of outcomes and dead letters, with the number of times it was replaced.
+    producer: Mutex<(u64, FutureProducer)>,
 }
 
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// An idle intake that sees requests wait this long behind a committed offset that does not
 /// move rejoins its group (the intake is never idle while it works on a request).
 const STALL: Duration = Duration::from_secs(20);
+
+/// A record as the receive loop hands it to its lane: the record, and what it was read as.
+type Received = (
+    OwnedMessage,
+    Result<InvitationRequested, (DeadLetter, String)>,
+);
 
 impl Intake {
     /// Joins `intake.group` on `intake.requests_topic`.
@@ -64,9 +79,12 @@ impl Intake {
             DefaultConsumerContext,
         )?;
         Ok(Self {
-            producer: producer(&settings.kafka)?,
+            handling: Arc::new(Handling {
+                producer: Mutex::new((0, producer(&settings.kafka)?)),
+                store,
+                settings: settings.clone(),
+            }),
             watchdog: Watchdog::new(&settings.intake.requests_topic, STALL, "onboard_intake_lag"),
-            store,
             settings,
             consumer,
             consumer_config,
@@ -74,49 +92,26 @@ impl Intake {
     }
 
     /// Consumes until `shutdown`; commits the stored offsets on the way out.
+    ///
+    /// Up to `intake.concurrency` requests are handled at once, in lanes (`onboarding_kafka::
+    /// lanes`): a request starts only after every earlier request for the same username (in one
+    /// domain) and every earlier one with the same source and id finished, so the earlier
+    /// request wins a name or an id, as when one request is handled at a time; a record that is
+    /// not a request waits in its partition's lane. A partition's offset is stored only once
+    /// every record up to it was handled.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), IntakeError> {
-        tracing::info!(topic = %self.settings.intake.requests_topic, "intake started");
-        // After a receive error, a broker that came back without the group leaves the consumer
-        // waiting: after a quiet spell a fresh consumer joins again. While idle, the watchdog
-        // rejoins when requests wait on a partition nobody reads (another intake was killed and
-        // the rebalance left its partitions to nobody, as the email worker's watchdog does).
-        let mut disrupted = false;
-        let mut quiet = Duration::ZERO;
-        loop {
-            let lags = self.measure_lag();
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()) => m,
-            };
-            let msg = match msg {
-                Ok(Ok(m)) => {
-                    disrupted = false;
-                    quiet = Duration::ZERO;
-                    m
-                }
-                Ok(Err(e)) => {
-                    disrupted = true;
-                    tracing::warn!(error = %e, "kafka receive failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(_idle) => {
-                    quiet += IDLE_TICK;
-                    if disrupted && quiet >= Duration::from_secs(10) {
-                        tracing::warn!(
-                            "no records since the broker came back; rejoining the consumer group"
-                        );
-                        self.rejoin()?;
-                        disrupted = false;
-                        quiet = Duration::ZERO;
-                    } else if lags.is_some_and(|lags| self.stalled(&lags)) {
-                        self.rejoin()?;
-                    }
-                    continue;
-                }
-            };
-            let mut backoff = Duration::from_millis(200);
-            loop {
+        tracing::info!(
+            topic = %self.settings.intake.requests_topic,
+            concurrency = self.settings.intake.concurrency.get(),
+            "intake started"
+        );
+        let handling = self.handling.clone();
+        let stop = shutdown.clone();
+        let mut lanes: Lanes<Received> = Lanes::new(
+            self.settings.intake.concurrency,
+            shutdown.clone(),
+            Arc::new(move |(msg, request)| -> HandleFuture {
+                let (handling, stop) = (handling.clone(), stop.clone());
                 // The request's span, in the trace its headers carry (docs/adr/0029).
                 let span = onboarding_kafka::trace_context::follow(
                     msg.headers(),
@@ -126,32 +121,88 @@ impl Intake {
                         offset = msg.offset()
                     ),
                 );
-                match self.process(&msg).instrument(span).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        if matches!(e, ProcessError::Kafka(_)) {
-                            // A broker that lost its state refuses an idempotent producer's id
-                            // for good (UNKNOWN_PRODUCER_ID, seen as a timeout); a fresh producer
-                            // starts with a new one. Each failure took a message timeout already.
-                            match producer(&self.settings.kafka) {
-                                Ok(p) => self.producer = p,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot recreate the Kafka producer")
-                                }
-                            }
-                        }
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the request's outcome; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return self.close(),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                Box::pin(
+                    async move { handling.handle_until_done(&msg, request, &stop).await }
+                        .instrument(span),
+                )
+            }),
+        );
+        // After a receive error, a broker that came back without the group leaves the consumer
+        // waiting: after a quiet spell a fresh consumer joins again. While idle, the watchdog
+        // rejoins when requests wait on a partition nobody reads (another intake was killed and
+        // the rebalance left its partitions to nobody, as the email worker's watchdog does).
+        let mut disrupted = false;
+        let mut quiet = Duration::ZERO;
+        loop {
+            let lags = self.measure_lag();
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                handled = lanes.handled() => {
+                    match handled {
+                        Ok(handled) => self.store_offset(handled),
+                        Err(e) => tracing::error!(error = %e, "a request's handler failed; the request will be seen again"),
+                    }
+                    continue;
+                }
+                m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()), if lanes.has_room() => m,
+            };
+            match received {
+                Ok(Ok(m)) => {
+                    disrupted = false;
+                    quiet = Duration::ZERO;
+                    let request = classify(m.payload());
+                    let waits_in = lanes_of(m.partition(), &request);
+                    lanes.dispatch_in(waits_in, m.partition(), m.offset(), (m.detach(), request));
+                }
+                Ok(Err(e)) => {
+                    disrupted = true;
+                    tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(_idle) => {
+                    quiet += IDLE_TICK;
+                    if disrupted && quiet >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "no records since the broker came back; rejoining the consumer group"
+                        );
+                        self.drain(&mut lanes).await;
+                        self.rejoin()?;
+                        disrupted = false;
+                        quiet = Duration::ZERO;
+                    } else if lanes.in_flight() == 0 && lags.is_some_and(|lags| self.stalled(&lags))
+                    {
+                        self.rejoin()?;
                     }
                 }
             }
-            self.consumer.store_offset_from_message(&msg)?;
         }
+        self.drain(&mut lanes).await;
         self.close()
+    }
+
+    /// Stores a partition's offset once every request up to it was handled. A partition revoked
+    /// meanwhile refuses it: its new holder reads the requests again, and handling a request
+    /// again invites nobody twice.
+    fn store_offset(&self, handled: Handled) {
+        if let Err(e) = self.consumer.store_offset(
+            &self.settings.intake.requests_topic,
+            handled.partition,
+            handled.offset,
+        ) {
+            tracing::debug!(
+                error = %e,
+                partition = handled.partition,
+                offset = handled.offset,
+                "cannot store the offset of a handled request (partition revoked?); it will be seen again"
+            );
+        }
+    }
+
+    /// Waits until every lane finished the requests it holds and stores their offsets.
+    async fn drain(&mut self, lanes: &mut Lanes<Received>) {
+        for handled in lanes.drain().await {
+            self.store_offset(handled);
+        }
     }
 
     /// Measures each partition's lag when the last measurement is older than
@@ -199,10 +250,91 @@ impl Intake {
         tracing::info!("intake stopped");
         Ok(())
     }
+}
+
+/// The lanes of a record: a request waits for the earlier requests for the same username (in
+/// the same domain) and for the earlier requests with the same source and id (the same user id);
+/// a record that is not a request waits in its partition's lane.
+fn lanes_of(
+    partition: i32,
+    request: &Result<InvitationRequested, (DeadLetter, String)>,
+) -> Vec<Lane> {
+    let Ok(request) = request else {
+        return vec![Lane::Unkeyed(partition)];
+    };
+    let d = &request.data;
+    let domain = d
+        .domain
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+        .and_then(|d| UserDomain::parse(d).ok())
+        .unwrap_or_else(UserDomain::primary);
+    // A name that does not parse is refused whatever its lane; its raw form keeps it apart.
+    let name = Username::parse(&d.username).map_or_else(|_| d.username.clone(), |u| u.key());
+    let user_id = request_user_id(&request.source, &request.id);
+    vec![
+        Lane::Key(format!("username:{}/{name}", domain.as_str()).into_bytes()),
+        Lane::Key(format!("user:{user_id}").into_bytes()),
+    ]
+}
+
+impl Handling {
+    /// Handles one record until its outcome (or dead letter) was acknowledged, retrying with
+    /// backoff; `false` when `shutdown` came first (the record is left for the next reader).
+    async fn handle_until_done(
+        &self,
+        msg: &OwnedMessage,
+        request: Result<InvitationRequested, (DeadLetter, String)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (generation, producer) = self.producer();
+            match self.process(msg, &request, &producer).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    if matches!(e, ProcessError::Kafka(_)) {
+                        self.renew_producer(generation);
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot record the request's outcome; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    fn producer(&self) -> (u64, FutureProducer) {
+        let guard = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        (guard.0, guard.1.clone())
+    }
+
+    /// A broker that lost its state refuses an idempotent producer's id for good
+    /// (UNKNOWN_PRODUCER_ID, seen as a timeout); a fresh producer starts with a new one. Each
+    /// failure took a message timeout already. Of the requests that failed with the same
+    /// producer, the first replaces it.
+    fn renew_producer(&self, failed: u64) {
+        let mut guard = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.0 != failed {
+            return;
+        }
+        match producer(&self.settings.kafka) {
+            Ok(p) => *guard = (failed + 1, p),
+            Err(e) => tracing::warn!(error = %e, "cannot recreate the Kafka producer"),
+        }
+    }
 
     /// Handles one record completely (outcome or dead letter acknowledged by the broker).
-    async fn process(&self, msg: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
-        let request = match classify(msg.payload()) {
+    async fn process(
+        &self,
+        msg: &OwnedMessage,
+        request: &Result<InvitationRequested, (DeadLetter, String)>,
+        producer: &FutureProducer,
+    ) -> Result<(), ProcessError> {
+        let request = match request {
             Ok(r) => r,
             Err((reason, detail)) => {
                 metrics::counter!("onboard_intake_requests_total", "outcome" => reason.code())
@@ -213,11 +345,11 @@ impl Intake {
                     reason = reason.code(),
                     "request dead-lettered"
                 );
-                return self.dead_letter(msg, reason, &detail).await;
+                return dead_letter(producer, &self.settings, msg, *reason, detail).await;
             }
         };
         let user_id = request_user_id(&request.source, &request.id);
-        let outcome = match invite(&self.store, &self.settings, &request, user_id).await {
+        let outcome = match invite(&self.store, &self.settings, request, user_id).await {
             Ok(outcome) => outcome,
             // Retrying would meet the same refusal and hold up the partition for good.
             Err(StoreError::Unstorable { sqlstate, .. }) => {
@@ -234,7 +366,7 @@ impl Intake {
                     "the database refused a value of this request (SQLSTATE {sqlstate}); correct \
                      the request and send it again"
                 );
-                return self.dead_letter(msg, reason, &detail).await;
+                return dead_letter(producer, &self.settings, msg, reason, &detail).await;
             }
             Err(e) => return Err(e.into()),
         };
@@ -245,11 +377,13 @@ impl Intake {
             .to_owned();
         metrics::counter!("onboard_intake_requests_total", "outcome" => label.clone()).increment(1);
         tracing::info!(%user_id, outcome = %label, "invitation request handled");
-        self.publish_outcome(&request, user_id, &outcome).await
+        self.publish_outcome(producer, request, user_id, &outcome)
+            .await
     }
 
     async fn publish_outcome(
         &self,
+        producer: &FutureProducer,
         request: &InvitationRequested,
         user_id: Uuid,
         outcome: &InvitationOutcome,
@@ -290,30 +424,31 @@ impl Intake {
             .key(&user)
             .payload(&value)
             .headers(headers);
-        self.producer
+        producer
             .send(record, Duration::from_secs(10))
             .await
             .map_err(|(e, _)| ProcessError::Kafka(e))?;
         Ok(())
     }
+}
 
-    async fn dead_letter(
-        &self,
-        msg: &BorrowedMessage<'_>,
-        reason: DeadLetter,
-        detail: &str,
-    ) -> Result<(), ProcessError> {
-        onboarding_kafka::dead_letter(
-            &self.producer,
-            &self.settings.intake.dead_letter_topic,
-            msg,
-            reason.code(),
-            detail,
-        )
-        .await
-        .map_err(ProcessError::Kafka)?;
-        Ok(())
-    }
+async fn dead_letter(
+    producer: &FutureProducer,
+    settings: &Settings,
+    msg: &OwnedMessage,
+    reason: DeadLetter,
+    detail: &str,
+) -> Result<(), ProcessError> {
+    onboarding_kafka::dead_letter(
+        producer,
+        &settings.intake.dead_letter_topic,
+        msg,
+        reason.code(),
+        detail,
+    )
+    .await
+    .map_err(ProcessError::Kafka)?;
+    Ok(())
 }
 
 /// Why a record could not be handled yet; the intake retries the same record.
@@ -325,4 +460,49 @@ enum ProcessError {
     Kafka(#[source] KafkaError),
     #[error("cannot encode the outcome: {0}")]
     Encode(#[source] serde_json::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: &str, username: &str, domain: Option<&str>) -> Vec<u8> {
+        let mut data = serde_json::json!({"username": username, "email": "jane@pickup.example"});
+        if let Some(domain) = domain {
+            data["domain"] = domain.into();
+        }
+        serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "urn:pickup:hr",
+            "type": "com.pickup.hr.user.invitation.requested", "data": data,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn lanes(value: &[u8]) -> Vec<Lane> {
+        lanes_of(3, &classify(Some(value)))
+    }
+
+    #[test]
+    fn requests_for_one_name_share_its_lane_whatever_its_case_or_the_default_domains_spelling() {
+        let jane = lanes(&request("1", "Jane", None));
+        let again = lanes(&request("2", "JANE", Some("primary")));
+        assert_eq!(jane[0], again[0], "one username lane");
+        assert_ne!(jane[1], again[1], "two request ids, two users");
+        let other_domain = lanes(&request("3", "jane", Some("EMPLOYEES")));
+        assert_ne!(jane[0], other_domain[0]);
+    }
+
+    #[test]
+    fn a_request_id_used_again_for_another_name_shares_the_users_lane() {
+        let jane = lanes(&request("7", "jane", None));
+        let ola = lanes(&request("7", "ola", None));
+        assert_ne!(jane[0], ola[0]);
+        assert_eq!(jane[1], ola[1]);
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_request_waits_in_its_partitions_lane() {
+        assert_eq!(lanes(b"not json"), [Lane::Unkeyed(3)]);
+    }
 }

@@ -13,6 +13,9 @@
 //! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
 //!   the provisioner's and the intake's).
 //! - [`trace_context`]: the W3C trace context in record headers.
+//! - [`lanes`]: one lane per key, so a consumer handles many records at once while each key's
+//!   records keep their order, and stores only offsets below the lowest unfinished one (the email
+//!   worker's and the intake's).
 //!
 //! Architecture invariant: no secret of `[kafka]` (a SASL password, a key password) ever reaches
 //! an error message or a log line; configuration errors name the property, never its value.
@@ -21,6 +24,7 @@
 
 pub mod clients;
 pub mod dead_letters;
+pub mod lanes;
 pub mod probe;
 pub mod redaction;
 pub mod resume;

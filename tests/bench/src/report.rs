@@ -101,9 +101,9 @@ pub fn print(r: &Value) {
     row(
         "Invitations accepted, Kafka intake",
         format!("{intake:.0}/s"),
-        "pgbench append, 1 client (one record at a time per partition)",
-        format!("{:.0}/s", pg("clients_1")),
-        ratio(intake, pg("clients_1")),
+        "pgbench append, 8 clients (intake concurrency 16)",
+        format!("{:.0}/s", pg("clients_8")),
+        ratio(intake, pg("clients_8")),
     );
     // An invitation needs two appends (UserInvited with CodeIssued; InvitationMailSent). Each
     // process's appender commits every command waiting in one transaction (ADR 0023), so the

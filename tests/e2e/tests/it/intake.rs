@@ -353,3 +353,111 @@ async fn when_one_of_two_intakes_is_killed_the_other_handles_its_requests() {
         assert!(answered.contains(&id), "no outcome for {id}: {answered:?}");
     }
 }
+
+#[tokio::test]
+async fn requests_handled_side_by_side_keep_the_earlier_request_the_winner_of_a_name_or_an_id() {
+    let stack = Stack::start("intake_lanes", Options::default()).await;
+    // Many requests in hand at once: the order between requests for one name or one id must
+    // still be the order they were published in.
+    stack.spawn_with_env("intake", &[("ONBOARD__INTAKE__CONCURRENCY", "64")]);
+    let tag = unique("");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("kafka producer");
+    let mut records = Vec::new();
+    for i in 0..60 {
+        // Two requests for one name (in two spellings) on one key, so on one partition: the
+        // first asks for `Name{i}`, the second for `name{i}`.
+        let key = format!("pair-{i}-{tag}");
+        let name = format!("Name{i}x{tag}");
+        let first = request(
+            &format!("a{i}-{tag}"),
+            &name,
+            &format!("a{i}.{tag}@pickup.example"),
+        );
+        let second = request(
+            &format!("b{i}-{tag}"),
+            &name.to_lowercase(),
+            &format!("b{i}.{tag}@pickup.example"),
+        );
+        records.push((key.clone(), first));
+        records.push((key.clone(), second));
+        if i < 10 {
+            // The first request's id again, for another name.
+            let reused = request(
+                &format!("a{i}-{tag}"),
+                &format!("other{i}x{tag}"),
+                &format!("c{i}.{tag}@pickup.example"),
+            );
+            records.push((key, reused));
+        }
+    }
+    for i in 0..40 {
+        let id = format!("solo{i}-{tag}");
+        let name = format!("solo{i}x{tag}");
+        records.push((
+            id.clone(),
+            request(&id, &name, &format!("{name}@pickup.example")),
+        ));
+    }
+    let topic = topic(&stack, "requests");
+    let sends: Vec<_> = records
+        .iter()
+        .map(|(key, value)| {
+            producer.send(
+                FutureRecord::to(&topic).key(key).payload(value),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("the broker takes the request");
+    }
+
+    let outcomes = read(&stack, "outcomes", records.len()).await;
+    let mut by_request: HashMap<String, Vec<Value>> = HashMap::new();
+    for o in &outcomes {
+        let v = json_of(o);
+        by_request
+            .entry(v["request_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v);
+    }
+    let status = |o: &Value| -> String {
+        o["reason"]["code"]
+            .as_str()
+            .unwrap_or(o["status"].as_str().unwrap())
+            .to_owned()
+    };
+    for i in 0..60 {
+        let first = &by_request[&format!("a{i}-{tag}")];
+        assert_eq!(status(&first[0]), "accepted", "{first:?}");
+        let second = &by_request[&format!("b{i}-{tag}")];
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_eq!(status(&second[0]), "username_taken", "{second:?}");
+        if i < 10 {
+            assert_eq!(first.len(), 2, "two requests with this id: {first:?}");
+            assert_eq!(status(&first[1]), "request_id_reused", "{first:?}");
+        } else {
+            assert_eq!(first.len(), 1, "{first:?}");
+        }
+        // The name belongs to the first request's user, as published.
+        let user = stack.user(first[0]["user_id"].as_str().unwrap()).await;
+        assert_eq!(user["username"], format!("Name{i}x{tag}"), "{user}");
+        assert_eq!(
+            user["email"],
+            format!("a{i}.{tag}@pickup.example"),
+            "{user}"
+        );
+    }
+    for i in 0..40 {
+        let solo = &by_request[&format!("solo{i}-{tag}")];
+        assert_eq!(
+            solo.iter().map(status).collect::<Vec<_>>(),
+            ["accepted"],
+            "{solo:?}"
+        );
+    }
+}

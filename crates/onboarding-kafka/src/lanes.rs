@@ -32,7 +32,10 @@ use tokio_util::sync::CancellationToken;
 /// Every record up to this offset on this partition finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handled {
+    /// The partition.
     pub partition: i32,
+    /// The offset of the record, which is the offset to store (the consumer stores the next
+    /// one to read, this plus one, as rdkafka's `store_offset` does).
     pub offset: i64,
 }
 
@@ -45,20 +48,29 @@ pub type Handler<R> = Arc<dyn Fn(R) -> HandleFuture + Send + Sync>;
 /// The lane a record waits in: its key, or its partition for a record without one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Lane {
+    /// The records with this key.
     Key(Vec<u8>),
+    /// The records of this partition without a key.
     Unkeyed(i32),
 }
 
 impl Lane {
+    /// The lane of a record: its key's, or its partition's when it has none.
     pub fn of(partition: i32, key: Option<&[u8]>) -> Self {
         key.map_or(Self::Unkeyed(partition), |k| Self::Key(k.to_vec()))
     }
 }
 
-struct Record<R> {
+/// A record received and not yet started, finished or dropped.
+struct Entry<R> {
     partition: i32,
     offset: i64,
-    record: R,
+    /// The lanes it waits in (no lane twice).
+    lanes: Vec<Lane>,
+    /// Of those, the lanes where a record before it is still in hand.
+    behind: usize,
+    /// Taken when it starts.
+    record: Option<R>,
 }
 
 /// A partition's progress.
@@ -87,16 +99,21 @@ impl Progress {
     }
 }
 
+/// The records in hand, each in its lanes, and each partition's progress.
 pub struct Lanes<R> {
     handler: Handler<R>,
     stop: CancellationToken,
     cap: usize,
     in_flight: usize,
-    /// A lane is here while one of its records runs; the records queued behind it wait here.
-    lanes: HashMap<Lane, VecDeque<Record<R>>>,
+    /// Every record in hand (running or waiting), by the order it was dispatched in.
+    entries: HashMap<u64, Entry<R>>,
+    next_entry: u64,
+    /// A lane is here while it holds a record; its first record runs (or waits in another
+    /// lane), the others wait behind it, in the order they were dispatched.
+    lanes: HashMap<Lane, VecDeque<u64>>,
     running: JoinSet<bool>,
-    /// What each running task handles.
-    tasks: HashMap<Id, (Lane, i32, i64)>,
+    /// Which entry each running task handles.
+    tasks: HashMap<Id, u64>,
     partitions: HashMap<i32, Progress>,
 }
 
@@ -108,6 +125,8 @@ impl<R: Send + 'static> Lanes<R> {
             stop,
             cap: cap.get(),
             in_flight: 0,
+            entries: HashMap::new(),
+            next_entry: 0,
             lanes: HashMap::new(),
             running: JoinSet::new(),
             tasks: HashMap::new(),
@@ -125,67 +144,148 @@ impl<R: Send + 'static> Lanes<R> {
         self.in_flight
     }
 
-    /// Starts a record, or queues it behind the running record of its lane. Offsets must grow
+    /// Starts a record, or queues it behind the record in hand of its lane. Offsets must grow
     /// per partition (the order the consumer delivers them in).
     pub fn dispatch(&mut self, lane: Lane, partition: i32, offset: i64, record: R) {
+        self.dispatch_in(vec![lane], partition, offset, record);
+    }
+
+    /// As [`Lanes::dispatch`], for a record that must wait for the records before it in each of
+    /// several lanes (a request that names both a user and a username): it starts once it is
+    /// first in every one of them. A lane named twice counts once.
+    pub fn dispatch_in(&mut self, mut lanes: Vec<Lane>, partition: i32, offset: i64, record: R) {
         let progress = self.partitions.entry(partition).or_default();
         progress.unfinished.insert(offset);
         progress.first.get_or_insert(offset);
         progress.last = Some(offset);
         self.in_flight += 1;
-        let record = Record {
-            partition,
-            offset,
-            record,
-        };
-        match self.lanes.get_mut(&lane) {
-            Some(queue) => queue.push_back(record),
-            None => {
-                self.lanes.insert(lane.clone(), VecDeque::new());
-                self.start(lane, record);
+        let mut unique = Vec::with_capacity(lanes.len());
+        for lane in lanes.drain(..) {
+            if !unique.contains(&lane) {
+                unique.push(lane);
             }
         }
+        let id = self.next_entry;
+        self.next_entry += 1;
+        let mut behind = 0;
+        for lane in &unique {
+            let queue = self.lanes.entry(lane.clone()).or_default();
+            if !queue.is_empty() {
+                behind += 1;
+            }
+            queue.push_back(id);
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                partition,
+                offset,
+                lanes: unique,
+                behind,
+                record: Some(record),
+            },
+        );
+        if behind == 0 {
+            self.start(id);
+        }
     }
 
-    fn start(&mut self, lane: Lane, record: Record<R>) {
+    fn start(&mut self, id: u64) {
         if self.stop.is_cancelled() {
             // Left, with the records behind it, for whoever reads the partition next.
-            self.in_flight -= 1;
-            self.stop_lane(&lane, record.partition);
+            self.drop_lanes_of(id);
             return;
         }
+        let Some(record) = self.entries.get_mut(&id).and_then(|e| e.record.take()) else {
+            return;
+        };
         let handler = self.handler.clone();
-        let task = self.running.spawn(handler(record.record));
-        self.tasks
-            .insert(task.id(), (lane, record.partition, record.offset));
+        let task = self.running.spawn(handler(record));
+        self.tasks.insert(task.id(), id);
     }
 
-    /// Drops a lane's queued records without starting them: their offsets stay unfinished, and
-    /// nothing more is reported for their partition.
-    fn stop_lane(&mut self, lane: &Lane, partition: i32) {
-        let dropped = self.lanes.remove(lane).map_or(0, |q| q.len());
-        self.in_flight -= dropped;
-        self.partitions.entry(partition).or_default().blocked = true;
+    /// Drops an entry that will not finish, and the records queued behind it in its lanes,
+    /// without starting them: their offsets stay unfinished, and nothing more is reported for
+    /// their partitions. A dropped record that was first in another lane lets the next one
+    /// there go on.
+    fn drop_lanes_of(&mut self, id: u64) {
+        let Some(entry) = self.entries.get(&id) else {
+            return;
+        };
+        let mut dropped = vec![id];
+        for lane in &entry.lanes {
+            for waiting in self.lanes.get(lane).into_iter().flatten() {
+                if *waiting != id && !dropped.contains(waiting) {
+                    dropped.push(*waiting);
+                }
+            }
+        }
+        // All of them leave `entries` first, so that none of them starts when the others leave
+        // their lanes.
+        let removed: Vec<(u64, Vec<Lane>)> = dropped
+            .into_iter()
+            .filter_map(|d| {
+                let entry = self.entries.remove(&d)?;
+                self.in_flight -= 1;
+                self.partitions.entry(entry.partition).or_default().blocked = true;
+                Some((d, entry.lanes))
+            })
+            .collect();
+        for (d, lanes) in removed {
+            self.leave_lanes(d, &lanes);
+        }
+    }
+
+    /// Takes `id` out of `lanes`; each next record that became first in a lane is one lane
+    /// nearer to starting, and starts when it is first in all of its lanes.
+    fn leave_lanes(&mut self, id: u64, lanes: &[Lane]) {
+        let mut ready = Vec::new();
+        for lane in lanes {
+            let Some(queue) = self.lanes.get_mut(lane) else {
+                continue;
+            };
+            let was_first = queue.front() == Some(&id);
+            queue.retain(|e| *e != id);
+            match queue.front().copied() {
+                None => {
+                    self.lanes.remove(lane);
+                }
+                Some(next) if was_first => {
+                    if let Some(e) = self.entries.get_mut(&next) {
+                        e.behind -= 1;
+                        if e.behind == 0 && e.record.is_some() {
+                            ready.push(next);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for next in ready {
+            self.start(next);
+        }
     }
 
     /// Bookkeeping after a record's task ended; the partition's new watermark if it moved.
-    fn finished(&mut self, id: Id, handled: bool) -> Option<Handled> {
-        let (lane, partition, offset) = self.tasks.remove(&id)?;
-        self.in_flight -= 1;
+    fn finished(&mut self, task: Id, handled: bool) -> Option<Handled> {
+        let id = self.tasks.remove(&task)?;
         if !handled {
-            // The offset stays unfinished; the lane stops.
-            self.stop_lane(&lane, partition);
+            // The offset stays unfinished; its lanes stop.
+            self.drop_lanes_of(id);
             return None;
         }
-        let moved = self.record_finished(partition, offset);
-        let next = self.lanes.get_mut(&lane).and_then(VecDeque::pop_front);
-        match next {
-            Some(record) => self.start(lane, record),
-            None => {
-                self.lanes.remove(&lane);
-            }
-        }
+        let entry = self.entries.remove(&id)?;
+        self.in_flight -= 1;
+        let moved = self.record_finished(entry.partition, entry.offset);
+        self.leave_lanes(id, &entry.lanes);
         moved
+    }
+
+    /// A task that panicked: its record stays unfinished, and its lanes stop.
+    fn failed(&mut self, task: Id) {
+        if let Some(id) = self.tasks.remove(&task) {
+            self.drop_lanes_of(id);
+        }
     }
 
     /// Marks `offset` finished; the partition's watermark if it moved.
@@ -221,10 +321,7 @@ impl<R: Send + 'static> Lanes<R> {
                 }
                 Err(e) => {
                     // The record stays unfinished, so no offset at or after it is reported.
-                    if let Some((lane, partition, _)) = self.tasks.remove(&e.id()) {
-                        self.in_flight -= 1;
-                        self.stop_lane(&lane, partition);
-                    }
+                    self.failed(e.id());
                     return Err(e);
                 }
             }
@@ -243,15 +340,13 @@ impl<R: Send + 'static> Lanes<R> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "a mail handler failed; its record will be seen again");
-                    if let Some((lane, partition, _)) = self.tasks.remove(&e.id()) {
-                        self.in_flight -= 1;
-                        self.stop_lane(&lane, partition);
-                    }
+                    tracing::error!(error = %e, "a record's handler failed; the record will be seen again");
+                    self.failed(e.id());
                 }
             }
         }
         self.lanes.clear();
+        self.entries.clear();
         self.tasks.clear();
         self.partitions.clear();
         self.in_flight = 0;
@@ -460,5 +555,75 @@ mod tests {
         lanes.dispatch(user("ann"), 3, 3, "c");
         held.finish("c", true).await;
         assert_eq!(lanes.handled().await.unwrap(), at(3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_record_in_two_lanes_waits_for_the_records_before_it_in_both() {
+        let (held, handler) = held();
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
+        lanes.dispatch(user("jane"), 0, 1, "jane by hr");
+        lanes.dispatch(user("ola"), 1, 1, "ola by it");
+        // Names both: waits for Jane's and Ola's records.
+        lanes.dispatch_in(vec![user("jane"), user("ola")], 2, 1, "both");
+        lanes.dispatch(user("max"), 2, 2, "max");
+        held.wait_started("max").await;
+        held.finish("jane by hr", true).await;
+        assert_eq!(lanes.handled().await.unwrap(), at(0, 1));
+        held.settle().await;
+        assert!(
+            !held.started().contains(&"both"),
+            "`both` still waits for Ola's record"
+        );
+        held.finish("ola by it", true).await;
+        assert_eq!(lanes.handled().await.unwrap(), at(1, 1));
+        held.wait_started("both").await;
+        held.finish("both", true).await;
+        held.finish("max", true).await;
+        let handled = lanes.drain().await;
+        assert_eq!(handled, [at(2, 2)]);
+        assert_eq!(lanes.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn records_sharing_any_lane_run_in_the_order_they_were_dispatched() {
+        let (held, handler) = held();
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
+        lanes.dispatch_in(vec![user("a"), user("b")], 0, 1, "ab");
+        lanes.dispatch_in(vec![user("b"), user("c")], 0, 2, "bc");
+        lanes.dispatch_in(vec![user("c"), user("a")], 0, 3, "ca");
+        // A lane named twice counts once.
+        lanes.dispatch_in(vec![user("d"), user("d")], 0, 4, "dd");
+        held.wait_started("dd").await;
+        held.settle().await;
+        assert_eq!(held.started(), ["ab", "dd"], "`bc` and `ca` wait");
+        let releaser = async {
+            for name in ["ab", "bc", "ca", "dd"] {
+                held.finish(name, true).await;
+            }
+        };
+        let (handled, ()) = tokio::join!(lanes.drain(), releaser);
+        assert_eq!(handled, [at(0, 4)]);
+        let started: Vec<_> = held.started().into_iter().filter(|n| *n != "dd").collect();
+        assert_eq!(started, ["ab", "bc", "ca"]);
+    }
+
+    #[tokio::test]
+    async fn a_record_given_up_stops_every_lane_it_waits_in() {
+        let (held, handler) = held();
+        let mut lanes = Lanes::new(cap(8), CancellationToken::new(), handler);
+        lanes.dispatch_in(vec![user("jane"), user("id-7")], 0, 1, "first");
+        lanes.dispatch(user("id-7"), 1, 1, "same id");
+        // Shares no lane with either: it runs.
+        lanes.dispatch_in(vec![user("ola"), user("id-8")], 1, 2, "ola");
+        held.finish("first", false).await;
+        held.finish("ola", true).await;
+        let handled = lanes.drain().await;
+        assert!(
+            !held.started().contains(&"same id"),
+            "`same id` never started"
+        );
+        // Partition 1's first record was dropped: nothing of it is reported.
+        assert!(handled.is_empty(), "{handled:?}");
+        assert_eq!(lanes.in_flight(), 0);
     }
 }
