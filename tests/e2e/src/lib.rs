@@ -46,6 +46,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A finished command's status, stdout and stderr, for an assertion's message.
+pub fn describe_output(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

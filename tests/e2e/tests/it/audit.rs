@@ -6,18 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
-use onboarding_e2e::{unique, Options, Stack};
+use onboarding_e2e::{describe_output, unique, Options, Stack};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -55,7 +46,7 @@ fn cli_invite(stack: &Stack, username: &str, extra: &[&str]) -> String {
     let mut args = vec!["invite", "--username", username, "--email", &email];
     args.extend_from_slice(extra);
     let o = stack.cli(&args);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let view: Value = serde_json::from_slice(&o.stdout).unwrap();
     view["id"].as_str().unwrap().to_owned()
 }
@@ -64,7 +55,7 @@ fn head_of(verify: &std::process::Output) -> String {
     stdout(verify)
         .lines()
         .find_map(|l| l.strip_prefix("head: "))
-        .unwrap_or_else(|| panic!("no head digest in {}", out(verify)))
+        .unwrap_or_else(|| panic!("no head digest in {}", describe_output(verify)))
         .to_owned()
 }
 
@@ -127,7 +118,7 @@ async fn verify_tampered(stack: &Stack, admin: &PgPool, statements: &[&str]) -> 
     let url = copy_database(stack, admin).await;
     tamper(&url, statements).await;
     let o = verify_on(stack, &url, &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", describe_output(&o));
     stdout(&o)
 }
 
@@ -145,8 +136,12 @@ async fn verify_names_an_altered_removed_inserted_or_reordered_event_and_keeps_t
     }
     // Six events: UserInvited and CodeIssued for each of the three.
     let intact = stack.cli(&["audit", "verify"]);
-    assert!(intact.status.success(), "{}", out(&intact));
-    assert!(stdout(&intact).contains("events: 6"), "{}", out(&intact));
+    assert!(intact.status.success(), "{}", describe_output(&intact));
+    assert!(
+        stdout(&intact).contains("events: 6"),
+        "{}",
+        describe_output(&intact)
+    );
     assert!(stdout(&intact).contains("chain intact"));
     let head = head_of(&intact);
     assert!(head.starts_with("6:"), "{head}");
@@ -223,32 +218,36 @@ async fn verify_names_an_altered_removed_inserted_or_reordered_event_and_keeps_t
     // which the chain alone cannot tell.
     cli_invite(&stack, "Dee", &[]);
     let later = stack.cli(&["audit", "verify", "--expect", &head]);
-    assert!(later.status.success(), "{}", out(&later));
+    assert!(later.status.success(), "{}", describe_output(&later));
     assert!(head_of(&later).starts_with("8:"));
     let url = copy_database(&stack, &admin).await;
     tamper(&url, &["DELETE FROM events WHERE global_position >= 6"]).await;
     let truncated = verify_on(&stack, &url, &[]);
-    assert!(truncated.status.success(), "{}", out(&truncated));
+    assert!(
+        truncated.status.success(),
+        "{}",
+        describe_output(&truncated)
+    );
     let o = verify_on(&stack, &url, &["--expect", &head]);
-    assert_eq!(o.status.code(), Some(4), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("does not hold the expected head"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let o = stack.cli(&["audit", "verify", "--expect", "yesterday"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("is not a head digest"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
 }
 
 /// Positions of the probe events in the export, in export order.
 fn probe_positions(stack: &Stack) -> Vec<(String, i64)> {
     let o = stack.cli(&["audit", "export"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     stdout(&o)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -312,7 +311,7 @@ async fn a_reader_never_skips_an_event_that_commits_late() {
     assert_eq!(seen[1].0, "b");
     assert!(seen[0].1 < seen[1].1);
     let o = stack.cli(&["audit", "verify"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
 }
 
 /// `POST /api/v1/users` for `username`: the status.
@@ -403,7 +402,7 @@ async fn commands_committed_together_keep_their_own_outcomes_and_the_chain_holds
     .unwrap();
     assert_eq!(orphans, 0);
     let o = stack.cli(&["audit", "verify"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
 }
 
 #[tokio::test]
@@ -424,7 +423,7 @@ async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_export
 
     // The timeline: who did what, when, in one table.
     let o = stack.cli(&["audit", "history", &id]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
     let expect = [
         ("UserInvited", "actor=admin:e2e-admin"),
@@ -434,7 +433,7 @@ async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_export
         ("UserActivated", "actor=user:confirmation-link"),
         ("WelcomeMailSent", "actor=system:email-worker"),
     ];
-    assert_eq!(lines.len(), expect.len(), "{}", out(&o));
+    assert_eq!(lines.len(), expect.len(), "{}", describe_output(&o));
     for (line, (event, actor)) in lines.iter().zip(expect) {
         assert!(
             line.contains(event) && line.contains(actor),
@@ -465,7 +464,7 @@ async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_export
     // As of before the password: the code was issued and mailed; now: active.
     let at = before_password.to_rfc3339();
     let o = stack.cli(&["audit", "as-of", &id, &at]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let then: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(then["state"], "CodeIssued", "{then}");
     assert_eq!(then["email_delivery"]["status"], "sent", "{then}");
@@ -474,24 +473,24 @@ async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_export
     let now = chrono::Utc::now().to_rfc3339();
     let o = stack.cli(&["audit", "as-of", &id, &now]);
     let current: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(current["state"], "Active", "{}", out(&o));
+    assert_eq!(current["state"], "Active", "{}", describe_output(&o));
     let o = stack.cli(&["audit", "as-of", &id, "2000-01-01T00:00:00Z"]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("did not exist at 2000-01-01"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let o = stack.cli(&["audit", "as-of", &id, "last tuesday"]);
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("is not an RFC 3339 instant"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
 
     // Export: the whole log, or a window of it; hashes chain line to line.
     let o = stack.cli(&["audit", "export"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let all: Vec<Value> = stdout(&o)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -515,10 +514,10 @@ async fn an_auditor_reads_an_accounts_history_its_state_at_an_instant_and_export
         types,
         ["PasswordSet", "UserActivated", "WelcomeMailSent"],
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let o = stack.cli(&["audit", "export", "--until", &at]);
-    assert_eq!(stdout(&o).lines().count(), 3, "{}", out(&o));
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", describe_output(&o));
 }
 
 /// Waits until the relay has published everything committed.
@@ -598,11 +597,15 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
 
     for source in ["postgres", "kafka"] {
         let o = stack.cli(&["audit", "replay", "--from", source]);
-        assert!(o.status.success(), "replay from {source}: {}", out(&o));
+        assert!(
+            o.status.success(),
+            "replay from {source}: {}",
+            describe_output(&o)
+        );
         assert!(
             stdout(&o).contains("projections match the log"),
             "{}",
-            out(&o)
+            describe_output(&o)
         );
         // A clean replay reports no error: the end of a partition is where it stops.
         let log = String::from_utf8_lossy(&o.stderr);
@@ -651,21 +654,21 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
         .await
         .unwrap();
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", describe_output(&o));
     let text = stdout(&o);
     assert!(
         text.contains("usernames only in live") && text.contains(&format!("\"{mallory}\"")),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert!(
         text.contains("usernames only in replay") && text.contains(&format!("\"{ida}\"")),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert!(!text.contains("account_states only"), "{text}");
     let o = stack.cli(&["audit", "replay", "--from", "kafka"]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", describe_output(&o));
     // And the account states the trigger keeps: an account made active by hand is named.
     sqlx::query("UPDATE account_states SET state = 'Active' WHERE user_id = $1::uuid")
         .bind(&revoked)
@@ -673,12 +676,12 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
         .await
         .unwrap();
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
-    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", describe_output(&o));
     let text = stdout(&o);
     assert!(
         text.contains("account_states only in live") && text.contains("\"Active\""),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert!(text.contains("account_states only in replay") && text.contains("\"Revoked\""));
     // The replay leaves no scratch schema behind.
@@ -723,7 +726,7 @@ async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
 
     // The account loads through the aggregate (user show), with no time zone.
     let o = stack.cli(&["user", "show", &id]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let view: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(view["state"], "CodeIssued", "{view}");
     assert_eq!(view["username"], "Old");
@@ -739,13 +742,13 @@ async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
     assert!(
         stdout(&o).lines().next().unwrap().contains("v1.0"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let o = stack.cli(&["audit", "history", &new]);
     assert!(
         stdout(&o).lines().next().unwrap().contains("v2.0"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let stored: String =
         sqlx::query("SELECT payload::text FROM events WHERE aggregate_id = $1 AND sequence = 1")
@@ -761,18 +764,18 @@ async fn an_invitation_stored_as_version_1_is_upcast_when_read_and_replayed() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(exported.len(), 4, "{}", out(&o));
+    assert_eq!(exported.len(), 4, "{}", describe_output(&o));
     exported.iter().for_each(validate_stored);
     assert_eq!(exported[0]["event_version"], "1.0");
     assert_eq!(exported[2]["event_version"], "2.0");
 
     // Its state at an instant, the replay and the chain all read it.
     let o = stack.cli(&["audit", "as-of", &id, &chrono::Utc::now().to_rfc3339()]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let o = stack.cli(&["audit", "verify"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
 }
 
 /// The check every topic read goes through can fail: a record without a required field.
@@ -828,7 +831,7 @@ async fn a_callers_request_id_becomes_the_correlation_id_an_auditor_sees() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     let o = stack.cli(&["audit", "history", &id, "--json"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let timeline: Vec<(String, String)> = stdout(&o)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -846,12 +849,12 @@ async fn a_callers_request_id_becomes_the_correlation_id_an_auditor_sees() {
         ("InvitationRevoked", "hr-revoke-9"),
     ]
     .map(|(t, c)| (t.to_owned(), c.to_owned()));
-    assert_eq!(timeline, expect, "{}", out(&o));
+    assert_eq!(timeline, expect, "{}", describe_output(&o));
     let o = stack.cli(&["audit", "history", &id]);
     assert!(
         stdout(&o).contains("correlation=hr-revoke-9"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
 
     // One that cannot be kept as it is gets a clear error, and nothing is recorded.
@@ -887,7 +890,7 @@ async fn a_callers_request_id_becomes_the_correlation_id_an_auditor_sees() {
     let body: Value = r.json().await.unwrap();
     assert!(body["fields"]["X-Request-Id"].is_string(), "{body}");
     let o = stack.cli(&["user", "show", "Jon"]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", describe_output(&o));
 }
 
 /// Property: for any instant an event may hold, the replay reads the same microsecond as the

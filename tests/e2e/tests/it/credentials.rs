@@ -6,18 +6,9 @@
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 
-use onboarding_e2e::{Options, Stack};
+use onboarding_e2e::{describe_output, Options, Stack};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The account's credential row: PHC string and (algorithm, version, m, t, p).
 async fn credential(
@@ -130,12 +121,12 @@ async fn after_janes_activation_her_hash_is_in_the_credential_table_and_in_no_ev
 
     // The chain, taken over the payload as stored, verifies; the projections replay.
     let o = stack.cli(&["audit", "verify"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let o = stack.cli(&["user", "show", &id]);
     let view: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(view["state"], "Active", "{}", out(&o));
+    assert_eq!(view["state"], "Active", "{}", describe_output(&o));
 }
 
 /// Events of an account activated by a release before migration 0013: `PasswordSet` 1.0 holds
@@ -221,7 +212,7 @@ async fn a_log_written_before_the_hash_left_it_still_verifies_replays_and_loads_
     .unwrap();
 
     let o = stack.cli(&["migrate"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
 
     // The hash moved into credentials; the log keeps its rows as they were (append-only, and
     // chained over them), the copies outside the log lost it.
@@ -259,12 +250,12 @@ async fn a_log_written_before_the_hash_left_it_still_verifies_replays_and_loads_
         &["audit", "history", &id],
     ] {
         let o = stack.cli(args);
-        assert!(o.status.success(), "{args:?}: {}", out(&o));
+        assert!(o.status.success(), "{args:?}: {}", describe_output(&o));
         assert!(!String::from_utf8_lossy(&o.stdout).contains(&secret));
     }
     for args in [&["events", &id][..], &["audit", "export"]] {
         let o = stack.cli(args);
-        assert!(o.status.success(), "{args:?}: {}", out(&o));
+        assert!(o.status.success(), "{args:?}: {}", describe_output(&o));
         assert!(
             !String::from_utf8_lossy(&o.stdout).contains(&secret),
             "{args:?}"
@@ -276,7 +267,7 @@ async fn a_log_written_before_the_hash_left_it_still_verifies_replays_and_loads_
     }
     let o = stack.cli(&["user", "show", &id]);
     let view: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(view["state"], "Active", "{}", out(&o));
+    assert_eq!(view["state"], "Active", "{}", describe_output(&o));
 
     // The relay publishes the outbox rows written before the migration.
     stack.spawn("relay");

@@ -6,25 +6,20 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use onboarding_e2e::{free_port, unique, Options, Slapd, Stack};
+use onboarding_e2e::{describe_output, free_port, unique, Options, Slapd, Stack};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
 
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn cli_json(stack: &Stack, args: &[&str]) -> Value {
     let o = stack.cli(args);
-    assert!(o.status.success(), "onboard {args:?}: {}", out(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)))
+    assert!(
+        o.status.success(),
+        "onboard {args:?}: {}",
+        describe_output(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe_output(&o)))
 }
 
 /// The whole test database as SQL text (`pg_dump` of the server's own version).
@@ -34,7 +29,7 @@ pub(crate) fn pg_dump(stack: &Stack) -> String {
         .args(["--no-owner", "--dbname", &stack.database_url])
         .output()
         .expect("run pg_dump");
-    assert!(o.status.success(), "pg_dump: {}", out(&o));
+    assert!(o.status.success(), "pg_dump: {}", describe_output(&o));
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -250,7 +245,11 @@ async fn an_erased_user_is_found_nowhere_and_the_log_still_verifies() {
         "{directory}"
     );
     let o = slapd.whoami(&slapd.dn_of(&username), PASSWORD);
-    assert!(!o.status.success(), "she still binds: {}", out(&o));
+    assert!(
+        !o.status.success(),
+        "she still binds: {}",
+        describe_output(&o)
+    );
 
     // No query of the database finds her: not her address, not her name, not her claims.
     outbox_drained(&pool).await;
@@ -274,21 +273,25 @@ async fn an_erased_user_is_found_nowhere_and_the_log_still_verifies() {
     // The chain verifies; both replays match the views, the Kafka one reading her records in
     // clear and then her erasure.
     let o = stack.cli(&["audit", "verify"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("chain intact"));
     stack.user_records(&id, &["onboard.user.erased.v1"]).await;
     for source in ["postgres", "kafka"] {
         let o = stack.cli(&["audit", "replay", "--from", source]);
-        assert!(o.status.success(), "replay from {source}: {}", out(&o));
+        assert!(
+            o.status.success(),
+            "replay from {source}: {}",
+            describe_output(&o)
+        );
         assert!(
             String::from_utf8_lossy(&o.stdout).contains("projections match the log"),
             "{}",
-            out(&o)
+            describe_output(&o)
         );
     }
     // History and as-of show the erased fields as erased.
     let o = stack.cli(&["audit", "history", &id, "--json"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let history = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         !history.to_lowercase().contains(&email.to_lowercase()),
@@ -350,14 +353,14 @@ async fn an_account_logged_before_sealing_loads_and_its_erasure_names_what_stays
     assert_eq!(view["id"], id.as_str());
 
     let o = stack.cli(&["user", "erase", &id]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let erased: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(erased["state"], "Erased");
     assert_eq!(erased["events_in_clear"], 1);
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("docs/adr/0030"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     // Outside the append-only log nothing names her; the log keeps the old row as it was.
     // (the outbox still holds its copy of it: no relay runs in this test)
@@ -371,13 +374,13 @@ async fn an_account_logged_before_sealing_loads_and_its_erasure_names_what_stays
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("erased"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     for args in [
         vec!["audit", "verify"],
         vec!["audit", "replay", "--from", "postgres"],
     ] {
         let o = stack.cli(&args);
-        assert!(o.status.success(), "{args:?}: {}", out(&o));
+        assert!(o.status.success(), "{args:?}: {}", describe_output(&o));
     }
 }

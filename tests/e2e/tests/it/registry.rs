@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use onboarding_e2e::{unique, Options, Stack};
+use onboarding_e2e::{describe_output, unique, Options, Stack};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -15,13 +15,14 @@ use crate::erasure::{pg_dump, tables_holding};
 
 const PASSWORD: &str = "Pickup rides at dawn 42";
 
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// `onboard migrate` succeeded and says it keyed `n` names that were in clear.
+fn assert_rewrote(o: &std::process::Output, n: usize) {
+    assert!(o.status.success(), "{}", describe_output(o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("; {n} name(s) rewritten from clear")),
+        "{}",
+        describe_output(o)
+    );
 }
 
 /// Invites `username` through the API, opens the mailed code and sets `PASSWORD`: the user id.
@@ -170,7 +171,7 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
     refused_as_taken(&stack, &jane.to_uppercase()).await;
     refused_as_taken(&stack, &olga.to_lowercase()).await;
     let o = stack.cli(&["user", "show", &ivan.to_uppercase()]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&ivan_id));
     let quinn = unique("Quinn");
     let (status, body) = invite(&stack, &quinn).await;
@@ -196,32 +197,27 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
     );
     // The replay compares the rows in clear in their keyed form, and says how many are left.
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr)
             .contains("3 name(s) in the username registry are still in clear"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
 
     // `onboard migrate` keys them while the engine runs; a second run finds nothing to do.
     let o = stack.cli(&["migrate", "--skip-kafka"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&format!(
             "username registry: keyed by {keyed_by}; 3 name(s) rewritten from clear"
         )),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert_eq!(names_in_clear(&pool).await, 0);
     let o = stack.cli(&["migrate", "--skip-kafka"]);
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("; 0 name(s) rewritten from clear"),
-        "{}",
-        out(&o)
-    );
+    assert_rewrote(&o, 0);
 
     // Everyone still signs in and every name is still held, in any case.
     assert_eq!(verifies(&stack, &jane.to_uppercase()).await["id"], jane_id);
@@ -231,13 +227,13 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
     }
     // The log written before verifies, and the projections replay.
     let o = stack.cli(&["audit", "verify"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("projections match the log"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("still in clear"));
     // No username in clear in the registry: Jane's only in account_states, Olga's there and in
@@ -250,7 +246,7 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
     assert!(!tables_holding(&dump, &olga).contains("public.usernames"));
     // Her export shows the row as stored and what it is.
     let o = stack.cli(&["user", "export", &jane_id]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     let export: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
         export["usernames"]["username_key"]
@@ -272,7 +268,7 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
         .unwrap();
     assert_eq!(r.status(), 200);
     let o = stack.cli(&["user", "erase", &jane_id]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     for freed in [&ivan, &jane] {
         let (status, body) = invite(&stack, &freed.to_uppercase()).await;
         assert_eq!(status, 201, "{freed}: {body}");
@@ -288,14 +284,14 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
         other.as_str(),
     )];
     let o = stack.cli_with_env(&["migrate", "--skip-kafka"], &wrong);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", describe_output(&o));
     let told = format!(
         "the username registry is keyed by {keyed_by}, but the configured key-encryption key gives hmac-sha256:"
     );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&told),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let o = Command::new("timeout")
         .arg("60")
@@ -306,11 +302,11 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
         .envs(wrong)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&told),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     let without = stack.dir.join("without-kek.toml");
     let config = std::fs::read_to_string(&stack.config).unwrap();
@@ -326,13 +322,13 @@ async fn the_registry_keeps_keyed_names_and_migrate_keys_the_ones_an_older_relea
         .args(["migrate", "--skip-kafka"])
         .output()
         .unwrap();
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&format!(
             "the username registry is keyed by {keyed_by}, but no key-encryption key is configured"
         )),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
 }
 
@@ -358,13 +354,13 @@ async fn without_a_key_encryption_key_names_stay_in_clear_until_one_is_configure
         .unwrap();
     assert_eq!(keys, vec![jane.to_lowercase()]);
     let o = stack.cli(&["migrate", "--skip-kafka"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(
             "username registry: names in clear (no personal_data.key_encryption_key_file"
         ),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
 
     // The operator configures one: `onboard migrate` keys the names while the engine runs.
@@ -374,12 +370,7 @@ async fn without_a_key_encryption_key_names_stay_in_clear_until_one_is_configure
         kek.as_str(),
     )];
     let o = stack.cli_with_env(&["migrate", "--skip-kafka"], &with_key);
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("; 1 name(s) rewritten from clear"),
-        "{}",
-        out(&o)
-    );
+    assert_rewrote(&o, 1);
     assert_eq!(names_in_clear(&pool).await, 0);
     // A gateway still without the key is refused a new name rather than registering it in
     // clear beside the keyed ones, and a role started without it stops, saying what to do.
@@ -400,11 +391,11 @@ async fn without_a_key_encryption_key_names_stay_in_clear_until_one_is_configure
         .arg("relay")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("but no key-encryption key is configured"),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     // Restarted with the key, the gateway signs Jane in (her data key, stored unwrapped, opens
     // as before), holds her name in any case and keys new ones.
@@ -430,14 +421,14 @@ async fn the_migrate_that_brings_the_keyed_registry_leaves_names_in_clear_for_th
     // The run before the rollout applies the schema and keys nothing: processes of the release
     // before, which look names up in clear only, may still be serving.
     let o = stack.cli(&["migrate"]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", describe_output(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(
             "; 1 name(s) in clear left for now: run `onboard migrate` again once every process \
              runs this release, to key them (docs/adr/0035)"
         ),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert_eq!(names_in_clear(&pool).await, 1);
     // This release signs her in and holds her name meanwhile.
@@ -448,12 +439,7 @@ async fn the_migrate_that_brings_the_keyed_registry_leaves_names_in_clear_for_th
 
     // Once every process runs this release, the next run keys her name.
     let o = stack.cli(&["migrate", "--skip-kafka"]);
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("; 1 name(s) rewritten from clear"),
-        "{}",
-        out(&o)
-    );
+    assert_rewrote(&o, 1);
     assert_eq!(names_in_clear(&pool).await, 0);
     assert_eq!(verifies(&stack, &olga).await["id"], olga_id);
     refused_as_taken(&stack, &olga.to_uppercase()).await;
@@ -462,7 +448,7 @@ async fn the_migrate_that_brings_the_keyed_registry_leaves_names_in_clear_for_th
         &["audit", "replay", "--from", "postgres"],
     ] {
         let o = stack.cli(args);
-        assert!(o.status.success(), "{args:?}: {}", out(&o));
+        assert!(o.status.success(), "{args:?}: {}", describe_output(&o));
     }
 }
 
@@ -503,19 +489,14 @@ async fn a_name_held_twice_by_rows_written_by_hand_stays_held_and_migrate_names_
     // `onboard migrate` does not fail on it: Jane's row stays in clear, her name stays held, and
     // the warning names both accounts for an operator to decide.
     let o = stack.cli(&["migrate", "--skip-kafka"]);
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("; 0 name(s) rewritten from clear"),
-        "{}",
-        out(&o)
-    );
+    assert_rewrote(&o, 0);
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&format!(
             "warning: accounts {other} and {jane_id} hold the same name in domain PRIMARY; the \
              row of {jane_id} stays in clear"
         )),
         "{}",
-        out(&o)
+        describe_output(&o)
     );
     assert_eq!(names_in_clear(&pool).await, 1);
     refused_as_taken(&stack, &jane.to_uppercase()).await;
@@ -579,12 +560,7 @@ async fn invitations_while_migrate_keys_the_registry_never_hold_a_name_twice() {
         }
     }
     let o = migrate.await.unwrap();
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("; 3000 name(s) rewritten from clear"),
-        "{}",
-        out(&o)
-    );
+    assert_rewrote(&o, 3000);
     assert_eq!(names_in_clear(&pool).await, 0);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usernames")
         .fetch_one(&pool)
