@@ -169,18 +169,8 @@ impl LdapUserStore {
         let id = user.user_id.to_string();
         // An add that lost a race with another provisioner finds the entry on the next turn.
         for _ in 0..3 {
-            let found = ldap
-                .with_timeout(self.read_timeout)
-                .search(
-                    &dn,
-                    Scope::Base,
-                    "(objectClass=*)",
-                    vec![self.id_attribute.as_str()],
-                )
-                .await
-                .map_err(|e| classify(&e, Some(&redact)))?;
-            match found.1.rc {
-                NO_SUCH_OBJECT => {
+            match self.entry_at(ldap, &dn, &redact).await? {
+                None => {
                     let added = ldap
                         .with_timeout(self.read_timeout)
                         .add(&dn, attrs.clone())
@@ -192,8 +182,8 @@ impl LdapUserStore {
                         _ => return Err(classify(&LdapError::from(added), Some(&redact))),
                     }
                 }
-                0 => {
-                    self.ours(found.0, &id)?;
+                Some(found) => {
+                    self.ours(found, &id)?;
                     let mods = attrs
                         .iter()
                         .filter(|(a, _)| !a.eq_ignore_ascii_case(&self.name_attribute))
@@ -206,7 +196,6 @@ impl LdapUserStore {
                         .map_err(|e| classify(&e, Some(&redact)))?;
                     return Ok(Upserted::Updated);
                 }
-                _ => return Err(classify(&LdapError::from(found.1), Some(&redact))),
             }
         }
         Err(UserStoreError::Unavailable(
@@ -216,6 +205,30 @@ impl LdapUserStore {
 }
 
 impl LdapUserStore {
+    /// The entry at `dn` (with its `UserIDAttribute`), or `None` when there is none.
+    async fn entry_at(
+        &self,
+        ldap: &mut Ldap,
+        dn: &str,
+        redact: &Redact<'_>,
+    ) -> Result<Option<Vec<ldap3::ResultEntry>>, UserStoreError> {
+        let ldap3::SearchResult(entries, result) = ldap
+            .with_timeout(self.read_timeout)
+            .search(
+                dn,
+                Scope::Base,
+                "(objectClass=*)",
+                vec![self.id_attribute.as_str()],
+            )
+            .await
+            .map_err(|e| classify(&e, Some(redact)))?;
+        match result.rc {
+            0 => Ok(Some(entries)),
+            NO_SUCH_OBJECT => Ok(None),
+            _ => Err(classify(&LdapError::from(result), Some(redact))),
+        }
+    }
+
     /// Refuses an entry found under the account's DN that does not carry the account's id in
     /// `UserIDAttribute`: it was not made by this engine for this account, and is left alone.
     fn ours(&self, found: Vec<ldap3::ResultEntry>, id: &str) -> Result<(), UserStoreError> {
@@ -249,22 +262,10 @@ impl LdapUserStore {
             dn: &dn,
             username: user.username.as_str(),
         };
-        let found = ldap
-            .with_timeout(self.read_timeout)
-            .search(
-                &dn,
-                Scope::Base,
-                "(objectClass=*)",
-                vec![self.id_attribute.as_str()],
-            )
-            .await
-            .map_err(|e| classify(&e, Some(&redact)))?;
-        match found.1.rc {
-            0 => {}
-            NO_SUCH_OBJECT => return Ok(Locked::Absent),
-            _ => return Err(classify(&LdapError::from(found.1), Some(&redact))),
-        }
-        self.ours(found.0, &user.user_id.to_string())?;
+        let Some(found) = self.entry_at(ldap, &dn, &redact).await? else {
+            return Ok(Locked::Absent);
+        };
+        self.ours(found, &user.user_id.to_string())?;
         let mods = self
             .attributes(user)?
             .into_iter()

@@ -198,14 +198,9 @@ impl Provision {
                     Err(e) => Err(unavailable(e)),
                 }
             }
-            Err(e @ UserStoreError::Unavailable(_)) => {
-                metrics::counter!("onboard_provisioning_attempts_total", "result" => "unavailable")
-                    .increment(1);
-                Err(TryAgain(e.reason()))
-            }
+            Err(e @ UserStoreError::Unavailable(_)) => Err(unreachable_store(&e)),
             Err(e @ UserStoreError::Refused(_)) => {
-                metrics::counter!("onboard_provisioning_attempts_total", "result" => "refused")
-                    .increment(1);
+                count_attempt("refused");
                 tracing::error!(reason = %e, "the user store refused the entry; an operator must act");
                 self.record_failure(user_id, &e.reason(), true, attempt)
                     .await
@@ -237,14 +232,9 @@ impl Provision {
                     Locked::Absent => Outcome::LockedAbsent,
                 })
             }
-            Err(e @ UserStoreError::Unavailable(_)) => {
-                metrics::counter!("onboard_provisioning_attempts_total", "result" => "unavailable")
-                    .increment(1);
-                Err(TryAgain(e.reason()))
-            }
+            Err(e @ UserStoreError::Unavailable(_)) => Err(unreachable_store(&e)),
             Err(e @ UserStoreError::Refused(_)) => {
-                metrics::counter!("onboard_provisioning_attempts_total", "result" => "refused")
-                    .increment(1);
+                count_attempt("refused");
                 tracing::error!(reason = %e, "the user store refused to lock the disabled account's entry; an operator must remove its password or the entry");
                 Ok(Outcome::Refused)
             }
@@ -389,4 +379,15 @@ pub async fn current_password_hash(
 
 fn unavailable(e: StoreError) -> TryAgain {
     TryAgain(format!("the database is unavailable: {e}"))
+}
+
+/// Counts one attempt at the user store by its result (`onboard_provisioning_attempts_total`).
+fn count_attempt(result: &'static str) {
+    metrics::counter!("onboard_provisioning_attempts_total", "result" => result).increment(1);
+}
+
+/// An attempt that could not reach the user store: counted, and tried again.
+fn unreachable_store(e: &UserStoreError) -> TryAgain {
+    count_attempt("unavailable");
+    TryAgain(e.reason())
 }
