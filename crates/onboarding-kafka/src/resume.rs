@@ -34,8 +34,9 @@ const COMMITTED_ATTEMPTS: u32 = 2;
 pub struct Rewind {
     /// `kafka.relay_batch_records`: the longest batch the relay writes.
     back: i64,
-    /// Per (topic, partition): the committed offset it resumed from, until a record at or above
-    /// it was read. Records below it were handled before.
+    /// Per (topic, partition) of the assignment: the lowest offset not yet handed out, first the
+    /// committed offset it resumed from (records below it were handled before), then the offset
+    /// after the last record handed out.
     from: Mutex<HashMap<(String, i32), i64>>,
 }
 
@@ -59,19 +60,17 @@ impl Rewind {
     }
 
     /// True when the record at `offset` of `partition` lies below the offset the partition
-    /// resumed from: it was handled before, and the consumer skips it.
+    /// resumed from (it was handled before), or was handed out already since (a record the
+    /// broker sent again within the assignment); the consumer skips it. Otherwise the record is
+    /// handed out, and the next call expects a later one.
     pub fn already_handled(&self, topic: &str, partition: i32, offset: i64) -> bool {
         let mut from = self.lock();
-        let key = (topic.to_owned(), partition);
-        match from.get(&key) {
-            Some(&resume) if offset < resume => true,
-            Some(_) => {
-                // Past the resume point: nothing more to skip on this partition.
-                from.remove(&key);
-                false
-            }
-            None => false,
+        let next = from.entry((topic.to_owned(), partition)).or_insert(0);
+        if offset < *next {
+            return true;
         }
+        *next = offset + 1;
+        false
     }
 
     /// Assigns `partitions` of `topic` to `consumer` (no group), each to be read from its offset
@@ -275,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn records_below_the_resume_point_are_skipped_once_per_assignment() {
+    fn records_below_the_resume_point_or_sent_again_are_skipped() {
         let rewind = Rewind::records(100);
         rewind.lock().insert(("t".into(), 2), 150);
         assert_eq!(rewind.start_for(150), 50);
@@ -283,10 +282,15 @@ mod tests {
         assert!(rewind.already_handled("t", 2, 50));
         assert!(rewind.already_handled("t", 2, 149));
         assert!(!rewind.already_handled("t", 2, 150));
-        // Other partitions and topics resumed from their own offsets.
+        assert!(!rewind.already_handled("t", 2, 152));
+        // A record sent again within the assignment is handed out once.
+        assert!(rewind.already_handled("t", 2, 150));
+        assert!(rewind.already_handled("t", 2, 152));
+        assert!(!rewind.already_handled("t", 2, 153));
+        // Other partitions and topics have their own offsets; one without a committed offset
+        // starts wherever the broker starts it.
         assert!(!rewind.already_handled("t", 1, 3));
+        assert!(rewind.already_handled("t", 1, 3));
         assert!(!rewind.already_handled("u", 2, 3));
-        // Once past the resume point, nothing more on that partition is skipped.
-        assert!(!rewind.already_handled("t", 2, 20));
     }
 }
