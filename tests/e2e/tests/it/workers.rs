@@ -266,5 +266,24 @@ async fn a_consumer_can_resume_from_any_offset_the_relay_wrote() {
             "resuming partition {} at offset {} must read every record from it on, in order",
             r.partition, r.offset
         );
+        // Nothing more is handed out after the partition's last record: a record the broker
+        // sends again (seen: the last one, once more) is skipped.
+        let mut again = 0;
+        while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), resuming.recv()).await {
+            let offset = m.expect("a record").offset();
+            again += 1;
+            assert!(
+                again <= 100,
+                "resuming partition {} at offset {}: the broker keeps sending records again",
+                r.partition,
+                r.offset
+            );
+            assert!(
+                rewind.already_handled(&stack.topic, r.partition, offset),
+                "resuming partition {} at offset {}: offset {offset} handed out after the last record",
+                r.partition,
+                r.offset
+            );
+        }
     }
 }
