@@ -3,23 +3,20 @@
 //! every record up to it handled; it rejoins the group when the broker came back empty or the
 //! watchdog sees records wait on a partition nobody reads (docs/adr/0004, 0022). Each partition
 //! it is given is read from `kafka.relay_batch_records` records before its committed offset, and
-//! the records below that offset are skipped: they were handled (docs/adr/0036).
+//! the records below that offset are skipped: they were handled (docs/adr/0036). It stops
+//! fetching when it lost every broker, and starts its partitions over with a new consumer when
+//! the relay recreated the topic (docs/adr/0037).
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_kafka::{group_consumer_config, Rewind, Watchdog};
+use onboarding_kafka::{group_consumer_config, GroupContext, Rewind, StartOver, Watchdog};
 use onboarding_store::Store;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::Message;
-use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -38,6 +35,12 @@ pub struct EmailWorker {
     topic: String,
     /// `kafka.relay_batch_records`: how far before a committed offset a partition is read.
     relay_batch_records: u32,
+    group: String,
+    store: Store,
+    /// The topic's generations: which partitions start over after a broker loss.
+    start_over: Arc<StartOver>,
+    /// When the topic's generation was last read from PostgreSQL.
+    generation_checked: Option<Instant>,
     watchdog: Watchdog,
     /// The consumer's rebalance count when the watchdog last looked.
     rebalances_seen: u64,
@@ -54,13 +57,19 @@ impl EmailWorker {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
         let concurrency = settings.kafka.email_worker_concurrency;
         // One SMTP connection per record in flight, and one for the retry task.
-        let delivery = Delivery::new(settings, store, concurrency.saturating_add(1))?;
+        let delivery = Delivery::new(settings, store.clone(), concurrency.saturating_add(1))?;
         let mut consumer_config =
             group_consumer_config(&settings.kafka, &settings.kafka.email_worker_group);
         // Notice a recreated topic (after a broker lost its data) within seconds.
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
         let relay_batch_records = settings.kafka.relay_batch_records;
-        let consumer = subscribe(&consumer_config, &settings.kafka.topic, relay_batch_records)?;
+        let start_over = StartOver::new();
+        let consumer = subscribe(
+            &consumer_config,
+            &settings.kafka.topic,
+            relay_batch_records,
+            &start_over,
+        )?;
         Ok(Self {
             records: Arc::new(RecordHandler::new(
                 delivery,
@@ -71,6 +80,10 @@ impl EmailWorker {
             consumer_config,
             topic: settings.kafka.topic.clone(),
             relay_batch_records,
+            group: settings.kafka.email_worker_group.clone(),
+            store,
+            start_over,
+            generation_checked: None,
             watchdog: Watchdog::new(
                 &settings.kafka.topic,
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
@@ -136,6 +149,11 @@ impl EmailWorker {
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
+            if self.generation_moved().await {
+                self.drain_and_rejoin(&mut lanes).await?;
+                disrupted = false;
+                quiet = Duration::ZERO;
+            }
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 handled = lanes.handled() => {
@@ -152,11 +170,11 @@ impl EmailWorker {
                     disrupted = false;
                     quiet = Duration::ZERO;
                     // Read again from before the committed offset (a batch's start): handled.
-                    if self.consumer.context().rewind.already_handled(
-                        m.topic(),
-                        m.partition(),
-                        m.offset(),
-                    ) {
+                    if self
+                        .consumer
+                        .context()
+                        .already_handled(m.topic(), m.partition(), m.offset())
+                    {
                         continue;
                     }
                     let lane = Lane::of(m.partition(), m.key());
@@ -166,6 +184,9 @@ impl EmailWorker {
                 Ok(Err(e)) => {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    // Fetches nothing more until a new consumer is built (below, or when the
+                    // generation moves).
+                    onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(_idle) => {
@@ -238,11 +259,7 @@ impl EmailWorker {
             }
         };
         // After a rebalance the partitions' new holders get the whole stall time.
-        let rebalances = self
-            .consumer
-            .context()
-            .rebalances
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let rebalances = self.consumer.context().rebalances();
         if rebalances != self.rebalances_seen {
             self.rebalances_seen = rebalances;
             self.watchdog.reset();
@@ -268,10 +285,53 @@ impl EmailWorker {
         false
     }
 
+    /// Reads the topic's generation now and then (every [`onboarding_kafka::watchdog::CHECK_EVERY`])
+    /// and records the partitions started over since; true when the relay recreated the topic
+    /// since this worker last looked: the consumer then has to be built again, so that the
+    /// partitions start over from the beginning of the new topic (docs/adr/0037).
+    async fn generation_moved(&mut self) -> bool {
+        if self
+            .generation_checked
+            .is_some_and(|t| t.elapsed() < onboarding_kafka::watchdog::CHECK_EVERY)
+        {
+            return false;
+        }
+        let first = self.generation_checked.is_none();
+        self.generation_checked = Some(Instant::now());
+        let started = self.start_over.take_unrecorded();
+        let known = self.start_over.generation();
+        match self
+            .store
+            .follow_topic_generation(&self.group, &self.topic, &self.topic, known, &started)
+            .await
+        {
+            Ok(Some(news)) => {
+                self.start_over.learn(news.generation, news.started_over);
+                onboarding_kafka::start_over::log_new_generation(
+                    first,
+                    news.generation,
+                    &self.topic,
+                );
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
+                self.start_over.unrecorded_again(started);
+                false
+            }
+        }
+    }
+
     /// Leaves the consumer group (committing what was handled) and joins it again.
     fn rejoin(&mut self) -> Result<(), WorkerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(&self.consumer_config, &self.topic, self.relay_batch_records)?;
+        self.consumer = subscribe(
+            &self.consumer_config,
+            &self.topic,
+            self.relay_batch_records,
+            &self.start_over,
+        )?;
         self.watchdog.reset();
         self.rebalances_seen = 0;
         Ok(())
@@ -286,60 +346,17 @@ impl EmailWorker {
     }
 }
 
-/// Logs the consumer group's decisions (which partitions this worker holds) and counts them;
-/// starts each assigned partition before its committed offset ([`Rewind`]).
-pub struct WorkerContext {
-    rebalances: std::sync::atomic::AtomicU64,
-    rewind: Rewind,
-}
-
-impl ClientContext for WorkerContext {}
-
-impl ConsumerContext for WorkerContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        self.rewind.rebalance(self, consumer, err, tpl);
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let list = |tpl: &TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| e.partition().to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = %list(tpl), "partitions assigned")
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = %list(tpl), "partitions revoked")
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
-        }
-    }
-}
-
-type WorkerConsumer = StreamConsumer<WorkerContext>;
+type WorkerConsumer = StreamConsumer<GroupContext>;
 
 fn subscribe(
     config: &rdkafka::ClientConfig,
     topic: &str,
     relay_batch_records: u32,
+    start_over: &Arc<StartOver>,
 ) -> Result<WorkerConsumer, WorkerError> {
     Ok(onboarding_kafka::subscribe(
         config,
         topic,
-        WorkerContext {
-            rebalances: Default::default(),
-            rewind: Rewind::records(relay_batch_records),
-        },
+        GroupContext::with_rewind(start_over.clone(), Rewind::records(relay_batch_records)),
     )?)
 }

@@ -9,10 +9,11 @@ use onboarding_config::Settings;
 use onboarding_domain::value::{UserDomain, Username};
 use onboarding_kafka::lanes::{HandleFuture, Handled, Lane, Lanes};
 use onboarding_kafka::{
-    group_consumer_config, producer, subscribe, ClientError, PartitionLag, Watchdog,
+    group_consumer_config, producer, subscribe, ClientError, GroupContext, PartitionLag, StartOver,
+    Watchdog,
 };
 use onboarding_store::{Store, StoreError};
-use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -43,8 +44,14 @@ impl From<KafkaError> for IntakeError {
 pub struct Intake {
     handling: Arc<Handling>,
     settings: Arc<Settings>,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
     consumer_config: rdkafka::ClientConfig,
+    group: String,
+    /// The event topic's generations: the requests topic is lost with the broker too, so the
+    /// intake starts its partitions over when the relay recreated the event topic.
+    start_over: Arc<StartOver>,
+    /// When the topic's generation was last read from PostgreSQL.
+    generation_checked: Option<Instant>,
     /// Measures each partition's lag (gauge `onboard_intake_lag`); an idle intake rejoins its
     /// group when requests wait on a partition nobody reads.
     watchdog: Watchdog,
@@ -73,12 +80,16 @@ impl Intake {
     /// Joins `intake.group` on `intake.requests_topic`.
     pub fn new(settings: Arc<Settings>, store: Store) -> Result<Self, IntakeError> {
         let consumer_config = group_consumer_config(&settings.kafka, &settings.intake.group);
+        let start_over = StartOver::new();
         let consumer = subscribe(
             &consumer_config,
             &settings.intake.requests_topic,
-            DefaultConsumerContext,
+            GroupContext::new(start_over.clone()),
         )?;
         Ok(Self {
+            group: settings.intake.group.clone(),
+            start_over,
+            generation_checked: None,
             handling: Arc::new(Handling {
                 producer: Mutex::new((0, producer(&settings.kafka)?)),
                 store,
@@ -134,6 +145,12 @@ impl Intake {
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
+            if self.generation_moved().await {
+                self.drain(&mut lanes).await;
+                self.rejoin()?;
+                disrupted = false;
+                quiet = Duration::ZERO;
+            }
             let lags = self.measure_lag();
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -157,6 +174,7 @@ impl Intake {
                 Ok(Err(e)) => {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(_idle) => {
@@ -231,13 +249,58 @@ impl Intake {
         true
     }
 
+    /// Reads the topic's generation now and then (every [`onboarding_kafka::watchdog::CHECK_EVERY`])
+    /// and records the partitions started over since; true when the relay recreated the event
+    /// topic since this intake last looked: the consumer is then built again, so that its
+    /// partitions start over from the beginning (docs/adr/0037).
+    async fn generation_moved(&mut self) -> bool {
+        if self
+            .generation_checked
+            .is_some_and(|t| t.elapsed() < onboarding_kafka::watchdog::CHECK_EVERY)
+        {
+            return false;
+        }
+        let first = self.generation_checked.is_none();
+        self.generation_checked = Some(Instant::now());
+        let started = self.start_over.take_unrecorded();
+        let known = self.start_over.generation();
+        match self
+            .handling
+            .store
+            .follow_topic_generation(
+                &self.group,
+                &self.settings.intake.requests_topic,
+                &self.settings.kafka.topic,
+                known,
+                &started,
+            )
+            .await
+        {
+            Ok(Some(news)) => {
+                self.start_over.learn(news.generation, news.started_over);
+                onboarding_kafka::start_over::log_new_generation(
+                    first,
+                    news.generation,
+                    &self.settings.intake.requests_topic,
+                );
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
+                self.start_over.unrecorded_again(started);
+                false
+            }
+        }
+    }
+
     /// Leaves the consumer group (committing what was handled) and joins it again.
     fn rejoin(&mut self) -> Result<(), IntakeError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
         self.consumer = subscribe(
             &self.consumer_config,
             &self.settings.intake.requests_topic,
-            DefaultConsumerContext,
+            GroupContext::new(self.start_over.clone()),
         )?;
         self.watchdog.reset();
         Ok(())

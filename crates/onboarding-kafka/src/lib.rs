@@ -12,6 +12,8 @@
 //! - [`redaction`]: librdkafka errors without the property values they repeat.
 //! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
 //!   the provisioner's and the intake's).
+//! - [`start_over`]: a consumer's partitions start from the beginning after the broker lost
+//!   the topic (docs/adr/0037).
 //! - [`trace_context`]: the W3C trace context in record headers.
 //! - [`lanes`]: one lane per key, so a consumer handles many records at once while each key's
 //!   records keep their order, and stores only offsets below the lowest unfinished one (the email
@@ -28,6 +30,7 @@ pub mod lanes;
 pub mod probe;
 pub mod redaction;
 pub mod resume;
+pub mod start_over;
 pub mod topics;
 pub mod trace_context;
 pub mod watchdog;
@@ -39,7 +42,8 @@ pub use clients::{
 pub use dead_letters::{dead_letter, dead_letter_topic, DLQ_REASON_HEADER};
 pub use probe::{KafkaProbe, ProbeError};
 pub use redaction::{redact, ClientError};
-pub use resume::{Rewind, RewindContext};
+pub use resume::Rewind;
+pub use start_over::{GroupContext, StartOver};
 pub use topics::{create_event_topics, create_topics, SetupError, TopicSpec};
 pub use watchdog::{PartitionLag, Watchdog};
 

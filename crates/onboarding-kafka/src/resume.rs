@@ -19,7 +19,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use onboarding_config::KafkaSettings;
-use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
@@ -114,6 +113,14 @@ impl Rewind {
         let mut from = self.lock();
         for e in committed.elements() {
             e.error()?;
+            // A partition started over after a broker loss (docs/adr/0037) reads the whole new
+            // topic: its committed offset belongs to the lost one.
+            let starts_over = tpl
+                .find_partition(e.topic(), e.partition())
+                .is_some_and(|p| p.offset() == Offset::Beginning);
+            if starts_over {
+                continue;
+            }
             if let Offset::Offset(offset) = e.offset() {
                 tpl.set_partition_offset(
                     e.topic(),
@@ -216,35 +223,6 @@ impl Rewind {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
         // A panic while holding the map leaves it as consistent as before: take it anyway.
         self.from.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The context of a group consumer that only needs [`Rewind`]: the provisioner's.
-#[derive(Debug)]
-pub struct RewindContext {
-    /// Where each assigned partition resumed; ask it whether a record was handled before.
-    pub rewind: Rewind,
-}
-
-impl RewindContext {
-    /// For a consumer of the events topic with `kafka`'s settings.
-    pub fn new(kafka: &KafkaSettings) -> Self {
-        Self {
-            rewind: Rewind::new(kafka),
-        }
-    }
-}
-
-impl ClientContext for RewindContext {}
-
-impl ConsumerContext for RewindContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        self.rewind.rebalance(self, consumer, err, tpl);
     }
 }
 

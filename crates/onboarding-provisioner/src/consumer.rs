@@ -22,7 +22,7 @@ use onboarding_events::{
     AccountDisabledV1, AccountEnabledV1, ClaimsUpdatedV1, EmailChangedV1, PublicEvent,
     UserActivatedV1, UserErasedV1,
 };
-use onboarding_kafka::{RewindContext, Watchdog};
+use onboarding_kafka::{GroupContext, Rewind, StartOver, Watchdog};
 use onboarding_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -50,10 +50,16 @@ const STALL: Duration = Duration::from_secs(20);
 /// Consumes the public event topic and provisions each activated account.
 pub struct Provisioner {
     provision: Provision,
-    consumer: StreamConsumer<RewindContext>,
+    consumer: StreamConsumer<GroupContext>,
     consumer_config: rdkafka::ClientConfig,
     kafka: KafkaSettings,
     topic: String,
+    group: String,
+    store: Store,
+    /// The topic's generations: which partitions start over after a broker loss.
+    start_over: Arc<StartOver>,
+    /// When the topic's generation was last read from PostgreSQL.
+    generation_checked: Option<Instant>,
     watchdog: Watchdog,
 }
 
@@ -70,13 +76,18 @@ impl Provisioner {
             .consumer_group;
         let mut consumer_config = onboarding_kafka::group_consumer_config(&settings.kafka, group);
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
-        let consumer = subscribe(&consumer_config, &settings.kafka)?;
+        let start_over = StartOver::new();
+        let consumer = subscribe(&consumer_config, &settings.kafka, &start_over)?;
         Ok(Self {
-            provision: Provision::new(store, user_store),
+            provision: Provision::new(store.clone(), user_store),
             consumer,
             consumer_config,
             kafka: settings.kafka.clone(),
             topic: settings.kafka.topic.clone(),
+            group: group.clone(),
+            store,
+            start_over,
+            generation_checked: None,
             watchdog: Watchdog::new(&settings.kafka.topic, STALL, "onboard_provisioner_lag"),
         })
     }
@@ -94,6 +105,11 @@ impl Provisioner {
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
+            if self.generation_moved().await {
+                self.rejoin()?;
+                disrupted = false;
+                quiet = Duration::ZERO;
+            }
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()) => m,
@@ -107,7 +123,6 @@ impl Provisioner {
                     if self
                         .consumer
                         .context()
-                        .rewind
                         .already_handled(m.topic(), partition, offset)
                     {
                         continue;
@@ -127,6 +142,7 @@ impl Provisioner {
                 Ok(Err(e)) => {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(_idle) => {
@@ -173,10 +189,48 @@ impl Provisioner {
         true
     }
 
+    /// Reads the topic's generation now and then (every [`onboarding_kafka::watchdog::CHECK_EVERY`])
+    /// and records the partitions started over since; true when the relay recreated the event
+    /// topic since this provisioner last looked: the consumer is then built again, so that its
+    /// partitions start over from the beginning (docs/adr/0037).
+    async fn generation_moved(&mut self) -> bool {
+        if self
+            .generation_checked
+            .is_some_and(|t| t.elapsed() < onboarding_kafka::watchdog::CHECK_EVERY)
+        {
+            return false;
+        }
+        let first = self.generation_checked.is_none();
+        self.generation_checked = Some(Instant::now());
+        let started = self.start_over.take_unrecorded();
+        let known = self.start_over.generation();
+        match self
+            .store
+            .follow_topic_generation(&self.group, &self.topic, &self.topic, known, &started)
+            .await
+        {
+            Ok(Some(news)) => {
+                self.start_over.learn(news.generation, news.started_over);
+                onboarding_kafka::start_over::log_new_generation(
+                    first,
+                    news.generation,
+                    &self.topic,
+                );
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
+                self.start_over.unrecorded_again(started);
+                false
+            }
+        }
+    }
+
     /// Leaves the consumer group (committing what was handled) and joins it again.
     fn rejoin(&mut self) -> Result<(), ProvisionerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(&self.consumer_config, &self.kafka)?;
+        self.consumer = subscribe(&self.consumer_config, &self.kafka, &self.start_over)?;
         self.watchdog.reset();
         Ok(())
     }
@@ -235,6 +289,11 @@ impl Provisioner {
 fn subscribe(
     config: &rdkafka::ClientConfig,
     kafka: &KafkaSettings,
-) -> Result<StreamConsumer<RewindContext>, rdkafka::error::KafkaError> {
-    onboarding_kafka::subscribe(config, &kafka.topic, RewindContext::new(kafka))
+    start_over: &Arc<StartOver>,
+) -> Result<StreamConsumer<GroupContext>, rdkafka::error::KafkaError> {
+    onboarding_kafka::subscribe(
+        config,
+        &kafka.topic,
+        GroupContext::with_rewind(start_over.clone(), Rewind::new(kafka)),
+    )
 }

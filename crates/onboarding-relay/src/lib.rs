@@ -285,6 +285,16 @@ impl Relay {
             .bind(&self.topic)
             .execute(&mut *tx)
             .await?;
+        // A new generation of the topic: consumers that see it start their partitions over from
+        // the beginning, since the offsets they hold belong to the lost topic (docs/adr/0037).
+        let generation: i64 = sqlx::query_scalar(
+            "INSERT INTO topic_generations (topic, generation) VALUES ($1, 1) \
+             ON CONFLICT (topic) DO UPDATE SET generation = topic_generations.generation + 1, \
+             recreated_at = now() RETURNING generation",
+        )
+        .bind(&self.topic)
+        .fetch_one(&mut *tx)
+        .await?;
         let events: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events WHERE global_position <= $1")
                 .bind(up_to)
@@ -295,6 +305,7 @@ impl Relay {
         tracing::warn!(
             events,
             up_to_position = up_to,
+            generation,
             chunk = self.batch_size,
             "republishing the log in chunks; new events go out meanwhile, a user's after her history"
         );

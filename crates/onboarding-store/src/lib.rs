@@ -22,6 +22,7 @@ mod console;
 pub mod credentials;
 mod directory;
 mod erasure;
+mod generations;
 mod hasher;
 mod idempotency;
 mod invitation;
@@ -60,6 +61,7 @@ pub use console::{
 pub use credentials::{ActiveCredential, Credential, Credentials};
 pub use directory::{AccountField, AccountOrder, Comparison, DirectoryFilter};
 pub use erasure::Erasure;
+pub use generations::TopicGeneration;
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};

@@ -69,7 +69,7 @@ pub struct Campaign {
     intake_partitions: i32,
     started: Instant,
     /// Leave the email workers and intakes running through a broker loss.
-    consumers_survive_broker_loss: bool,
+    restart_consumers_on_broker_loss: bool,
 }
 
 impl Campaign {
@@ -86,7 +86,7 @@ impl Campaign {
             ],
             intake_partitions: args.intake_partitions,
             started,
-            consumers_survive_broker_loss: args.consumers_survive_broker_loss,
+            restart_consumers_on_broker_loss: args.restart_consumers_on_broker_loss,
         }
     }
 
@@ -190,11 +190,11 @@ impl Campaign {
             Kind::BrokerRestart => {
                 service(&self.service, "broker-stop").await?;
                 let down = Duration::from_millis(rng.gen_range(1000..4000));
-                // As docs/operations.md tells operators: the Kafka consumers are restarted after
-                // a broker lost its data. Killed while it is down (they cannot commit their
-                // old offsets into the new broker's groups), started once it is back.
+                // The consumers live through it and start their partitions over by themselves
+                // (docs/adr/0037); `--restart-consumers-on-broker-loss` restarts them instead:
+                // killed while it is down, started once it is back.
                 let mut restarted = Vec::new();
-                if !self.consumers_survive_broker_loss {
+                if self.restart_consumers_on_broker_loss {
                     for role in [Role::EmailWorker, Role::Intake] {
                         for name in self.supervisor.running(role) {
                             if let Some(s) = self

@@ -87,11 +87,11 @@ pub struct Args {
     /// Where the results go (JSON).
     #[arg(long)]
     pub out: PathBuf,
-    /// Leave the email workers and intakes running through a broker restart, instead of
-    /// restarting them as docs/operations.md tells operators (they then may skip records: see
-    /// "When the broker loses data").
+    /// Restart the email workers and intakes around each broker restart (killed while the broker
+    /// is down, started once it is back), as operators had to before the consumers started their
+    /// partitions over by themselves (docs/adr/0037). By default they live through it.
     #[arg(long)]
-    pub consumers_survive_broker_loss: bool,
+    pub restart_consumers_on_broker_loss: bool,
     /// The random seed (printed, so that a run's fault sequence can be repeated).
     #[arg(long)]
     pub seed: Option<u64>,

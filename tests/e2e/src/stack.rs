@@ -248,6 +248,18 @@ impl Stack {
         out
     }
 
+    /// How a component's process ended, or `None` while it runs (e.g. `signal: 11` when it
+    /// died of SIGSEGV).
+    pub fn exit_status(&self, name: &str) -> Option<std::process::ExitStatus> {
+        self.procs
+            .lock()
+            .unwrap()
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("{name} was not started"))
+            .try_wait()
+            .unwrap()
+    }
+
     /// Sends a signal (`TERM`, `KILL`) to a component and waits for it to exit.
     pub fn signal(&self, component: &str, signal: &str) {
         let mut child = self
