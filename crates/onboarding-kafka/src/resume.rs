@@ -119,6 +119,7 @@ impl Rewind {
                 .find_partition(e.topic(), e.partition())
                 .is_some_and(|p| p.offset() == Offset::Beginning);
             if starts_over {
+                from.remove(&(e.topic().to_owned(), e.partition()));
                 continue;
             }
             if let Offset::Offset(offset) = e.offset() {
