@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::personal::{PersonalKeys, ToSeal};
 use crate::reads::OpenedReads;
-use crate::registry::UsernameRegistry;
+use crate::registry::{UsernameRegistry, APPEND_LOCK};
 
 /// The most commands in one transaction. Each command of a batch that is written again one by
 /// one gets a savepoint, and PostgreSQL keeps up to 64 subtransactions per backend in shared
@@ -238,6 +238,7 @@ enum Failed {
 /// Every command's events in one `INSERT`, one transaction.
 async fn together(pool: &PgPool, keys: &PersonalKeys, batch: &[&Append]) -> Result<(), Failed> {
     let mut tx = pool.begin().await.map_err(Failed::Transaction)?;
+    append_lock(&mut tx).await.map_err(Failed::Transaction)?;
     insert(&mut tx, keys, batch).await.map_err(|e| {
         if belongs_to_the_rows(&e) {
             Failed::Rows(e)
@@ -254,6 +255,7 @@ async fn one_by_one(pool: &PgPool, keys: &PersonalKeys, batch: Vec<Append>) {
     let mut outcomes: Vec<Option<Arc<sqlx::Error>>> = vec![None; batch.len()];
     let result: Result<(), sqlx::Error> = async {
         let mut tx = pool.begin().await?;
+        append_lock(&mut tx).await?;
         for (i, append) in batch.iter().enumerate() {
             sqlx::query("SAVEPOINT command").execute(&mut *tx).await?;
             match insert(&mut tx, keys, &[append]).await {
@@ -286,6 +288,19 @@ async fn one_by_one(pool: &PgPool, keys: &PersonalKeys, batch: Vec<Append>) {
             answer(batch, |_| Err(persistence_error(&e)))
         }
     }
+}
+
+/// Takes the appends' advisory lock before anything else of the batch is written. The
+/// `events_append` trigger takes it at the first event anyway; taken first, no appender holds a
+/// row lock (a new account's data key, a name in the registry) while it waits for the lock, so
+/// two appenders that write a row with the same key (one request handled by two consumers at
+/// once) wait for each other in one order and never deadlock.
+async fn append_lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// The events of `batch`, in order (command by command, each command's in sequence order), their

@@ -40,7 +40,7 @@ const SEPARATOR: char = '/';
 /// The transaction-scoped advisory lock that serialises appends (the `events_append` trigger,
 /// migration 0008). The rewrite of rows in clear takes it too, so that it never interleaves
 /// with an append.
-const APPEND_LOCK: i64 = 8029185077895312386;
+pub(crate) const APPEND_LOCK: i64 = 8029185077895312386;
 
 /// Rows in clear rewritten per transaction by [`key_the_registry`].
 const REWRITE_BATCH: i64 = 1000;
