@@ -255,8 +255,19 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
             let token = shutdown.clone();
             tasks.spawn(async move { relay.run(token).await.context("relay") });
         }
+        // The consumers read the event topic's generation (how many times the relay recreated it
+        // after a broker loss) before they join: each generation has its consumer groups
+        // (docs/adr/0038).
+        let generation = if worker || intake || provisioner {
+            store
+                .topic_generation(&settings.kafka.topic)
+                .await
+                .context("cannot read the event topic's generation from PostgreSQL")?
+        } else {
+            0
+        };
         if worker {
-            let worker = EmailWorker::new(&settings, store.clone())?;
+            let worker = EmailWorker::new(&settings, store.clone(), generation)?;
             let token = shutdown.clone();
             tasks.spawn(async move { worker.run(token).await.context("email worker") });
         }
@@ -275,12 +286,13 @@ pub async fn run(settings: Arc<Settings>, mut run: Components) -> Result<()> {
             });
         }
         if intake {
-            let intake = onboarding_intake::Intake::new(settings.clone(), store.clone())?;
+            let intake =
+                onboarding_intake::Intake::new(settings.clone(), store.clone(), generation)?;
             let token = shutdown.clone();
             tasks.spawn(async move { intake.run(token).await.context("intake") });
         }
         if let (true, Some(user_store)) = (provisioner, user_store) {
-            let provisioner = Provisioner::new(&settings, store.clone(), user_store)?;
+            let provisioner = Provisioner::new(&settings, store.clone(), user_store, generation)?;
             let token = shutdown.clone();
             tasks.spawn(async move { provisioner.run(token).await.context("provisioner") });
         }

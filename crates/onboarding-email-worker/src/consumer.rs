@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onboarding_config::Settings;
-use onboarding_kafka::{group_consumer_config, GroupContext, Rewind, StartOver, Watchdog};
+use onboarding_kafka::{group_consumer_config, Generation, GroupContext, Rewind, Watchdog};
 use onboarding_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -35,12 +35,10 @@ pub struct EmailWorker {
     topic: String,
     /// `kafka.relay_batch_records`: how far before a committed offset a partition is read.
     relay_batch_records: u32,
-    group: String,
     store: Store,
-    /// The topic's generations: which partitions start over after a broker loss.
-    start_over: Arc<StartOver>,
-    /// When the topic's generation was last read from PostgreSQL.
-    generation_checked: Option<Instant>,
+    /// The topic's generation: the worker reads in the consumer group of the generation
+    /// (docs/adr/0038).
+    generation: Generation,
     watchdog: Watchdog,
     /// The consumer's rebalance count when the watchdog last looked.
     rebalances_seen: u64,
@@ -54,22 +52,24 @@ pub struct EmailWorker {
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl EmailWorker {
-    pub fn new(settings: &Settings, store: Store) -> Result<Self, WorkerError> {
+    /// A worker in `kafka.email_worker_group` (or its group of `generation`, the topic's
+    /// generation read from PostgreSQL).
+    pub fn new(settings: &Settings, store: Store, generation: i64) -> Result<Self, WorkerError> {
         let concurrency = settings.kafka.email_worker_concurrency;
         // One SMTP connection per record in flight, and one for the retry task.
         let delivery = Delivery::new(settings, store.clone(), concurrency.saturating_add(1))?;
+        let generation = Generation::new(
+            &settings.kafka.email_worker_group,
+            &settings.kafka.topic,
+            generation,
+        );
         let mut consumer_config =
             group_consumer_config(&settings.kafka, &settings.kafka.email_worker_group);
+        generation.configure(&mut consumer_config);
         // Notice a recreated topic (after a broker lost its data) within seconds.
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
         let relay_batch_records = settings.kafka.relay_batch_records;
-        let start_over = StartOver::new();
-        let consumer = subscribe(
-            &consumer_config,
-            &settings.kafka.topic,
-            relay_batch_records,
-            &start_over,
-        )?;
+        let consumer = subscribe(&consumer_config, &settings.kafka.topic, relay_batch_records)?;
         Ok(Self {
             records: Arc::new(RecordHandler::new(
                 delivery,
@@ -80,10 +80,8 @@ impl EmailWorker {
             consumer_config,
             topic: settings.kafka.topic.clone(),
             relay_batch_records,
-            group: settings.kafka.email_worker_group.clone(),
             store,
-            start_over,
-            generation_checked: None,
+            generation,
             watchdog: Watchdog::new(
                 &settings.kafka.topic,
                 Duration::from_secs(settings.kafka.email_worker_stall_seconds),
@@ -285,53 +283,28 @@ impl EmailWorker {
         false
     }
 
-    /// Reads the topic's generation now and then (every [`onboarding_kafka::watchdog::CHECK_EVERY`])
-    /// and records the partitions started over since; true when the relay recreated the topic
-    /// since this worker last looked: the consumer then has to be built again, so that the
-    /// partitions start over from the beginning of the new topic (docs/adr/0037).
+    /// Reads the topic's generation every [`onboarding_kafka::watchdog::CHECK_EVERY`]; true
+    /// when the relay recreated the topic since: the consumer is then built again in the new
+    /// generation's group, which starts from the beginning (docs/adr/0038).
     async fn generation_moved(&mut self) -> bool {
-        if self
-            .generation_checked
-            .is_some_and(|t| t.elapsed() < onboarding_kafka::watchdog::CHECK_EVERY)
-        {
+        if !self.generation.due() {
             return false;
         }
-        let first = self.generation_checked.is_none();
-        self.generation_checked = Some(Instant::now());
-        let started = self.start_over.take_unrecorded();
-        let known = self.start_over.generation();
-        match self
-            .store
-            .follow_topic_generation(&self.group, &self.topic, &self.topic, known, &started)
-            .await
-        {
-            Ok(Some(news)) => {
-                self.start_over.learn(news.generation, news.started_over);
-                onboarding_kafka::start_over::log_new_generation(
-                    first,
-                    news.generation,
-                    &self.topic,
-                );
-                true
-            }
-            Ok(None) => false,
+        match self.store.topic_generation(&self.topic).await {
+            Ok(generation) => self.generation.learn(generation),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
-                self.start_over.unrecorded_again(started);
                 false
             }
         }
     }
 
-    /// Leaves the consumer group (committing what was handled) and joins it again.
+    /// Leaves the consumer group (committing what was handled) and joins the group of the known
+    /// generation.
     fn rejoin(&mut self) -> Result<(), WorkerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(
-            &self.consumer_config,
-            &self.topic,
-            self.relay_batch_records,
-            &self.start_over,
-        )?;
+        self.generation.configure(&mut self.consumer_config);
+        self.consumer = subscribe(&self.consumer_config, &self.topic, self.relay_batch_records)?;
         self.watchdog.reset();
         self.rebalances_seen = 0;
         Ok(())
@@ -352,11 +325,10 @@ fn subscribe(
     config: &rdkafka::ClientConfig,
     topic: &str,
     relay_batch_records: u32,
-    start_over: &Arc<StartOver>,
 ) -> Result<WorkerConsumer, WorkerError> {
     Ok(onboarding_kafka::subscribe(
         config,
         topic,
-        GroupContext::with_rewind(start_over.clone(), Rewind::records(relay_batch_records)),
+        GroupContext::with_rewind(Rewind::records(relay_batch_records)),
     )?)
 }

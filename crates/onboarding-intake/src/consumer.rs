@@ -9,8 +9,8 @@ use onboarding_config::Settings;
 use onboarding_domain::value::{UserDomain, Username};
 use onboarding_kafka::lanes::{HandleFuture, Handled, Lane, Lanes};
 use onboarding_kafka::{
-    group_consumer_config, producer, subscribe, ClientError, GroupContext, PartitionLag, StartOver,
-    Watchdog,
+    group_consumer_config, producer, subscribe, ClientError, Generation, GroupContext,
+    PartitionLag, Watchdog,
 };
 use onboarding_store::{Store, StoreError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -46,12 +46,9 @@ pub struct Intake {
     settings: Arc<Settings>,
     consumer: StreamConsumer<GroupContext>,
     consumer_config: rdkafka::ClientConfig,
-    group: String,
-    /// The event topic's generations: the requests topic is lost with the broker too, so the
-    /// intake starts its partitions over when the relay recreated the event topic.
-    start_over: Arc<StartOver>,
-    /// When the topic's generation was last read from PostgreSQL.
-    generation_checked: Option<Instant>,
+    /// The event topic's generation: the requests topic is lost with the broker too, so the
+    /// intake reads it in the consumer group of the generation (docs/adr/0038).
+    generation: Generation,
     /// Measures each partition's lag (gauge `onboard_intake_lag`); an idle intake rejoins its
     /// group when requests wait on a partition nobody reads.
     watchdog: Watchdog,
@@ -77,19 +74,27 @@ type Received = (
 );
 
 impl Intake {
-    /// Joins `intake.group` on `intake.requests_topic`.
-    pub fn new(settings: Arc<Settings>, store: Store) -> Result<Self, IntakeError> {
-        let consumer_config = group_consumer_config(&settings.kafka, &settings.intake.group);
-        let start_over = StartOver::new();
+    /// Joins `intake.group` (or its group of `generation`, the event topic's generation read
+    /// from PostgreSQL) on `intake.requests_topic`.
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        generation: i64,
+    ) -> Result<Self, IntakeError> {
+        let generation = Generation::new(
+            &settings.intake.group,
+            &settings.intake.requests_topic,
+            generation,
+        );
+        let mut consumer_config = group_consumer_config(&settings.kafka, &settings.intake.group);
+        generation.configure(&mut consumer_config);
         let consumer = subscribe(
             &consumer_config,
             &settings.intake.requests_topic,
-            GroupContext::new(start_over.clone()),
+            GroupContext::new(),
         )?;
         Ok(Self {
-            group: settings.intake.group.clone(),
-            start_over,
-            generation_checked: None,
+            generation,
             handling: Arc::new(Handling {
                 producer: Mutex::new((0, producer(&settings.kafka)?)),
                 store,
@@ -249,58 +254,36 @@ impl Intake {
         true
     }
 
-    /// Reads the topic's generation now and then (every [`onboarding_kafka::watchdog::CHECK_EVERY`])
-    /// and records the partitions started over since; true when the relay recreated the event
-    /// topic since this intake last looked: the consumer is then built again, so that its
-    /// partitions start over from the beginning (docs/adr/0037).
+    /// Reads the event topic's generation every [`onboarding_kafka::watchdog::CHECK_EVERY`];
+    /// true when the relay recreated the topic since: the consumer is then built again in the
+    /// new generation's group, which starts from the beginning (docs/adr/0038).
     async fn generation_moved(&mut self) -> bool {
-        if self
-            .generation_checked
-            .is_some_and(|t| t.elapsed() < onboarding_kafka::watchdog::CHECK_EVERY)
-        {
+        if !self.generation.due() {
             return false;
         }
-        let first = self.generation_checked.is_none();
-        self.generation_checked = Some(Instant::now());
-        let started = self.start_over.take_unrecorded();
-        let known = self.start_over.generation();
         match self
             .handling
             .store
-            .follow_topic_generation(
-                &self.group,
-                &self.settings.intake.requests_topic,
-                &self.settings.kafka.topic,
-                known,
-                &started,
-            )
+            .topic_generation(&self.settings.kafka.topic)
             .await
         {
-            Ok(Some(news)) => {
-                self.start_over.learn(news.generation, news.started_over);
-                onboarding_kafka::start_over::log_new_generation(
-                    first,
-                    news.generation,
-                    &self.settings.intake.requests_topic,
-                );
-                true
-            }
-            Ok(None) => false,
+            Ok(generation) => self.generation.learn(generation),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
-                self.start_over.unrecorded_again(started);
                 false
             }
         }
     }
 
-    /// Leaves the consumer group (committing what was handled) and joins it again.
+    /// Leaves the consumer group (committing what was handled) and joins the group of the known
+    /// generation.
     fn rejoin(&mut self) -> Result<(), IntakeError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        self.generation.configure(&mut self.consumer_config);
         self.consumer = subscribe(
             &self.consumer_config,
             &self.settings.intake.requests_topic,
-            GroupContext::new(self.start_over.clone()),
+            GroupContext::new(),
         )?;
         self.watchdog.reset();
         Ok(())

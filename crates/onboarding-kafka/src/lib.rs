@@ -12,8 +12,8 @@
 //! - [`redaction`]: librdkafka errors without the property values they repeat.
 //! - [`watchdog`]: a consumer group's lag, and the partitions nobody reads (the email worker's
 //!   the provisioner's and the intake's).
-//! - [`start_over`]: a consumer's partitions start from the beginning after the broker lost
-//!   the topic (docs/adr/0037).
+//! - [`start_over`]: after the broker lost the topic, consumers read it in a consumer group of
+//!   the new generation, from the beginning (docs/adr/0037, 0038).
 //! - [`trace_context`]: the W3C trace context in record headers.
 //! - [`lanes`]: one lane per key, so a consumer handles many records at once while each key's
 //!   records keep their order, and stores only offsets below the lowest unfinished one (the email
@@ -43,7 +43,7 @@ pub use dead_letters::{dead_letter, dead_letter_topic, DLQ_REASON_HEADER};
 pub use probe::{KafkaProbe, ProbeError};
 pub use redaction::{redact, ClientError};
 pub use resume::Rewind;
-pub use start_over::{GroupContext, StartOver};
+pub use start_over::{group_in_generation, Generation, GroupContext};
 pub use topics::{create_event_topics, create_topics, SetupError, TopicSpec};
 pub use watchdog::{PartitionLag, Watchdog};
 

@@ -113,15 +113,6 @@ impl Rewind {
         let mut from = self.lock();
         for e in committed.elements() {
             e.error()?;
-            // A partition started over after a broker loss (docs/adr/0037) reads the whole new
-            // topic: its committed offset belongs to the lost one.
-            let starts_over = tpl
-                .find_partition(e.topic(), e.partition())
-                .is_some_and(|p| p.offset() == Offset::Beginning);
-            if starts_over {
-                from.remove(&(e.topic().to_owned(), e.partition()));
-                continue;
-            }
             if let Offset::Offset(offset) = e.offset() {
                 tpl.set_partition_offset(
                     e.topic(),

@@ -1,126 +1,113 @@
-//! Starting a topic's partitions over after the broker lost the topic (docs/adr/0037).
+//! A consumer after the broker lost its topic (docs/adr/0037, 0038).
 //!
 //! A broker that lost its data (an in-memory broker that restarted, a topic deleted by hand)
 //! comes back with a topic whose offsets start again at 0, while a consumer that lived through it
-//! still holds the offsets of the lost topic: in memory, and committed into the new broker's group
-//! when its partitions are revoked. Read from those offsets, the new topic's records below them
-//! would never be read. The relay counts each recreation of the event topic in PostgreSQL (a
-//! generation); a consumer that sees the generation move builds a new consumer, and each partition
-//! assigned to it that its group has not started over in this generation yet starts from the
-//! beginning. Re-reading is safe: every consumer of the engine is idempotent.
+//! still holds the offsets of the lost topic: in memory, stored but not yet committed, or queued
+//! for the coordinator. Whenever that consumer commits them (its auto-commit once the broker is
+//! back, the revocation of its partitions, its close), they land in its group, and a consumer that
+//! later resumes from the group's offsets skips the new topic's records below them.
 //!
-//! [`StartOver`] keeps what the consumer knows (the generation, and per partition the generation
-//! its group last started it over in) and decides at each assignment; [`GroupContext`] is the
-//! consumer context that applies it. The consumer reads and records the generations in
-//! PostgreSQL itself.
+//! So a group's committed offsets are only trusted within one generation of the topic. The relay
+//! counts each recreation of the event topic in PostgreSQL (`topic_generations`); each consumer
+//! reads its topic in a consumer group of that generation ([`group_in_generation`]): the
+//! configured group in generation 0, `GROUP.generation-N` after the N-th loss. A new group has no
+//! offsets, so its consumers start at the beginning of the new topic; an old consumer's commits go
+//! to the old group, which nobody reads again. A consumer that sees the generation move builds a
+//! new consumer in the new group. Re-reading is safe: every consumer of the engine is idempotent.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::resume::Rewind;
+use crate::watchdog::CHECK_EVERY;
 
-/// What a consumer knows about its topic's generations.
-#[derive(Debug, Default)]
-pub struct StartOver {
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// The topic's generation as last read from PostgreSQL (0: never lost).
-    generation: i64,
-    /// Per partition, the generation in which the group last started it over.
-    started: HashMap<i32, i64>,
-    /// Partitions started over at an assignment and not yet recorded in PostgreSQL.
-    unrecorded: Vec<(i32, i64)>,
-}
-
-impl StartOver {
-    /// Nothing known yet: generation 0, no partition started over.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state stays consistent between statements; a panic elsewhere does not spoil it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The generation the consumer knows.
-    pub fn generation(&self) -> i64 {
-        self.state().generation
-    }
-
-    /// Learns the topic's `generation` and, per partition, the generation the group last started
-    /// it over in (both read from PostgreSQL). Partitions assigned from now on that were last
-    /// started over in an older generation start from the beginning.
-    pub fn learn(&self, generation: i64, started: impl IntoIterator<Item = (i32, i64)>) {
-        let mut state = self.state();
-        state.generation = state.generation.max(generation);
-        for (partition, g) in started {
-            let entry = state.started.entry(partition).or_insert(g);
-            *entry = (*entry).max(g);
-        }
-    }
-
-    /// At an assignment: sets the partitions to start over to the beginning of the topic and
-    /// returns them.
-    pub fn on_assign(&self, tpl: &mut TopicPartitionList) -> Vec<i32> {
-        let mut state = self.state();
-        let generation = state.generation;
-        if generation == 0 {
-            return Vec::new();
-        }
-        let mut rewound = Vec::new();
-        for (topic, partition) in tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect::<Vec<_>>()
-        {
-            if state.started.get(&partition).copied().unwrap_or(0) >= generation {
-                continue;
-            }
-            if tpl
-                .set_partition_offset(&topic, partition, Offset::Beginning)
-                .is_ok()
-            {
-                state.started.insert(partition, generation);
-                state.unrecorded.push((partition, generation));
-                rewound.push(partition);
-            }
-        }
-        rewound
-    }
-
-    /// The partitions started over since the last call, each with the generation it was started
-    /// over in, for the consumer to record in PostgreSQL.
-    pub fn take_unrecorded(&self) -> Vec<(i32, i64)> {
-        std::mem::take(&mut self.state().unrecorded)
-    }
-
-    /// Gives back what [`StartOver::take_unrecorded`] returned when it could not be recorded, to
-    /// be recorded next time.
-    pub fn unrecorded_again(&self, started: Vec<(i32, i64)>) {
-        self.state().unrecorded.extend(started);
-    }
-}
-
-/// Logs what a consumer learnt of its topic's generation: at its start (`first`), only which
-/// generation it is in; later, that the relay recreated the topic and the consumer is built again.
-pub fn log_new_generation(first: bool, generation: i64, topic: &str) {
-    if first {
-        tracing::info!(generation, %topic, "the broker lost the event topic before; partitions the group has not started over since start from the beginning");
+/// The consumer group that reads a topic in `generation`: `group` itself before any loss (0),
+/// `GROUP.generation-N` after the N-th.
+pub fn group_in_generation(group: &str, generation: i64) -> String {
+    if generation <= 0 {
+        group.to_owned()
     } else {
-        tracing::warn!(generation, %topic, "the relay recreated the event topic after the broker lost it; building a new consumer, whose partitions start from the beginning unless the group did so already");
+        format!("{group}.generation-{generation}")
+    }
+}
+
+/// The generation of the event topic a consumer follows, and the group it reads in.
+#[derive(Debug)]
+pub struct Generation {
+    /// The configured consumer group (generation 0's).
+    group: String,
+    /// The topic the consumer reads, for the logs.
+    topic: String,
+    known: i64,
+    checked: Option<Instant>,
+}
+
+impl Generation {
+    /// A consumer of `topic` in the configured `group` that starts in `generation` (read from
+    /// PostgreSQL before the consumer is built).
+    pub fn new(group: &str, topic: &str, generation: i64) -> Self {
+        let this = Self {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            known: generation.max(0),
+            checked: Some(Instant::now()),
+        };
+        if this.known > 0 {
+            tracing::info!(
+                generation = this.known,
+                topic = %this.topic,
+                group = %this.group(),
+                "the broker lost the event topic before; reading in the consumer group of this generation"
+            );
+        }
+        this
+    }
+
+    /// The generation the consumer reads in.
+    pub fn known(&self) -> i64 {
+        self.known
+    }
+
+    /// The consumer group of the known generation.
+    pub fn group(&self) -> String {
+        group_in_generation(&self.group, self.known)
+    }
+
+    /// Sets `group.id` of `config` to the group of the known generation.
+    pub fn configure(&self, config: &mut ClientConfig) {
+        config.set("group.id", self.group());
+    }
+
+    /// Whether the generation is to be read again: every [`CHECK_EVERY`].
+    pub fn due(&mut self) -> bool {
+        if self.checked.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        true
+    }
+
+    /// Learns the generation read from PostgreSQL; true when it moved since the consumer was
+    /// built (the caller then builds a consumer in [`Generation::group`]).
+    pub fn learn(&mut self, generation: i64) -> bool {
+        if generation <= self.known {
+            return false;
+        }
+        self.known = generation;
+        tracing::warn!(
+            generation,
+            topic = %self.topic,
+            group = %self.group(),
+            "the relay recreated the event topic after the broker lost it; building a new consumer in the group of this generation, which starts from the beginning"
+        );
         metrics::counter!("onboard_consumer_start_overs_total").increment(1);
+        true
     }
 }
 
@@ -163,10 +150,8 @@ pub fn pause_on_broker_loss(consumer: &impl Consumer<GroupContext>, error: &Kafk
 }
 
 /// The consumer context of the engine's group consumers (email worker, intake, provisioner):
-/// starts partitions over after a broker loss ([`StartOver`]), logs the group's decisions and
-/// counts them.
+/// logs the group's decisions, counts them, and knows when the consumer lost every broker.
 pub struct GroupContext {
-    start_over: Arc<StartOver>,
     rebalances: AtomicU64,
     /// Set once the consumer lost every broker and paused ([`pause_on_broker_loss`]).
     brokers_lost: AtomicBool,
@@ -176,23 +161,22 @@ pub struct GroupContext {
 }
 
 impl GroupContext {
-    /// A context that starts partitions over as `start_over` says, and otherwise resumes each
-    /// partition at its committed offset (the intake's requests topic).
-    pub fn new(start_over: Arc<StartOver>) -> Self {
+    /// A context that resumes each partition at its committed offset (the intake's requests
+    /// topic).
+    pub fn new() -> Self {
         Self {
-            start_over,
             rebalances: AtomicU64::new(0),
             brokers_lost: AtomicBool::new(false),
             rewind: None,
         }
     }
 
-    /// A context for a consumer of the events topic: starts partitions over as `start_over`
-    /// says, and resumes every other partition before its committed offset as `rewind` says.
-    pub fn with_rewind(start_over: Arc<StartOver>, rewind: Rewind) -> Self {
+    /// A context for a consumer of the events topic: resumes each partition before its
+    /// committed offset as `rewind` says.
+    pub fn with_rewind(rewind: Rewind) -> Self {
         Self {
             rewind: Some(rewind),
-            ..Self::new(start_over)
+            ..Self::new()
         }
     }
 
@@ -207,6 +191,12 @@ impl GroupContext {
     /// How many rebalances this consumer went through.
     pub fn rebalances(&self) -> u64 {
         self.rebalances.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for GroupContext {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -230,17 +220,7 @@ impl ConsumerContext for GroupContext {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let rewound = self.start_over.on_assign(tpl);
-                if rewound.is_empty() {
-                    tracing::info!(partitions = %list(tpl), "partitions assigned");
-                } else {
-                    tracing::warn!(
-                        partitions = %list(tpl),
-                        from_the_beginning = ?rewound,
-                        generation = self.start_over.generation(),
-                        "partitions assigned; the broker lost the topic since the group last read them, so these start from the beginning"
-                    );
-                }
+                tracing::info!(partitions = %list(tpl), "partitions assigned");
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = %list(tpl), "partitions revoked");
@@ -248,7 +228,6 @@ impl ConsumerContext for GroupContext {
             _ => {}
         }
         if let Some(rewind) = &self.rewind {
-            // Partitions started over (set to the beginning above) are left where they are.
             rewind.rebalance(self, consumer, err, tpl);
             return;
         }
@@ -286,67 +265,56 @@ impl ConsumerContext for GroupContext {
 mod tests {
     use super::*;
 
-    fn assignment(partitions: &[i32]) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            tpl.add_partition("t", *p);
-        }
-        tpl
-    }
-
-    fn offsets(tpl: &TopicPartitionList) -> Vec<(i32, Offset)> {
-        tpl.elements()
-            .iter()
-            .map(|e| (e.partition(), e.offset()))
-            .collect()
-    }
-
     #[test]
-    fn a_topic_never_lost_keeps_the_committed_offsets() {
-        let s = StartOver::new();
-        let mut tpl = assignment(&[0, 1]);
-        assert!(s.on_assign(&mut tpl).is_empty());
+    fn each_generation_reads_in_a_group_of_its_own() {
         assert_eq!(
-            offsets(&tpl),
-            vec![(0, Offset::Invalid), (1, Offset::Invalid)]
+            group_in_generation("onboarding-intake", 0),
+            "onboarding-intake"
+        );
+        assert_eq!(
+            group_in_generation("onboarding-intake", 2),
+            "onboarding-intake.generation-2"
+        );
+        let mut g = Generation::new("workers", "t", 0);
+        assert_eq!(g.group(), "workers");
+        let mut config = ClientConfig::new();
+        g.configure(&mut config);
+        assert_eq!(config.get("group.id"), Some("workers"));
+        // The relay recreated the topic: the consumer moves to the new generation's group.
+        assert!(g.learn(1));
+        assert_eq!(g.group(), "workers.generation-1");
+        g.configure(&mut config);
+        assert_eq!(config.get("group.id"), Some("workers.generation-1"));
+        // Reading the same generation again, or an older one, changes nothing.
+        assert!(!g.learn(1));
+        assert!(!g.learn(0));
+        assert_eq!(g.known(), 1);
+        // A consumer built after two losses starts in the second one's group.
+        assert_eq!(
+            Generation::new("workers", "t", 2).group(),
+            "workers.generation-2"
         );
     }
 
     #[test]
-    fn after_a_loss_each_partition_starts_over_once_per_generation() {
-        let s = StartOver::new();
-        // The group started partition 1 over in generation 2 already (another member).
-        s.learn(2, [(0, 1), (1, 2)]);
-        let mut tpl = assignment(&[0, 1, 2]);
-        assert_eq!(s.on_assign(&mut tpl), vec![0, 2]);
-        assert_eq!(
-            offsets(&tpl),
-            vec![
-                (0, Offset::Beginning),
-                (1, Offset::Invalid),
-                (2, Offset::Beginning)
-            ]
-        );
-        assert_eq!(s.take_unrecorded(), vec![(0, 2), (2, 2)]);
-        assert!(s.take_unrecorded().is_empty());
-        // Assigned again in the same generation (a rebalance): the committed offsets hold.
-        let mut tpl = assignment(&[0, 2]);
-        assert!(s.on_assign(&mut tpl).is_empty());
-        // The next loss starts them over again.
-        s.learn(3, []);
-        let mut tpl = assignment(&[0, 1, 2]);
-        assert_eq!(s.on_assign(&mut tpl), vec![0, 1, 2]);
-        assert_eq!(s.take_unrecorded(), vec![(0, 3), (1, 3), (2, 3)]);
+    fn the_generation_is_read_again_every_few_seconds() {
+        let mut g = Generation::new("workers", "t", 0);
+        // Just read (at start): not due yet.
+        assert!(!g.due());
+        g.checked = Some(Instant::now() - CHECK_EVERY);
+        assert!(g.due());
+        assert!(!g.due());
     }
 
     #[test]
     fn a_broker_loss_is_every_broker_gone_not_one_transport_failure() {
         use rdkafka::consumer::BaseConsumer;
+        use rdkafka::Offset;
         // Never connects: nothing listens on port 9.
         let consumer: BaseConsumer<GroupContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("group.id", "start-over-unit")
-            .create_with_context(GroupContext::new(StartOver::new()))
+            .create_with_context(GroupContext::new())
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("t", 0, Offset::Beginning).unwrap();
@@ -358,15 +326,5 @@ mod tests {
         assert!(consumer.context().brokers_lost.load(Ordering::Relaxed));
         // Again (the error repeats while the broker is away): still a loss, logged once.
         assert!(pause_on_broker_loss(&consumer, &gone));
-    }
-
-    #[test]
-    fn what_the_group_recorded_never_lowers_what_is_known() {
-        let s = StartOver::new();
-        s.learn(3, [(0, 3)]);
-        s.learn(2, [(0, 1)]);
-        assert_eq!(s.generation(), 3);
-        let mut tpl = assignment(&[0]);
-        assert!(s.on_assign(&mut tpl).is_empty());
     }
 }

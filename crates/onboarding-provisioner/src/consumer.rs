@@ -22,7 +22,7 @@ use onboarding_events::{
     AccountDisabledV1, AccountEnabledV1, ClaimsUpdatedV1, EmailChangedV1, PublicEvent,
     UserActivatedV1, UserErasedV1,
 };
-use onboarding_kafka::{GroupContext, Rewind, StartOver, Watchdog};
+use onboarding_kafka::{Generation, GroupContext, Rewind, Watchdog};
 use onboarding_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -54,40 +54,40 @@ pub struct Provisioner {
     consumer_config: rdkafka::ClientConfig,
     kafka: KafkaSettings,
     topic: String,
-    group: String,
     store: Store,
-    /// The topic's generations: which partitions start over after a broker loss.
-    start_over: Arc<StartOver>,
-    /// When the topic's generation was last read from PostgreSQL.
-    generation_checked: Option<Instant>,
+    /// The topic's generation: the provisioner reads in the consumer group of the generation
+    /// (docs/adr/0038).
+    generation: Generation,
     watchdog: Watchdog,
 }
 
 impl Provisioner {
+    /// A provisioner in `user_store.consumer_group` (or its group of `generation`, the topic's
+    /// generation read from PostgreSQL).
     pub fn new(
         settings: &Settings,
         store: Store,
         user_store: Arc<dyn UserStore>,
+        generation: i64,
     ) -> Result<Self, ProvisionerError> {
         let group = &settings
             .user_store
             .as_ref()
             .ok_or(ProvisionerError::NotConfigured)?
             .consumer_group;
+        let generation = Generation::new(group, &settings.kafka.topic, generation);
         let mut consumer_config = onboarding_kafka::group_consumer_config(&settings.kafka, group);
+        generation.configure(&mut consumer_config);
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
-        let start_over = StartOver::new();
-        let consumer = subscribe(&consumer_config, &settings.kafka, &start_over)?;
+        let consumer = subscribe(&consumer_config, &settings.kafka)?;
         Ok(Self {
             provision: Provision::new(store.clone(), user_store),
             consumer,
             consumer_config,
             kafka: settings.kafka.clone(),
             topic: settings.kafka.topic.clone(),
-            group: group.clone(),
             store,
-            start_over,
-            generation_checked: None,
+            generation,
             watchdog: Watchdog::new(&settings.kafka.topic, STALL, "onboard_provisioner_lag"),
         })
     }
@@ -189,48 +189,28 @@ impl Provisioner {
         true
     }
 
-    /// Reads the topic's generation now and then (every [`onboarding_kafka::watchdog::CHECK_EVERY`])
-    /// and records the partitions started over since; true when the relay recreated the event
-    /// topic since this provisioner last looked: the consumer is then built again, so that its
-    /// partitions start over from the beginning (docs/adr/0037).
+    /// Reads the topic's generation every [`onboarding_kafka::watchdog::CHECK_EVERY`]; true
+    /// when the relay recreated the topic since: the consumer is then built again in the new
+    /// generation's group, which starts from the beginning (docs/adr/0038).
     async fn generation_moved(&mut self) -> bool {
-        if self
-            .generation_checked
-            .is_some_and(|t| t.elapsed() < onboarding_kafka::watchdog::CHECK_EVERY)
-        {
+        if !self.generation.due() {
             return false;
         }
-        let first = self.generation_checked.is_none();
-        self.generation_checked = Some(Instant::now());
-        let started = self.start_over.take_unrecorded();
-        let known = self.start_over.generation();
-        match self
-            .store
-            .follow_topic_generation(&self.group, &self.topic, &self.topic, known, &started)
-            .await
-        {
-            Ok(Some(news)) => {
-                self.start_over.learn(news.generation, news.started_over);
-                onboarding_kafka::start_over::log_new_generation(
-                    first,
-                    news.generation,
-                    &self.topic,
-                );
-                true
-            }
-            Ok(None) => false,
+        match self.store.topic_generation(&self.topic).await {
+            Ok(generation) => self.generation.learn(generation),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
-                self.start_over.unrecorded_again(started);
                 false
             }
         }
     }
 
-    /// Leaves the consumer group (committing what was handled) and joins it again.
+    /// Leaves the consumer group (committing what was handled) and joins the group of the known
+    /// generation.
     fn rejoin(&mut self) -> Result<(), ProvisionerError> {
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer = subscribe(&self.consumer_config, &self.kafka, &self.start_over)?;
+        self.generation.configure(&mut self.consumer_config);
+        self.consumer = subscribe(&self.consumer_config, &self.kafka)?;
         self.watchdog.reset();
         Ok(())
     }
@@ -289,11 +269,10 @@ impl Provisioner {
 fn subscribe(
     config: &rdkafka::ClientConfig,
     kafka: &KafkaSettings,
-    start_over: &Arc<StartOver>,
 ) -> Result<StreamConsumer<GroupContext>, rdkafka::error::KafkaError> {
     onboarding_kafka::subscribe(
         config,
         &kafka.topic,
-        GroupContext::with_rewind(start_over.clone(), Rewind::new(kafka)),
+        GroupContext::with_rewind(Rewind::new(kafka)),
     )
 }

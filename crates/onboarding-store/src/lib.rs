@@ -61,7 +61,6 @@ pub use console::{
 pub use credentials::{ActiveCredential, Credential, Credentials};
 pub use directory::{AccountField, AccountOrder, Comparison, DirectoryFilter};
 pub use erasure::Erasure;
-pub use generations::TopicGeneration;
 pub use hasher::Argon2Hasher;
 pub use idempotency::Idempotency;
 pub use invitation::{code_validity, FieldProblems, Invitation, InvitationFields};

@@ -117,11 +117,30 @@ impl Checker {
         )
         .fetch_one(&self.db)
         .await?;
-        let email_worker_lag =
-            group_lag(&self.args.brokers, &self.args.email_group, &self.args.topic).await?;
+        // After a broker loss the consumers read in the groups of the topic's generation
+        // (docs/adr/0038): `GROUP.generation-N`.
+        let generation: i64 = sqlx::query_scalar(
+            "SELECT coalesce((SELECT generation FROM topic_generations WHERE topic = $1), 0)",
+        )
+        .bind(&self.args.topic)
+        .fetch_one(&self.db)
+        .await?;
+        let group = |base: &str| {
+            if generation > 0 {
+                format!("{base}.generation-{generation}")
+            } else {
+                base.to_owned()
+            }
+        };
+        let email_worker_lag = group_lag(
+            &self.args.brokers,
+            &group(&self.args.email_group),
+            &self.args.topic,
+        )
+        .await?;
         let intake_lag = group_lag(
             &self.args.brokers,
-            &self.args.intake_group,
+            &group(&self.args.intake_group),
             &self.args.requests_topic,
         )
         .await?;
@@ -814,7 +833,8 @@ fn no_server_errors(ledger: &Ledger) -> Invariant {
     )
 }
 
-/// The committed lag of `group` on `topic`: the high watermarks minus the committed offsets.
+/// The committed lag of `group` on `topic`: the high watermarks minus the committed offsets (all
+/// of a partition's records when its committed offset lies beyond its end).
 async fn group_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
     let (brokers, group, topic) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -844,7 +864,9 @@ async fn group_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i6
                 Offset::Offset(o) => o.max(low),
                 _ => low,
             };
-            lag += (high - at).max(0);
+            // A committed offset beyond the partition's end belongs to a topic the broker lost: a
+            // consumer resuming there would skip every record of the partition.
+            lag += if at > high { high - low } else { high - at };
         }
         Ok(lag)
     })

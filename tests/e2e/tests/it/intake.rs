@@ -461,3 +461,124 @@ async fn requests_handled_side_by_side_keep_the_earlier_request_the_winner_of_a_
         );
     }
 }
+
+/// The intake's consumer group, as the stack's configuration names it.
+fn intake_group(stack: &Stack) -> String {
+    let config = std::fs::read_to_string(&stack.config).expect("the stack's configuration");
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("group = \"e2e-intake-"))
+        .expect("[intake] group");
+    line.trim_start_matches("group = \"")
+        .trim_end_matches('"')
+        .to_owned()
+}
+
+#[tokio::test]
+async fn after_a_broker_loss_offsets_committed_for_the_lost_topic_never_make_the_intake_skip_a_request(
+) {
+    use onboarding_e2e::broker::Broker;
+    use rdkafka::consumer::{BaseConsumer, CommitMode};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let mut broker = Broker::start("broker-intake");
+    let stack = Stack::start(
+        "intake_loss",
+        Options {
+            kafka: Some(broker.addr.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    stack.spawn("intake");
+    let tag = unique("");
+    let send = |n: usize, round: &'static str| {
+        let stack = &stack;
+        let tag = tag.clone();
+        async move {
+            for i in 0..n {
+                let id = format!("hr-{round}{i}-{tag}");
+                let username = format!("{round}{i}x{tag}");
+                publish(
+                    stack,
+                    &id,
+                    &request(&id, &username, &format!("{username}@pickup.example")),
+                )
+                .await;
+            }
+        }
+    };
+    send(20, "before").await;
+    let before = read(&stack, "outcomes", 20).await;
+    assert!(before.iter().all(|o| json_of(o)["status"] == "accepted"));
+
+    // The in-memory broker dies and comes back empty. The relay recreates the topics and counts a
+    // new generation; the intake lives through it and reads on in the new generation's group.
+    broker.restart_empty();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !stack
+        .logs_of("intake")
+        .contains("building a new consumer in the group of this generation")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the intake did not move to the new generation within 90 s; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A consumer that lived through the loss commits the offsets of the lost topic into its group
+    // when it gets to it (its auto-commit once the broker is back, a revocation, its close): far
+    // beyond the new topic's end. Here as a client of the configured group would.
+    let group = intake_group(&stack);
+    let stale: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka consumer");
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..2 {
+        offsets
+            .add_partition_offset(&topic(&stack, "requests"), partition, Offset::Offset(1_000))
+            .unwrap();
+    }
+    stale
+        .commit(&offsets, CommitMode::Sync)
+        .expect("the broker takes the commit");
+    drop(stale);
+
+    // The intake is restarted (a new release, an orchestrator), and the HR system goes on.
+    stack.signal("intake", "TERM");
+    stack.spawn("intake");
+    send(20, "after").await;
+    let outcomes = read(&stack, "outcomes", 20).await;
+    let accepted: HashMap<String, String> = outcomes
+        .iter()
+        .map(json_of)
+        .filter(|o| o["status"] == "accepted")
+        .map(|o| {
+            (
+                o["request_id"].as_str().unwrap().to_owned(),
+                o["user_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for i in 0..20 {
+        let id = format!("hr-after{i}-{tag}");
+        let user = accepted.get(&id).unwrap_or_else(|| {
+            panic!(
+                "no accepted outcome for {id}; logs in {}",
+                stack.dir.display()
+            )
+        });
+        let view = stack.user(user).await;
+        assert_eq!(
+            view["username"],
+            format!("after{i}x{tag}").as_str(),
+            "{view}"
+        );
+        assert_eq!(view["state"], "CodeIssued", "{view}");
+    }
+}
