@@ -155,8 +155,7 @@ pub struct GroupContext {
     rebalances: AtomicU64,
     /// Set once the consumer lost every broker and paused ([`pause_on_broker_loss`]).
     brokers_lost: AtomicBool,
-    /// For a consumer of the events topic: each partition not started over resumes before its
-    /// committed offset ([`Rewind`], docs/adr/0036).
+    /// For a consumer of the events topic: each partition resumes before its committed offset ([`Rewind`], docs/adr/0036).
     rewind: Option<Rewind>,
 }
 

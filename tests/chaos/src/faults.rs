@@ -190,8 +190,8 @@ impl Campaign {
             Kind::BrokerRestart => {
                 service(&self.service, "broker-stop").await?;
                 let down = Duration::from_millis(rng.gen_range(1000..4000));
-                // The consumers live through it and start their partitions over by themselves
-                // (docs/adr/0037); `--restart-consumers-on-broker-loss` restarts them instead:
+                // The consumers live through it and read the new topic in the groups of its
+                // generation by themselves (docs/adr/0037, 0038); `--restart-consumers-on-broker-loss` restarts them instead:
                 // killed while it is down, started once it is back.
                 let mut restarted = Vec::new();
                 if self.restart_consumers_on_broker_loss {

@@ -512,9 +512,16 @@ async fn after_a_broker_loss_offsets_committed_for_the_lost_topic_never_make_the
     let before = read(&stack, "outcomes", 20).await;
     assert!(before.iter().all(|o| json_of(o)["status"] == "accepted"));
 
-    // The in-memory broker dies and comes back empty. The relay recreates the topics and counts a
-    // new generation; the intake lives through it and reads on in the new generation's group.
+    // The in-memory broker dies and comes back empty. The operator recreates the intake's topics
+    // (`onboard migrate`, as after any loss); the relay recreates the event topic and counts a new
+    // generation; the intake lives through it and reads on in the new generation's group.
     broker.restart_empty();
+    let migrate = stack.cli(&["migrate"]);
+    assert!(
+        migrate.status.success(),
+        "onboard migrate: {}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     while !stack
         .logs_of("intake")
