@@ -150,7 +150,15 @@ impl Intake {
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
-            if self.generation_moved().await {
+            if self
+                .generation
+                .moved(
+                    self.handling
+                        .store
+                        .topic_generation(&self.settings.kafka.topic),
+                )
+                .await
+            {
                 self.drain(&mut lanes).await;
                 self.rejoin()?;
                 disrupted = false;
@@ -252,27 +260,6 @@ impl Intake {
         }
         tracing::warn!(partitions = ?stalled, "requests wait on partitions nobody reads; rejoining the consumer group");
         true
-    }
-
-    /// Reads the event topic's generation every [`onboarding_kafka::watchdog::CHECK_EVERY`];
-    /// true when the relay recreated the topic since: the consumer is then built again in the
-    /// new generation's group, which starts from the beginning (docs/adr/0038).
-    async fn generation_moved(&mut self) -> bool {
-        if !self.generation.due() {
-            return false;
-        }
-        match self
-            .handling
-            .store
-            .topic_generation(&self.settings.kafka.topic)
-            .await
-        {
-            Ok(generation) => self.generation.learn(generation),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
-                false
-            }
-        }
     }
 
     /// Leaves the consumer group (committing what was handled) and joins the group of the known

@@ -93,6 +93,25 @@ impl Generation {
         true
     }
 
+    /// Every [`CHECK_EVERY`], reads the generation with `read` (a query of PostgreSQL,
+    /// `Store::topic_generation`) and learns it; true when it moved ([`Generation::learn`]). A
+    /// read that fails changes nothing and is tried again next time.
+    pub async fn moved<E: std::fmt::Display>(
+        &mut self,
+        read: impl std::future::Future<Output = Result<i64, E>>,
+    ) -> bool {
+        if !self.due() {
+            return false;
+        }
+        match read.await {
+            Ok(generation) => self.learn(generation),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
+                false
+            }
+        }
+    }
+
     /// Learns the generation read from PostgreSQL; true when it moved since the consumer was
     /// built (the caller then builds a consumer in [`Generation::group`]).
     pub fn learn(&mut self, generation: i64) -> bool {

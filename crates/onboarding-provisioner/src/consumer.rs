@@ -105,7 +105,11 @@ impl Provisioner {
         let mut disrupted = false;
         let mut quiet = Duration::ZERO;
         loop {
-            if self.generation_moved().await {
+            if self
+                .generation
+                .moved(self.store.topic_generation(&self.topic))
+                .await
+            {
                 self.rejoin()?;
                 disrupted = false;
                 quiet = Duration::ZERO;
@@ -187,22 +191,6 @@ impl Provisioner {
         }
         tracing::warn!(partitions = ?stalled, "records wait on partitions nobody reads; rejoining the consumer group");
         true
-    }
-
-    /// Reads the topic's generation every [`onboarding_kafka::watchdog::CHECK_EVERY`]; true
-    /// when the relay recreated the topic since: the consumer is then built again in the new
-    /// generation's group, which starts from the beginning (docs/adr/0038).
-    async fn generation_moved(&mut self) -> bool {
-        if !self.generation.due() {
-            return false;
-        }
-        match self.store.topic_generation(&self.topic).await {
-            Ok(generation) => self.generation.learn(generation),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
-                false
-            }
-        }
     }
 
     /// Leaves the consumer group (committing what was handled) and joins the group of the known

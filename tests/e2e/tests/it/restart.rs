@@ -229,7 +229,8 @@ async fn after_a_broker_loss_the_log_is_republished_in_chunks_while_new_invitati
     assert!(
         worker_log.contains("every broker is gone; fetching stops")
             && worker_log.contains("the relay recreated the event topic")
-            && worker_log.contains("start from the beginning"),
+            && worker_log.contains("building a new consumer in the group of this generation")
+            && worker_log.contains(".generation-1"),
         "{worker_log}"
     );
 }
