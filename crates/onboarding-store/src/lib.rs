@@ -380,10 +380,40 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
 /// ([`wait_for_database`]); otherwise as [`connect`].
 pub fn connect_lazy(settings: &Settings) -> Result<PgPool, StoreError> {
     let options = connect_options(settings)?.options(settings.database.session_timeouts());
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(settings).connect_lazy_with(options))
+}
+
+/// A connection idle for longer than this is checked (a round trip) before it is handed out.
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The pool's settings from `[database]`. sqlx checks every idle connection with a round trip
+/// before handing it out, and again when it comes back: a read of an account paid three round
+/// trips for its one statement. The check before use is kept only for a connection idle for
+/// longer than [`PING_AFTER_IDLE`], the one that may have outlived its server (a restart takes
+/// longer); a connection used within the second is not checked again. A statement on a
+/// connection that failed meanwhile still fails as unavailable, and sqlx's check on its return
+/// closes it (docs/adr/0038).
+fn pool_options(settings: &Settings) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.database.acquire_timeout())
-        .connect_lazy_with(options))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for <= PING_AFTER_IDLE {
+                    return Ok(true);
+                }
+                // As sqlx's own check: a connection that does not answer is dropped and
+                // another one taken.
+                match sqlx::Connection::ping(conn).await {
+                    Ok(()) => Ok(true),
+                    Err(error) => {
+                        tracing::info!(%error, "an idle database connection did not answer; dropped");
+                        Ok(false)
+                    }
+                }
+            })
+        })
 }
 
 /// Where `[database]` points, for a log line: host, port and database name, never the user's
@@ -450,9 +480,7 @@ fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StoreError> 
 }
 
 async fn pool(settings: &Settings, options: PgConnectOptions) -> Result<PgPool, StoreError> {
-    PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
-        .acquire_timeout(settings.database.acquire_timeout())
+    pool_options(settings)
         .connect_with(options)
         .await
         .map_err(|e| StoreError::Unavailable(Box::new(ConnectFailed(e))))
