@@ -183,7 +183,9 @@ impl AccountRow {
     }
 }
 
-/// The scratch schema the replay writes into; dropped by [`Scratch::drop_schema`].
+/// The scratch schema the replay writes into; dropped by [`Scratch::drop_schema`]. Its tables
+/// are `UNLOGGED`: a scratch needs no write-ahead log (a kept scratch, `--keep`, is emptied if
+/// PostgreSQL crashes; replay again).
 pub struct Scratch {
     pub schema: String,
     /// How the registry keys names: the replay rebuilds `usernames` in that form, and compares
@@ -203,12 +205,12 @@ impl Scratch {
         for ddl in [
             format!("CREATE SCHEMA {schema}"),
             format!(
-                "CREATE TABLE {schema}.account_states (user_id uuid PRIMARY KEY, state text, \
+                "CREATE UNLOGGED TABLE {schema}.account_states (user_id uuid PRIMARY KEY, state text, \
                  state_since timestamptz, code_expires_at timestamptz, username text, domain text, \
                  email text, created_at timestamptz, delivery text, provisioning text, external_id text)"
             ),
             format!(
-                "CREATE TABLE {schema}.usernames (domain text NOT NULL, username_key text NOT NULL, \
+                "CREATE UNLOGGED TABLE {schema}.usernames (domain text NOT NULL, username_key text NOT NULL, \
                  user_id uuid NOT NULL)"
             ),
         ] {
@@ -369,7 +371,7 @@ async fn copy_live(
 ) -> Result<u64, ReplayError> {
     for (projection, columns) in PROJECTIONS {
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.live_{projection} AS SELECT {columns} FROM {projection}"
+            "CREATE UNLOGGED TABLE {schema}.live_{projection} AS SELECT {columns} FROM {projection}"
         ))
         .execute(&mut *conn)
         .await?;
