@@ -83,6 +83,135 @@ pub struct Args {
     onboard_config: PathBuf,
 }
 
+/// `onboarding-bench phases`: chosen phases of [`run`] alone, against an engine that is already
+/// running (a profiling aid: `perf record -p` the engine while one phase runs). Prints each
+/// figure; no table, no checks beyond each phase's own.
+#[derive(clap::Args)]
+pub struct PhaseArgs {
+    #[arg(long)]
+    base_url: String,
+    #[arg(long)]
+    admin_token: String,
+    #[arg(long)]
+    database_url: String,
+    /// The engine's code key `k1` (base64).
+    #[arg(long)]
+    code_key: String,
+    /// smtp-sink's counter log (with --invite, to wait until every invitation was mailed).
+    #[arg(long)]
+    sink_log: PathBuf,
+    /// Invitations over `POST /api/v1/users` (64 clients) first, then waits for their mails.
+    #[arg(long, default_value_t = 0)]
+    invite: usize,
+    /// `GET /confirm` page views for this many seconds (64 clients).
+    #[arg(long, default_value_t = 0.0)]
+    views_seconds: f64,
+    /// Password submissions (form and post, 8 clients), on links not used before.
+    #[arg(long, default_value_t = 0)]
+    passwords: usize,
+    /// `onboard audit replay --from postgres` beside a raw SELECT, with this binary and
+    /// `--onboard-config`.
+    #[arg(long)]
+    onboard: Option<PathBuf>,
+    #[arg(long)]
+    onboard_config: Option<PathBuf>,
+}
+
+pub async fn phases(p: PhaseArgs) -> anyhow::Result<()> {
+    let args = Args {
+        base_url: p.base_url,
+        admin_token: p.admin_token,
+        database_url: p.database_url,
+        brokers: String::new(),
+        topic: String::new(),
+        requests_topic: String::new(),
+        outcomes_topic: String::new(),
+        sink_log: p.sink_log,
+        code_key: p.code_key,
+        invitations: p.invite,
+        processes: Vec::new(),
+        limits_dir: PathBuf::new(),
+        out: PathBuf::new(),
+        quick: false,
+        onboard: p.onboard.clone().unwrap_or_default(),
+        onboard_config: p.onboard_config.clone().unwrap_or_default(),
+    };
+    let db = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&args.database_url)
+        .await
+        .context("connecting to the engine's database")?;
+    let bench = Bench {
+        sink: Sink::new(&args.sink_log),
+        args,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(120))
+            .build()?,
+        db,
+        mails: Arc::default(),
+        started: Instant::now(),
+    };
+    if p.invite > 0 {
+        let before = bench.sink.accepted()?;
+        let rate = bench.invite_over_http(p.invite, 64).await?;
+        println!("invitations over HTTP: {rate:.0}/s");
+        bench.wait_for_mails(before + p.invite as u64).await?;
+        println!("all {} mailed", p.invite);
+    }
+    // Links of accounts whose password is not set yet, oldest first.
+    let unused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'CodeIssued'")
+            .fetch_one(&bench.db)
+            .await?;
+    if p.views_seconds > 0.0 || p.passwords > 0 {
+        let links = bench.links(unused).await?;
+        let set: std::collections::HashSet<Uuid> = sqlx::query_scalar::<_, String>(
+            "SELECT aggregate_id FROM events WHERE event_type = 'PasswordSet'",
+        )
+        .fetch_all(&bench.db)
+        .await?
+        .into_iter()
+        .filter_map(|id| id.parse().ok())
+        .collect();
+        let links: Vec<Link> = links
+            .into_iter()
+            .filter(|l| !set.contains(&l.user_id))
+            .collect();
+        if p.views_seconds > 0.0 {
+            let n = links.len().min(1_000);
+            let views = bench
+                .confirm_views(&links[..n], p.views_seconds, 64)
+                .await?;
+            println!("GET /confirm (64 clients): {views:.0}/s");
+        }
+        if p.passwords > 0 {
+            ensure!(
+                links.len() > 1_000 + p.passwords,
+                "only {} unused links: invite more",
+                links.len()
+            );
+            let rate = bench
+                .submit_passwords(&links[links.len() - p.passwords..], 8)
+                .await?;
+            println!("password submissions (8 clients): {rate:.1}/s");
+        }
+    }
+    if p.onboard.is_some() {
+        let replay = bench.replay().await?;
+        println!(
+            "replay {:.0} events/s ({} events in {:.2} s), raw SELECT {:.0} events/s ({:.2} s): {:.0} %",
+            replay.replay_per_second,
+            replay.events,
+            replay.replay_seconds,
+            replay.select_per_second,
+            replay.select_seconds,
+            100.0 * replay.replay_per_second / replay.select_per_second
+        );
+    }
+    Ok(())
+}
+
 struct Bench {
     args: Args,
     http: reqwest::Client,

@@ -78,6 +78,8 @@ enum Command {
     },
     /// Drives the engine, prints the table and writes every result.
     Engine(engine::Args),
+    /// Chosen phases alone against a running engine, to profile it while one runs.
+    Phases(engine::PhaseArgs),
 }
 
 #[tokio::main]
@@ -105,6 +107,7 @@ async fn main() {
             out,
         } => limits::kafka(&brokers, &topic, seconds, &out).await,
         Command::Engine(args) => engine::run(args).await,
+        Command::Phases(args) => engine::phases(args).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
