@@ -392,7 +392,7 @@ const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// longer than [`PING_AFTER_IDLE`], the one that may have outlived its server (a restart takes
 /// longer); a connection used within the second is not checked again. A statement on a
 /// connection that failed meanwhile still fails as unavailable, and sqlx's check on its return
-/// closes it (docs/adr/0038).
+/// closes it (docs/adr/0039).
 fn pool_options(settings: &Settings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
