@@ -102,6 +102,21 @@ async fn read_until(
     out
 }
 
+/// Publishes `n` requests of one round: request ids `hr-<round><i>-<tag>`, usernames
+/// `<round><i>x<tag>`, keyed by the request id (so they spread over the partitions).
+async fn send_round(stack: &Stack, tag: &str, n: usize, round: &str) {
+    for i in 0..n {
+        let id = format!("hr-{round}{i}-{tag}");
+        let username = format!("{round}{i}x{tag}");
+        publish(
+            stack,
+            &id,
+            &request(&id, &username, &format!("{username}@pickup.example")),
+        )
+        .await;
+    }
+}
+
 fn json_of(s: &Seen) -> Value {
     serde_json::from_slice(&s.value).expect("outcomes are JSON")
 }
@@ -332,23 +347,7 @@ async fn when_one_of_two_intakes_is_killed_the_other_handles_its_requests() {
     stack.spawn_named("intake-a", "intake", &[]);
     stack.spawn_named("intake-b", "intake", &[]);
     let tag = unique("");
-    let send = |n: usize, round: &'static str| {
-        let stack = &stack;
-        let tag = tag.clone();
-        async move {
-            for i in 0..n {
-                let id = format!("hr-{round}{i}-{tag}");
-                // Keys spread over both partitions of the requests topic.
-                let username = format!("{round}{i}x{tag}");
-                publish(
-                    stack,
-                    &id,
-                    &request(&id, &username, &format!("{username}@pickup.example")),
-                )
-                .await;
-            }
-        }
-    };
+    let send = |n: usize, round: &'static str| send_round(&stack, &tag, n, round);
     send(10, "first").await;
     let before = read(&stack, "outcomes", 10).await;
     assert!(before.iter().all(|o| json_of(o)["status"] == "accepted"));
@@ -519,22 +518,7 @@ async fn after_a_broker_loss_offsets_committed_for_the_lost_topic_never_make_the
     .await;
     stack.spawn("intake");
     let tag = unique("");
-    let send = |n: usize, round: &'static str| {
-        let stack = &stack;
-        let tag = tag.clone();
-        async move {
-            for i in 0..n {
-                let id = format!("hr-{round}{i}-{tag}");
-                let username = format!("{round}{i}x{tag}");
-                publish(
-                    stack,
-                    &id,
-                    &request(&id, &username, &format!("{username}@pickup.example")),
-                )
-                .await;
-            }
-        }
-    };
+    let send = |n: usize, round: &'static str| send_round(&stack, &tag, n, round);
     send(20, "before").await;
     let before = read(&stack, "outcomes", 20).await;
     assert!(before.iter().all(|o| json_of(o)["status"] == "accepted"));
