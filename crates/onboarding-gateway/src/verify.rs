@@ -39,13 +39,15 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    /// Makes the dummy hash: one hash at the configured cost, when the gateway starts.
+    /// Makes the dummy hash (one hash at the configured cost) and the work areas of every hash
+    /// the process may run at once, when the gateway starts.
     pub(crate) fn new(settings: &PasswordHashingSettings) -> Result<Self, GatewayError> {
         let hasher =
             Argon2Hasher::configured(settings).map_err(|e| GatewayError::Hashing(e.to_string()))?;
         let dummy = hasher
             .dummy()
             .map_err(|e| GatewayError::Hashing(e.to_string()))?;
+        hasher.reserve_work_areas();
         Ok(Self { hasher, dummy })
     }
 }

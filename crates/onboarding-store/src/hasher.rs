@@ -19,11 +19,13 @@ use tokio::sync::Semaphore;
 fn permits() -> Arc<Semaphore> {
     static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     PERMITS
-        .get_or_init(|| {
-            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Arc::new(Semaphore::new(cpus))
-        })
+        .get_or_init(|| Arc::new(Semaphore::new(hashes_at_once())))
         .clone()
+}
+
+/// How many hashes the process runs at once: one per core.
+fn hashes_at_once() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// The work areas of the process's hashes, one per permit at most (a hash takes one for its
@@ -101,6 +103,23 @@ impl Argon2Hasher {
         Self {
             params,
             permits: permits(),
+        }
+    }
+
+    /// Allocates, now, a work area at this hasher's cost for every hash the process may run at
+    /// once (one per core), each written through so that it is resident: a process that hashes
+    /// holds its hashing memory from its start instead of growing into it with its first burst
+    /// of submissions, and a memory limit too small for it fails the start rather than a burst
+    /// (docs/adr/0040). Called once, when the gateway starts, before any hash runs.
+    pub fn reserve_work_areas(&self) {
+        let blocks = self.params.block_count();
+        let mut areas = work_areas()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let missing = hashes_at_once().saturating_sub(areas.len());
+        areas.extend(std::iter::repeat_with(Vec::new).take(missing));
+        for area in areas.iter_mut() {
+            area.resize(blocks, Block::default());
         }
     }
 
