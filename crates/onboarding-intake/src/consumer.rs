@@ -26,12 +26,16 @@ use crate::invite::invite;
 use crate::outcome::{InvitationOutcome, ACCEPTED_TYPE, REJECTED_TYPE};
 use crate::request::{classify, request_user_id, DeadLetter, InvitationRequested};
 
-/// Why the intake stopped: its Kafka clients could not be created or subscribed.
+/// Why the intake stopped: its Kafka clients could not be created or subscribed, or a request's
+/// handler failed (a bug: the process exits, as the email worker does, and the request is read
+/// again after the restart).
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     /// A configuration error names the property, never its value.
     #[error("kafka: {0}")]
     Kafka(#[source] ClientError),
+    #[error("a request's handler failed: {0}; the request will be seen again after a restart")]
+    Lane(#[source] tokio::task::JoinError),
 }
 
 impl From<KafkaError> for IntakeError {
@@ -170,7 +174,14 @@ impl Intake {
                 handled = lanes.handled() => {
                     match handled {
                         Ok(handled) => self.store_offset(handled),
-                        Err(e) => tracing::error!(error = %e, "a request's handler failed; the request will be seen again"),
+                        // The failed request's lanes and its partition's offsets stop; the
+                        // intake finishes the other requests in hand, commits what they
+                        // finished and exits, so that a restart reads the request again.
+                        Err(e) => {
+                            self.drain(&mut lanes).await;
+                            let _ = self.close();
+                            return Err(IntakeError::Lane(e));
+                        }
                     }
                     continue;
                 }
