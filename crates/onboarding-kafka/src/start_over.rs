@@ -2,8 +2,8 @@
 //!
 //! A broker that lost its data (an in-memory broker that restarted, a topic deleted by hand)
 //! comes back with a topic whose offsets start again at 0, while a consumer that lived through it
-//! still holds the offsets of the lost topic: in memory, stored but not yet committed, or queued
-//! for the coordinator. Whenever that consumer commits them (its auto-commit once the broker is
+//! still holds the offsets of the lost topic, the ones it stored and did not commit before the
+//! broker went. Whenever that consumer commits them (its auto-commit once the broker is
 //! back, the revocation of its partitions, its close), they land in its group, and a consumer that
 //! later resumes from the group's offsets skips the new topic's records below them.
 //!
