@@ -6,6 +6,7 @@
 //! It fails (exit 1) only when the engine lost work: an invitation refused or never mailed, a
 //! password not set. It never fails because of a time.
 
+mod backlog;
 mod engine;
 mod limits;
 mod memory;
@@ -76,6 +77,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The mail path alone: accepts invitations while no email worker runs and waits until
+    /// the relay published them all (they wait in Kafka).
+    BacklogInvite(backlog::InviteArgs),
+    /// The mail path alone: measures the email worker(s) just started mailing that backlog.
+    BacklogMail(backlog::MailArgs),
     /// Drives the engine, prints the table and writes every result.
     Engine(engine::Args),
     /// Chosen phases alone against a running engine, to profile it while one runs.
@@ -106,6 +112,8 @@ async fn main() {
             seconds,
             out,
         } => limits::kafka(&brokers, &topic, seconds, &out).await,
+        Command::BacklogInvite(args) => backlog::invite(args).await,
+        Command::BacklogMail(args) => backlog::mail(args).await,
         Command::Engine(args) => engine::run(args).await,
         Command::Phases(args) => engine::phases(args).await,
     };

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 /// The machine's limits measured in the same run.
 pub struct Limits {
     pub json: Value,
+    /// The mail path alone, from a backlog (`backlog.rs`).
+    pub mail_from_backlog: Value,
 }
 
 impl Limits {
@@ -27,6 +29,8 @@ impl Limits {
                 "mailer": read("mailer.json")?,
                 "seal": read("seal.json")?,
             }),
+            // An engine figure measured before `onboard serve` started (tests/bench/run).
+            mail_from_backlog: read("mail_backlog.json")?,
         })
     }
 }
@@ -122,6 +126,38 @@ pub fn print(r: &Value) {
         format!("{smtp:.0}/s"),
         ratio(mailed, smtp),
     );
+    // The mail path alone: the email worker(s) mailing invitations that waited in Kafka. Each
+    // mail is one append (InvitationMailSent), group-committed, and one SMTP transaction.
+    let b = &e["mail_from_backlog"];
+    let backlog = num(&b["mails_per_second"]);
+    let backlog_label = format!(
+        "Invitations mailed from a backlog of {:.0}, the email worker alone ({} process), over {:.0} s",
+        num(&b["invitations"]),
+        b["workers"],
+        num(&b["window_seconds"])
+    );
+    row(
+        &backlog_label,
+        format!("{backlog:.0}/s"),
+        "pgbench append, 32 clients (1 append per mail)",
+        format!("{:.0}/s", pg("clients_32")),
+        ratio(backlog, pg("clients_32")),
+    );
+    row(
+        &backlog_label,
+        format!("{backlog:.0}/s"),
+        "smtp-sink, one sequential client",
+        format!("{smtp:.0}/s"),
+        ratio(backlog, smtp),
+    );
+    let mailer_32 = num(&l["mailer"]["engine_mails_per_second_32"]);
+    row(
+        &backlog_label,
+        format!("{backlog:.0}/s"),
+        "the engine's Mailer alone, 32 senders (SMTP alone, below)",
+        format!("{mailer_32:.0}/s"),
+        ratio(backlog, mailer_32),
+    );
     let m = &l["mailer"];
     for senders in ["1", "32"] {
         let engine = num(&m[format!("engine_mails_per_second_{senders}")]);
@@ -190,6 +226,16 @@ pub fn print(r: &Value) {
             num(&replay["select_events_per_second"]),
         ),
     );
+    if let Some(cpu) = b["cpu_microseconds_per_mail"].as_object() {
+        println!();
+        println!(
+            "Mailing the backlog, per mail: {:.2} PostgreSQL transactions (the worker's and the relay's){}.",
+            num(&b["transactions_per_mail"]),
+            cpu.iter()
+                .map(|(name, us)| format!(", {:.0} µs of CPU in {name}", num(us)))
+                .collect::<String>()
+        );
+    }
     // Sealing personal data: CPU beside each append, one thread (the store's own code).
     println!();
     println!("| Sealing a UserInvited's personal fields, one thread | seal | open (as a reader) | a new account's key |");

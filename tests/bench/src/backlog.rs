@@ -1,0 +1,252 @@
+//! The mail path alone, from a backlog: tests/bench/run starts `onboard gateway` and
+//! `onboard relay` (no email worker) on a database and topic of their own, `invite` accepts the
+//! invitations over the API and waits until the relay published them all, so that they wait in
+//! Kafka; the script then starts `onboard email-worker` and `mail` measures how fast it mails
+//! that backlog, with what it cost: CPU seconds of the worker and the relay, PostgreSQL
+//! transactions, all per mail.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+#[derive(clap::Args)]
+pub struct InviteArgs {
+    /// The gateway, e.g. http://127.0.0.1:14080.
+    #[arg(long)]
+    base_url: String,
+    #[arg(long)]
+    admin_token: String,
+    /// The backlog's database.
+    #[arg(long)]
+    database_url: String,
+    /// Invitations to accept.
+    #[arg(long)]
+    invitations: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+}
+
+#[derive(clap::Args)]
+pub struct MailArgs {
+    /// The backlog's database.
+    #[arg(long)]
+    database_url: String,
+    /// Invitations waiting to be mailed.
+    #[arg(long)]
+    invitations: usize,
+    /// Processes whose CPU time is counted, as NAME=PID (the email worker, the relay).
+    #[arg(long = "process")]
+    processes: Vec<String>,
+    /// How many email worker processes mail the backlog.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+async fn database(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .context("connecting to the backlog's database")
+}
+
+/// Accepts `invitations` over `POST /api/v1/users` from many clients, then waits until the
+/// relay published every event (the outbox is empty).
+pub async fn invite(args: InviteArgs) -> anyhow::Result<()> {
+    let db = database(&args.database_url).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let url = format!("{}/api/v1/users", args.base_url);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let (http, url, token) = (http.clone(), url.clone(), args.admin_token.clone());
+            let (next, failed, tag, n) = (next.clone(), failed.clone(), tag.clone(), args.invitations);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let r = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"username": format!("q{i}x{tag}"), "email": format!("q{i}.{tag}@pickup.example")}))
+                        .send()
+                        .await?;
+                    if r.status() != 201 {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("an invitation was refused: {status} {body}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let accepted = args.invitations as f64 / started.elapsed().as_secs_f64();
+    let failed = failed.load(Ordering::Relaxed);
+    ensure!(
+        failed == 0,
+        "{failed} of {} invitations were refused",
+        args.invitations
+    );
+    println!("    accepted at {accepted:.0}/s; waiting until the relay published them all");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&db)
+            .await?;
+        if waiting == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the relay left {waiting} outbox rows unpublished for 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mailed: i64 = mailed_count(&db).await?;
+    ensure!(
+        mailed == 0,
+        "{mailed} invitations were mailed with no email worker running"
+    );
+    println!(
+        "    {} invitations wait in Kafka, none mailed",
+        args.invitations
+    );
+    Ok(())
+}
+
+async fn mailed_count(db: &PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'InvitationMailSent'")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// A process's CPU time so far (user and system), from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("an unreadable /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // The kernel's USER_HZ, 100 on Linux.
+    Ok(ticks / 100.0)
+}
+
+/// Waits until every waiting invitation was mailed, from the email worker(s) just started;
+/// the rate is taken from the `InvitationMailSent` events' times in the log, from the first to
+/// the last.
+pub async fn mail(args: MailArgs) -> anyhow::Result<()> {
+    let db = database(&args.database_url).await?;
+    let processes = args
+        .processes
+        .iter()
+        .map(|p| {
+            let (name, pid) = p.split_once('=').context("--process takes NAME=PID")?;
+            Ok((
+                name.to_owned(),
+                pid.parse::<u32>().context("--process takes NAME=PID")?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cpu_before = processes
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let xacts = || async {
+        anyhow::Ok(
+            sqlx::query_scalar::<_, i64>(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+            )
+            .fetch_one(&db)
+            .await?,
+        )
+    };
+    let xacts_before = xacts().await?;
+    let started = Instant::now();
+    let n = args.invitations as i64;
+    let (mut last, mut moved) = (0, Instant::now());
+    loop {
+        let mailed = mailed_count(&db).await?;
+        if mailed >= n {
+            break;
+        }
+        if mailed != last {
+            (last, moved) = (mailed, Instant::now());
+        }
+        ensure!(
+            moved.elapsed() < Duration::from_secs(120),
+            "no invitation was mailed for two minutes ({mailed} of {n})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let xacts = xacts().await? - xacts_before;
+    let cpu: Vec<(String, f64)> = processes
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| Ok((name.clone(), cpu_seconds(*pid)? - before)))
+        .collect::<anyhow::Result<_>>()?;
+    let times: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT recorded_at FROM events WHERE event_type = 'InvitationMailSent' ORDER BY recorded_at",
+    )
+    .fetch_all(&db)
+    .await?;
+    ensure!(
+        times.len() as i64 == n,
+        "{} invitation mails were recorded for {n} invitations",
+        times.len()
+    );
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let window = (last - first).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    let rate = if window > 0.0 {
+        (times.len() - 1) as f64 / window
+    } else {
+        0.0
+    };
+    let per_mail = |x: f64| x / n as f64;
+    println!(
+        "    {rate:.0} mails/s over {window:.0} s ({n} in {elapsed:.0} s from the worker's start); per mail: {:.1} PostgreSQL transactions{}",
+        per_mail(xacts as f64),
+        cpu.iter()
+            .map(|(name, s)| format!(", {:.0} µs CPU in {name}", per_mail(*s) * 1e6))
+            .collect::<String>()
+    );
+    let result = json!({
+        "invitations": n,
+        "workers": args.workers,
+        "mails_per_second": rate,
+        "window_seconds": window,
+        "seconds_from_start": elapsed,
+        "transactions_per_mail": per_mail(xacts as f64),
+        "cpu_microseconds_per_mail": cpu.iter().map(|(name, s)| (name.clone(), json!(per_mail(*s) * 1e6))).collect::<serde_json::Map<_, _>>(),
+    });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(())
+}
