@@ -12,7 +12,7 @@ use onboarding_config::{PublicBaseUrl, Settings};
 use onboarding_domain::code::{CodeBinding, CodeId, CodeKeyring};
 use onboarding_domain::{EmailDelivery, OnboardingCommand, OnboardingError};
 use onboarding_events::{CodeIssuedV1, UserActivatedV1};
-use onboarding_store::{Actor, MailRetry, RetriedMail, Store, StoreError};
+use onboarding_store::{Actor, Loaded, MailRetry, RetriedMail, Store, StoreError};
 use uuid::Uuid;
 
 use crate::mail::{Accepted, Invitation, MailError, Mailer, SetupError};
@@ -146,7 +146,10 @@ impl Delivery {
         code_id: CodeId,
         attempt: Attempt,
     ) -> Result<Outcome, StoreError> {
-        let Some(account) = self.store.load(user_id).await? else {
+        // Read once: the mail's outcome is recorded on the account as read here, unless another
+        // command changed it meanwhile (`record_after_send`).
+        let loaded = self.store.load_for_command(user_id).await?;
+        let Some(account) = loaded.account().cloned() else {
             return Ok(Outcome::UnknownUser);
         };
         if account.mail_sent_for(code_id) {
@@ -215,7 +218,7 @@ impl Delivery {
             Ok(accepted) => {
                 let template = rendered.template.clone();
                 let outcome = self
-                    .record_after_send(user_id, |now| OnboardingCommand::RecordMailSent {
+                    .record_after_send(user_id, loaded, |now| OnboardingCommand::RecordMailSent {
                         code_id,
                         message_id: accepted.message_id.clone(),
                         smtp_response: accepted.smtp_response.clone(),
@@ -297,7 +300,8 @@ impl Delivery {
         if !attempt.is_retry() && self.store.mail_retry_waits(mail).await? {
             return Ok(Outcome::RetryScheduled);
         }
-        let Some(account) = self.store.load(user_id).await? else {
+        let loaded = self.store.load_for_command(user_id).await?;
+        let Some(account) = loaded.account().cloned() else {
             return Ok(Outcome::UnknownUser);
         };
         if account.welcome_sent_at.is_some() {
@@ -323,10 +327,12 @@ impl Delivery {
         let error = match self.send(mail, email.as_str(), &rendered).await {
             Ok(accepted) => {
                 return self
-                    .record_after_send(user_id, |now| OnboardingCommand::RecordWelcomeMailSent {
-                        message_id: accepted.message_id.clone(),
-                        template: rendered.template.clone(),
-                        now,
+                    .record_after_send(user_id, loaded, |now| {
+                        OnboardingCommand::RecordWelcomeMailSent {
+                            message_id: accepted.message_id.clone(),
+                            template: rendered.template.clone(),
+                            now,
+                        }
                     })
                     .await;
             }
@@ -398,22 +404,41 @@ impl Delivery {
             .await
     }
 
-    /// Records that the SMTP server accepted a mail. The mail is out: this retries for up to a
-    /// minute (through database hiccups and concurrent changes) rather than let the record be
-    /// handled again, which would mail a second time.
+    /// Records that the SMTP server accepted a mail, first on the account as it was read
+    /// before sending (`loaded`), then, when another command changed it meanwhile, on the
+    /// account as it is now. The mail is out: this retries for up to a minute (through database
+    /// hiccups and concurrent changes) rather than let the record be handled again, which would
+    /// mail a second time.
     async fn record_after_send(
         &self,
         user_id: Uuid,
+        loaded: Loaded,
         command: impl Fn(DateTime<Utc>) -> OnboardingCommand,
     ) -> Result<Outcome, StoreError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut pause = Duration::from_millis(100);
+        let actor = Actor::system("email-worker");
+        let mut loaded = Some(loaded);
         loop {
-            match self
-                .store
-                .execute(user_id, command(Utc::now()), &Actor::system("email-worker"))
-                .await
-            {
+            let recorded = match loaded.take() {
+                Some(loaded) => {
+                    match self
+                        .store
+                        .execute_loaded(loaded, command(Utc::now()), &actor)
+                        .await
+                    {
+                        // Changed since it was read: decided again at once on what it is now.
+                        Err(StoreError::Conflict) => continue,
+                        other => other,
+                    }
+                }
+                None => {
+                    self.store
+                        .execute(user_id, command(Utc::now()), &actor)
+                        .await
+                }
+            };
+            match recorded {
                 Ok(()) => return Ok(Outcome::Sent),
                 Err(StoreError::Refused(
                     OnboardingError::MailAlreadySent(_) | OnboardingError::WelcomeAlreadySent,

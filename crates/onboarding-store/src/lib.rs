@@ -39,7 +39,7 @@ use std::sync::Arc;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
@@ -493,15 +493,28 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unexpected(Box::new(MigrationFailed(e))))
 }
 
-/// cqrs-es over the group-committing repository (`append.rs`).
-type Cqrs =
-    cqrs_es::CqrsFramework<Onboarding, PersistedEventStore<append::GroupCommit, Onboarding>>;
+/// cqrs-es' event store over the group-committing repository (`append.rs`): commands are
+/// decided on what it loads and their events appended through it.
+type Appends = PersistedEventStore<append::GroupCommit, Onboarding>;
+
+/// An account as loaded for a command ([`Store::load_for_command`]): its state and the sequence
+/// the command's events follow. [`Store::execute_loaded`] decides a command on it without
+/// reading the account again; an append to the account since it was loaded makes that fail as
+/// a [`StoreError::Conflict`].
+pub struct Loaded(EventStoreAggregateContext<Onboarding>);
+
+impl Loaded {
+    /// The account, or `None` when nobody invited this id.
+    pub fn account(&self) -> Option<&Onboarding> {
+        self.0.aggregate.user_id.map(|_| &self.0.aggregate)
+    }
+}
 
 /// The event-sourced store of `Onboarding` aggregates.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    cqrs: Arc<Cqrs>,
+    appends: Arc<Appends>,
     events: Arc<PersistedEventStore<reads::OpenedReads, Onboarding>>,
     services: OnboardingServices,
     keys: PersonalKeys,
@@ -516,12 +529,11 @@ impl Store {
     /// runtime. `keys` seal the personal fields of what it appends and open what it reads
     /// (docs/adr/0030).
     pub fn new(pool: PgPool, services: OnboardingServices, keys: PersonalKeys) -> Self {
-        let store = PersistedEventStore::new_event_store(append::GroupCommit::start(
+        let appends = PersistedEventStore::new_event_store(append::GroupCommit::start(
             pool.clone(),
             keys.clone(),
         ))
         .with_upcasters(upcasters());
-        let cqrs = cqrs_es::CqrsFramework::new(store, vec![], services.clone());
         let events = PersistedEventStore::new_event_store(reads::OpenedReads::new(
             pool.clone(),
             keys.clone(),
@@ -529,7 +541,7 @@ impl Store {
         .with_upcasters(upcasters());
         Self {
             pool,
-            cqrs: Arc::new(cqrs),
+            appends: Arc::new(appends),
             events: Arc::new(events),
             services,
             keys,
@@ -553,9 +565,47 @@ impl Store {
         command: OnboardingCommand,
         actor: &Actor,
     ) -> Result<(), StoreError> {
-        self.cqrs
-            .execute_with_metadata(&user_id.to_string(), command, actor.metadata())
+        let loaded = self.load_for_command(user_id).await?;
+        self.execute_loaded(loaded, command, actor).await
+    }
+
+    /// The account as a command would be decided on it, for [`Store::execute_loaded`]: a
+    /// caller that reads the account to decide what to do (the email worker) and then records
+    /// what it did reads it once.
+    pub async fn load_for_command(&self, user_id: Uuid) -> Result<Loaded, StoreError> {
+        self.appends
+            .load_aggregate(&user_id.to_string())
             .await
+            .map(Loaded)
+            .map_err(StoreError::from)
+    }
+
+    /// Runs a command on the account as `loaded` holds it; its events commit atomically, right
+    /// after the events `loaded` saw. When another command appended to the account since,
+    /// nothing is written and the answer is [`StoreError::Conflict`]: load it again and decide
+    /// again ([`Store::execute`] does both).
+    #[tracing::instrument(skip_all, fields(user_id = %loaded.0.aggregate_id, actor = %actor.kind))]
+    pub async fn execute_loaded(
+        &self,
+        loaded: Loaded,
+        command: OnboardingCommand,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        let mut context = loaded.0;
+        let sink = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &self.services, &sink)
+            .await
+            .map_err(StoreError::Refused)?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.appends
+            .commit(events, context, actor.metadata())
+            .await
+            .map(drop)
             .map_err(StoreError::from)
     }
 
