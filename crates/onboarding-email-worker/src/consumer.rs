@@ -179,6 +179,13 @@ impl EmailWorker {
                     {
                         continue;
                     }
+                    // Asks for no mail: handled as it is received, beside its user's lane.
+                    if crate::records::needs_nothing(&m) {
+                        if let Some(handled) = lanes.pass(m.partition(), m.offset()) {
+                            self.store_offset(handled);
+                        }
+                        continue;
+                    }
                     let lane = Lane::of(m.partition(), m.key());
                     lanes.dispatch(lane, m.partition(), m.offset(), m.detach());
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);

@@ -13,6 +13,24 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::{Delivery, Outcome};
 use crate::HandleError;
 
+/// The record's `ce_type` header, if it has one that is text.
+fn ce_type(msg: &impl Message) -> Option<&str> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == "ce_type")?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Whether a record asks for no mail: it names a type, and not one the worker mails for. Such a
+/// record needs neither its user's lane nor the database (most of the topic: every other event
+/// of an account, the mails' own outcomes). A record without a type is not one of them: it is
+/// set aside on the dead-letter topic.
+pub(crate) fn needs_nothing(msg: &impl Message) -> bool {
+    ce_type(msg)
+        .is_some_and(|t| !t.is_empty() && t != CodeIssuedV1::TYPE && t != UserActivatedV1::TYPE)
+}
+
 /// Handles one record; shared by every lane.
 pub(crate) struct RecordHandler {
     delivery: Delivery,
@@ -93,13 +111,7 @@ impl RecordHandler {
     }
 
     async fn process(&self, msg: &OwnedMessage) -> Result<(), HandleError> {
-        let ce_type = msg
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .unwrap_or_default()
-            .to_owned();
+        let ce_type = ce_type(msg).unwrap_or_default().to_owned();
         if ce_type.is_empty() {
             return self
                 .dead_letter(msg, "missing_type", "the record has no ce_type header")

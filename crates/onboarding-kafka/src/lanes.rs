@@ -190,6 +190,18 @@ impl<R: Send + 'static> Lanes<R> {
         }
     }
 
+    /// A record that needs no handling (the email worker's records of types it does not mail
+    /// for): received and finished at once, in no lane, so it never waits behind its user's
+    /// records nor holds a place among the records in hand. Its partition's watermark if that
+    /// moved (the caller stores it, as it stores [`Lanes::handled`]'s). Offsets must grow per
+    /// partition, as for [`Lanes::dispatch`].
+    pub fn pass(&mut self, partition: i32, offset: i64) -> Option<Handled> {
+        let progress = self.partitions.entry(partition).or_default();
+        progress.first.get_or_insert(offset);
+        progress.last = Some(offset);
+        self.record_finished(partition, offset)
+    }
+
     fn start(&mut self, id: u64) {
         if self.stop.is_cancelled() {
             // Left, with the records behind it, for whoever reads the partition next.
@@ -469,6 +481,25 @@ mod tests {
         held.settle().await;
         held.finish("b", true).await;
         assert_eq!(lanes.handled().await.unwrap(), at(3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_record_that_needs_nothing_passes_its_user_and_never_moves_the_watermark_past_work() {
+        let (held, handler) = held();
+        let mut lanes = Lanes::new(cap(1), CancellationToken::new(), handler);
+        // Nothing in hand: the watermark moves at once.
+        assert_eq!(lanes.pass(0, 4), Some(at(0, 4)));
+        lanes.dispatch(user("ann"), 0, 5, "ann-1");
+        assert!(!lanes.has_room());
+        // Ann's next record needs nothing: it does not wait behind ann-1, takes no room, and
+        // the offset stays below ann-1 until ann-1 finished.
+        assert_eq!(lanes.pass(0, 6), None);
+        assert_eq!(lanes.in_flight(), 1);
+        held.finish("ann-1", true).await;
+        assert_eq!(lanes.handled().await.unwrap(), at(0, 6));
+        // Another partition's watermark is its own.
+        assert_eq!(lanes.pass(1, 0), Some(at(1, 0)));
+        assert!(lanes.drain().await.is_empty());
     }
 
     #[tokio::test]
