@@ -42,7 +42,8 @@ pub struct MailArgs {
     /// Invitations waiting to be mailed.
     #[arg(long)]
     invitations: usize,
-    /// Processes whose CPU time is counted, as NAME=PID (the email worker, the relay).
+    /// Processes whose CPU time is counted, as NAME=PID (the email worker, the relay, the
+    /// services; `postgres` counts its backends too).
     #[arg(long = "process")]
     processes: Vec<String>,
     /// How many email worker processes mail the backlog.
@@ -145,17 +146,48 @@ async fn mailed_count(db: &PgPool) -> anyhow::Result<i64> {
     )
 }
 
-/// A process's CPU time so far (user and system), from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("an unreadable /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // The kernel's USER_HZ, 100 on Linux.
-    Ok(ticks / 100.0)
+/// The fields of /proc/PID/stat after the command name (which is in parentheses and may hold
+/// spaces): the state first, then the parent's pid, …
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Ticks of the kernel's USER_HZ (100 on Linux) in seconds.
+fn ticks(fields: &[String], at: usize) -> f64 {
+    fields
+        .get(at)
+        .and_then(|f| f.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 100.0
+}
+
+/// A process's CPU time so far (user and system: fields 14 and 15 of the line, 12 and 13 after
+/// the name and state); with `children`, also its children's, live (a postmaster's backends)
+/// and ended (fields 16 and 17).
+fn cpu_seconds(pid: u32, children: bool) -> anyhow::Result<f64> {
+    let own = stat_fields(pid).with_context(|| format!("process {pid} is gone"))?;
+    let mut seconds = ticks(&own, 11) + ticks(&own, 12);
+    if children {
+        seconds += ticks(&own, 13) + ticks(&own, 14);
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(fields) = stat_fields(child) else {
+                continue;
+            };
+            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+                seconds += ticks(&fields, 11) + ticks(&fields, 12);
+            }
+        }
+    }
+    Ok(seconds)
 }
 
 /// Waits until every waiting invitation was mailed, from the email worker(s) just started;
@@ -176,7 +208,7 @@ pub async fn mail(args: MailArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cpu_before = processes
         .iter()
-        .map(|(_, pid)| cpu_seconds(*pid))
+        .map(|(name, pid)| cpu_seconds(*pid, name == "postgres"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let xacts = || async {
         anyhow::Ok(
@@ -210,7 +242,12 @@ pub async fn mail(args: MailArgs) -> anyhow::Result<()> {
     let cpu: Vec<(String, f64)> = processes
         .iter()
         .zip(cpu_before)
-        .map(|((name, pid), before)| Ok((name.clone(), cpu_seconds(*pid)? - before)))
+        .map(|((name, pid), before)| {
+            Ok((
+                name.clone(),
+                cpu_seconds(*pid, name == "postgres")? - before,
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
     let times: Vec<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT recorded_at FROM events WHERE event_type = 'InvitationMailSent' ORDER BY recorded_at",

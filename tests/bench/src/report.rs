@@ -229,7 +229,7 @@ pub fn print(r: &Value) {
     if let Some(cpu) = b["cpu_microseconds_per_mail"].as_object() {
         println!();
         println!(
-            "Mailing the backlog, per mail: {:.2} PostgreSQL transactions (the worker's and the relay's){}.",
+            "Mailing the backlog, per mail: {:.2} PostgreSQL transactions (the worker's and the relay's){} (CPU over the whole phase, the worker's start included).",
             num(&b["transactions_per_mail"]),
             cpu.iter()
                 .map(|(name, us)| format!(", {:.0} µs of CPU in {name}", num(us)))
