@@ -644,7 +644,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<usize, ExecuteError> {
         let mut context = self
-            .events
+            .appends
             .load_aggregate(&user_id.to_string())
             .await
             .map_err(StoreError::from)?;
@@ -663,7 +663,7 @@ impl Store {
         let events = sink.collect().await;
         let appended = events.len();
         if appended > 0 {
-            self.events
+            self.appends
                 .commit(events, context, actor.metadata())
                 .await
                 .map_err(StoreError::from)?;

@@ -148,7 +148,8 @@ impl PersistedEventRepository for OpenedReads {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        // Only the group-committing repository writes; this one is never asked to.
+        // Only the group-committing repository writes (sealing what it appends); nothing in
+        // the store commits through this one.
         self.inner.persist::<A>(events, snapshot_update).await
     }
 

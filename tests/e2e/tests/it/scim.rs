@@ -102,6 +102,23 @@ async fn a_generic_scim_client_provisions_searches_and_changes_jane_and_she_is_m
         1,
         "one invitation, not two: {listed}"
     );
+    // What PATCH and PUT changed is sealed in the log like her invitation (docs/adr/0030): her
+    // new family name and her address are nowhere in clear in her events.
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let in_clear: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_id = $1 \
+         AND (payload::text LIKE '%Doe-Smith%' OR payload::text ILIKE '%' || $2 || '%') \
+         ORDER BY sequence",
+    )
+    .bind(&id)
+    .bind(&email)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        in_clear.is_empty(),
+        "events holding her name or address in clear: {in_clear:?}"
+    );
 
     // The leaver, deleted by the library: gone for SCIM, the invitation revoked (whose links then
     // stop working, as links.rs shows; the mail may not even have gone out).
