@@ -195,7 +195,9 @@ impl EmailWorker {
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
                     // Fetches nothing more until a new consumer is built (below, or when the
                     // generation moves).
-                    onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e);
+                    tokio::task::block_in_place(|| {
+                        onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e)
+                    });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(_idle) => {

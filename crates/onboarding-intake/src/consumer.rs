@@ -198,7 +198,9 @@ impl Intake {
                 Ok(Err(e)) => {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
-                    onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e);
+                    tokio::task::block_in_place(|| {
+                        onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e)
+                    });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(_idle) => {

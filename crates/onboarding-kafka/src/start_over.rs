@@ -16,7 +16,7 @@
 //! new consumer in the new group. Re-reading is safe: every consumer of the engine is idempotent.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -130,9 +130,22 @@ impl Generation {
     }
 }
 
-/// Stops a consumer from fetching once it lost every broker: on `AllBrokersDown`, pauses every
-/// partition assigned to it and returns true (the caller then builds a new consumer once the
-/// broker answers again, or once the relay recreated the topic). Other errors change nothing.
+/// How long [`pause_on_broker_loss`] waits for a broker to answer after a connection failed.
+const STILL_SERVED_WITHIN: Duration = Duration::from_millis(1500);
+
+/// Stops a consumer from fetching once its broker may be gone (docs/adr/0037, 0042). Returns true
+/// when the consumer stays paused: the caller then builds a new consumer once the broker answers
+/// again, or once the relay recreated the topic. Blocks up to [`STILL_SERVED_WITHIN`] on a
+/// transport failure (call it from `block_in_place` in async code).
+///
+/// - `AllBrokersDown`, or a topic the broker does not know (`UnknownTopicOrPartition`): pauses
+///   every partition assigned to the consumer.
+/// - `BrokerTransportFailure` (one connection failed): pauses every partition at once, then asks
+///   the cluster for its metadata. When a broker answers and knows every assigned topic, the
+///   partitions are resumed and this returns false; otherwise they stay paused. A failure is
+///   often the first sign of a lost broker, and `AllBrokersDown` may only come after the broker
+///   is back (docs/adr/0042). A consumer that paused for a loss before is not resumed.
+/// - Any other error changes nothing.
 ///
 /// A broker that comes back without the topic (an in-memory broker that restarted) must not be
 /// asked for it by the old consumer. tansu 0.6.0 answers a fetch for a topic it does not know
@@ -142,30 +155,67 @@ impl Generation {
 /// A paused partition is not fetched, and stays paused when the group assigns it again; a new
 /// consumer learns the topic (and its new id) from the broker before it fetches.
 ///
-/// Each `AllBrokersDown` pauses the assignment again (partitions assigned meanwhile included);
-/// only the first is logged.
+/// Each loss pauses the assignment again (partitions assigned meanwhile included); only the
+/// first is logged.
 pub fn pause_on_broker_loss(consumer: &impl Consumer<GroupContext>, error: &KafkaError) -> bool {
-    if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+    let why = match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::AllBrokersDown) => "every broker is gone",
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => "the broker does not know the topic",
+        Some(RDKafkaErrorCode::BrokerTransportFailure) => "a broker connection failed",
+        _ => return false,
+    };
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment after losing a broker");
+            return false;
+        }
+    };
+    if let Err(e) = consumer.pause(&assignment) {
+        tracing::warn!(error = %e, "cannot pause the partitions after losing a broker");
+        return false;
+    }
+    // A consumer paused for a loss before stays paused: the topic it resumed may be a new one.
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure)
+        && !consumer.context().brokers_lost.load(Ordering::Relaxed)
+        && still_served(consumer, &assignment)
+    {
+        if let Err(e) = consumer.resume(&assignment) {
+            tracing::warn!(error = %e, "cannot resume the partitions after a connection failed");
+            return true;
+        }
         return false;
     }
     let first = !consumer
         .context()
         .brokers_lost
         .swap(true, Ordering::Relaxed);
-    match consumer.assignment() {
-        Ok(assignment) => {
-            if let Err(e) = consumer.pause(&assignment) {
-                tracing::warn!(error = %e, "cannot pause the partitions after losing the brokers");
-            } else if first {
-                tracing::warn!(
-                    partitions = %list(&assignment),
-                    "every broker is gone; fetching stops until a new consumer is built (the broker may come back without the topic)"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the assignment after losing the brokers"),
+    if first {
+        tracing::warn!(
+            partitions = %list(&assignment),
+            "{why}; fetching stops until a new consumer is built (the broker may come back without the topic)"
+        );
     }
     true
+}
+
+/// Whether a broker answers within [`STILL_SERVED_WITHIN`] and knows every topic of `assignment`.
+fn still_served(consumer: &impl Consumer<GroupContext>, assignment: &TopicPartitionList) -> bool {
+    // Every topic, not the assigned ones: a metadata request naming a topic may create it on a
+    // broker that creates topics on demand.
+    let metadata = match consumer.fetch_metadata(None, STILL_SERVED_WITHIN) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "no broker answers after a connection failed");
+            return false;
+        }
+    };
+    assignment.elements().iter().all(|e| {
+        metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == e.topic() && t.error().is_none() && !t.partitions().is_empty())
+    })
 }
 
 /// The consumer context of the engine's group consumers (email worker, intake, provisioner):
@@ -325,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn a_broker_loss_is_every_broker_gone_not_one_transport_failure() {
+    fn a_consumer_pauses_when_its_broker_is_gone_and_not_for_other_errors() {
         use rdkafka::consumer::BaseConsumer;
         use rdkafka::Offset;
         // Never connects: nothing listens on port 9.
@@ -337,12 +387,18 @@ mod tests {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("t", 0, Offset::Beginning).unwrap();
         consumer.assign(&tpl).unwrap();
+        // An error that says nothing of the brokers changes nothing.
+        let other = KafkaError::MessageConsumption(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(!pause_on_broker_loss(&consumer, &other));
+        assert!(!consumer.context().brokers_lost.load(Ordering::Relaxed));
+        // One connection failed and no broker answers: the first sign of a lost broker.
         let transport = KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure);
-        assert!(!pause_on_broker_loss(&consumer, &transport));
+        assert!(pause_on_broker_loss(&consumer, &transport));
+        assert!(consumer.context().brokers_lost.load(Ordering::Relaxed));
+        // Then every broker gone, and the topic unknown: still a loss, logged once.
         let gone = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
         assert!(pause_on_broker_loss(&consumer, &gone));
-        assert!(consumer.context().brokers_lost.load(Ordering::Relaxed));
-        // Again (the error repeats while the broker is away): still a loss, logged once.
-        assert!(pause_on_broker_loss(&consumer, &gone));
+        let unknown = KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(pause_on_broker_loss(&consumer, &unknown));
     }
 }

@@ -141,11 +141,12 @@ async fn after_a_broker_loss_the_log_is_republished_in_chunks_while_new_invitati
     }
 
     // The email worker lives through it, as the relay does: nobody restarts it. It held offsets of
-    // about 300 per partition of the lost topic; it stops fetching when the broker goes (an
-    // in-memory tansu answers a fetch for a topic it lost in a way that crashes librdkafka),
-    // builds a new consumer and starts its partitions over once the relay recreated the topic
-    // (docs/adr/0037). Read from its old offsets, the new invitation (among the first
-    // records of the new topic) would never be mailed.
+    // about 300 per partition of the lost topic; it stops fetching at the first sign of the
+    // broker's loss (an in-memory tansu answers a fetch for a topic it lost in a way that crashes
+    // librdkafka; docs/adr/0042), and once the relay recreated the topic it builds a new consumer
+    // in the consumer group of the new generation, which reads from the beginning (docs/adr/0038).
+    // Read from its old offsets, the new invitation (among the first records of the new topic)
+    // would never be mailed.
     broker.restart_empty();
     // Invited as soon as the broker is back, while the relay republishes the log: it is mailed
     // without waiting for the 1,200 events before it (the time is printed, not judged).
@@ -232,5 +233,87 @@ async fn after_a_broker_loss_the_log_is_republished_in_chunks_while_new_invitati
             && worker_log.contains("building a new consumer in the group of this generation")
             && worker_log.contains(".generation-1"),
         "{worker_log}"
+    );
+}
+
+/// A connection failure is often the first sign of a lost broker, and an in-memory broker that
+/// comes back without the topic crashes a consumer that fetches it (docs/adr/0042): the consumer
+/// pauses at once, and resumes only when a broker answers that still knows the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_paused_on_a_connection_failure_resumes_while_a_broker_serves_its_topic_and_stays_paused_when_none_answers(
+) {
+    use onboarding_kafka::start_over::pause_on_broker_loss;
+    use onboarding_kafka::GroupContext;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message};
+
+    let mut broker = Broker::start("broker-pause");
+    let topic = unique("e2e.pause.");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let send = |value: &'static str| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(topic).key("k").payload(value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", unique("e2e-pause-"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(GroupContext::new())
+        .unwrap();
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let next = || async {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a record within 60 s")
+            .expect("a record");
+        String::from_utf8(m.payload().unwrap().to_vec()).unwrap()
+    };
+    send("one").await;
+    assert_eq!(next().await, "one");
+
+    // One connection failed, but the broker answers and knows the topic: the consumer goes on.
+    let transport = KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure);
+    let paused = tokio::task::block_in_place(|| pause_on_broker_loss(&consumer, &transport));
+    assert!(
+        !paused,
+        "a broker that answers with the topic must not leave the consumer paused"
+    );
+    send("two").await;
+    assert_eq!(next().await, "two");
+
+    // The broker is gone: the consumer stays paused.
+    broker.stop();
+    let paused = tokio::task::block_in_place(|| pause_on_broker_loss(&consumer, &transport));
+    assert!(
+        paused,
+        "with no broker answering, the consumer must stay paused"
     );
 }
