@@ -32,6 +32,12 @@ pub struct InviteArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Processes whose CPU time is counted while the invitations are accepted and published, as
+    /// NAME=PID (the gateway, the relay, the services; `postgres` counts its backends too).
+    #[arg(long = "process")]
+    processes: Vec<String>,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +57,63 @@ pub struct MailArgs {
     workers: usize,
     #[arg(long)]
     out: PathBuf,
+}
+
+/// The processes whose CPU a phase counts, and their CPU time when it started.
+struct Cpu {
+    processes: Vec<(String, u32)>,
+    before: Vec<f64>,
+}
+
+impl Cpu {
+    /// Parses `NAME=PID` arguments and reads each process's CPU time so far.
+    fn start(args: &[String]) -> anyhow::Result<Self> {
+        let processes = args
+            .iter()
+            .map(|p| {
+                let (name, pid) = p.split_once('=').context("--process takes NAME=PID")?;
+                Ok((
+                    name.to_owned(),
+                    pid.parse::<u32>().context("--process takes NAME=PID")?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let before = processes
+            .iter()
+            .map(|(name, pid)| cpu_seconds(*pid, name == "postgres"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { processes, before })
+    }
+
+    /// Each process's CPU seconds since `start`.
+    fn spent(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        self.processes
+            .iter()
+            .zip(&self.before)
+            .map(|((name, pid), before)| {
+                Ok((
+                    name.clone(),
+                    cpu_seconds(*pid, name == "postgres")? - before,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The committed and rolled-back transactions of the connection's database so far.
+async fn transactions(db: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// `seconds` per item in microseconds, by process, as JSON.
+fn per_item_us(cpu: &[(String, f64)], items: usize) -> serde_json::Map<String, serde_json::Value> {
+    cpu.iter()
+        .map(|(name, s)| (name.clone(), json!(s / items as f64 * 1e6)))
+        .collect()
 }
 
 async fn database(url: &str) -> anyhow::Result<PgPool> {
@@ -73,6 +136,8 @@ pub async fn invite(args: InviteArgs) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let url = format!("{}/api/v1/users", args.base_url);
+    let cpu = Cpu::start(&args.processes)?;
+    let xacts_before = transactions(&db).await?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|_| {
@@ -126,15 +191,32 @@ pub async fn invite(args: InviteArgs) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let published = started.elapsed().as_secs_f64();
+    let spent = cpu.spent()?;
+    let xacts = transactions(&db).await? - xacts_before;
     let mailed: i64 = mailed_count(&db).await?;
     ensure!(
         mailed == 0,
         "{mailed} invitations were mailed with no email worker running"
     );
+    let n = args.invitations;
     println!(
-        "    {} invitations wait in Kafka, none mailed",
-        args.invitations
+        "    {n} invitations wait in Kafka, none mailed; accepting and publishing them, per invitation: {:.1} PostgreSQL transactions{}",
+        xacts as f64 / n as f64,
+        spent
+            .iter()
+            .map(|(name, s)| format!(", {:.0} µs CPU in {name}", s / n as f64 * 1e6))
+            .collect::<String>()
     );
+    let result = json!({
+        "invitations": n,
+        "accepted_per_second": accepted,
+        "seconds_to_published": published,
+        "transactions_per_invitation": xacts as f64 / n as f64,
+        "cpu_microseconds_per_invitation": per_item_us(&spent, n),
+    });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     Ok(())
 }
 
@@ -195,31 +277,8 @@ fn cpu_seconds(pid: u32, children: bool) -> anyhow::Result<f64> {
 /// the last.
 pub async fn mail(args: MailArgs) -> anyhow::Result<()> {
     let db = database(&args.database_url).await?;
-    let processes = args
-        .processes
-        .iter()
-        .map(|p| {
-            let (name, pid) = p.split_once('=').context("--process takes NAME=PID")?;
-            Ok((
-                name.to_owned(),
-                pid.parse::<u32>().context("--process takes NAME=PID")?,
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cpu_before = processes
-        .iter()
-        .map(|(name, pid)| cpu_seconds(*pid, name == "postgres"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let xacts = || async {
-        anyhow::Ok(
-            sqlx::query_scalar::<_, i64>(
-                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
-            )
-            .fetch_one(&db)
-            .await?,
-        )
-    };
-    let xacts_before = xacts().await?;
+    let cpu = Cpu::start(&args.processes)?;
+    let xacts_before = transactions(&db).await?;
     let started = Instant::now();
     let n = args.invitations as i64;
     let (mut last, mut moved) = (0, Instant::now());
@@ -238,17 +297,8 @@ pub async fn mail(args: MailArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let xacts = xacts().await? - xacts_before;
-    let cpu: Vec<(String, f64)> = processes
-        .iter()
-        .zip(cpu_before)
-        .map(|((name, pid), before)| {
-            Ok((
-                name.clone(),
-                cpu_seconds(*pid, name == "postgres")? - before,
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let xacts = transactions(&db).await? - xacts_before;
+    let cpu = cpu.spent()?;
     let times: Vec<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT recorded_at FROM events WHERE event_type = 'InvitationMailSent' ORDER BY recorded_at",
     )
@@ -281,7 +331,7 @@ pub async fn mail(args: MailArgs) -> anyhow::Result<()> {
         "window_seconds": window,
         "seconds_from_start": elapsed,
         "transactions_per_mail": per_mail(xacts as f64),
-        "cpu_microseconds_per_mail": cpu.iter().map(|(name, s)| (name.clone(), json!(per_mail(*s) * 1e6))).collect::<serde_json::Map<_, _>>(),
+        "cpu_microseconds_per_mail": per_item_us(&cpu, n as usize),
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -375,6 +375,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "invitations_per_second_kafka_intake": intake,
             "mails_per_second_sustained": mailed.rate,
             "mail_from_backlog": limits.mail_from_backlog,
+            "invitations_to_backlog": limits.invitations_to_backlog,
             "mail_window_seconds": mailed.window_seconds,
             "latency": {"rate_per_second": latency_rate, "invitations": n_latency,
                         "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "max_ms": latency.max_ms},

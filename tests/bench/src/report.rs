@@ -10,6 +10,8 @@ pub struct Limits {
     pub json: Value,
     /// The mail path alone, from a backlog (`backlog.rs`).
     pub mail_from_backlog: Value,
+    /// Accepting and publishing that backlog (`backlog.rs`).
+    pub invitations_to_backlog: Value,
 }
 
 impl Limits {
@@ -31,6 +33,7 @@ impl Limits {
             }),
             // An engine figure measured before `onboard serve` started (tests/bench/run).
             mail_from_backlog: read("mail_backlog.json")?,
+            invitations_to_backlog: read("invite_backlog.json")?,
         })
     }
 }
@@ -177,6 +180,34 @@ pub fn print(r: &Value) {
         "2000/s".into(),
         ratio(mailed, 2000.0),
     );
+    // What the whole path costs the machine: the CPU of every process (the engine's, PostgreSQL's
+    // backends, tansu, smtp-sink) per invitation, accepting and publishing it, then mailing it,
+    // both measured on the backlog. The cores spend it at no more than this rate, even if nothing
+    // waited on anything else; the load generator's own CPU is not counted.
+    let cores = num(&r["machine"]["cores"]);
+    let total_us = |v: &Value| -> f64 { v.as_object().map_or(0.0, |m| m.values().map(num).sum()) };
+    let accept_us = total_us(&e["invitations_to_backlog"]["cpu_microseconds_per_invitation"]);
+    let mail_us = total_us(&b["cpu_microseconds_per_mail"]);
+    if accept_us > 0.0 && mail_us > 0.0 {
+        let bound = cores * 1e6 / (accept_us + mail_us);
+        row(
+            "Invitations mailed (goal)",
+            format!("{mailed:.0}/s"),
+            &format!(
+                "the machine's CPU: {cores:.0} cores / {:.0} µs per invitation ({accept_us:.0} accepting and publishing, {mail_us:.0} mailing, from the backlog)",
+                accept_us + mail_us
+            ),
+            format!("{bound:.0}/s"),
+            ratio(mailed, bound),
+        );
+        row(
+            "The goal beside the machine's CPU bound",
+            "2000/s".into(),
+            "the machine's CPU, as above",
+            format!("{bound:.0}/s"),
+            ratio(2000.0, bound),
+        );
+    }
     row(
         &format!(
             "Invitation to mail at {:.0}/s: p50 / p99",
@@ -226,6 +257,18 @@ pub fn print(r: &Value) {
             num(&replay["select_events_per_second"]),
         ),
     );
+    let i = &e["invitations_to_backlog"];
+    if let Some(cpu) = i["cpu_microseconds_per_invitation"].as_object() {
+        println!();
+        println!(
+            "Accepting the backlog over POST /api/v1/users ({:.0}/s) and publishing it, per invitation: {:.2} PostgreSQL transactions{}.",
+            num(&i["accepted_per_second"]),
+            num(&i["transactions_per_invitation"]),
+            cpu.iter()
+                .map(|(name, us)| format!(", {:.0} µs of CPU in {name}", num(us)))
+                .collect::<String>()
+        );
+    }
     if let Some(cpu) = b["cpu_microseconds_per_mail"].as_object() {
         println!();
         println!(
