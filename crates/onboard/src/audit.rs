@@ -34,12 +34,13 @@ pub enum AuditCommand {
         #[arg(long)]
         expect: Option<String>,
     },
-    /// Rebuild the projections (account_states, usernames) from the log into a scratch schema
-    /// and compare them with the live ones; print every difference.
+    /// Rebuild the projections (account_states, usernames) from the log and compare them with
+    /// the live ones; print every difference.
     Replay {
         #[arg(long, value_enum)]
         from: Source,
-        /// Keep the scratch schema (its name is printed) instead of dropping it.
+        /// Also write the rebuilt projections and a copy of the live ones into a scratch schema,
+        /// and keep it (its name is printed), to query them with SQL.
         #[arg(long)]
         keep: bool,
     },
@@ -144,32 +145,29 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> Result<()> {
         }
         AuditCommand::Replay { from, keep } => {
             let keys = PersonalKeys::from_settings(settings)?;
-            let mut scratch = replay::Scratch::create(&pool, keys.registry().clone()).await?;
-            let replayed = match from {
-                Source::Postgres => replay::from_postgres(&pool, &keys, &mut scratch).await,
+            let scratch = match keep {
+                true => Some(replay::Scratch::create(&pool).await?),
+                false => None,
+            };
+            let result = match from {
+                Source::Postgres => replay::from_postgres(&pool, &keys, scratch.as_ref()).await,
                 Source::Kafka => {
                     let pending = replay::unpublished(&pool).await?;
                     if pending > 0 {
                         eprintln!("note: {pending} event(s) are still in the outbox, not yet on the topic; expect differences until the relay has published them");
                     }
-                    replay::from_kafka(&pool, &mut scratch, &settings.kafka).await
+                    replay::from_kafka(&pool, keys.registry(), &settings.kafka, scratch.as_ref())
+                        .await
                 }
             };
-            let result = match replayed {
-                Ok(()) => replay::compare(&pool, &scratch).await,
-                Err(e) => Err(e),
-            };
-            let (schema, events, names_in_clear) = (
-                scratch.schema.clone(),
-                scratch.events,
-                scratch.names_in_clear,
-            );
-            if keep {
-                println!("scratch schema kept: {schema}");
-            } else {
-                scratch.drop_schema(&pool).await?;
+            if let Some(scratch) = scratch {
+                println!("scratch schema kept: {}", scratch.schema);
             }
-            let differences = result?;
+            let replay::Replayed {
+                events,
+                differences,
+                names_in_clear,
+            } = result?;
             println!("events replayed: {events}");
             if names_in_clear > 0 {
                 eprintln!(

@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod compare;
 pub mod log;
 pub mod replay;

@@ -1,19 +1,23 @@
 //! Rebuilds the projections from the log (PostgreSQL's `events`, or the public records on the
-//! Kafka topic) into a scratch schema and compares them with the live ones.
+//! Kafka topic) and compares them with the live ones, in memory as the rows arrive
+//! (`compare.rs`, docs/adr/0042); `--keep` also writes both into a scratch schema.
 //!
-//! The projections are `account_states` (the view admins list invitations by and the scheduler
+//! The projections are `account_states` (the table admins list invitations by and the scheduler
 //! scans) and `usernames` (the registry that keeps names unique). Both sources are folded by the
 //! same code, over the public form of each event (`onboarding_events::PublicEvent`), so the
 //! PostgreSQL replay also checks that what the relay publishes carries enough to rebuild them.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::TryStreamExt;
+use futures::stream::{BoxStream, Peekable};
+use futures::{StreamExt, TryStreamExt};
 use onboarding_events::PublicEvent;
 use onboarding_kafka::ClientError;
-use onboarding_store::personal::ToOpen;
+use onboarding_store::personal::{AccountKey, ToOpen};
 use onboarding_store::{Erased, PersonalKeys, UsernameRegistry};
 use rand::Rng;
 use rdkafka::error::KafkaError;
@@ -21,7 +25,10 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-/// Rows per INSERT into the scratch schema.
+use crate::compare::{as_stored, ACCOUNT_COLUMNS, NAME_COLUMNS};
+pub use crate::compare::{AccountState, Comparison, Difference, NameRow};
+
+/// Rows per INSERT into a kept scratch schema.
 const BATCH: usize = 1000;
 
 /// Why a replay could not finish.
@@ -173,33 +180,50 @@ impl AccountRow {
     /// `usernames`' row for this account: (domain, key, user id), the key as `registry`
     /// stores the name's `Username::key` (keyed, or in clear; docs/adr/0035). A revoked or
     /// erased account holds no name (migrations 0012 and 0018).
-    fn username_row(&self, registry: &UsernameRegistry) -> Option<(String, String, Uuid)> {
+    fn username_row(&self, registry: &UsernameRegistry) -> Option<NameRow> {
         if matches!(self.state, Some("Revoked" | "Erased")) {
             return None;
         }
         let domain = self.domain.clone()?;
-        let key = registry.stored_key(&domain, &self.username.as_deref()?.to_lowercase());
-        Some((domain, key, self.user_id))
+        let username_key = registry.stored_key(&domain, &self.username.as_deref()?.to_lowercase());
+        Some(NameRow {
+            domain,
+            username_key,
+            user_id: self.user_id,
+        })
+    }
+
+    /// The account's rows as compared: hers in `account_states`, and in `usernames` if she
+    /// holds a name.
+    pub fn compared(&self, registry: &UsernameRegistry) -> (AccountState, Option<NameRow>) {
+        let state = AccountState {
+            user_id: self.user_id,
+            state: self.state.map(str::to_owned),
+            state_since: as_stored(self.state_since),
+            code_expires_at: as_stored(self.code_expires_at),
+            username: self.username.clone(),
+            domain: self.domain.clone(),
+            email: self.email.clone(),
+            created_at: as_stored(self.created_at),
+            delivery: self.delivery.map(str::to_owned),
+            provisioning: self.provisioning.map(str::to_owned),
+            external_id: self.external_id.clone(),
+        };
+        (state, self.username_row(registry))
     }
 }
 
-/// The scratch schema the replay writes into; dropped by [`Scratch::drop_schema`]. Its tables
-/// are `UNLOGGED`: a scratch needs no write-ahead log (a kept scratch, `--keep`, is emptied if
-/// PostgreSQL crashes; replay again).
+/// A scratch schema the rebuilt projections and a copy of the live ones are written into when
+/// the auditor asks to keep them (`onboard audit replay --keep`), to query them with SQL. The
+/// comparison does not need it (it is made in memory, [`Comparison`]). Its tables are
+/// `UNLOGGED`: a scratch needs no write-ahead log (a kept scratch is emptied if PostgreSQL
+/// crashes; replay again).
 pub struct Scratch {
     pub schema: String,
-    /// How the registry keys names: the replay rebuilds `usernames` in that form, and compares
-    /// the live rows still in clear in it too.
-    registry: UsernameRegistry,
-    accounts: Vec<AccountRow>,
-    pub events: u64,
-    /// Rows of the live registry that held a name in clear while names are keyed (written before
-    /// the registry was keyed, and not yet rewritten by `onboard migrate`).
-    pub names_in_clear: u64,
 }
 
 impl Scratch {
-    pub async fn create(pool: &PgPool, registry: UsernameRegistry) -> Result<Self, ReplayError> {
+    pub async fn create(pool: &PgPool) -> Result<Self, ReplayError> {
         let schema = format!("audit_replay_{:08x}", rand::thread_rng().gen::<u32>());
         let mut tx = pool.begin().await?;
         for ddl in [
@@ -217,28 +241,7 @@ impl Scratch {
             sqlx::query(&ddl).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(Self {
-            schema,
-            registry,
-            accounts: Vec::with_capacity(BATCH),
-            events: 0,
-            names_in_clear: 0,
-        })
-    }
-
-    async fn push(&mut self, pool: &PgPool, row: AccountRow) -> Result<(), ReplayError> {
-        if row.invited {
-            self.accounts.push(row);
-        }
-        if self.accounts.len() >= BATCH {
-            self.flush(pool).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self, pool: &PgPool) -> Result<(), ReplayError> {
-        let rows = std::mem::take(&mut self.accounts);
-        insert_rows(pool, &self.schema, &self.registry, rows).await
+        Ok(Self { schema })
     }
 
     pub async fn drop_schema(self, pool: &PgPool) -> Result<(), ReplayError> {
@@ -249,19 +252,44 @@ impl Scratch {
     }
 }
 
+/// What a replay found.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Events read (from `events`, or records from the topic).
+    pub events: u64,
+    /// Rows that are in one side only (the live projections or the rebuilt ones).
+    pub differences: Vec<Difference>,
+    /// Rows of the live registry that held a name in clear while names are keyed (written before
+    /// the registry was keyed, and not yet rewritten by `onboard migrate`).
+    pub names_in_clear: u64,
+}
+
+impl Replayed {
+    fn new(events: u64, comparison: Comparison) -> Self {
+        let names_in_clear = comparison.names_in_clear;
+        Self {
+            events,
+            differences: comparison.differences(),
+            names_in_clear,
+        }
+    }
+}
+
 /// Writes one batch of rebuilt rows into the scratch schema.
 async fn insert_rows(
     pool: &PgPool,
     schema: &str,
-    registry: &UsernameRegistry,
-    rows: Vec<AccountRow>,
+    rows: Vec<(AccountState, Option<NameRow>)>,
 ) -> Result<(), ReplayError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&AccountRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let time = |f: fn(&AccountRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+    let col =
+        |f: fn(&AccountState) -> Option<String>| rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>();
+    let time = |f: fn(&AccountState) -> Option<DateTime<Utc>>| {
+        rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>()
+    };
+    let ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.user_id).collect();
     let mut tx = pool.begin().await?;
     sqlx::query(&format!(
         "INSERT INTO {schema}.account_states SELECT * FROM UNNEST($1::uuid[], $2::text[], \
@@ -269,107 +297,246 @@ async fn insert_rows(
          $8::timestamptz[], $9::text[], $10::text[], $11::text[])"
     ))
     .bind(&ids)
-    .bind(col(|r| r.state.map(str::to_owned)))
+    .bind(col(|r| r.state.clone()))
     .bind(time(|r| r.state_since))
     .bind(time(|r| r.code_expires_at))
     .bind(col(|r| r.username.clone()))
     .bind(col(|r| r.domain.clone()))
     .bind(col(|r| r.email.clone()))
     .bind(time(|r| r.created_at))
-    .bind(col(|r| r.delivery.map(str::to_owned)))
-    .bind(col(|r| r.provisioning.map(str::to_owned)))
+    .bind(col(|r| r.delivery.clone()))
+    .bind(col(|r| r.provisioning.clone()))
     .bind(col(|r| r.external_id.clone()))
     .execute(&mut *tx)
     .await?;
-    let names: Vec<(String, String, Uuid)> = rows
-        .iter()
-        .filter_map(|r| r.username_row(registry))
-        .collect();
+    let names: Vec<&NameRow> = rows.iter().filter_map(|(_, n)| n.as_ref()).collect();
     sqlx::query(&format!(
         "INSERT INTO {schema}.usernames SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])"
     ))
-    .bind(names.iter().map(|n| n.0.clone()).collect::<Vec<_>>())
-    .bind(names.iter().map(|n| n.1.clone()).collect::<Vec<_>>())
-    .bind(names.iter().map(|n| n.2).collect::<Vec<_>>())
+    .bind(names.iter().map(|n| n.domain.as_str()).collect::<Vec<_>>())
+    .bind(
+        names
+            .iter()
+            .map(|n| n.username_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(names.iter().map(|n| n.user_id).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Replays `events` from PostgreSQL, one account at a time in (account, sequence) order, so
-/// memory holds one account and one batch of rows whatever the size of the log.
+/// A task that writes batches of rebuilt rows into a kept scratch schema while the replay goes
+/// on; at most two batches wait, so memory stays flat.
+struct Writer {
+    batch: Vec<(AccountState, Option<NameRow>)>,
+    sender: tokio::sync::mpsc::Sender<Vec<(AccountState, Option<NameRow>)>>,
+    task: tokio::task::JoinHandle<Result<(), ReplayError>>,
+}
+
+impl Writer {
+    fn start(pool: &PgPool, scratch: &Scratch) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
+        let (pool, schema) = (pool.clone(), scratch.schema.clone());
+        let task = tokio::spawn(async move {
+            while let Some(rows) = receiver.recv().await {
+                insert_rows(&pool, &schema, rows).await?;
+            }
+            Ok(())
+        });
+        Self {
+            batch: Vec::with_capacity(BATCH),
+            sender,
+            task,
+        }
+    }
+
+    async fn push(&mut self, account: AccountState, name: Option<NameRow>) {
+        self.batch.push((account, name));
+        if self.batch.len() >= BATCH {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+            // A writer that stopped reports its error from `finish`.
+            let _ = self.sender.send(full).await;
+        }
+    }
+
+    async fn finish(self) -> Result<(), ReplayError> {
+        if !self.batch.is_empty() {
+            let _ = self.sender.send(self.batch).await;
+        }
+        drop(self.sender);
+        self.task.await.map_err(|e| ReplayError::Corrupt {
+            at: "the scratch writer".into(),
+            reason: e.into(),
+        })?
+    }
+}
+
+/// Where each rebuilt account goes: the comparison, and a kept scratch schema if there is one.
+struct Sink {
+    comparison: Comparison,
+    writer: Option<Writer>,
+}
+
+impl Sink {
+    async fn account(&mut self, account: &AccountRow) {
+        if !account.invited {
+            return;
+        }
+        let (state, name) = account.compared(self.comparison.registry());
+        if let Some(writer) = &mut self.writer {
+            writer.push(state.clone(), name.clone()).await;
+        }
+        self.comparison.replayed(state, name);
+    }
+}
+
+/// A transaction that reads a snapshot it exports (`pg_export_snapshot`), and the snapshot's
+/// name: the log and the live projections read in it and in [`in_snapshot`]'s agree, whatever is
+/// appended meanwhile.
+async fn export_snapshot(
+    pool: &PgPool,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, String), ReplayError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((tx, snapshot))
+}
+
+/// Another transaction reading the snapshot of [`export_snapshot`].
+async fn in_snapshot(
+    pool: &PgPool,
+    snapshot: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ReplayError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+type RowStream<'c, R> = Peekable<BoxStream<'c, Result<R, sqlx::Error>>>;
+
+/// The live projections, each read in user id order on a connection of its own, and fed to the
+/// comparison up to the account the replay has reached: both sides then arrive in the same
+/// order, and equal rows cancel as soon as they meet.
+struct Live<'c> {
+    accounts: RowStream<'c, AccountState>,
+    names: RowStream<'c, NameRow>,
+}
+
+impl<'c> Live<'c> {
+    fn read(accounts: &'c mut sqlx::PgConnection, names: &'c mut sqlx::PgConnection) -> Self {
+        Self {
+            accounts: sqlx::query(&LIVE_ACCOUNTS)
+                .fetch(accounts)
+                .map(|r| r.and_then(|r| AccountState::from_row(&r)))
+                .boxed()
+                .peekable(),
+            names: sqlx::query(&LIVE_NAMES)
+                .fetch(names)
+                .map(|r| r.and_then(|r| NameRow::from_row(&r)))
+                .boxed()
+                .peekable(),
+        }
+    }
+
+    /// Feeds the live rows of the accounts up to `user_id` (all of them with `None`).
+    async fn up_to(
+        &mut self,
+        user_id: Option<Uuid>,
+        comparison: &mut Comparison,
+    ) -> Result<(), ReplayError> {
+        let due = |id: Uuid| user_id.is_none_or(|last| id <= last);
+        while let Some(next) = Pin::new(&mut self.accounts).peek().await {
+            if next.as_ref().is_ok_and(|r| !due(r.user_id)) {
+                break;
+            }
+            if let Some(row) = self.accounts.next().await {
+                comparison.live_account(row?);
+            }
+        }
+        while let Some(next) = Pin::new(&mut self.names).peek().await {
+            if next.as_ref().is_ok_and(|r| !due(r.user_id)) {
+                break;
+            }
+            if let Some(row) = self.names.next().await {
+                comparison.live_name(row?);
+            }
+        }
+        Ok(())
+    }
+}
+
+static LIVE_ACCOUNTS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {ACCOUNT_COLUMNS} FROM account_states ORDER BY user_id"));
+static LIVE_NAMES: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {NAME_COLUMNS} FROM usernames ORDER BY user_id"));
+
+/// Replays `events` from PostgreSQL, one account at a time in (account, sequence) order, and
+/// compares each rebuilt account with the live rows as they arrive: memory holds one account
+/// and the rows that differ, whatever the size of the log. With `scratch`, the rebuilt rows and
+/// a copy of the live ones are written into it as well.
 pub async fn from_postgres(
     pool: &PgPool,
     keys: &PersonalKeys,
-    scratch: &mut Scratch,
-) -> Result<(), ReplayError> {
-    // Batches are written by a task of their own while the next ones are folded; at most two
-    // wait in the channel, so memory stays flat.
-    let (batches, mut receiver) = tokio::sync::mpsc::channel::<Vec<AccountRow>>(2);
-    let writer = {
-        let (pool, schema) = (pool.clone(), scratch.schema.clone());
-        let registry = scratch.registry.clone();
-        tokio::spawn(async move {
-            while let Some(rows) = receiver.recv().await {
-                insert_rows(&pool, &schema, &registry, rows).await?;
-            }
-            Ok::<_, ReplayError>(())
-        })
+    scratch: Option<&Scratch>,
+) -> Result<Replayed, ReplayError> {
+    // The log and both live projections are read from one snapshot, so appends made while the
+    // replay runs cannot show up as differences.
+    let (mut accounts, snapshot) = export_snapshot(pool).await?;
+    let mut names = in_snapshot(pool, &snapshot).await?;
+    let mut read = in_snapshot(pool, &snapshot).await?;
+    if let Some(scratch) = scratch {
+        copy_live(&mut accounts, &scratch.schema, keys.registry()).await?;
+    }
+    let mut sink = Sink {
+        comparison: Comparison::new(keys.registry().clone()),
+        writer: scratch.map(|s| Writer::start(pool, s)),
     };
-    // The log is read and the live projections are copied from one snapshot, so appends made
-    // while the replay runs cannot show up as differences.
-    let mut live = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *live)
-        .await?;
-    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut *live)
-        .await?;
-    let mut read = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *read)
-        .await?;
-    sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
-        .execute(&mut *read)
-        .await?;
-    let (schema, registry) = (scratch.schema.clone(), scratch.registry.clone());
-    let (copied, folded) = tokio::join!(
-        copy_live(&mut live, &schema, &registry),
-        fold_postgres(&mut read, keys, scratch, &batches)
-    );
-    drop(batches);
-    let folded = match (folded, copied) {
-        (Ok(()), Ok(in_clear)) => {
-            scratch.names_in_clear = in_clear;
-            Ok(())
-        }
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    };
+    let mut live = Live::read(&mut accounts, &mut names);
+    let folded = fold_postgres(&mut read, keys, &mut sink, &mut live).await;
     let folded = match folded {
-        Ok(()) => {
-            live.commit().await?;
-            read.commit().await.map_err(ReplayError::from)
-        }
+        Ok(events) => live
+            .up_to(None, &mut sink.comparison)
+            .await
+            .map(|()| events),
         Err(e) => Err(e),
     };
-    let written = writer.await.map_err(|e| ReplayError::Corrupt {
-        at: "the scratch writer".into(),
-        reason: e.into(),
-    })?;
-    folded.and(written)
+    drop(live);
+    let written = match sink.writer.take() {
+        Some(writer) => writer.finish().await,
+        None => Ok(()),
+    };
+    let events = folded?;
+    written?;
+    for tx in [read, names, accounts] {
+        tx.commit().await?;
+    }
+    Ok(Replayed::new(events, sink.comparison))
 }
 
-/// Copies the live projections into the scratch schema (`live_account_states`,
-/// `live_usernames`): `account_states` is a view over the whole log, read once. When names are
-/// keyed, the copy's rows still in clear (written before the registry was keyed) are put in
-/// their keyed form, which means the same name: answers how many there were.
+/// Copies the live projections into a kept scratch schema (`live_account_states`,
+/// `live_usernames`), in the replay's snapshot. When names are keyed, the copy's rows still in
+/// clear (written before the registry was keyed) are put in their keyed form, which means the
+/// same name, as the comparison reads them.
 async fn copy_live(
     conn: &mut sqlx::PgConnection,
     schema: &str,
     registry: &UsernameRegistry,
-) -> Result<u64, ReplayError> {
-    for (projection, columns) in PROJECTIONS {
+) -> Result<(), ReplayError> {
+    for (projection, columns) in [
+        ("account_states", ACCOUNT_COLUMNS),
+        ("usernames", NAME_COLUMNS),
+    ] {
         sqlx::query(&format!(
             "CREATE UNLOGGED TABLE {schema}.live_{projection} AS SELECT {columns} FROM {projection}"
         ))
@@ -377,7 +544,7 @@ async fn copy_live(
         .await?;
     }
     if registry.keyed_by().is_none() {
-        return Ok(0);
+        return Ok(());
     }
     let in_clear: Vec<(String, String)> = sqlx::query_as(&format!(
         "SELECT domain, username_key FROM {schema}.live_usernames \
@@ -399,110 +566,111 @@ async fn copy_live(
     .bind(&keyed)
     .execute(&mut *conn)
     .await?;
-    Ok(in_clear.len() as u64)
+    Ok(())
 }
 
-/// The projections replayed: name (the live table or view, found through the search path, as
-/// the engine's own queries find it), columns compared, order of the printed differences.
-const PROJECTIONS: [(&str, &str); 2] = [
-    (
-        "account_states",
-        "user_id, state, state_since, code_expires_at, username, domain, email, created_at, delivery, \
-         provisioning, external_id",
-    ),
-    ("usernames", "domain, username_key, user_id"),
-];
+/// The log's query: every account's events in order, each beside its account's key row (the
+/// same row on each of her events; it is unwrapped once per account).
+const EVENTS: &str = "SELECT e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+     e.payload::text AS payload, e.recorded_at, k.data_key, k.wrapped_by \
+     FROM events e LEFT JOIN personal_data_keys k ON k.user_id::text = e.aggregate_id \
+     WHERE e.aggregate_type = 'Onboarding' ORDER BY e.aggregate_id, e.sequence";
 
+/// The account being folded: her aggregate id, her row, and her data key once a sealed event
+/// needed it.
+struct Current {
+    aggregate_id: String,
+    account: AccountRow,
+    key: Option<AccountKey>,
+}
+
+/// Folds the log into `sink`; returns the number of events read.
 async fn fold_postgres(
     conn: &mut sqlx::PgConnection,
     keys: &PersonalKeys,
-    scratch: &mut Scratch,
-    batches: &tokio::sync::mpsc::Sender<Vec<AccountRow>>,
-) -> Result<(), ReplayError> {
-    let mut batch = Vec::with_capacity(BATCH);
-    let send = |batch: &mut Vec<AccountRow>, row: AccountRow| {
-        if row.invited {
-            batch.push(row);
-        }
-        (batch.len() >= BATCH).then(|| std::mem::replace(batch, Vec::with_capacity(BATCH)))
-    };
-    let mut rows = sqlx::query(
-        "SELECT e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-         e.payload::text AS payload, e.recorded_at, k.data_key, k.wrapped_by \
-         FROM events e LEFT JOIN personal_data_keys k ON k.user_id::text = e.aggregate_id \
-         WHERE e.aggregate_type = 'Onboarding' ORDER BY e.aggregate_id, e.sequence",
-    )
-    .fetch(&mut *conn);
-    let mut current: Option<(String, AccountRow)> = None;
+    sink: &mut Sink,
+    live: &mut Live<'_>,
+) -> Result<u64, ReplayError> {
+    let mut events = 0;
+    let mut rows = sqlx::query(EVENTS).fetch(&mut *conn);
+    let mut current: Option<Current> = None;
     while let Some(row) = rows.try_next().await? {
-        scratch.events += 1;
-        let aggregate_id: &str = row.try_get("aggregate_id")?;
-        if current.as_ref().is_none_or(|(id, _)| id != aggregate_id) {
+        events += 1;
+        let aggregate_id: &str = row.try_get(0)?;
+        if current
+            .as_ref()
+            .is_none_or(|c| c.aggregate_id != aggregate_id)
+        {
             let user_id = Uuid::parse_str(aggregate_id).map_err(|e| ReplayError::Corrupt {
                 at: format!("aggregate {aggregate_id}"),
                 reason: e.into(),
             })?;
-            if let Some((_, done)) =
-                current.replace((aggregate_id.to_owned(), AccountRow::new(user_id)))
-            {
-                if let Some(full) = send(&mut batch, done) {
-                    if batches.send(full).await.is_err() {
-                        // The writer stopped: its error is reported by the caller.
-                        return Ok(());
-                    }
-                }
+            let next = Current {
+                aggregate_id: aggregate_id.to_owned(),
+                account: AccountRow::new(user_id),
+                key: None,
+            };
+            if let Some(done) = current.replace(next) {
+                live.up_to(Some(done.account.user_id), &mut sink.comparison)
+                    .await?;
+                sink.account(&done.account).await;
             }
         }
-        let Some((_, account)) = current.as_mut() else {
+        let Some(current) = current.as_mut() else {
             continue;
         };
-        let event_type: &str = row.try_get("event_type")?;
+        let event_type: &str = row.try_get(2)?;
         if !PROJECTED.contains(&event_type) {
             continue;
         }
-        let sequence: i64 = row.try_get("sequence")?;
-        let payload: &str = row.try_get("payload")?;
+        let sequence: i64 = row.try_get(1)?;
+        let event_version: &str = row.try_get(3)?;
+        let payload: &str = row.try_get(4)?;
+        let corrupt = |reason: Box<dyn std::error::Error + Send + Sync>| ReplayError::Corrupt {
+            at: format!("aggregate {aggregate_id} sequence {sequence}"),
+            reason,
+        };
         let event = if payload.contains(SEALED_MARK) {
             // Sealed personal fields: opened with the account's key, or stand-ins that the
             // account's `UserErased` drops again (docs/adr/0030).
-            let mut value: Value =
-                serde_json::from_str(payload).map_err(|e| ReplayError::Corrupt {
-                    at: format!("aggregate {aggregate_id} sequence {sequence}"),
-                    reason: e.into(),
-                })?;
-            let key: Option<Vec<u8>> = row.try_get("data_key")?;
-            let wrapped_by: Option<String> = row.try_get("wrapped_by")?;
-            keys.open_with_key(
+            let mut value: Value = serde_json::from_str(payload).map_err(|e| corrupt(e.into()))?;
+            let key = match &mut current.key {
+                Some(key) => key,
+                none => {
+                    let stored: Option<Vec<u8>> = row.try_get(6)?;
+                    let wrapped_by: Option<String> = row.try_get(7)?;
+                    let key = keys
+                        .account_key(
+                            current.account.user_id,
+                            stored.as_deref().zip(wrapped_by.as_deref()),
+                        )
+                        .map_err(|e| corrupt(e.into()))?;
+                    none.insert(key)
+                }
+            };
+            key.open(
                 &mut ToOpen {
                     aggregate_id,
                     event_type,
                     payload: &mut value,
                 },
-                key.as_deref().zip(wrapped_by.as_deref()),
                 Erased::StandIn,
             )
-            .map_err(|e| ReplayError::Corrupt {
-                at: format!("aggregate {aggregate_id} sequence {sequence}"),
-                reason: e.into(),
-            })?;
-            onboarding_store::upcast(event_type, row.try_get("event_version")?, value)
+            .map_err(|e| corrupt(e.into()))?;
+            onboarding_store::upcast(event_type, event_version, value)
         } else {
-            onboarding_store::upcast_str(event_type, row.try_get("event_version")?, payload)
+            onboarding_store::upcast_str(event_type, event_version, payload)
         }
-        .map_err(|e| ReplayError::Corrupt {
-            at: format!("aggregate {aggregate_id} sequence {sequence}"),
-            reason: e.into(),
-        })?;
-        let public = PublicEvent::from_domain(account.user_id, sequence, event);
-        account.apply(&public, row.try_get("recorded_at")?);
+        .map_err(|e| corrupt(e.into()))?;
+        let public = PublicEvent::from_domain(current.account.user_id, sequence, event);
+        current.account.apply(&public, row.try_get(5)?);
     }
-    if let Some((_, done)) = current.filter(|(_, a)| a.invited) {
-        batch.push(done);
+    if let Some(done) = current {
+        live.up_to(Some(done.account.user_id), &mut sink.comparison)
+            .await?;
+        sink.account(&done.account).await;
     }
-    if !batch.is_empty() {
-        let _ = batches.send(batch).await;
-    }
-    Ok(())
+    Ok(events)
 }
 
 /// How a payload that may hold sealed personal fields is told from one in clear without parsing
@@ -530,12 +698,15 @@ const PROJECTED: &[&str] = &[
 
 /// Replays the topic from offset 0 of every partition (a fresh consumer, nothing committed)
 /// up to the high watermarks seen at the start. Records published twice (same user and
-/// sequence, after the relay republished the log) are applied once. Holds one row per account.
+/// sequence, after the relay republished the log) are applied once. Holds one row per account;
+/// then reads the live projections (from one snapshot) and compares. With `scratch`, the rebuilt
+/// rows and a copy of the live ones are written into it as well.
 pub async fn from_kafka(
     pool: &PgPool,
-    scratch: &mut Scratch,
+    registry: &UsernameRegistry,
     kafka: &onboarding_config::KafkaSettings,
-) -> Result<(), ReplayError> {
+    scratch: Option<&Scratch>,
+) -> Result<Replayed, ReplayError> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
     use rdkafka::{Message, Offset, TopicPartitionList};
@@ -551,9 +722,6 @@ pub async fn from_kafka(
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create_with_context(ReplayContext)?;
-    let mut live = pool.begin().await?;
-    scratch.names_in_clear = copy_live(&mut live, &scratch.schema, &scratch.registry).await?;
-    live.commit().await?;
     let topic = kafka.topic.clone();
     let (consumer, ends) = tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
@@ -585,6 +753,7 @@ pub async fn from_kafka(
     // 0: tansu reports the start of the last batch, which may be 0 for a partition holding one.
     let mut open: HashMap<i32, i64> = ends;
     let mut accounts: HashMap<Uuid, AccountRow> = HashMap::new();
+    let mut events = 0;
     const PATIENCE: Duration = Duration::from_secs(120);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !open.is_empty() {
@@ -604,7 +773,7 @@ pub async fn from_kafka(
             }
             Err(e) => return Err(e.into()),
         };
-        scratch.events += 1;
+        events += 1;
         let at = format!("partition {} offset {}", m.partition(), m.offset());
         let corrupt = |reason: Box<dyn std::error::Error + Send + Sync>| ReplayError::Corrupt {
             at: at.clone(),
@@ -632,10 +801,42 @@ pub async fn from_kafka(
             account.apply(&event, recorded_at);
         }
     }
-    for (_, account) in accounts {
-        scratch.push(pool, account).await?;
+    // In user id order, as the live rows are read: equal rows cancel as they meet.
+    let mut accounts: Vec<AccountRow> = accounts.into_values().collect();
+    accounts.sort_unstable_by_key(|a| a.user_id);
+    let (mut live_accounts, snapshot) = export_snapshot(pool).await?;
+    let mut live_names = in_snapshot(pool, &snapshot).await?;
+    if let Some(scratch) = scratch {
+        copy_live(&mut live_accounts, &scratch.schema, registry).await?;
     }
-    scratch.flush(pool).await
+    let mut sink = Sink {
+        comparison: Comparison::new(registry.clone()),
+        writer: scratch.map(|s| Writer::start(pool, s)),
+    };
+    let mut live = Live::read(&mut live_accounts, &mut live_names);
+    let mut compared = Ok(());
+    for account in &accounts {
+        compared = live
+            .up_to(Some(account.user_id), &mut sink.comparison)
+            .await;
+        if compared.is_err() {
+            break;
+        }
+        sink.account(account).await;
+    }
+    if compared.is_ok() {
+        compared = live.up_to(None, &mut sink.comparison).await;
+    }
+    drop(live);
+    let written = match sink.writer.take() {
+        Some(writer) => writer.finish().await,
+        None => Ok(()),
+    };
+    compared?;
+    written?;
+    live_accounts.commit().await?;
+    live_names.commit().await?;
+    Ok(Replayed::new(events, sink.comparison))
 }
 
 /// The replay consumer's context. librdkafka reports each partition's end, which the replay
@@ -657,52 +858,6 @@ impl rdkafka::client::ClientContext for ReplayContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for ReplayContext {}
-
-/// A row that is in one side and not the other.
-#[derive(Debug, Clone)]
-pub struct Difference {
-    pub projection: &'static str,
-    /// `live` (only in the live projection) or `replay` (only in the rebuilt one).
-    pub side: String,
-    pub row: Value,
-}
-
-impl std::fmt::Display for Difference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} only in {}: {}", self.projection, self.side, self.row)
-    }
-}
-
-/// Rows of the live projections (as copied when the replay started) and the rebuilt ones
-/// that differ, each side's rows ordered.
-pub async fn compare(pool: &PgPool, scratch: &Scratch) -> Result<Vec<Difference>, ReplayError> {
-    let s = &scratch.schema;
-    let mut out = Vec::new();
-    for ((projection, columns), order) in PROJECTIONS
-        .into_iter()
-        .zip(["user_id", "domain, username_key"])
-    {
-        let rows = sqlx::query(&format!(
-            "SELECT side, to_jsonb(d) - 'side' AS row FROM ( \
-               (SELECT 'live' AS side, {columns} FROM {s}.live_{projection} \
-                EXCEPT ALL SELECT 'live', {columns} FROM {s}.{projection}) \
-               UNION ALL \
-               (SELECT 'replay' AS side, {columns} FROM {s}.{projection} \
-                EXCEPT ALL SELECT 'replay', {columns} FROM {s}.live_{projection}) \
-             ) d ORDER BY {order}, side"
-        ))
-        .fetch_all(pool)
-        .await?;
-        for row in rows {
-            out.push(Difference {
-                projection,
-                side: row.try_get("side")?,
-                row: row.try_get("row")?,
-            });
-        }
-    }
-    Ok(out)
-}
 
 /// Events still in the outbox (committed, not yet on the topic).
 pub async fn unpublished(pool: &PgPool) -> Result<i64, ReplayError> {

@@ -387,22 +387,74 @@ impl PersonalKeys {
     }
 }
 
+impl PersonalKeys {
+    /// One account's data key, unwrapped once for all her events, as a reader that streams the
+    /// log account by account holds it (the replay): `stored` is her key row (`data_key`,
+    /// `wrapped_by`), `None` when she has none (erased, or never sealed).
+    pub fn account_key(
+        &self,
+        user_id: Uuid,
+        stored: Option<(&[u8], &str)>,
+    ) -> Result<AccountKey, PersonalDataError> {
+        Ok(AccountKey {
+            user_id,
+            key: stored
+                .map(|(stored, wrapped_by)| self.unwrap(user_id, stored, wrapped_by))
+                .transpose()?,
+        })
+    }
+}
+
+/// An account's data key, unwrapped ([`PersonalKeys::account_key`]).
+pub struct AccountKey {
+    user_id: Uuid,
+    key: Option<DataKey>,
+}
+
+impl AccountKey {
+    /// Opens one of her payloads as [`PersonalKeys::open_with_key`] does; an event of another
+    /// account is opened as one whose key is gone.
+    pub fn open(&self, row: &mut ToOpen<'_>, erased: Erased) -> Result<(), PersonalDataError> {
+        if row.sealed().is_none() {
+            return Ok(());
+        }
+        let Ok(user_id) = Uuid::parse_str(row.aggregate_id) else {
+            return Ok(());
+        };
+        let key = self.key.as_ref().filter(|_| user_id == self.user_id);
+        open_fields(row, user_id, key, erased)
+    }
+}
+
 fn open_one(
     row: &mut ToOpen<'_>,
     keys: &HashMap<Uuid, DataKey>,
     erased: Erased,
 ) -> Result<(), PersonalDataError> {
-    let Some(sealed) = row.sealed().map(str::to_owned) else {
+    if row.sealed().is_none() {
+        return Ok(());
+    }
+    let Ok(user_id) = Uuid::parse_str(row.aggregate_id) else {
         return Ok(());
     };
-    let Ok(user_id) = Uuid::parse_str(row.aggregate_id) else {
+    open_fields(row, user_id, keys.get(&user_id), erased)
+}
+
+/// Opens a sealed payload of `user_id` with her key, or puts `erased`'s stand-ins in without it.
+fn open_fields(
+    row: &mut ToOpen<'_>,
+    user_id: Uuid,
+    key: Option<&DataKey>,
+    erased: Erased,
+) -> Result<(), PersonalDataError> {
+    let Some(sealed) = row.sealed().map(str::to_owned) else {
         return Ok(());
     };
     let unopenable = || PersonalDataError::Unopenable {
         user_id,
         event_type: row.event_type.to_owned(),
     };
-    let fields: Map<String, Value> = match keys.get(&user_id) {
+    let fields: Map<String, Value> = match key {
         Some(key) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(&sealed)
@@ -639,6 +691,48 @@ mod tests {
         assert!(matches!(err, PersonalDataError::Unopenable { .. }), "{err}");
         let sealed = seal_bytes(&key().0, b"{}", aad(ID, "UserInvited").as_bytes());
         assert!(open_bytes(&key().0, &sealed, aad(ID, "InvitationRevoked").as_bytes()).is_none());
+    }
+
+    #[test]
+    fn an_account_key_unwrapped_once_opens_her_payloads_and_no_other_accounts() {
+        let keys = PersonalKeys::with_kek(&[1u8; 32]).unwrap();
+        let user = Uuid::parse_str(ID).unwrap();
+        let stored = keys.wrap(user, &[7u8; 32]);
+        let key = keys
+            .account_key(user, Some((&stored, keys.wrapped_by())))
+            .unwrap();
+        let mut payload = invited();
+        seal_with(&self::key(), &mut payload);
+        let mut hers = payload.clone();
+        key.open(
+            &mut ToOpen {
+                aggregate_id: ID,
+                event_type: "UserInvited",
+                payload: &mut hers,
+            },
+            Erased::Text,
+        )
+        .unwrap();
+        assert_eq!(hers, invited());
+        // Held for another account, it opens nothing of hers: her fields read as erased.
+        let other = keys.account_key(Uuid::nil(), None).unwrap();
+        let mut erased = payload.clone();
+        other
+            .open(
+                &mut ToOpen {
+                    aggregate_id: ID,
+                    event_type: "UserInvited",
+                    payload: &mut erased,
+                },
+                Erased::Text,
+            )
+            .unwrap();
+        assert_eq!(erased["UserInvited"]["email"], ERASED_TEXT);
+        // A key row wrapped by another key-encryption key is refused when it is unwrapped.
+        assert!(matches!(
+            PersonalKeys::default().account_key(user, Some((&stored, keys.wrapped_by()))),
+            Err(PersonalDataError::WrongKek { .. })
+        ));
     }
 
     #[test]

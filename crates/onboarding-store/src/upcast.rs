@@ -85,12 +85,16 @@ pub fn upcast_str(
     }
 }
 
-/// A stored event in the current shape: runs the upcasters, then deserialises.
+/// A stored event in the current shape: runs the upcasters, then deserialises. An event already
+/// in its current version is deserialised as it is (no upcaster applies to it).
 pub fn upcast(
     event_type: &str,
     event_version: &str,
     payload: serde_json::Value,
 ) -> Result<OnboardingEvent, serde_json::Error> {
+    if event_version == OnboardingEvent::version_of(event_type) {
+        return serde_json::from_value(payload);
+    }
     let mut event = SerializedEvent {
         aggregate_id: String::new(),
         sequence: 0,

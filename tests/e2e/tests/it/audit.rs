@@ -611,6 +611,35 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
         let log = String::from_utf8_lossy(&o.stderr);
         assert!(!log.contains("ERROR"), "replay from {source}: {log}");
     }
+    // `--keep` also writes the rebuilt projections and a copy of the live ones into a scratch
+    // schema, to query with SQL, and leaves it.
+    let o = stack.cli(&["audit", "replay", "--from", "postgres", "--keep"]);
+    assert!(o.status.success(), "{}", describe_output(&o));
+    let schema = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("scratch schema kept: "))
+        .expect("the kept schema is named")
+        .trim()
+        .to_owned();
+    let (rebuilt, live, names): (i64, i64, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT count(*) FROM {schema}.account_states r \
+                 JOIN {schema}.live_account_states l USING (user_id) \
+                 WHERE (r.state, r.state_since, r.email) IS NOT DISTINCT FROM (l.state, l.state_since, l.email)), \
+                (SELECT count(*) FROM account_states), \
+                (SELECT count(*) FROM {schema}.usernames)"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rebuilt, live,
+        "every live account, rebuilt alike, in {schema}"
+    );
+    assert!(names >= 4, "{names} names rebuilt in {schema}");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
     let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
     let replayed: i64 = stdout(&o)
         .lines()
