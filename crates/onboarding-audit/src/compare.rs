@@ -1,5 +1,5 @@
 //! The comparison of the rebuilt projections with the live ones, made in memory as the rows
-//! arrive (docs/adr/0042): a rebuilt row and a live row that are equal cancel out; what is left
+//! arrive (docs/adr/0043): a rebuilt row and a live row that are equal cancel out; what is left
 //! at the end is the difference, each row on the side it is only in. That is `EXCEPT ALL` both
 //! ways, as the replay computed it in SQL before, without writing the rows anywhere.
 //!

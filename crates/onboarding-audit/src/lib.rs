@@ -3,7 +3,7 @@
 //! at an instant, and export the log as JSON lines.
 //!
 //! Architecture invariant: everything here only reads the log (`events`) and live projections;
-//! the replay writes only into a scratch schema of its own, which it drops.
+//! the replay writes only into a scratch schema of its own, and only when asked to keep it.
 #![forbid(unsafe_code)]
 
 pub mod chain;

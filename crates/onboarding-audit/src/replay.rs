@@ -1,6 +1,6 @@
 //! Rebuilds the projections from the log (PostgreSQL's `events`, or the public records on the
 //! Kafka topic) and compares them with the live ones, in memory as the rows arrive
-//! (`compare.rs`, docs/adr/0042); `--keep` also writes both into a scratch schema.
+//! (`compare.rs`, docs/adr/0043); `--keep` also writes both into a scratch schema.
 //!
 //! The projections are `account_states` (the table admins list invitations by and the scheduler
 //! scans) and `usernames` (the registry that keeps names unique). Both sources are folded by the
