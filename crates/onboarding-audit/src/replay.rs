@@ -57,6 +57,13 @@ pub enum ReplayError {
     /// The blocking Kafka requests could not finish.
     #[error("kafka: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The pool cannot open the connections the replay reads on at once.
+    #[error(
+        "the replay reads on {needed} database connections at once (the log and both live \
+         projections, one more to write a kept scratch schema), but database.max_connections is \
+         {configured}: set it to at least {needed} in the configuration the auditor runs with"
+    )]
+    TooFewConnections { needed: u32, configured: u32 },
     #[error("event at {at} cannot be read: {reason}")]
     Corrupt {
         at: String,
@@ -392,6 +399,16 @@ impl Sink {
     }
 }
 
+/// Fails early, with what to change, when the pool cannot open `needed` connections at once
+/// (the replay would otherwise wait for a connection it never gets).
+fn enough_connections(pool: &PgPool, needed: u32) -> Result<(), ReplayError> {
+    let configured = pool.options().get_max_connections();
+    if configured < needed {
+        return Err(ReplayError::TooFewConnections { needed, configured });
+    }
+    Ok(())
+}
+
 /// A transaction that reads a snapshot it exports (`pg_export_snapshot`), and the snapshot's
 /// name: the log and the live projections read in it and in [`in_snapshot`]'s agree, whatever is
 /// appended meanwhile.
@@ -490,6 +507,7 @@ pub async fn from_postgres(
     keys: &PersonalKeys,
     scratch: Option<&Scratch>,
 ) -> Result<Replayed, ReplayError> {
+    enough_connections(pool, 3 + u32::from(scratch.is_some()))?;
     // The log and both live projections are read from one snapshot, so appends made while the
     // replay runs cannot show up as differences.
     let (mut accounts, snapshot) = export_snapshot(pool).await?;
@@ -711,6 +729,8 @@ pub async fn from_kafka(
     use rdkafka::message::Headers;
     use rdkafka::{Message, Offset, TopicPartitionList};
 
+    enough_connections(pool, 2 + u32::from(scratch.is_some()))?;
+
     // The brokers and security settings (TLS, SASL, `kafka.properties`) of every client of the
     // engine; a group of its own that commits nothing and reports each partition's end.
     let consumer: StreamConsumer<ReplayContext> = onboarding_kafka::base_config(kafka)
@@ -869,6 +889,33 @@ pub async fn unpublished(pool: &PgPool) -> Result<i64, ReplayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pool_too_small_for_the_replay_is_refused_with_what_to_set() {
+        // Never connects: the check comes first.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy("postgres://auditor@127.0.0.1:1/onboarding")
+            .unwrap();
+        let err = from_postgres(&pool, &PersonalKeys::default(), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReplayError::TooFewConnections {
+                    needed: 3,
+                    configured: 2
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("database.max_connections is 2: set it to at least 3"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn times_round_to_microseconds_like_postgresql() {
