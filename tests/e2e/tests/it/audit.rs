@@ -723,6 +723,91 @@ async fn replays_from_postgres_and_from_kafka_rebuild_the_live_projections() {
     assert_eq!(left, 0);
 }
 
+/// The replay compares each rebuilt account with the live rows as they meet, the log read in its
+/// text order and the projections in uuid order (docs/adr/0043). Aggregate ids written in another
+/// form (braced, upper case, without hyphens: PostgreSQL's `uuid` reads them, so the triggers
+/// project them) come in another order than their uuids: the comparison still pairs every row, and still names the one
+/// that differs, once on each side.
+#[tokio::test]
+async fn the_replay_pairs_every_row_whatever_order_the_log_holds_them_in() {
+    let stack = Stack::new("audit_replay_order", Options::default()).await;
+    let pool = PgPool::connect(&stack.database_url).await.unwrap();
+    // Written in clear, as a release before the keyed registry did (the CLI's invitations
+    // after them key the registry, ADR 0035).
+    let mut odd = Vec::new();
+    for n in 0..6 {
+        let uuid = uuid::Uuid::now_v7();
+        let id = match n % 3 {
+            0 => format!("{{{uuid}}}"),
+            1 => uuid.to_string().to_uppercase(),
+            _ => uuid.simple().to_string(),
+        };
+        let code = uuid::Uuid::new_v4().to_string();
+        let mut tx = pool.begin().await.unwrap();
+        for (seq, event_type, payload) in [
+            (
+                1,
+                "UserInvited",
+                V1_INVITED
+                    .replace("USER", &uuid.to_string())
+                    .replace("\"Old\"", &format!("\"Odd{n}\"")),
+            ),
+            (2, "CodeIssued", V1_ISSUED.replace("CODE", &code)),
+        ] {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                 VALUES ('Onboarding', $1, $2, $3, '1.0', $4::jsonb, '{\"actor_kind\": \"admin\", \"actor_id\": \"cli\"}')",
+            )
+            .bind(&id)
+            .bind(seq as i64)
+            .bind(event_type)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        odd.push(uuid);
+    }
+    for n in 0..6 {
+        cli_invite(&stack, &format!("Even{n}"), &[]);
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM account_states")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 12);
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert!(o.status.success(), "{}", describe_output(&o));
+    assert!(
+        stdout(&o).contains("projections match the log"),
+        "{}",
+        describe_output(&o)
+    );
+    // One of them made active by hand: named once on each side, nothing else.
+    sqlx::query("UPDATE account_states SET state = 'Active' WHERE user_id = $1")
+        .bind(odd[4])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let o = stack.cli(&["audit", "replay", "--from", "postgres"]);
+    assert_eq!(o.status.code(), Some(3), "{}", describe_output(&o));
+    let text = stdout(&o);
+    let differences: Vec<&str> = text.lines().filter(|l| l.contains(" only in ")).collect();
+    assert_eq!(differences.len(), 2, "{text}");
+    assert!(
+        differences[0].starts_with("account_states only in live: ")
+            && differences[0].contains("\"Active\"")
+            && differences[0].contains(&odd[4].to_string()),
+        "{text}"
+    );
+    assert!(
+        differences[1].starts_with("account_states only in replay: ")
+            && differences[1].contains("\"CodeIssued\""),
+        "{text}"
+    );
+}
+
 /// `UserInvited` as the first release stored it (version 1.0, no `time_zone`).
 const V1_INVITED: &str = r#"{"UserInvited": {"user_id": "USER", "username": "Old", "email": "old@pickup.example", "domain": "PRIMARY", "locale": "de", "claims": {}, "invited_at": "2026-01-05T09:00:00Z"}}"#;
 const V1_ISSUED: &str = r#"{"CodeIssued": {"code_id": "CODE", "key_id": "k1", "issued_at": "2026-01-05T09:00:00Z", "expires_at": "2099-01-06T09:00:00Z", "reason": "invitation"}}"#;
