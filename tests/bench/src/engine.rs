@@ -115,6 +115,16 @@ pub struct PhaseArgs {
     onboard: Option<PathBuf>,
     #[arg(long)]
     onboard_config: Option<PathBuf>,
+    /// Invitations at `--latency-rate` a second (open loop), timed from invitation to mail, after
+    /// `--invite`.
+    #[arg(long, default_value_t = 0)]
+    latency: usize,
+    #[arg(long, default_value_t = 100.0)]
+    latency_rate: f64,
+    /// Each latency invitation's times (CSV: user id, then milliseconds from the request's start
+    /// to its answer, to `UserInvited`'s and to `InvitationMailSent`'s recorded time).
+    #[arg(long)]
+    latency_out: Option<PathBuf>,
 }
 
 pub async fn phases(p: PhaseArgs) -> anyhow::Result<()> {
@@ -158,6 +168,13 @@ pub async fn phases(p: PhaseArgs) -> anyhow::Result<()> {
         println!("invitations over HTTP: {rate:.0}/s");
         bench.wait_for_mails(before + p.invite as u64).await?;
         println!("all {} mailed", p.invite);
+    }
+    if p.latency > 0 {
+        let latency = bench.latency(p.latency, p.latency_rate).await?;
+        latency.print(p.latency_rate);
+        if let Some(out) = &p.latency_out {
+            latency.write_csv(out)?;
+        }
     }
     // Links of accounts whose password is not set yet, oldest first.
     let unused: i64 =
@@ -312,10 +329,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     phases.push(("latency", bench.now()));
     let latency = bench.latency(n_latency, latency_rate).await?;
-    println!(
-        "    invitation to mail: p50 {:.1} ms, p99 {:.1} ms",
-        latency.p50_ms, latency.p99_ms
-    );
+    latency.print(latency_rate);
 
     let tokens = bench.links(2_000).await?;
     let views_seconds = if bench.args.quick { 3.0 } else { 10.0 };
@@ -378,7 +392,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "invitations_to_backlog": limits.invitations_to_backlog,
             "mail_window_seconds": mailed.window_seconds,
             "latency": {"rate_per_second": latency_rate, "invitations": n_latency,
-                        "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "max_ms": latency.max_ms},
+                        "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "max_ms": latency.max_ms,
+                        "answered_p50_ms": latency.answered_p50_ms, "answered_p99_ms": latency.answered_p99_ms,
+                        "after_answer_p50_ms": latency.after_p50_ms, "after_answer_p99_ms": latency.after_p99_ms},
             "confirm_views_per_second": views,
             "password_submissions_per_second": passwords,
             "transactions_per_invitation": xacts as f64 / backlog as f64,
@@ -419,6 +435,45 @@ struct Latency {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// From the request's start to its answer (the `UserInvited` append committed).
+    answered_p50_ms: f64,
+    answered_p99_ms: f64,
+    /// From the answer to `InvitationMailSent` (relay, broker, worker, SMTP, the mail's append).
+    after_p50_ms: f64,
+    after_p99_ms: f64,
+    each: Vec<LatencyOne>,
+}
+
+/// One latency invitation, in milliseconds from its request's start.
+struct LatencyOne {
+    user_id: String,
+    answered_ms: f64,
+    invited_ms: f64,
+    mailed_ms: f64,
+}
+
+impl Latency {
+    fn print(&self, rate: f64) {
+        println!(
+            "    invitation to mail at {rate:.0}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.p50_ms, self.p99_ms, self.max_ms
+        );
+        println!(
+            "      of which request to answer: p50 {:.1} ms, p99 {:.1} ms; answer to mail: p50 {:.1} ms, p99 {:.1} ms",
+            self.answered_p50_ms, self.answered_p99_ms, self.after_p50_ms, self.after_p99_ms
+        );
+    }
+
+    fn write_csv(&self, out: &std::path::Path) -> anyhow::Result<()> {
+        let mut csv = String::from("user_id,answered_ms,invited_ms,mailed_ms\n");
+        for l in &self.each {
+            csv += &format!(
+                "{},{:.3},{:.3},{:.3}\n",
+                l.user_id, l.answered_ms, l.invited_ms, l.mailed_ms
+            );
+        }
+        std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))
+    }
 }
 
 /// A user's link, minted as the worker mints it for the mail.
@@ -829,7 +884,7 @@ impl Bench {
 
     /// `n` invitations sent at `rate` a second (open loop); from each request's start to its
     /// `InvitationMailSent` in the log (recorded right after the SMTP server accepted the
-    /// mail).
+    /// mail), and to the request's answer on the way.
     async fn latency(&self, n: usize, rate: f64) -> anyhow::Result<Latency> {
         let tag = self.unique();
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -851,12 +906,13 @@ impl Bench {
                     .await?;
                 let status = r.status();
                 let body: Value = r.json().await?;
+                let answered_at = Utc::now();
                 ensure!(status == 201, "an invitation was refused: {status} {body}");
                 let id = body["id"].as_str().context("no id")?.to_owned();
-                Ok::<_, anyhow::Error>((id, sent_at))
+                Ok::<_, anyhow::Error>((id, (sent_at, answered_at)))
             }));
         }
-        let mut sent: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        let mut sent: BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
         for t in tasks {
             let (id, at) = t.await??;
             sent.insert(id, at);
@@ -865,8 +921,11 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(300);
         let rows = loop {
             let rows = sqlx::query(
-                "SELECT aggregate_id, min(recorded_at) AS at FROM events \
-                 WHERE event_type = 'InvitationMailSent' AND aggregate_id = ANY($1) GROUP BY aggregate_id",
+                "SELECT m.aggregate_id, min(m.recorded_at) AS mailed, \
+                 (SELECT min(i.recorded_at) FROM events i WHERE i.aggregate_id = m.aggregate_id \
+                  AND i.event_type = 'UserInvited') AS invited \
+                 FROM events m WHERE m.event_type = 'InvitationMailSent' AND m.aggregate_id = ANY($1) \
+                 GROUP BY m.aggregate_id",
             )
             .bind(&ids)
             .fetch_all(&self.db)
@@ -882,20 +941,42 @@ impl Bench {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        let mut ms: Vec<f64> = rows
+        let ms = |from: DateTime<Utc>, to: DateTime<Utc>| {
+            (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+        };
+        let each: Vec<LatencyOne> = rows
             .iter()
             .map(|r| {
                 let id: String = r.get("aggregate_id");
-                let at: DateTime<Utc> = r.get("at");
-                (at - sent[&id]).num_microseconds().unwrap_or(0) as f64 / 1000.0
+                let (sent_at, answered_at) = sent[&id];
+                let invited: Option<DateTime<Utc>> = r.get("invited");
+                let mailed: DateTime<Utc> = r.get("mailed");
+                LatencyOne {
+                    answered_ms: ms(sent_at, answered_at),
+                    invited_ms: invited.map_or(f64::NAN, |at| ms(sent_at, at)),
+                    mailed_ms: ms(sent_at, mailed),
+                    user_id: id,
+                }
             })
             .collect();
-        ms.sort_by(f64::total_cmp);
-        let pick = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        let quantiles = |f: fn(&LatencyOne) -> f64| {
+            let mut v: Vec<f64> = each.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let pick = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+            (pick(0.50), pick(0.99), pick(1.0))
+        };
+        let (p50_ms, p99_ms, max_ms) = quantiles(|l| l.mailed_ms);
+        let (answered_p50_ms, answered_p99_ms, _) = quantiles(|l| l.answered_ms);
+        let (after_p50_ms, after_p99_ms, _) = quantiles(|l| l.mailed_ms - l.answered_ms);
         Ok(Latency {
-            p50_ms: pick(0.50),
-            p99_ms: pick(0.99),
-            max_ms: pick(1.0),
+            p50_ms,
+            p99_ms,
+            max_ms,
+            answered_p50_ms,
+            answered_p99_ms,
+            after_p50_ms,
+            after_p99_ms,
+            each,
         })
     }
 
