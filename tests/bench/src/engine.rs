@@ -121,8 +121,9 @@ pub struct PhaseArgs {
     latency: usize,
     #[arg(long, default_value_t = 100.0)]
     latency_rate: f64,
-    /// Each latency invitation's times (CSV: user id, then milliseconds from the request's start
-    /// to its answer, to `UserInvited`'s and to `InvitationMailSent`'s recorded time).
+    /// Each latency invitation's times (CSV: user id, the request's start in microseconds since
+    /// the epoch, then milliseconds from it to the answer, to `UserInvited`'s and to
+    /// `InvitationMailSent`'s recorded time).
     #[arg(long)]
     latency_out: Option<PathBuf>,
 }
@@ -447,6 +448,7 @@ struct Latency {
 /// One latency invitation, in milliseconds from its request's start.
 struct LatencyOne {
     user_id: String,
+    sent_at: DateTime<Utc>,
     answered_ms: f64,
     invited_ms: f64,
     mailed_ms: f64,
@@ -465,11 +467,15 @@ impl Latency {
     }
 
     fn write_csv(&self, out: &std::path::Path) -> anyhow::Result<()> {
-        let mut csv = String::from("user_id,answered_ms,invited_ms,mailed_ms\n");
+        let mut csv = String::from("user_id,sent_at_us,answered_ms,invited_ms,mailed_ms\n");
         for l in &self.each {
             csv += &format!(
-                "{},{:.3},{:.3},{:.3}\n",
-                l.user_id, l.answered_ms, l.invited_ms, l.mailed_ms
+                "{},{},{:.3},{:.3},{:.3}\n",
+                l.user_id,
+                l.sent_at.timestamp_micros(),
+                l.answered_ms,
+                l.invited_ms,
+                l.mailed_ms
             );
         }
         std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))
@@ -952,6 +958,7 @@ impl Bench {
                 let invited: Option<DateTime<Utc>> = r.get("invited");
                 let mailed: DateTime<Utc> = r.get("mailed");
                 LatencyOne {
+                    sent_at,
                     answered_ms: ms(sent_at, answered_at),
                     invited_ms: invited.map_or(f64::NAN, |at| ms(sent_at, at)),
                     mailed_ms: ms(sent_at, mailed),
