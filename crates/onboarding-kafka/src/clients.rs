@@ -50,10 +50,12 @@ pub fn group_consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
     // A fetch that finds nothing new waits at most this long for a record. librdkafka's default
-    // is 500 ms; tansu holds a fetch for that whole time even when a record arrives meanwhile,
-    // so every mail waited up to half a second for its record (the benchmark's invitation-to-mail
-    // p50 was 494 ms with 500, 44 ms with 20; docs/performance.md). An idle consumer then
-    // fetches about 50 times a second per broker; `kafka.properties` can set another value.
+    // is 500 ms. tansu (0.6) answers every fetch only when this time has passed, records or not,
+    // with the records it found when the fetch arrived: a record waits from one to two times this
+    // long at every consumer it passes (the benchmark's invitation-to-mail p50 was 494 ms with
+    // 500, 44 ms with 20; at 10 the record's wait went from 31 to 16 ms on average,
+    // docs/performance.md and docs/adr/0044). An idle consumer then fetches about 100 times a
+    // second per broker; `kafka.properties` can set another value.
     if !kafka
         .client_properties()
         .iter()
@@ -65,7 +67,7 @@ pub fn group_consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig
 }
 
 /// The group consumers' `fetch.wait.max.ms` unless `kafka.properties` sets it.
-pub const FETCH_WAIT_MAX_MS: &str = "20";
+pub const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// A consumer created from `config` with `context` and subscribed to `topic`: how a group
 /// consumer starts, and how it joins its group again after the broker came back without it.
@@ -105,8 +107,16 @@ pub fn relay_producer_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut c = producer_config(kafka, kafka.relay_batch_records);
     // librdkafka's statistics, for the batches' sizes ([`RelayProducerContext`]).
     c.set("statistics.interval.ms", "5000");
+    // The relay hands librdkafka all the records of its batch at once and sends nothing more
+    // until the broker acknowledged them, so a record can only wait for the others of its own
+    // batch: enough time to queue them (microseconds each) keeps them in one batch per
+    // partition. librdkafka's 5 ms only delayed every record by 5 ms (docs/adr/0044).
+    c.set("linger.ms", RELAY_LINGER_MS);
     c
 }
+
+/// The relay producer's `linger.ms` (docs/adr/0044).
+pub const RELAY_LINGER_MS: &str = "1";
 
 /// Counts the relay's record batches and the records in them, from librdkafka's statistics
 /// (`onboard_relay_kafka_batches_total`, `onboard_relay_kafka_batch_records_total`): their
@@ -185,6 +195,12 @@ mod tests {
         assert_eq!(
             relay_producer_config(&k).get("enable.idempotence"),
             Some("true")
+        );
+        // The relay queues its whole batch at once: a short linger keeps it together without
+        // delaying it (docs/adr/0044). Others' single-record batches never linger.
+        assert_eq!(
+            relay_producer_config(&k).get("linger.ms"),
+            Some(RELAY_LINGER_MS)
         );
     }
 

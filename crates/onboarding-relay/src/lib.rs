@@ -637,24 +637,29 @@ impl Relay {
         Ok(next_offsets)
     }
 
-    /// Raises what the relay expects each partition to hold (`relay_offsets`).
+    /// Raises what the relay expects each partition to hold (`relay_offsets`), every partition
+    /// in one statement.
     async fn record_offsets(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         next_offsets: &HashMap<i32, i64>,
     ) -> Result<(), RelayError> {
-        for (partition, next) in next_offsets {
-            sqlx::query(
-                "INSERT INTO relay_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
-                 ON CONFLICT (topic, partition) DO UPDATE \
-                 SET next_offset = GREATEST(relay_offsets.next_offset, EXCLUDED.next_offset)",
-            )
-            .bind(&self.topic)
-            .bind(partition)
-            .bind(next)
-            .execute(&mut **tx)
-            .await?;
+        if next_offsets.is_empty() {
+            return Ok(());
         }
+        let (partitions, nexts): (Vec<i32>, Vec<i64>) =
+            next_offsets.iter().map(|(p, n)| (*p, *n)).unzip();
+        sqlx::query(
+            "INSERT INTO relay_offsets (topic, partition, next_offset) \
+             SELECT $1, p, n FROM unnest($2::int[], $3::bigint[]) AS t(p, n) \
+             ON CONFLICT (topic, partition) DO UPDATE \
+             SET next_offset = GREATEST(relay_offsets.next_offset, EXCLUDED.next_offset)",
+        )
+        .bind(&self.topic)
+        .bind(&partitions)
+        .bind(&nexts)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }
