@@ -200,10 +200,11 @@ pub fn smtp(addr: &str, seconds: f64, sink_log: &Path, out: &Path) -> anyhow::Re
 }
 
 /// Produces records of an event's size with the relay's producer settings (idempotent,
-/// `acks=all`, up to `kafka.relay_batch_records`'s default of 100 records a batch, 5 ms linger:
-/// ADR 0036) and, for comparison, one record per batch (ADR 0004) and rdkafka's own batching.
+/// `acks=all`, up to `kafka.relay_batch_records`'s default of 100 records a batch, 1 ms linger:
+/// ADR 0036, 0044) and, for comparison, one record per batch (ADR 0004) and rdkafka's own
+/// batching.
 pub async fn kafka(brokers: &str, topic: &str, seconds: f64, out: &Path) -> anyhow::Result<()> {
-    let relay = produce(brokers, topic, seconds, Some((100, 5))).await?;
+    let relay = produce(brokers, topic, seconds, Some((100, 1))).await?;
     let one_per_batch = produce(brokers, topic, seconds, Some((1, 0))).await?;
     let batched = produce(brokers, topic, seconds, None).await?;
     write(
