@@ -63,11 +63,7 @@ async fn one(settings: &Settings, args: &Args) -> Result<()> {
         anyhow::anyhow!(flags.join("; "))
     })?;
     let store = crate::user::store(settings).await?;
-    let user_id = store.invite(invitation, &Actor::admin("cli")).await?;
-    let account = store
-        .load(user_id)
-        .await?
-        .context("the invitation was not stored")?;
+    let account = store.invite(invitation, &Actor::admin("cli")).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&onboarding_gateway::user_view(&account, chrono::Utc::now()))?

@@ -227,16 +227,20 @@ async fn create_user_inner(
     };
     f.finish()?;
     let domain = invitation.domain.clone();
-    let user_id = match state.store.invite(invitation, &actor).await {
-        Ok(id) => id,
+    let account = match state.store.invite(invitation, &actor).await {
+        Ok(account) => account,
         Err(InviteError::UsernameTaken {
             username, domain, ..
         }) => return Err(ApiError::UsernameTaken { username, domain }),
         Err(InviteError::Store(e)) => return Err(e.into()),
     };
+    let Some(user_id) = account.user_id else {
+        return Err(ApiError::Internal(
+            "an invitation answered no user id".into(),
+        ));
+    };
     metrics::counter!("onboard_invitations_total").increment(1);
     tracing::info!(%user_id, domain = %domain, "user invited");
-    let account = load(state, user_id).await?;
     Ok(Answer {
         status: StatusCode::CREATED,
         body: user_view(&account, Utc::now()),

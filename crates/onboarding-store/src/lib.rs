@@ -504,6 +504,18 @@ type Appends = PersistedEventStore<append::GroupCommit, Onboarding>;
 pub struct Loaded(EventStoreAggregateContext<Onboarding>);
 
 impl Loaded {
+    /// An id that was never used (one just drawn with `Uuid::now_v7`): it has no events, so
+    /// nothing is read for it. Were it taken after all, the log's unique `(aggregate_id,
+    /// sequence)` key would refuse the append as a [`StoreError::Conflict`].
+    fn unused(user_id: Uuid) -> Self {
+        Self(EventStoreAggregateContext {
+            aggregate_id: user_id.to_string(),
+            aggregate: Onboarding::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        })
+    }
+
     /// The account, or `None` when nobody invited this id.
     pub fn account(&self) -> Option<&Onboarding> {
         self.0.aggregate.user_id.map(|_| &self.0.aggregate)
@@ -607,6 +619,38 @@ impl Store {
             .await
             .map(drop)
             .map_err(StoreError::from)
+    }
+
+    /// [`Store::execute_loaded`] answering the account as its events left it: the events just
+    /// committed applied to the state they were decided on, as a later [`Store::load`] would
+    /// rebuild it, without reading them back (docs/adr/0045).
+    async fn execute_answering(
+        &self,
+        loaded: Loaded,
+        command: OnboardingCommand,
+        actor: &Actor,
+    ) -> Result<Onboarding, StoreError> {
+        let mut context = loaded.0;
+        let sink = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &self.services, &sink)
+            .await
+            .map_err(StoreError::Refused)?;
+        let events = sink.collect().await;
+        let mut account = context.aggregate.clone();
+        if events.is_empty() {
+            return Ok(account);
+        }
+        let committed = self
+            .appends
+            .commit(events, context, actor.metadata())
+            .await
+            .map_err(StoreError::from)?;
+        for event in committed {
+            account.apply(event.payload);
+        }
+        Ok(account)
     }
 
     /// [`Store::execute`] for a command that should not fail because another append to the
@@ -794,11 +838,19 @@ pub enum InviteError {
 }
 
 impl Store {
-    /// Invites a user with a fresh id and code. The username registry decides uniqueness inside
-    /// the append's transaction (its unique index makes the append fail as a conflict), so an
-    /// invitation costs no look-up before it.
-    pub async fn invite(&self, invitation: Invitation, actor: &Actor) -> Result<Uuid, InviteError> {
-        self.invite_as(Uuid::now_v7(), invitation, actor).await
+    /// Invites a user with a fresh id and code, and answers the account as invited. The username
+    /// registry decides uniqueness inside the append's transaction (its unique index makes the
+    /// append fail as a conflict), so an invitation costs no look-up before it; the id is new,
+    /// so its (empty) log is not read either, and the answer is the invitation's events applied,
+    /// not read back (docs/adr/0045).
+    pub async fn invite(
+        &self,
+        invitation: Invitation,
+        actor: &Actor,
+    ) -> Result<Onboarding, InviteError> {
+        let user_id = Uuid::now_v7();
+        self.invite_on(Loaded::unused(user_id), user_id, invitation, actor)
+            .await
     }
 
     /// [`Store::invite`] with a user id chosen by the caller: bulk jobs, SCIM and Kafka requests
@@ -810,6 +862,19 @@ impl Store {
         invitation: Invitation,
         actor: &Actor,
     ) -> Result<Uuid, InviteError> {
+        let loaded = self.load_for_command(user_id).await?;
+        self.invite_on(loaded, user_id, invitation, actor)
+            .await
+            .map(|_| user_id)
+    }
+
+    async fn invite_on(
+        &self,
+        loaded: Loaded,
+        user_id: Uuid,
+        invitation: Invitation,
+        actor: &Actor,
+    ) -> Result<Onboarding, InviteError> {
         let domain = invitation.domain.as_str().to_owned();
         let name = invitation.username.clone();
         let username = invitation.username.as_str().to_owned();
@@ -824,8 +889,8 @@ impl Store {
             claims: invitation.claims,
             now: Utc::now(),
         }));
-        match self.execute(user_id, command, actor).await {
-            Ok(()) => Ok(user_id),
+        match self.execute_answering(loaded, command, actor).await {
+            Ok(account) => Ok(account),
             // The registry's unique index fired (the name is held), or this id was invited
             // before (a retry that lost the race with its first attempt).
             Err(StoreError::Conflict | StoreError::Refused(OnboardingError::AlreadyInvited)) => {

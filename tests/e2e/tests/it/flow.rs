@@ -195,6 +195,45 @@ async fn jane_is_invited_mailed_and_activated_and_every_event_reaches_kafka_with
     assert!(!logs.contains(&code[43..]) && !logs.contains(JANES_PASSWORD));
 }
 
+/// `POST /api/v1/users` answers the account from the invitation's events as committed, without
+/// reading them back (docs/adr/0045): the answer is what a read of the account shows, personal
+/// fields, claims of every JSON type and times included.
+#[tokio::test]
+async fn the_answer_to_an_invitation_is_what_a_read_of_the_account_shows() {
+    let stack = Stack::start("answer", Options::default()).await;
+    let email = format!("{}@pickup.example", unique("ana."));
+    let r = stack
+        .admin(stack.http.post(stack.url("/api/v1/users")))
+        .json(&serde_json::json!({
+            "username": "Ana.Answer",
+            "email": email,
+            "domain": "PRIMARY",
+            "locale": "de",
+            "time_zone": "Europe/Berlin",
+            "code_validity_minutes": 90,
+            "claims": {"given_name": "Ana", "external_id": "e-42", "grade": 1.5,
+                       "big": 12345678901234567890u64, "tiny": 1e-7, "flags": [true, null],
+                       "address": {"city": "Zürich", "lines": ["A 1", "B 2"]}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let mut answered: serde_json::Value = r.json().await.unwrap();
+    let id = answered["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/v1/users/{id}"));
+    assert_eq!(answered["username"], "Ana.Answer");
+    assert_eq!(answered["state"], "CodeIssued");
+    assert_eq!(answered["claims"]["address"]["city"], "Zürich");
+    let mut read = stack.user(&id).await;
+    // The email worker may have recorded the mail in between; everything else is the same.
+    for view in [&mut answered, &mut read] {
+        view.as_object_mut().unwrap().remove("email_delivery");
+    }
+    assert_eq!(answered, read);
+}
+
 #[tokio::test]
 async fn the_cli_invites_shows_and_lists_events() {
     let stack = Stack::start("cli", Options::default()).await;
