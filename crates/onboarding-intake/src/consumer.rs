@@ -290,7 +290,7 @@ impl Intake {
     }
 
     fn close(self) -> Result<(), IntakeError> {
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(e) = onboarding_kafka::commit_stored(&self.consumer) {
             tracing::warn!(error = %e, "final offset commit failed; requests may be seen again (harmless)");
         }
         tracing::info!("intake stopped");

@@ -3,8 +3,8 @@
 
 use onboarding_config::KafkaSettings;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientConfig;
@@ -79,6 +79,16 @@ pub fn subscribe<C: ConsumerContext + 'static>(
     let consumer: StreamConsumer<C> = config.create_with_context(context)?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
+}
+
+/// Commits the offsets `consumer` stored, as it stops. Nothing stored since the last commit
+/// (librdkafka's `NoOffset`: an idle consumer, or one whose auto-commit already took them) is
+/// not a failure, so a clean stop logs no warning.
+pub fn commit_stored<C: ConsumerContext>(consumer: &impl Consumer<C>) -> Result<(), KafkaError> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
+        other => other,
+    }
 }
 
 /// The producer of the records other systems read (the intake's outcomes, dead letters).
@@ -216,5 +226,21 @@ mod tests {
         assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
         assert_eq!(config.get("sasl.password"), Some("kafka-secret-value"));
         assert!(!format!("{config:?}").contains("kafka-secret"));
+    }
+
+    #[test]
+    fn a_consumer_with_nothing_stored_commits_without_a_failure() {
+        use rdkafka::consumer::BaseConsumer;
+        // Never connects: nothing listens on port 9; nothing was stored.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "commit-unit")
+            .create()
+            .expect("consumer");
+        let raw = consumer
+            .commit_consumer_state(CommitMode::Sync)
+            .unwrap_err();
+        assert_eq!(raw.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset));
+        assert!(commit_stored(&consumer).is_ok());
     }
 }

@@ -36,7 +36,7 @@ pub mod trace_context;
 pub mod watchdog;
 
 pub use clients::{
-    base_config, check_config, group_consumer_config, producer, relay_producer,
+    base_config, check_config, commit_stored, group_consumer_config, producer, relay_producer,
     relay_producer_config, subscribe, RelayProducerContext,
 };
 pub use dead_letters::{dead_letter, dead_letter_topic, DLQ_REASON_HEADER};

@@ -166,7 +166,7 @@ impl Provisioner {
                 }
             }
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(e) = onboarding_kafka::commit_stored(&self.consumer) {
             tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
         }
         tracing::info!("provisioner stopped");

@@ -45,7 +45,7 @@ use onboarding_config::Settings;
 use onboarding_domain::code::{CodeId, CodeKeyring, KeyringError};
 use onboarding_domain::password::{CommonPasswords, PasswordPolicy};
 use onboarding_domain::{
-    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingServices,
+    NewCode, Onboarding, OnboardingCommand, OnboardingError, OnboardingEvent, OnboardingServices,
 };
 use rand::RngCore;
 use secrecy::ExposeSecret;
@@ -604,13 +604,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut context = loaded.0;
-        let sink = EventSink::default();
-        context
-            .aggregate()
-            .handle(command, &self.services, &sink)
-            .await
-            .map_err(StoreError::Refused)?;
-        let events = sink.collect().await;
+        let events = self.decide(&mut context, [command]).await?;
         if events.is_empty() {
             return Ok(());
         }
@@ -619,6 +613,24 @@ impl Store {
             .await
             .map(drop)
             .map_err(StoreError::from)
+    }
+
+    /// The events `commands` make on the account `context` holds, decided one after the other;
+    /// nothing is written. A refusal is [`StoreError::Refused`].
+    async fn decide(
+        &self,
+        context: &mut EventStoreAggregateContext<Onboarding>,
+        commands: impl IntoIterator<Item = OnboardingCommand>,
+    ) -> Result<Vec<OnboardingEvent>, StoreError> {
+        let sink = EventSink::default();
+        for command in commands {
+            context
+                .aggregate()
+                .handle(command, &self.services, &sink)
+                .await
+                .map_err(StoreError::Refused)?;
+        }
+        Ok(sink.collect().await)
     }
 
     /// [`Store::execute_loaded`] answering the account as its events left it: the events just
@@ -631,13 +643,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<Onboarding, StoreError> {
         let mut context = loaded.0;
-        let sink = EventSink::default();
-        context
-            .aggregate()
-            .handle(command, &self.services, &sink)
-            .await
-            .map_err(StoreError::Refused)?;
-        let events = sink.collect().await;
+        let events = self.decide(&mut context, [command]).await?;
         let mut account = context.aggregate.clone();
         if events.is_empty() {
             return Ok(account);
@@ -696,15 +702,7 @@ impl Store {
         if let Some(expected) = expected.filter(|e| *e != current) {
             return Err(ExecuteError::Stale { expected, current });
         }
-        let sink = EventSink::default();
-        for command in commands {
-            context
-                .aggregate()
-                .handle(command, &self.services, &sink)
-                .await
-                .map_err(StoreError::Refused)?;
-        }
-        let events = sink.collect().await;
+        let events = self.decide(&mut context, commands).await?;
         let appended = events.len();
         if appended > 0 {
             self.appends
