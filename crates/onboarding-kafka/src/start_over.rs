@@ -106,7 +106,7 @@ impl Generation {
         match read.await {
             Ok(generation) => self.learn(generation),
             Err(e) => {
-                tracing::debug!(error = %e, "cannot read the topic's generation; will retry");
+                tracing::warn!(error = %e, "cannot read the topic's generation; will retry");
                 false
             }
         }
