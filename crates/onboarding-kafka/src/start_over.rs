@@ -152,8 +152,10 @@ const STILL_SERVED_WITHIN: Duration = Duration::from_millis(1500);
 /// with a nil topic id and a leader for each partition; librdkafka 2.12.1 (rdkafka-sys
 /// 4.10.0) turns that leader into a metadata update without a topic name and dies of SIGSEGV in
 /// `rd_kafka_metadata_update_op` (strcmp on the missing name) within a second of reconnecting.
-/// A paused partition is not fetched, and stays paused when the group assigns it again; a new
-/// consumer learns the topic (and its new id) from the broker before it fetches.
+/// A paused partition is not fetched; a new consumer learns the topic (and its new id) from the
+/// broker before it fetches. A revocation and a new assignment by the group do not keep the
+/// pause: in the CI campaign of seed 14615302318191445768 the reassigned partitions were
+/// fetched again by the old consumer (not yet handled; docs/adr/0042).
 ///
 /// Each loss pauses the assignment again (partitions assigned meanwhile included); only the
 /// first is logged.
