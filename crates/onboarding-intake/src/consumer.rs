@@ -205,7 +205,9 @@ impl Intake {
                 }
                 Err(_idle) => {
                     quiet += IDLE_TICK;
-                    if disrupted && quiet >= Duration::from_secs(10) {
+                    // A consumer that lost its brokers fetches nothing more, whatever it received since.
+                    let lost = self.consumer.context().lost_brokers();
+                    if (disrupted || lost) && quiet >= Duration::from_secs(10) {
                         tracing::warn!(
                             "no records since the broker came back; rejoining the consumer group"
                         );

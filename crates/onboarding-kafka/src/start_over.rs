@@ -153,9 +153,10 @@ const STILL_SERVED_WITHIN: Duration = Duration::from_millis(1500);
 /// 4.10.0) turns that leader into a metadata update without a topic name and dies of SIGSEGV in
 /// `rd_kafka_metadata_update_op` (strcmp on the missing name) within a second of reconnecting.
 /// A paused partition is not fetched; a new consumer learns the topic (and its new id) from the
-/// broker before it fetches. A revocation and a new assignment by the group do not keep the
-/// pause: in the CI campaign of seed 14615302318191445768 the reassigned partitions were
-/// fetched again by the old consumer (not yet handled; docs/adr/0042).
+/// broker before it fetches. A revocation and a new assignment by the group do not keep a
+/// pause, so once a consumer lost its brokers, [`GroupContext`] takes no partition the group
+/// assigns to it: in the CI campaign of seed 14615302318191445768 the partitions the group gave
+/// back to a paused consumer were fetched again (docs/adr/0042).
 ///
 /// Each loss pauses the assignment again (partitions assigned meanwhile included); only the
 /// first is logged.
@@ -262,6 +263,12 @@ impl GroupContext {
     pub fn rebalances(&self) -> u64 {
         self.rebalances.load(Ordering::Relaxed)
     }
+
+    /// Whether this consumer lost its brokers ([`pause_on_broker_loss`]): it fetches nothing
+    /// more, and the caller builds a new consumer once a broker answers again.
+    pub fn lost_brokers(&self) -> bool {
+        self.brokers_lost.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for GroupContext {
@@ -289,6 +296,26 @@ impl ConsumerContext for GroupContext {
     ) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         match err {
+            // A consumer that lost its brokers must not fetch again (the broker may be back
+            // without the topic, or with a new topic of the same name): it takes none of the
+            // partitions, which stay its own, unread, until it leaves the group for the
+            // consumer that replaces it.
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.lost_brokers() => {
+                tracing::warn!(
+                    partitions = %list(tpl),
+                    "partitions assigned after the brokers were lost are left unread until a new consumer is built"
+                );
+                // Eager: the consumer holds an empty assignment. Cooperative: nothing is added.
+                if !matches!(
+                    consumer.rebalance_protocol(),
+                    RebalanceProtocol::Cooperative
+                ) {
+                    if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
+                        tracing::warn!(error = %e, "cannot apply the group's assignment");
+                    }
+                }
+                return;
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(partitions = %list(tpl), "partitions assigned");
             }

@@ -17,7 +17,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// How often lag is measured (between records or while idle).
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
-const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one measurement may take in all (its calls to the broker share it). The consumer's
+/// loop polls nothing meanwhile, and a consumer that does not poll does not learn that its
+/// broker is gone: in a 30-minute fault campaign an intake that started measuring just before
+/// the broker restarted empty waited out 5-second timeouts while its fetcher asked the returned
+/// broker for the lost topic, and died of librdkafka's SIGSEGV (docs/adr/0042). A broker on
+/// the same network answers a measurement's few requests in milliseconds; a measurement that runs
+/// out of time fails, and the next one comes [`CHECK_EVERY`] later.
+const MEASURE_WITHIN: Duration = Duration::from_millis(1000);
 
 /// One partition as the watchdog last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,14 +75,21 @@ impl Watchdog {
         self.since.clear();
     }
 
-    /// Measures every partition (blocking calls to the broker, up to a few seconds) and records
+    /// Measures every partition (blocking calls to the broker, a second at most in all) and records
     /// the lag gauges. Returns the measurements.
     pub fn measure<C: ConsumerContext>(
         &mut self,
         consumer: &impl Consumer<C>,
     ) -> Result<Vec<PartitionLag>, KafkaError> {
         self.last_check = Some(Instant::now());
-        let metadata = consumer.fetch_metadata(Some(&self.topic), BROKER_TIMEOUT)?;
+        let deadline = Instant::now() + MEASURE_WITHIN;
+        // What is left of the measurement's time, at least a millisecond.
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let metadata = consumer.fetch_metadata(Some(&self.topic), left())?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -86,11 +100,11 @@ impl Watchdog {
         for p in &partitions {
             tpl.add_partition(&self.topic, *p);
         }
-        let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT)?;
+        let committed = consumer.committed_offsets(tpl, left())?;
         let position = consumer.position()?;
         let mut out = Vec::with_capacity(partitions.len());
         for p in partitions {
-            let (low, high) = consumer.fetch_watermarks(&self.topic, p, BROKER_TIMEOUT)?;
+            let (low, high) = consumer.fetch_watermarks(&self.topic, p, left())?;
             let offset_of = |list: &TopicPartitionList| match list
                 .find_partition(&self.topic, p)
                 .map(|e| e.offset())

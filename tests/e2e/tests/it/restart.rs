@@ -236,6 +236,126 @@ async fn after_a_broker_loss_the_log_is_republished_in_chunks_while_new_invitati
     );
 }
 
+/// A consumer that lost its brokers fetches nothing more, even when its group revokes and assigns
+/// its partitions again (docs/adr/0042): in the CI campaign of seed 14615302318191445768 the
+/// partitions given back to such a consumer were read again, from the lost topic's offsets. It
+/// holds no partition after the rebalance and receives nothing; a new consumer in its group
+/// reads what it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_lost_its_brokers_takes_no_partition_when_the_group_assigns_them_again() {
+    use onboarding_kafka::start_over::pause_on_broker_loss;
+    use onboarding_kafka::GroupContext;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message};
+
+    let broker = Broker::start("broker-lost-reassigned");
+    let topic = unique("e2e.lost.");
+    let group = unique("e2e-lost-");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let send = |value: &'static str| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(topic).key("k").payload(value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let consumer_in_group = || -> StreamConsumer<GroupContext> {
+        let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .set("group.id", &group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "20")
+            .create_with_context(GroupContext::new())
+            .unwrap();
+        consumer.subscribe(&[topic.as_str()]).unwrap();
+        consumer
+    };
+    let payload = |m: rdkafka::message::BorrowedMessage<'_>| {
+        String::from_utf8(m.payload().unwrap().to_vec()).unwrap()
+    };
+    let consumer = consumer_in_group();
+    send("before").await;
+    let first = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .expect("a record within 60 s")
+        .expect("a record");
+    assert_eq!(payload(first), "before");
+
+    // The consumer learns that every broker is gone; then its group takes its partition and
+    // gives it back (here: it subscribes again).
+    let gone = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
+    assert!(tokio::task::block_in_place(|| pause_on_broker_loss(
+        &consumer, &gone
+    )));
+    let rebalances = consumer.context().rebalances();
+    consumer.unsubscribe();
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    send("after").await;
+    // It receives nothing, while the group's rebalances come and go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.context().rebalances() < rebalances + 2 && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+            panic!(
+                "a consumer that lost its brokers received {:?} after the group assigned its partition again",
+                payload(m)
+            );
+        }
+    }
+    assert!(
+        consumer.context().rebalances() >= rebalances + 2,
+        "the group never revoked and assigned the partition again within 60 s"
+    );
+    if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        panic!(
+            "a consumer that lost its brokers received {:?} after the group assigned its partition again",
+            payload(m)
+        );
+    }
+    assert_eq!(
+        consumer.assignment().unwrap().count(),
+        0,
+        "the lost consumer holds no partition"
+    );
+    assert!(consumer.context().lost_brokers());
+
+    // Its replacement in the same group reads what it left.
+    drop(consumer);
+    let replacement = consumer_in_group();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|p| p == "after") {
+        let m = tokio::time::timeout(Duration::from_secs(60), replacement.recv())
+            .await
+            .expect("the replacement reads the record within 60 s")
+            .expect("a record");
+        seen.push(payload(m));
+    }
+}
+
 /// A connection failure is often the first sign of a lost broker, and an in-memory broker that
 /// comes back without the topic crashes a consumer that fetches it (docs/adr/0042): the consumer
 /// pauses at once, and resumes only when a broker answers that still knows the topic.
