@@ -1,13 +1,18 @@
 //! Group commit: the events of many commands in one transaction, one fsync (docs/adr/0023).
 //!
-//! Appends are serialised by the `events_append` trigger's advisory lock, held through the
-//! commit (migration 0008, docs/adr/0007), so one command per transaction meant one fsync per
-//! command, one after another. [`GroupCommit`] is cqrs-es' event repository with `persist`
+//! Appends are serialised by an advisory lock that the triggers on `events` take at each
+//! `INSERT` and hold through the commit (migrations 0008 and 0023, docs/adr/0007), so one command
+//! per transaction meant one fsync per command, one after another. [`GroupCommit`] is cqrs-es' event repository with `persist`
 //! handed to one appender task per process: it takes every command that is waiting (up to
 //! [`MAX_COMMANDS`]), writes all their events in one transaction, and answers each caller after
-//! the commit. The lock, the trigger and the log's layout are unchanged, so everything they
-//! guarantee still holds: position order is commit order, the hash chain has its predecessor,
-//! outbox ids are commit-ordered. Reads go straight to postgres-es' repository.
+//! the commit. The lock, the triggers and the log's layout do not depend on it, so everything
+//! they guarantee still holds: position order is commit order, the hash chain has its
+//! predecessor, outbox ids are commit-ordered. Reads go straight to postgres-es' repository.
+//!
+//! The triggers run once per `INSERT` statement, over all its rows (docs/adr/0046): the batch's
+//! `account_states` rows are each written once, with the clear values of the fields the
+//! appender sealed, which it hands the projection trigger in a transaction-local setting
+//! ([`InClear`]) just before the `INSERT`.
 //!
 //! Each command keeps its own outcome. The batch is first written as one `INSERT`; when that
 //! fails for a reason that belongs to one command (its sequence was taken: a lost race; the
@@ -291,7 +296,7 @@ async fn one_by_one(pool: &PgPool, keys: &PersonalKeys, batch: Vec<Append>) {
 }
 
 /// Takes the appends' advisory lock before anything else of the batch is written. The
-/// `events_append` trigger takes it at the first event anyway; taken first, no appender holds a
+/// `events_chain_head` trigger takes it at the `INSERT` anyway; taken first, no appender holds a
 /// row lock (a new account's data key, a name in the registry) while it waits for the lock, so
 /// two appenders that write a row with the same key (one request handled by two consumers at
 /// once) wait for each other in one order and never deadlock.
@@ -329,6 +334,18 @@ async fn insert(
         other => sqlx::Error::Encode(Box::new(other)),
     })?;
     drop(to_seal);
+    let in_clear = InClear::of(
+        keys.registry(),
+        batch.iter().flat_map(|a| a.events.iter()).zip(clear),
+    );
+    if let Some(fields) = &in_clear.fields {
+        // Read and emptied by the `project_account_state` trigger of the INSERT below
+        // (migration 0023), which writes each account's row once, with these values.
+        sqlx::query("SELECT set_config('onboard.fields_in_clear', $1, true)")
+            .bind(fields)
+            .execute(&mut *conn)
+            .await?;
+    }
     let rows = batch.iter().map(|a| a.events.len()).sum();
     let mut types = Vec::with_capacity(rows);
     let mut ids = Vec::with_capacity(rows);
@@ -359,124 +376,108 @@ async fn insert(
         .bind(metadata)
         .execute(&mut *conn)
         .await?;
-    let events = batch.iter().flat_map(|a| a.events.iter());
-    project_in_clear(conn, keys.registry(), events.zip(clear)).await
+    in_clear.register(conn, keys.registry()).await
 }
 
 /// What the projections keep of the fields just sealed, until the user is erased: an
 /// invitation's username, address and `external_id` claim in clear in `account_states`, and its
 /// name in the registry as `registry` stores it (keyed, or in clear without a key-encryption
 /// key; docs/adr/0035), whose unique key refuses a name that is held, as the trigger did for
-/// payloads in clear; and what SCIM's `EmailChanged` and `ClaimsUpdated` change. The projection
-/// trigger reads none of these from a sealed payload.
-async fn project_in_clear<'a>(
-    conn: &mut PgConnection,
-    registry: &UsernameRegistry,
-    events: impl Iterator<Item = (&'a SerializedEvent, Option<Map<String, Value>>)>,
-) -> Result<(), sqlx::Error> {
-    /// One account's clear values after the batch's events, in order.
-    #[derive(Default)]
-    struct Clear {
-        username: Option<String>,
-        email: Option<String>,
-        claims: Option<Value>,
-    }
-    let mut accounts: std::collections::BTreeMap<uuid::Uuid, Clear> = Default::default();
-    let (mut domains, mut keys, mut invited) = (Vec::new(), Vec::new(), Vec::new());
-    let mut clear_keys = Vec::new();
-    for (event, clear) in events {
-        let Some(mut clear) = clear else { continue };
-        let Ok(user_id) = uuid::Uuid::parse_str(&event.aggregate_id) else {
-            continue;
-        };
-        let mut text = |f: &str| match clear.remove(f) {
-            Some(Value::String(s)) => Some(s),
-            _ => None,
-        };
-        match event.event_type.as_str() {
-            "UserInvited" => {
-                let username = text("username");
-                let email = text("email");
+/// payloads in clear; and what SCIM's `EmailChanged` and `ClaimsUpdated` change.
+#[derive(Debug, Default)]
+struct InClear {
+    /// For the projection trigger: `"<aggregate id>/<sequence>"` to the event's username, email
+    /// and claims in clear, as JSON; `None` when the batch sealed none of them.
+    fields: Option<String>,
+    /// The invitations' names, in the batch's order: their domains, their keys as the registry
+    /// stores them, their accounts, and their `Username::key`s.
+    domains: Vec<String>,
+    keys: Vec<String>,
+    invited: Vec<uuid::Uuid>,
+    clear_keys: Vec<String>,
+}
+
+impl InClear {
+    fn of<'a>(
+        registry: &UsernameRegistry,
+        events: impl Iterator<Item = (&'a SerializedEvent, Option<Map<String, Value>>)>,
+    ) -> Self {
+        let mut this = Self::default();
+        let mut fields = Map::new();
+        for (event, clear) in events {
+            let Some(mut clear) = clear else { continue };
+            let Ok(user_id) = uuid::Uuid::parse_str(&event.aggregate_id) else {
+                continue;
+            };
+            let projected: &[&str] = match event.event_type.as_str() {
+                "UserInvited" => &["username", "email", "claims"],
+                "EmailChanged" => &["email"],
+                "ClaimsUpdated" => &["claims"],
+                _ => continue,
+            };
+            if event.event_type == "UserInvited" {
                 let domain = event
                     .payload
                     .pointer("/UserInvited/domain")
                     .and_then(Value::as_str);
-                if let (Some(username), Some(domain)) = (&username, domain) {
+                if let (Some(Value::String(username)), Some(domain)) =
+                    (clear.get("username"), domain)
+                {
                     let name_key = Username::parse(username)
                         .map(|u| u.key())
                         .unwrap_or_else(|_| username.to_lowercase());
-                    keys.push(registry.stored_key(domain, &name_key));
-                    clear_keys.push(name_key);
-                    domains.push(domain.to_owned());
-                    invited.push(user_id);
-                }
-                let claims = clear.remove("claims").unwrap_or(Value::Object(Map::new()));
-                let row = accounts.entry(user_id).or_default();
-                row.username = username.or(row.username.take());
-                row.email = email.or(row.email.take());
-                row.claims = Some(claims);
-            }
-            "EmailChanged" => {
-                let email = text("email");
-                let row = accounts.entry(user_id).or_default();
-                row.email = email.or(row.email.take());
-            }
-            "ClaimsUpdated" => {
-                if let Some(claims) = clear.remove("claims") {
-                    accounts.entry(user_id).or_default().claims = Some(claims);
+                    this.keys.push(registry.stored_key(domain, &name_key));
+                    this.clear_keys.push(name_key);
+                    this.domains.push(domain.to_owned());
+                    this.invited.push(user_id);
                 }
             }
-            _ => {}
+            let kept: Map<String, Value> = projected
+                .iter()
+                .filter_map(|f| clear.remove_entry(*f))
+                .collect();
+            if !kept.is_empty() {
+                fields.insert(
+                    format!("{}/{}", event.aggregate_id, event.sequence),
+                    Value::Object(kept),
+                );
+            }
         }
+        if !fields.is_empty() {
+            this.fields = Some(Value::Object(fields).to_string());
+        }
+        this
     }
-    if accounts.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(accounts.len());
-    let (mut names, mut emails, mut claims) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, row) in accounts {
-        ids.push(id);
-        names.push(row.username);
-        emails.push(row.email);
-        claims.push(row.claims);
-    }
-    // `->> 'external_id'` as the projection trigger reads it from a payload in clear.
-    sqlx::query(
-        "UPDATE account_states a SET username = coalesce(c.username, a.username), \
-         email = coalesce(c.email, a.email), \
-         external_id = CASE WHEN c.claims IS NULL THEN a.external_id \
-                            ELSE c.claims ->> 'external_id' END \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) \
-              AS c(user_id, username, email, claims) \
-         WHERE a.user_id = c.user_id",
-    )
-    .bind(&ids)
-    .bind(&names)
-    .bind(&emails)
-    .bind(&claims)
-    .execute(&mut *conn)
-    .await?;
-    if !keys.is_empty() {
+
+    /// Registers the batch's invitations' names, after the events that hold them.
+    async fn register(
+        self,
+        conn: &mut PgConnection,
+        registry: &UsernameRegistry,
+    ) -> Result<(), sqlx::Error> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
             "INSERT INTO usernames (domain, username_key, user_id) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])",
         )
-        .bind(&domains)
-        .bind(&keys)
-        .bind(&invited)
+        .bind(&self.domains)
+        .bind(&self.keys)
+        .bind(&self.invited)
         .execute(&mut *conn)
         .await?;
         if registry.keyed_by().is_some() {
             // A row in clear, written before the registry was keyed and not yet rewritten by
             // `onboard migrate`, holds the name as well as a keyed one would (migration 0020).
             sqlx::query("SELECT refuse_names_held_in_clear($1::text[], $2::text[])")
-                .bind(&domains)
-                .bind(&clear_keys)
+                .bind(&self.domains)
+                .bind(&self.clear_keys)
                 .execute(&mut *conn)
                 .await?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -508,6 +509,74 @@ mod tests {
         let e = seen(sqlx::Error::RowNotFound);
         assert!(matches!(e, StoreError::Unexpected(_)), "{e:?}");
         assert!(e.to_string().contains("no rows returned"), "{e}");
+    }
+
+    fn event(id: &str, sequence: usize, event_type: &str, payload: Value) -> SerializedEvent {
+        SerializedEvent {
+            aggregate_id: id.to_owned(),
+            sequence,
+            aggregate_type: "Onboarding".to_owned(),
+            event_type: event_type.to_owned(),
+            event_version: "1.0".to_owned(),
+            payload,
+            metadata: Value::Null,
+        }
+    }
+
+    fn clear(value: Value) -> Option<Map<String, Value>> {
+        value.as_object().cloned()
+    }
+
+    #[test]
+    fn the_projection_gets_each_events_clear_fields_and_nothing_else_it_sealed() {
+        let jane = "0193b3c4-0000-7000-8000-000000000001";
+        let olga = "0193b3c4-0000-7000-8000-000000000002";
+        let invited = event(
+            jane,
+            1,
+            "UserInvited",
+            serde_json::json!({"UserInvited": {"domain": "PRIMARY", "sealed": "…"}}),
+        );
+        let issued = event(jane, 2, "CodeIssued", serde_json::json!({"CodeIssued": {}}));
+        let changed = event(olga, 4, "EmailChanged", serde_json::json!({}));
+        let revoked = event(olga, 5, "InvitationRevoked", serde_json::json!({}));
+        let events = [
+            (
+                &invited,
+                clear(
+                    serde_json::json!({"username": "Jane", "email": "jane@pickup.example",
+                                         "claims": {"external_id": "e-1"}}),
+                ),
+            ),
+            (&issued, None),
+            (
+                &changed,
+                clear(serde_json::json!({"email": "olga@pickup.example"})),
+            ),
+            (
+                &revoked,
+                clear(serde_json::json!({"reason": "wrong address"})),
+            ),
+        ];
+        let in_clear = InClear::of(&UsernameRegistry::in_clear(), events.into_iter());
+        let fields: Value = serde_json::from_str(in_clear.fields.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!({
+                format!("{jane}/1"): {"username": "Jane", "email": "jane@pickup.example",
+                                      "claims": {"external_id": "e-1"}},
+                format!("{olga}/4"): {"email": "olga@pickup.example"},
+            })
+        );
+        assert_eq!(in_clear.domains, ["PRIMARY"]);
+        assert_eq!(in_clear.keys, ["jane"]);
+        assert_eq!(in_clear.invited, [uuid::Uuid::parse_str(jane).unwrap()]);
+        // A batch that sealed nothing the projection keeps sets nothing.
+        let none = InClear::of(
+            &UsernameRegistry::in_clear(),
+            [(&revoked, None)].into_iter(),
+        );
+        assert!(none.fields.is_none() && none.keys.is_empty());
     }
 
     #[test]

@@ -278,7 +278,8 @@ impl PersonalKeys {
     }
 
     /// Seals the personal fields of `events` (in the append's transaction, before they are
-    /// inserted), drawing a data key for each account that has none yet. Returns, per event,
+    /// inserted), drawing a data key for each account that has none yet (stored in one
+    /// statement for the whole batch). Returns, per event,
     /// the fields it sealed in clear, for the projections the store writes beside the insert.
     pub(crate) async fn seal(
         &self,
@@ -298,6 +299,8 @@ impl PersonalKeys {
             self.keys_of(conn, &ids).await?
         };
         let mut cleared = Vec::with_capacity(events.len());
+        // The keys drawn for accounts that had none, written in one statement after the loop.
+        let (mut drawn_for, mut drawn_keys) = (Vec::new(), Vec::new());
         for event in events.iter_mut() {
             let Some(fields) = event.take_personal_fields() else {
                 cleared.push(None);
@@ -313,15 +316,8 @@ impl PersonalKeys {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(none) => {
                     let drawn = self.draw(user_id);
-                    sqlx::query(
-                        "INSERT INTO personal_data_keys (user_id, data_key, wrapped_by) \
-                         VALUES ($1, $2, $3)",
-                    )
-                    .bind(user_id)
-                    .bind(&drawn.stored)
-                    .bind(self.wrapped_by())
-                    .execute(&mut *conn)
-                    .await?;
+                    drawn_for.push(user_id);
+                    drawn_keys.push(drawn.stored);
                     none.insert(drawn.key)
                 }
             };
@@ -332,6 +328,18 @@ impl PersonalKeys {
                 &fields,
             ));
             cleared.push(Some(fields));
+        }
+        if !drawn_for.is_empty() {
+            sqlx::query(
+                "INSERT INTO personal_data_keys (user_id, data_key, wrapped_by) \
+                 SELECT user_id, data_key, $3 FROM unnest($1::uuid[], $2::bytea[]) \
+                 AS k(user_id, data_key)",
+            )
+            .bind(&drawn_for)
+            .bind(&drawn_keys)
+            .bind(self.wrapped_by())
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(cleared)
     }

@@ -37,8 +37,8 @@ const SCHEME: &str = "hmac-sha256";
 /// separator between domain and name), so no name in clear holds it.
 const SEPARATOR: char = '/';
 
-/// The transaction-scoped advisory lock that serialises appends (the `events_append` trigger,
-/// migration 0008). The rewrite of rows in clear takes it too, so that it never interleaves
+/// The transaction-scoped advisory lock that serialises appends (the `events_chain_head` trigger
+/// at each `INSERT`, migration 0023; `events_append` before, migration 0008). The rewrite of rows in clear takes it too, so that it never interleaves
 /// with an append.
 pub(crate) const APPEND_LOCK: i64 = 8029185077895312386;
 
