@@ -13,12 +13,18 @@ sees an exporter that sends something else. Usage: receiver.py LISTEN_PORT
 
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+
+# The server answers each export on its own thread: one lock and one write per export keep
+# two exports' lines from interleaving in the output a test reads.
+OUTPUT = threading.Lock()
 
 
 def value_of(any_value):
@@ -43,15 +49,17 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise ValueError(f"unsupported content type {content_type!r}")
         except Exception as e:  # noqa: BLE001 - any decoding failure is the sender's
-            print(f"REFUSED {e}", flush=True)
+            with OUTPUT:
+                print(f"REFUSED {e}", flush=True)
             self.send_response(400)
             self.end_headers()
             return
+        lines = []
         for resource_spans in request.resource_spans:
             resource = attributes(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    print(
+                    lines.append(
                         json.dumps(
                             {
                                 "service": resource.get("service.name"),
@@ -62,9 +70,12 @@ class Handler(BaseHTTPRequestHandler):
                                 "kind": span.kind,
                                 "attributes": attributes(span.attributes),
                             }
-                        ),
-                        flush=True,
+                        )
+                        + "\n"
                     )
+        with OUTPUT:
+            sys.stdout.write("".join(lines))
+            sys.stdout.flush()
         answer = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")

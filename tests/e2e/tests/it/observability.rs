@@ -390,16 +390,23 @@ impl OtlpReceiver {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
-    /// The spans received so far.
+    /// The spans received so far. A line the receiver is still writing has no newline yet and
+    /// waits for the next call.
     fn spans(&self) -> Vec<Value> {
         let text = self.text();
         assert!(
             !text.contains("REFUSED"),
             "the receiver refused an export: {text}"
         );
-        text.lines()
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
+            .lines()
             .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("the receiver printed a line that is not one span ({e}): {l}")
+                })
+            })
             .collect()
     }
 }
