@@ -9,7 +9,7 @@ use serde::Deserialize;
 pub struct BulkSettings {
     /// Largest file accepted, in bytes (positive); larger uploads get 413.
     pub max_file_bytes: u64,
-    /// Rows applied at the same time by one process (1 to 64).
+    /// Rows applied at the same time by one process (1 to 256).
     pub concurrency: NonZeroUsize,
 }
 
@@ -17,7 +17,7 @@ impl Default for BulkSettings {
     fn default() -> Self {
         Self {
             max_file_bytes: 8 * 1024 * 1024,
-            concurrency: NonZeroUsize::new(8).expect("8 is not zero"),
+            concurrency: NonZeroUsize::new(64).expect("64 is not zero"),
         }
     }
 }
@@ -45,12 +45,12 @@ impl TryFrom<BulkFile> for BulkSettings {
 
     fn try_from(file: BulkFile) -> Result<Self, String> {
         match NonZeroUsize::new(file.concurrency) {
-            Some(concurrency) if concurrency.get() <= 64 && file.max_file_bytes > 0 => Ok(Self {
+            Some(concurrency) if concurrency.get() <= 256 && file.max_file_bytes > 0 => Ok(Self {
                 max_file_bytes: file.max_file_bytes,
                 concurrency,
             }),
             _ => Err(format!(
-                "bulk: concurrency ({}) must be between 1 and 64 and max_file_bytes ({}) positive",
+                "bulk: concurrency ({}) must be between 1 and 256 and max_file_bytes ({}) positive",
                 file.concurrency, file.max_file_bytes
             )),
         }

@@ -43,7 +43,7 @@ impl Default for IntakeSettings {
             dead_letter_topic: "onboarding.requests.dlq".into(),
             group: "onboarding-intake".into(),
             partitions: 4,
-            concurrency: NonZeroUsize::new(16).expect("16 is not zero"),
+            concurrency: NonZeroUsize::new(64).expect("64 is not zero"),
         }
     }
 }

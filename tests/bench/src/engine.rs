@@ -380,6 +380,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let memory = memory.summary(warmed_up);
     let mails = bench.mails.lock().expect("mail samples").clone();
 
+    // The engine's own settings, as `onboard serve` read them (the defaults when unset).
+    let settings = onboarding_config::Settings::load(&bench.args.onboard_config)
+        .context("reading the engine's configuration")?;
     let results = json!({
         "invitations": invited,
         "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
@@ -388,6 +391,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "invitations_per_second_http": over_http,
             "invitations_per_second_bulk": bulk,
             "invitations_per_second_kafka_intake": intake,
+            "bulk_concurrency": settings.bulk.concurrency.get(),
+            "intake_concurrency": settings.intake.concurrency.get(),
             "mails_per_second_sustained": mailed.rate,
             "mail_from_backlog": limits.mail_from_backlog,
             "invitations_to_backlog": limits.invitations_to_backlog,
