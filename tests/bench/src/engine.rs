@@ -273,6 +273,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         started: Instant::now(),
     };
     let watch = bench.watch_mails();
+    let mails_at_start = bench.sink.accepted()?;
+    // Every path the run measures, once and at its own concurrency, before memory is compared:
+    // a path's first use allocates its caches, its connections and glibc's arenas for its
+    // threads, which is not growth across the run.
+    let warm_up = bench.warm_up().await?;
+    let warmed_up = bench.now();
     let n = bench.args.invitations;
     let (n_http, n_bulk) = (n * 3 / 10, n * 3 / 10);
     let n_kafka = n.saturating_sub(n_http + n_bulk) * 3 / 4;
@@ -283,12 +289,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let records_before = bench.relay_published().await;
     let invitations_started = Utc::now();
 
-    let mut phases: Vec<(&str, f64)> = vec![("http", bench.now())];
+    let mut phases: Vec<(&str, f64)> = vec![("warm_up", 0.0), ("http", bench.now())];
     println!("--- engine: {n_http} invitations over POST /api/v1/users, 64 clients");
     let over_http = bench.invite_over_http(n_http, 64).await?;
     println!("    {:.0}/s", over_http);
-    // Memory is compared from here (every path has run once by then) to the end.
-    let warmed_up = bench.now();
     phases.push(("bulk", bench.now()));
     println!("--- engine: {n_bulk} invitations in one bulk file");
     let bulk = bench.invite_in_bulk(n_bulk).await?;
@@ -360,12 +364,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     phases.push(("end", bench.now()));
     // The password phase can be shorter than the sampler's second: a sample after it, always.
     memory.sample_now();
-    let invited = backlog + n_latency as u64;
+    let invited = warm_up + backlog + n_latency as u64;
     println!("--- engine: checking that every invitation was mailed");
     let checked = bench
         .check_all_mailed(
             invited,
-            mails_before,
+            mails_at_start,
             &tokens[tokens.len() / 2..][..n_passwords],
         )
         .await?;
@@ -400,7 +404,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "latency": {"rate_per_second": latency_rate, "invitations": n_latency,
                         "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms, "max_ms": latency.max_ms,
                         "answered_p50_ms": latency.answered_p50_ms, "answered_p99_ms": latency.answered_p99_ms,
-                        "after_answer_p50_ms": latency.after_p50_ms, "after_answer_p99_ms": latency.after_p99_ms},
+                        "after_answer_p50_ms": latency.after_p50_ms, "after_answer_p99_ms": latency.after_p99_ms,
+                        "answer_to_record_p50_ms": latency.published.as_ref().map(|p| p.relay_p50_ms),
+                        "answer_to_record_p99_ms": latency.published.as_ref().map(|p| p.relay_p99_ms),
+                        "record_to_mail_p50_ms": latency.published.as_ref().map(|p| p.delivered_p50_ms),
+                        "record_to_mail_p99_ms": latency.published.as_ref().map(|p| p.delivered_p99_ms)},
             "confirm_views_per_second": views,
             "password_submissions_per_second": passwords,
             "transactions_per_invitation": xacts as f64 / backlog as f64,
@@ -447,7 +455,19 @@ struct Latency {
     /// From the answer to `InvitationMailSent` (relay, broker, worker, SMTP, the mail's append).
     after_p50_ms: f64,
     after_p99_ms: f64,
+    /// The part of it up to the relay's `code_issued` record (its Kafka timestamp: the relay
+    /// read the outbox row and handed librdkafka the record), and the rest (the broker, the
+    /// worker's fetch, the account's read, SMTP, the mail's append). `None` without the topic.
+    published: Option<Published>,
     each: Vec<LatencyOne>,
+}
+
+/// [`Latency`]'s way from the answer to the mail, split at the relay's record.
+struct Published {
+    relay_p50_ms: f64,
+    relay_p99_ms: f64,
+    delivered_p50_ms: f64,
+    delivered_p99_ms: f64,
 }
 
 /// One latency invitation, in milliseconds from its request's start.
@@ -456,6 +476,8 @@ struct LatencyOne {
     sent_at: DateTime<Utc>,
     answered_ms: f64,
     invited_ms: f64,
+    /// The Kafka timestamp of its `code_issued` record (NaN when not read).
+    published_ms: f64,
     mailed_ms: f64,
 }
 
@@ -469,17 +491,25 @@ impl Latency {
             "      of which request to answer: p50 {:.1} ms, p99 {:.1} ms; answer to mail: p50 {:.1} ms, p99 {:.1} ms",
             self.answered_p50_ms, self.answered_p99_ms, self.after_p50_ms, self.after_p99_ms
         );
+        if let Some(p) = &self.published {
+            println!(
+                "      answer to the relay's record: p50 {:.1} ms, p99 {:.1} ms; the record to the mail: p50 {:.1} ms, p99 {:.1} ms",
+                p.relay_p50_ms, p.relay_p99_ms, p.delivered_p50_ms, p.delivered_p99_ms
+            );
+        }
     }
 
     fn write_csv(&self, out: &std::path::Path) -> anyhow::Result<()> {
-        let mut csv = String::from("user_id,sent_at_us,answered_ms,invited_ms,mailed_ms\n");
+        let mut csv =
+            String::from("user_id,sent_at_us,answered_ms,invited_ms,published_ms,mailed_ms\n");
         for l in &self.each {
             csv += &format!(
-                "{},{},{:.3},{:.3},{:.3}\n",
+                "{},{},{:.3},{:.3},{:.3},{:.3}\n",
                 l.user_id,
                 l.sent_at.timestamp_micros(),
                 l.answered_ms,
                 l.invited_ms,
+                l.published_ms,
                 l.mailed_ms
             );
         }
@@ -955,6 +985,11 @@ impl Bench {
         let ms = |from: DateTime<Utc>, to: DateTime<Utc>| {
             (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
         };
+        let first_sent = sent.values().map(|(at, _)| *at).min();
+        let published = match first_sent {
+            Some(since) if !self.args.brokers.is_empty() => self.code_records(&ids, since).await?,
+            _ => BTreeMap::new(),
+        };
         let each: Vec<LatencyOne> = rows
             .iter()
             .map(|r| {
@@ -966,6 +1001,7 @@ impl Bench {
                     sent_at,
                     answered_ms: ms(sent_at, answered_at),
                     invited_ms: invited.map_or(f64::NAN, |at| ms(sent_at, at)),
+                    published_ms: published.get(&id).map_or(f64::NAN, |at| ms(sent_at, *at)),
                     mailed_ms: ms(sent_at, mailed),
                     user_id: id,
                 }
@@ -980,6 +1016,17 @@ impl Bench {
         let (p50_ms, p99_ms, max_ms) = quantiles(|l| l.mailed_ms);
         let (answered_p50_ms, answered_p99_ms, _) = quantiles(|l| l.answered_ms);
         let (after_p50_ms, after_p99_ms, _) = quantiles(|l| l.mailed_ms - l.answered_ms);
+        let published = (published.len() == each.len()).then(|| {
+            let (relay_p50_ms, relay_p99_ms, _) = quantiles(|l| l.published_ms - l.answered_ms);
+            let (delivered_p50_ms, delivered_p99_ms, _) =
+                quantiles(|l| l.mailed_ms - l.published_ms);
+            Published {
+                relay_p50_ms,
+                relay_p99_ms,
+                delivered_p50_ms,
+                delivered_p99_ms,
+            }
+        });
         Ok(Latency {
             p50_ms,
             p99_ms,
@@ -988,12 +1035,108 @@ impl Bench {
             answered_p99_ms,
             after_p50_ms,
             after_p99_ms,
+            published,
             each,
         })
     }
 
-    /// Up to `n` users' links, minted from their `CodeIssued` events with the engine's key,
-    /// exactly as the worker mints them for their mails.
+    /// The Kafka timestamp (the producer's create time: when the relay handed the record to
+    /// librdkafka) of each user's `code_issued` record on the event topic, for the users `ids`,
+    /// read from the offsets of `since` on. Users whose record is not found within 60 s are
+    /// left out.
+    async fn code_records(
+        &self,
+        ids: &[String],
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<BTreeMap<String, DateTime<Utc>>> {
+        use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.args.brokers)
+            .set(
+                "group.id",
+                format!("onboarding-bench-latency-{}", self.unique()),
+            )
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let topic = self.args.topic.clone();
+        let since_ms = since.timestamp_millis() - 1_000;
+        let offsets = tokio::task::block_in_place(|| {
+            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len());
+            let mut at = TopicPartitionList::new();
+            for p in 0..partitions {
+                at.add_partition_offset(&topic, p as i32, Offset::Offset(since_ms))?;
+            }
+            consumer.offsets_for_times(at, Duration::from_secs(10))
+        })?;
+        let mut start = TopicPartitionList::new();
+        for e in offsets.elements() {
+            // A partition with nothing since then: read from its end.
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::End,
+            };
+            start.add_partition_offset(&topic, e.partition(), offset)?;
+        }
+        consumer.assign(&start)?;
+        let mut found = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while found.len() < wanted.len() && Instant::now() < deadline {
+            let Ok(m) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+                continue;
+            };
+            let m = m?;
+            let code_issued = m.headers().is_some_and(|h| {
+                h.iter().any(|h| {
+                    h.key == "ce_type"
+                        && h.value == Some(onboarding_events::CodeIssuedV1::TYPE.as_bytes())
+                })
+            });
+            let Some(user) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            if !code_issued || !wanted.contains(user) {
+                continue;
+            }
+            if let Some(at) = m
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+            {
+                found.entry(user.to_owned()).or_insert(at);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A few of every kind of request the run measures (invitations over the API, in a bulk
+    /// file and through the intake, their mails, page views and password submissions), at the
+    /// run's concurrency; the invitations made.
+    async fn warm_up(&self) -> anyhow::Result<u64> {
+        let n = (self.args.invitations / 100).clamp(50, 1_000);
+        println!("--- engine: warm-up: {n} invitations over the API, {n} in a bulk file, {n} through the intake, page views and 16 passwords");
+        let mails_before = self.sink.accepted()?;
+        self.invite_over_http(n, 64).await?;
+        self.invite_in_bulk(n).await?;
+        self.invite_through_kafka(n).await?;
+        self.wait_for_mails(mails_before + 3 * n as u64).await?;
+        let links = self.links(3 * n as i64).await?;
+        let (views, passwords) = links.split_at(links.len() - 16);
+        self.confirm_views(views, 1.0, 64).await?;
+        self.submit_passwords(passwords, 8).await?;
+        // Their welcome mails, so that none is counted with the run's mails.
+        self.wait_for_mails(mails_before + 3 * n as u64 + passwords.len() as u64)
+            .await?;
+        Ok(3 * n as u64)
+    }
+
+    /// Up to `n` users' links, oldest first, of users whose password is not set, minted from
+    /// their `CodeIssued` events with the engine's key, exactly as the worker mints them for
+    /// their mails.
     async fn links(&self, n: i64) -> anyhow::Result<Vec<Link>> {
         let key = base64::engine::general_purpose::STANDARD
             .decode(&self.args.code_key)
@@ -1001,7 +1144,9 @@ impl Bench {
         let keyring = CodeKeyring::new("k1", [("k1".to_owned(), key)])
             .map_err(|e| anyhow::anyhow!("the code key: {e:?}"))?;
         let rows = sqlx::query(
-            "SELECT aggregate_id, payload FROM events WHERE event_type = 'CodeIssued' \
+            "SELECT aggregate_id, payload FROM events c WHERE event_type = 'CodeIssued' \
+             AND NOT EXISTS (SELECT 1 FROM events s WHERE s.aggregate_id = c.aggregate_id \
+                             AND s.event_type = 'PasswordSet') \
              ORDER BY global_position LIMIT $1",
         )
         .bind(n)
