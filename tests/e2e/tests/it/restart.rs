@@ -247,44 +247,14 @@ async fn after_a_broker_loss_the_log_is_republished_in_chunks_while_new_invitati
 async fn a_consumer_that_lost_its_brokers_takes_no_partition_when_the_group_assigns_them_again() {
     use onboarding_kafka::start_over::pause_on_broker_loss;
     use onboarding_kafka::GroupContext;
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{ClientConfig, Message};
 
     let broker = Broker::start("broker-lost-reassigned");
-    let topic = unique("e2e.lost.");
+    let (topic, producer) = one_partition_topic(&broker, "e2e.lost.").await;
+    let send = |value: &'static str| send_to(&producer, &topic, value);
     let group = unique("e2e-lost-");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .create()
-        .unwrap();
-    let send = |value: &'static str| {
-        let (producer, topic) = (&producer, &topic);
-        async move {
-            producer
-                .send(
-                    FutureRecord::<str, str>::to(topic).key("k").payload(value),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-        }
-    };
     let consumer_in_group = || -> StreamConsumer<GroupContext> {
         let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &broker.addr)
@@ -366,43 +336,13 @@ async fn a_consumer_paused_on_a_connection_failure_resumes_while_a_broker_serves
 ) {
     use onboarding_kafka::start_over::pause_on_broker_loss;
     use onboarding_kafka::GroupContext;
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{ClientConfig, Message};
 
     let mut broker = Broker::start("broker-pause");
-    let topic = unique("e2e.pause.");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .create()
-        .unwrap();
-    let send = |value: &'static str| {
-        let (producer, topic) = (&producer, &topic);
-        async move {
-            producer
-                .send(
-                    FutureRecord::<str, str>::to(topic).key("k").payload(value),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let (topic, producer) = one_partition_topic(&broker, "e2e.pause.").await;
+    let send = |value: &'static str| send_to(&producer, &topic, value);
     let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
         .set("group.id", unique("e2e-pause-"))
@@ -438,4 +378,46 @@ async fn a_consumer_paused_on_a_connection_failure_resumes_while_a_broker_serves
         paused,
         "with no broker answering, the consumer must stay paused"
     );
+}
+
+/// A new topic of one partition on `broker`, created explicitly, and a producer for it.
+async fn one_partition_topic(
+    broker: &Broker,
+    prefix: &str,
+) -> (String, rdkafka::producer::FutureProducer) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+
+    let topic = unique(prefix);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let producer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    (topic, producer)
+}
+
+/// Sends `value` under the key `k` and waits until the broker acknowledged it.
+async fn send_to(producer: &rdkafka::producer::FutureProducer, topic: &str, value: &str) {
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<str, str>::to(topic)
+                .key("k")
+                .payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
 }
