@@ -1132,6 +1132,11 @@ impl Bench {
         self.invite_through_kafka(n).await?;
         self.wait_for_mails(mails_before + 3 * n as u64).await?;
         let links = self.links(3 * n as i64).await?;
+        ensure!(
+            links.len() > 16,
+            "the warm-up found {} links of users without a password, more than 16 expected",
+            links.len()
+        );
         let (views, passwords) = links.split_at(links.len() - 16);
         self.confirm_views(views, 1.0, 64).await?;
         self.submit_passwords(passwords, 8).await?;
@@ -1152,8 +1157,8 @@ impl Bench {
             .map_err(|e| anyhow::anyhow!("the code key: {e:?}"))?;
         let rows = sqlx::query(
             "SELECT aggregate_id, payload FROM events c WHERE event_type = 'CodeIssued' \
-             AND NOT EXISTS (SELECT 1 FROM events s WHERE s.aggregate_id = c.aggregate_id \
-                             AND s.event_type = 'PasswordSet') \
+             AND NOT EXISTS (SELECT 1 FROM events s WHERE s.aggregate_type = c.aggregate_type \
+                             AND s.aggregate_id = c.aggregate_id AND s.event_type = 'PasswordSet') \
              ORDER BY global_position LIMIT $1",
         )
         .bind(n)
