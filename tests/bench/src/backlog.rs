@@ -252,7 +252,7 @@ fn ticks(fields: &[String], at: usize) -> f64 {
 /// A process's CPU time so far (user and system: fields 14 and 15 of the line, 12 and 13 after
 /// the name and state); with `children`, also its children's, live (a postmaster's backends)
 /// and ended (fields 16 and 17).
-fn cpu_seconds(pid: u32, children: bool) -> anyhow::Result<f64> {
+pub fn cpu_seconds(pid: u32, children: bool) -> anyhow::Result<f64> {
     let own = stat_fields(pid).with_context(|| format!("process {pid} is gone"))?;
     let mut seconds = ticks(&own, 11) + ticks(&own, 12);
     if children {

@@ -2,12 +2,19 @@
 //! last phase. PostgreSQL is a postmaster and its backends sharing memory: it is counted as the
 //! sum of their PSS (proportional set size, shared pages split among their users); the others
 //! as their RSS.
+//!
+//! Beside it, each second, the CPU time of each process (PostgreSQL's with its backends'), of
+//! the benchmark's own process, and of the whole machine (`/proc/stat`), so that a window of the
+//! run can say where the cores went ([`Sampler::cpu_between`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+use crate::backlog::cpu_seconds;
 
 #[derive(Clone, Debug)]
 pub struct Process {
@@ -21,6 +28,30 @@ pub struct Process {
 struct Samples {
     /// Per process: (seconds since start, KiB).
     series: BTreeMap<String, Vec<(f64, u64)>>,
+    /// When each CPU sample was taken (seconds since the start, and the time), and what it read.
+    cpu: Vec<(f64, DateTime<Utc>, CpuSample)>,
+}
+
+/// CPU seconds so far: per process (the benchmark's own as `benchmark`), and the machine's.
+#[derive(Clone, Default)]
+struct CpuSample {
+    processes: BTreeMap<String, f64>,
+    /// Seconds all cores spent busy (everything but idle and iowait), and in all.
+    machine_busy: f64,
+    machine_all: f64,
+}
+
+/// Where the cores went between two instants of the run, in cores (CPU seconds per second).
+#[derive(Serialize)]
+pub struct CpuWindow {
+    /// The span actually covered by the samples (they are a second apart).
+    pub seconds: f64,
+    /// Per process, and `benchmark` for the load generator itself.
+    pub cores: BTreeMap<String, f64>,
+    /// The machine's busy cores, whoever used them.
+    pub busy_cores: f64,
+    /// The machine's cores.
+    pub all_cores: f64,
 }
 
 pub struct Sampler {
@@ -68,6 +99,54 @@ impl Sampler {
         sample(&self.processes, self.started, &self.samples);
     }
 
+    /// Where the cores went from `from` to `to`: the samples from the last one taken at or
+    /// before `from` to the first one at or after `to` (None when the samples do not cover the
+    /// window).
+    pub fn cpu_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<CpuWindow> {
+        let samples = self.samples.lock().expect("sampler lock");
+        let cpu = &samples.cpu;
+        let (_, first_at, first) = cpu.iter().rev().find(|(_, at, _)| *at <= from)?;
+        let (_, last_at, last) = cpu.iter().find(|(_, at, _)| *at >= to)?;
+        let seconds = (*last_at - *first_at).num_microseconds()? as f64 / 1e6;
+        if seconds <= 0.0 {
+            return None;
+        }
+        let cores = last
+            .processes
+            .iter()
+            .filter_map(|(name, end)| {
+                let start = first.processes.get(name)?;
+                Some((name.clone(), (end - start) / seconds))
+            })
+            .collect();
+        Some(CpuWindow {
+            seconds,
+            cores,
+            busy_cores: (last.machine_busy - first.machine_busy) / seconds,
+            all_cores: (last.machine_all - first.machine_all) / seconds,
+        })
+    }
+
+    /// Every CPU sample: per process (`benchmark` the load generator, `machine_busy` and
+    /// `machine_all` the machine's cores), (seconds since the start, CPU seconds so far).
+    pub fn cpu_series(&self) -> BTreeMap<String, Vec<(f64, f64)>> {
+        let samples = self.samples.lock().expect("sampler lock");
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for (t, _, cpu) in &samples.cpu {
+            let t = *t;
+            for (name, seconds) in &cpu.processes {
+                series.entry(name.clone()).or_default().push((t, *seconds));
+            }
+            for (name, seconds) in [
+                ("machine_busy", cpu.machine_busy),
+                ("machine_all", cpu.machine_all),
+            ] {
+                series.entry(name.into()).or_default().push((t, seconds));
+            }
+        }
+        series
+    }
+
     /// Every sample: per process, (seconds since the start, KiB).
     pub fn series(&self) -> BTreeMap<String, Vec<(f64, u64)>> {
         self.samples.lock().expect("sampler lock").series.clone()
@@ -99,9 +178,25 @@ impl Sampler {
     }
 }
 
-/// One sample of every process's memory.
+/// One sample of every process's memory and CPU.
 fn sample(processes: &[Process], started: Instant, into: &Mutex<Samples>) {
     let t = started.elapsed().as_secs_f64();
+    let mut cpu = CpuSample::default();
+    for p in processes {
+        if let Ok(seconds) = cpu_seconds(p.pid, p.with_children) {
+            cpu.processes.insert(p.name.clone(), seconds);
+        }
+    }
+    if let Ok(seconds) = cpu_seconds(std::process::id(), false) {
+        cpu.processes.insert("benchmark".into(), seconds);
+    }
+    if let Some((busy, all)) = machine_cpu_seconds() {
+        (cpu.machine_busy, cpu.machine_all) = (busy, all);
+    }
+    into.lock()
+        .expect("sampler lock")
+        .cpu
+        .push((t, Utc::now(), cpu));
     for p in processes {
         let kib = if p.with_children {
             tree_pss_kib(p.pid)
@@ -117,6 +212,23 @@ fn sample(processes: &[Process], started: Instant, into: &Mutex<Samples>) {
                 .push((t, kib));
         }
     }
+}
+
+/// The machine's CPU seconds so far, busy and in all, from the first line of /proc/stat (ticks
+/// of USER_HZ, 100 on Linux: user, nice, system, idle, iowait, irq, softirq, steal).
+fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let all: f64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    Some(((all - idle) / 100.0, all / 100.0))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

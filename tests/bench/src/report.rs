@@ -218,8 +218,10 @@ pub fn print(r: &Value) {
     }
     row(
         &format!(
-            "Invitation to mail at {:.0}/s: p50 / p99",
-            num(&lat["rate_per_second"])
+            "Invitation to mail accepted by the SMTP server at {:.0}/s: p50 / p99 (to InvitationMailSent recorded: {:.0} ms / {:.0} ms)",
+            num(&lat["rate_per_second"]),
+            num(&lat["recorded_p50_ms"]),
+            num(&lat["recorded_p99_ms"])
         ),
         format!(
             "{:.0} ms / {:.0} ms",
@@ -265,6 +267,24 @@ pub fn print(r: &Value) {
             num(&replay["select_events_per_second"]),
         ),
     );
+    // The sustained window's cores: what kept the mails below the CPU bound.
+    let w = &e["mail_window_cpu_cores"];
+    if let Some(cores) = w["cores"].as_object() {
+        let used: f64 = cores.values().map(num).sum();
+        println!();
+        println!(
+            "While the mails were sustained ({:.0} s), the machine's {:.1} cores were {:.2} busy{}; {:.2} by other processes, {:.2} idle.",
+            num(&w["seconds"]),
+            num(&w["all_cores"]),
+            num(&w["busy_cores"]),
+            cores
+                .iter()
+                .map(|(name, c)| format!(", {:.2} of them {name}", num(c)))
+                .collect::<String>(),
+            (num(&w["busy_cores"]) - used).max(0.0),
+            num(&w["all_cores"]) - num(&w["busy_cores"])
+        );
+    }
     let i = &e["invitations_to_backlog"];
     if let Some(cpu) = i["cpu_microseconds_per_invitation"].as_object() {
         println!();
