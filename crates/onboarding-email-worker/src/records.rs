@@ -138,12 +138,55 @@ impl RecordHandler {
             }
         };
         let started = Instant::now();
+        // How long the record took from its producer (the relay) to here: the broker, the fetch,
+        // and the wait for a free lane. Clocks of two hosts differ by their skew.
+        let record_age_ms = record_age(msg).map(|age| age.as_secs_f64() * 1000.0);
+        if let Some(age) = record_age_ms {
+            metrics::histogram!("onboard_mail_record_age_seconds").record(age / 1000.0);
+        }
         let outcome = self.delivery.handle(&event).await?;
         if outcome == Outcome::Sent {
             metrics::histogram!("onboard_mail_send_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
-        tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), "code-issued event handled");
+        tracing::info!(user_id = %event.user_id, code_id = %event.code_id, outcome = outcome.label(), record_age_ms, "code-issued event handled");
         Ok(())
+    }
+}
+
+/// The time since the record's Kafka timestamp (its producer's create time, or the broker's
+/// append time on a topic set to log it), when it has one; none for a timestamp in the future.
+fn record_age(msg: &OwnedMessage) -> Option<Duration> {
+    let millis = msg.timestamp().to_millis()?;
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).ok()?);
+    std::time::SystemTime::now().duration_since(at).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+
+    use super::*;
+
+    fn at(timestamp: Timestamp) -> OwnedMessage {
+        OwnedMessage::new(None, None, "t".into(), timestamp, 0, 0, None)
+    }
+
+    #[test]
+    fn a_records_age_runs_from_its_kafka_timestamp_and_is_unknown_without_one() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let made = i64::try_from((now - Duration::from_millis(1500)).as_millis()).unwrap();
+        let age = record_age(&at(Timestamp::CreateTime(made))).unwrap();
+        assert!(
+            age >= Duration::from_millis(1500) && age < Duration::from_secs(60),
+            "{age:?}"
+        );
+        let appended = record_age(&at(Timestamp::LogAppendTime(made))).unwrap();
+        assert!(appended >= Duration::from_millis(1500), "{appended:?}");
+        assert_eq!(record_age(&at(Timestamp::NotAvailable)), None);
+        let future = i64::try_from((now + Duration::from_secs(60)).as_millis()).unwrap();
+        assert_eq!(record_age(&at(Timestamp::CreateTime(future))), None);
     }
 }
