@@ -30,7 +30,8 @@ use onboarding_kafka::lanes::{HandleFuture, Handled, Lane, Lanes};
 /// invariants).
 pub struct EmailWorker {
     records: Arc<RecordHandler>,
-    consumer: WorkerConsumer,
+    /// Shared with the watchdog's measurement while one runs (on the blocking pool).
+    consumer: Arc<WorkerConsumer>,
     consumer_config: rdkafka::ClientConfig,
     topic: String,
     /// `kafka.relay_batch_records`: how far before a committed offset a partition is read.
@@ -69,7 +70,11 @@ impl EmailWorker {
         // Notice a recreated topic (after a broker lost its data) within seconds.
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
         let relay_batch_records = settings.kafka.relay_batch_records;
-        let consumer = subscribe(&consumer_config, &settings.kafka.topic, relay_batch_records)?;
+        let consumer = Arc::new(subscribe(
+            &consumer_config,
+            &settings.kafka.topic,
+            relay_batch_records,
+        )?);
         Ok(Self {
             records: Arc::new(RecordHandler::new(
                 delivery,
@@ -162,7 +167,7 @@ impl EmailWorker {
                     self.store_offset(handled?);
                     metrics::gauge!("onboard_mail_in_flight").set(lanes.in_flight() as f64);
                     // Measures the lag; a busy worker never rejoins.
-                    self.watch(false);
+                    self.watch(false).await;
                     continue;
                 }
                 m = tokio::time::timeout(IDLE_TICK, self.consumer.recv()), if lanes.has_room() => m,
@@ -196,7 +201,10 @@ impl EmailWorker {
                     // Fetches nothing more until a new consumer is built (below, or when the
                     // generation moves).
                     tokio::task::block_in_place(|| {
-                        onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e)
+                        onboarding_kafka::start_over::pause_on_broker_loss(
+                            self.consumer.as_ref(),
+                            &e,
+                        )
                     });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -211,14 +219,14 @@ impl EmailWorker {
                         self.drain_and_rejoin(&mut lanes).await?;
                         disrupted = false;
                         quiet = Duration::ZERO;
-                    } else if self.watch(lanes.in_flight() == 0) {
+                    } else if self.watch(lanes.in_flight() == 0).await {
                         self.drain_and_rejoin(&mut lanes).await?;
                     }
                 }
             }
         }
         self.drain(&mut lanes).await;
-        self.close()
+        self.close().await
     }
 
     /// Stores a partition's offset once the lanes report every record up to it handled.
@@ -253,20 +261,17 @@ impl EmailWorker {
         lanes: &mut Lanes<OwnedMessage>,
     ) -> Result<(), WorkerError> {
         self.drain(lanes).await;
-        self.rejoin()
+        self.rejoin().await
     }
 
-    /// Measures the lag now and then; true when the worker should rejoin the group so that it
-    /// reassigns the partitions: it is idle (no record in flight) and a partition's records wait
-    /// while its committed offset stands still.
-    fn watch(&mut self, idle: bool) -> bool {
-        if !self.watchdog.due() {
-            return false;
-        }
-        let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
-        let lags = match measured {
-            Ok(l) => l,
-            Err(e) => {
+    /// Measures the lag now and then, beside the loop; true when the worker should rejoin the
+    /// group so that it reassigns the partitions: it is idle (no record in flight) and a
+    /// partition's records wait while its committed offset stands still.
+    async fn watch(&mut self, idle: bool) -> bool {
+        let lags = match self.watchdog.poll(&self.consumer).await {
+            None => return false,
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "cannot measure the consumer lag");
                 return false;
             }
@@ -300,17 +305,24 @@ impl EmailWorker {
 
     /// Leaves the consumer group (committing what was handled) and joins the group of the known
     /// generation.
-    fn rejoin(&mut self) -> Result<(), WorkerError> {
+    async fn rejoin(&mut self) -> Result<(), WorkerError> {
+        // The measurement in flight lets go of the consumer first.
+        self.watchdog.settle().await;
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
         self.generation.configure(&mut self.consumer_config);
-        self.consumer = subscribe(&self.consumer_config, &self.topic, self.relay_batch_records)?;
+        self.consumer = Arc::new(subscribe(
+            &self.consumer_config,
+            &self.topic,
+            self.relay_batch_records,
+        )?);
         self.watchdog.reset();
         self.rebalances_seen = 0;
         Ok(())
     }
 
-    fn close(self) -> Result<(), WorkerError> {
-        if let Err(e) = onboarding_kafka::commit_stored(&self.consumer) {
+    async fn close(mut self) -> Result<(), WorkerError> {
+        self.watchdog.settle().await;
+        if let Err(e) = onboarding_kafka::commit_stored(self.consumer.as_ref()) {
             tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
         }
         tracing::info!("email worker stopped");

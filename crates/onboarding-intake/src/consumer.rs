@@ -48,7 +48,8 @@ impl From<KafkaError> for IntakeError {
 pub struct Intake {
     handling: Arc<Handling>,
     settings: Arc<Settings>,
-    consumer: StreamConsumer<GroupContext>,
+    /// Shared with the watchdog's measurement while one runs (on the blocking pool).
+    consumer: Arc<StreamConsumer<GroupContext>>,
     consumer_config: rdkafka::ClientConfig,
     /// The event topic's generation: the requests topic is lost with the broker too, so the
     /// intake reads it in the consumer group of the generation (docs/adr/0038).
@@ -92,11 +93,11 @@ impl Intake {
         );
         let mut consumer_config = group_consumer_config(&settings.kafka, &settings.intake.group);
         generation.configure(&mut consumer_config);
-        let consumer = subscribe(
+        let consumer = Arc::new(subscribe(
             &consumer_config,
             &settings.intake.requests_topic,
             GroupContext::new(),
-        )?;
+        )?);
         Ok(Self {
             generation,
             handling: Arc::new(Handling {
@@ -164,11 +165,11 @@ impl Intake {
                 .await
             {
                 self.drain(&mut lanes).await;
-                self.rejoin()?;
+                self.rejoin().await?;
                 disrupted = false;
                 quiet = Duration::ZERO;
             }
-            let lags = self.measure_lag();
+            let lags = self.measure_lag().await;
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 handled = lanes.handled() => {
@@ -179,7 +180,7 @@ impl Intake {
                         // finished and exits, so that a restart reads the request again.
                         Err(e) => {
                             self.drain(&mut lanes).await;
-                            let _ = self.close();
+                            let _ = self.close().await;
                             return Err(IntakeError::Lane(e));
                         }
                     }
@@ -199,7 +200,10 @@ impl Intake {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
                     tokio::task::block_in_place(|| {
-                        onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e)
+                        onboarding_kafka::start_over::pause_on_broker_loss(
+                            self.consumer.as_ref(),
+                            &e,
+                        )
                     });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -212,18 +216,18 @@ impl Intake {
                             "no records since the broker came back; rejoining the consumer group"
                         );
                         self.drain(&mut lanes).await;
-                        self.rejoin()?;
+                        self.rejoin().await?;
                         disrupted = false;
                         quiet = Duration::ZERO;
                     } else if lanes.in_flight() == 0 && lags.is_some_and(|lags| self.stalled(&lags))
                     {
-                        self.rejoin()?;
+                        self.rejoin().await?;
                     }
                 }
             }
         }
         self.drain(&mut lanes).await;
-        self.close()
+        self.close().await
     }
 
     /// Stores a partition's offset once every request up to it was handled. A partition revoked
@@ -251,13 +255,11 @@ impl Intake {
         }
     }
 
-    /// Measures each partition's lag when the last measurement is older than
+    /// Each partition's lag, from the measurement that finished since the last call, if one did;
+    /// one starts beside the loop when the last is older than
     /// [`onboarding_kafka::watchdog::CHECK_EVERY`] (blocking calls to the broker).
-    fn measure_lag(&mut self) -> Option<Vec<PartitionLag>> {
-        if !self.watchdog.due() {
-            return None;
-        }
-        match tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer)) {
+    async fn measure_lag(&mut self) -> Option<Vec<PartitionLag>> {
+        match self.watchdog.poll(&self.consumer).await? {
             Ok(lags) => Some(lags),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot measure the intake's lag");
@@ -279,20 +281,23 @@ impl Intake {
 
     /// Leaves the consumer group (committing what was handled) and joins the group of the known
     /// generation.
-    fn rejoin(&mut self) -> Result<(), IntakeError> {
+    async fn rejoin(&mut self) -> Result<(), IntakeError> {
+        // The measurement in flight lets go of the consumer first.
+        self.watchdog.settle().await;
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
         self.generation.configure(&mut self.consumer_config);
-        self.consumer = subscribe(
+        self.consumer = Arc::new(subscribe(
             &self.consumer_config,
             &self.settings.intake.requests_topic,
             GroupContext::new(),
-        )?;
+        )?);
         self.watchdog.reset();
         Ok(())
     }
 
-    fn close(self) -> Result<(), IntakeError> {
-        if let Err(e) = onboarding_kafka::commit_stored(&self.consumer) {
+    async fn close(mut self) -> Result<(), IntakeError> {
+        self.watchdog.settle().await;
+        if let Err(e) = onboarding_kafka::commit_stored(self.consumer.as_ref()) {
             tracing::warn!(error = %e, "final offset commit failed; requests may be seen again (harmless)");
         }
         tracing::info!("intake stopped");

@@ -7,8 +7,15 @@
 //! session expired. librdkafka cannot tell; the group's committed offsets can. An idle consumer
 //! that sees a partition behind its high watermark whose committed offset has not moved for the
 //! stall time rejoins the group, and the group reassigns the partitions.
+//!
+//! A measurement is a few blocking calls to the broker. It runs on tokio's blocking pool while
+//! the consumer's loop goes on handing out records ([`Watchdog::poll`]): run on the loop, it held
+//! every record the consumer had fetched for as long as the broker took to answer, about 200 ms
+//! every 5 s on a topic of 300,000 records in tansu, which made the tail of an invitation's time
+//! to its mail (docs/performance.md).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
@@ -17,13 +24,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// How often lag is measured (between records or while idle).
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
-/// How long one measurement may take in all (its calls to the broker share it). The consumer's
-/// loop polls nothing meanwhile, and a consumer that does not poll does not learn that its
-/// broker is gone: in a 30-minute fault campaign an intake that started measuring just before
-/// the broker restarted empty waited out 5-second timeouts while its fetcher asked the returned
-/// broker for the lost topic, and died of librdkafka's SIGSEGV (docs/adr/0042). A broker on
-/// the same network answers a measurement's few requests in milliseconds; a measurement that runs
-/// out of time fails, and the next one comes [`CHECK_EVERY`] later.
+/// How long one measurement may take in all (its calls to the broker share it). While it ran on
+/// the consumer's loop, the loop polled nothing meanwhile, and a consumer that does not poll does
+/// not learn that its broker is gone: in a 30-minute fault campaign an intake that started
+/// measuring just before the broker restarted empty waited out 5-second timeouts while its
+/// fetcher asked the returned broker for the lost topic, and died of librdkafka's SIGSEGV
+/// (docs/adr/0042). The loop now polls on, but a consumer is not replaced while a measurement
+/// holds it ([`Watchdog::settle`]), so a measurement still gives up after this long; one that
+/// runs out of time fails, and the next one comes [`CHECK_EVERY`] later.
 const MEASURE_WITHIN: Duration = Duration::from_millis(1000);
 
 /// One partition as the watchdog last saw it.
@@ -50,6 +58,8 @@ pub struct Watchdog {
     /// Per partition: the committed offset and since when it has not moved.
     since: HashMap<i32, (i64, Instant)>,
     last_check: Option<Instant>,
+    /// The measurement running on the blocking pool, if one is.
+    measuring: Option<tokio::task::JoinHandle<Result<Vec<PartitionLag>, KafkaError>>>,
 }
 
 impl Watchdog {
@@ -62,6 +72,7 @@ impl Watchdog {
             stall,
             since: HashMap::new(),
             last_check: None,
+            measuring: None,
         }
     }
 
@@ -75,55 +86,44 @@ impl Watchdog {
         self.since.clear();
     }
 
-    /// Measures every partition (blocking calls to the broker, a second at most in all) and records
-    /// the lag gauges. Returns the measurements.
-    pub fn measure<C: ConsumerContext>(
+    /// Starts a measurement of `consumer` on tokio's blocking pool when one is due and none
+    /// runs, and returns the measurement that finished since the last call, if one did. The
+    /// caller's loop goes on receiving meanwhile.
+    pub async fn poll<K, C>(
         &mut self,
-        consumer: &impl Consumer<C>,
-    ) -> Result<Vec<PartitionLag>, KafkaError> {
-        self.last_check = Some(Instant::now());
-        let deadline = Instant::now() + MEASURE_WITHIN;
-        // What is left of the measurement's time, at least a millisecond.
-        let left = || {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        };
-        let metadata = consumer.fetch_metadata(Some(&self.topic), left())?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == self.topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(&self.topic, *p);
+        consumer: &Arc<K>,
+    ) -> Option<Result<Vec<PartitionLag>, KafkaError>>
+    where
+        K: Consumer<C> + Send + Sync + 'static,
+        C: ConsumerContext + 'static,
+    {
+        match &self.measuring {
+            Some(running) if running.is_finished() => return self.settle().await,
+            Some(_) => return None,
+            None => {}
         }
-        let committed = consumer.committed_offsets(tpl, left())?;
-        let position = consumer.position()?;
-        let mut out = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            let (low, high) = consumer.fetch_watermarks(&self.topic, p, left())?;
-            let offset_of = |list: &TopicPartitionList| match list
-                .find_partition(&self.topic, p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            };
-            let committed = offset_of(&committed).unwrap_or(low).max(low);
-            let read_up_to = offset_of(&position).unwrap_or(committed).max(committed);
-            let lag = (high - read_up_to).max(0);
-            metrics::gauge!(self.gauge, "partition" => p.to_string()).set(lag as f64);
-            out.push(PartitionLag {
-                partition: p,
-                committed,
-                high_watermark: high,
-                lag,
-            });
+        if self.due() {
+            self.last_check = Some(Instant::now());
+            let (consumer, topic, gauge) = (consumer.clone(), self.topic.clone(), self.gauge);
+            self.measuring = Some(tokio::task::spawn_blocking(move || {
+                measure(consumer.as_ref(), &topic, gauge)
+            }));
         }
-        Ok(out)
+        None
+    }
+
+    /// Waits for the measurement in flight, if any, and returns it: before the consumer it
+    /// measures is closed or replaced, so that no measurement holds it.
+    pub async fn settle(&mut self) -> Option<Result<Vec<PartitionLag>, KafkaError>> {
+        let running = self.measuring.take()?;
+        match running.await {
+            Ok(measured) => Some(measured),
+            // The task panicked: no measurement this time.
+            Err(e) => {
+                tracing::warn!(error = %e, "the consumer lag measurement failed");
+                None
+            }
+        }
     }
 
     /// The partitions with records waiting behind a committed offset that has not moved for the
@@ -143,6 +143,55 @@ impl Watchdog {
     }
 }
 
+/// Measures every partition of `topic` (blocking calls to the broker, [`MEASURE_WITHIN`] at most
+/// in all) and records the lag gauges `gauge`. Returns the measurements.
+fn measure<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    gauge: &'static str,
+) -> Result<Vec<PartitionLag>, KafkaError> {
+    let deadline = Instant::now() + MEASURE_WITHIN;
+    // What is left of the measurement's time, at least a millisecond.
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let metadata = consumer.fetch_metadata(Some(topic), left())?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, left())?;
+    let position = consumer.position()?;
+    let mut out = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, left())?;
+        let offset_of =
+            |list: &TopicPartitionList| match list.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+        let committed = offset_of(&committed).unwrap_or(low).max(low);
+        let read_up_to = offset_of(&position).unwrap_or(committed).max(committed);
+        let lag = (high - read_up_to).max(0);
+        metrics::gauge!(gauge, "partition" => p.to_string()).set(lag as f64);
+        out.push(PartitionLag {
+            partition: p,
+            committed,
+            high_watermark: high,
+            lag,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +203,34 @@ mod tests {
             high_watermark: high,
             lag: high - committed,
         }
+    }
+
+    /// The measurement runs beside the caller: `poll` starts it and returns at once, and its
+    /// result (here a failure: no broker answers) comes from a later `poll` or from `settle`.
+    #[tokio::test]
+    async fn a_measurement_runs_beside_the_loop_and_settle_waits_for_it() {
+        let consumer: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
+            rdkafka::ClientConfig::new()
+                // Nothing listens on port 1.
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .set("group.id", "watchdog-test")
+                .create()
+                .unwrap(),
+        );
+        let mut w = Watchdog::new("t", Duration::from_secs(30), "test_lag");
+        assert!(w.due());
+        assert!(w.poll(&consumer).await.is_none(), "the first poll only starts one");
+        assert!(w.measuring.is_some());
+        assert!(!w.due(), "a started measurement counts as the check");
+        let measured = w.settle().await;
+        assert!(
+            matches!(measured, Some(Err(_))),
+            "no broker, so the measurement fails: {measured:?}"
+        );
+        assert!(w.measuring.is_none());
+        assert!(w.settle().await.is_none(), "nothing left to wait for");
+        assert!(w.poll(&consumer).await.is_none());
+        assert!(w.measuring.is_none(), "not due again before CHECK_EVERY");
     }
 
     #[test]

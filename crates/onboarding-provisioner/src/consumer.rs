@@ -50,7 +50,8 @@ const STALL: Duration = Duration::from_secs(20);
 /// Consumes the public event topic and provisions each activated account.
 pub struct Provisioner {
     provision: Provision,
-    consumer: StreamConsumer<GroupContext>,
+    /// Shared with the watchdog's measurement while one runs (on the blocking pool).
+    consumer: Arc<StreamConsumer<GroupContext>>,
     consumer_config: rdkafka::ClientConfig,
     kafka: KafkaSettings,
     topic: String,
@@ -79,7 +80,7 @@ impl Provisioner {
         let mut consumer_config = onboarding_kafka::group_consumer_config(&settings.kafka, group);
         generation.configure(&mut consumer_config);
         consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
-        let consumer = subscribe(&consumer_config, &settings.kafka)?;
+        let consumer = Arc::new(subscribe(&consumer_config, &settings.kafka)?);
         Ok(Self {
             provision: Provision::new(store.clone(), user_store),
             consumer,
@@ -110,7 +111,7 @@ impl Provisioner {
                 .moved(self.store.topic_generation(&self.topic))
                 .await
             {
-                self.rejoin()?;
+                self.rejoin().await?;
                 disrupted = false;
                 quiet = Duration::ZERO;
             }
@@ -147,7 +148,10 @@ impl Provisioner {
                     disrupted = true;
                     tracing::warn!(error = %e, "kafka receive failed; retrying");
                     tokio::task::block_in_place(|| {
-                        onboarding_kafka::start_over::pause_on_broker_loss(&self.consumer, &e)
+                        onboarding_kafka::start_over::pause_on_broker_loss(
+                            self.consumer.as_ref(),
+                            &e,
+                        )
                     });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -159,32 +163,31 @@ impl Provisioner {
                         tracing::warn!(
                             "no records since the broker came back; rejoining the consumer group"
                         );
-                        self.rejoin()?;
+                        self.rejoin().await?;
                         disrupted = false;
                         quiet = Duration::ZERO;
-                    } else if self.stalled() {
-                        self.rejoin()?;
+                    } else if self.stalled().await {
+                        self.rejoin().await?;
                     }
                 }
             }
         }
-        if let Err(e) = onboarding_kafka::commit_stored(&self.consumer) {
+        self.watchdog.settle().await;
+        if let Err(e) = onboarding_kafka::commit_stored(self.consumer.as_ref()) {
             tracing::warn!(error = %e, "final offset commit failed; records may be seen again");
         }
         tracing::info!("provisioner stopped");
         Ok(())
     }
 
-    /// Measures the group's lag now and then; true when records wait on a partition whose
-    /// committed offset has not moved for [`STALL`] (this provisioner is idle, so nobody reads it).
-    fn stalled(&mut self) -> bool {
-        if !self.watchdog.due() {
-            return false;
-        }
-        let measured = tokio::task::block_in_place(|| self.watchdog.measure(&self.consumer));
-        let lags = match measured {
-            Ok(lags) => lags,
-            Err(e) => {
+    /// Measures the group's lag now and then, beside the loop; true when records wait on a
+    /// partition whose committed offset has not moved for [`STALL`] (this provisioner is idle, so
+    /// nobody reads it).
+    async fn stalled(&mut self) -> bool {
+        let lags = match self.watchdog.poll(&self.consumer).await {
+            None => return false,
+            Some(Ok(lags)) => lags,
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "cannot measure the provisioner's lag");
                 return false;
             }
@@ -199,10 +202,12 @@ impl Provisioner {
 
     /// Leaves the consumer group (committing what was handled) and joins the group of the known
     /// generation.
-    fn rejoin(&mut self) -> Result<(), ProvisionerError> {
+    async fn rejoin(&mut self) -> Result<(), ProvisionerError> {
+        // The measurement in flight lets go of the consumer first.
+        self.watchdog.settle().await;
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
         self.generation.configure(&mut self.consumer_config);
-        self.consumer = subscribe(&self.consumer_config, &self.kafka)?;
+        self.consumer = Arc::new(subscribe(&self.consumer_config, &self.kafka)?);
         self.watchdog.reset();
         Ok(())
     }
