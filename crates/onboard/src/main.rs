@@ -24,6 +24,12 @@ mod user;
 
 use serve::Components;
 
+/// jemalloc, which returns what a burst of work allocated to the system once it is freed
+/// (docs/adr/0048). librdkafka's own allocations (C) stay with the system's malloc.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "onboard",
