@@ -219,7 +219,10 @@ mod tests {
         );
         let mut w = Watchdog::new("t", Duration::from_secs(30), "test_lag");
         assert!(w.due());
-        assert!(w.poll(&consumer).await.is_none(), "the first poll only starts one");
+        assert!(
+            w.poll(&consumer).await.is_none(),
+            "the first poll only starts one"
+        );
         assert!(w.measuring.is_some());
         assert!(!w.due(), "a started measurement counts as the check");
         let measured = w.settle().await;
