@@ -398,6 +398,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cpu_series = memory.cpu_series();
     let memory = memory.summary(warmed_up);
     let mails = bench.mails.lock().expect("mail samples").clone();
+    // The broker alone at the latency phase's rate, after the memory figures: a record's way
+    // from producer to consumer on a fresh topic, and on one holding as many batches a partition
+    // as the event topic did (the relay's batches over its partitions).
+    let delivery = if bench.args.brokers.is_empty() {
+        None
+    } else {
+        let partitions = bench.event_partitions()?;
+        let (batches, _) = bench.relay_batches().await;
+        let fill = (batches / f64::from(partitions.max(1))).round() as u64;
+        let seconds = if bench.args.quick { 3.0 } else { 10.0 };
+        println!("--- limit: tansu alone, a record from producer to consumer at {latency_rate:.0}/s, on a fresh topic and on one of {fill} batches a partition");
+        let tag = bench.unique();
+        let fresh = crate::delivery::probe(
+            &bench.args.brokers,
+            &format!("bench.delivery.fresh.{tag}"),
+            partitions,
+            0,
+            latency_rate,
+            seconds,
+        )
+        .await?;
+        let grown = crate::delivery::probe(
+            &bench.args.brokers,
+            &format!("bench.delivery.grown.{tag}"),
+            partitions,
+            fill,
+            latency_rate,
+            seconds,
+        )
+        .await?;
+        println!(
+            "    fresh: p50 {:.1} ms, p99 {:.1} ms; {fill} batches a partition: p50 {:.1} ms, p99 {:.1} ms",
+            fresh.p50_ms, fresh.p99_ms, grown.p50_ms, grown.p99_ms
+        );
+        Some(json!({"fresh": fresh, "grown": grown}))
+    };
 
     // The engine's own settings, as `onboard serve` read them (the defaults when unset).
     let settings = onboarding_config::Settings::load(&bench.args.onboard_config)
@@ -427,6 +463,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         "answer_to_record_p99_ms": latency.published.as_ref().map(|p| p.relay_p99_ms),
                         "record_to_accepted_p50_ms": latency.published.as_ref().map(|p| p.delivered_p50_ms),
                         "record_to_accepted_p99_ms": latency.published.as_ref().map(|p| p.delivered_p99_ms)},
+            "kafka_delivery": delivery,
             "confirm_views_per_second": views,
             "password_submissions_per_second": passwords,
             "transactions_per_invitation": xacts as f64 / backlog as f64,
@@ -1096,6 +1133,23 @@ impl Bench {
             published,
             each,
         })
+    }
+
+    /// The event topic's partitions, from the broker's metadata.
+    fn event_partitions(&self) -> anyhow::Result<i32> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.args.brokers)
+            .create()?;
+        let topic = self.args.topic.clone();
+        let metadata = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))
+        })?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        ensure!(partitions > 0, "the event topic {topic} has no partitions");
+        Ok(i32::try_from(partitions)?)
     }
 
     /// The Kafka timestamp (the producer's create time: when the relay handed the record to

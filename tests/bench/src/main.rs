@@ -7,6 +7,7 @@
 //! password not set. It never fails because of a time.
 
 mod backlog;
+mod delivery;
 mod engine;
 mod limits;
 mod memory;

@@ -232,6 +232,30 @@ pub fn print(r: &Value) {
         "100 ms".into(),
         ratio(num(&lat["p99_ms"]), 100.0),
     );
+    // The broker alone at the same rate: how much of the way after the relay's record is tansu's.
+    let d = &e["kafka_delivery"];
+    if d.is_object() {
+        row(
+            &format!(
+                "tansu alone at {:.0}/s, a record from producer to consumer: p50 / p99, fresh topic; {} batches a partition (as the event topic)",
+                num(&d["grown"]["rate_per_second"]),
+                d["grown"]["batches_per_partition"]
+            ),
+            format!(
+                "{:.0} / {:.0} ms; {:.0} / {:.0} ms",
+                num(&d["fresh"]["p50_ms"]),
+                num(&d["fresh"]["p99_ms"]),
+                num(&d["grown"]["p50_ms"]),
+                num(&d["grown"]["p99_ms"])
+            ),
+            "the engine: the relay's record to the mail accepted, p99",
+            format!("{:.0} ms", num(&lat["record_to_accepted_p99_ms"])),
+            ratio(
+                num(&d["grown"]["p99_ms"]),
+                num(&lat["record_to_accepted_p99_ms"]),
+            ),
+        );
+    }
     row(
         "Password submissions (form and POST)",
         format!("{passwords:.1}/s"),
