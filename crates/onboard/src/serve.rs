@@ -129,7 +129,33 @@ fn metrics() -> Result<PrometheusHandle> {
             upkeep.run_upkeep();
         }
     });
+    #[cfg(feature = "jemalloc")]
+    tokio::spawn(async {
+        loop {
+            allocator_gauges();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     Ok(handle)
+}
+
+/// jemalloc's own figures, once a second (docs/adr/0048): the bytes the engine's Rust code holds
+/// allocated, and the bytes jemalloc keeps resident for them (its pages, including freed ones
+/// not yet returned). The process's resident memory beyond the second is other code's
+/// (librdkafka's, with the system's malloc), stacks and the binary.
+#[cfg(feature = "jemalloc")]
+fn allocator_gauges() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are a snapshot taken when the epoch advances.
+    if epoch::advance().is_err() {
+        return;
+    }
+    if let Ok(bytes) = stats::allocated::read() {
+        metrics::gauge!("onboard_memory_allocated_bytes").set(bytes as f64);
+    }
+    if let Ok(bytes) = stats::resident::read() {
+        metrics::gauge!("onboard_memory_allocator_resident_bytes").set(bytes as f64);
+    }
 }
 
 /// Runs the chosen components until SIGTERM or Ctrl-C, then stops them gracefully.

@@ -279,6 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // threads, which is not growth across the run.
     let warm_up = bench.warm_up().await?;
     let warmed_up = bench.now();
+    let mut heap = vec![("after_warm_up", bench.heap().await)];
     let n = bench.args.invitations;
     let (n_http, n_bulk) = (n * 3 / 10, n * 3 / 10);
     let n_kafka = n.saturating_sub(n_http + n_bulk) * 3 / 4;
@@ -304,6 +305,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let backlog = (n_http + n_bulk + n_kafka) as u64;
     phases.push(("mail_backlog", bench.now()));
+    heap.push(("after_invitations", bench.heap().await));
     println!("--- engine: waiting until all {backlog} invitations were mailed");
     bench.wait_for_mails(mails_before + backlog).await?;
     let mailed = bench
@@ -378,6 +380,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     phases.push(("end", bench.now()));
     // The password phase can be shorter than the sampler's second: a sample after it, always.
     memory.sample_now();
+    heap.push(("end", bench.heap().await));
     let invited = warm_up + backlog + n_latency as u64;
     println!("--- engine: checking that every invitation was mailed");
     let checked = bench
@@ -477,6 +480,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         "checks": checked,
         "memory": memory,
+        "engine_heap": heap.iter().map(|(at, h)| (at.to_string(), h.clone())).collect::<serde_json::Map<_, _>>(),
         "phases_started_at_seconds": phases.iter().map(|(p, t)| json!([p, t])).collect::<Vec<_>>(),
         "series": {"memory_kib": series, "cpu_seconds": cpu_series, "smtp_sink_accepted": mails},
     });
@@ -617,6 +621,18 @@ impl Bench {
     }
 
     /// The sum of a metric's series in the engine's `/metrics`; 0 when it is not there.
+    /// The engine's Rust heap as jemalloc counts it (ADR 0048): bytes allocated and bytes
+    /// resident, in MiB; null from an engine that does not report them.
+    async fn heap(&self) -> Value {
+        let allocated = self.metric("onboard_memory_allocated_bytes").await;
+        let resident = self.metric("onboard_memory_allocator_resident_bytes").await;
+        if resident > 0.0 {
+            json!({"allocated_mib": allocated / 1048576.0, "resident_mib": resident / 1048576.0})
+        } else {
+            Value::Null
+        }
+    }
+
     async fn metric(&self, name: &str) -> f64 {
         let Ok(response) = self.http.get(self.url("/metrics")).send().await else {
             return 0.0;
