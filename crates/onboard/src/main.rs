@@ -25,7 +25,8 @@ mod user;
 use serve::Components;
 
 /// jemalloc, which returns what a burst of work allocated to the system once it is freed
-/// (docs/adr/0048). librdkafka's own allocations (C) stay with the system's malloc.
+/// (docs/adr/0048). Its unprefixed `malloc` (the workspace's tikv-jemallocator feature) also
+/// serves the C code linked in: librdkafka's allocations go back to the system as well.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -139,10 +139,10 @@ fn metrics() -> Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// jemalloc's own figures, once a second (docs/adr/0048): the bytes the engine's Rust code holds
-/// allocated, and the bytes jemalloc keeps resident for them (its pages, including freed ones
-/// not yet returned). The process's resident memory beyond the second is other code's
-/// (librdkafka's, with the system's malloc), stacks and the binary.
+/// jemalloc's own figures, once a second (docs/adr/0048): the bytes the process holds allocated
+/// through `malloc` (the Rust code's and librdkafka's), and the bytes jemalloc keeps resident for
+/// them (its pages, including freed ones not yet returned). The process's resident memory beyond
+/// the second is thread stacks, the binary's pages and other direct mappings.
 #[cfg(feature = "jemalloc")]
 fn allocator_gauges() {
     use tikv_jemalloc_ctl::{epoch, stats};

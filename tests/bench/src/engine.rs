@@ -621,8 +621,9 @@ impl Bench {
     }
 
     /// The sum of a metric's series in the engine's `/metrics`; 0 when it is not there.
-    /// The engine's Rust heap as jemalloc counts it (ADR 0048): bytes allocated and bytes
-    /// resident, in MiB; null from an engine that does not report them.
+    /// The engine's heap as jemalloc counts it (ADR 0048; its Rust code's and librdkafka's
+    /// allocations): bytes allocated and bytes resident, in MiB; null from an engine that does
+    /// not report them.
     async fn heap(&self) -> Value {
         let allocated = self.metric("onboard_memory_allocated_bytes").await;
         let resident = self.metric("onboard_memory_allocator_resident_bytes").await;

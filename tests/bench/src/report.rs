@@ -362,13 +362,14 @@ pub fn print(r: &Value) {
             );
         }
     }
-    // What of onboard's memory its Rust code holds, as jemalloc counts it.
+    // What of onboard's memory its malloc holds (the Rust code's and librdkafka's), as jemalloc
+    // counts it.
     let heap = &r["engine_heap"];
     let at = |k: &str, f: &str| num(&heap[k][f]);
     if heap["end"].is_object() && heap["after_warm_up"].is_object() {
         println!();
         println!(
-            "onboard's Rust heap (jemalloc), after the warm-up / after the three phases that invite / at the end: {:.0} / {:.0} / {:.0} MiB allocated, {:.0} / {:.0} / {:.0} MiB resident in jemalloc.",
+            "onboard's heap (jemalloc's statistics: the Rust code's and librdkafka's allocations), after the warm-up / after the three phases that invite / at the end: {:.0} / {:.0} / {:.0} MiB allocated, {:.0} / {:.0} / {:.0} MiB resident in jemalloc.",
             at("after_warm_up", "allocated_mib"),
             at("after_invitations", "allocated_mib"),
             at("end", "allocated_mib"),
